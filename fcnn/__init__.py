@@ -1,0 +1,2 @@
+"""fcnn: functional convolutional networks in JAX."""
+__version__ = "0.1.0"
