@@ -2,5 +2,25 @@
 
 ``conv2d(..., impl=)`` and ``max_pool2d(..., impl=)`` select an implementation;
 all implementations of an op take identical arguments and are cross-checked in
-the tests.
+the tests (tests/test_conv.py, tests/test_pool.py).
 """
+from fcnn.ops.conv import CONV_IMPLS, conv2d
+from fcnn.ops.pool import (
+    POOL_IMPLS,
+    TIE_POLICIES,
+    avg_pool2d,
+    global_avg_pool2d,
+    global_max_pool2d,
+    max_pool2d,
+)
+
+__all__ = [
+    "conv2d",
+    "CONV_IMPLS",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_max_pool2d",
+    "global_avg_pool2d",
+    "POOL_IMPLS",
+    "TIE_POLICIES",
+]
