@@ -1,0 +1,112 @@
+"""Optimizers and learning-rate schedules, built on optax.
+
+``make_optimizer(name, learning_rate, ...)`` returns an ``optax.GradientTransformation``
+(``init(params) -> opt_state``, ``update(grads, opt_state, params) -> (updates, opt_state)``).
+Updates are *added* to the params (``optax.apply_updates``). The update rules, with
+gradient ``g`` and learning rate ``lr`` (at step t, from the schedule):
+
+    sgd       u = -lr * g
+    momentum  m = beta * m + g;            u = -lr * m
+    nesterov  m = beta * m + g;            u = -lr * (g + beta * m)
+    adagrad   G = G + g^2  (G0 = 0.1);     u = -lr * g / sqrt(G + eps)
+    rmsprop   v = rho * v + (1 - rho) g^2; u = -lr * g / sqrt(v + eps)        (rho = 0.9)
+    adam      m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+              u = -lr * m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
+    adamw     adam, then u -= lr * weight_decay * W   (decoupled weight decay; kernels only)
+
+Schedules (``total_steps`` is required for all but "constant"):
+
+    constant       lr
+    cosine         lr * (1 + cos(pi * t / T)) / 2
+    warmup_cosine  linear 0 -> lr over the first 5% of T (at least 1 step), then cosine to 0
+    step           lr, x0.1 from 50% of T, x0.01 from 75% of T
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import jax
+import optax
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_schedule"]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+
+
+def make_schedule(learning_rate: float, schedule: str = "constant", total_steps: Optional[int] = None):
+    """A learning rate (float) or an optax schedule ``step -> lr``; see the module docstring."""
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
+        raise ValueError(f"learning_rate must be a positive float, got {learning_rate!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+    lr = float(learning_rate)
+    if schedule == "constant":
+        return lr
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int for schedule={schedule!r}, got {total_steps!r}")
+    total = int(total_steps)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=total)
+    if schedule == "warmup_cosine":
+        warmup = max(1, total // 20)
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1))
+    return optax.piecewise_constant_schedule(lr, {total // 2: 0.1, (3 * total) // 4: 0.1})
+
+
+def _kernels_only(params):
+    """Mask for decoupled weight decay: True for leaves with ndim >= 2 (not biases / norms)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    momentum: float = 0.9,
+    schedule: str = "constant",
+    total_steps: Optional[int] = None,
+    weight_decay: Optional[float] = None,
+) -> optax.GradientTransformation:
+    """Build one of ``OPTIMIZERS`` with a learning-rate ``schedule``.
+
+    Args:
+      name: one of "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw".
+      learning_rate: peak learning rate, > 0.
+      momentum: beta in [0, 1) for "momentum" and "nesterov" (ignored by the others).
+      schedule: one of ``SCHEDULES``.
+      total_steps: number of training steps; required unless ``schedule == "constant"``.
+      weight_decay: decoupled weight decay for "adamw" (default 1e-4); it must be None or 0
+        for every other optimizer (use ``l2=`` in the train step for an L2 penalty).
+
+    Returns:
+      An ``optax.GradientTransformation``.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be a float in [0, 1), got {momentum!r}")
+    if weight_decay is not None:
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
+            raise ValueError(f"weight_decay must be a non-negative float, got {weight_decay!r}")
+        if weight_decay and name != "adamw":
+            raise ValueError(
+                f"weight_decay applies only to optimizer 'adamw' (decoupled decay), got optimizer {name!r}; "
+                "use l2 for an L2 penalty"
+            )
+    lr = make_schedule(learning_rate, schedule, total_steps)
+    if name == "sgd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=float(momentum))
+    if name == "nesterov":
+        return optax.sgd(lr, momentum=float(momentum), nesterov=True)
+    if name == "adagrad":
+        return optax.adagrad(lr)
+    if name == "rmsprop":
+        return optax.rmsprop(lr)
+    if name == "adam":
+        return optax.adam(lr)
+    wd = 1e-4 if weight_decay is None else float(weight_decay)
+    return optax.adamw(lr, weight_decay=wd, mask=_kernels_only)
