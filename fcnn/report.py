@@ -1,0 +1,137 @@
+"""What a training run shows and leaves behind: progress bar, metrics log, curves, summary.
+
+Run-directory files written by ``fcnn.train.fit``:
+
+    config.json     the TrainConfig (+ fcnn_version)
+    metrics.jsonl   one JSON object per epoch: epoch, step, train_loss, train_accuracy,
+                    images_per_s, epoch_seconds, [test_loss, test_accuracy]
+    curves.png      loss and accuracy per epoch (needs matplotlib; skipped with a note)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+__all__ = ["EpochBar", "epoch_line", "summary_table", "plot_curves", "read_jsonl", "write_jsonl",
+           "append_jsonl", "write_json"]
+
+
+class EpochBar:
+    """A tqdm bar over one epoch's steps showing loss, accuracy and images/s (or nothing)."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, start: int, *, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                             leave=False, dynamic_ncols=True)
+        self._at = start
+
+    def update(self, at: int, sums, images_per_s: float) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(at - self._at)
+        self._at = at
+        if sums[2]:
+            self._bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}",
+                                  img_s=f"{images_per_s:.0f}", refresh=False)
+
+    def write(self, line: str) -> None:
+        if self._bar is None:
+            print(line, flush=True)
+        else:
+            self._bar.write(line)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def epoch_line(r: dict, epochs: int) -> str:
+    """One printed line per epoch."""
+    s = (f"epoch {r['epoch']:>3}/{epochs}  step {r['step']:>6}  loss {r['train_loss']:.4f}  "
+         f"acc {r['train_accuracy']:.4f}")
+    if "test_accuracy" in r:
+        s += f"  test_loss {r['test_loss']:.4f}  test_acc {r['test_accuracy']:.4f}"
+    return s + f"  {r['images_per_s']:.0f} img/s  {r['epoch_seconds']:.1f}s"
+
+
+def summary_table(history: list, steps: int, seconds: float, test: Optional[dict]) -> str:
+    """The final table: epochs, steps, time, train loss/acc (last epoch's mean), test loss/acc."""
+    last = history[-1]
+    rows = [("epochs", f"{last['epoch']}"), ("steps", f"{steps}"), ("time", f"{seconds:.1f} s"),
+            ("train loss", f"{last['train_loss']:.4f}"), ("train accuracy", f"{last['train_accuracy']:.4f}")]
+    if test is not None:
+        rows += [("test loss", f"{test['loss']:.4f}"), ("test accuracy", f"{test['accuracy']:.4f}"),
+                 ("test examples", f"{test['n']}")]
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    rule = f"+-{'-' * w0}-+-{'-' * w1}-+"
+    lines = [rule] + [f"| {a:<{w0}} | {b:>{w1}} |" for a, b in rows] + [rule]
+    return "\n".join(lines)
+
+
+def plot_curves(history: list, path: str) -> Optional[str]:
+    """Write loss and accuracy per epoch to ``path`` (PNG). Returns a note if skipped.
+
+    Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return f"note: matplotlib is not installed; {os.path.basename(path)} not written (pip install 'fcnn[viz]')"
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(9, 3.5))
+    FigureCanvasAgg(fig)
+    for ax, what in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        ax.plot(epochs, [r[f"train_{what}"] for r in history], "o-", label="train")
+        if all(f"test_{what}" in r for r in history):
+            ax.plot(epochs, [r[f"test_{what}"] for r in history], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        if what == "loss":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return None
+
+
+def write_json(path: str, obj) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list:
+    """The records of a JSON-lines file ([] if it does not exist); a torn last line is dropped."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
+def write_jsonl(path: str, records) -> None:
+    """Replace a JSON-lines file atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: str, record) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
