@@ -45,6 +45,9 @@ __all__ = [
     "TrainConfig",
     "FitResult",
     "fit",
+    "load_checkpoint",
+    "make_loss_fn",
+    "epoch_order",
     "TrainingDivergedError",
     "make_train_step",
     "make_eval_step",
@@ -106,6 +109,7 @@ def make_train_step(
     steps_per_call: int = 1,
     donate: bool = True,
     precision: str = "f32",
+    augment: Optional[Callable] = None,
 ):
     """Build the jit-compiled train step (see the module docstring for its contract).
 
@@ -117,6 +121,8 @@ def make_train_step(
       steps_per_call: k >= 1 steps per dispatch, scanned over a stacked chunk of k batches.
       donate: donate the params / state / opt_state buffers to the outputs.
       precision: "f32" or "bf16" (see the module docstring).
+      augment: optional ``augment(key, x) -> x`` applied to each training batch inside the
+        step (on device); the step key is then split into (augment key, model key).
 
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
@@ -135,6 +141,9 @@ def make_train_step(
 
     def one_step(params, state, opt_state, batch, key):
         x, y = batch
+        if augment is not None:
+            aug_key, key = jax.random.split(key)
+            x = augment(aug_key, x)
         grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -328,6 +337,30 @@ def _checkpoint_tree(params, state, opt_state, train_key):
     return {"params": params, "state": state, "opt_state": opt_state, "key": train_key}
 
 
+def _optimizer_for(config: TrainConfig, total_steps: int):
+    return make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
+                          schedule=config.schedule, total_steps=total_steps, weight_decay=config.weight_decay)
+
+
+def load_checkpoint(model: Layer, config: TrainConfig, run_dir: str, train_shape):
+    """Latest checkpoint of a run: ``(step, params, state)``.
+
+    Args:
+      train_shape: shape of the training inputs (n, h, w, c), which fixes the
+        optimizer-state template (schedules depend on the number of steps).
+    """
+    from fcnn import checkpoint
+
+    n, bs = train_shape[0], config.batch_size
+    optimizer = _optimizer_for(config, config.epochs * max(1, n // bs))
+    template = _checkpoint_tree(*_init_all(model, config, (bs,) + tuple(train_shape[1:]), optimizer))
+    restored = checkpoint.load_latest(run_dir, like=template)
+    if restored is None:
+        raise FileNotFoundError(f"run_dir {run_dir!r} holds no checkpoint")
+    step, tree, _ = restored
+    return step, tree["params"], tree["state"]
+
+
 def _progress_default() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
@@ -381,8 +414,7 @@ def fit(
         raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {bs}")
     total = config.epochs * spe
     last = total if max_steps is None else min(int(max_steps), total)
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
-                               schedule=config.schedule, total_steps=total, weight_decay=config.weight_decay)
+    optimizer = _optimizer_for(config, total)
     loss_fn = make_loss_fn(config.label_smoothing)
     params, state, opt_state, train_key = _init_all(model, config, (bs,) + x_tr.shape[1:], optimizer)
     step, sums, history = 0, [0.0, 0.0, 0], []
