@@ -122,7 +122,8 @@ def test_max_pool_forward_matches_numpy_loop(window, stride, padding, dilation, 
     expected_shape = shapes.pool_output_shape(xin.shape, window, stride=s, padding=padding, dilation=dilation, layout=layout)
     assert expected_shape == want.shape
     for impl, ties in IMPL_TIES:
-        y = pool.max_pool2d(xin, window, stride=s, padding=padding, dilation=dilation, layout=layout, impl=impl, ties=ties)
+        y = jax.jit(lambda x: pool.max_pool2d(x, window, stride=s, padding=padding, dilation=dilation,  # noqa: B023
+                                              layout=layout, impl=impl, ties=ties))(xin)
         assert y.shape == expected_shape, impl
         np.testing.assert_array_equal(np.asarray(y), want, err_msg=impl)
 
@@ -171,3 +172,107 @@ def test_global_max_pool_gradient_goes_to_first_tied_maximum():
     x = jnp.array([[0.0, 2.0], [2.0, 1.0]]).reshape(1, 2, 2, 1)
     g = jax.grad(lambda x: jnp.sum(pool.global_max_pool2d(x)))(x)
     np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
+
+
+# ----------------------------------------------------------------------------- gradients
+def _int_cotangent(shape, seed=3):
+    """Small integer cotangents: sums of them are exact, so gradients compare with array_equal."""
+    return np.random.default_rng(seed).integers(1, 6, size=shape).astype(np.float64)
+
+
+def _vjp(fn, x, g):
+    """Cotangent g pulled back through fn at x, under jit (one compile instead of many eager ones)."""
+    return np.asarray(jax.jit(lambda x, g: jax.vjp(fn, x)[1](g)[0])(x, g))
+
+
+@pytest.mark.parametrize("window,stride,padding,dilation", GRID, ids=GRID_IDS)
+def test_custom_vjp_gradient_exact_on_tie_free_inputs(window, stride, padding, dilation):
+    """custom_vjp == jax.grad(lax) (no dilation) or jax.grad(reference) (dilation) == numpy routing."""
+    x = _perm(X_SHAPE, seed=4)
+    s = _stride(stride, window)
+    kw = dict(stride=s, padding=padding, dilation=dilation)
+    g = _int_cotangent(np_max_pool(x, window, s, padding, dilation).shape)
+    got = _vjp(lambda x: pool.max_pool2d(x, window, impl="custom_vjp", **kw), x, g)
+    if dilation == 1:
+        want = _vjp(lambda x: pool.max_pool2d(x, window, impl="lax", **kw), x, g)
+    else:  # JAX's own reduce_window VJP raises NotImplementedError for window dilation
+        want = _vjp(lambda x: pool.max_pool2d(x, window, impl="reference", ties="split", **kw), x, g)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, np_max_pool_grad(x, g, window, s, padding, dilation))
+
+
+def test_lax_vjp_raises_for_window_dilation():
+    x = jnp.asarray(_perm((1, 5, 5, 1)))
+    with pytest.raises(NotImplementedError):
+        jax.grad(lambda x: jnp.sum(pool.max_pool2d(x, 2, stride=1, dilation=2)))(x)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("window,stride,padding,dilation",
+                         [((3, 2), 1, "SAME", 1), ((2, 2), (2, 1), ((0, 1), (1, 0)), 2), ((2, 2), None, "VALID", 1)])
+def test_custom_vjp_gradient_nchw(layout, window, stride, padding, dilation):
+    x = _perm(X_SHAPE, seed=5)
+    g = _int_cotangent(np_max_pool(x, window, stride, padding, dilation).shape)
+    want = np_max_pool_grad(x, g, window, stride, padding, dilation)
+    xin, gin, want = (x, g, want) if layout == "NHWC" else (_nchw(x), _nchw(g), _nchw(want))
+    got = _vjp(lambda x: pool.max_pool2d(x, window, stride=stride, padding=padding, dilation=dilation,
+                                         layout=layout, impl="custom_vjp"), xin, gin)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("ties", pool.TIE_POLICIES)
+@pytest.mark.parametrize("window,stride,padding,dilation", GRID[::5], ids=GRID_IDS[::5])
+def test_tie_policies_match_numpy_routing_on_tie_heavy_inputs(ties, window, stride, padding, dilation):
+    """Values in {0, 1, 2}: most windows hold tied maxima."""
+    x = np.random.default_rng(6).integers(0, 3, size=X_SHAPE).astype(np.float64)
+    s = _stride(stride, window)
+    g = _int_cotangent(np_max_pool(x, window, s, padding, dilation).shape)
+    got = _vjp(lambda x: pool.max_pool2d(x, window, stride=s, padding=padding, dilation=dilation,
+                                         impl="custom_vjp", ties=ties), x, g)
+    np.testing.assert_allclose(got, np_max_pool_grad(x, g, window, s, padding, dilation, ties), rtol=1e-14)
+
+
+@pytest.mark.parametrize("ties", pool.TIE_POLICIES)
+@pytest.mark.parametrize("shape,window", [((2, 6, 8, 3), (2, 2)), ((2, 6, 7, 3), (3, 2)), ((1, 7, 5, 2), (2, 1))])
+def test_tiled_fast_path_equals_general_path(ties, shape, window):
+    """Force both backward paths on tie-heavy inputs (some shapes leave uncovered rows/cols)."""
+    x = np.random.default_rng(7).integers(0, 3, size=shape).astype(np.float64)
+    pads = ((0, 0), (0, 0))
+
+    def run(path):
+        fn = lambda x: pool._max_pool_custom(x, window, window, pads, (1, 1), ties, path=path)  # noqa: E731
+        y, vjp = jax.vjp(fn, jnp.asarray(x))
+        return np.asarray(y), np.asarray(vjp(_int_cotangent(y.shape))[0])
+
+    (y_t, g_t), (y_g, g_g) = run("tiled"), run("general")
+    np.testing.assert_array_equal(y_t, y_g)
+    np.testing.assert_array_equal(g_t, g_g)
+    g = _int_cotangent(y_t.shape)
+    np.testing.assert_allclose(g_t, np_max_pool_grad(x, g, window, None, "VALID", 1, ties), rtol=1e-14)
+
+
+def test_auto_path_selection():
+    assert pool._tiles((2, 6, 8, 3), (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1))
+    assert not pool._tiles((2, 6, 8, 3), (2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    assert not pool._tiles((2, 6, 8, 3), (2, 2), (2, 2), ((0, 1), (0, 0)), (1, 1))
+    assert not pool._tiles((2, 6, 8, 3), (2, 2), (2, 2), ((0, 0), (0, 0)), (2, 1))
+    with pytest.raises(ValueError, match="path"):
+        pool._max_pool_custom(jnp.zeros((1, 4, 4, 1)), (2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1), "first", path="tiled")
+
+
+@pytest.mark.parametrize("window,stride,padding,dilation",
+                         [((2, 2), None, "VALID", 1), ((3, 3), 1, "SAME", 1), ((3, 2), (2, 1), ((0, 1), (1, 0)), 2)])
+def test_check_grads_second_order_custom_vjp(window, stride, padding, dilation):
+    x = _perm((1, 6, 7, 2), seed=8)  # distinct values 1 apart: no max changes within eps
+    fn = lambda x: pool.max_pool2d(x, window, stride=stride, padding=padding, dilation=dilation,  # noqa: E731
+                                   impl="custom_vjp")
+    check_grads(fn, (x,), order=2, modes=["rev"], eps=1e-2)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("impl", ["lax", "reference"])
+def test_check_grads_avg_pool(impl, count_include_pad):
+    x = np.random.default_rng(9).normal(size=(1, 5, 6, 2))
+    fn = lambda x: pool.avg_pool2d(x, (3, 2), stride=(2, 1), padding="SAME",  # noqa: E731
+                                   count_include_pad=count_include_pad, impl=impl)
+    check_grads(fn, (x,), order=2, modes=["rev"])

@@ -120,7 +120,8 @@ def _pad_hw(x, pads, value):
 def _lax_pool(x, init, op, window, stride, pads, dilation, layout):
     spatial = (lambda p: (1, p[0], p[1], 1)) if layout == "NHWC" else (lambda p: (1, 1, p[0], p[1]))
     full_pads = ((0, 0), pads[0], pads[1], (0, 0)) if layout == "NHWC" else ((0, 0), (0, 0), pads[0], pads[1])
-    return lax.reduce_window(x, jnp.array(init, x.dtype), op, spatial(window), spatial(stride), full_pads,
+    init = np.array(init, dtype=x.dtype)  # a concrete numpy scalar even under jit, so JAX sees a max monoid
+    return lax.reduce_window(x, init, op, spatial(window), spatial(stride), full_pads,
                              window_dilation=spatial(dilation))
 
 
@@ -228,7 +229,10 @@ def _max_pool_vjp(x, window, stride, pads, dilation, ties, tiled):
 
 
 def _max_pool_vjp_fwd(x, window, stride, pads, dilation, ties, tiled):
-    y = _forward(x, window, stride, pads, dilation)
+    # y through the custom-VJP function itself, not lax: when this rule is differentiated
+    # again (second order), y's derivative must use our backward, since JAX's reduce_window
+    # VJP rejects window dilation and follows its own NaN rule.
+    y = _max_pool_vjp(x, window, stride, pads, dilation, ties, tiled)
     return y, (x, y)  # the mask is recomputed from x and y in the backward
 
 
