@@ -90,14 +90,15 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
     return logits.astype(jnp.float32), _restore_dtypes(new_state, state)
 
 
-def step_keys(train_key, start: int, k: int = 1):
-    """Keys for global steps ``start .. start+k-1``: ``fold_in(train_key, t)``.
+def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
+    """Keys for global steps ``start .. start+k-1``: ``fold_in(train_key, t)``, on the host.
 
-    Returns one key (2,) for ``k == 1`` and stacked keys (k, 2) otherwise.
+    Returns one key (2,) uint32 for ``k == 1`` and stacked keys (k, 2) otherwise. ``fit``
+    makes a whole epoch's keys in one call (one dispatch), then slices them per step.
     """
-    if k == 1:
-        return jax.random.fold_in(train_key, start)
-    return jax.vmap(lambda t: jax.random.fold_in(train_key, t))(jnp.arange(start, start + k, dtype=jnp.uint32))
+    keys = jax.vmap(lambda t: jax.random.fold_in(train_key, t))(jnp.arange(start, start + k, dtype=jnp.uint32))
+    keys = np.asarray(keys)
+    return keys[0] if k == 1 else keys
 
 
 def make_train_step(
@@ -457,6 +458,7 @@ def fit(
     while step < last:
         epoch, b = divmod(step, spe)
         order = epoch_order(config.seed, epoch, n)
+        keys = step_keys(train_key, epoch * spe, spe).reshape(spe, -1)
         bar = EpochBar(epoch, config.epochs, spe, b, enabled=show)
         t0, pending, n_img = time.perf_counter(), [], 0
         end = min(spe, b + last - step)
@@ -467,7 +469,7 @@ def fit(
             if k > 1:
                 xb, yb = xb.reshape((k, bs) + xb.shape[1:]), yb.reshape((k, bs) + yb.shape[1:])
             fn = step_k if k > 1 else step_1
-            params, state, opt_state, m = fn(params, state, opt_state, (xb, yb), step_keys(train_key, step, k))
+            params, state, opt_state, m = fn(params, state, opt_state, (xb, yb), keys[b] if k == 1 else keys[b : b + k])
             pending.append((step, k, m))
             step, b, n_img = step + k, b + k, n_img + k * bs
             due = config.checkpoint_every is not None and step // config.checkpoint_every > (step - k) // config.checkpoint_every
