@@ -1,0 +1,131 @@
+"""Activation functions as layers, and ``Lambda`` for any pure function.
+
+Each constructor returns a stateless, parameter-free ``Layer``: ``init`` returns the
+input shape unchanged (``Lambda``: the shape ``jax.eval_shape`` finds), ``{}`` params
+and ``{}`` state; ``apply`` computes ``A = g(Z)`` elementwise (softmax: along
+``axis``) in the input's dtype. Summary FLOPs count one per output element (a
+convention: transcendental functions cost more).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fcnn.summary import LayerInfo, describe, numel
+from fcnn.types import Layer
+
+__all__ = ["Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Gelu",
+           "Elu", "LeakyRelu", "Silu", "Softplus"]
+
+
+def _check_shape(in_shape) -> tuple:
+    if not isinstance(in_shape, (tuple, list)) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in in_shape
+    ):
+        raise ValueError(f"in_shape must be a tuple of positive ints (batch included), got {in_shape!r}")
+    return tuple(int(d) for d in in_shape)
+
+
+def Activation(fn: Callable, *, name: str = "Activation") -> Layer:
+    """A layer applying the elementwise (shape-preserving) function ``fn`` to ``x`` of any shape.
+
+    Args:
+      fn: ``x -> y`` with ``y.shape == x.shape``; must be a pure JAX function.
+      name: shown by ``summary``.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+
+    def init(key, in_shape):
+        return _check_shape(in_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return fn(x), state
+
+    return describe(Layer(init, apply), LayerInfo(name, "activation", flops=lambda i, o: numel(o)))
+
+
+def Lambda(fn: Callable, *, name: str = "Lambda") -> Layer:
+    """A parameter-free layer applying any pure function ``fn: x -> y``.
+
+    The output shape comes from ``jax.eval_shape(fn, ...)`` on a float32 input at init time,
+    so a shape error in ``fn`` surfaces at init.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {fn!r}")
+
+    def init(key, in_shape):
+        in_shape = _check_shape(in_shape)
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(in_shape, jnp.float32))
+        return tuple(out.shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return fn(x), state
+
+    return describe(Layer(init, apply), LayerInfo(name, "lambda", flops=lambda i, o: numel(o)))
+
+
+def _check_axis(axis):
+    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    return int(axis)
+
+
+def Relu() -> Layer:
+    """max(x, 0)."""
+    return Activation(jax.nn.relu, name="Relu")
+
+
+def Sigmoid() -> Layer:
+    """1 / (1 + exp(-x))."""
+    return Activation(jax.nn.sigmoid, name="Sigmoid")
+
+
+def Tanh() -> Layer:
+    return Activation(jnp.tanh, name="Tanh")
+
+
+def Softmax(*, axis: int = -1) -> Layer:
+    """exp(x_i) / sum_j exp(x_j) along ``axis`` (max-subtracted, stable)."""
+    axis = _check_axis(axis)
+    return Activation(lambda x: jax.nn.softmax(x, axis=axis), name="Softmax")
+
+
+def LogSoftmax(*, axis: int = -1) -> Layer:
+    """x_i - logsumexp(x) along ``axis``."""
+    axis = _check_axis(axis)
+    return Activation(lambda x: jax.nn.log_softmax(x, axis=axis), name="LogSoftmax")
+
+
+def Gelu(*, approximate: bool = False) -> Layer:
+    """x * Phi(x) (exact erf form by default; ``approximate=True`` is the tanh form)."""
+    if not isinstance(approximate, bool):
+        raise TypeError(f"approximate must be a bool, got {approximate!r}")
+    return Activation(lambda x: jax.nn.gelu(x, approximate=approximate), name="Gelu")
+
+
+def Elu(*, alpha: float = 1.0) -> Layer:
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+        raise TypeError(f"alpha must be a number, got {alpha!r}")
+    return Activation(lambda x: jax.nn.elu(x, alpha), name="Elu")
+
+
+def LeakyRelu(*, negative_slope: float = 0.01) -> Layer:
+    """x if x >= 0 else negative_slope * x."""
+    if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
+        raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
+    return Activation(lambda x: jax.nn.leaky_relu(x, negative_slope), name="LeakyRelu")
+
+
+def Silu() -> Layer:
+    """x * sigmoid(x) (a.k.a. swish)."""
+    return Activation(jax.nn.silu, name="Silu")
+
+
+def Softplus() -> Layer:
+    """log(1 + exp(x)), computed stably."""
+    return Activation(jax.nn.softplus, name="Softplus")

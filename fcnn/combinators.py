@@ -1,0 +1,157 @@
+"""Combinators: build one ``Layer`` out of several.
+
+* ``serial(l0, l1, ...)``: ``y = l_{k-1}(... l1(l0(x)))``. Params and state are tuples with
+  one entry per child. ``init`` splits its key into k keys (child i gets
+  ``jax.random.split(key, k)[i]``), and so does ``apply`` when given a key, so every
+  ``Dropout`` draws its own mask.
+* ``residual(block, shortcut=None)``: ``y = block(x) + shortcut(x)`` (identity shortcut by
+  default). Params/state: ``{"block": ..., "shortcut": ...}`` (``{}`` for the identity);
+  keys: ``split(key, 2)`` -> (block, shortcut).
+* ``branches(l0, l1, ..., merge="concat"|"sum")``: fan-out of ``x`` to every branch, then
+  concatenation along the channel axis or elementwise sum (fan-in). Params/state: tuples;
+  keys split as in ``serial``.
+
+Output shapes flow through ``init`` without data; mismatched shapes raise ``ValueError``
+at init.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fcnn import shapes
+from fcnn.summary import LayerInfo, describe, numel
+from fcnn.types import Layer
+
+__all__ = ["serial", "residual", "branches"]
+
+
+def _check_layers(layers, what: str):
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{what} argument {i} must be a Layer (init, apply), got {type(layer).__name__}")
+
+
+def _keys(key, n: int):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def serial(*layers: Layer) -> Layer:
+    """Compose layers in order; see the module docstring for params, state and keys."""
+    if not layers:
+        raise ValueError("serial needs at least one layer")
+    _check_layers(layers, "serial")
+    n = len(layers)
+
+    def init(key, in_shape):
+        shape, params, states = tuple(in_shape), [], []
+        for layer, k in zip(layers, jax.random.split(key, n)):
+            shape, p, s = layer.init(k, shape)
+            params.append(p)
+            states.append(s)
+        return shape, tuple(params), tuple(states)
+
+    def apply(params, state, x, *, key=None, train=False):
+        new_states = []
+        for layer, p, s, k in zip(layers, params, state, _keys(key, n)):
+            x, s = layer.apply(p, s, x, key=k, train=train)
+            new_states.append(s)
+        return x, tuple(new_states)
+
+    return describe(Layer(init, apply), LayerInfo("serial", "serial", children=tuple(layers)))
+
+
+def residual(block: Layer, shortcut: Layer = None) -> Layer:
+    """``y = block(x) + shortcut(x)``; ``shortcut=None`` is the identity.
+
+    Raises ValueError at init unless both paths produce the same shape (for the identity:
+    the block must keep the input shape; use a projection shortcut, e.g. a 1x1 stride-2
+    ``Conv2D``, where it does not).
+    """
+    _check_layers((block,) if shortcut is None else (block, shortcut), "residual")
+
+    def init(key, in_shape):
+        kb, ks = jax.random.split(key)
+        out, pb, sb = block.init(kb, tuple(in_shape))
+        if shortcut is None:
+            sc_out, ps, ss = tuple(in_shape), {}, {}
+        else:
+            sc_out, ps, ss = shortcut.init(ks, tuple(in_shape))
+        if tuple(out) != tuple(sc_out):
+            which = "the input shape (identity shortcut)" if shortcut is None else "the shortcut's output shape"
+            raise ValueError(f"residual: the block's output shape {tuple(out)} must equal {which} "
+                             f"{tuple(sc_out)} for in_shape {tuple(in_shape)}")
+        return tuple(out), {"block": pb, "shortcut": ps}, {"block": sb, "shortcut": ss}
+
+    def apply(params, state, x, *, key=None, train=False):
+        kb, ks = _keys(key, 2)
+        y, sb = block.apply(params["block"], state["block"], x, key=kb, train=train)
+        if shortcut is None:
+            r, ss = x, state["shortcut"]
+        else:
+            r, ss = shortcut.apply(params["shortcut"], state["shortcut"], x, key=ks, train=train)
+        return y + r, {"block": sb, "shortcut": ss}
+
+    return describe(Layer(init, apply), LayerInfo("residual", "residual", "+ identity" if shortcut is None else
+                                                  "+ projection", flops=lambda i, o: numel(o),
+                                                  children=(block, shortcut)))
+
+
+def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Layer:
+    """Fan ``x`` out to every layer and merge the outputs.
+
+    Args:
+      layers: the branches, each applied to the same ``x``.
+      merge: "concat" joins the outputs along the channel axis (NHWC: last, NCHW: 1; a rank-2
+        output: last), so they must agree on every other axis; "sum" adds them, so their
+        shapes must be equal.
+      layout: which axis is the channel axis for rank-4 outputs.
+    """
+    if not layers:
+        raise ValueError("branches needs at least one layer")
+    _check_layers(layers, "branches")
+    if merge not in ("concat", "sum"):
+        raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+    layout = shapes.normalize_layout(layout)
+    n = len(layers)
+
+    def axis(rank):
+        return 1 if (rank == 4 and layout == "NCHW") else rank - 1
+
+    def init(key, in_shape):
+        outs, params, states = [], [], []
+        for layer, k in zip(layers, jax.random.split(key, n)):
+            o, p, s = layer.init(k, tuple(in_shape))
+            outs.append(tuple(o))
+            params.append(p)
+            states.append(s)
+        first = outs[0]
+        if merge == "sum":
+            if any(o != first for o in outs):
+                raise ValueError(f"branches(merge='sum'): every branch must produce the same shape, got {outs}")
+            out = first
+        else:
+            a = axis(len(first))
+            rest = [o[:a] + o[a + 1:] for o in outs]
+            if any(len(o) != len(first) for o in outs) or any(r != rest[0] for r in rest):
+                raise ValueError(f"branches(merge='concat'): branch outputs must agree on every axis but the "
+                                 f"channel axis {a}, got {outs}")
+            out = first[:a] + (sum(o[a] for o in outs),) + first[a + 1:]
+        return out, tuple(params), tuple(states)
+
+    def apply(params, state, x, *, key=None, train=False):
+        ys, new_states = [], []
+        for layer, p, s, k in zip(layers, params, state, _keys(key, n)):
+            y, s = layer.apply(p, s, x, key=k, train=train)
+            ys.append(y)
+            new_states.append(s)
+        if merge == "sum":
+            out = ys[0]
+            for y in ys[1:]:
+                out = out + y
+        else:
+            out = jnp.concatenate(ys, axis=axis(ys[0].ndim))
+        return out, tuple(new_states)
+
+    return describe(Layer(init, apply), LayerInfo("branches", "branches", merge, children=tuple(layers),
+                                                  flops=lambda i, o: (n - 1) * numel(o) if merge == "sum" else 0))

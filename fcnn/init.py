@@ -1,0 +1,144 @@
+"""Weight initialisers.
+
+Every initialiser has one signature::
+
+    init(key, shape, dtype, fan_in, fan_out) -> array of ``shape`` and ``dtype``
+
+``fan_in`` is the number of inputs that feed one output unit and ``fan_out`` the
+number of outputs one input unit feeds (``fans`` computes both for dense and conv
+kernels, groups included). The scaled initialisers keep the variance of the signal
+(He) or the average of forward and backward variances (Glorot) constant across
+layers:
+
+    he_normal       N(0, 2 / fan_in)                     (ReLU nets; He et al. 2015)
+    he_uniform      U(-sqrt(6 / fan_in), +sqrt(6 / fan_in))
+    glorot_normal   N(0, 2 / (fan_in + fan_out))          (tanh/sigmoid; Glorot & Bengio 2010)
+    glorot_uniform  U(-sqrt(6 / (fan_in + fan_out)), +...)
+    normal(s)       N(0, s^2);  uniform(s)  U(-s, s);  zeros;  ones
+
+The normal variants are plain (not truncated) normals, so their standard deviation
+is exactly the formula. ``normal``/``uniform``/``he_*``/``glorot_*`` are factories
+(``he_normal()``); ``zeros`` and ``ones`` are initialisers themselves.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]  # (key, shape, dtype, fan_in, fan_out) -> array
+
+__all__ = ["fans", "normal", "uniform", "he_normal", "he_uniform", "glorot_normal",
+           "glorot_uniform", "zeros", "ones", "check_initializer"]
+
+
+def fans(shape: Sequence[int], *, kind: str = "dense", layout: str = "NHWC", groups: int = 1) -> Tuple[int, int]:
+    """``(fan_in, fan_out)`` of a weight.
+
+    Args:
+      shape: a dense weight ``(n_in, n_out)``, or a conv kernel ``(kh, kw, cin/groups, cout)``
+        (HWIO, layout "NHWC") or ``(cout, cin/groups, kh, kw)`` (OIHW, layout "NCHW").
+      kind: "dense" or "conv".
+      groups: conv groups. Each output channel sees ``kh*kw*cin/groups`` inputs and each input
+        channel feeds the ``cout/groups`` kernels of its group at ``kh*kw`` positions.
+    Returns:
+      dense: ``(n_in, n_out)``; conv: ``(kh*kw*cin/groups, kh*kw*cout/groups)``.
+    """
+    if kind == "dense":
+        if len(shape) != 2:
+            raise ValueError(f"shape of a dense weight must be (n_in, n_out), got {tuple(shape)}")
+        return int(shape[0]), int(shape[1])
+    if kind != "conv":
+        raise ValueError(f"kind must be 'dense' or 'conv', got {kind!r}")
+    if len(shape) != 4:
+        raise ValueError(f"shape of a conv kernel must have rank 4, got {tuple(shape)}")
+    if layout == "NHWC":
+        kh, kw, ci, co = shape
+    elif layout == "NCHW":
+        co, ci, kh, kw = shape
+    else:
+        raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+    if co % groups:
+        raise ValueError(f"groups={groups} must divide the output channels ({co})")
+    return kh * kw * ci, kh * kw * (co // groups)
+
+
+def _positive(value, name: str) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _normal(std: float):
+    def init(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
+        return std * jax.random.normal(key, shape, dtype)
+    return init
+
+
+def _uniform(limit: float):
+    def init(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+    return init
+
+
+def normal(stddev: float = 0.05) -> Initializer:
+    """N(0, stddev^2), independent of the fans."""
+    return _normal(_positive(stddev, "stddev"))
+
+
+def uniform(scale: float = 0.05) -> Initializer:
+    """U(-scale, scale), independent of the fans."""
+    return _uniform(_positive(scale, "scale"))
+
+
+def _scaled(kind: str, numerator: float, use_fan_out: bool) -> Initializer:
+    def init(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
+        if fan_in is None or (use_fan_out and fan_out is None):
+            raise ValueError("fan_in (and fan_out for Glorot) must be given to a scaled initialiser")
+        denom = fan_in + fan_out if use_fan_out else fan_in
+        if kind == "normal":
+            return _normal(math.sqrt(numerator / denom))(key, shape, dtype)
+        return _uniform(math.sqrt(3.0 * numerator / denom))(key, shape, dtype)
+    return init
+
+
+def he_normal() -> Initializer:
+    """N(0, 2/fan_in)."""
+    return _scaled("normal", 2.0, False)
+
+
+def he_uniform() -> Initializer:
+    """U(-sqrt(6/fan_in), sqrt(6/fan_in)) (variance 2/fan_in)."""
+    return _scaled("uniform", 2.0, False)
+
+
+def glorot_normal() -> Initializer:
+    """N(0, 2/(fan_in + fan_out))."""
+    return _scaled("normal", 2.0, True)
+
+
+def glorot_uniform() -> Initializer:
+    """U(-sqrt(6/(fan_in+fan_out)), +sqrt(6/(fan_in+fan_out))) (variance 2/(fan_in+fan_out))."""
+    return _scaled("uniform", 2.0, True)
+
+
+def zeros(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
+    """All zeros (the default bias)."""
+    return jnp.zeros(shape, dtype)
+
+
+def ones(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
+    """All ones."""
+    return jnp.ones(shape, dtype)
+
+
+def check_initializer(fn, name: str):
+    """Raise TypeError naming ``name`` unless ``fn`` is callable (catches ``w_init=he_normal``)."""
+    if fn in (normal, uniform, he_normal, he_uniform, glorot_normal, glorot_uniform):
+        raise TypeError(f"{name} must be an initialiser; {fn.__name__} is a factory: pass {fn.__name__}()")
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable (key, shape, dtype, fan_in, fan_out) -> array, got {fn!r}")
+    return fn

@@ -1,0 +1,390 @@
+"""Layers: Conv2D, Dense, pooling, Flatten, Dropout, BatchNorm (activations in fcnn.activations).
+
+Every constructor returns a ``Layer(init, apply)`` (contract in ``fcnn.types``)::
+
+    init(key, in_shape) -> (out_shape, params, state)        in_shape includes the batch dim
+    apply(params, state, x, *, key=None, train=False) -> (y, state)
+
+Arguments are validated when the layer is built and shapes when ``init`` runs, so bad
+input raises ``ValueError``/``TypeError`` naming the argument before any computation.
+Layers never call ``jit``.
+
+dtypes: params are created in ``param_dtype`` (float32 by default). ``Conv2D`` and
+``Dense`` cast their params to ``x.dtype`` inside ``apply`` (so float32 master params
+serve float64 or bfloat16 inputs: mixed precision); ``BatchNorm`` computes its statistics
+in at least float32 and returns ``x.dtype``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn import init as initializers
+from fcnn import ops, shapes
+from fcnn.activations import (Activation, Elu, Gelu, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,  # noqa: F401
+                              Silu, Softmax, Softplus, Tanh, _check_shape)
+from fcnn.summary import LayerInfo, describe, numel
+from fcnn.types import Layer
+
+__all__ = ["Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
+           "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+           "Gelu", "Elu", "LeakyRelu", "Silu", "Softplus"]
+
+
+# ----------------------------------------------------------------------------- validation helpers
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _choice(value, choices, name: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_param_dtype(dtype):
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError(f"param_dtype must be a floating dtype, got {dtype!r}")
+    return jnp.dtype(dtype)
+
+
+def _check_padding_spelling(padding, window, stride, dilation):
+    # SAME needs the input size; a dummy one is enough to validate the spelling now.
+    shapes.normalize_padding(padding, (1, 1), window, stride, dilation)
+
+
+def _rank4(in_shape, layout: str):
+    in_shape = _check_shape(in_shape)
+    shapes.check_rank4(in_shape, "in_shape")
+    return in_shape
+
+
+def _h(shape, layout):
+    return shapes.spatial_dims(shape, layout)[0]
+
+
+# ----------------------------------------------------------------------------- Conv2D
+def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, groups=1, use_bias=True,
+           layout="NHWC", impl="lax", precision=None, w_init=initializers.he_normal(),
+           b_init=initializers.zeros, param_dtype=jnp.float32) -> Layer:
+    """2-D convolution layer ``Z = W * A_prev + b`` (``ops.conv2d``).
+
+    Args:
+      out_channels: number of kernels = output channels.
+      kernel: int or (kh, kw).
+      stride, padding, dilation, groups, layout, impl, precision: as in ``ops.conv2d``.
+      use_bias: add a per-channel bias ``b`` of shape (out_channels,).
+      w_init, b_init: initialisers ``(key, shape, dtype, fan_in, fan_out)``; fans from
+        ``init.fans`` (fan_in = kh*kw*cin/groups).
+      param_dtype: dtype of the created params; ``apply`` casts them to ``x.dtype``.
+    Params:
+      {"w": (kh, kw, cin/groups, out_channels) HWIO for NHWC or (out_channels, cin/groups, kh, kw)
+      OIHW for NCHW, "b": (out_channels,)} ("b" only with use_bias).
+    Shapes:
+      x (n, h, w, cin) -> (n, oh, ow, out_channels) in NHWC (NCHW likewise), oh from
+      ``shapes.conv_output_shape``.
+    """
+    out_channels = _positive_int(out_channels, "out_channels")
+    kernel = shapes.normalize_pair(kernel, "kernel")
+    stride = shapes.normalize_pair(stride, "stride")
+    dilation = shapes.normalize_pair(dilation, "dilation")
+    groups = _positive_int(groups, "groups")
+    if out_channels % groups:
+        raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
+    _check_padding_spelling(padding, kernel, stride, dilation)
+    layout = shapes.normalize_layout(layout)
+    impl = _choice(impl, ops.CONV_IMPLS, "impl")
+    use_bias = _check_bool(use_bias, "use_bias")
+    w_init = initializers.check_initializer(w_init, "w_init")
+    b_init = initializers.check_initializer(b_init, "b_init")
+    param_dtype = _check_param_dtype(param_dtype)
+
+    def w_shape(cin):
+        kh, kw = kernel
+        if layout == "NHWC":
+            return (kh, kw, cin // groups, out_channels)
+        return (out_channels, cin // groups, kh, kw)
+
+    def init(key, in_shape):
+        in_shape = _rank4(in_shape, layout)
+        cin = shapes.channel_dim(in_shape, layout)
+        if cin % groups:
+            raise ValueError(f"groups={groups} must divide the input channels ({cin}) of in_shape {in_shape}")
+        ws = w_shape(cin)
+        out_shape = shapes.conv_output_shape(in_shape, ws, stride=stride, padding=padding, dilation=dilation,
+                                             groups=groups, layout=layout)
+        fan_in, fan_out = initializers.fans(ws, kind="conv", layout=layout, groups=groups)
+        kw_, kb = jax.random.split(key)
+        params = {"w": w_init(kw_, ws, param_dtype, fan_in, fan_out)}
+        if use_bias:
+            params["b"] = b_init(kb, (out_channels,), param_dtype, fan_in, fan_out)
+        return out_shape, params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        w = params["w"].astype(x.dtype)
+        b = params["b"].astype(x.dtype) if use_bias else None
+        y = ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       layout=layout, impl=impl, precision=precision)
+        return y, state
+
+    def flops(i, o):
+        return shapes.conv_flops(o, w_shape(shapes.channel_dim(i, layout)), layout, use_bias)
+
+    pad = padding if isinstance(padding, str) else f"pad={padding}"
+    detail = f"{out_channels}@{kernel[0]}x{kernel[1]} s{stride[0]} {pad}" + (f" g{groups}" if groups > 1 else "")
+    return describe(Layer(init, apply), LayerInfo("Conv2D", "conv", detail,
+                                                  rf=lambda i: (kernel[0], stride[0], dilation[0]), flops=flops))
+
+
+# ----------------------------------------------------------------------------- Dense
+def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_init=initializers.zeros,
+          param_dtype=jnp.float32) -> Layer:
+    """Fully connected layer ``y = x @ w + b`` over the last axis.
+
+    Params: {"w": (n_in, out_features), "b": (out_features,)}. Shapes: (..., n_in) -> (..., out_features).
+    ``apply`` casts the params to ``x.dtype``.
+    """
+    out_features = _positive_int(out_features, "out_features")
+    use_bias = _check_bool(use_bias, "use_bias")
+    w_init = initializers.check_initializer(w_init, "w_init")
+    b_init = initializers.check_initializer(b_init, "b_init")
+    param_dtype = _check_param_dtype(param_dtype)
+
+    def init(key, in_shape):
+        in_shape = _check_shape(in_shape)
+        if len(in_shape) < 2:
+            raise ValueError(f"in_shape of Dense must be (batch, ..., features), got {in_shape}")
+        n_in = in_shape[-1]
+        kw_, kb = jax.random.split(key)
+        params = {"w": w_init(kw_, (n_in, out_features), param_dtype, n_in, out_features)}
+        if use_bias:
+            params["b"] = b_init(kb, (out_features,), param_dtype, n_in, out_features)
+        return in_shape[:-1] + (out_features,), params, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        y = jnp.matmul(x, params["w"].astype(x.dtype))
+        if use_bias:
+            y = y + params["b"].astype(x.dtype)
+        return y, state
+
+    def flops(i, o):
+        return shapes.dense_flops(numel(i[:-1]), i[-1], out_features, use_bias)
+
+    return describe(Layer(init, apply), LayerInfo("Dense", "dense", str(out_features), flops=flops))
+
+
+# ----------------------------------------------------------------------------- pooling
+def _pool_probe(fn, window, dilation):
+    """Run ``fn`` abstractly on a tiny input so the op validates its own argument combinations now."""
+    size = tuple(shapes.effective_size(window[i], dilation[i]) for i in range(2))
+    jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + size + (1,), jnp.float32))
+
+
+def MaxPool2D(window, *, stride=None, padding="VALID", dilation=1, layout="NHWC", impl="lax",
+              ties="first") -> Layer:
+    """Max pooling per channel (``ops.max_pool2d``); stride defaults to the window.
+
+    ``impl``/``ties`` pick the gradient's tie policy ("lax" does "first", "reference" does
+    "split", "custom_vjp" any); a combination the op does not implement raises here.
+    Shapes: (n, h, w, c) -> (n, oh, ow, c) in NHWC.
+    """
+    window = shapes.normalize_pair(window, "window")
+    stride_ = window if stride is None else shapes.normalize_pair(stride, "stride")
+    dilation = shapes.normalize_pair(dilation, "dilation")
+    _check_padding_spelling(padding, window, stride_, dilation)
+    layout = shapes.normalize_layout(layout)
+    impl = _choice(impl, ops.POOL_IMPLS, "impl")
+    ties = _choice(ties, ops.TIE_POLICIES, "ties")
+    kw = dict(stride=stride_, padding=padding, dilation=dilation, layout=layout, impl=impl, ties=ties)
+    _pool_probe(lambda x: ops.max_pool2d(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
+                window, dilation)
+
+    def init(key, in_shape):
+        in_shape = _rank4(in_shape, layout)
+        return shapes.pool_output_shape(in_shape, window, stride=stride_, padding=padding, dilation=dilation,
+                                        layout=layout), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return ops.max_pool2d(x, window, **kw), state
+
+    pad = padding if isinstance(padding, str) else f"pad={padding}"
+    return describe(Layer(init, apply), LayerInfo(
+        "MaxPool2D", "pool", f"{window[0]}x{window[1]} s{stride_[0]} {pad}",
+        rf=lambda i: (window[0], stride_[0], dilation[0]), flops=lambda i, o: shapes.pool_flops(o, window)))
+
+
+def AvgPool2D(window, *, stride=None, padding="VALID", layout="NHWC", count_include_pad=True,
+              impl="lax") -> Layer:
+    """Average pooling per channel (``ops.avg_pool2d``); stride defaults to the window."""
+    window = shapes.normalize_pair(window, "window")
+    stride_ = window if stride is None else shapes.normalize_pair(stride, "stride")
+    _check_padding_spelling(padding, window, stride_, (1, 1))
+    layout = shapes.normalize_layout(layout)
+    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
+    kw = dict(stride=stride_, padding=padding, layout=layout, count_include_pad=count_include_pad, impl=impl)
+    _pool_probe(lambda x: ops.avg_pool2d(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
+                window, (1, 1))
+
+    def init(key, in_shape):
+        in_shape = _rank4(in_shape, layout)
+        return shapes.pool_output_shape(in_shape, window, stride=stride_, padding=padding,
+                                        layout=layout), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return ops.avg_pool2d(x, window, **kw), state
+
+    pad = padding if isinstance(padding, str) else f"pad={padding}"
+    return describe(Layer(init, apply), LayerInfo(
+        "AvgPool2D", "pool", f"{window[0]}x{window[1]} s{stride_[0]} {pad}",
+        rf=lambda i: (window[0], stride_[0], 1), flops=lambda i, o: shapes.pool_flops(o, window)))
+
+
+def _global_pool(op, name, layout):
+    layout = shapes.normalize_layout(layout)
+
+    def init(key, in_shape):
+        in_shape = _rank4(in_shape, layout)
+        return (in_shape[0], shapes.channel_dim(in_shape, layout)), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return op(x, layout=layout), state
+
+    return describe(Layer(init, apply), LayerInfo(name, "pool", "global", rf=lambda i: (_h(i, layout), 1, 1),
+                                                  flops=lambda i, o: numel(i)))
+
+
+def GlobalAvgPool2D(*, layout="NHWC") -> Layer:
+    """Mean over height and width: (n, h, w, c) NHWC or (n, c, h, w) NCHW -> (n, c)."""
+    return _global_pool(ops.global_avg_pool2d, "GlobalAvgPool2D", layout)
+
+
+def GlobalMaxPool2D(*, layout="NHWC") -> Layer:
+    """Max over height and width: (n, h, w, c) NHWC or (n, c, h, w) NCHW -> (n, c)."""
+    return _global_pool(ops.global_max_pool2d, "GlobalMaxPool2D", layout)
+
+
+# ----------------------------------------------------------------------------- Flatten, Dropout
+def Flatten(*, layout="NHWC") -> Layer:
+    """(n, d1, d2, ...) -> (n, d1*d2*...) in memory order (NHWC: h, w, c; no transpose).
+
+    ``layout`` only tells ``summary`` which axis is the height (a Dense after Flatten sees
+    the whole remaining height).
+    """
+    layout = shapes.normalize_layout(layout)
+
+    def init(key, in_shape):
+        in_shape = _check_shape(in_shape)
+        if len(in_shape) < 2:
+            raise ValueError(f"in_shape of Flatten must have a batch dim and at least one more, got {in_shape}")
+        return (in_shape[0], numel(in_shape[1:])), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return jnp.reshape(x, (x.shape[0], -1)), state
+
+    def rf(i):
+        return (_h(i, layout) if len(i) == 4 else 1, 1, 1)
+
+    return describe(Layer(init, apply), LayerInfo("Flatten", "reshape", rf=rf, flops=lambda i, o: 0))
+
+
+def Dropout(drop_rate) -> Layer:
+    """Inverted dropout: with ``train=True`` zero each element with probability ``drop_rate``
+    and scale the kept ones by ``1/(1 - drop_rate)`` (expected value unchanged); identity
+    with ``train=False``. Training needs ``key=``; ``serial`` gives every Dropout its own.
+    """
+    if not isinstance(drop_rate, numbers.Real) or isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
+        raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+    keep = 1.0 - float(drop_rate)
+
+    def init(key, in_shape):
+        return _check_shape(in_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        if not train or drop_rate == 0:
+            return x, state
+        if key is None:
+            raise ValueError("Dropout with train=True needs a PRNG key: pass key=... to apply")
+        mask = jax.random.bernoulli(key, keep, jnp.shape(x))
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype)), state
+
+    return describe(Layer(init, apply), LayerInfo("Dropout", "dropout", f"p={drop_rate}",
+                                                  flops=lambda i, o: numel(o)))
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", param_dtype=jnp.float32) -> Layer:
+    """Batch normalisation per channel: ``y = (x - mean) / sqrt(var + epsilon) * scale + offset``.
+
+    ``train=True`` normalises with the statistics of the batch (mean and *biased* variance
+    over every axis but the channel one) and returns the state updated by
+    ``running = momentum * running + (1 - momentum) * batch``. ``train=False`` uses the
+    running statistics and returns the state unchanged. With ``axis_name`` (inside
+    ``pmap``/``shard_map``) the mean and then the variance around the global mean are
+    averaged with ``lax.pmean``, so with equal per-device batches they equal the statistics
+    of the global batch.
+
+    Args:
+      momentum: in [0, 1]; weight of the old running statistics.
+      epsilon: > 0, added to the variance.
+      layout: channel axis: NHWC -> last, NCHW -> 1; a rank-2 input (n, c) uses the last axis.
+    Params: {"scale": (c,) ones, "offset": (c,) zeros}. State: {"mean": (c,) zeros, "var": (c,) ones}
+    in float32 (at least).
+    """
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum <= 1:
+        raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+    if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon > 0:
+        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    if axis_name is not None and not isinstance(axis_name, (str, tuple)):
+        raise TypeError(f"axis_name must be None, a str or a tuple of names, got {axis_name!r}")
+    layout = shapes.normalize_layout(layout)
+    param_dtype = _check_param_dtype(param_dtype)
+    stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
+
+    def channel_axis(rank):
+        return 1 if (rank == 4 and layout == "NCHW") else rank - 1
+
+    def init(key, in_shape):
+        in_shape = _check_shape(in_shape)
+        if len(in_shape) not in (2, 4):
+            raise ValueError(f"in_shape of BatchNorm must be (n, c) or rank 4, got {in_shape}")
+        c = in_shape[channel_axis(len(in_shape))]
+        params = {"scale": jnp.ones((c,), param_dtype), "offset": jnp.zeros((c,), param_dtype)}
+        state = {"mean": jnp.zeros((c,), stat_dtype), "var": jnp.ones((c,), stat_dtype)}
+        return in_shape, params, state
+
+    def apply(params, state, x, *, key=None, train=False):
+        ca = channel_axis(x.ndim)
+        axes = tuple(a for a in range(x.ndim) if a != ca)
+        bshape = [1] * x.ndim
+        bshape[ca] = x.shape[ca]  # broadcast (c,) against x
+        xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if train:
+            mean = jnp.mean(xs, axis=axes)
+            if axis_name is not None:
+                mean = lax.pmean(mean, axis_name)
+            var = jnp.mean(jnp.square(xs - jnp.reshape(mean, bshape)), axis=axes)
+            if axis_name is not None:
+                var = lax.pmean(var, axis_name)
+            state = {"mean": momentum * state["mean"] + (1 - momentum) * mean.astype(stat_dtype),
+                     "var": momentum * state["var"] + (1 - momentum) * var.astype(stat_dtype)}
+        else:
+            mean, var = state["mean"].astype(xs.dtype), state["var"].astype(xs.dtype)
+        inv = lax.rsqrt(var + epsilon) * params["scale"].astype(xs.dtype)
+        y = (xs - jnp.reshape(mean, bshape)) * jnp.reshape(inv, bshape) + jnp.reshape(
+            params["offset"].astype(xs.dtype), bshape)
+        return y.astype(x.dtype), state
+
+    return describe(Layer(init, apply), LayerInfo("BatchNorm", "norm", f"m={momentum}",
+                                                  flops=lambda i, o: 4 * numel(o)))

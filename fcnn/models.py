@@ -1,0 +1,137 @@
+"""Reference models, built only from public layers and combinators.
+
+Every model returns a ``Layer`` whose ``apply`` gives *logits* (n, num_classes); softmax
+is applied by the loss (``losses.softmax_cross_entropy``) or by ``train.predict``. Every
+model takes ``impl=`` (the ``Conv2D`` implementation), ``pool_impl=`` and ``ties=`` (the
+``MaxPool2D`` implementation and gradient tie policy), passed to each of its layers.
+
+    name           input (NHWC)   layers
+    lenet5         (n, 28, 28, 1) conv 6@5x5 SAME, relu, maxpool 2 -> conv 16@5x5 VALID, relu,
+                                  maxpool 2 -> flatten (400) -> dense 120, relu -> dense 84,
+                                  relu -> dense 10                          61,706 params
+    example_net    (n, 64, 64, 3) conv 32@3x3 VALID, relu (62x62x32) -> maxpool 2 (31x31x32)
+                                  -> flatten (30,752) -> dense 10
+    small_vgg      (n, 32, 32, 3) conv 64, relu -> conv 128, relu, maxpool 2 -> conv 256, relu,
+                                  maxpool 2 -> conv 512, relu, maxpool 2 -> global max -> dense 10
+                                  (3x3 convs, all SAME)
+    small_resnet   (n, 32, 32, 3) conv 16@3x3, BN, relu -> stages of basic blocks (widths 16, 32,
+                                  64; stride 2 at each new stage) -> global avg -> dense 10.
+                                  Basic block: relu(conv3x3-BN-relu-conv3x3-BN + shortcut); the
+                                  shortcut is the identity, or a 1x1 stride-2 conv + BN where the
+                                  shape changes.
+
+``get_model(name, **opts)`` builds one by name (``MODELS``); ``input_shape(name)`` gives its
+default input shape with batch 1.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from fcnn.combinators import residual, serial
+from fcnn.layers import (BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D,
+                         Relu)
+from fcnn.types import Layer
+
+__all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "MODELS", "get_model", "input_shape"]
+
+
+def _pool(window, pool_impl, ties):
+    return MaxPool2D(window, impl=pool_impl, ties=ties)
+
+
+def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: str = "first") -> Layer:
+    """LeNet-5 for (n, 28, 28, 1) inputs -> (n, num_classes) logits."""
+    return serial(
+        Conv2D(6, 5, padding="SAME", impl=impl), Relu(), _pool(2, pool_impl, ties),  # (n, 14, 14, 6)
+        Conv2D(16, 5, padding="VALID", impl=impl), Relu(), _pool(2, pool_impl, ties),  # (n, 5, 5, 16)
+        Flatten(),  # (n, 400)
+        Dense(120), Relu(),
+        Dense(84), Relu(),
+        Dense(num_classes),
+    )
+
+
+def example_net(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: str = "first") -> Layer:
+    """Conv 32@3x3 + relu + maxpool 2 + dense on (n, 64, 64, 3) -> (n, num_classes) logits."""
+    return serial(
+        Conv2D(32, 3, impl=impl), Relu(),  # (n, 62, 62, 32)
+        _pool(2, pool_impl, ties),  # (n, 31, 31, 32)
+        Flatten(),  # (n, 30752)
+        Dense(num_classes),
+    )
+
+
+def small_vgg(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: str = "first") -> Layer:
+    """VGG-style net on (n, 32, 32, 3) -> (n, num_classes) logits (all convs 3x3 SAME)."""
+    def conv(c):
+        return Conv2D(c, 3, padding="SAME", impl=impl)
+
+    return serial(
+        conv(64), Relu(),  # (n, 32, 32, 64)
+        conv(128), Relu(), _pool(2, pool_impl, ties),  # (n, 16, 16, 128)
+        conv(256), Relu(), _pool(2, pool_impl, ties),  # (n, 8, 8, 256)
+        conv(512), Relu(), _pool(2, pool_impl, ties),  # (n, 4, 4, 512)
+        GlobalMaxPool2D(),  # (n, 512)
+        Dense(num_classes),
+    )
+
+
+def _basic_block(channels: int, stride: int, project: bool, impl: str, momentum: float) -> Layer:
+    block = serial(
+        Conv2D(channels, 3, stride=stride, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum),
+        Relu(),
+        Conv2D(channels, 3, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum),
+    )
+    shortcut = None
+    if project:
+        shortcut = serial(Conv2D(channels, 1, stride=stride, use_bias=False, impl=impl), BatchNorm(momentum=momentum))
+    return serial(residual(block, shortcut), Relu())
+
+
+def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64), blocks_per_stage: int = 1,
+                 impl: str = "lax", pool_impl: str = "lax", ties: str = "first", momentum: float = 0.9) -> Layer:
+    """A small ResNet on (n, 32, 32, 3) -> (n, num_classes) logits.
+
+    Stage i has ``blocks_per_stage`` basic blocks of ``widths[i]`` channels; the first block
+    of every stage after the first has stride 2 and a projection shortcut (1x1 conv stride 2
+    + BN). The stem has no max-pool, so ``pool_impl``/``ties`` are accepted for a uniform
+    interface and unused. BatchNorm state must be threaded through training (``train.fit`` does).
+    """
+    if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
+    if not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
+        raise ValueError(f"blocks_per_stage must be a positive int, got {blocks_per_stage!r}")
+    MaxPool2D(2, impl=pool_impl, ties=ties)  # validate the pooling options all models accept
+    layers = [Conv2D(widths[0], 3, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum), Relu()]
+    in_c = widths[0]
+    for i, c in enumerate(widths):
+        for b in range(blocks_per_stage):
+            stride = 2 if (i > 0 and b == 0) else 1
+            layers.append(_basic_block(c, stride, stride != 1 or c != in_c, impl, momentum))
+            in_c = c
+    layers += [GlobalAvgPool2D(), Dense(num_classes)]
+    return serial(*layers)
+
+
+MODELS = {
+    "lenet5": (lenet5, (1, 28, 28, 1)),
+    "example_net": (example_net, (1, 64, 64, 3)),
+    "small_vgg": (small_vgg, (1, 32, 32, 3)),
+    "small_resnet": (small_resnet, (1, 32, 32, 3)),
+}
+
+
+def _entry(name: str):
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name]
+
+
+def get_model(name: str, **opts) -> Layer:
+    """``MODELS[name]`` built with keyword options (``num_classes``, ``impl``, ``pool_impl``, ``ties``...)."""
+    return _entry(name)[0](**opts)
+
+
+def input_shape(name: str, batch: int = 1) -> tuple:
+    """The default NHWC input shape of a model, with batch size ``batch``."""
+    return (batch,) + _entry(name)[1][1:]

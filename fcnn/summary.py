@@ -1,0 +1,194 @@
+"""Layer introspection and the model summary table.
+
+A ``Layer`` is a bare ``(init, apply)`` pair, so what a layer *is* (its name, kernel,
+stride, FLOPs, children) lives in a side table: ``describe(layer, LayerInfo(...))``
+records it in a ``weakref.WeakKeyDictionary`` keyed by ``layer.init`` (each
+constructor call makes a fresh ``init`` closure, so the key is unique per layer
+and the entry disappears with the layer). ``layer_info(layer)`` reads it back;
+a layer built by hand has no entry and shows up as ``"?"`` with 0 FLOPs.
+
+``summary(model, in_shape)`` walks the tree: for every layer it runs ``init`` under
+``jax.eval_shape`` (no arrays are allocated) to get the output shape and the
+parameter shapes, and reports per row:
+
+* output shape, own parameter count (combinator rows hold 0; their children own them),
+* FLOPs of one forward pass over the whole batch (2 per multiply-add, ``fcnn.shapes``),
+* receptive field ``r`` and jump ``j`` along H of one output pixel in input pixels:
+  ``r += (F_eff - 1) * j; j *= S`` (``shapes.receptive_field``). ``residual`` and
+  ``branches`` take the max over their paths. ``Flatten``/global pools see the
+  whole remaining height.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+
+from fcnn import shapes
+from fcnn.types import Layer, Shape
+
+__all__ = ["LayerInfo", "describe", "layer_info", "Row", "Summary", "summary", "count_params"]
+
+RFFn = Callable[[Shape], Tuple[int, int, int]]  # in_shape -> (kernel, stride, dilation) along H
+FlopsFn = Callable[[Shape, Shape], int]  # (in_shape, out_shape) -> FLOPs
+
+
+class LayerInfo(NamedTuple):
+    """What ``summary`` knows about a layer.
+
+    name: display name ("Conv2D"). kind: "conv", "dense", "pool", "activation", "norm",
+    "dropout", "reshape", "lambda", "serial", "residual" or "branches".
+    detail: short hyperparameter text ("6@5x5 SAME"). rf: in_shape -> (kernel, stride,
+    dilation) along H, None for pointwise layers. flops: (in_shape, out_shape) -> int.
+    children: sub-layers of a combinator (residual: (block, shortcut-or-None)).
+    """
+
+    name: str
+    kind: str
+    detail: str = ""
+    rf: Optional[RFFn] = None
+    flops: Optional[FlopsFn] = None
+    children: Tuple[Optional[Layer], ...] = ()
+
+
+_INFO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def describe(layer: Layer, info: LayerInfo) -> Layer:
+    """Record ``info`` for ``layer`` and return the layer unchanged."""
+    _INFO[layer.init] = info
+    return layer
+
+
+def layer_info(layer: Layer) -> LayerInfo:
+    """The recorded info, or an anonymous entry for a layer built by hand."""
+    return _INFO.get(layer.init, LayerInfo("?", "unknown"))
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(int(s) for s in shape)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree (arrays or ``ShapeDtypeStruct``s)."""
+    return sum(numel(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def _abstract_init(layer: Layer, in_shape: Shape):
+    """``(out_shape, params)`` of ``layer.init`` with no arrays allocated."""
+    box = {}
+
+    def run(key):
+        out_shape, params, state = layer.init(key, in_shape)
+        box["out"] = tuple(out_shape)
+        return params, state
+
+    params, _ = jax.eval_shape(run, jax.random.PRNGKey(0))
+    return box["out"], params
+
+
+class Row(NamedTuple):
+    name: str  # path of the layer in the tree, e.g. "3.block.0.Conv2D"
+    kind: str
+    detail: str
+    depth: int
+    out_shape: Shape
+    params: int  # own parameters (0 for combinators)
+    flops: int  # own FLOPs (a combinator's merge only)
+    rf: int
+    jump: int
+
+
+class Summary(NamedTuple):
+    """Rows in tree order plus totals; ``str()`` renders an aligned text table."""
+
+    rows: List[Row]
+    in_shape: Shape
+    out_shape: Shape
+    params: int
+    flops: int
+    rf: int
+    jump: int
+
+    def __str__(self) -> str:
+        header = ("layer", "detail", "output shape", "params", "FLOPs", "RF (H)")
+        body = [("  " * r.depth + r.name, r.detail, str(tuple(r.out_shape)), f"{r.params:,}",
+                 f"{r.flops:,}", f"{r.rf} (j={r.jump})") for r in self.rows]
+        total = ("total", f"in {tuple(self.in_shape)}", str(tuple(self.out_shape)), f"{self.params:,}",
+                 f"{self.flops:,}", f"{self.rf} (j={self.jump})")
+        table = [header] + body + [total]
+        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+        right = (False, False, False, True, True, True)
+
+        def fmt(line):
+            return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(line, widths, right)).rstrip()
+
+        rule = "-" * len(fmt(header))
+        return "\n".join([fmt(header), rule] + [fmt(b) for b in body] + [rule, fmt(total)])
+
+
+def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: int, rows: List[Row]):
+    """Append rows for ``layer`` (and its children); return ``(out_shape, (r, j))``."""
+    info = layer_info(layer)
+    label = f"{name}.{info.name}" if name else info.name
+    if info.kind == "serial":
+        rows.append(Row(label, info.kind, info.detail, depth, (), 0, 0, *rf))
+        head = len(rows) - 1
+        shape, cur = tuple(in_shape), rf
+        for i, child in enumerate(info.children):
+            shape, cur = _walk(child, shape, cur, str(i), depth + 1, rows)
+        rows[head] = rows[head]._replace(out_shape=shape, rf=cur[0], jump=cur[1])
+        return shape, cur
+    if info.kind in ("residual", "branches"):
+        head = len(rows)
+        rows.append(None)
+        outs, rfs = [], []
+        names = ("block", "shortcut") if info.kind == "residual" else [str(i) for i in range(len(info.children))]
+        for child_name, child in zip(names, info.children):
+            if child is None:  # identity shortcut
+                outs.append(tuple(in_shape))
+                rfs.append(rf)
+                continue
+            out, cur = _walk(child, in_shape, rf, child_name, depth + 1, rows)
+            outs.append(out)
+            rfs.append(cur)
+        out_shape, _ = _abstract_init(layer, tuple(in_shape))
+        merged = (max(r for r, _ in rfs), max(j for _, j in rfs))
+        flops = info.flops(in_shape, out_shape) if info.flops else 0
+        rows[head] = Row(label, info.kind, info.detail, depth, out_shape, 0, flops, *merged)
+        return out_shape, merged
+    out_shape, params = _abstract_init(layer, tuple(in_shape))
+    r, j = rf
+    if info.rf is not None:
+        f, s, d = info.rf(tuple(in_shape))
+        r, j = r + (shapes.effective_size(f, d) - 1) * j, j * s
+    flops = info.flops(tuple(in_shape), out_shape) if info.flops else 0
+    rows.append(Row(label, info.kind, info.detail, depth, out_shape, count_params(params), flops, r, j))
+    return out_shape, (r, j)
+
+
+def summary(model: Layer, in_shape: Sequence[int]) -> Summary:
+    """Per-layer table of a model for an input of ``in_shape`` (batch dimension included).
+
+    Totals: ``params`` is the size of ``model.init``'s whole params pytree; ``flops`` the sum
+    of every row's own FLOPs (for the whole batch); ``rf``/``jump`` those of the output.
+    A top-level ``serial`` is unwrapped so its children are the table's rows.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    if not isinstance(in_shape, (tuple, list)) or not all(isinstance(d, int) and d > 0 for d in in_shape):
+        raise ValueError(f"in_shape must be a tuple of positive ints (batch included), got {in_shape!r}")
+    in_shape = tuple(in_shape)
+    rows: List[Row] = []
+    info = layer_info(model)
+    if info.kind == "serial":
+        shape, rf = in_shape, (1, 1)
+        for i, child in enumerate(info.children):
+            shape, rf = _walk(child, shape, rf, str(i), 0, rows)
+    else:
+        shape, rf = _walk(model, in_shape, (1, 1), "", 0, rows)
+    out_shape, params = _abstract_init(model, in_shape)
+    assert out_shape == tuple(shape), (out_shape, shape)
+    return Summary(rows, in_shape, out_shape, count_params(params), sum(r.flops for r in rows), *rf)
