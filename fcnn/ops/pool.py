@@ -140,7 +140,7 @@ def _is_max(xt, y):
 
 
 def _tie_weights(masks, ties, dtype):
-    """Turns per-tap max masks (each (..)) into per-tap gradient weights under ``ties``."""
+    """Per-tap max masks (each (n, oh, ow, c) bool, row-major tap order) -> per-tap gradient weights."""
     if ties == "all":
         return [m.astype(dtype) for m in masks]
     if ties == "split":
@@ -155,7 +155,7 @@ def _tie_weights(masks, ties, dtype):
     return weights
 
 
-def _tiles(x_shape, window, stride, pads, dilation) -> bool:
+def _tiles(window, stride, pads, dilation) -> bool:
     """Whether the windows tile (a prefix of) the input: stride == window, no padding, no dilation."""
     return stride == window and pads == ((0, 0), (0, 0)) and dilation == (1, 1)
 
@@ -212,9 +212,9 @@ def _max_pool_custom(x, window, stride, pads, dilation, ties, path="auto"):
     """Custom-VJP max pool on NHWC. ``path``: "auto", "tiled" or "general" (tests force both)."""
     if path not in ("auto", "tiled", "general"):
         raise ValueError(f"path must be 'auto', 'tiled' or 'general', got {path!r}")
-    if path == "tiled" and not _tiles(x.shape, window, stride, pads, dilation):
+    if path == "tiled" and not _tiles(window, stride, pads, dilation):
         raise ValueError("path='tiled' needs stride == window, no padding and no dilation")
-    tiled = path == "tiled" or (path == "auto" and _tiles(x.shape, window, stride, pads, dilation))
+    tiled = path == "tiled" or (path == "auto" and _tiles(window, stride, pads, dilation))
     return _max_pool_vjp(x, window, stride, pads, dilation, ties, tiled)
 
 
