@@ -54,6 +54,7 @@ __all__ = [
     "evaluate",
     "predict",
     "step_keys",
+    "random_shift",
 ]
 
 PRECISIONS = ("f32", "bf16")
@@ -99,6 +100,18 @@ def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
     keys = jax.vmap(lambda t: jax.random.fold_in(train_key, t))(jnp.arange(start, start + k, dtype=jnp.uint32))
     keys = np.asarray(keys)
     return keys[0] if k == 1 else keys
+
+
+def random_shift(key, x: Array, max_shift: int) -> Array:
+    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift], zero fill.
+
+    x: (n, h, w, c) NHWC -> (n, h, w, c). Runs on device inside the train step.
+    """
+    n, h, w, c = x.shape
+    m = int(max_shift)
+    xp = jnp.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))  # (n, h + 2m, w + 2m, c)
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * m + 1)  # top-left corner in the padded image
+    return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(xp, offsets)
 
 
 def make_train_step(
@@ -250,6 +263,9 @@ class TrainConfig:
     ``model``, ``dataset``, ``data_dir``, ``impl`` and ``pool_impl`` are recorded for
     rebuilding the run (``fcnn eval``); ``fit`` itself takes the model and data built
     from them. ``checkpoint_every`` is in steps (None: at each epoch end only).
+    ``augment_shift``: training images are translated by up to this many pixels
+    (``random_shift``, on device; 0: no augmentation). The defaults are the tuned
+    ``fcnn train`` job (LeNet-5 on digits, >= 98% test accuracy).
     """
 
     model: str = "lenet5"
@@ -257,16 +273,17 @@ class TrainConfig:
     data_dir: Optional[str] = None
     impl: str = "lax"
     pool_impl: str = "lax"
-    epochs: int = 15
+    epochs: int = 25
     batch_size: int = 64
     optimizer: str = "adam"
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     schedule: str = "cosine"
     momentum: float = 0.9
     weight_decay: Optional[float] = None
     l2: float = 0.0
     label_smoothing: float = 0.0
     precision: str = "f32"
+    augment_shift: int = 3
     seed: int = 0
     steps_per_call: int = 1
     checkpoint_every: Optional[int] = None
@@ -280,6 +297,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
             raise ValueError(f"checkpoint_every must be a positive int (steps) or None, got {self.checkpoint_every!r}")
+        if isinstance(self.augment_shift, bool) or not isinstance(self.augment_shift, int) or self.augment_shift < 0:
+            raise ValueError(f"augment_shift must be a non-negative int (pixels), got {self.augment_shift!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         if not float(self.l2) >= 0:
@@ -447,9 +466,10 @@ def fit(
             checkpoint.save(run_dir, step, _checkpoint_tree(params, state, opt_state, train_key),
                             keep=config.keep, metadata=meta)
 
-    step_1 = make_train_step(model, optimizer, loss_fn, l2=config.l2, precision=config.precision)
-    step_k = (make_train_step(model, optimizer, loss_fn, l2=config.l2, steps_per_call=k_max, precision=config.precision)
-              if k_max > 1 else None)
+    augment = functools.partial(random_shift, max_shift=config.augment_shift) if config.augment_shift else None
+    opts = dict(l2=config.l2, precision=config.precision, augment=augment)
+    step_1 = make_train_step(model, optimizer, loss_fn, **opts)
+    step_k = make_train_step(model, optimizer, loss_fn, steps_per_call=k_max, **opts) if k_max > 1 else None
     eval_step = make_eval_step(model, loss_fn, precision=config.precision)
     show = _progress_default() if progress is None else bool(progress)
 
