@@ -1,0 +1,309 @@
+"""Layers and initialisers against independent references (numpy loops/formulas by hand)."""
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcnn import init as I
+from fcnn import layers as L
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _run(layer, x, **kw):
+    out_shape, params, state = layer.init(KEY, x.shape)
+    y, new_state = layer.apply(params, state, x, **kw)
+    return out_shape, params, y, new_state
+
+
+def _np_conv_nhwc(x, w, b, stride, pads, dilation=1):
+    """Direct loops: y[n,i,j,o] = sum_{p,q,c} xpad[n, i*s+p*d, j*s+q*d, c] w[p,q,c,o] + b[o]."""
+    x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    kh, kw, _, co = w.shape
+    oh = (x.shape[1] - (dilation * (kh - 1) + 1)) // stride + 1
+    ow = (x.shape[2] - (dilation * (kw - 1) + 1)) // stride + 1
+    y = np.zeros((x.shape[0], oh, ow, co))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * stride:i * stride + dilation * (kh - 1) + 1:dilation,
+                      j * stride:j * stride + dilation * (kw - 1) + 1:dilation, :]  # (n, kh, kw, c)
+            y[:, i, j, :] = np.einsum("npqc,pqco->no", patch, w)
+    return y + b
+
+
+# ----------------------------------------------------------------------------- initialisers
+@pytest.mark.parametrize("name, std_fn", [
+    ("he_normal", lambda fi, fo: math.sqrt(2 / fi)),
+    ("he_uniform", lambda fi, fo: math.sqrt(2 / fi)),
+    ("glorot_normal", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+    ("glorot_uniform", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+])
+def test_scaled_initialiser_std_matches_formula(name, std_fn):
+    shape = (3, 3, 64, 256)  # HWIO: fan_in = 576, fan_out = 2304
+    fi, fo = I.fans(shape, kind="conv")
+    assert (fi, fo) == (576, 2304)
+    w = getattr(I, name)()(KEY, shape, jnp.float32, fi, fo)
+    assert w.dtype == jnp.float32 and w.shape == shape
+    np.testing.assert_allclose(float(jnp.std(w)), std_fn(fi, fo), rtol=0.02)
+    assert abs(float(jnp.mean(w))) < 0.01 * std_fn(fi, fo) * 10
+    if "uniform" in name:  # bounded by sqrt(3) std
+        assert float(jnp.max(jnp.abs(w))) <= math.sqrt(3) * std_fn(fi, fo) + 1e-6
+
+
+def test_plain_initialisers():
+    w = I.normal(0.05)(KEY, (200, 500), jnp.float32, 1, 1)
+    np.testing.assert_allclose(float(jnp.std(w)), 0.05, rtol=0.02)
+    u = I.uniform(0.3)(KEY, (200, 500), jnp.float32, 1, 1)
+    assert -0.3 <= float(u.min()) < -0.29 and 0.29 < float(u.max()) <= 0.3
+    np.testing.assert_array_equal(I.zeros(KEY, (3,), jnp.float32, 1, 1), np.zeros(3))
+    np.testing.assert_array_equal(I.ones(KEY, (3,), jnp.float64, 1, 1), np.ones(3))
+
+
+def test_fans_dense_grouped_and_oihw():
+    assert I.fans((400, 120)) == (400, 120)
+    # grouped conv: 32 input channels in 4 groups -> each kernel sees 3*3*8 inputs; each input
+    # feeds the 16/4 = 4 kernels of its group at 9 positions.
+    assert I.fans((3, 3, 8, 16), kind="conv", groups=4) == (72, 36)
+    assert I.fans((16, 8, 3, 3), kind="conv", layout="NCHW", groups=4) == (72, 36)
+
+
+def test_conv2d_passes_grouped_fans_to_initialiser():
+    seen = {}
+
+    def spy(key, shape, dtype, fan_in, fan_out):
+        seen["w"] = (shape, fan_in, fan_out)
+        return jnp.zeros(shape, dtype)
+
+    L.Conv2D(16, 3, groups=4, w_init=spy).init(KEY, (1, 8, 8, 32))
+    assert seen["w"] == ((3, 3, 8, 16), 72, 36)
+    # and the default he_normal really uses fan_in = kh*kw*cin/groups
+    _, p, _ = L.Conv2D(512, 3, groups=4).init(KEY, (1, 8, 8, 256))
+    np.testing.assert_allclose(float(jnp.std(p["w"])), math.sqrt(2 / (9 * 64)), rtol=0.02)
+
+
+# ----------------------------------------------------------------------------- shape agreement
+SHAPE_CASES = [
+    (lambda: L.Conv2D(4, 3), (2, 9, 7, 3)),
+    (lambda: L.Conv2D(4, (3, 2), stride=2, padding="SAME"), (2, 9, 7, 3)),
+    (lambda: L.Conv2D(6, 3, dilation=2, groups=3, padding=1), (2, 9, 9, 3)),
+    (lambda: L.Conv2D(4, 3, stride=(2, 1), padding=((1, 0), (2, 1)), layout="NCHW"), (2, 3, 9, 7)),
+    (lambda: L.Conv2D(4, 1, use_bias=False), (2, 5, 5, 3)),
+    (lambda: L.Dense(5), (3, 7)),
+    (lambda: L.Dense(5), (3, 4, 7)),
+    (lambda: L.MaxPool2D(2), (2, 9, 7, 3)),
+    (lambda: L.MaxPool2D(3, stride=2, padding="SAME"), (2, 9, 7, 3)),
+    (lambda: L.MaxPool2D(2, dilation=2, impl="custom_vjp", ties="split"), (2, 9, 7, 3)),
+    (lambda: L.MaxPool2D(2, layout="NCHW"), (2, 3, 9, 7)),
+    (lambda: L.AvgPool2D(3, stride=1, padding="SAME", count_include_pad=False), (2, 9, 7, 3)),
+    (lambda: L.AvgPool2D(2, layout="NCHW"), (2, 3, 9, 7)),
+    (lambda: L.GlobalAvgPool2D(), (2, 9, 7, 3)),
+    (lambda: L.GlobalMaxPool2D(layout="NCHW"), (2, 3, 9, 7)),
+    (lambda: L.Flatten(), (2, 9, 7, 3)),
+    (lambda: L.Dropout(0.5), (2, 9, 7, 3)),
+    (lambda: L.BatchNorm(), (2, 9, 7, 3)),
+    (lambda: L.BatchNorm(layout="NCHW"), (2, 3, 9, 7)),
+    (lambda: L.BatchNorm(), (4, 6)),
+    (lambda: L.Lambda(lambda x: x[:, ::2].sum(-1)), (2, 9, 7, 3)),
+] + [(getattr(L, n), (2, 4, 3)) for n in ("Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Gelu", "Elu",
+                                          "LeakyRelu", "Silu", "Softplus")]
+
+
+@pytest.mark.parametrize("make, in_shape", SHAPE_CASES)
+def test_init_out_shape_equals_apply_shape(make, in_shape):
+    layer = make()
+    x = jax.random.normal(jax.random.PRNGKey(1), in_shape, jnp.float32)
+    out_shape, params, y, _ = _run(layer, x, key=jax.random.PRNGKey(2), train=True)
+    assert isinstance(out_shape, tuple) and all(type(d) is int for d in out_shape)
+    assert y.shape == out_shape and y.dtype == jnp.float32
+    chex.assert_tree_all_finite(y)
+
+
+# ----------------------------------------------------------------------------- values
+@pytest.mark.parametrize("stride, padding, dilation, pads", [
+    (1, "VALID", 1, ((0, 0), (0, 0))),
+    (2, "SAME", 1, ((1, 1), (1, 1))),  # 7 -> 4: total pad (4-1)*2+3-7 = 2
+    (1, 2, 2, ((2, 2), (2, 2))),
+])
+def test_conv2d_matches_numpy_loops(stride, padding, dilation, pads):
+    x = np.random.RandomState(0).randn(2, 7, 7, 3)
+    layer = L.Conv2D(4, 3, stride=stride, padding=padding, dilation=dilation, b_init=I.normal(1.0))
+    _, p, y, _ = _run(layer, jnp.asarray(x))
+    ref = _np_conv_nhwc(x, np.asarray(p["w"], np.float64), np.asarray(p["b"], np.float64), stride, pads, dilation)
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_matches_numpy_and_casts_params_to_input_dtype():
+    x = np.random.RandomState(1).randn(3, 7)
+    _, p, y, _ = _run(L.Dense(5, b_init=I.normal(1.0)), jnp.asarray(x))
+    assert p["w"].dtype == jnp.float32 and y.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(y), x @ np.asarray(p["w"], np.float64) + np.asarray(p["b"]), rtol=1e-12)
+    yb, _ = L.Dense(5).apply(p, {}, jnp.asarray(x, jnp.bfloat16))
+    assert yb.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(y), atol=0.1, rtol=0.05)
+    _, p2, y2, _ = _run(L.Dense(5, use_bias=False), jnp.asarray(x))
+    assert set(p2) == {"w"}
+
+
+def test_pools_match_numpy():
+    x = np.random.RandomState(2).randn(2, 6, 4, 3)
+    _, _, ym, _ = _run(L.MaxPool2D(2), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(ym), x.reshape(2, 3, 2, 2, 2, 3).max(axis=(2, 4)))
+    _, _, ya, _ = _run(L.AvgPool2D(2), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(ya), x.reshape(2, 3, 2, 2, 2, 3).mean(axis=(2, 4)), rtol=1e-12)
+    _, _, yg, _ = _run(L.GlobalMaxPool2D(), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(yg), x.max(axis=(1, 2)))
+    xc = np.transpose(x, (0, 3, 1, 2))
+    _, _, ygc, _ = _run(L.GlobalAvgPool2D(layout="NCHW"), jnp.asarray(xc))
+    np.testing.assert_allclose(np.asarray(ygc), x.mean(axis=(1, 2)), rtol=1e-12)
+    _, _, yf, _ = _run(L.Flatten(), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(yf), x.reshape(2, 72))
+
+
+ACTIVATIONS = [
+    ("Relu", {}, lambda x: np.maximum(x, 0)),
+    ("Sigmoid", {}, lambda x: 1 / (1 + np.exp(-x))),
+    ("Tanh", {}, np.tanh),
+    ("Softmax", {}, lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)),
+    ("Softmax", {"axis": 1}, lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)),
+    ("LogSoftmax", {}, lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))),
+    ("Gelu", {}, lambda x: x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))),
+    ("Elu", {"alpha": 0.5}, lambda x: np.where(x > 0, x, 0.5 * (np.exp(x) - 1))),
+    ("LeakyRelu", {"negative_slope": 0.2}, lambda x: np.where(x >= 0, x, 0.2 * x)),
+    ("Silu", {}, lambda x: x / (1 + np.exp(-x))),
+    ("Softplus", {}, lambda x: np.log1p(np.exp(x))),
+]
+
+
+@pytest.mark.parametrize("name, kw, ref", ACTIVATIONS)
+def test_activations_match_numpy(name, kw, ref):
+    x = np.random.RandomState(3).randn(3, 4, 5) * 2
+    _, params, y, _ = _run(getattr(L, name)(**kw), jnp.asarray(x))
+    assert params == {}
+    np.testing.assert_allclose(np.asarray(y), ref(x), rtol=1e-10, atol=1e-12)
+
+
+def test_generic_activation_and_lambda():
+    _, _, y, _ = _run(L.Activation(lambda x: x ** 3), jnp.arange(4.0))
+    np.testing.assert_array_equal(np.asarray(y), [0, 1, 8, 27])
+    out_shape, _, y, _ = _run(L.Lambda(lambda x: jnp.concatenate([x, -x], -1)), jnp.ones((2, 3)))
+    assert out_shape == (2, 6) and float(y.sum()) == 0.0
+
+
+# ----------------------------------------------------------------------------- Dropout
+def test_dropout_eval_is_identity_and_train_scales_kept_values():
+    x = jnp.asarray(np.random.RandomState(4).rand(200, 500) + 1.0)  # strictly positive
+    layer = L.Dropout(0.3)
+    _, _, y, _ = _run(layer, x)  # train=False
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    _, _, y, _ = _run(layer, x, key=jax.random.PRNGKey(5), train=True)
+    kept = np.asarray(y) != 0
+    assert abs(kept.mean() - 0.7) < 0.005  # 100k Bernoulli(0.7): std 0.0014
+    np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.7, rtol=1e-12)
+    _, _, y2, _ = _run(layer, x, key=jax.random.PRNGKey(6), train=True)
+    assert (np.asarray(y2) != 0).tolist() != kept.tolist()
+
+
+def test_dropout_needs_key_in_train():
+    with pytest.raises(ValueError, match="key"):
+        _run(L.Dropout(0.5), jnp.ones((2, 3)), train=True)
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+def test_batchnorm_train_normalises_and_updates_running_stats():
+    rs = np.random.RandomState(7)
+    x = rs.randn(8, 5, 5, 3) * np.array([1.0, 3.0, 0.5]) + np.array([2.0, -1.0, 10.0])
+    layer = L.BatchNorm(momentum=0.8, epsilon=1e-5)
+    _, params, state = layer.init(KEY, x.shape)
+    y, new = layer.apply(params, state, jnp.asarray(x), train=True)
+    y = np.asarray(y)
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0, atol=1e-6)
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y.var(axis=(0, 1, 2)), var / (var + 1e-5), rtol=1e-5)
+    # running = 0.8 * old + 0.2 * batch, old mean 0 / var 1
+    np.testing.assert_allclose(np.asarray(new["mean"]), 0.2 * mean, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(new["var"]), 0.8 + 0.2 * var, rtol=1e-5)
+    assert new["mean"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_batchnorm_eval_uses_running_stats(layout):
+    x = np.random.RandomState(8).randn(4, 3, 3, 2) * 5 + 7  # batch stats far from the running ones
+    params = {"scale": jnp.array([2.0, 0.5]), "offset": jnp.array([1.0, -1.0])}
+    state = {"mean": jnp.array([1.0, 2.0]), "var": jnp.array([4.0, 9.0])}
+    xin = x if layout == "NHWC" else np.transpose(x, (0, 3, 1, 2))
+    y, same = L.BatchNorm(epsilon=1e-3, layout=layout).apply(params, state, jnp.asarray(xin), train=False)
+    ref = (x - [1.0, 2.0]) / np.sqrt(np.array([4.0, 9.0]) + 1e-3) * [2.0, 0.5] + [1.0, -1.0]
+    if layout == "NCHW":
+        ref = np.transpose(ref, (0, 3, 1, 2))
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-6)
+    assert same is state
+
+
+def test_batchnorm_axis_name_equals_global_batch():
+    x = jnp.asarray(np.random.RandomState(9).randn(8, 4, 4, 3) * 2 + 1)
+    layer = L.BatchNorm(axis_name="devices")
+    _, params, state = layer.init(KEY, (2, 4, 4, 3))
+    y_global, s_global = L.BatchNorm().apply(params, state, x, train=True)
+    # 4 "devices" of 2 examples each; vmap binds the axis name like pmap does
+    shards = x.reshape(4, 2, 4, 4, 3)
+    y_sh, s_sh = jax.vmap(lambda xs: layer.apply(params, state, xs, train=True), axis_name="devices")(shards)
+    np.testing.assert_allclose(np.asarray(y_sh).reshape(x.shape), np.asarray(y_global), rtol=1e-5, atol=1e-6)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(np.asarray(s_sh[k][0]), np.asarray(s_global[k]), rtol=1e-5)
+
+
+def test_batchnorm_bfloat16_input():
+    x = jnp.asarray(np.random.RandomState(10).randn(16, 4) * 3 + 5, jnp.bfloat16)
+    _, params, state = L.BatchNorm().init(KEY, x.shape)
+    y, s = L.BatchNorm().apply(params, state, x, train=True)
+    assert y.dtype == jnp.bfloat16 and s["mean"].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y, np.float32).mean(0), 0, atol=0.05)
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: L.Conv2D(0, 3), ValueError, "out_channels"),
+    (lambda: L.Conv2D(4, (3, 0)), ValueError, "kernel"),
+    (lambda: L.Conv2D(4, 3, stride=0), ValueError, "stride"),
+    (lambda: L.Conv2D(4, 3, padding="FULL"), ValueError, "padding"),
+    (lambda: L.Conv2D(6, 3, groups=4), ValueError, "groups"),
+    (lambda: L.Conv2D(4, 3, layout="NWHC"), ValueError, "layout"),
+    (lambda: L.Conv2D(4, 3, impl="cudnn"), ValueError, "impl"),
+    (lambda: L.Conv2D(4, 3, w_init=I.he_normal), TypeError, "w_init"),
+    (lambda: L.Conv2D(4, 3, b_init=0.0), TypeError, "b_init"),
+    (lambda: L.Conv2D(4, 3, use_bias=1), TypeError, "use_bias"),
+    (lambda: L.Dense(-1), ValueError, "out_features"),
+    (lambda: L.Dense(3, param_dtype=jnp.int32), TypeError, "param_dtype"),
+    (lambda: L.MaxPool2D(0), ValueError, "window"),
+    (lambda: L.MaxPool2D(2, ties="random"), ValueError, "ties"),
+    (lambda: L.MaxPool2D(2, impl="lax", ties="split"), ValueError, "ties"),
+    (lambda: L.AvgPool2D(2, impl="custom"), ValueError, "impl"),
+    (lambda: L.AvgPool2D(2, count_include_pad="yes"), TypeError, "count_include_pad"),
+    (lambda: L.Dropout(1.0), ValueError, "drop_rate"),
+    (lambda: L.Dropout(-0.1), ValueError, "drop_rate"),
+    (lambda: L.BatchNorm(momentum=1.5), ValueError, "momentum"),
+    (lambda: L.BatchNorm(epsilon=0), ValueError, "epsilon"),
+    (lambda: L.Softmax(axis=1.0), TypeError, "axis"),
+    (lambda: L.Activation("relu"), TypeError, "fn"),
+    (lambda: I.normal(-1.0), ValueError, "stddev"),
+])
+def test_bad_arguments_raise_at_construction(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+@pytest.mark.parametrize("layer, in_shape, match", [
+    (L.Conv2D(4, 3), (2, 8, 8), "rank 4"),
+    (L.Conv2D(4, 3, groups=2), (2, 8, 8, 3), "groups"),
+    (L.Conv2D(4, 5), (2, 3, 3, 1), "larger than the padded input"),
+    (L.MaxPool2D(4), (2, 3, 3, 1), "larger than the padded input"),
+    (L.Dense(3), (5,), "in_shape"),
+    (L.BatchNorm(), (2, 3, 4), "in_shape"),
+    (L.Flatten(), (2, 0, 3), "in_shape"),
+])
+def test_bad_in_shape_raises_at_init(layer, in_shape, match):
+    with pytest.raises(ValueError, match=match):
+        layer.init(KEY, in_shape)

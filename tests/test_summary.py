@@ -1,0 +1,93 @@
+"""summary(): parameter counts, FLOPs and receptive fields against hand computation."""
+import jax
+import pytest
+
+from fcnn import layers as L
+from fcnn import models
+from fcnn.combinators import branches, residual, serial
+from fcnn.summary import LayerInfo, count_params, describe, layer_info, summary
+from fcnn.types import Layer
+
+
+def _abstract_params(model, in_shape):
+    return jax.eval_shape(lambda k: model.init(k, in_shape)[1], jax.random.PRNGKey(0))
+
+
+def test_lenet5_table_by_hand():
+    model = models.lenet5()
+    s = summary(model, (1, 28, 28, 1))
+    names = [r.name for r in s.rows]
+    assert names == ["0.Conv2D", "1.Relu", "2.MaxPool2D", "3.Conv2D", "4.Relu", "5.MaxPool2D", "6.Flatten",
+                     "7.Dense", "8.Relu", "9.Dense", "10.Relu", "11.Dense"]
+    # parameters: conv kh*kw*cin*cout + cout, dense in*out + out
+    assert [r.params for r in s.rows] == [5 * 5 * 1 * 6 + 6, 0, 0, 5 * 5 * 6 * 16 + 16, 0, 0, 0,
+                                          400 * 120 + 120, 0, 120 * 84 + 84, 0, 84 * 10 + 10]
+    assert s.params == 61706 == count_params(_abstract_params(model, (1, 28, 28, 1)))
+    assert [r.out_shape for r in s.rows][:7] == [(1, 28, 28, 6)] * 2 + [(1, 14, 14, 6)] + [(1, 10, 10, 16)] * 2 + [
+        (1, 5, 5, 16), (1, 400)]
+    # receptive field along H, r += (F_eff - 1) * j, j *= S:
+    # conv5: 5, j1 | pool2: 6, j2 | conv5: 6+4*2=14 | pool2: 16, j4 | flatten over h=5: 16+4*4=32
+    assert [r.rf for r in s.rows] == [5, 5, 6, 14, 14, 16] + [32] * 6
+    assert [r.jump for r in s.rows] == [1, 1, 2, 2, 2] + [4] * 7
+    assert (s.rf, s.jump) == (32, 4)
+    # FLOPs: conv1 2*(28*28*6 outputs)*(5*5*1) + bias = 235200 + 4704; pool 14*14*6*(4-1);
+    # conv2 2*(10*10*16)*(5*5*6) + 1600; dense1 2*400*120 + 120
+    assert s.rows[0].flops == 239904
+    assert s.rows[2].flops == 3528
+    assert s.rows[3].flops == 481600
+    assert s.rows[7].flops == 96120
+    assert s.flops == sum(r.flops for r in s.rows)
+
+
+def test_conv_flops_scale_with_batch_groups_and_bias():
+    s = summary(L.Conv2D(8, 3, groups=2, use_bias=False, stride=2, padding="SAME"), (4, 10, 10, 6))
+    (row,) = s.rows
+    # out (4, 5, 5, 8) = 800 outputs, each 3*3*(6/2) = 27 multiply-adds
+    assert row.out_shape == (4, 5, 5, 8) and row.flops == 2 * 800 * 27
+    assert row.params == 3 * 3 * 3 * 8 and (row.rf, row.jump) == (3, 2)
+
+
+def test_residual_and_branches_take_the_max_receptive_field():
+    block = serial(L.Conv2D(4, 3, padding="SAME"), L.Conv2D(4, 3, padding="SAME"))
+    net = serial(L.Conv2D(4, 1), residual(block), branches(L.Conv2D(2, 1), L.Conv2D(3, 5, padding="SAME")))
+    s = summary(net, (1, 9, 9, 2))
+    by_name = {r.name: r for r in s.rows}
+    assert by_name["1.residual"].rf == 5  # block 1+2+2 vs identity 1
+    assert by_name["1.residual"].flops == 9 * 9 * 4  # the addition
+    assert by_name["2.branches"].rf == 9 and by_name["2.branches"].out_shape == (1, 9, 9, 5)
+    assert [r.name for r in s.rows] == ["0.Conv2D", "1.residual", "block.serial", "0.Conv2D", "1.Conv2D",
+                                        "2.branches", "0.Conv2D", "1.Conv2D"]
+    assert s.params == count_params(_abstract_params(net, (1, 9, 9, 2))) == (2 * 4 + 4) + 2 * (9 * 4 * 4 + 4) + (
+        4 * 2 + 2) + (25 * 4 * 3 + 3)
+
+
+def test_small_resnet_total_equals_params_pytree():
+    model = models.small_resnet()
+    s = summary(model, (2, 32, 32, 3))
+    assert s.params == count_params(_abstract_params(model, (2, 32, 32, 3)))
+    assert s.out_shape == (2, 10)
+    assert sum(r.params for r in s.rows) == s.params  # combinator rows own nothing: no double count
+
+
+def test_rendered_table_is_aligned():
+    text = str(summary(models.lenet5(), (1, 28, 28, 1)))
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["layer", "detail"] and lines[-1].startswith("total")
+    assert "61,706" in lines[-1]
+    assert len({len(line) for line in lines}) == 1  # last column right-aligned: one width
+    assert len(lines) == 12 + 4
+
+
+def test_unknown_layer_and_describe():
+    raw = Layer(lambda k, s: (s, {}, {}), lambda p, s, x, *, key=None, train=False: (x, s))
+    assert layer_info(raw).name == "?"
+    assert summary(raw, (2, 3)).rows[0].flops == 0
+    named = describe(raw, LayerInfo("Mine", "lambda", flops=lambda i, o: 7))
+    assert named is raw and summary(raw, (2, 3)).rows[0].name == "Mine"
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="model"):
+        summary(lambda x: x, (1, 2))
+    with pytest.raises(ValueError, match="in_shape"):
+        summary(models.lenet5(), (1, 28, 28, 0))
