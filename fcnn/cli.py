@@ -1,0 +1,247 @@
+"""The ``fcnn`` command.
+
+    fcnn train   [--model lenet5] [--dataset digits] [--epochs N] ... [--out RUN_DIR]
+    fcnn train   --resume RUN_DIR [--epochs N]        continue a run from its latest checkpoint
+    fcnn eval    --run RUN_DIR                         rebuild the model from config.json, evaluate
+    fcnn summary --model NAME [--in-shape 1,28,28,1]   layer table: shapes, parameters, FLOPs
+    fcnn gradcheck ...  /  fcnn viz ...                 handed to fcnn.gradcheck / fcnn.viz
+
+Bad arguments print one line ``fcnn: error: ...`` on stderr and exit with status 2
+(set FCNN_DEBUG=1 for the traceback). A diverged run exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from typing import List, Optional
+
+from fcnn.train import TrainConfig
+
+__all__ = ["main", "build_parser", "build_model", "load_run"]
+
+_DEFAULTS = TrainConfig()
+_DELEGATED = {"gradcheck": "fcnn.gradcheck", "viz": "fcnn.viz"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return v
+
+
+def _shape(text: str):
+    try:
+        dims = tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints like 1,28,28,1, got {text!r}") from None
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"must be 4 positive ints (n,h,w,c), got {text!r}")
+    return dims
+
+
+# train options: (flag, TrainConfig field, type, help); every default comes from TrainConfig
+_TRAIN_OPTIONS = [
+    ("--model", "model", str, "model name from fcnn.models"),
+    ("--dataset", "dataset", str, "dataset name from fcnn.data"),
+    ("--data-dir", "data_dir", str, "where datasets are cached / read"),
+    ("--impl", "impl", str, "convolution implementation (fcnn.ops.CONV_IMPLS)"),
+    ("--pool-impl", "pool_impl", str, "pooling implementation (fcnn.ops.POOL_IMPLS)"),
+    ("--epochs", "epochs", _positive_int, "passes over the training set"),
+    ("--batch-size", "batch_size", _positive_int, "examples per step"),
+    ("--optimizer", "optimizer", str, "sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw"),
+    ("--lr", "learning_rate", float, "peak learning rate"),
+    ("--schedule", "schedule", str, "constant, cosine, warmup_cosine, step"),
+    ("--momentum", "momentum", float, "momentum / nesterov beta"),
+    ("--weight-decay", "weight_decay", float, "decoupled weight decay (adamw only)"),
+    ("--l2", "l2", float, "L2 penalty coefficient on kernels (added to the loss)"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing eps in [0, 1)"),
+    ("--precision", "precision", str, "f32, or bf16 (bf16 forward, f32 master params and loss)"),
+    ("--augment-shift", "augment_shift", int, "random translation of training images, pixels (0: off)"),
+    ("--seed", "seed", int, "seed: init, data order and dropout depend only on it"),
+    ("--steps-per-call", "steps_per_call", _positive_int, "train steps per dispatch (lax.scan)"),
+    ("--checkpoint-every", "checkpoint_every", _positive_int, "checkpoint every N steps (also each epoch)"),
+    ("--keep", "keep", _positive_int, "checkpoints to keep"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fcnn", description="Functional convolutional networks in JAX.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,summary,gradcheck,viz}")
+    sub.required = True
+    tr = sub.add_parser("train", help="train a model; writes a run directory")
+    for flag, field, typ, text in _TRAIN_OPTIONS:
+        tr.add_argument(flag, dest=field, type=typ, default=None,
+                        help=f"{text} (default: {getattr(_DEFAULTS, field)})")
+    tr.add_argument("--out", default=None, help="run directory (default: runs/<model>-<dataset>[-N], a new one)")
+    tr.add_argument("--resume", metavar="RUN_DIR", default=None,
+                    help="continue RUN_DIR from its latest checkpoint with its config.json (only --epochs may change)")
+    tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this global step")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a TTY or $CI)")
+    ev = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint on the test set")
+    ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by fcnn train")
+    sm = sub.add_parser("summary", help="print a model's layer table")
+    sm.add_argument("--model", default=_DEFAULTS.model, help="model name from fcnn.models")
+    sm.add_argument("--in-shape", type=_shape, default=None, help="input shape n,h,w,c (default: the model's)")
+    sm.add_argument("--num-classes", type=_positive_int, default=10)
+    for name in _DELEGATED:
+        sub.add_parser(name, help=f"see: fcnn {name} --help", add_help=False)
+    return parser
+
+
+def check_model_name(name: str) -> None:
+    from fcnn import models
+
+    if name not in models.MODELS:
+        raise ValueError(f"--model must be one of {', '.join(sorted(models.MODELS))}; got {name!r}")
+
+
+def build_model(config: TrainConfig, num_classes: int):
+    """The ``Layer`` a config names: ``fcnn.models.get_model`` with its impl choices."""
+    from fcnn import models
+
+    check_model_name(config.model)
+    return models.get_model(config.model, num_classes=num_classes, impl=config.impl, pool_impl=config.pool_impl)
+
+
+def _load_data(config: TrainConfig):
+    from fcnn import data
+
+    return data.load(config.dataset, data_dir=config.data_dir)
+
+
+def read_config(run_dir: str) -> TrainConfig:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"run directory {run_dir!r} has no config.json (is it a directory written by fcnn train?)")
+    with open(path) as f:
+        d = json.load(f)
+    d.pop("fcnn_version", None)
+    return TrainConfig.from_dict(d)
+
+
+def load_run(run_dir: str):
+    """Rebuild a run from its directory: ``(config, dataset, model, params, state, step)``."""
+    from fcnn.train import load_checkpoint
+
+    config = read_config(run_dir)
+    ds = _load_data(config)
+    model = build_model(config, ds.num_classes)
+    step, params, state = load_checkpoint(model, config, run_dir, ds.x_train.shape)
+    return config, ds, model, params, state, step
+
+
+def _free_run_dir(config: TrainConfig) -> str:
+    base = os.path.join("runs", f"{config.model}-{config.dataset}")
+    path, i = base, 1
+    while os.path.exists(os.path.join(path, "config.json")):
+        i += 1
+        path = f"{base}-{i}"
+    return path
+
+
+def _print_test(result: dict) -> None:
+    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}, {result['n']} examples)")
+
+
+def _train(args) -> int:
+    from fcnn.train import fit
+
+    given = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS if getattr(args, field) is not None}
+    if args.resume is not None:
+        if args.out is not None:
+            raise ValueError("--out cannot be combined with --resume (the run directory is RUN_DIR)")
+        extra = sorted(set(given) - {"epochs"})
+        if extra:
+            raise ValueError(f"--resume takes the run's settings from RUN_DIR/config.json; only --epochs may be "
+                             f"given with it, got {', '.join('--' + f.replace('_', '-') for f in extra)}")
+        config = dataclasses.replace(read_config(args.resume), **given)
+        run_dir = args.resume
+    else:
+        config = TrainConfig(**given)
+        run_dir = args.out or _free_run_dir(config)
+    check_model_name(config.model)
+    ds = _load_data(config)
+    model = build_model(config, ds.num_classes)
+    print(f"fcnn train: model {config.model} ({config.impl}/{config.pool_impl}), dataset {config.dataset} "
+          f"({len(ds.x_train)} train / {len(ds.x_test)} test), seed {config.seed}, run dir {run_dir}", flush=True)
+    result = fit(model, ds, config, run_dir=run_dir, resume=args.resume is not None, max_steps=args.max_steps,
+                 progress=False if args.no_progress else None)
+    _print_test(result.test)
+    return 0
+
+
+def _eval(args) -> int:
+    from fcnn.train import evaluate, make_loss_fn
+
+    config, ds, model, params, state, step = load_run(args.run)
+    result = evaluate(model, params, state, ds.x_test, ds.y_test, config.eval_batch_size,
+                      loss_fn=make_loss_fn(config.label_smoothing), precision=config.precision)
+    print(f"run {args.run}: model {config.model}, dataset {config.dataset}, checkpoint step {step}")
+    _print_test(result)
+    return 0
+
+
+def _summary(args) -> int:
+    from fcnn import models
+    from fcnn.summary import summary
+
+    check_model_name(args.model)
+    model = models.get_model(args.model, num_classes=args.num_classes)
+    in_shape = args.in_shape or tuple(models.input_shape(args.model))
+    out = summary(model, in_shape)
+    if out is not None:
+        print(out)
+    return 0
+
+
+def _delegate(name: str, argv: List[str]) -> int:
+    try:
+        module = importlib.import_module(_DELEGATED[name])
+    except ModuleNotFoundError as e:
+        if e.name != _DELEGATED[name]:
+            raise
+        print(f"fcnn: error: 'fcnn {name}' needs the module {_DELEGATED[name]}, which this installation does not have",
+              file=sys.stderr)
+        return 2
+    rc = module.cli_main(argv)
+    return 0 if rc is None else int(rc)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``fcnn`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in _DELEGATED:
+            return _delegate(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        return {"train": _train, "eval": _eval, "summary": _summary}[args.command](args)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    except FloatingPointError as e:  # TrainingDivergedError
+        print(f"fcnn: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("FCNN_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"fcnn: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
