@@ -4,6 +4,8 @@ Every model returns a ``Layer`` whose ``apply`` gives *logits* (n, num_classes);
 is applied by the loss (``losses.softmax_cross_entropy``) or by ``train.predict``. Every
 model takes ``impl=`` (the ``Conv2D`` implementation), ``pool_impl=`` and ``ties=`` (the
 ``MaxPool2D`` implementation and gradient tie policy), passed to each of its layers.
+``ties=None`` (default) means the policy ``pool_impl`` implements natively: "split" for
+"reference", "first" otherwise; an explicit policy the impl lacks raises ``ValueError``.
 
     name           input (NHWC)   layers
     lenet5         (n, 28, 28, 1) conv 6@5x5 SAME, relu, maxpool 2 -> conv 16@5x5 VALID, relu,
@@ -25,7 +27,7 @@ default input shape with batch 1.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from fcnn.combinators import residual, serial
 from fcnn.layers import (BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D,
@@ -36,10 +38,12 @@ __all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "MODELS", "get_
 
 
 def _pool(window, pool_impl, ties):
+    if ties is None:
+        ties = "split" if pool_impl == "reference" else "first"
     return MaxPool2D(window, impl=pool_impl, ties=ties)
 
 
-def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: str = "first") -> Layer:
+def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None) -> Layer:
     """LeNet-5 for (n, 28, 28, 1) inputs -> (n, num_classes) logits."""
     return serial(
         Conv2D(6, 5, padding="SAME", impl=impl), Relu(), _pool(2, pool_impl, ties),  # (n, 14, 14, 6)
@@ -51,7 +55,8 @@ def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", 
     )
 
 
-def example_net(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: str = "first") -> Layer:
+def example_net(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax",
+                ties: Optional[str] = None) -> Layer:
     """Conv 32@3x3 + relu + maxpool 2 + dense on (n, 64, 64, 3) -> (n, num_classes) logits."""
     return serial(
         Conv2D(32, 3, impl=impl), Relu(),  # (n, 62, 62, 32)
@@ -61,7 +66,8 @@ def example_net(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "l
     )
 
 
-def small_vgg(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: str = "first") -> Layer:
+def small_vgg(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax",
+              ties: Optional[str] = None) -> Layer:
     """VGG-style net on (n, 32, 32, 3) -> (n, num_classes) logits (all convs 3x3 SAME)."""
     def conv(c):
         return Conv2D(c, 3, padding="SAME", impl=impl)
@@ -89,7 +95,7 @@ def _basic_block(channels: int, stride: int, project: bool, impl: str, momentum:
 
 
 def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64), blocks_per_stage: int = 1,
-                 impl: str = "lax", pool_impl: str = "lax", ties: str = "first", momentum: float = 0.9) -> Layer:
+                 impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None, momentum: float = 0.9) -> Layer:
     """A small ResNet on (n, 32, 32, 3) -> (n, num_classes) logits.
 
     Stage i has ``blocks_per_stage`` basic blocks of ``widths[i]`` channels; the first block
@@ -101,7 +107,7 @@ def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64),
         raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
     if not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
         raise ValueError(f"blocks_per_stage must be a positive int, got {blocks_per_stage!r}")
-    MaxPool2D(2, impl=pool_impl, ties=ties)  # validate the pooling options all models accept
+    _pool(2, pool_impl, ties)  # validate the pooling options all models accept
     layers = [Conv2D(widths[0], 3, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum), Relu()]
     in_c = widths[0]
     for i, c in enumerate(widths):

@@ -111,12 +111,35 @@ SHAPE_CASES = [
                                           "LeakyRelu", "Silu", "Softplus")]
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
 @pytest.mark.parametrize("make, in_shape", SHAPE_CASES)
-def test_init_out_shape_equals_apply_shape(make, in_shape):
+def test_init_out_shape_equals_apply_shape(make, in_shape, dtype):
+    """init's out_shape is exactly the shape apply produces, and apply keeps the input dtype.
+
+    Traced with ``jax.eval_shape`` (no compile per case, keeps the grid fast on CPU); the
+    float32 run below executes a few of them for real.
+    """
     layer = make()
-    x = jax.random.normal(jax.random.PRNGKey(1), in_shape, jnp.float32)
-    out_shape, params, y, _ = _run(layer, x, key=jax.random.PRNGKey(2), train=True)
+    box = {}
+
+    def init(key):
+        box["out"], params, state = layer.init(key, in_shape)
+        return params, state
+
+    params, state = jax.eval_shape(init, KEY)
+    out_shape = box["out"]
     assert isinstance(out_shape, tuple) and all(type(d) is int for d in out_shape)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
+    y, _ = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, key=KEY, train=True), params, state,
+                          jax.ShapeDtypeStruct(in_shape, dtype))
+    assert y.shape == out_shape and y.dtype == dtype
+
+
+@pytest.mark.parametrize("index", [1, 3, 6, 9, 12, 17, 20])
+def test_init_out_shape_equals_apply_shape_executed(index):
+    make, in_shape = SHAPE_CASES[index]
+    x = jax.random.normal(jax.random.PRNGKey(1), in_shape, jnp.float32)
+    out_shape, params, y, _ = _run(make(), x, key=jax.random.PRNGKey(2), train=True)
     assert y.shape == out_shape and y.dtype == jnp.float32
     chex.assert_tree_all_finite(y)
 

@@ -98,6 +98,7 @@ def test_conv_impl_propagates_and_agrees_with_lax_inside_a_model(impl, lenet_sma
 def test_pool_impl_and_ties_propagate(lenet_small):
     with pytest.raises(ValueError, match="ties"):  # "reference" max-pool only implements "split"
         models.lenet5(pool_impl="reference", ties="first")
+    models.lenet5(pool_impl="reference")  # ties=None: the impl's own policy ("split")
     _, params, state = lenet_small
     x = jnp.ones((1, 12, 12, 1))  # constant input: every interior pooling window is a tie
 
