@@ -16,7 +16,6 @@ in at least float32 and returns ``x.dtype``.
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import jax
