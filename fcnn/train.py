@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from fcnn import __version__
+from fcnn import data as data_lib
 from fcnn.losses import accuracy, l2_penalty, softmax_cross_entropy
 from fcnn.optim import make_optimizer
 from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_json, write_jsonl
@@ -54,7 +55,6 @@ __all__ = [
     "evaluate",
     "predict",
     "step_keys",
-    "random_shift",
 ]
 
 PRECISIONS = ("f32", "bf16")
@@ -100,18 +100,6 @@ def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
     keys = jax.vmap(lambda t: jax.random.fold_in(train_key, t))(jnp.arange(start, start + k, dtype=jnp.uint32))
     keys = np.asarray(keys)
     return keys[0] if k == 1 else keys
-
-
-def random_shift(key, x: Array, max_shift: int) -> Array:
-    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift], zero fill.
-
-    x: (n, h, w, c) NHWC -> (n, h, w, c). Runs on device inside the train step.
-    """
-    n, h, w, c = x.shape
-    m = int(max_shift)
-    xp = jnp.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))  # (n, h + 2m, w + 2m, c)
-    offsets = jax.random.randint(key, (n, 2), 0, 2 * m + 1)  # top-left corner in the padded image
-    return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(xp, offsets)
 
 
 def make_train_step(
@@ -264,7 +252,7 @@ class TrainConfig:
     rebuilding the run (``fcnn eval``); ``fit`` itself takes the model and data built
     from them. ``checkpoint_every`` is in steps (None: at each epoch end only).
     ``augment_shift``: training images are translated by up to this many pixels
-    (``random_shift``, on device; 0: no augmentation). The defaults are the tuned
+    (``fcnn.data.augment(crop_padding=...)``: pad with 0 and crop, on device; 0: none). The defaults are the tuned
     ``fcnn train`` job (LeNet-5 on digits, >= 98% test accuracy).
     """
 
@@ -340,11 +328,7 @@ def make_loss_fn(label_smoothing: float = 0.0) -> Callable:
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The training order of epoch ``epoch``: a pure function of (seed, epoch, n)."""
-    try:
-        from fcnn.data import epoch_permutation
-    except ImportError:  # pragma: no cover - data module not present
-        return np.random.default_rng([seed, epoch]).permutation(n)
-    return np.asarray(epoch_permutation(seed, epoch, n))
+    return np.asarray(data_lib.epoch_permutation(seed, epoch, n))
 
 
 def _init_all(model, config: TrainConfig, in_shape, optimizer):
@@ -466,7 +450,7 @@ def fit(
             checkpoint.save(run_dir, step, _checkpoint_tree(params, state, opt_state, train_key),
                             keep=config.keep, metadata=meta)
 
-    augment = functools.partial(random_shift, max_shift=config.augment_shift) if config.augment_shift else None
+    augment = functools.partial(data_lib.augment, crop_padding=config.augment_shift) if config.augment_shift else None
     opts = dict(l2=config.l2, precision=config.precision, augment=augment)
     step_1 = make_train_step(model, optimizer, loss_fn, **opts)
     step_k = make_train_step(model, optimizer, loss_fn, steps_per_call=k_max, **opts) if k_max > 1 else None
