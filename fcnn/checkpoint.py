@@ -101,7 +101,9 @@ def _storable(x) -> tuple:
         raise TypeError(f"checkpoint leaves must be arrays or numbers, got an object array {arr!r:.60}")
     if dtype.type.__module__.startswith("ml_dtypes"):  # bfloat16, float8...: store the bits
         arr = arr.view(f"u{dtype.itemsize}")
-    return np.ascontiguousarray(arr), {"shape": list(shape), "dtype": dtype.name, "key_impl": impl}
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+    return arr, {"shape": list(shape), "dtype": dtype.name, "key_impl": impl}
 
 
 def _digest(arrays) -> str:
@@ -213,6 +215,11 @@ def _read(path: str):
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {manifest.get('format_version')} is not "
                               f"supported (this fcnn reads {FORMAT_VERSION})")
+    for a, e in zip(arrays, manifest["leaves"]):
+        n = len(e["shape"])
+        if list(a.shape[:n]) != e["shape"] or (e["key_impl"] is None and a.ndim != n):
+            raise _CorruptError(f"{path}: leaf {e['path']!r} is stored with shape {a.shape}, the manifest says "
+                                f"{tuple(e['shape'])}")
     if _digest(arrays) != manifest["sha256"]:
         raise _CorruptError(f"{path}: checksum mismatch: the checkpoint's data is corrupt")
     return manifest, arrays
