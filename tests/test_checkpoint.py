@@ -16,7 +16,6 @@ import sys
 import textwrap
 import time
 import warnings
-import zipfile
 
 import jax
 import jax.numpy as jnp

@@ -471,3 +471,10 @@ def test_to_device_keeps_values():
     assert isinstance(dev.x_train, jax.Array)
     np.testing.assert_array_equal(np.asarray(dev.x_train), ds.x_train)
     np.testing.assert_array_equal(np.asarray(dev.y_test), ds.y_test)
+    # batching device arrays gathers on device and gives the same batches as the host arrays
+    host = list(data.batches(ds.x_train, ds.y_train, 4, seed=1, epoch=0))
+    on_dev = list(data.batches(dev.x_train, dev.y_train, 4, seed=1, epoch=0))
+    assert isinstance(on_dev[0][0], jax.Array)
+    for (hx, hy), (dx, dy) in zip(host, on_dev):
+        np.testing.assert_array_equal(np.asarray(dx), hx)
+        np.testing.assert_array_equal(np.asarray(dy), hy)
