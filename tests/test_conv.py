@@ -163,3 +163,141 @@ def test_sweep_covers_the_grid():
     kernels = {shapes.kernel_dims(c["w_shape"], c["layout"])[:2] for c in CONFIGS}
     assert kernels >= {(1, 1), (2, 3), (3, 3), (5, 5), (6, 7), (7, 5)}
     assert {c["x_shape"][0] for c in CONFIGS} == {1, 2}
+
+
+# ----------------------------------------------------------------------------- hand-computed values
+def test_hand_computed_values():
+    """3x3 input 1..9, 2x2 kernel [[1, 0], [0, -1]]: z[p, q] = x[p, q] - x[p+1, q+1] = -4 everywhere;
+    stride 2 with SAME (pads (0, 1)) keeps (0, 0) = -4, (0, 1) = 3 - 0, (1, 0) = 7 - 0, (1, 1) = 9."""
+    x = jnp.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+    w = jnp.array([[1.0, 0.0], [0.0, -1.0]]).reshape(2, 2, 1, 1)
+    for impl in CONV_IMPLS:
+        np.testing.assert_allclose(conv2d(x, w, impl=impl)[0, :, :, 0], [[-4, -4], [-4, -4]], atol=1e-12)
+        np.testing.assert_allclose(conv2d(x, w, jnp.array([0.5]), stride=2, padding="SAME", impl=impl)[0, :, :, 0],
+                                   [[-3.5, 3.5], [7.5, 9.5]], atol=1e-12)
+        # dilation 2 on a 3x3 input: one output, x[0, 0] - x[2, 2] = 1 - 9
+        np.testing.assert_allclose(conv2d(x, w, dilation=2, impl=impl)[0, :, :, 0], [[-8]], atol=1e-12)
+
+
+def test_groups_keep_channels_apart():
+    """Depthwise: output channel k sees only input channel k (a ones kernel sums each channel)."""
+    x = jnp.stack([jnp.ones((4, 4)), 10 * jnp.ones((4, 4))], axis=-1)[None]  # (1, 4, 4, 2)
+    w = jnp.ones((3, 3, 1, 2))
+    for impl in CONV_IMPLS:
+        z = conv2d(x, w, groups=2, impl=impl)
+        np.testing.assert_allclose(z[0, 0, 0], [9.0, 90.0], atol=1e-12)
+
+
+def test_custom_vjp_backward_by_hand():
+    """1-D view: x = [1, 2, 3, 4, 5], w = [1, 10], stride 2, VALID -> z = [21, 43] (x[4] unused).
+    With dZ = [1, 1]: dX = [1, 10, 1, 10, 0], dW = [1 + 3, 2 + 4] = [4, 6], db = 2."""
+    x = jnp.arange(1.0, 6.0).reshape(1, 1, 5, 1)
+    w = jnp.array([1.0, 10.0]).reshape(1, 2, 1, 1)
+    geo = dict(stride=(1, 2), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1)
+    dz = jnp.ones((1, 1, 2, 1))
+    np.testing.assert_allclose(conv2d(x, w, stride=(1, 2))[0, 0, :, 0], [21.0, 43.0])
+    np.testing.assert_allclose(conv_mod.conv2d_backward_input(dz, w, (1, 5), **geo)[0, 0, :, 0], [1, 10, 1, 10, 0])
+    np.testing.assert_allclose(conv_mod.conv2d_backward_kernel(x, dz, (1, 2), **geo)[0, :, 0, 0], [4, 6])
+    np.testing.assert_allclose(conv_mod.conv2d_backward_bias(dz), [2.0])
+
+
+def test_wrong_backward_is_caught():
+    """The VJP comparison is sensitive: an unflipped kernel in dX makes custom_vjp disagree with lax."""
+
+    def unflipped(dz, w, in_hw, *, stride, pads, dilation, groups, precision=None):
+        return conv_mod.conv2d_backward_input(dz, w[::-1, ::-1], in_hw, stride=stride, pads=pads,
+                                              dilation=dilation, groups=groups, precision=precision)
+
+    bad = conv_mod.make_custom_vjp_conv2d(backward_input=unflipped)
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(1, 5, 5, 2)), rng.normal(size=(3, 2, 2, 3))
+    geo = ((2, 1), ((1, 0), (0, 1)), (1, 1), 1, None)
+    g_bad = jax.grad(lambda x: jnp.sum(jnp.sin(bad(x, w, None, *geo))))(x)
+    g_ok = jax.grad(lambda x: jnp.sum(jnp.sin(conv2d(x, w, stride=(2, 1), padding=((1, 0), (0, 1))))))(x)
+    assert _rel(g_bad, g_ok) > 1e-2
+
+
+# ----------------------------------------------------------------------------- second order
+@pytest.mark.parametrize("kw", [
+    dict(stride=2, padding="SAME"),
+    dict(dilation=(2, 1), padding=((2, 1), (0, 2))),
+    dict(stride=(1, 2), groups=2, padding=((1, 0), (0, 1)), layout="NCHW"),
+], ids=["stride2-same", "dilation-asym", "groups-nchw"])
+def test_custom_vjp_check_grads_order2(kw):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 5, 4, 2))
+    w = rng.normal(size=(2, 3, 2 // kw.get("groups", 1), 2))
+    if kw.get("layout") == "NCHW":
+        x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+    b = rng.normal(size=(2,))
+    check_grads(lambda x, w, b: conv2d(x, w, b, impl="custom_vjp", **kw), (x, w, b), order=2, modes=["rev"])
+
+
+# ----------------------------------------------------------------------------- dtypes, jit, vmap, grad
+DTYPE_TOL = {jnp.float64: 1e-10, jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
+def test_jit_vmap_grad_dtypes(dtype):
+    """Under jit, vmap over single examples (batch dim 1) and grad, every impl matches the float64
+    NumPy formula (values) and lax's float64 gradient, within the dtype's tolerance."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.normal(size=(3, 5, 6, 4)), rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(4,))
+    kw = dict(stride=(2, 1), padding="SAME", dilation=(1, 2), groups=2, precision="highest")
+    ref = _numpy_conv(x, w, b, **{k: v for k, v in kw.items() if k != "precision"}, layout="NHWC")
+    ct = rng.normal(size=ref.shape)
+    loss = lambda impl: lambda w, x: jnp.sum(conv2d(x, w, b.astype(dtype), impl=impl, **kw) * ct.astype(dtype))  # noqa
+    g_ref = jax.grad(loss("lax"))(w, x)
+    xd, wd = x.astype(dtype), w.astype(dtype)
+
+    @jax.jit
+    def run(x, w):
+        out = {}
+        for impl in CONV_IMPLS:
+            f = functools.partial(conv2d, b=b.astype(dtype), impl=impl, **kw)
+            per_example = jax.vmap(lambda xi: f(xi[None], w)[0])(x)  # x: (n, h, w, c) -> xi (h, w, c)
+            out[impl] = (f(x, w), per_example, jax.grad(loss(impl))(w, x))
+        return out
+
+    tol = DTYPE_TOL[dtype]
+    for impl, (z, z_vmap, g) in run(xd, wd).items():
+        assert z.dtype == dtype and z_vmap.dtype == dtype and g.dtype == dtype, impl
+        assert _rel(z, ref) <= tol, impl
+        assert _rel(z_vmap, ref) <= tol, impl
+        assert _rel(g, g_ref) <= tol * 3, impl
+
+
+# ----------------------------------------------------------------------------- bad input
+X = np.zeros((1, 5, 5, 4))
+W = np.zeros((3, 3, 2, 4))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(x=np.zeros((5, 5, 4))), ValueError, "x must have rank 4"),
+    (dict(w=np.zeros((3, 3, 4))), ValueError, "w must have rank 4"),
+    (dict(w=np.zeros((3, 3, 3, 4))), ValueError, "w has 3 input channels"),
+    (dict(groups=3), ValueError, "groups=3 must divide the input channels"),
+    (dict(groups=2, w=np.zeros((3, 3, 2, 3))), ValueError, "groups=2 must divide the output channels"),
+    (dict(groups=0), ValueError, "groups must be a positive int"),
+    (dict(stride=0), ValueError, "stride must be >= 1"),
+    (dict(stride=(1, -2)), ValueError, "stride must be >= 1"),
+    (dict(stride=1.5), TypeError, "stride must be an int"),
+    (dict(dilation=0), ValueError, "dilation must be >= 1"),
+    (dict(padding="FULL"), ValueError, "padding must be 'VALID', 'SAME'"),
+    (dict(padding=-1), ValueError, "padding must be non-negative"),
+    (dict(padding=((1, 2, 3), (0, 0))), TypeError, "padding must be"),
+    (dict(layout="NWHC"), ValueError, "layout must be one of"),
+    (dict(impl="winograd"), ValueError, "impl must be one of"),
+    (dict(precision="bogus"), ValueError, "precision must be"),
+    (dict(b=np.zeros((3,))), ValueError, r"b must have shape \(cout,\) = \(4,\)"),
+    (dict(w=np.zeros((7, 3, 2, 4))), ValueError, "kernel is larger than the padded input"),
+    (dict(w=np.zeros((3, 3, 2, 4)), dilation=3), ValueError, "kernel is larger than the padded input"),
+    (dict(x=np.zeros((1, 5, 5, 4), np.int32), w=np.zeros((3, 3, 2, 4), np.int32)), TypeError, "floating dtype"),
+])
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+def test_bad_input(kwargs, exc, match, impl):
+    args = dict(x=X, w=W, b=None, groups=2, impl=impl)
+    args.update(kwargs)
+    x, w, b = args.pop("x"), args.pop("w"), args.pop("b")
+    with pytest.raises(exc, match=match):
+        conv2d(x, w, b, **args)
