@@ -71,7 +71,7 @@ def test_conv_output_shape_matches_lax_eval_shape():
     paddings = ["VALID", "SAME", ((1, 0), (0, 1)), ((2, 1), (0, 2))]
     grid = itertools.product([(6, 7), (5, 5), (7, 5)], [(1, 1), (2, 3), (3, 3), (5, 5)],
                              [(1, 1), (2, 2), (3, 3), (1, 2), (3, 2)], paddings, [(1, 1), (2, 2), (2, 3)])
-    checked = 0
+    checked = 0  # lax resolves "SAME" and explicit pads itself
     for hw, k, s, pad, d in grid:
         x_shape, w_shape = (2, *hw, 4), (*k, 2, 6)
         pads = shapes.normalize_padding(pad, hw, k, s, d)
@@ -80,7 +80,7 @@ def test_conv_output_shape_matches_lax_eval_shape():
                 shapes.conv_output_shape(x_shape, w_shape, stride=s, padding=pad, dilation=d, groups=2)
             continue
         out = jax.eval_shape(
-            lambda x, w: lax.conv_general_dilated(x, w, s, pad,  # lax resolves "SAME" itself rhs_dilation=d, feature_group_count=2,
+            lambda x, w: lax.conv_general_dilated(x, w, s, pad, rhs_dilation=d, feature_group_count=2,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")),
             jax.ShapeDtypeStruct(x_shape, np.float32), jax.ShapeDtypeStruct(w_shape, np.float32))
         assert shapes.conv_output_shape(x_shape, w_shape, stride=s, padding=pad, dilation=d, groups=2) == out.shape
