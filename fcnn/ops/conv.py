@@ -21,6 +21,11 @@ Implementations, selected by ``impl=`` (all take identical arguments and agree t
   zero-inserted (dilated) kernel; the valid part is subsampled by the stride.
 * ``"custom_vjp"``: forward through lax, backward hand-derived (``conv2d_backward_*`` below).
 
+Every implementation supports every option (stride, padding, dilation, groups, both layouts,
+precision). Non-lax implementations work in NHWC/HWIO and transpose NCHW/OIHW in and out.
+dtypes: float32, float64 and bfloat16; reference/im2col accumulate bfloat16 products in float32,
+fft computes in float32 (float64 for float64 inputs) and casts back.
+
 Padding: anything ``shapes.normalize_padding`` accepts; "SAME" follows XLA (odd extra pad at the
 bottom/right; PyTorch's ``padding="same"`` puts it at the top/left and forbids stride > 1).
 """
@@ -286,8 +291,7 @@ def make_custom_vjp_conv2d(backward_input: Callable = conv2d_backward_input,
 
 _conv_custom_vjp = make_custom_vjp_conv2d()
 
-_IMPLS = {
-    "lax": _conv_lax_nhwc,
+_IMPLS = {  # NHWC/HWIO bodies; "lax" runs natively in either layout inside conv2d
     "reference": _conv_reference,
     "im2col": _conv_im2col,
     "fft": _conv_fft,
