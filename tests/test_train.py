@@ -202,5 +202,46 @@ def test_nan_input_stops_the_run_naming_the_step(data):
     expected = int(np.flatnonzero(order == 123)[0]) // 32 + 1  # steps counted from 1
     assert expected <= 12, "the poisoned example must be in epoch 0's batches for this test"
     with pytest.raises(TrainingDivergedError, match=f"loss became nan at step {expected}$"):
-        fit(mlp(), bad, _config(), verbose=False)
+        fit(mlp(), bad, _config(augment_shift=0), verbose=False)
     assert issubclass(TrainingDivergedError, FloatingPointError)
+
+
+def test_fit_writes_metrics_log_curves_and_config(data, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    r = fit(mlp(), data, _config(epochs=3), run_dir=run, progress=False)
+    lines = open(os.path.join(run, "metrics.jsonl")).read().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [rec["epoch"] for rec in records] == [1, 2, 3]
+    assert [rec["step"] for rec in records] == [12, 24, 36]
+    for rec in records:
+        assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "images_per_s"} <= set(rec)
+    assert records[-1]["test_accuracy"] == r.test["accuracy"]
+    png = open(os.path.join(run, "curves.png"), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert json.load(open(os.path.join(run, "config.json")))["batch_size"] == 32
+    out = capsys.readouterr().out
+    assert out.count("epoch ") >= 3 and "test accuracy" in out and f"{r.test['accuracy']:.4f}" in out
+
+
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(data, tmp_path):
+    cfg = _config(epochs=2, checkpoint_every=5)
+    full = fit(mlp(), data, cfg, verbose=False)
+    run = str(tmp_path / "run")
+    first = fit(mlp(), data, cfg, run_dir=run, max_steps=17, verbose=False)  # stops inside epoch 2
+    assert first.step == 17
+    rest = fit(mlp(), data, cfg, run_dir=run, resume=True, verbose=False)
+    assert rest.step == full.step == 24
+    assert _leaves_equal(rest.params, full.params) and _leaves_equal(rest.opt_state, full.opt_state)
+    untimed = lambda h: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in h]
+    assert untimed(rest.history) == untimed(full.history)  # epoch 2's mean spans the interruption
+    assert rest.test == full.test
+
+
+def test_a_used_run_dir_is_not_overwritten(data, tmp_path):
+    run = str(tmp_path / "run")
+    fit(mlp(), data, _config(epochs=1), run_dir=run, verbose=False)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        fit(mlp(), data, _config(epochs=1), run_dir=run, verbose=False)
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['seed'\]"):
+        fit(mlp(), data, _config(epochs=2, seed=3), run_dir=run, resume=True, verbose=False)
+

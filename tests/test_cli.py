@@ -1,0 +1,136 @@
+"""The `fcnn` command: train / eval / summary, argument errors, kill-and-resume."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from fcnn import cli
+
+TEST_ACC = re.compile(r"^test accuracy: ([0-9.]+)", re.M)
+SUBPROCESS_ENV = dict(os.environ, CI="1", JAX_PLATFORMS="cpu")
+
+
+def _run_cli(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "fcnn.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=SUBPROCESS_ENV)
+
+
+def _untimed(path):
+    return [{k: v for k, v in json.loads(line).items() if "seconds" not in k and "per_s" not in k}
+            for line in open(path)]
+
+
+def test_train_prints_test_accuracy_and_eval_reproduces_it(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert cli.main(["train", "--epochs", "1", "--batch-size", "64", "--out", run, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    acc = float(TEST_ACC.findall(out)[-1])
+    assert 0.5 < acc <= 1.0  # one epoch of LeNet on digits is well above chance (0.1)
+    assert "| test accuracy" in out  # the summary table
+    for name in ("config.json", "metrics.jsonl", "curves.png"):
+        assert os.path.getsize(os.path.join(run, name)) > 0
+    assert cli.main(["eval", "--run", run]) == 0
+    assert float(TEST_ACC.findall(capsys.readouterr().out)[-1]) == acc
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--model", "nope"], "nope"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--precision", "f16"], "precision must be one of"),
+        (["train", "--optimizer", "adamx"], "optimizer must be one of"),
+        (["train", "--resume", "/nonexistent/run"], "config.json"),
+        (["eval"], "--run"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_status_2(argv, needle, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "error" in err[0]
+
+
+def test_bad_argument_in_a_real_process_has_no_traceback():
+    p = _run_cli("train", "--model", "nope", timeout=120)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert p.stderr.startswith("fcnn") and "nope" in p.stderr
+
+
+def test_gradcheck_and_viz_are_handed_their_arguments(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("fcnn.gradcheck")
+
+    def cli_main(argv):
+        seen["argv"] = argv
+        return 0
+
+    fake.cli_main = cli_main
+    monkeypatch.setitem(sys.modules, "fcnn.gradcheck", fake)
+    assert cli.main(["gradcheck", "--impl", "im2col", "-x"]) == 0
+    assert seen["argv"] == ["--impl", "im2col", "-x"]
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    from fcnn import checkpoint
+
+    args = ["train", "--epochs", "1", "--batch-size", "32", "--checkpoint-every", "5", "--seed", "3", "--no-progress"]
+    killed, full = str(tmp_path / "killed"), str(tmp_path / "full")
+    proc = subprocess.Popen([sys.executable, "-m", "fcnn.cli", *args, "--out", killed], env=SUBPROCESS_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while checkpoint.latest(killed) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    step_at_kill = checkpoint.load_latest(killed).step
+    resumed = _run_cli("train", "--resume", killed)
+    assert resumed.returncode == 0, resumed.stderr
+    uninterrupted = _run_cli(*args, "--out", full)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    assert TEST_ACC.findall(resumed.stdout) == TEST_ACC.findall(uninterrupted.stdout)
+    *_, pa, sa, step_a = cli.load_run(killed)
+    *_, pb, sb, step_b = cli.load_run(full)
+    assert step_a == step_b > step_at_kill
+    import jax
+
+    la, lb = jax.tree.leaves((pa, sa)), jax.tree.leaves((pb, sb))
+    assert len(la) == len(lb) and all(np.array_equal(a, b) for a, b in zip(la, lb))
+    assert _untimed(os.path.join(killed, "metrics.jsonl")) == _untimed(os.path.join(full, "metrics.jsonl"))
+
+
+def _train_acc(tmp_path, name, *extra):
+    run = str(tmp_path / name)
+    assert cli.main(["train", "--out", run, "--no-progress", *extra]) == 0
+    return run
+
+
+def test_custom_vjp_conv_trains_to_the_same_accuracy_as_lax(tmp_path, capsys):
+    short = ["--epochs", "2", "--seed", "1"]
+    _train_acc(tmp_path, "lax", *short, "--impl", "lax")
+    acc_lax = float(TEST_ACC.findall(capsys.readouterr().out)[-1])
+    _train_acc(tmp_path, "vjp", *short, "--impl", "custom_vjp")
+    acc_vjp = float(TEST_ACC.findall(capsys.readouterr().out)[-1])
+    assert acc_lax > 0.8
+    assert abs(acc_vjp - acc_lax) <= 0.01  # same math; rounding may flip an example or two
+
+
+def test_default_job_reaches_98_percent_on_digits(tmp_path, capsys):
+    run = _train_acc(tmp_path, "default")
+    acc = float(TEST_ACC.findall(capsys.readouterr().out)[-1])
+    assert acc >= 0.98
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["model"] == "lenet5" and config["dataset"] == "digits"
