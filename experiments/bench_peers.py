@@ -1,0 +1,507 @@
+"""The two benchmark networks in fcnn and in each peer framework, for experiments/benchmark.py.
+
+Every builder has one signature and returns a ``Bench``:
+
+    build(net, n, precision, device, k) -> Bench(step, carry, batch, block, k)
+    carry = bench.step(carry, batch)     # k training steps (k > 1 only for fcnn's multi-step)
+    bench.block(carry)                   # waits for the device
+
+net: "lenet" (28x28x1) or "vgg" (32x32x3), as docs/PERFORMANCE (shared) defines them; n: batch;
+precision: "f32" or "bf16" (mixed: float32 master params and loss, bf16 forward/backward;
+torch through ``autocast``). SGD with momentum 0.9, softmax cross-entropy, random inputs and
+labels resident on the device. Each peer is written from its documented API, the way its
+tutorials write a train step (jit or filter_jit or nnx.jit; buffers donated where the API allows).
+A builder raises ImportError when its framework is not installed.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+LR = 0.01
+MOMENTUM = 0.9
+CLASSES = 10
+# (kernel, cout, padding, pool after) per conv layer, then dense widths.
+LENET = dict(hw=28, cin=1, convs=[(5, 6, "SAME", True), (5, 16, "VALID", True)], dense=[120, 84], gmax=False)
+VGG = dict(hw=32, cin=3, convs=[(3, 64, "SAME", False), (3, 128, "SAME", True), (3, 256, "SAME", True),
+                                (3, 512, "SAME", True)], dense=[], gmax=True)
+NETS = {"lenet": LENET, "vgg": VGG}
+
+
+class Bench(NamedTuple):
+    step: Callable
+    carry: Any
+    batch: Any
+    block: Callable
+    k: int = 1
+
+
+def forward_macs(net: str) -> int:
+    """Multiply-adds of one image's forward pass (convs and dense layers)."""
+    spec = NETS[net]
+    hw, cin, macs = spec["hw"], spec["cin"], 0
+    for f, cout, pad, pool in spec["convs"]:
+        hw = hw if pad == "SAME" else hw - f + 1
+        macs += hw * hw * cout * f * f * cin
+        cin = cout
+        hw = hw // 2 if pool else hw
+    width = cin if spec["gmax"] else hw * hw * cin
+    for d in spec["dense"] + [CLASSES]:
+        macs += width * d
+        width = d
+    return macs
+
+
+def _flat_dim(spec) -> int:
+    hw, cin = spec["hw"], spec["cin"]
+    for f, cout, pad, pool in spec["convs"]:
+        hw = hw if pad == "SAME" else hw - f + 1
+        hw, cin = (hw // 2 if pool else hw), cout
+    return cin if spec["gmax"] else hw * hw * cin
+
+
+# ----------------------------------------------------------------------------- JAX helpers
+def _jax_data(n, spec, k=1, nchw=False):
+    import jax
+    import jax.numpy as jnp
+
+    kx, ky = jax.random.split(jax.random.PRNGKey(0))
+    lead = (k, n) if k > 1 else (n,)
+    shape = (spec["cin"], spec["hw"], spec["hw"]) if nchw else (spec["hw"], spec["hw"], spec["cin"])
+    x = jax.random.normal(kx, lead + shape, jnp.float32)
+    y = jax.random.randint(ky, lead, 0, CLASSES)
+    return jax.block_until_ready((x, y))
+
+
+def _jax_block(carry):
+    import jax
+
+    jax.block_until_ready(carry)
+
+
+def _ce(logits, y):
+    import jax.numpy as jnp
+    import optax
+
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y))
+
+
+def _half(tree):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _sgd():
+    import optax
+
+    return optax.sgd(LR, momentum=MOMENTUM)
+
+
+def _jit_step(loss_fn, tx):
+    """The standard optax step over a params pytree, params and opt_state donated."""
+    import jax
+    import optax
+
+    def step(carry, batch):
+        params, opt_state = carry
+        grads = jax.grad(loss_fn)(params, *batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- fcnn
+def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto"):
+    """fcnn's own train step (``make_train_step``); k > 1 runs k steps per dispatch.
+
+    ``impl``/``pool_impl`` "auto" pick each layer's implementation with ``fcnn.ops.auto``
+    (what ``conv2d(impl="auto")`` would do at trace time).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from fcnn.optim import make_optimizer
+    from fcnn.train import make_train_step
+
+    model = fcnn_model(net, impl, pool_impl, device)
+    spec = NETS[net]
+    _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
+    opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
+    train_step = make_train_step(model, opt, steps_per_call=k, precision=precision)
+    key = jax.random.PRNGKey(1)
+    keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
+
+    def step(carry, batch):
+        return train_step(*carry, batch, keys)[:3]
+
+    return Bench(step, (params, state, opt.init(params)), _jax_data(n, spec, k), _jax_block, k)
+
+
+def build_fcnn_lax(net, n, precision, device, k=1):
+    """fcnn with the default implementations everywhere (conv "lax", max-pool "lax")."""
+    return build_fcnn(net, n, precision, device, k, impl="lax", pool_impl="lax")
+
+
+def fcnn_model(net, impl="lax", pool_impl="lax", device="cpu"):
+    """The benchmark network from fcnn's layers, as ``fcnn.models`` builds it (NHWC).
+
+    ``impl``/``pool_impl``: an implementation name for every layer, or "auto" for the choice
+    of ``fcnn.ops.auto`` per layer shape on ``device``.
+    """
+    from fcnn import layers, models
+    from fcnn.combinators import serial
+
+    if impl != "auto" and pool_impl != "auto":
+        return (models.lenet5 if net == "lenet" else models.small_vgg)(impl=impl, pool_impl=pool_impl)
+    from fcnn.ops import auto
+
+    spec = NETS[net]
+    hw, cin, parts = spec["hw"], spec["cin"], []
+    for f, cout, pad, pool in spec["convs"]:
+        ci = auto.select_conv_impl(device, (1, hw, hw, cin), (f, f, cin, cout), padding=pad) if impl == "auto" else impl
+        parts += [layers.Conv2D(cout, f, padding=pad, impl=ci), layers.Relu()]
+        hw = hw if pad == "SAME" else hw - f + 1
+        if pool:
+            pi = auto.select_pool_impl(device, (1, hw, hw, cout), 2) if pool_impl == "auto" else pool_impl
+            parts.append(layers.MaxPool2D(2, impl=pi))
+            hw //= 2
+        cin = cout
+    parts.append(layers.GlobalMaxPool2D() if spec["gmax"] else layers.Flatten())
+    for d in spec["dense"]:
+        parts += [layers.Dense(d), layers.Relu()]
+    parts.append(layers.Dense(CLASSES))
+    return serial(*parts)
+
+
+# ----------------------------------------------------------------------------- hand-written lax
+def build_lax(net, n, precision, device, k=1):
+    """The floor: lax.conv_general_dilated / reduce_window / dot on a dict of arrays."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    spec = NETS[net]
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
+    params, cin = [], spec["cin"]
+    for f, cout, _, _ in spec["convs"]:
+        w = jax.random.normal(next(keys), (f, f, cin, cout)) * (2.0 / (f * f * cin)) ** 0.5
+        params.append((w, jnp.zeros(cout)))
+        cin = cout
+    width = _flat_dim(spec)
+    for d in spec["dense"] + [CLASSES]:
+        params.append((jax.random.normal(next(keys), (width, d)) * (1.0 / width) ** 0.5, jnp.zeros(d)))
+        width = d
+
+    def apply(params, x):
+        nc = len(spec["convs"])
+        for (w, b), (_, _, pad, pool) in zip(params[:nc], spec["convs"]):
+            x = jax.nn.relu(lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")) + b)
+            if pool:
+                x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        x = jnp.max(x, axis=(1, 2)) if spec["gmax"] else x.reshape(x.shape[0], -1)
+        for i, (w, b) in enumerate(params[nc:]):
+            x = x @ w + b
+            x = jax.nn.relu(x) if i < len(params) - nc - 1 else x
+        return x
+
+    def loss(params, x, y):
+        if precision == "bf16":
+            params, x = _half(params), x.astype(jnp.bfloat16)
+        return _ce(apply(params, x), y)
+
+    tx = _sgd()
+    return Bench(_jit_step(loss, tx), (params, tx.init(params)), _jax_data(n, spec), _jax_block)
+
+
+# ----------------------------------------------------------------------------- stax
+def build_stax(net, n, precision, device, k=1):
+    """jax.example_libraries.stax + optimizers.momentum."""
+    import jax
+    import jax.numpy as jnp
+    from jax.example_libraries import optimizers, stax
+
+    spec = NETS[net]
+
+    def global_max():
+        return (lambda rng, s: ((s[0], s[3]), ())), (lambda params, x, **kw: jnp.max(x, axis=(1, 2)))
+
+    parts = []
+    for f, cout, pad, pool in spec["convs"]:
+        parts += [stax.Conv(cout, (f, f), padding=pad), stax.Relu]
+        if pool:
+            parts.append(stax.MaxPool((2, 2), strides=(2, 2)))
+    parts.append(global_max() if spec["gmax"] else stax.Flatten)
+    for d in spec["dense"]:
+        parts += [stax.Dense(d), stax.Relu]
+    parts.append(stax.Dense(CLASSES))
+    init_fun, apply_fun = stax.serial(*parts)
+    _, params = init_fun(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
+    opt_init, opt_update, get_params = optimizers.momentum(LR, MOMENTUM)
+
+    def loss(params, x, y):
+        if precision == "bf16":
+            params, x = _half(params), x.astype(jnp.bfloat16)
+        return _ce(apply_fun(params, x), y)
+
+    def step(carry, batch):
+        i, opt_state = carry
+        grads = jax.grad(loss)(get_params(opt_state), *batch)
+        return i + 1, opt_update(i, grads, opt_state)
+
+    return Bench(jax.jit(step, donate_argnums=0), (jnp.zeros((), jnp.int32), opt_init(params)),
+                 _jax_data(n, spec), _jax_block)
+
+
+# ----------------------------------------------------------------------------- flax linen
+def build_linen(net, n, precision, device, k=1):
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    spec = NETS[net]
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x.astype(dtype)
+            for f, cout, pad, pool in spec["convs"]:
+                x = nn.relu(nn.Conv(cout, (f, f), padding=pad, dtype=dtype)(x))
+                if pool:
+                    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = jnp.max(x, axis=(1, 2)) if spec["gmax"] else x.reshape(x.shape[0], -1)
+            for d in spec["dense"]:
+                x = nn.relu(nn.Dense(d, dtype=dtype)(x))
+            return nn.Dense(CLASSES, dtype=dtype)(x)
+
+    model = Net()
+    data = _jax_data(n, spec)
+    params = model.init(jax.random.PRNGKey(0), data[0][:1])
+
+    def loss(params, x, y):
+        return _ce(model.apply(params, x), y)
+
+    tx = _sgd()
+    return Bench(_jit_step(loss, tx), (params, tx.init(params)), data, _jax_block)
+
+
+# ----------------------------------------------------------------------------- flax nnx
+def build_nnx(net, n, precision, device, k=1):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    spec = NETS[net]
+    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            convs, cin = [], spec["cin"]
+            for f, cout, pad, _ in spec["convs"]:
+                convs.append(nnx.Conv(cin, cout, (f, f), padding=pad, dtype=dtype, rngs=rngs))
+                cin = cout
+            self.convs = nnx.List(convs) if hasattr(nnx, "List") else convs
+            dense, width = [], _flat_dim(spec)
+            for d in spec["dense"] + [CLASSES]:
+                dense.append(nnx.Linear(width, d, dtype=dtype, rngs=rngs))
+                width = d
+            self.dense = nnx.List(dense) if hasattr(nnx, "List") else dense
+
+        def __call__(self, x):
+            x = x.astype(dtype)
+            for conv, (_, _, _, pool) in zip(self.convs, spec["convs"]):
+                x = nnx.relu(conv(x))
+                if pool:
+                    x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+            x = jnp.max(x, axis=(1, 2)) if spec["gmax"] else x.reshape(x.shape[0], -1)
+            for i, layer in enumerate(self.dense):
+                x = layer(x)
+                x = nnx.relu(x) if i < len(self.dense) - 1 else x
+            return x
+
+    model = Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, _sgd(), wrt=nnx.Param)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def train_step(model, optimizer, x, y):
+        grads = nnx.grad(lambda m: _ce(m(x), y))(model)
+        optimizer.update(model, grads)
+
+    def step(carry, batch):
+        train_step(*carry, *batch)
+        return carry
+
+    def block(carry):
+        jax.block_until_ready(nnx.state(carry[0]))
+
+    return Bench(step, (model, optimizer), _jax_data(n, spec), block)
+
+
+# ----------------------------------------------------------------------------- equinox
+def build_equinox(net, n, precision, device, k=1):
+    """Equinox layers are per-example and channels-first: the model is vmapped over the batch."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    spec = NETS[net]
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
+
+    class Net(eqx.Module):
+        convs: list
+        dense: list
+
+        def __init__(self):
+            convs, cin = [], spec["cin"]
+            for f, cout, pad, _ in spec["convs"]:
+                convs.append(eqx.nn.Conv2d(cin, cout, f, padding=pad, key=next(keys)))
+                cin = cout
+            self.convs = convs
+            dense, width = [], _flat_dim(spec)
+            for d in spec["dense"] + [CLASSES]:
+                dense.append(eqx.nn.Linear(width, d, key=next(keys)))
+                width = d
+            self.dense = dense
+
+        def __call__(self, x):  # x: (c, h, w)
+            for conv, (_, _, _, pool) in zip(self.convs, spec["convs"]):
+                x = jax.nn.relu(conv(x))
+                if pool:
+                    x = eqx.nn.MaxPool2d(2, 2)(x)
+            x = jnp.max(x, axis=(1, 2)) if spec["gmax"] else jnp.transpose(x, (1, 2, 0)).reshape(-1)
+            for i, layer in enumerate(self.dense):
+                x = layer(x)
+                x = jax.nn.relu(x) if i < len(self.dense) - 1 else x
+            return x
+
+    model = Net()
+    tx = _sgd()
+
+    def loss(model, x, y):
+        if precision == "bf16":
+            model = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, model)
+            x = x.astype(jnp.bfloat16)
+        return _ce(jax.vmap(model)(x), y)
+
+    @eqx.filter_jit(donate="all-except-first")
+    def train_step(batch, model, opt_state):
+        grads = eqx.filter_grad(loss)(model, *batch)
+        updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state
+
+    def step(carry, batch):
+        return train_step(batch, *carry)
+
+    opt_state = tx.init(eqx.filter(model, eqx.is_array))
+    return Bench(step, (model, opt_state), _jax_data(n, spec, nchw=True), _jax_block)
+
+
+# ----------------------------------------------------------------------------- haiku
+def build_haiku(net, n, precision, device, k=1):
+    import haiku as hk
+    import jax
+    import jax.numpy as jnp
+
+    spec = NETS[net]
+
+    def forward(x):
+        for f, cout, pad, pool in spec["convs"]:
+            x = jax.nn.relu(hk.Conv2D(cout, f, padding=pad)(x))
+            if pool:
+                x = hk.max_pool(x, 2, 2, "VALID")
+        x = jnp.max(x, axis=(1, 2)) if spec["gmax"] else hk.Flatten()(x)
+        for d in spec["dense"]:
+            x = jax.nn.relu(hk.Linear(d)(x))
+        return hk.Linear(CLASSES)(x)
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    data = _jax_data(n, spec)
+    params = model.init(jax.random.PRNGKey(0), data[0][:1])
+
+    def loss(params, x, y):
+        if precision == "bf16":
+            params, x = _half(params), x.astype(jnp.bfloat16)
+        return _ce(model.apply(params, x), y)
+
+    tx = _sgd()
+    return Bench(_jit_step(loss, tx), (params, tx.init(params)), data, _jax_block)
+
+
+# ----------------------------------------------------------------------------- torch
+def _torch_build(net, n, precision, device, compiled):
+    import torch
+    from torch import nn
+
+    spec = NETS[net]
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # as JAX's default float32 dot on GPU
+        torch.backends.cudnn.allow_tf32 = True
+    mods, cin = [], spec["cin"]
+    for f, cout, pad, pool in spec["convs"]:
+        mods += [nn.Conv2d(cin, cout, f, padding=(f // 2 if pad == "SAME" else 0)), nn.ReLU()]
+        mods += [nn.MaxPool2d(2)] if pool else []
+        cin = cout
+    mods += [nn.AdaptiveMaxPool2d(1), nn.Flatten()] if spec["gmax"] else [nn.Flatten()]
+    width = _flat_dim(spec)
+    for d in spec["dense"]:
+        mods += [nn.Linear(width, d), nn.ReLU()]
+        width = d
+    mods.append(nn.Linear(width, CLASSES))
+    model = nn.Sequential(*mods).to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    fwd = torch.compile(model) if compiled else model
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(n, spec["cin"], spec["hw"], spec["hw"], device=dev, generator=g).to(memory_format=torch.channels_last)
+    y = torch.randint(0, CLASSES, (n,), device=dev, generator=g)
+    bf16 = precision == "bf16"
+
+    def step(carry, batch):
+        xb, yb = batch
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = fwd(xb)
+        loss = nn.functional.cross_entropy(logits.float(), yb)
+        loss.backward()
+        opt.step()
+        return carry
+
+    def block(carry):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    return Bench(step, None, (x, y), block)
+
+
+def build_torch(net, n, precision, device, k=1):
+    """PyTorch eager, channels_last, autocast bf16."""
+    return _torch_build(net, n, precision, device, compiled=False)
+
+
+def build_torch_compile(net, n, precision, device, k=1):
+    """torch.compile of the model (default mode); optimizer step eager (foreach)."""
+    return _torch_build(net, n, precision, device, compiled=True)
+
+
+BUILDERS = {
+    "fcnn": build_fcnn,
+    "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
+    "fcnn_lax": build_fcnn_lax,
+    "lax": build_lax,
+    "stax": build_stax,
+    "linen": build_linen,
+    "nnx": build_nnx,
+    "equinox": build_equinox,
+    "haiku": build_haiku,
+    "torch": build_torch,
+    "torch_compile": build_torch_compile,
+}
+LABELS = {
+    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax",
+    "lax": "hand-written lax", "stax": "stax",
+    "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
+    "torch": "torch eager (channels_last)", "torch_compile": "torch.compile",
+}

@@ -1,0 +1,301 @@
+"""Train-step speed of fcnn against its peers, side by side in one run.
+
+    python experiments/benchmark.py --device gpu --out runs/bench --docs docs/benchmarks.md
+    python experiments/benchmark.py --device cpu --quick --only fcnn,stax --out /tmp/b
+
+Networks, optimizer and loss as the shared PERFORMANCE.md defines them (experiments/
+bench_peers.py builds them). For each framework, net and batch a fresh subprocess times
+bf16 then f32: the first step (trace + compile + run) is the compile time; then warm-up;
+then ``--repeats`` repeats of N steps (N sized to ``--target-s`` seconds), each ended by a
+block on the device; the per-step time is the median repeat over N. Reported: ms/step,
+images/s, effective TFLOP/s (3 x forward MACs x 2 FLOPs per image), the fraction of a
+bf16 matmul peak measured in the same run (GPU), and the peak device memory (GPU; JAX
+``memory_stats()['peak_bytes_in_use']`` with preallocation off; torch
+``max_memory_allocated``). In the fresh process the f32 peak is max(bf16, f32).
+
+A framework that is not installed gives a "skipped" row with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench_peers  # noqa: E402
+
+FRAMEWORKS = list(bench_peers.BUILDERS)
+# (net, batch) per device; --quick shrinks everything.
+CONFIGS = {"gpu": [("lenet", 128), ("lenet", 1024), ("vgg", 512)], "cpu": [("lenet", 64), ("vgg", 16)]}
+QUICK_CONFIGS = [("lenet", 8), ("vgg", 2)]
+K_STEPS = {"lenet": 32, "vgg": 4}  # fcnn_k steps per dispatch (GPU); CPU uses 8 / 2
+K_STEPS_CPU = {"lenet": 8, "vgg": 2}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--only", default="", help="comma-separated frameworks (default: all): " + ",".join(FRAMEWORKS))
+    p.add_argument("--nets", default="", help="comma-separated net:batch pairs, e.g. lenet:64,vgg:8")
+    p.add_argument("--dtypes", default="bf16,f32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--target-s", type=float, default=None, help="seconds per repeat (default 0.3 GPU, 1.0 CPU)")
+    p.add_argument("--quick", action="store_true", help="tiny batches, 2 repeats of a few steps (for tests)")
+    p.add_argument("--out", default="runs/benchmark", help="directory for results.json and table.md")
+    p.add_argument("--docs", default=None, help="markdown file whose <!-- benchmark:DEVICE --> section to replace")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per worker process")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--net", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- timing (worker side)
+def time_bench(bench, repeats: int, target_s: float, warmup: int = 3):
+    """(compile seconds, median seconds per training step, all per-step repeats)."""
+    t0 = time.perf_counter()
+    carry = bench.step(bench.carry, bench.batch)
+    bench.block(carry)
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        carry = bench.step(carry, bench.batch)
+    bench.block(carry)
+    n, dt = 1, 0.0
+    while True:  # calibrate calls per repeat
+        t0 = time.perf_counter()
+        for _ in range(n):
+            carry = bench.step(carry, bench.batch)
+        bench.block(carry)
+        dt = time.perf_counter() - t0
+        if dt >= target_s / 4 or n >= 4096:
+            break
+        n *= 4
+    calls = max(1, int(round(n * target_s / max(dt, 1e-9))))
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            carry = bench.step(carry, bench.batch)
+        bench.block(carry)
+        per_step.append((time.perf_counter() - t0) / (calls * bench.k))
+    return compile_s, statistics.median(per_step), per_step
+
+
+def _peak_bytes(fw, device):
+    if device != "gpu":
+        return None
+    if fw.startswith("torch"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import jax
+
+    return int(jax.devices()[0].memory_stats().get("peak_bytes_in_use", 0)) or None
+
+
+def run_worker(args):
+    fw, net, n, device = args.worker, args.net, args.batch, args.device
+    rows = []
+    for dtype in args.dtypes.split(","):
+        row = dict(framework=fw, net=net, batch=n, dtype=dtype, k=args.k)
+        try:
+            if fw.startswith("torch") and device == "gpu":
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            bench = bench_peers.BUILDERS[fw](net, n, dtype, device, args.k)
+            compile_s, sec, reps = time_bench(bench, args.repeats, args.target_s)
+            row.update(compile_s=compile_s, ms_per_step=sec * 1e3, repeats_ms=[r * 1e3 for r in reps],
+                       peak_bytes=_peak_bytes(fw, device))
+            del bench
+        except ImportError as e:
+            row.update(skipped=f"not installed: {e}")
+        except Exception as e:  # a peer failing must not stop the table
+            row.update(skipped=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with open(args.result, "w") as f:
+        json.dump(rows, f)
+
+
+# ----------------------------------------------------------------------------- driver
+def _env(device):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE)] + [p for p in [env.get("PYTHONPATH")] if p])
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # so peak_bytes_in_use is the step's own
+    env.pop("JAX_ENABLE_X64", None)
+    return env
+
+
+def _spawn(cmd_args, device, timeout, result):
+    cmd = [sys.executable, os.path.abspath(__file__)] + cmd_args + ["--result", result]
+    try:
+        proc = subprocess.run(cmd, env=_env(device), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    if proc.returncode != 0 or not os.path.exists(result):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        return None, f"worker exit {proc.returncode}: {tail[0][:200]}"
+    with open(result) as f:
+        return json.load(f), None
+
+
+MATMUL_CODE = """
+import json, sys, time, jax, jax.numpy as jnp
+n = int(sys.argv[1]); a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
+b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
+f = jax.jit(lambda a, b: a @ b); f(a, b).block_until_ready()
+ts = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    for _ in range(20): c = f(a, b)
+    c.block_until_ready(); ts.append((time.perf_counter() - t0) / 20)
+ts.sort(); print(json.dumps({"n": n, "tflops": 2 * n ** 3 / ts[2] / 1e12, "backend": jax.default_backend(),
+                             "device": str(jax.devices()[0].device_kind)}))
+"""
+
+
+def measure_matmul_peak(device, n):
+    proc = subprocess.run([sys.executable, "-c", MATMUL_CODE, str(n)], env=_env(device), capture_output=True,
+                          text=True, timeout=300)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def derive(row, peak_tflops):
+    if "ms_per_step" not in row:
+        return row
+    s = row["ms_per_step"] / 1e3
+    flops = 6 * bench_peers.forward_macs(row["net"]) * row["batch"]
+    row["images_per_s"] = row["batch"] / s
+    row["tflops"] = flops / s / 1e12
+    row["frac_peak"] = row["tflops"] / peak_tflops if peak_tflops else None
+    return row
+
+
+def _fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def table(rows, device, peak):
+    head = "| framework | net | batch | dtype | ms/step | images/s | TFLOP/s | % bf16 peak | compile s | peak MiB |"
+    lines = [head, "|" + "---|" * 10]
+    skipped = []
+    for r in rows:
+        label = bench_peers.LABELS[r["framework"]] + (f" k={r['k']}" if r["framework"] == "fcnn_k" else "")
+        if "skipped" in r:
+            skipped.append(f"- {label} {r['net']} b{r['batch']} {r['dtype']}: skipped, {r['skipped']}")
+            continue
+        frac = None if r.get("frac_peak") is None else 100 * r["frac_peak"]
+        mib = None if r.get("peak_bytes") is None else r["peak_bytes"] / 2**20
+        lines.append(f"| {label} | {r['net']} | {r['batch']} | {r['dtype']} | {r['ms_per_step']:.3f} | "
+                     f"{r['images_per_s']:,.0f} | {r['tflops']:.2f} | {_fmt(frac, '.1f')} | {r['compile_s']:.2f} | "
+                     f"{_fmt(mib, '.0f')} |")
+    lines += [""] + summary(rows) + [""] + skipped
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summary(rows):
+    """Per (net, batch, dtype): fcnn's best against the fastest peer, and compile time against linen's."""
+    out = ["| net | batch | dtype | fcnn ms (1 step) | fcnn ms (k steps) | fastest peer | its ms | speed-up | "
+           "compile fcnn / linen |", "|" + "---|" * 9]
+    keys = sorted({(r["net"], r["batch"], r["dtype"]) for r in rows}, key=lambda t: (t[0], t[1], t[2]))
+    for key in keys:
+        got = {r["framework"]: r for r in rows if (r["net"], r["batch"], r["dtype"]) == key and "ms_per_step" in r}
+        peers = {f: r for f, r in got.items() if not f.startswith("fcnn")}
+        mine = [got[f]["ms_per_step"] for f in ("fcnn", "fcnn_k") if f in got]
+        if not peers or not mine:
+            continue
+        best = min(peers, key=lambda f: peers[f]["ms_per_step"])
+        comp = (f"{got['fcnn']['compile_s'] / got['linen']['compile_s']:.2f}" if "fcnn" in got and "linen" in got
+                else "—")
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(got.get('fcnn', {}).get('ms_per_step'), '.3f')} | "
+                   f"{_fmt(got.get('fcnn_k', {}).get('ms_per_step'), '.3f')} | {bench_peers.LABELS[best]} | "
+                   f"{peers[best]['ms_per_step']:.3f} | {peers[best]['ms_per_step'] / min(mine):.2f}x | {comp} |")
+    return out
+
+
+def splice_docs(path, device, text):
+    start, end = f"<!-- benchmark:{device}:start -->", f"<!-- benchmark:{device}:end -->"
+    doc = open(path).read() if os.path.exists(path) else ""
+    block = f"{start}\n{text}{end}"
+    if start in doc and end in doc:
+        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.target_s is None:
+        args.target_s = 0.3 if args.device == "gpu" else 1.0
+    if args.worker:
+        return run_worker(args)
+    fws = [f for f in args.only.split(",") if f] or FRAMEWORKS
+    bad = [f for f in fws if f not in FRAMEWORKS]
+    if bad:
+        raise SystemExit(f"--only: unknown frameworks {bad}; known: {FRAMEWORKS}")
+    configs = CONFIGS[args.device]
+    if args.quick:
+        configs, args.repeats, args.target_s = QUICK_CONFIGS, 2, 0.02
+    if args.nets:
+        configs = [(s.split(":")[0], int(s.split(":")[1])) for s in args.nets.split(",")]
+    ksteps = K_STEPS if args.device == "gpu" and not args.quick else K_STEPS_CPU
+    os.makedirs(args.out, exist_ok=True)
+    print(f"device={args.device} python={platform.python_version()} host={platform.node()} seed=0", flush=True)
+    peak = measure_matmul_peak(args.device, 8192) if args.device == "gpu" else {}
+    print("bf16 matmul peak:", peak, flush=True)
+    rows, tmp = [], tempfile.mkdtemp(prefix="fcnn_bench_")
+    for net, n in configs:
+        for fw in fws:
+            k = ksteps[net] if fw == "fcnn_k" else 1
+            t0 = time.perf_counter()
+            res = os.path.join(tmp, f"w_{fw}_{net}_{n}.json")
+            got, err = _spawn(["--worker", fw, "--net", net, "--batch", str(n), "--k", str(k), "--dtypes", args.dtypes,
+                               "--device", args.device, "--repeats", str(args.repeats), "--target-s",
+                               str(args.target_s)], args.device, args.timeout, res)
+            if got is None:
+                got = [dict(framework=fw, net=net, batch=n, dtype=d, k=k, skipped=err) for d in args.dtypes.split(",")]
+            for r in got:
+                rows.append(derive(r, peak.get("tflops")))
+                print(f"{fw:14s} {net:6s} b{n:<5d} {r['dtype']:5s} "
+                      + (f"{r['ms_per_step']:9.3f} ms/step  compile {r['compile_s']:.2f} s" if "ms_per_step" in r
+                         else r["skipped"]) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    order = {f: i for i, f in enumerate(FRAMEWORKS)}
+    rows.sort(key=lambda r: (r["net"], r["batch"], r["dtype"] != "f32", order[r["framework"]]))
+    date = datetime.date.today().isoformat()
+    cmd = "python experiments/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    head = (f"{args.device.upper()} run of {date} (`{cmd}`), peak bf16 matmul "
+            f"{_fmt(peak.get('tflops'), '.0f')} TFLOP/s on {peak.get('device', platform.processor() or 'cpu')}; "
+            f"median of {args.repeats} repeats of {args.target_s} s each.\n\n")
+    text = head + table(rows, args.device, peak)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"device": args.device, "date": date, "command": cmd, "matmul_peak": peak, "rows": rows}, f, indent=1)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text)
+    if args.docs:
+        splice_docs(args.docs, args.device, text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
