@@ -1,0 +1,199 @@
+"""Tests of the checking toolkit itself: it reports injected errors at their size, passes correct
+implementations, and the ``fcnn gradcheck`` command exits 0 on every op's quick sweep."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.test_util import check_grads
+
+from fcnn import gradcheck as gc
+from fcnn import sweep
+from fcnn.cli import main as fcnn_main
+from fcnn.ops import avg_pool2d, conv2d, max_pool2d
+
+X_SHAPE, W_SHAPE = (2, 5, 6, 3), (3, 2, 3, 4)
+GEOM = dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2))
+
+
+def _args(dtype=jnp.float64):
+    return (gc.random_normal(1, X_SHAPE, dtype), gc.random_normal(2, W_SHAPE, dtype), gc.random_normal(3, (4,), dtype))
+
+
+def _lax_conv(x, w, b):
+    return conv2d(x, w, b, impl="lax", **GEOM)
+
+
+def _conv_with_injected(delta, u):
+    """lax conv whose VJP for x is off by the constant ``delta * u``."""
+
+    @jax.custom_vjp
+    def f(x, w, b):
+        return _lax_conv(x, w, b)
+
+    def fwd(x, w, b):
+        y, pull = jax.vjp(_lax_conv, x, w, b)
+        return y, (x, w, b)
+
+    def bwd(res, c):
+        dx, dw, db = jax.vjp(_lax_conv, *res)[1](c)
+        return dx + delta * u, dw, db
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+# ----------------------------------------------------------------------------- distances
+def test_compare_reports_abs_rel_and_ulps_at_the_reference_scale():
+    b = np.array([2.0, -1.0, 0.5], np.float32)
+    a = b.copy()
+    a[1] = np.nextafter(np.nextafter(np.float32(-1.0), np.float32(0)), np.float32(0))  # 2 ulps of 1.0 toward 0
+    e = gc.compare(a, b)
+    assert e.max_abs == pytest.approx(2 * 2.0**-24)  # ulp(1) below 1 is 2^-24
+    assert e.max_rel == pytest.approx(2 * 2.0**-24 / 2.0)
+    assert e.max_ulp == pytest.approx(0.5)  # 2^-23 in units of ulp(2.0) = 2^-22
+    assert gc.compare(b, b) == (0.0, 0.0, 0.0)
+
+
+def test_compare_nan_and_inf_rules():
+    assert gc.compare(np.array([np.nan, np.inf, 1.0]), np.array([np.nan, np.inf, 1.0])).max_abs == 0.0
+    assert gc.compare(np.array([np.nan, 1.0]), np.array([1.0, 1.0])).max_rel == np.inf
+    with pytest.raises(ValueError, match="shapes differ"):
+        gc.compare(np.zeros(3), np.zeros(4))
+
+
+def test_ulp_distance_counts_representable_numbers():
+    one = np.float32(1.0)
+    up3 = np.nextafter(np.nextafter(np.nextafter(one, np.float32(2)), np.float32(2)), np.float32(2))
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    d = gc.ulp_distance(np.array([up3, -0.0, tiny, 1.0]), np.array([one, 0.0, -tiny, 1.0]), jnp.float32)
+    np.testing.assert_array_equal(d, [3, 0, 2, 0])
+    assert gc.ulp_distance(1.0, np.nextafter(1.0, 2.0), jnp.float64) == 1
+
+
+def test_tolerances_are_dtype_and_platform_aware():
+    assert gc.tolerance(jnp.float64) == 1e-10
+    assert gc.tolerance(jnp.float32, "cpu") == 1e-5
+    assert gc.tolerance(jnp.float32, "gpu", "highest") == 1e-4
+    assert gc.tolerance(jnp.float32, "gpu", None) == 1e-2
+    assert gc.tolerance(jnp.bfloat16) == 2e-2
+
+
+# ----------------------------------------------------------------------------- injected errors
+@pytest.mark.parametrize("delta", [1e-3, 1e-7])
+def test_agreement_reports_an_injected_vjp_error_at_its_size(delta):
+    args = _args()
+    u = gc.random_normal(9, X_SHAPE, jnp.float64)
+    res = {r.arg: r for r in gc.agreement(_conv_with_injected(delta, u), _lax_conv, args, names="xwb")}
+    assert res["out"].max_abs == 0.0
+    assert res["x"].max_abs == pytest.approx(delta * float(jnp.max(jnp.abs(u))), rel=1e-6)
+    assert res["w"].max_abs == 0.0 and res["b"].max_abs == 0.0
+    assert res["x"].passed is False  # both deltas are far above 1e-10 relative
+
+
+def test_fd_projection_reports_an_injected_error_at_its_size():
+    delta, u = 1e-4, gc.random_normal(9, X_SHAPE, jnp.float64)
+    f = _conv_with_injected(delta, u)
+    ones = {r.arg: r for r in gc.fd_projection(f, _args(), names="xwb", tangent="ones")}
+    assert ones["x"].max_abs == pytest.approx(delta * float(jnp.sum(u)), rel=1e-6)  # <1, delta u>
+    # with random tangents the error is delta * |<t, u>|, t the draws after the cotangent's
+    rng = np.random.default_rng(0)
+    rng.standard_normal(jax.eval_shape(_lax_conv, *_args()).shape)
+    t = rng.standard_normal(X_SHAPE)
+    rand = {r.arg: r for r in gc.fd_projection(f, _args(), names="xwb")}
+    assert rand["x"].max_abs == pytest.approx(delta * abs(float(np.vdot(t, u))), rel=1e-6)
+    assert rand["w"].passed and rand["b"].passed and not rand["x"].passed
+
+
+def test_full_jacobian_reports_an_injected_error_at_its_size():
+    delta, u = 1e-5, gc.random_normal(9, X_SHAPE, jnp.float64)
+    res = {r.arg: r for r in gc.full_jacobian(_conv_with_injected(delta, u), _args(), names="xwb")}
+    # every row of J^T is off by delta * u
+    assert res["x"].max_abs == pytest.approx(delta * float(jnp.max(jnp.abs(u))), rel=1e-6)
+    assert res["w"].max_rel < 1e-13 and res["b"].max_rel < 1e-13
+
+
+def test_second_order_catches_a_wrong_cross_term():
+    """f(x, w) = x*w elementwise with dx = c*w + delta*c*w[::-1]: the 'gradient' has an
+    asymmetric Jacobian, off by delta * v_w reversed in J_g^T v."""
+    delta = 1e-3
+
+    @jax.custom_vjp
+    def f(x, w):
+        return x * w
+
+    f.defvjp(lambda x, w: (x * w, (x, w)), lambda res, c: (c * res[1] + delta * c * res[1][::-1], c * res[0]))
+    args = (gc.random_normal(1, (7,), jnp.float64), gc.random_normal(2, (7,), jnp.float64))
+    res = {r.arg: r for r in gc.second_order(f, args, names="xw")}
+    assert not res["x"].passed or not res["w"].passed
+    assert max(res["x"].max_abs, res["w"].max_abs) > 1e-5
+    exact = {r.arg: r for r in gc.second_order(lambda x, w: x * w, args, names="xw")}
+    assert exact["x"].passed and exact["w"].passed and exact["x"].max_abs < 1e-14
+
+
+def test_checks_need_float64():
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="float64"):
+            gc.fd_projection(lambda x: x, (np.ones(3, np.float32),))
+
+
+# ----------------------------------------------------------------------------- correct implementations pass
+@pytest.mark.parametrize("impl", ["custom_vjp", "reference", "im2col", "fft"])
+def test_conv_impls_pass_every_check(impl):
+    rows = sweep.run_case(sweep.cases("conv2d")[3], impl)  # groups2_d2: groups, dilation, asymmetric pads
+    assert [r.status for r in rows] == ["pass"] * 5, rows
+
+
+def test_conv_float32_highest_agrees_to_1e5():
+    rows = sweep.run_case(sweep.cases("conv2d")[2], "im2col", dtype=jnp.float32)
+    agree = [r for r in rows if r.check in ("forward", "vjp")]
+    assert all(r.status == "pass" and r.tol == 1e-5 and r.dtype == "float32" for r in agree)
+    assert max(r.max_rel for r in agree) > 1e-9  # float32 really ran (other summation order than lax)
+
+
+@pytest.mark.parametrize("ties", ["first", "split", "all"])
+def test_custom_vjp_pool_passes_on_ties_for_each_valid_policy(ties):
+    case = next(c for c in sweep.cases("max_pool2d") if c.name == "ties_overlap")
+    rows = {r.check: r for r in sweep.run_case(case, "custom_vjp", ties=ties)}
+    if ties == "all":  # not a valid subgradient: the "ones" projection sees the duplicated mass
+        assert rows["fd_projection"].status == "FAIL" and rows["vjp"].status == "pass"
+    else:
+        assert rows["fd_projection"].status == "pass" and rows["vjp"].status == "pass"
+    assert rows["jacobian"].status == "n/a"
+
+
+def test_check_grads_second_order_passes_for_the_custom_vjps():
+    x, w, b = _args()
+    check_grads(lambda x, w, b: conv2d(x, w, b, impl="custom_vjp", **GEOM), (x, w, b), order=2, modes=["rev"])
+    xp = gc.tie_free(0, (1, 5, 6, 2), jnp.float64)
+    check_grads(lambda x: max_pool2d(x, 2, stride=1, dilation=2, impl="custom_vjp"), (xp,), order=2, modes=["rev"],
+                eps=1e-2)
+
+
+# ----------------------------------------------------------------------------- inputs
+def test_input_generators():
+    x = np.asarray(gc.tie_free(3, (2, 6, 7, 3)))
+    np.testing.assert_array_equal(np.diff(np.sort(x.ravel())), 1.0)
+    t = np.asarray(gc.forced_ties(3, (2, 6, 7, 3)))
+    assert set(np.unique(t)) <= {0.0, 1.0} and (t == 0).mean() > 0.5
+    windows = t[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
+    assert (windows.max(1) == 0).any() and ((windows == windows.max(1, keepdims=True)).sum(1) > 1).mean() > 0.5
+    assert np.isnan(np.asarray(gc.nan_table())[0, 0, 1, 0])
+    assert np.asarray(max_pool2d(gc.neginf_table(), 2))[0, 0, 0, 0] == -np.inf
+
+
+# ----------------------------------------------------------------------------- the command
+@pytest.mark.parametrize("op", sweep.OPS)
+def test_quick_sweep_exits_zero_for_every_op(op, tmp_path, capsys):
+    md, csv_path = tmp_path / "t.md", tmp_path / "t.csv"
+    assert fcnn_main(["gradcheck", "--op", op, "--md", str(md), "--csv", str(csv_path)]) == 0
+    n = len(sweep.cases(op))
+    assert len(csv_path.read_text().splitlines()) == 1 + 5 * n
+    assert md.read_text().count("| pass |") + md.read_text().count("| n/a |") == 5 * n
+    assert f"{5 * n} checks, 0 failed" in capsys.readouterr().out
+
+
+def test_command_rejects_bad_arguments(capsys):
+    assert sweep.cli_main(["--op", "dense"]) == 2
+    assert sweep.cli_main(["--mutant", "no_such_bug", "--op", "conv2d"]) == 2
+    assert "mutant must be one of" in capsys.readouterr().err
