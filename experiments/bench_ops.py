@@ -5,8 +5,9 @@
 
 Three questions, one table each:
 
-1. conv: forward and forward+backward (gradient of <conv(x, w), g> w.r.t. x and w) of every
-   ``ops.conv2d`` impl on LeNet-sized and VGG-sized layers (batch by device);
+1. conv: forward, and backward = the VJP (dx, dw) for a fixed output gradient g (the gradient
+   of the linear <conv(x, w), g>, which needs no forward: XLA drops it), of every ``ops.conv2d``
+   impl on LeNet-sized and VGG-sized layers (batch by device); fwd+bwd = their sum;
 2. max-pool 2x2/2: forward and forward+backward of every ``ops.max_pool2d`` impl, plus
    a prototype backward (``proto``) that keeps the (n, oh, kh, ow, kw, c) view with no
    transpose; backward = (fwd+bwd) - fwd;
@@ -43,8 +44,8 @@ CONV_LAYERS = [
     ("vgg c4", (8, 8, 256), 3, 512, "SAME"),
 ]
 POOL_SHAPES = [("lenet p1", (28, 28, 6)), ("lenet p2", (10, 10, 16)), ("vgg p1", (32, 32, 128)),
-               ("vgg p3", (8, 8, 512)), ("anchor", (32, 32, 128))]
-BATCH = {"cpu": {"lenet": 64, "vgg": 16, "anchor": 16}, "gpu": {"lenet": 128, "vgg": 512, "anchor": 512}}
+               ("vgg p2", (16, 16, 256)), ("vgg p3", (8, 8, 512))]  # vgg p1 at b512: the anchor shape
+BATCH = {"cpu": {"lenet": 64, "vgg": 16}, "gpu": {"lenet": 128, "vgg": 512}}
 
 
 def parse_args(argv=None):
@@ -53,10 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="conv,pool,step", help="which of conv,pool,step to run")
     p.add_argument("--dtypes", default=None, help="default: f32 on CPU, f32,bf16 on GPU")
     p.add_argument("--impls", default=None, help="conv impls (default: all of ops.CONV_IMPLS)")
+    p.add_argument("--layers", default=None, help="comma-separated conv layers / pool shapes by name (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--target-s", type=float, default=None)
     p.add_argument("--quick", action="store_true", help="tiny shapes and counts (for tests)")
-        p.add_argument("--out", default="runs/bench_ops")
+    p.add_argument("--out", default="runs/bench_ops")
     p.add_argument("--docs", default=None)
     return p.parse_args(argv)
 
@@ -110,6 +112,8 @@ def bench_conv(args, dtypes, batch):
     impls = args.impls.split(",") if args.impls else list(ops.CONV_IMPLS)
     rows = []
     for name, xs, f, cout, pad in CONV_LAYERS:
+        if args.layers and name not in args.layers.split(","):
+            continue
         n = batch[name.split()[0]]
         for dname in dtypes:
             dt = _dt(dname)
@@ -125,9 +129,10 @@ def bench_conv(args, dtypes, batch):
                         ops.conv2d(x, w, padding=pad, impl=impl).astype(jnp.float32), g.astype(jnp.float32)),
                         argnums=(0, 1)))
                     row["compile_s"], row["fwd_ms"] = timeit(fwd, x, w, repeats=args.repeats, target_s=args.target_s)
-                    _, row["fwdbwd_ms"] = timeit(both, x, w, g, repeats=args.repeats, target_s=args.target_s)
+                    _, row["bwd_ms"] = timeit(both, x, w, g, repeats=args.repeats, target_s=args.target_s)
                     row["fwd_ms"] *= 1e3
-                    row["fwdbwd_ms"] *= 1e3
+                    row["bwd_ms"] *= 1e3
+                    row["fwdbwd_ms"] = row["fwd_ms"] + row["bwd_ms"]
                 except Exception as e:  # noqa: BLE001 - recorded in the table
                     row["error"] = _err(e)
                 rows.append(row)
@@ -176,8 +181,9 @@ def bench_pool(args, dtypes, batch, device):
 
     impls = list(ops.POOL_IMPLS) + ["proto"]
     rows = []
-    shapes = [s for s in POOL_SHAPES if device == "gpu" or s[0] != "anchor"]
-    for name, xs in shapes:
+    for name, xs in POOL_SHAPES:
+        if args.layers and name not in args.layers.split(","):
+            continue
         n = batch[name.split()[0]]
         for dname in dtypes:
             x = jax.random.normal(jax.random.PRNGKey(0), (n,) + xs, _dt(dname))
@@ -243,14 +249,15 @@ def _f(v, spec=".3f"):
 def tables(res):
     out = []
     if res.get("conv"):
-        out += ["**Conv, per implementation** (ms; fwd+bwd = gradient w.r.t. x and w; x/y: ratio to lax)", "",
-                "| layer | x | w | dtype | impl | fwd ms | fwd+bwd ms | fwd+bwd vs lax |", "|" + "---|" * 8]
+        out += ["**Conv, per implementation** (ms; bwd = VJP to x and w for a given output gradient; "
+                "fwd+bwd = the sum; ratio to lax)", "",
+                "| layer | x | w | dtype | impl | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd vs lax |", "|" + "---|" * 9]
         lax = {(r["layer"], r["dtype"]): r.get("fwdbwd_ms") for r in res["conv"] if r["impl"] == "lax"}
         for r in res["conv"]:
             base = lax.get((r["layer"], r["dtype"]))
             ratio = f"{r['fwdbwd_ms'] / base:.2f}x" if base and "fwdbwd_ms" in r else "—"
-            tail = (f"{_f(r.get('fwd_ms'))} | {_f(r.get('fwdbwd_ms'))} | {ratio}" if "error" not in r
-                    else f"{r['error']} | | ")
+            tail = (f"{_f(r.get('fwd_ms'))} | {_f(r.get('bwd_ms'))} | {_f(r.get('fwdbwd_ms'))} | {ratio}"
+                    if "error" not in r else f"{r['error']} | | | ")
             out.append(f"| {r['layer']} | {'x'.join(map(str, r['x']))} | {'x'.join(map(str, r['w']))} | "
                        f"{r['dtype']} | {r['impl']} | {tail} |")
         out.append("")
@@ -267,7 +274,7 @@ def tables(res):
         out.append("")
     if res.get("step"):
         out += ["**Train step by implementation** (make_train_step; ratio to conv lax + pool lax)", "",
-                "| net | batch | dtype | conv impl | pool impl | ms/step | vs lax/lax | compile s |", "|" + "---|" * 7]
+                "| net | batch | dtype | conv impl | pool impl | ms/step | vs lax/lax | compile s |", "|" + "---|" * 8]
         base = {r["dtype"]: r.get("ms_per_step") for r in res["step"] if (r["impl"], r["pool_impl"]) == ("lax", "lax")}
         for r in res["step"]:
             b = base.get(r["dtype"])
@@ -290,7 +297,7 @@ def main(argv=None):
     dtypes = (args.dtypes or ("f32" if args.device == "cpu" else "f32,bf16")).split(",")
     batch = BATCH[args.device]
     if args.quick:
-        batch = {"lenet": 2, "vgg": 1, "anchor": 1}
+        batch = {"lenet": 2, "vgg": 1}
         args.repeats, args.target_s = 2, 0.01
         global CONV_LAYERS
         CONV_LAYERS = [l for l in CONV_LAYERS if l[0].startswith("lenet")]

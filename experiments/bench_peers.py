@@ -139,6 +139,40 @@ def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto"):
     return Bench(step, (params, state, opt.init(params)), _jax_data(n, spec, k), _jax_block, k)
 
 
+def build_fcnn_unroll(net, n, precision, device, k=1):
+    """Prototype for train.py: k steps per dispatch as a fully unrolled scan of fcnn's own step.
+
+    ``make_train_step(steps_per_call=k)`` scans with ``unroll=1``: XLA runs a while loop whose
+    predicate goes back to the host every iteration. Unrolled, the k steps are one straight
+    sequence of kernels (longer compile).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from fcnn.optim import make_optimizer
+    from fcnn.train import make_train_step
+
+    model = fcnn_model(net, "auto", "auto", device)
+    spec = NETS[net]
+    _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
+    opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
+    one = make_train_step(model, opt, precision=precision, donate=False)  # inlined into the outer jit
+
+    def many(carry, batch, keys):
+        def body(c, inp):
+            x, y, key = inp
+            p, s, o, m = one(*c, (x, y), key)
+            return (p, s, o), m
+
+        carry, _ = jax.lax.scan(body, carry, (*batch, keys), unroll=k)
+        return carry
+
+    keys = jnp.asarray(jax.random.split(jax.random.PRNGKey(1), k))
+    jitted = jax.jit(many, donate_argnums=0)
+    return Bench(lambda c, b: jitted(c, b, keys), (params, state, opt.init(params)), _jax_data(n, spec, k),
+                 _jax_block, k)
+
+
 def build_fcnn_lax(net, n, precision, device, k=1):
     """fcnn with the default implementations everywhere (conv "lax", max-pool "lax")."""
     return build_fcnn(net, n, precision, device, k, impl="lax", pool_impl="lax")
@@ -489,6 +523,7 @@ def build_torch_compile(net, n, precision, device, k=1):
 BUILDERS = {
     "fcnn": build_fcnn,
     "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
+    "fcnn_unroll": build_fcnn_unroll,  # prototype: k steps per dispatch, scan fully unrolled
     "fcnn_lax": build_fcnn_lax,
     "lax": build_lax,
     "stax": build_stax,
@@ -500,7 +535,7 @@ BUILDERS = {
     "torch_compile": build_torch_compile,
 }
 LABELS = {
-    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax",
+    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_unroll": "fcnn (k steps, unrolled; prototype)",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
     "torch": "torch eager (channels_last)", "torch_compile": "torch.compile",

@@ -10,7 +10,7 @@ then ``--repeats`` repeats of N steps (N sized to ``--target-s`` seconds), each 
 block on the device; the per-step time is the median repeat over N. Reported: ms/step,
 images/s, effective TFLOP/s (3 x forward MACs x 2 FLOPs per image), the fraction of a
 bf16 matmul peak measured in the same run (GPU), and the peak device memory (GPU; JAX
-``memory_stats()['peak_bytes_in_use']`` with preallocation off; torch
+``memory_stats()['peak_bytes_in_use']``, which includes XLA's conv-autotuning scratch; torch
 ``max_memory_allocated``). In the fresh process the f32 peak is max(bf16, f32).
 
 A framework that is not installed gives a "skipped" row with the reason.
@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/benchmark", help="directory for results.json and table.md")
     p.add_argument("--docs", default=None, help="markdown file whose <!-- benchmark:DEVICE --> section to replace")
     p.add_argument("--timeout", type=float, default=600, help="seconds per worker process")
+    p.add_argument("--render", default=None, help="only re-render a results(.partial).json into markdown")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--net", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
@@ -136,8 +137,8 @@ def _env(device):
     if device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    else:
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # so peak_bytes_in_use is the step's own
+    # GPU: JAX's default preallocation stays on. peak_bytes_in_use counts the allocator's bytes in
+    # use either way; turning preallocation off (first GPU run) made every JAX step slower and noisier.
     env.pop("JAX_ENABLE_X64", None)
     return env
 
@@ -198,7 +199,7 @@ def table(rows, device, peak):
     lines = [head, "|" + "---|" * 10]
     skipped = []
     for r in rows:
-        label = bench_peers.LABELS[r["framework"]] + (f" k={r['k']}" if r["framework"] == "fcnn_k" else "")
+        label = bench_peers.LABELS[r["framework"]] + (f" k={r['k']}" if r["framework"] in ("fcnn_k", "fcnn_unroll") else "")
         if "skipped" in r:
             skipped.append(f"- {label} {r['net']} b{r['batch']} {r['dtype']}: skipped, {r['skipped']}")
             continue
@@ -219,7 +220,7 @@ def summary(rows):
     for key in keys:
         got = {r["framework"]: r for r in rows if (r["net"], r["batch"], r["dtype"]) == key and "ms_per_step" in r}
         peers = {f: r for f, r in got.items() if not f.startswith("fcnn")}
-        mine = [got[f]["ms_per_step"] for f in ("fcnn", "fcnn_k") if f in got]
+        mine = [got[f]["ms_per_step"] for f in ("fcnn", "fcnn_k", "fcnn_unroll") if f in got]
         if not peers or not mine:
             continue
         best = min(peers, key=lambda f: peers[f]["ms_per_step"])
@@ -249,6 +250,15 @@ def main(argv=None):
         args.target_s = 0.3 if args.device == "gpu" else 1.0
     if args.worker:
         return run_worker(args)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        rows = [derive(r, saved["matmul_peak"].get("tflops")) for r in saved["rows"]]
+        text = table(rows, saved["device"], saved["matmul_peak"])
+        if args.docs:
+            splice_docs(args.docs, saved["device"], text)
+        print(text)
+        return rows
     fws = [f for f in args.only.split(",") if f] or FRAMEWORKS
     bad = [f for f in fws if f not in FRAMEWORKS]
     if bad:
@@ -266,7 +276,7 @@ def main(argv=None):
     rows, tmp = [], tempfile.mkdtemp(prefix="fcnn_bench_")
     for net, n in configs:
         for fw in fws:
-            k = ksteps[net] if fw == "fcnn_k" else 1
+            k = ksteps[net] if fw in ("fcnn_k", "fcnn_unroll") else 1
             t0 = time.perf_counter()
             res = os.path.join(tmp, f"w_{fw}_{net}_{n}.json")
             got, err = _spawn(["--worker", fw, "--net", net, "--batch", str(n), "--k", str(k), "--dtypes", args.dtypes,
@@ -279,6 +289,8 @@ def main(argv=None):
                 print(f"{fw:14s} {net:6s} b{n:<5d} {r['dtype']:5s} "
                       + (f"{r['ms_per_step']:9.3f} ms/step  compile {r['compile_s']:.2f} s" if "ms_per_step" in r
                          else r["skipped"]) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+            with open(os.path.join(args.out, "results.partial.json"), "w") as f:  # survives a killed run
+                json.dump({"device": args.device, "matmul_peak": peak, "rows": rows}, f)
     order = {f: i for i, f in enumerate(FRAMEWORKS)}
     rows.sort(key=lambda r: (r["net"], r["batch"], r["dtype"] != "f32", order[r["framework"]]))
     date = datetime.date.today().isoformat()

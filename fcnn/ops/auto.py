@@ -1,0 +1,95 @@
+"""``impl="auto"``: the fastest implementation per platform and shape, from measurements.
+
+Every choice here is backed by a row of ``experiments/bench_ops.py``'s tables in
+``docs/benchmarks.md`` (forward+backward time of each implementation on LeNet- and
+VGG-sized layers, CPU and GPU); ``docs/perf_notes.md`` records the runs. The choice only
+ever picks among implementations that compute the same function with the same gradient
+for the arguments given, so ``impl="auto"`` changes speed, never results beyond rounding:
+
+* conv: every implementation agrees with "lax" to rounding for every argument. Chosen:
+  "lax" (cuDNN on GPU, XLA:CPU's convolution) except on CPU for a single input channel
+  (groups=1), where "reference" (one multiply-add per kernel tap, which XLA fuses into one loop) ran
+  the LeNet first layer's forward 10x faster than XLA:CPU's convolution and the whole LeNet-5
+  train step 1.3-1.6x faster. "im2col" was faster than "lax" per op on small layers (GPU: LeNet
+  layers and the 3-channel VGG input layer; CPU: roughly even) but never in a measured train
+  step (CPU LeNet: even or slower), so it is not chosen; "fft" and "custom_vjp" neither (fft is
+  far slower on wide layers, custom_vjp costs what lax does).
+* max-pool: "custom_vjp" implements every tie policy; "lax" only ``ties="first"``, and its
+  VJP rejects window dilation. "reference" (ties "split") is never chosen.
+
+Platforms: "cpu" and "gpu" ("cuda"/"rocm" mean "gpu"); any other (e.g. "tpu") gets the
+library defaults, "lax", since nothing was measured there.
+
+The hook in ``conv2d`` / ``max_pool2d`` (after argument validation, where shapes are known)::
+
+    if impl == "auto":
+        impl = auto.select_conv_impl(jax.default_backend(), x.shape, w.shape, stride=stride,
+                                     dilation=dilation, groups=groups, layout=layout)
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from fcnn import shapes
+
+__all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_REFERENCE_MAX_CIN"]
+
+# CPU: "reference" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
+# Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
+CPU_REFERENCE_MAX_CIN = 1
+
+
+def normalize_platform(platform: Optional[str] = None) -> str:
+    """"cpu", "gpu" or another backend name; None means ``jax.default_backend()``."""
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    if not isinstance(platform, str):
+        raise TypeError(f"platform must be a string such as 'cpu' or 'gpu', got {platform!r}")
+    p = platform.lower()
+    return "gpu" if p in ("gpu", "cuda", "rocm") else p
+
+
+def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: Sequence[int], *, stride=1,
+                     padding="VALID", dilation=1, groups: int = 1, layout: str = "NHWC") -> str:
+    """The conv2d implementation to use for these shapes on ``platform``.
+
+    Args:
+      platform: "cpu", "gpu" (or "cuda"/"rocm"), another backend name, or None for the default backend.
+      x_shape: input shape, (n, h, w, cin) NHWC or (n, cin, h, w) NCHW.
+      w_shape: kernel shape, (kh, kw, cin/groups, cout) HWIO (NHWC) or (cout, cin/groups, kh, kw) OIHW (NCHW).
+      stride, padding, dilation, groups, layout: as in ``conv2d`` (padding does not change the choice).
+
+    Returns:
+      "lax" or "reference".
+    """
+    p = normalize_platform(platform)
+    layout = shapes.normalize_layout(layout)
+    _, _, cin_g, _ = shapes.kernel_dims(tuple(w_shape), layout)
+    del x_shape, stride, padding, dilation  # measured: the choice depends on the input channels only
+    if p == "cpu" and groups == 1 and cin_g <= CPU_REFERENCE_MAX_CIN:  # grouped convs were not measured
+        return "reference"
+    return "lax"
+
+
+def select_pool_impl(platform: Optional[str], x_shape: Sequence[int], window, *, stride=None, padding="VALID",
+                     dilation=1, layout: str = "NHWC", ties: str = "first") -> str:
+    """The max_pool2d implementation to use on ``platform``.
+
+    Returns "custom_vjp" where its backward was measured faster (GPU and CPU, windows that tile the
+    input: stride == window, no padding, no dilation), and wherever "lax" cannot do what is asked
+    (ties other than "first", window dilation); "lax" otherwise.
+    """
+    p = normalize_platform(platform)
+    window = shapes.normalize_pair(window, "window")
+    stride = window if stride is None else shapes.normalize_pair(stride, "stride")
+    dilation = shapes.normalize_pair(dilation, "dilation")
+    if ties != "first" or dilation != (1, 1):
+        return "custom_vjp"
+    in_hw = shapes.spatial_dims(tuple(x_shape), shapes.normalize_layout(layout))
+    pads = shapes.normalize_padding(padding, in_hw, window, stride, dilation)
+    tiles = stride == window and pads == ((0, 0), (0, 0))
+    if tiles and p in ("cpu", "gpu"):
+        return "custom_vjp"
+    return "lax"

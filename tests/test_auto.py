@@ -1,0 +1,99 @@
+"""fcnn.ops.auto: the measured implementation table picks what the benchmarks say, and only
+implementations that compute the same function (and gradient) as the default."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcnn import ops
+from fcnn.ops import auto
+
+LENET_C1 = ((64, 28, 28, 1), (5, 5, 1, 6))
+LENET_C2 = ((64, 14, 14, 6), (5, 5, 6, 16))
+VGG_C1 = ((16, 32, 32, 3), (3, 3, 3, 64))
+VGG_C2 = ((16, 32, 32, 64), (3, 3, 64, 128))
+VGG_C4 = ((16, 8, 8, 256), (3, 3, 256, 512))
+
+
+@pytest.mark.parametrize("platform", ["gpu", "cuda", "rocm", "GPU"])
+def test_gpu_conv_is_lax_everywhere(platform):
+    # GPU table: cuDNN through lax was fastest on every measured layer (docs/benchmarks.md).
+    for x, w in (LENET_C1, LENET_C2, VGG_C1, VGG_C2, VGG_C4):
+        assert auto.select_conv_impl(platform, x, w) == "lax"
+
+
+def test_cpu_conv_table():
+    # CPU: "reference" for one input channel (LeNet c1: step 1.3-1.6x faster), lax elsewhere
+    # (im2col was even or slower in the measured LeNet train step).
+    assert auto.select_conv_impl("cpu", *LENET_C1) == "reference"
+    assert auto.select_conv_impl("cpu", *LENET_C2) == "lax"
+    assert auto.select_conv_impl("cpu", *VGG_C1) == "lax"
+    assert auto.select_conv_impl("cpu", *VGG_C2) == "lax"
+    assert auto.select_conv_impl("cpu", *VGG_C4) == "lax"
+
+
+def test_cpu_conv_layouts_and_groups():
+    # NCHW kernels are OIHW: the same channels give the same choice
+    assert auto.select_conv_impl("cpu", (64, 1, 28, 28), (6, 1, 5, 5), layout="NCHW") == "reference"
+    assert auto.select_conv_impl("cpu", (16, 64, 32, 32), (128, 64, 3, 3), layout="NCHW") == "lax"
+    # depthwise (one channel per group) was not measured: the default
+    assert auto.select_conv_impl("cpu", (1, 8, 8, 64), (3, 3, 1, 64), groups=64) == "lax"
+
+
+def test_unmeasured_platform_gets_defaults():
+    assert auto.select_conv_impl("tpu", *LENET_C1) == "lax"
+    assert auto.select_pool_impl("tpu", (8, 32, 32, 16), 2) == "lax"
+
+
+def test_pool_table():
+    for p in ("cpu", "gpu"):
+        assert auto.select_pool_impl(p, (512, 32, 32, 128), 2) == "custom_vjp"  # tiled windows
+        assert auto.select_pool_impl(p, (64, 28, 28, 6), (2, 2), stride=2) == "custom_vjp"
+        assert auto.select_pool_impl(p, (8, 32, 32, 16), 3, stride=2) == "lax"  # overlapping windows
+        assert auto.select_pool_impl(p, (8, 31, 31, 16), 2, padding=1) == "lax"
+    # only custom_vjp implements these
+    assert auto.select_pool_impl("gpu", (8, 32, 32, 16), 3, stride=2, ties="split") == "custom_vjp"
+    assert auto.select_pool_impl("cpu", (8, 32, 32, 16), 2, dilation=2) == "custom_vjp"
+
+
+def test_platform_default_and_errors():
+    assert auto.normalize_platform(None) == auto.normalize_platform(jax.default_backend())
+    with pytest.raises(TypeError, match="platform"):
+        auto.select_conv_impl(3, *LENET_C1)
+    with pytest.raises(ValueError, match="layout"):
+        auto.select_conv_impl("cpu", *LENET_C1, layout="NWHC")
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+@pytest.mark.parametrize("x_shape,w_shape,padding", [((2, 12, 12, 1), (5, 5, 1, 6), "SAME"),
+                                                     ((2, 10, 10, 6), (5, 5, 6, 16), "VALID"),
+                                                     ((2, 8, 8, 32), (3, 3, 32, 64), "SAME"),
+                                                     ((2, 9, 9, 1), (3, 3, 1, 4), 1)])
+def test_selected_conv_impl_agrees_with_lax(platform, x_shape, w_shape, padding):
+    impl = auto.select_conv_impl(platform, x_shape, w_shape, padding=padding)
+    assert impl in ops.CONV_IMPLS
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, x_shape, jnp.float64)
+    w = jax.random.normal(kw, w_shape, jnp.float64)
+
+    def loss(x, w, impl):
+        return jnp.sum(jnp.sin(ops.conv2d(x, w, padding=padding, impl=impl)))
+
+    want = jax.value_and_grad(loss, argnums=(0, 1))(x, w, "lax")
+    got = jax.value_and_grad(loss, argnums=(0, 1))(x, w, impl)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("ties", ["first", "split", "all"])
+@pytest.mark.parametrize("window,stride,dilation", [(2, None, 1), (3, 2, 1), (2, 1, 2)])
+def test_selected_pool_impl_supports_what_is_asked(ties, window, stride, dilation):
+    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3), jnp.float64) * 2) / 2  # ties
+    for platform in ("cpu", "gpu"):
+        impl = auto.select_pool_impl(platform, x.shape, window, stride=stride, dilation=dilation, ties=ties)
+        assert impl in ops.POOL_IMPLS
+        f = lambda x, impl: jnp.sum(jnp.sin(ops.max_pool2d(x, window, stride=stride, dilation=dilation,  # noqa: E731
+                                                          impl=impl, ties=ties)))
+        got = jax.grad(f)(x, impl)
+        want = jax.grad(f)(x, "custom_vjp")  # implements every tie policy and dilation
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)

@@ -1,0 +1,103 @@
+"""The benchmark scripts run end to end with tiny arguments and write complete tables.
+
+These are not timed tests: they check that every row the scripts promise is there with
+finite positive numbers, and that a framework that is not installed becomes a skipped row.
+"""
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXP = os.path.join(ROOT, "experiments")
+
+
+def _load(name):
+    sys.path.insert(0, EXP)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(EXP, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _positive(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_forward_macs_match_hand_counts():
+    peers = _load("bench_peers")
+    # LeNet: 28*28*6*25 + 10*10*16*150 + 400*120 + 120*84 + 84*10
+    assert peers.forward_macs("lenet") == 117600 + 240000 + 48000 + 10080 + 840
+    # VGG: 32*32*64*27 + 32*32*128*576 + 16*16*256*1152 + 8*8*512*2304 + 512*10
+    assert peers.forward_macs("vgg") == 1769472 + 75497472 + 75497472 + 75497472 + 5120
+
+
+def test_benchmark_quick_table(tmp_path):
+    bench = _load("benchmark")
+    fws = ["fcnn", "fcnn_k", "stax", "linen"]
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n<!-- benchmark:cpu:start -->\nold\n<!-- benchmark:cpu:end -->\n\ntail\n")
+    rows = bench.main(["--quick", "--only", ",".join(fws), "--nets", "lenet:4", "--out", str(tmp_path / "b"),
+                       "--docs", str(docs)])
+    got = {(r["framework"], r["dtype"]): r for r in rows}
+    assert set(got) == {(f, d) for f in fws for d in ("f32", "bf16")}
+    for (fw, dtype), r in got.items():
+        if fw == "linen" and "skipped" in r:  # flax is an optional peer
+            assert "not installed" in r["skipped"]
+            continue
+        assert "skipped" not in r, r
+        for key in ("ms_per_step", "images_per_s", "tflops", "compile_s"):
+            assert _positive(r[key]), (fw, dtype, key, r[key])
+        assert r["images_per_s"] == pytest.approx(4 / (r["ms_per_step"] / 1e3))
+    assert got[("fcnn_k", "f32")]["k"] > 1
+    saved = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert len(saved["rows"]) == len(rows)
+    text = docs.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "| fcnn | lenet | 4 | f32 |" in text
+    assert "| stax | lenet | 4 | bf16 |" in text
+
+
+def test_bench_ops_quick_table(tmp_path):
+    ops_bench = _load("bench_ops")
+    from fcnn import ops
+
+    res = ops_bench.main(["--quick", "--out", str(tmp_path)])
+    conv = {(r["layer"], r["impl"]) for r in res["conv"]}
+    assert {impl for _, impl in conv} == set(ops.CONV_IMPLS)
+    for r in res["conv"]:
+        assert "error" not in r, r
+        assert _positive(r["fwd_ms"]) and _positive(r["bwd_ms"])
+        assert r["fwdbwd_ms"] == pytest.approx(r["fwd_ms"] + r["bwd_ms"])
+    assert {r["impl"] for r in res["pool"]} == set(ops.POOL_IMPLS) | {"proto"}
+    for r in res["pool"]:
+        assert "error" not in r, r
+        assert _positive(r["fwd_ms"]) and _positive(r["fwdbwd_ms"])
+    assert {(r["impl"], r["pool_impl"]) for r in res["step"]} >= {("lax", "lax"), ("custom_vjp", "lax"),
+                                                                  ("lax", "custom_vjp")}
+    for r in res["step"]:
+        assert "error" not in r, r
+        assert _positive(r["ms_per_step"])
+    assert "Max-pool 2x2/2" in (tmp_path / "ops.md").read_text()
+
+
+def test_proto_pool_gradient_is_first_max():
+    """The prototype backward routes each gradient to the first maximum, as lax's VJP does."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    ops_bench = _load("bench_ops")
+    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3)) * 2) / 2  # many ties
+    g = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 3, 3))
+
+    def native(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    want = jax.grad(lambda x: jnp.vdot(native(x), g))(x)
+    got = jax.grad(lambda x: jnp.vdot(ops_bench.proto_max_pool(x), g))(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(ops_bench.proto_max_pool(x)), np.asarray(native(x)))
