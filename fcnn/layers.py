@@ -104,7 +104,7 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
         raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
     _check_padding_spelling(padding, kernel, stride, dilation)
     layout = shapes.normalize_layout(layout)
-    impl = _choice(impl, ops.CONV_IMPLS, "impl")
+    impl = _choice(impl, ops.CONV_CHOICES, "impl")
     use_bias = _check_bool(use_bias, "use_bias")
     w_init = initializers.check_initializer(w_init, "w_init")
     b_init = initializers.check_initializer(b_init, "b_init")
@@ -204,7 +204,7 @@ def MaxPool2D(window, *, stride=None, padding="VALID", dilation=1, layout="NHWC"
     dilation = shapes.normalize_pair(dilation, "dilation")
     _check_padding_spelling(padding, window, stride_, dilation)
     layout = shapes.normalize_layout(layout)
-    impl = _choice(impl, ops.POOL_IMPLS, "impl")
+    impl = _choice(impl, ops.POOL_CHOICES, "impl")
     ties = _choice(ties, ops.TIE_POLICIES, "ties")
     kw = dict(stride=stride_, padding=padding, dilation=dilation, layout=layout, impl=impl, ties=ties)
     _pool_probe(lambda x: ops.max_pool2d(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),

@@ -4,8 +4,9 @@
 all implementations of an op take identical arguments and are cross-checked in
 the tests (tests/test_conv.py, tests/test_pool.py).
 """
-from fcnn.ops.conv import CONV_IMPLS, conv2d
+from fcnn.ops.conv import CONV_CHOICES, CONV_IMPLS, conv2d
 from fcnn.ops.pool import (
+    POOL_CHOICES,
     POOL_IMPLS,
     TIE_POLICIES,
     avg_pool2d,
@@ -17,10 +18,12 @@ from fcnn.ops.pool import (
 __all__ = [
     "conv2d",
     "CONV_IMPLS",
+    "CONV_CHOICES",
     "max_pool2d",
     "avg_pool2d",
     "global_max_pool2d",
     "global_avg_pool2d",
     "POOL_IMPLS",
+    "POOL_CHOICES",
     "TIE_POLICIES",
 ]

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fcnn import shapes
+from fcnn.ops import auto as _auto
 
 __all__ = [
     "CONV_IMPLS",
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp")
+# "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
+CONV_CHOICES = CONV_IMPLS + ("auto",)
 
 Pair = Tuple[int, int]
 Pads = Tuple[Pair, Pair]
@@ -72,8 +75,8 @@ def _check_precision(precision):
 
 def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl):
     """Validate every argument (before any computation); return the normalised geometry."""
-    if not isinstance(impl, str) or impl not in CONV_IMPLS:
-        raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if not isinstance(impl, str) or impl not in CONV_CHOICES:
+        raise ValueError(f"impl must be one of {CONV_CHOICES}, got {impl!r}")
     out_shape = shapes.conv_output_shape(jnp.shape(x), jnp.shape(w), stride=stride, padding=padding,
                                          dilation=dilation, groups=groups, layout=layout)
     stride = shapes.normalize_pair(stride, "stride")
@@ -313,7 +316,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, lay
       dilation: kernel (rhs) dilation, int or (dh, dw), >= 1.
       groups: feature groups; divides cin and cout (groups = cin: depthwise).
       layout: "NHWC" or "NCHW".
-      impl: one of ``CONV_IMPLS``; all support every option above.
+      impl: one of ``CONV_IMPLS``; all support every option above. ``"auto"`` picks one per
+        platform and shape from measurements (``fcnn.ops.auto.select_conv_impl``).
       precision: None, a ``lax.Precision`` or its name ("highest"), passed to every conv/dot/einsum.
     Returns:
       z: (n, oh, ow, cout) NHWC or (n, cout, oh, ow) NCHW, the dtype of ``x``/``w`` (promoted), with
@@ -323,6 +327,9 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, lay
     """
     stride, pads, dilation, _, dtype = _geometry(x, w, b, stride, padding, dilation, groups, layout, impl)
     precision = _check_precision(precision)
+    if impl == "auto":
+        impl = _auto.select_conv_impl(jax.default_backend(), jnp.shape(x), jnp.shape(w), stride=stride,
+                                      dilation=dilation, groups=groups, layout=layout)
     x = jnp.asarray(x, dtype)
     w = jnp.asarray(w, dtype)
     b = None if b is None else jnp.asarray(b, dtype)

@@ -57,8 +57,11 @@ import numpy as np
 from jax import lax
 
 from fcnn import shapes
+from fcnn.ops import auto as _auto
 
 POOL_IMPLS = ("lax", "reference", "custom_vjp")
+# "auto" resolves to one of POOL_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
+POOL_CHOICES = POOL_IMPLS + ("auto",)
 AVG_POOL_IMPLS = ("lax", "reference")
 TIE_POLICIES = ("first", "split", "all")
 # The tie policy each implementation's gradient actually follows.
@@ -268,8 +271,11 @@ def max_pool2d(x, window, *, stride=None, padding="VALID", dilation=1, layout="N
     Raises:
       ValueError/TypeError naming the argument, before any computation.
     """
-    impl = _check_choice(impl, POOL_IMPLS, "impl")
+    impl = _check_choice(impl, POOL_CHOICES, "impl")
     ties = _check_choice(ties, TIE_POLICIES, "ties")
+    if impl == "auto":
+        impl = _auto.select_pool_impl(jax.default_backend(), jnp.shape(x), window, stride=stride, padding=padding,
+                                      dilation=dilation, layout=layout, ties=ties)
     if ties not in _IMPL_TIES[impl]:
         raise ValueError(
             f"ties={ties!r} is not what impl={impl!r} implements: its gradient follows ties="
