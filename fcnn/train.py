@@ -259,8 +259,8 @@ class TrainConfig:
     model: str = "lenet5"
     dataset: str = "digits"
     data_dir: Optional[str] = None
-    impl: str = "lax"
-    pool_impl: str = "lax"
+    impl: str = "auto"
+    pool_impl: str = "auto"
     epochs: int = 25
     batch_size: int = 64
     optimizer: str = "adam"
