@@ -1,0 +1,375 @@
+"""Per-example gradients and data parallelism (pmap, jit sharding, shard_map, multi-process).
+
+Per-example gradients (``vmap`` of ``grad``, each example a batch of one):
+
+    loss = model_loss(model)                     # loss(params, state, x (1, ...), y (1,)) -> ()
+    g = per_example_grads(loss, params, state, x, y)   # params pytree, every leaf (n, *leaf.shape)
+    norms = per_example_grad_norms(g)             # (n,) global L2 norm per example
+    g_dp = dp_sgd_grad(loss, params, state, x, y, max_norm=1.0, noise_multiplier=1.1, key=k)
+
+``model_loss`` runs the model in eval mode (``train=False``): a BatchNorm normalises with its
+running statistics, because batch statistics of a batch of one are not the statistics the
+model is trained with, and they would couple examples in a real batch.
+
+Data parallel train steps, all with the contract of ``train.make_train_step``
+(``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``):
+
+    make_pmap_train_step      pmap over local devices; params/state/opt_state *replicated*
+                              with a leading device axis (``replicate``/``unreplicate``), batch
+                              (d, n/d, ...) (``shard_batch``); grads ``lax.pmean``-ed.
+    make_sharded_train_step   jit with ``NamedSharding``: batch sharded on the mesh axis "data",
+                              everything else replicated; XLA inserts the all-reduce. Global
+                              arrays in, so a BatchNorm *without* ``axis_name`` already sees the
+                              global batch.
+    make_shard_map_train_step ``jax.shard_map`` over the mesh axis "data" with an explicit
+                              ``lax.pmean`` of grads; params replicated, batch (n, ...) sharded.
+
+With equal per-device batches the mean of per-device mean losses is the global mean loss,
+so all three equal the single-device step on the global batch (up to float rounding). For a
+BatchNorm to use global-batch statistics under pmap / shard_map build it with
+``BatchNorm(axis_name=...)`` naming the step's axis ("batch" for pmap, "data" for shard_map);
+under ``make_sharded_train_step`` build it without ``axis_name``. The BatchNorm running
+statistics returned are the device mean (identical on every device when ``axis_name`` is set).
+The step key is folded with the device index, so each device draws its own dropout mask.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fcnn.losses import accuracy, softmax_cross_entropy
+from fcnn.types import Array, Layer, Params, State
+
+__all__ = [
+    "model_loss",
+    "per_example_grads",
+    "per_example_grad_norms",
+    "clip_per_example",
+    "dp_sgd_grad",
+    "replicate",
+    "unreplicate",
+    "shard_batch",
+    "make_mesh",
+    "make_pmap_train_step",
+    "make_sharded_train_step",
+    "make_shard_map_train_step",
+    "initialize_distributed",
+]
+
+DATA_AXIS = "data"
+
+
+# --------------------------------------------------------------------------- per-example
+
+
+def model_loss(model: Layer, loss_fn: Callable = softmax_cross_entropy) -> Callable:
+    """``loss(params, state, x, y) -> ()``: ``loss_fn`` of the model's eval-mode logits."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+
+    def loss(params, state, x, y):
+        logits, _ = model.apply(params, state, x, train=False)
+        return loss_fn(logits, y)
+
+    return loss
+
+
+def _check_xy(x, y):
+    if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
+        raise ValueError(f"x and y must share a leading example axis, got x {jnp.shape(x)} and y {jnp.shape(y)}")
+
+
+def per_example_grads(loss_fn: Callable, params: Params, state: State, x: Array, y: Array) -> Params:
+    """Gradient of ``loss_fn`` w.r.t. ``params`` for every example separately.
+
+    Args:
+      loss_fn: ``loss_fn(params, state, x, y) -> ()`` on a batch (``model_loss``).
+      x: (n, ...) examples; each is passed as a batch of one (1, ...).
+      y: (n, ...) labels.
+
+    Returns:
+      A pytree like ``params`` whose leaves have a leading axis n: leaf[i] is the gradient
+      of ``loss_fn`` on example i alone.
+    """
+    _check_xy(x, y)
+
+    def one(xi, yi):
+        return jax.grad(loss_fn)(params, state, xi[None], yi[None])
+
+    return jax.vmap(one)(x, y)
+
+
+def per_example_grad_norms(grads: Params) -> Array:
+    """(n,) global L2 norm of each example's gradient (over every leaf of the pytree)."""
+    leaves = jax.tree.leaves(grads)
+    if not leaves:
+        raise ValueError("grads must have at least one leaf")
+    sq = [jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1) for g in leaves]
+    return jnp.sqrt(sum(sq))
+
+
+def _check_max_norm(max_norm):
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not max_norm > 0:
+        raise ValueError(f"max_norm must be a positive number, got {max_norm!r}")
+
+
+def clip_per_example(grads: Params, max_norm: float) -> Params:
+    """Scale each example's gradient to global norm at most ``max_norm``.
+
+    ``g_i * min(1, max_norm / ||g_i||)``, written ``max_norm / max(||g_i||, max_norm)`` so a
+    zero gradient stays zero without a division by zero.
+    """
+    _check_max_norm(max_norm)
+    norms = per_example_grad_norms(grads)
+    factor = max_norm / jnp.maximum(norms, max_norm)  # (n,)
+    return jax.tree.map(lambda g: g * factor.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), grads)
+
+
+def dp_sgd_grad(loss_fn: Callable, params: Params, state: State, x: Array, y: Array, *, max_norm: float,
+                noise_multiplier: float = 0.0, key=None) -> Params:
+    """DP-SGD gradient: clip every per-example gradient, sum, add noise, divide by n.
+
+    ``(sum_i clip(g_i) + N(0, (noise_multiplier * max_norm)^2 I)) / n``; without noise
+    (``noise_multiplier == 0``) it is the mean clipped gradient.
+
+    Args:
+      noise_multiplier: >= 0; > 0 needs ``key``.
+      key: PRNG key for the noise (one normal draw per leaf from ``split(key, n_leaves)``).
+    """
+    _check_max_norm(max_norm)
+    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real) or noise_multiplier < 0:
+        raise ValueError(f"noise_multiplier must be a non-negative number, got {noise_multiplier!r}")
+    if noise_multiplier > 0 and key is None:
+        raise ValueError("key is required when noise_multiplier > 0")
+    n = jnp.shape(x)[0]
+    clipped = clip_per_example(per_example_grads(loss_fn, params, state, x, y), max_norm)
+    summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), clipped)
+    if noise_multiplier > 0:
+        leaves, treedef = jax.tree.flatten(summed)
+        keys = jax.random.split(key, len(leaves))
+        std = float(noise_multiplier) * float(max_norm)
+        leaves = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
+        summed = jax.tree.unflatten(treedef, leaves)
+    return jax.tree.map(lambda g: g / n, summed)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_devices(n_devices, name="n_devices") -> int:
+    if isinstance(n_devices, bool) or not isinstance(n_devices, numbers.Integral) or n_devices < 1:
+        raise ValueError(f"{name} must be a positive int, got {n_devices!r}")
+    return int(n_devices)
+
+
+def replicate(tree, n_devices: Optional[int] = None):
+    """Stack ``n_devices`` (default: local device count) copies of every leaf: (d, *leaf.shape)."""
+    d = jax.local_device_count() if n_devices is None else _check_devices(n_devices)
+    return jax.tree.map(lambda a: jnp.broadcast_to(jnp.asarray(a), (d,) + jnp.shape(a)), tree)
+
+
+def unreplicate(tree):
+    """The first device's copy of every leaf of a replicated pytree."""
+    return jax.tree.map(lambda a: a[0], tree)
+
+
+def shard_batch(batch, n_devices: int):
+    """Reshape every leaf (N, ...) of ``batch`` to (n_devices, N / n_devices, ...) (host side).
+
+    Raises ``ValueError`` if a leaf's global batch N is not divisible by ``n_devices`` or the
+    leaves disagree on N.
+    """
+    d = _check_devices(n_devices)
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+        raise ValueError("batch must have at least one array")
+    sizes = {np.shape(a)[0] if np.ndim(a) else None for a in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(f"batch arrays must share a leading batch axis, got leading sizes {sorted(map(str, sizes))}")
+    n = sizes.pop()
+    if n % d:
+        raise ValueError(f"global batch size {n} is not divisible by n_devices={d}")
+    return jax.tree.map(lambda a: np.reshape(np.asarray(a), (d, n // d) + np.shape(a)[1:]), batch)
+
+
+def make_mesh(n_devices: Optional[int] = None, devices=None) -> Mesh:
+    """A 1-D ``Mesh`` with axis "data" over the first ``n_devices`` of ``devices`` (default: all)."""
+    devices = list(jax.devices() if devices is None else devices)
+    d = len(devices) if n_devices is None else _check_devices(n_devices)
+    if d > len(devices):
+        raise ValueError(f"n_devices={d} exceeds the {len(devices)} available devices")
+    return Mesh(np.array(devices[:d]), (DATA_AXIS,))
+
+
+def _restore_dtypes(new, old):
+    return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.result_type(o)), new, old)
+
+
+def _local_step(model, optimizer, loss_fn, axis_name):
+    """One step on this device's shard; grads, metrics and state averaged over ``axis_name``
+    (no averaging when ``axis_name`` is None: the global-array jit step)."""
+
+    def mean(t):
+        return t if axis_name is None else lax.pmean(t, axis_name)
+
+    def objective(params, state, x, y, key):
+        logits, new_state = model.apply(params, state, x, key=key, train=True)
+        logits = logits.astype(jnp.float32)
+        loss = loss_fn(logits, y)
+        return loss, (loss, accuracy(logits, y), new_state)
+
+    def step(params, state, opt_state, batch, key):
+        x, y = batch
+        if axis_name is not None:
+            key = jax.random.fold_in(key, lax.axis_index(axis_name))
+        grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
+        grads = mean(grads)
+        new_state = _restore_dtypes(mean(new_state), state)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_opt_state = _restore_dtypes(new_opt_state, opt_state)
+        return new_params, new_state, new_opt_state, {"loss": mean(loss), "accuracy": mean(acc)}
+
+    return step
+
+
+def _check_model_opt(model, optimizer):
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+
+
+def _check_batch(batch):
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise TypeError(f"batch must be a pair (x, y), got {type(batch).__name__}")
+    return batch
+
+
+# --------------------------------------------------------------------------- train steps
+
+
+def make_pmap_train_step(model: Layer, optimizer: optax.GradientTransformation,
+                         loss_fn: Callable = softmax_cross_entropy, *, axis_name: str = "batch",
+                         devices=None):
+    """Data-parallel train step with ``jax.pmap`` over local devices.
+
+    ``step(params, state, opt_state, batch, key)``: params / state / opt_state replicated
+    (d, ...) (``replicate``), batch = (x (d, n/d, ...), y (d, n/d)) (``shard_batch``), key one
+    PRNG key shared by all devices (folded with the device index inside). Returns replicated
+    params / state / opt_state and metrics (d,) (equal on every device).
+
+    Args:
+      axis_name: the pmap axis; grads and metrics are ``lax.pmean``-ed over it, and a
+        ``BatchNorm(axis_name=axis_name)`` in ``model`` uses cross-device statistics.
+      devices: devices to map over (default: all local devices).
+    """
+    _check_model_opt(model, optimizer)
+    if not isinstance(axis_name, str) or not axis_name:
+        raise ValueError(f"axis_name must be a non-empty str, got {axis_name!r}")
+    devs = list(jax.local_devices() if devices is None else devices)
+    d = len(devs)
+    fn = jax.pmap(_local_step(model, optimizer, loss_fn, axis_name), axis_name=axis_name,
+                  in_axes=(0, 0, 0, 0, None), devices=devs)
+
+    def step(params, state, opt_state, batch, key):
+        x, y = _check_batch(batch)
+        for name, a in (("batch x", x), ("batch y", y)):
+            if np.ndim(a) < 2 or np.shape(a)[0] != d:
+                raise ValueError(f"{name} must have a leading device axis of size {d} (the device count), "
+                                 f"got shape {np.shape(a)}; use shard_batch(batch, {d})")
+        lead = {np.shape(a)[0] for a in jax.tree.leaves(params)}
+        if lead and lead != {d}:
+            raise ValueError(f"params must be replicated with a leading device axis of size {d}, "
+                             f"got leading sizes {sorted(lead)}; use replicate(params, {d})")
+        return fn(params, state, opt_state, (x, y), key)
+
+    step.n_devices = d
+    return step
+
+
+def _check_divisible(batch, mesh):
+    x, y = _check_batch(batch)
+    d = mesh.shape[DATA_AXIS]
+    for name, a in (("batch x", x), ("batch y", y)):
+        if np.ndim(a) < 1 or np.shape(a)[0] % d:
+            raise ValueError(f"{name} global batch size {np.shape(a)[:1]} must be divisible by the {d} devices "
+                             f"of mesh axis {DATA_AXIS!r}")
+    return x, y
+
+
+def _check_mesh(mesh):
+    if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with an axis named {DATA_AXIS!r} (make_mesh), got {mesh!r}")
+
+
+def make_sharded_train_step(model: Layer, optimizer: optax.GradientTransformation, mesh: Mesh,
+                            loss_fn: Callable = softmax_cross_entropy):
+    """Data-parallel train step by ``jit`` sharding: batch split on "data", the rest replicated.
+
+    ``step(params, state, opt_state, batch, key)`` takes *global* arrays (x (N, ...), y (N,)),
+    N divisible by the mesh's "data" size, and returns replicated global arrays. The model
+    is written for one device (a BatchNorm must not set ``axis_name``).
+    """
+    _check_model_opt(model, optimizer)
+    _check_mesh(mesh)
+    rep = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P(DATA_AXIS))
+    fn = jax.jit(_local_step(model, optimizer, loss_fn, None),
+                 in_shardings=(rep, rep, rep, (data, data), rep), out_shardings=(rep, rep, rep, rep))
+
+    def step(params, state, opt_state, batch, key):
+        return fn(params, state, opt_state, _check_divisible(batch, mesh), key)
+
+    return step
+
+
+def make_shard_map_train_step(model: Layer, optimizer: optax.GradientTransformation, mesh: Mesh,
+                              loss_fn: Callable = softmax_cross_entropy):
+    """Data-parallel train step with ``jax.shard_map`` over mesh axis "data" and ``lax.pmean``.
+
+    Same calling convention as ``make_sharded_train_step`` (global arrays). Inside, each
+    device sees its (N/d, ...) shard; a ``BatchNorm(axis_name="data")`` uses global
+    statistics. ``check_vma=False``: gradients are computed per device and averaged
+    explicitly (with ``check_vma=True`` the gradient of replicated params is already summed).
+    """
+    _check_model_opt(model, optimizer)
+    _check_mesh(mesh)
+    local = _local_step(model, optimizer, loss_fn, DATA_AXIS)
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(DATA_AXIS), P()),
+                           out_specs=(P(), P(), P(), P()), check_vma=False)
+    fn = jax.jit(mapped)
+
+    def step(params, state, opt_state, batch, key):
+        return fn(params, state, opt_state, _check_divisible(batch, mesh), key)
+
+    return step
+
+
+# --------------------------------------------------------------------------- multi-process
+
+
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int, *,
+                           local_device_ids=None, initialization_timeout: int = 300) -> None:
+    """Join a multi-process JAX job: a thin wrapper over ``jax.distributed.initialize``.
+
+    Call once per process before any other JAX call. ``coordinator`` is "host:port" of
+    process 0. Afterwards ``jax.devices()`` lists every process's devices and the sharded
+    steps above run over all of them (feed each process's rows with
+    ``jax.make_array_from_process_local_data``).
+    """
+    if not isinstance(coordinator, str) or ":" not in coordinator:
+        raise ValueError(f"coordinator must be 'host:port', got {coordinator!r}")
+    num_processes = _check_devices(num_processes, "num_processes")
+    if isinstance(process_id, bool) or not isinstance(process_id, numbers.Integral) or not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must be an int in [0, {num_processes}), got {process_id!r}")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=int(process_id), local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout)
