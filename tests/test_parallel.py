@@ -47,8 +47,9 @@ def test_per_example_grads_equal_python_loop():
     model, params, state, x, y = _setup()
     loss = parallel.model_loss(model)
     g = parallel.per_example_grads(loss, params, state, x, y)
+    grad_one = jax.jit(jax.grad(loss))  # one example at a time, the loop the vmap replaces
     for i in range(x.shape[0]):
-        gi = jax.grad(loss)(params, state, x[i:i + 1], y[i:i + 1])
+        gi = grad_one(params, state, x[i:i + 1], y[i:i + 1])
         np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a[i], g)), _flat(gi), rtol=1e-12, atol=1e-12)
     # the mean of per-example grads is the batch gradient (eval-mode BN couples no examples)
     np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a.mean(0), g)),
@@ -220,3 +221,80 @@ def test_data_parallel_bad_configs_give_clear_errors(multi_device):
     assert "params must be replicated" in e["pmap_params"]
     assert "batch x global batch size (12,) must be divisible by the 8 devices" in e["sharded_div"]
     assert "n_devices=9 exceeds" in e["mesh"]
+
+
+_MULTI_PROCESS = textwrap.dedent(r"""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from fcnn import parallel
+    from fcnn.combinators import serial
+    from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
+
+    mode = sys.argv[1]
+    if mode == "worker":
+        parallel.initialize_distributed(sys.argv[2], 2, int(sys.argv[3]), initialization_timeout=60)
+    assert jax.device_count() == 4, jax.devices()
+    model = serial(Conv2D(4, 3, padding="SAME"), BatchNorm(), Relu(), Flatten(), Dense(5))
+    _, params, state = model.init(jax.random.PRNGKey(0), (1, 6, 6, 2))
+    opt = optax.sgd(0.1, momentum=0.9)
+    opt_state = opt.init(params)
+    mesh = parallel.make_mesh()
+    step = parallel.make_sharded_train_step(model, opt, mesh)
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    rng = np.random.default_rng(0)
+    N = 8
+    for t in range(3):
+        x = (rng.normal(size=(N, 6, 6, 2)) + np.linspace(-2, 2, N)[:, None, None, None]).astype(np.float32)
+        y = rng.integers(0, 5, N).astype(np.int32)
+        if mode == "worker":  # each process feeds only its own rows
+            lo, hi = jax.process_index() * N // 2, (jax.process_index() + 1) * N // 2
+            x = jax.make_array_from_process_local_data(data, x[lo:hi], (N, 6, 6, 2))
+            y = jax.make_array_from_process_local_data(data, y[lo:hi], (N,))
+        params, state, opt_state, m = step(params, state, opt_state, (x, y), jax.random.PRNGKey(1))
+    flat = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves((params, state))])
+    print("RESULT " + json.dumps({"process": jax.process_index(), "flat": flat.astype(float).tolist(),
+                                  "loss": float(m["loss"])}), flush=True)
+    if mode == "worker":
+        jax.distributed.shutdown()
+""")
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _result(stdout):
+    return json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+
+
+def test_two_processes_equal_one_process_with_four_devices():
+    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    one = subprocess.run([sys.executable, "-c", _MULTI_PROCESS, "single"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert one.returncode == 0, one.stderr[-4000:]
+    coordinator = f"127.0.0.1:{_free_port()}"
+    env2 = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, "-c", _MULTI_PROCESS, "worker", coordinator, str(i)], cwd=ROOT,
+                              env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=150)
+            outs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    for rc, out, err in outs:
+        assert rc == 0, err[-4000:]
+    ref = _result(one.stdout)
+    for i, (_, out, _) in enumerate(outs):
+        r = _result(out)
+        assert r["process"] == i
+        a, b = np.array(r["flat"]), np.array(ref["flat"])
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-6
+        np.testing.assert_allclose(r["loss"], ref["loss"], rtol=1e-6)
