@@ -1,6 +1,7 @@
 """The ``fcnn`` command.
 
     fcnn train   [--model lenet5] [--dataset digits] [--epochs N] ... [--out RUN_DIR]
+    fcnn train   --parallel pmap|sharding [--devices D]   data parallel over D devices (default: all)
     fcnn train   --resume RUN_DIR [--epochs N]        continue a run from its latest checkpoint
     fcnn eval    --run RUN_DIR                         rebuild the model from config.json, evaluate
     fcnn summary --model NAME [--in-shape 1,28,28,1]   layer table: shapes, parameters, FLOPs
@@ -14,12 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 import sys
 from typing import List, Optional
 
-from fcnn.train import TrainConfig
+from fcnn.train import RESUME_MAY_CHANGE, TrainConfig
 
 __all__ = ["main", "build_parser", "build_model", "load_run"]
 
@@ -74,6 +76,8 @@ _TRAIN_OPTIONS = [
     ("--augment-shift", "augment_shift", int, "random translation of training images, pixels (0: off)"),
     ("--seed", "seed", int, "seed: init, data order and dropout depend only on it"),
     ("--steps-per-call", "steps_per_call", _positive_int, "train steps per dispatch (lax.scan)"),
+    ("--parallel", "parallel", str, "none, pmap or sharding: data parallel over --devices devices"),
+    ("--devices", "devices", _positive_int, "devices for --parallel pmap/sharding (default: all)"),
     ("--checkpoint-every", "checkpoint_every", _positive_int, "checkpoint every N steps (also each epoch)"),
     ("--keep", "keep", _positive_int, "checkpoints to keep"),
 ]
@@ -89,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{text} (default: {getattr(_DEFAULTS, field)})")
     tr.add_argument("--out", default=None, help="run directory (default: runs/<model>-<dataset>[-N], a new one)")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
-                    help="continue RUN_DIR from its latest checkpoint with its config.json (only --epochs may change)")
+                    help="continue RUN_DIR from its latest checkpoint with its config.json "
+                         "(only --epochs, --parallel and --devices may change)")
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this global step")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a TTY or $CI)")
     ev = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint on the test set")
@@ -113,9 +118,13 @@ def check_model_name(name: str) -> None:
 def build_model(config: TrainConfig, num_classes: int):
     """The ``Layer`` a config names: ``fcnn.models.get_model`` with its impl choices."""
     from fcnn import models
+    from fcnn.parallel import PMAP_AXIS
 
     check_model_name(config.model)
-    return models.get_model(config.model, num_classes=num_classes, impl=config.impl, pool_impl=config.pool_impl)
+    opts = dict(num_classes=num_classes, impl=config.impl, pool_impl=config.pool_impl)
+    if config.parallel == "pmap" and "bn_axis_name" in inspect.signature(models.MODELS[config.model][0]).parameters:
+        opts["bn_axis_name"] = PMAP_AXIS  # BatchNorm statistics over the global batch, not each device's
+    return models.get_model(config.model, **opts)
 
 
 def _load_data(config: TrainConfig):
@@ -159,15 +168,17 @@ def _print_test(result: dict) -> None:
 
 
 def _train(args) -> int:
+    from fcnn.parallel import check_parallel
     from fcnn.train import fit
 
     given = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS if getattr(args, field) is not None}
     if args.resume is not None:
         if args.out is not None:
             raise ValueError("--out cannot be combined with --resume (the run directory is RUN_DIR)")
-        extra = sorted(set(given) - {"epochs"})
+        extra = sorted(set(given) - set(RESUME_MAY_CHANGE))
         if extra:
-            raise ValueError(f"--resume takes the run's settings from RUN_DIR/config.json; only --epochs may be "
+            allowed = ", ".join("--" + f for f in RESUME_MAY_CHANGE)
+            raise ValueError(f"--resume takes the run's settings from RUN_DIR/config.json; only {allowed} may be "
                              f"given with it, got {', '.join('--' + f.replace('_', '-') for f in extra)}")
         config = dataclasses.replace(read_config(args.resume), **given)
         run_dir = args.resume
@@ -175,10 +186,12 @@ def _train(args) -> int:
         config = TrainConfig(**given)
         run_dir = args.out or _free_run_dir(config)
     check_model_name(config.model)
+    check_parallel(config.parallel, config.devices, config.batch_size)  # before loading data
     ds = _load_data(config)
     model = build_model(config, ds.num_classes)
+    where = "" if config.parallel == "none" else f", parallel {config.parallel} over {config.devices or 'all'} devices"
     print(f"fcnn train: model {config.model} ({config.impl}/{config.pool_impl}), dataset {config.dataset} "
-          f"({len(ds.x_train)} train / {len(ds.x_test)} test), seed {config.seed}, run dir {run_dir}", flush=True)
+          f"({len(ds.x_train)} train / {len(ds.x_test)} test), seed {config.seed}{where}, run dir {run_dir}", flush=True)
     result = fit(model, ds, config, run_dir=run_dir, resume=args.resume is not None, max_steps=args.max_steps,
                  progress=False if args.no_progress else None)
     _print_test(result.test)

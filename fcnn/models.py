@@ -27,6 +27,7 @@ default input shape with batch 1.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 from fcnn.combinators import residual, serial
@@ -82,38 +83,42 @@ def small_vgg(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax
     )
 
 
-def _basic_block(channels: int, stride: int, project: bool, impl: str, momentum: float) -> Layer:
+def _basic_block(channels: int, stride: int, project: bool, impl: str, bn) -> Layer:
     block = serial(
-        Conv2D(channels, 3, stride=stride, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum),
+        Conv2D(channels, 3, stride=stride, padding="SAME", use_bias=False, impl=impl), bn(),
         Relu(),
-        Conv2D(channels, 3, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum),
+        Conv2D(channels, 3, padding="SAME", use_bias=False, impl=impl), bn(),
     )
     shortcut = None
     if project:
-        shortcut = serial(Conv2D(channels, 1, stride=stride, use_bias=False, impl=impl), BatchNorm(momentum=momentum))
+        shortcut = serial(Conv2D(channels, 1, stride=stride, use_bias=False, impl=impl), bn())
     return serial(residual(block, shortcut), Relu())
 
 
 def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64), blocks_per_stage: int = 1,
-                 impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None, momentum: float = 0.9) -> Layer:
+                 impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None, momentum: float = 0.9,
+                 bn_axis_name: Optional[str] = None) -> Layer:
     """A small ResNet on (n, 32, 32, 3) -> (n, num_classes) logits.
 
     Stage i has ``blocks_per_stage`` basic blocks of ``widths[i]`` channels; the first block
     of every stage after the first has stride 2 and a projection shortcut (1x1 conv stride 2
     + BN). The stem has no max-pool, so ``pool_impl``/``ties`` are accepted for a uniform
     interface and unused. BatchNorm state must be threaded through training (``train.fit`` does).
+    ``bn_axis_name``: every BatchNorm's ``axis_name`` (global batch statistics under
+    ``pmap`` / ``shard_map`` over that axis; ``fcnn train --parallel pmap`` sets it).
     """
     if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
         raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
     if not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
         raise ValueError(f"blocks_per_stage must be a positive int, got {blocks_per_stage!r}")
     _pool(2, pool_impl, ties)  # validate the pooling options all models accept
-    layers = [Conv2D(widths[0], 3, padding="SAME", use_bias=False, impl=impl), BatchNorm(momentum=momentum), Relu()]
+    bn = functools.partial(BatchNorm, momentum=momentum, axis_name=bn_axis_name)
+    layers = [Conv2D(widths[0], 3, padding="SAME", use_bias=False, impl=impl), bn(), Relu()]
     in_c = widths[0]
     for i, c in enumerate(widths):
         for b in range(blocks_per_stage):
             stride = 2 if (i > 0 and b == 0) else 1
-            layers.append(_basic_block(c, stride, stride != 1 or c != in_c, impl, momentum))
+            layers.append(_basic_block(c, stride, stride != 1 or c != in_c, impl, bn))
             in_c = c
     layers += [GlobalAvgPool2D(), Dense(num_classes)]
     return serial(*layers)

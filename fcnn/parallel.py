@@ -35,16 +35,15 @@ The step key is folded with the device index, so each device draws its own dropo
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fcnn.losses import accuracy, softmax_cross_entropy
+from fcnn.losses import softmax_cross_entropy
 from fcnn.types import Array, Layer, Params, State
 
 __all__ = [
@@ -60,6 +59,10 @@ __all__ = [
     "make_pmap_train_step",
     "make_sharded_train_step",
     "make_shard_map_train_step",
+    "batch_sharding",
+    "data_parallel_plan",
+    "check_parallel",
+    "PARALLEL_MODES",
     "initialize_distributed",
 ]
 
@@ -208,38 +211,6 @@ def make_mesh(n_devices: Optional[int] = None, devices=None) -> Mesh:
     return Mesh(np.array(devices[:d]), (DATA_AXIS,))
 
 
-def _restore_dtypes(new, old):
-    return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.result_type(o)), new, old)
-
-
-def _local_step(model, optimizer, loss_fn, axis_name):
-    """One step on this device's shard; grads, metrics and state averaged over ``axis_name``
-    (no averaging when ``axis_name`` is None: the global-array jit step)."""
-
-    def mean(t):
-        return t if axis_name is None else lax.pmean(t, axis_name)
-
-    def objective(params, state, x, y, key):
-        logits, new_state = model.apply(params, state, x, key=key, train=True)
-        logits = logits.astype(jnp.float32)
-        loss = loss_fn(logits, y)
-        return loss, (loss, accuracy(logits, y), new_state)
-
-    def step(params, state, opt_state, batch, key):
-        x, y = batch
-        if axis_name is not None:
-            key = jax.random.fold_in(key, lax.axis_index(axis_name))
-        grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
-        grads = mean(grads)
-        new_state = _restore_dtypes(mean(new_state), state)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        new_opt_state = _restore_dtypes(new_opt_state, opt_state)
-        return new_params, new_state, new_opt_state, {"loss": mean(loss), "accuracy": mean(acc)}
-
-    return step
-
-
 def _check_model_opt(model, optimizer):
     if not isinstance(model, Layer):
         raise TypeError(f"model must be a Layer, got {type(model).__name__}")
@@ -254,11 +225,16 @@ def _check_batch(batch):
 
 
 # --------------------------------------------------------------------------- train steps
+#
+# Every step below is ``fcnn.train.train_step_fn`` (the single-device step) placed on
+# devices three ways; ``step_opts`` are its keyword options (l2, precision, augment,
+# steps_per_call). With steps_per_call k > 1 the batch gains a leading step axis k
+# (after the device axis for pmap) and ``key`` is (k, 2), one key per step.
 
 
 def make_pmap_train_step(model: Layer, optimizer: optax.GradientTransformation,
                          loss_fn: Callable = softmax_cross_entropy, *, axis_name: str = "batch",
-                         devices=None):
+                         devices=None, donate: bool = False, **step_opts):
     """Data-parallel train step with ``jax.pmap`` over local devices.
 
     ``step(params, state, opt_state, batch, key)``: params / state / opt_state replicated
@@ -270,14 +246,17 @@ def make_pmap_train_step(model: Layer, optimizer: optax.GradientTransformation,
       axis_name: the pmap axis; grads and metrics are ``lax.pmean``-ed over it, and a
         ``BatchNorm(axis_name=axis_name)`` in ``model`` uses cross-device statistics.
       devices: devices to map over (default: all local devices).
+      donate: donate the replicated params / state / opt_state buffers.
     """
+    from fcnn.train import train_step_fn
+
     _check_model_opt(model, optimizer)
     if not isinstance(axis_name, str) or not axis_name:
         raise ValueError(f"axis_name must be a non-empty str, got {axis_name!r}")
     devs = list(jax.local_devices() if devices is None else devices)
     d = len(devs)
-    fn = jax.pmap(_local_step(model, optimizer, loss_fn, axis_name), axis_name=axis_name,
-                  in_axes=(0, 0, 0, 0, None), devices=devs)
+    fn = jax.pmap(train_step_fn(model, optimizer, loss_fn, axis_name=axis_name, **step_opts), axis_name=axis_name,
+                  in_axes=(0, 0, 0, 0, None), devices=devs, donate_argnums=(0, 1, 2) if donate else ())
 
     def step(params, state, opt_state, batch, key):
         x, y = _check_batch(batch)
@@ -295,13 +274,17 @@ def make_pmap_train_step(model: Layer, optimizer: optax.GradientTransformation,
     return step
 
 
-def _check_divisible(batch, mesh):
+def _batch_axis(step_opts) -> int:
+    return 0 if step_opts.get("steps_per_call", 1) == 1 else 1
+
+
+def _check_divisible(batch, mesh, axis=0):
     x, y = _check_batch(batch)
     d = mesh.shape[DATA_AXIS]
     for name, a in (("batch x", x), ("batch y", y)):
-        if np.ndim(a) < 1 or np.shape(a)[0] % d:
-            raise ValueError(f"{name} global batch size {np.shape(a)[:1]} must be divisible by the {d} devices "
-                             f"of mesh axis {DATA_AXIS!r}")
+        if np.ndim(a) <= axis or np.shape(a)[axis] % d:
+            raise ValueError(f"{name} global batch size {np.shape(a)[axis:axis + 1]} must be divisible by the {d} "
+                             f"devices of mesh axis {DATA_AXIS!r}")
     return x, y
 
 
@@ -310,29 +293,38 @@ def _check_mesh(mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh with an axis named {DATA_AXIS!r} (make_mesh), got {mesh!r}")
 
 
+def batch_sharding(mesh: Mesh, steps_per_call: int = 1) -> NamedSharding:
+    """Sharding of a (global) batch array: split on "data" along the example axis."""
+    return NamedSharding(mesh, P(DATA_AXIS) if steps_per_call == 1 else P(None, DATA_AXIS))
+
+
 def make_sharded_train_step(model: Layer, optimizer: optax.GradientTransformation, mesh: Mesh,
-                            loss_fn: Callable = softmax_cross_entropy):
+                            loss_fn: Callable = softmax_cross_entropy, *, donate: bool = False, **step_opts):
     """Data-parallel train step by ``jit`` sharding: batch split on "data", the rest replicated.
 
     ``step(params, state, opt_state, batch, key)`` takes *global* arrays (x (N, ...), y (N,)),
     N divisible by the mesh's "data" size, and returns replicated global arrays. The model
-    is written for one device (a BatchNorm must not set ``axis_name``).
+    is written for one device (a BatchNorm must not set ``axis_name``): this is the
+    single-device step compiled for the mesh, and XLA inserts the all-reduces.
     """
+    from fcnn.train import train_step_fn
+
     _check_model_opt(model, optimizer)
     _check_mesh(mesh)
     rep = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P(DATA_AXIS))
-    fn = jax.jit(_local_step(model, optimizer, loss_fn, None),
+    data = batch_sharding(mesh, step_opts.get("steps_per_call", 1))
+    fn = jax.jit(train_step_fn(model, optimizer, loss_fn, **step_opts), donate_argnums=(0, 1, 2) if donate else (),
                  in_shardings=(rep, rep, rep, (data, data), rep), out_shardings=(rep, rep, rep, rep))
+    axis = _batch_axis(step_opts)
 
     def step(params, state, opt_state, batch, key):
-        return fn(params, state, opt_state, _check_divisible(batch, mesh), key)
+        return fn(params, state, opt_state, _check_divisible(batch, mesh, axis), key)
 
     return step
 
 
 def make_shard_map_train_step(model: Layer, optimizer: optax.GradientTransformation, mesh: Mesh,
-                              loss_fn: Callable = softmax_cross_entropy):
+                              loss_fn: Callable = softmax_cross_entropy, **step_opts):
     """Data-parallel train step with ``jax.shard_map`` over mesh axis "data" and ``lax.pmean``.
 
     Same calling convention as ``make_sharded_train_step`` (global arrays). Inside, each
@@ -340,17 +332,107 @@ def make_shard_map_train_step(model: Layer, optimizer: optax.GradientTransformat
     statistics. ``check_vma=False``: gradients are computed per device and averaged
     explicitly (with ``check_vma=True`` the gradient of replicated params is already summed).
     """
+    from fcnn.train import train_step_fn
+
     _check_model_opt(model, optimizer)
     _check_mesh(mesh)
-    local = _local_step(model, optimizer, loss_fn, DATA_AXIS)
-    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(DATA_AXIS), P()),
+    local = train_step_fn(model, optimizer, loss_fn, axis_name=DATA_AXIS, **step_opts)
+    axis = _batch_axis(step_opts)
+    batch_spec = P(DATA_AXIS) if axis == 0 else P(None, DATA_AXIS)
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch_spec, P()),
                            out_specs=(P(), P(), P(), P()), check_vma=False)
     fn = jax.jit(mapped)
 
     def step(params, state, opt_state, batch, key):
-        return fn(params, state, opt_state, _check_divisible(batch, mesh), key)
+        return fn(params, state, opt_state, _check_divisible(batch, mesh, axis), key)
 
     return step
+
+
+# --------------------------------------------------------------------------- fit's placement
+
+PARALLEL_MODES = ("none", "pmap", "sharding")
+PMAP_AXIS = "batch"
+
+
+class Plan(NamedTuple):
+    """How ``train.fit`` lays a run out on devices (``data_parallel_plan``).
+
+    ``put((params, state, opt_state))`` places the carried trees for the step, ``get(tree)``
+    returns one global copy (for checkpoints and evaluation), ``batch(x, y, k)`` turns host
+    arrays (n, ...) (k == 1) or (k, n, ...) into the step's batch, ``make_step(k)`` builds the
+    donated step for k steps per call, and ``metrics(m)`` returns one copy of its metrics.
+    """
+
+    mode: str
+    n_devices: int
+    put: Callable
+    get: Callable
+    batch: Callable
+    make_step: Callable
+    metrics: Callable
+
+
+def _identity(tree):
+    return tree
+
+
+def _available(mode: str):
+    return jax.local_devices() if mode == "pmap" else jax.devices()
+
+
+def check_parallel(mode: str, n_devices: Optional[int], batch_size: int) -> int:
+    """Validate a (parallel mode, device count, global batch size) choice; return the device count."""
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}; got {mode!r}")
+    if mode == "none":
+        if n_devices not in (None, 1):
+            raise ValueError(f"devices={n_devices} needs parallel 'pmap' or 'sharding' (parallel='none' uses one device)")
+        return 1
+    available = _available(mode)
+    d = len(available) if n_devices is None else _check_devices(n_devices, "devices")
+    if d > len(available):
+        raise ValueError(f"devices={d} exceeds the {len(available)} available {jax.default_backend()} devices")
+    if batch_size % d:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {d} devices of parallel={mode!r}")
+    return d
+
+
+def data_parallel_plan(mode: str, model: Layer, optimizer: optax.GradientTransformation,
+                       loss_fn: Callable = softmax_cross_entropy, *, n_devices: Optional[int] = None,
+                       batch_size: int, **step_opts) -> Plan:
+    """The placement ``train.fit`` uses for ``TrainConfig.parallel``.
+
+    "none": one device, ``train.make_train_step``. "sharding": ``make_sharded_train_step`` on
+    ``make_mesh(n_devices)`` (params replicated, the global batch split). "pmap":
+    ``make_pmap_train_step`` over the first ``n_devices`` local devices with axis ``PMAP_AXIS``
+    (build BatchNorms with ``axis_name=PMAP_AXIS`` for global statistics). ``n_devices``
+    None means all devices; ``batch_size`` must be divisible by the device count.
+    """
+    from fcnn.train import make_train_step
+
+    d = check_parallel(mode, n_devices, batch_size)
+    if mode == "none":
+        return Plan(mode, 1, _identity, _identity, lambda x, y, k: (x, y),
+                    lambda k: make_train_step(model, optimizer, loss_fn, steps_per_call=k, **step_opts), _identity)
+    available = _available(mode)
+    if mode == "sharding":
+        mesh = make_mesh(d, available)
+        rep = NamedSharding(mesh, P())
+        return Plan(mode, d, lambda tree: jax.device_put(tree, rep), _identity, lambda x, y, k: (x, y),
+                    lambda k: make_sharded_train_step(model, optimizer, mesh, loss_fn, donate=True, steps_per_call=k,
+                                                      **step_opts), _identity)
+    devs = available[:d]
+
+    def batch(x, y, k):
+        if k == 1:
+            return shard_batch((x, y), d)
+        # (k, n, ...) -> (d, k, n / d, ...): device axis first, each device its rows of every step
+        return tuple(np.swapaxes(np.reshape(a, (k, d, -1) + np.shape(a)[2:]), 0, 1) for a in (x, y))
+
+    return Plan(mode, d, lambda tree: replicate(tree, d), unreplicate, batch,
+                lambda k: make_pmap_train_step(model, optimizer, loss_fn, axis_name=PMAP_AXIS, devices=devs,
+                                               donate=True, steps_per_call=k, **step_opts), unreplicate)
 
 
 # --------------------------------------------------------------------------- multi-process

@@ -36,6 +36,7 @@ import optax
 
 from fcnn import __version__
 from fcnn import data as data_lib
+from fcnn import parallel
 from fcnn.losses import accuracy, l2_penalty, softmax_cross_entropy
 from fcnn.optim import make_optimizer
 from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_json, write_jsonl
@@ -51,6 +52,7 @@ __all__ = [
     "epoch_order",
     "TrainingDivergedError",
     "make_train_step",
+    "train_step_fn",
     "make_eval_step",
     "evaluate",
     "predict",
@@ -58,6 +60,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("f32", "bf16")
+RESUME_MAY_CHANGE = ("epochs", "parallel", "devices")  # config fields a resumed run may change
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -102,6 +105,71 @@ def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
     return keys[0] if k == 1 else keys
 
 
+def train_step_fn(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable = softmax_cross_entropy,
+    *,
+    l2: float = 0.0,
+    steps_per_call: int = 1,
+    precision: str = "f32",
+    augment: Optional[Callable] = None,
+    axis_name: Optional[str] = None,
+) -> Callable:
+    """The train step as a plain (not jit-compiled) function; ``make_train_step`` jits it.
+
+    With ``axis_name`` (the function then runs inside ``pmap`` / ``shard_map`` over that
+    axis) the step key is folded with the device index, and the gradients, the metrics and
+    the new model state are ``lax.pmean``-ed over the axis, so every device applies the
+    same update. ``fcnn.parallel`` builds its data-parallel steps from this function.
+    Arguments as ``make_train_step``.
+    """
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be a positive int, got {steps_per_call!r}")
+    if not float(l2) >= 0:
+        raise ValueError(f"l2 must be a non-negative float, got {l2!r}")
+    if axis_name is not None and (not isinstance(axis_name, str) or not axis_name):
+        raise ValueError(f"axis_name must be None or a non-empty str, got {axis_name!r}")
+    _check_precision(precision)
+
+    def mean(tree):
+        return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+    def objective(params, state, x, y, key):
+        logits, new_state = _forward(model, params, state, x, key, True, precision)
+        loss = loss_fn(logits, y)
+        total = loss + l2_penalty(params, float(l2)) if l2 else loss
+        return total, (loss, accuracy(logits, y), new_state)
+
+    def one_step(params, state, opt_state, batch, key):
+        x, y = batch
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        if augment is not None:
+            aug_key, key = jax.random.split(key)
+            x = augment(aug_key, x)
+        grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
+        grads = mean(grads)
+        if axis_name is not None:
+            new_state = _restore_dtypes(mean(new_state), state)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_opt_state = _restore_dtypes(new_opt_state, opt_state)
+        return new_params, new_state, new_opt_state, mean({"loss": loss, "accuracy": acc})
+
+    def many_steps(params, state, opt_state, batch, keys):
+        def body(carry, inputs):
+            p, s, o = carry
+            b, key = inputs
+            p, s, o, metrics = one_step(p, s, o, b, key)
+            return (p, s, o), metrics
+
+        (params, state, opt_state), metrics = jax.lax.scan(body, (params, state, opt_state), (batch, keys))
+        return params, state, opt_state, metrics
+
+    return one_step if steps_per_call == 1 else many_steps
+
+
 def make_train_step(
     model: Layer,
     optimizer: optax.GradientTransformation,
@@ -129,40 +197,8 @@ def make_train_step(
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
     """
-    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
-        raise ValueError(f"steps_per_call must be a positive int, got {steps_per_call!r}")
-    if not float(l2) >= 0:
-        raise ValueError(f"l2 must be a non-negative float, got {l2!r}")
-    _check_precision(precision)
-
-    def objective(params, state, x, y, key):
-        logits, new_state = _forward(model, params, state, x, key, True, precision)
-        loss = loss_fn(logits, y)
-        total = loss + l2_penalty(params, float(l2)) if l2 else loss
-        return total, (loss, accuracy(logits, y), new_state)
-
-    def one_step(params, state, opt_state, batch, key):
-        x, y = batch
-        if augment is not None:
-            aug_key, key = jax.random.split(key)
-            x = augment(aug_key, x)
-        grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        new_opt_state = _restore_dtypes(new_opt_state, opt_state)
-        return new_params, new_state, new_opt_state, {"loss": loss, "accuracy": acc}
-
-    def many_steps(params, state, opt_state, batch, keys):
-        def body(carry, inputs):
-            p, s, o = carry
-            b, key = inputs
-            p, s, o, metrics = one_step(p, s, o, b, key)
-            return (p, s, o), metrics
-
-        (params, state, opt_state), metrics = jax.lax.scan(body, (params, state, opt_state), (batch, keys))
-        return params, state, opt_state, metrics
-
-    fn = one_step if steps_per_call == 1 else many_steps
+    fn = train_step_fn(model, optimizer, loss_fn, l2=l2, steps_per_call=steps_per_call, precision=precision,
+                       augment=augment)
     return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else ())
 
 
@@ -251,6 +287,9 @@ class TrainConfig:
     ``model``, ``dataset``, ``data_dir``, ``impl`` and ``pool_impl`` are recorded for
     rebuilding the run (``fcnn eval``); ``fit`` itself takes the model and data built
     from them. ``checkpoint_every`` is in steps (None: at each epoch end only).
+    ``parallel``: "none" (one device), "pmap" or "sharding" (data parallel over ``devices``
+    devices, default all; ``fcnn.parallel.data_parallel_plan``); checkpoints hold one copy
+    either way, so a run may resume under another mode.
     ``augment_shift``: training images are translated by up to this many pixels
     (``fcnn.data.augment(crop_padding=...)``: pad with 0 and crop, on device; 0: none). The defaults are the tuned
     ``fcnn train`` job (LeNet-5 on digits, >= 98% test accuracy).
@@ -274,6 +313,8 @@ class TrainConfig:
     augment_shift: int = 3
     seed: int = 0
     steps_per_call: int = 1
+    parallel: str = "none"
+    devices: Optional[int] = None
     checkpoint_every: Optional[int] = None
     keep: int = 3
     eval_batch_size: int = 512
@@ -294,6 +335,13 @@ class TrainConfig:
         if not 0.0 <= float(self.label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be a float in [0, 1), got {self.label_smoothing!r}")
         _check_precision(self.precision)
+        if self.parallel not in ("none", "pmap", "sharding"):
+            raise ValueError(f"parallel must be one of none, pmap, sharding; got {self.parallel!r}")
+        if self.devices is not None and (isinstance(self.devices, bool) or not isinstance(self.devices, int)
+                                         or self.devices < 1):
+            raise ValueError(f"devices must be a positive int or None (all devices), got {self.devices!r}")
+        if self.parallel == "none" and self.devices not in (None, 1):
+            raise ValueError(f"devices={self.devices} needs parallel 'pmap' or 'sharding' (parallel='none' uses one device)")
         make_optimizer(self.optimizer, self.learning_rate, momentum=self.momentum, schedule=self.schedule,
                        total_steps=1, weight_decay=self.weight_decay)  # validates those fields
 
@@ -420,6 +468,9 @@ def fit(
     last = total if max_steps is None else min(int(max_steps), total)
     optimizer = _optimizer_for(config, total)
     loss_fn = make_loss_fn(config.label_smoothing)
+    augment = functools.partial(data_lib.augment, crop_padding=config.augment_shift) if config.augment_shift else None
+    plan = parallel.data_parallel_plan(config.parallel, model, optimizer, loss_fn, n_devices=config.devices,
+                                       batch_size=bs, l2=config.l2, precision=config.precision, augment=augment)
     params, state, opt_state, train_key = _init_all(model, config, (bs,) + x_tr.shape[1:], optimizer)
     step, sums, history = 0, [0.0, 0.0, 0], []
     if run_dir is not None:
@@ -447,13 +498,12 @@ def fit(
             saved[0] = step
             meta = {"config": config.to_dict(), "fcnn_version": __version__, "epoch_sums": list(sums),
                     "epoch": step // spe, "step_in_epoch": step % spe}
-            checkpoint.save(run_dir, step, _checkpoint_tree(params, state, opt_state, train_key),
+            checkpoint.save(run_dir, step, _checkpoint_tree(*plan.get((params, state, opt_state)), train_key),
                             keep=config.keep, metadata=meta)
 
-    augment = functools.partial(data_lib.augment, crop_padding=config.augment_shift) if config.augment_shift else None
-    opts = dict(l2=config.l2, precision=config.precision, augment=augment)
-    step_1 = make_train_step(model, optimizer, loss_fn, **opts)
-    step_k = make_train_step(model, optimizer, loss_fn, steps_per_call=k_max, **opts) if k_max > 1 else None
+    params, state, opt_state = plan.put((params, state, opt_state))
+    step_1 = plan.make_step(1)
+    step_k = plan.make_step(k_max) if k_max > 1 else None
     eval_step = make_eval_step(model, loss_fn, precision=config.precision)
     show = _progress_default() if progress is None else bool(progress)
 
@@ -473,8 +523,9 @@ def fit(
             if k > 1:
                 xb, yb = xb.reshape((k, bs) + xb.shape[1:]), yb.reshape((k, bs) + yb.shape[1:])
             fn = step_k if k > 1 else step_1
-            params, state, opt_state, m = fn(params, state, opt_state, (xb, yb), keys[b] if k == 1 else keys[b : b + k])
-            pending.append((step, k, m))
+            params, state, opt_state, m = fn(params, state, opt_state, plan.batch(xb, yb, k),
+                                             keys[b] if k == 1 else keys[b : b + k])
+            pending.append((step, k, plan.metrics(m)))
             step, b, n_img = step + k, b + k, n_img + k * bs
             due = config.checkpoint_every is not None and step // config.checkpoint_every > (step - k) // config.checkpoint_every
             if due or b == end or sum(p[1] for p in pending) >= 10:
@@ -491,7 +542,7 @@ def fit(
         record = {"epoch": epoch + 1, "step": step, "train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2],
                   "images_per_s": n_img / seconds, "epoch_seconds": seconds}
         if x_te is not None:
-            test = evaluate(model, params, state, x_te, y_te, config.eval_batch_size, eval_step=eval_step)
+            test = evaluate(model, *plan.get((params, state)), x_te, y_te, config.eval_batch_size, eval_step=eval_step)
             record.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
         history.append(record)
         sums = [0.0, 0.0, 0]
@@ -501,7 +552,7 @@ def fit(
             append_jsonl(os.path.join(run_dir, "metrics.jsonl"), record)
         save()
     if test is None and x_te is not None:
-        test = evaluate(model, params, state, x_te, y_te, config.eval_batch_size, eval_step=eval_step)
+        test = evaluate(model, *plan.get((params, state)), x_te, y_te, config.eval_batch_size, eval_step=eval_step)
     seconds = time.perf_counter() - t_fit
     if run_dir is not None and history:
         note = plot_curves(history, os.path.join(run_dir, "curves.png"))
@@ -509,7 +560,7 @@ def fit(
             print(note)
     if verbose and history:
         print(summary_table(history, step, seconds, test))
-    return FitResult(params, state, opt_state, step, history, test, seconds)
+    return FitResult(*plan.get((params, state, opt_state)), step, history, test, seconds)
 
 
 def _flush(pending, sums) -> None:
@@ -529,7 +580,9 @@ def _flush(pending, sums) -> None:
 
 def _check_same_run(saved: TrainConfig, given: TrainConfig) -> None:
     a, b = saved.to_dict(), given.to_dict()
-    a.pop("epochs"), b.pop("epochs")
+    for free in RESUME_MAY_CHANGE:
+        a.pop(free), b.pop(free)
     diff = sorted(f for f in a if a[f] != b[f])
     if diff:
-        raise ValueError(f"resume config differs from the checkpoint's in {diff}; only epochs may change on resume")
+        raise ValueError(f"resume config differs from the checkpoint's in {diff}; only "
+                         f"{', '.join(RESUME_MAY_CHANGE)} may change on resume")

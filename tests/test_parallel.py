@@ -298,3 +298,107 @@ def test_two_processes_equal_one_process_with_four_devices():
         a, b = np.array(r["flat"]), np.array(ref["flat"])
         assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-6
         np.testing.assert_allclose(r["loss"], ref["loss"], rtol=1e-6)
+
+
+_FIT = textwrap.dedent(r"""
+    import json, os, sys, tempfile, types
+    import jax, numpy as np
+    from fcnn import cli
+    from fcnn.combinators import serial
+    from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
+    from fcnn.train import TrainConfig, fit
+
+    assert jax.device_count() == 4, jax.devices()
+    rng = np.random.default_rng(0)
+    n = 64
+    x = (rng.normal(size=(n, 6, 6, 2)) * np.linspace(0.2, 3, n)[:, None, None, None]).astype(np.float32)
+    y = (np.arange(n) % 3).astype(np.int32)
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_test=x[:16], y_test=y[:16])
+    flat = lambda t: np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(t)])
+    rel = lambda a, b: float(np.linalg.norm(flat(a) - flat(b)) / np.linalg.norm(flat(b)))
+
+    def model(axis_name=None):
+        return serial(Conv2D(4, 3, padding="SAME"), BatchNorm(axis_name=axis_name), Relu(), Flatten(), Dense(3))
+
+    def run(parallel, k=1, shift=0, devices=None, **kw):
+        cfg = TrainConfig(epochs=2, batch_size=16, optimizer="momentum", learning_rate=0.05, augment_shift=shift,
+                          steps_per_call=k, parallel=parallel, devices=devices)
+        r = fit(model("batch" if parallel == "pmap" else None), data, cfg, progress=False, verbose=False, **kw)
+        return r
+
+    out = {}
+    for shift in (0, 1):
+        for k in (1, 2):
+            ref = run("none", k, shift)
+            for mode in ("pmap", "sharding"):
+                r = run(mode, k, shift)
+                out[f"{mode}_k{k}_shift{shift}"] = {"params": rel(r.params, ref.params), "state": rel(r.state, ref.state),
+                                                    "loss": [h["train_loss"] for h in r.history],
+                                                    "ref_loss": [h["train_loss"] for h in ref.history]}
+    # a pmap run stopped at step 3 and resumed with parallel="none" ends like an uninterrupted run
+    d = tempfile.mkdtemp()
+    run("pmap", run_dir=d, max_steps=3)
+    resumed = run("none", run_dir=d, resume=True)
+    out["resume_pmap_to_none"] = rel(resumed.params, run("none").params)
+
+    # the command line: --parallel sharding --devices 4 vs one device, three steps of LeNet-5 on digits
+    def cli_params(*extra):
+        d = tempfile.mkdtemp()
+        rc = cli.main(["train", "--epochs", "1", "--max-steps", "3", "--batch-size", "32", "--augment-shift", "0",
+                       "--no-progress", "--out", d] + list(extra))
+        assert rc == 0, rc
+        return cli.load_run(d)[3]
+    one = cli_params()
+    out["cli_sharding"] = rel(cli_params("--parallel", "sharding", "--devices", "4"), one)
+    out["cli_pmap"] = rel(cli_params("--parallel", "pmap", "--devices", "2"), one)
+    print("RESULT " + json.dumps(out), flush=True)
+""")
+
+
+@pytest.fixture(scope="module")
+def fit_runs():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _FIT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return _result(proc.stdout)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "sharding"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_fit_parallel_equals_one_device(fit_runs, mode, k):
+    r = fit_runs[f"{mode}_k{k}_shift0"]
+    assert r["params"] <= 1e-6 and r["state"] <= 1e-6, r
+    np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=1e-5)
+    assert r["ref_loss"][1] < r["ref_loss"][0]  # it trained
+
+
+def test_fit_random_augmentation_under_parallel(fit_runs):
+    # sharding runs the single-device program on the global batch: same keys, same crops
+    for k in (1, 2):
+        assert fit_runs[f"sharding_k{k}_shift1"]["params"] <= 1e-6
+    # pmap folds the device index into each device's key: other crops, a different (valid) run
+    assert fit_runs["pmap_k1_shift1"]["params"] > 1e-4
+
+
+def test_fit_resumes_a_pmap_checkpoint_on_one_device(fit_runs):
+    assert fit_runs["resume_pmap_to_none"] <= 1e-6
+
+
+def test_cli_parallel_flags_reach_fit(fit_runs):
+    assert fit_runs["cli_sharding"] <= 1e-6
+    assert fit_runs["cli_pmap"] <= 1e-6
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--parallel", "ring"], "parallel must be one of none, pmap, sharding; got 'ring'"),
+    (["--devices", "2"], "devices=2 needs parallel 'pmap' or 'sharding'"),
+    (["--parallel", "sharding", "--devices", "2"], "devices=2 exceeds the 1 available cpu devices"),
+    (["--parallel", "pmap", "--devices", "0"], "argument --devices: must be a positive int, got '0'"),
+])
+def test_cli_parallel_bad_arguments(tmp_path, capsys, argv, message):
+    from fcnn import cli
+
+    rc = cli.main(["train", "--epochs", "1", "--max-steps", "1", "--no-progress", "--out", str(tmp_path / "r")] + argv)
+    assert rc == 2
+    assert message in capsys.readouterr().err
