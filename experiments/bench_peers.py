@@ -113,7 +113,7 @@ def _jit_step(loss_fn, tx):
 
 
 # ----------------------------------------------------------------------------- fcnn
-def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto"):
+def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto", unroll=1):
     """fcnn's own train step (``make_train_step``); k > 1 runs k steps per dispatch.
 
     ``impl``/``pool_impl`` "auto" pick each layer's implementation with ``fcnn.ops.auto``
@@ -129,7 +129,7 @@ def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto"):
     spec = NETS[net]
     _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
     opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
-    train_step = make_train_step(model, opt, steps_per_call=k, precision=precision)
+    train_step = make_train_step(model, opt, steps_per_call=k, precision=precision, unroll=unroll)
     key = jax.random.PRNGKey(1)
     keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
 
@@ -140,37 +140,12 @@ def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto"):
 
 
 def build_fcnn_unroll(net, n, precision, device, k=1):
-    """Prototype for train.py: k steps per dispatch as a fully unrolled scan of fcnn's own step.
+    """fcnn's k-steps-per-dispatch step with the scan fully unrolled (``make_train_step(unroll=k)``).
 
-    ``make_train_step(steps_per_call=k)`` scans with ``unroll=1``: XLA runs a while loop whose
-    predicate goes back to the host every iteration. Unrolled, the k steps are one straight
-    sequence of kernels (longer compile).
+    With ``unroll=1`` XLA runs a device while loop whose trip test syncs with the host every
+    iteration; unrolled, the k steps are one straight sequence of kernels (longer compile).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from fcnn.optim import make_optimizer
-    from fcnn.train import make_train_step
-
-    model = fcnn_model(net, "auto", "auto", device)
-    spec = NETS[net]
-    _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
-    opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
-    one = make_train_step(model, opt, precision=precision, donate=False)  # inlined into the outer jit
-
-    def many(carry, batch, keys):
-        def body(c, inp):
-            x, y, key = inp
-            p, s, o, m = one(*c, (x, y), key)
-            return (p, s, o), m
-
-        carry, _ = jax.lax.scan(body, carry, (*batch, keys), unroll=k)
-        return carry
-
-    keys = jnp.asarray(jax.random.split(jax.random.PRNGKey(1), k))
-    jitted = jax.jit(many, donate_argnums=0)
-    return Bench(lambda c, b: jitted(c, b, keys), (params, state, opt.init(params)), _jax_data(n, spec, k),
-                 _jax_block, k)
+    return build_fcnn(net, n, precision, device, k=k, unroll=k)
 
 
 def build_fcnn_lax(net, n, precision, device, k=1):
@@ -523,7 +498,7 @@ def build_torch_compile(net, n, precision, device, k=1):
 BUILDERS = {
     "fcnn": build_fcnn,
     "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
-    "fcnn_unroll": build_fcnn_unroll,  # prototype: k steps per dispatch, scan fully unrolled
+    "fcnn_unroll": build_fcnn_unroll,  # k steps per dispatch, scan fully unrolled
     "fcnn_lax": build_fcnn_lax,
     "lax": build_lax,
     "stax": build_stax,
@@ -535,7 +510,7 @@ BUILDERS = {
     "torch_compile": build_torch_compile,
 }
 LABELS = {
-    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_unroll": "fcnn (k steps, unrolled; prototype)",
+    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_unroll": "fcnn (k steps, unrolled)",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
     "torch": "torch eager (channels_last)", "torch_compile": "torch.compile",

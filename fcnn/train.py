@@ -115,6 +115,7 @@ def train_step_fn(
     precision: str = "f32",
     augment: Optional[Callable] = None,
     axis_name: Optional[str] = None,
+    unroll: int = 1,
 ) -> Callable:
     """The train step as a plain (not jit-compiled) function; ``make_train_step`` jits it.
 
@@ -130,6 +131,8 @@ def train_step_fn(
         raise ValueError(f"l2 must be a non-negative float, got {l2!r}")
     if axis_name is not None and (not isinstance(axis_name, str) or not axis_name):
         raise ValueError(f"axis_name must be None or a non-empty str, got {axis_name!r}")
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int (scan iterations per loop body), got {unroll!r}")
     _check_precision(precision)
 
     def mean(tree):
@@ -164,7 +167,8 @@ def train_step_fn(
             p, s, o, metrics = one_step(p, s, o, b, key)
             return (p, s, o), metrics
 
-        (params, state, opt_state), metrics = jax.lax.scan(body, (params, state, opt_state), (batch, keys))
+        (params, state, opt_state), metrics = jax.lax.scan(body, (params, state, opt_state), (batch, keys),
+                                                           unroll=unroll)
         return params, state, opt_state, metrics
 
     return one_step if steps_per_call == 1 else many_steps
@@ -180,6 +184,7 @@ def make_train_step(
     donate: bool = True,
     precision: str = "f32",
     augment: Optional[Callable] = None,
+    unroll: int = 1,
 ):
     """Build the jit-compiled train step (see the module docstring for its contract).
 
@@ -193,12 +198,16 @@ def make_train_step(
       precision: "f32" or "bf16" (see the module docstring).
       augment: optional ``augment(key, x) -> x`` applied to each training batch inside the
         step (on device); the step key is then split into (augment key, model key).
+      unroll: with k > 1, scan iterations per loop body (``lax.scan(unroll=...)``); ``k``
+        unrolls fully: one straight kernel sequence instead of a device loop whose trip
+        test syncs with the host every step (faster for launch-bound nets on a GPU, longer
+        compile; see docs/benchmarks.md).
 
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
     """
     fn = train_step_fn(model, optimizer, loss_fn, l2=l2, steps_per_call=steps_per_call, precision=precision,
-                       augment=augment)
+                       augment=augment, unroll=unroll)
     return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else ())
 
 

@@ -103,7 +103,8 @@ def test_sgd_step_with_l2_matches_hand_update(data):
     np.testing.assert_allclose(m["loss"], softmax_cross_entropy(model.apply(p0, {}, x)[0], y), rtol=1e-6)
 
 
-def test_scanned_steps_equal_single_steps(data):
+@pytest.mark.parametrize("unroll", [1, 2, 4])
+def test_scanned_steps_equal_single_steps(data, unroll):
     model, opt, k, bs = mlp(), make_optimizer("momentum", 0.05), 4, 32
     x = data.x_train[: k * bs].reshape(k, bs, 8, 8, 1)
     y = data.y_train[: k * bs].reshape(k, bs)
@@ -115,7 +116,8 @@ def test_scanned_steps_equal_single_steps(data):
         p, s, o, m = single(p, s, o, (x[t], y[t]), step_keys(base, 3 + t))
         losses.append(m["loss"])
     p2, s2, o2 = _init(model, x[0], opt)
-    p2, s2, o2, m2 = make_train_step(model, opt, steps_per_call=k)(p2, s2, o2, (x, y), step_keys(base, 3, k))
+    p2, s2, o2, m2 = make_train_step(model, opt, steps_per_call=k, unroll=unroll)(p2, s2, o2, (x, y),
+                                                                                   step_keys(base, 3, k))
     assert m2["loss"].shape == (k,)
     for a, b in zip(jax.tree.leaves((p, o)), jax.tree.leaves((p2, o2))):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -245,3 +247,14 @@ def test_a_used_run_dir_is_not_overwritten(data, tmp_path):
     with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['seed'\]"):
         fit(mlp(), data, _config(epochs=2, seed=3), run_dir=run, resume=True, verbose=False)
 
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(steps_per_call=0), "steps_per_call must be a positive int, got 0"),
+    (dict(steps_per_call=2, unroll=0), r"unroll must be a positive int \(scan iterations per loop body\), got 0"),
+    (dict(l2=-1.0), "l2 must be a non-negative float, got -1.0"),
+    (dict(precision="fp8"), "precision must be one of f32, bf16; got 'fp8'"),
+])
+def test_make_train_step_rejects_bad_options(kw, message):
+    with pytest.raises(ValueError, match=message):
+        make_train_step(mlp(), make_optimizer("sgd", 0.1), **kw)
