@@ -177,11 +177,18 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
+def _idx_names(name: str) -> list:
+    """The file names an IDX file goes by: the official ``train-images-idx3-ubyte`` and the
+    common re-distributed ``train-images.idx3-ubyte``, each raw or gzipped."""
+    dotted = name.replace("-idx", ".idx")
+    return [name, name + ".gz", dotted, dotted + ".gz"]
+
+
 def _load_idx_set(name, dirs, normalize, strict) -> Dataset:
     parts = {}
     for split, (img_name, lab_name) in _IDX_FILES.items():
-        img_path = find_file(dirs, [img_name, img_name + ".gz"])
-        lab_path = find_file(dirs, [lab_name, lab_name + ".gz"])
+        img_path = find_file(dirs, _idx_names(img_name))
+        lab_path = find_file(dirs, _idx_names(lab_name))
         images = read_idx(img_path, magic=IDX_IMAGES_MAGIC)
         labels = read_idx(lab_path, magic=IDX_LABELS_MAGIC)
         if images.dtype != np.uint8 or images.shape[1:] != (28, 28):

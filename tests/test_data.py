@@ -162,6 +162,17 @@ def test_missing_file_lists_the_paths_tried(tmp_path):
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ValueError)
 
 
+def test_idx_files_named_with_a_dot_are_read_alike(tmp_path):
+    # "train-images.idx3-ubyte" is how many re-distributions name the same IDX files
+    sets = write_mnist(str(tmp_path / "dash"), gz=(False,) * 4)
+    os.makedirs(tmp_path / "dot")
+    for f in os.listdir(tmp_path / "dash"):
+        os.rename(tmp_path / "dash" / f, tmp_path / "dot" / f.replace("-idx", ".idx"))
+    ds = data.load("mnist", data_dir=str(tmp_path / "dot"), strict=False, normalize=False)
+    np.testing.assert_allclose(ds.x_train[..., 0], sets["train"][0] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, sets["t10k"][1])
+
+
 def test_strict_requires_the_official_sizes(tmp_path):
     write_mnist(str(tmp_path))
     with pytest.raises(DataError, match="expected the official 60000 train images, the file holds 7"):
