@@ -43,12 +43,14 @@ so the file is exactly ``(rows * scale, cols * scale)`` pixels; figure pictures
 (feature_maps, curves) are ``figsize * dpi`` pixels. Non-negative maps use the colour
 range ``[0, max]``, so zero is always the darkest colour.
 
-``cli_main(argv)`` is ``fcnn viz``; see ``_parser``. Top-level layers are named as
+``cli_main(argv)`` is ``fcnn viz`` (see ``_parser``); ``render`` draws one of its pictures from
+Python, optionally reusing a loaded run. Top-level layers are named as
 ``fcnn summary`` prints them: ``"<index>.<LayerName>"`` (``"4.Relu"``).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -63,7 +65,7 @@ from fcnn.summary import layer_info
 from fcnn.types import Layer
 
 __all__ = ["filters", "feature_maps", "saliency", "smoothgrad", "grad_cam", "default_cam_layer", "occlusion",
-           "curves", "confusion_matrix", "layer_names", "BlankMapWarning", "cli_main"]
+           "curves", "confusion_matrix", "layer_names", "BlankMapWarning", "render", "cli_main"]
 
 _INSTALL = "pip install matplotlib (or 'fcnn[viz]')"
 
@@ -169,11 +171,35 @@ def _run(children, params, state, x, start: int, stop: int):
     return x
 
 
-def _logit_fn(model: Layer, params, state, label: int):
-    def f(x):  # (1, h, w, c) -> scalar logit of ``label``
-        logits, _ = model.apply(params, state, x, train=False)
-        return logits[0, label]
-    return f
+# The array work below is jit-compiled once per (model, shapes) and reused: the functions are
+# cached on the model object (a Layer is a tuple of functions, so it hashes by identity).
+@functools.lru_cache(maxsize=32)
+def _input_grad_fn(model: Layer):
+    """jit (params, state, xs (n, h, w, c), label) -> d sum_i z_i[label] / d xs, (n, h, w, c).
+
+    In eval mode no layer mixes examples (BatchNorm uses its running statistics), so row i of the
+    gradient of the summed logits is the gradient of example i's own logit.
+    """
+    def f(params, state, xs, label):
+        def total(xs_):
+            logits, _ = model.apply(params, state, xs_, train=False)
+            return jnp.sum(logits[:, label])
+        return jax.grad(total)(xs)
+    return jax.jit(f)
+
+
+@functools.lru_cache(maxsize=32)
+def _probs_fn(model: Layer):
+    """jit (params, state, xs, label) -> softmax(model(xs))[:, label] in eval mode, (n,)."""
+    def f(params, state, xs, label):
+        logits, _ = model.apply(params, state, xs, train=False)
+        return jax.nn.softmax(logits, axis=-1)[:, label]
+    return jax.jit(f)
+
+
+def _label_for(model: Layer, params, state, x, label) -> int:
+    out = jax.eval_shape(lambda p, s, x_: model.apply(p, s, x_, train=False)[0], params, state, x)
+    return _check_label(label, out.shape)
 
 
 # ----------------------------------------------------------------------------- filters
@@ -226,7 +252,7 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
       ``[(name, activation)]`` with one entry per child, in order: ``name`` is
       ``"<index>.<LayerName>"`` (as ``fcnn summary`` prints it) and ``activation`` the child's output without the batch
       dimension ((h, w, c) for conv-like layers, (features,) after Flatten/Dense).
-    ``save``: one row per layer showing up to ``max_channels`` channels (vectors as bars);
+    ``save``: one row per layer showing up to ``max_channels`` channels (vectors as one bar chart across the row);
     the PNG is (2 * max_channels) x (1.6 * layers) inches at 100 dpi.
     """
     children = _children(model, "feature_maps")
@@ -241,15 +267,21 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
             raise ValueError(f"max_channels must be a positive int, got {max_channels!r}")
         fig = _figure((2 * max_channels, 1.6 * len(out)))
         axes = fig.subplots(len(out), max_channels, squeeze=False)
-        for row, (name, a) in zip(axes, out):
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.99, wspace=0.08, hspace=0.15)
+        grid = axes[0, 0].get_gridspec()
+        for i, (row, (name, a)) in enumerate(zip(axes, out)):
+            if a.ndim == 1:  # a vector: one bar chart across the row
+                for ax in row:
+                    ax.remove()
+                row = [fig.add_subplot(grid[i, :])]
+                row[0].bar(np.arange(a.shape[0]), a, width=1.0)
+                row[0].set_xlim(-0.5, a.shape[0] - 0.5)
             for j, ax in enumerate(row):
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if a.ndim == 3 and j < a.shape[-1]:
                     ax.imshow(a[..., j], cmap="viridis", interpolation="nearest")
-                elif a.ndim == 1 and j == 0:
-                    ax.bar(np.arange(a.shape[0]), a)
-                else:
+                elif a.ndim != 1:
                     ax.axis("off")
             row[0].set_ylabel(name, fontsize=8)
         _save_figure(fig, save)
@@ -260,9 +292,8 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
 def saliency(model: Layer, params, state, x, label, *, save: Optional[str] = None, scale: int = 8) -> np.ndarray:
     """Vanilla gradient saliency: ``max_c |d logit_label / d x[h, w, c]|``, shape (h, w)."""
     x = _one_input(x)
-    logits, _ = model.apply(params, state, x, train=False)
-    label = _check_label(label, logits.shape)
-    g = jax.grad(_logit_fn(model, params, state, label))(x)
+    label = _label_for(model, params, state, x, label)
+    g = _input_grad_fn(model)(params, state, x, label)  # (1, h, w, c)
     sal = np.asarray(jnp.max(jnp.abs(g[0]), axis=-1))
     _warn_if_blank(sal, f"the saliency of class {label} (its logit's input gradient)")
     if save is not None:
@@ -282,13 +313,11 @@ def smoothgrad(model: Layer, params, state, x, label, *, key, n: int = 16, sigma
     if not float(sigma) >= 0:
         raise ValueError(f"sigma must be a non-negative float, got {sigma!r}")
     x = _one_input(x)
-    logits, _ = model.apply(params, state, x, train=False)
-    label = _check_label(label, logits.shape)
+    label = _label_for(model, params, state, x, label)
     s = float(sigma) * float(jnp.max(x) - jnp.min(x))
-    noise = s * jax.random.normal(key, (n,) + x.shape, x.dtype)
-    grad = jax.grad(_logit_fn(model, params, state, label))
-    gs = jax.lax.map(lambda e: jnp.max(jnp.abs(grad(x + e)[0]), axis=-1), noise)
-    sal = np.asarray(jnp.mean(gs, axis=0))
+    xs = x + s * jax.random.normal(key, (n,) + x.shape[1:], x.dtype)  # (n, h, w, c) noisy copies
+    g = _input_grad_fn(model)(params, state, xs, label)  # (n, h, w, c), one gradient per copy
+    sal = np.asarray(jnp.mean(jnp.max(jnp.abs(g), axis=-1), axis=0))
     _warn_if_blank(sal, f"the SmoothGrad map of class {label}")
     if save is not None:
         _save_nonneg(sal, save, scale)
@@ -310,9 +339,9 @@ def default_cam_layer(model: Layer, params, state, x) -> int:
     it is pooled: the finest map that has seen the most); a pooling layer only if nothing else is."""
     children = _children(model, "grad_cam")
     a, best, best_pool = _one_input(x), None, None
-    for i, child in enumerate(children[:-1]):
-        a, _ = child.apply(params[i], state[i], a, train=False)
-        if a.ndim == 4:
+    for i, child in enumerate(children[:-1]):  # shapes only: nothing is computed
+        a = jax.eval_shape(lambda p, s, a_, c=child: c.apply(p, s, a_, train=False)[0], params[i], state[i], a)
+        if len(a.shape) == 4:
             if layer_info(child).kind == "pool":
                 best_pool = i
             else:
@@ -322,6 +351,21 @@ def default_cam_layer(model: Layer, params, state, x) -> int:
     if best is None:
         raise ValueError("the model has no top-level layer with a rank-4 (n, h, w, c) output for Grad-CAM")
     return best
+
+
+@functools.lru_cache(maxsize=32)
+def _grad_cam_fn(model: Layer, layer_index: int):
+    """jit (params, state, x (1, h, w, c), label) -> Grad-CAM (h, w) at top-level layer ``layer_index``."""
+    children = _children(model, "grad_cam")
+    head = lambda p, s, a: _run(children, p, s, a, layer_index + 1, len(children))  # noqa: E731
+
+    def f(params, state, x, label):
+        a = _run(children, params, state, x, 0, layer_index + 1)  # (1, h', w', K)
+        g = jax.grad(lambda a_: head(params, state, a_)[0, label])(a)  # d z_label / d A
+        weights = jnp.mean(g[0], axis=(0, 1))  # (K,): spatial mean of the gradient
+        cam = jax.nn.relu(jnp.einsum("hwk,k->hw", a[0], weights))  # (h', w')
+        return jax.image.resize(cam, x.shape[1:3], method="linear")  # (h, w)
+    return jax.jit(f)
 
 
 def grad_cam(model: Layer, params, state, x, label, layer_index: int, *, save: Optional[str] = None,
@@ -337,17 +381,12 @@ def grad_cam(model: Layer, params, state, x, label, layer_index: int, *, save: O
     children = _children(model, "grad_cam")
     layer_index = _check_layer_index(children, layer_index)
     x = _one_input(x)
-    a = _run(children, params, state, x, 0, layer_index + 1)
-    if a.ndim != 4:
+    a = jax.eval_shape(lambda p, s, x_: _run(children, p, s, x_, 0, layer_index + 1), params, state, x)
+    if len(a.shape) != 4:
         raise ValueError(f"layer_index={layer_index} ({layer_info(children[layer_index]).name}) outputs shape "
                          f"{tuple(a.shape)}; Grad-CAM needs a rank-4 (n, h, w, c) feature map")
-    logits = _run(children, params, state, a, layer_index + 1, len(children))
-    label = _check_label(label, logits.shape)
-    g = jax.grad(lambda a_: _run(children, params, state, a_, layer_index + 1, len(children))[0, label])(a)
-    weights = jnp.mean(g[0], axis=(0, 1))  # (K,)
-    cam = jax.nn.relu(jnp.einsum("hwk,k->hw", a[0], weights))
-    cam = jax.image.resize(cam, x.shape[1:3], method="linear")
-    cam = np.maximum(np.asarray(cam), 0.0)
+    label = _label_for(model, params, state, x, label)
+    cam = np.maximum(np.asarray(_grad_cam_fn(model, layer_index)(params, state, x, label)), 0.0)
     _warn_if_blank(cam, f"Grad-CAM of class {label} at layer {layer_index}.{layer_info(children[layer_index]).name}",
                    ": sum_k w_k A_k <= 0 at every position (the spatially averaged channel weights w_k cancel or "
                    "are negative there); try an earlier, finer layer, or the saliency")
@@ -371,9 +410,9 @@ def occlusion(model: Layer, params, state, x, label, *, patch: int = 4, stride: 
     _, h, w, _ = x.shape
     if patch > min(h, w):
         raise ValueError(f"patch={patch} is larger than the input's spatial size {(h, w)}")
-    logits, _ = model.apply(params, state, x, train=False)
-    label = _check_label(label, logits.shape)
-    p0 = jax.nn.softmax(logits, axis=-1)[0, label]
+    label = _label_for(model, params, state, x, label)
+    probs = _probs_fn(model)
+    p0 = probs(params, state, x, label)[0]
 
     def starts(size):
         s = list(range(0, size - patch + 1, stride))
@@ -385,11 +424,8 @@ def occlusion(model: Layer, params, state, x, label, *, patch: int = 4, stride: 
         masks[t, r:r + patch, c:c + patch] = True
     m = jnp.asarray(masks)[..., None]
     xs = jnp.where(m, jnp.asarray(value, x.dtype), x)  # (positions, h, w, c)
-    probs = []
-    for i in range(0, len(pos), 256):
-        lg, _ = model.apply(params, state, xs[i:i + 256], train=False)
-        probs.append(jax.nn.softmax(lg, axis=-1)[:, label])
-    drop = np.asarray(p0 - jnp.concatenate(probs), np.float64)  # (positions,)
+    p = jnp.concatenate([probs(params, state, xs[i:i + 256], label) for i in range(0, len(pos), 256)])
+    drop = np.asarray(p0 - p, np.float64)  # (positions,)
     total = np.tensordot(drop, masks.astype(np.float64), axes=1)
     heat = total / masks.sum(axis=0)
     if save is not None:
@@ -497,6 +533,73 @@ def _conv_layer(children, names, layer: Optional[int]) -> int:
     return layer
 
 
+def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str] = None,
+           label: Optional[int] = None, patch: int = 4, stride: int = 2, seed: int = 0, loaded=None) -> str:
+    """Draw one ``fcnn viz`` picture of run directory ``run`` into ``out``; returns the report line.
+
+    The keywords are the command's flags (``layer`` as text, like ``--layer``). ``loaded``: the
+    ``fcnn.cli.load_run(run)`` tuple, to draw several pictures of one run without reloading it
+    (the same code path as the command, so a picture equals the command's). Warnings
+    (``BlankMapWarning``) are raised as usual; ``cli_main`` prints them as one line each.
+    """
+    if what not in _WHAT:
+        raise ValueError(f"what must be one of {', '.join(_WHAT)}, got {what!r}")
+    if not os.path.isdir(run):
+        raise FileNotFoundError(f"--run {run!r}: no such run directory")
+    if what == "curves":
+        curves(run, save=out)
+        return f"wrote {out}"
+    from fcnn.train import predict
+
+    if loaded is None:
+        from fcnn.cli import load_run
+
+        loaded = load_run(run)
+    config, ds, model, params, state, step = loaded
+    children = _children(model, f"--what {what}")
+    names = layer_names(model)
+    layer = None if layer is None else _resolve_layer(names, str(layer))
+    if not 0 <= index < len(ds.x_test):
+        raise ValueError(f"--index {index} is out of range: the test set has {len(ds.x_test)} images")
+    x = ds.x_test[index]
+    label = int(ds.y_test[index]) if label is None else label
+    if what == "filters":
+        layer = _conv_layer(children, names, layer)
+        filters(params[layer], save=out)
+    elif what == "features":
+        feature_maps(model, params, state, x, save=out)
+    elif what == "saliency":
+        saliency(model, params, state, x, label, save=out)
+    elif what == "smoothgrad":
+        smoothgrad(model, params, state, x, label, key=jax.random.PRNGKey(seed), save=out)
+    elif what == "gradcam":
+        layer = default_cam_layer(model, params, state, x) if layer is None else layer
+        grad_cam(model, params, state, x, label, layer, save=out)
+    elif what == "occlusion":
+        occlusion(model, params, state, x, label, patch=patch, stride=stride, save=out)
+    else:  # confusion
+        preds = []
+        for i in range(0, len(ds.x_test), 512):
+            preds.append(np.asarray(jnp.argmax(predict(model, params, state, ds.x_test[i:i + 512],
+                                                       precision=config.precision), axis=-1)))
+        confusion_matrix(ds.y_test, np.concatenate(preds), ds.num_classes, save=out)
+    where = "" if layer is None or what not in ("filters", "gradcam") else f", layer {names[layer]}"
+    return f"wrote {out} ({what}{where}, run {run}, checkpoint step {step})"
+
+
+def relay_blank_warnings(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, printing each ``BlankMapWarning`` as ``fcnn viz: warning: ...`` on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BlankMapWarning)
+        result = fn(*args, **kwargs)
+    for w in caught:
+        if issubclass(w.category, BlankMapWarning):
+            print(f"fcnn viz: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     """``fcnn viz --run RUN_DIR --what WHAT [--index N] [--layer L] --out FILE.png``.
 
@@ -504,51 +607,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     FileNotFoundError with a one-line message (``fcnn`` prints ``fcnn: error: ...`` and
     exits 2). A ``BlankMapWarning`` is printed as ``fcnn viz: warning: ...`` on stderr.
     """
-    args = _parser().parse_args(list(argv) if argv is not None else None)
-    if not os.path.isdir(args.run):
-        raise FileNotFoundError(f"--run {args.run!r}: no such run directory")
-    if args.what == "curves":
-        curves(args.run, save=args.out)
-        print(f"wrote {args.out}")
-        return 0
-    from fcnn.cli import load_run
-    from fcnn.train import predict
-
-    config, ds, model, params, state, step = load_run(args.run)
-    children = _children(model, f"--what {args.what}")
-    names = layer_names(model)
-    layer = None if args.layer is None else _resolve_layer(names, args.layer)
-    if not 0 <= args.index < len(ds.x_test):
-        raise ValueError(f"--index {args.index} is out of range: the test set has {len(ds.x_test)} images")
-    x = ds.x_test[args.index]
-    label = int(ds.y_test[args.index]) if args.label is None else args.label
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", BlankMapWarning)
-        if args.what == "filters":
-            layer = _conv_layer(children, names, layer)
-            filters(params[layer], save=args.out)
-        elif args.what == "features":
-            feature_maps(model, params, state, x, save=args.out)
-        elif args.what == "saliency":
-            saliency(model, params, state, x, label, save=args.out)
-        elif args.what == "smoothgrad":
-            smoothgrad(model, params, state, x, label, key=jax.random.PRNGKey(args.seed), save=args.out)
-        elif args.what == "gradcam":
-            layer = default_cam_layer(model, params, state, x) if layer is None else layer
-            grad_cam(model, params, state, x, label, layer, save=args.out)
-        elif args.what == "occlusion":
-            occlusion(model, params, state, x, label, patch=args.patch, stride=args.stride, save=args.out)
-        else:  # confusion
-            preds = []
-            for i in range(0, len(ds.x_test), 512):
-                preds.append(np.asarray(jnp.argmax(predict(model, params, state, ds.x_test[i:i + 512],
-                                                           precision=config.precision), axis=-1)))
-            confusion_matrix(ds.y_test, np.concatenate(preds), ds.num_classes, save=args.out)
-    for w in caught:
-        if issubclass(w.category, BlankMapWarning):
-            print(f"fcnn viz: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    where = "" if layer is None or args.what not in ("filters", "gradcam") else f", layer {names[layer]}"
-    print(f"wrote {args.out} ({args.what}{where}, run {args.run}, checkpoint step {step})")
+    a = _parser().parse_args(list(argv) if argv is not None else None)
+    print(relay_blank_warnings(render, a.run, a.what, a.out, index=a.index, layer=a.layer, label=a.label,
+                               patch=a.patch, stride=a.stride, seed=a.seed))
     return 0
