@@ -5,12 +5,12 @@
     python experiments/interpretability.py --quick --out /tmp/x            (1 epoch, 2 digits: a smoke test)
 
 Trains LeNet-5 on the bundled digits with the TrainConfig defaults (only --epochs may change) into
---train-dir, or takes the run written by `fcnn train` at --run. Every single picture is made by
-`fcnn viz`'s own code (``fcnn.viz.render`` on the run loaded once), and the exact command is
-written next to it; one
-overview figure puts several test digits side by side with their saliency, SmoothGrad, Grad-CAM
-and occlusion maps, and a table says how much of each map's mass falls on the digit's ink for the
-trained and an untrained network. Writes OUT/interpretability.md and OUT/img/interp_*.png.
+--train-dir (--quick: a new temporary directory unless given), or takes the run written by
+`fcnn train` at --run. Every single picture is made by `fcnn viz`'s own code (``fcnn.viz.render``
+on the run loaded once), and the exact command is written next to it; one overview figure puts
+several test digits side by side with their saliency, SmoothGrad, Grad-CAM and occlusion maps, and
+a table says how much of each map's mass falls on the digit's ink for the trained and an untrained
+network. Writes OUT/interpretability.md and OUT/img/interp_*.png.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import io
 import os
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 
@@ -38,7 +39,8 @@ INK = 0.25  # a pixel is ink when its raw value (0..1) is above this
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", default=None, help="an existing run directory (written by fcnn train) to draw")
-    p.add_argument("--train-dir", default=TRAIN_DIR, help="where to train when --run is not given")
+    p.add_argument("--train-dir", default=None, help=f"where to train when --run is not given (default "
+                                                      f"{TRAIN_DIR}; --quick: a new temporary directory)")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="training epochs (TrainConfig default)")
     p.add_argument("--index", type=int, default=None, help="test image for the single pictures (default: the "
                                                            "first test 7, or image 0)")
@@ -154,6 +156,8 @@ def main(argv=None) -> int:
     args = _parse(argv)
     if args.quick:
         args.epochs, args.examples, args.table_images = 1, 2, 8
+    if args.train_dir is None:
+        args.train_dir = tempfile.mkdtemp(prefix="fcnn-interp-quick-") if args.quick else TRAIN_DIR
     n_smooth = 4 if args.quick else 16
     print(f"seed {args.seed}; devices {jax.devices()}", flush=True)
     t0 = time.time()
@@ -250,8 +254,8 @@ def main(argv=None) -> int:
             f"other strokes or edges; the thin frame along their border is SAME padding (the pad value 0 is the "
             f"mean pixel, brighter than the normalised background {background:.2f}, so the kernels see an edge "
             f"there). Each max pool halves the maps; {silent} of the {fmaps[cam_layer][1].shape[-1]} channels of "
-            f"{names[cam_layer]} {'is' if silent == 1 else 'are'} zero everywhere for this image. The last row is the 10 logits; the largest "
-            f"is class {int(pred[index])}.")
+            f"{names[cam_layer]} {'is' if silent == 1 else 'are'} zero everywhere for this image. The last row "
+            f"is the 10 logits; the largest is class {int(pred[index])}.")
     spread = tr["saliency"] < ink_area + 0.15
     section("Saliency", "saliency",
             f"`|d logit_{y_index} / d x|` per pixel: which pixels would move the class score most if changed a "
@@ -274,8 +278,9 @@ def main(argv=None) -> int:
             f"the map lies off the ink for {len(cam_off_ink)} of the {len(idx)} digits"
             f"{' (' + ', '.join(f'the {c}' for c in cam_off_ink) + ')' if cam_off_ink else ''}. "
             f"{tr['Grad-CAM']:.0%} of its mass is on ink, "
-            f"{_compare(tr['Grad-CAM'], un['Grad-CAM'])} an untrained network's ({un['Grad-CAM']:.0%}). A Grad-CAM that is zero everywhere makes `fcnn viz` print a warning "
-            f"instead of leaving a silently blank picture.")
+            f"{_compare(tr['Grad-CAM'], un['Grad-CAM'])} an untrained network's ({un['Grad-CAM']:.0%}). A "
+            f"Grad-CAM that is zero everywhere makes `fcnn viz` print a warning instead of leaving a silently "
+            f"blank picture.")
     section("Occlusion", "occlusion",
             f"How much the probability of the true class drops when a 4x4 patch of the value 0 (the mean pixel) "
             f"covers each place, averaged over the windows covering a pixel; red: covering hurts, blue: it helps. "
