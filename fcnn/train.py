@@ -344,8 +344,8 @@ class TrainConfig:
         if not 0.0 <= float(self.label_smoothing) < 1.0:
             raise ValueError(f"label_smoothing must be a float in [0, 1), got {self.label_smoothing!r}")
         _check_precision(self.precision)
-        if self.parallel not in ("none", "pmap", "sharding"):
-            raise ValueError(f"parallel must be one of none, pmap, sharding; got {self.parallel!r}")
+        if self.parallel not in parallel.PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {', '.join(parallel.PARALLEL_MODES)}; got {self.parallel!r}")
         if self.devices is not None and (isinstance(self.devices, bool) or not isinstance(self.devices, int)
                                          or self.devices < 1):
             raise ValueError(f"devices must be a positive int or None (all devices), got {self.devices!r}")
