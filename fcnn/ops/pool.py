@@ -166,32 +166,27 @@ def _tiles(window, stride, pads, dilation) -> bool:
 def _max_pool_bwd_tiled(x, y, g, window, ties):
     """Reshape fast path. x: (n, h, w, c); y, g: (n, oh, ow, c) -> dx: (n, h, w, c).
 
-    The windows are the free view (n, oh, kh, ow, kw, c) of the covered input (no transpose:
-    window row on axis 2, window column on axis 4), and dx is built in the same view, so
-    both reshapes are layout no-ops (1.3x faster on the GPU than a transposed
-    (n, oh, ow, kh*kw, c) layout, experiments/bench_ops.py).
+    The windows are transposed to (n, oh, ow, kh*kw, c). Keeping the free (n, oh, kh, ow, kw, c)
+    view instead (experiments/bench_ops.py's ``proto``) is faster per op, but inside XLA:CPU's
+    LeNet-5 train step it fused badly and the step went from ~8.5 to ~14 ms (docs/perf_notes.md,
+    outcome 7); it has not been measured in a GPU step.
     """
     n, h, w, c = x.shape
     _, oh, ow, _ = y.shape
     kh, kw = window
-    xw = jnp.reshape(x[:, : oh * kh, : ow * kw, :], (n, oh, kh, ow, kw, c))
-    m = _is_max(xw, y[:, :, None, :, None, :])  # (n, oh, kh, ow, kw, c)
-    g6 = g[:, :, None, :, None, :]
-    if ties == "first":  # the first maximal tap in row-major window order takes the gradient
-        taken = jnp.zeros_like(m[:, :, 0, :, 0])
-        rows = []
-        for i in range(kh):
-            row = []
-            for j in range(kw):
-                row.append(m[:, :, i, :, j] & ~taken)
-                taken = taken | m[:, :, i, :, j]
-            rows.append(jnp.stack(row, axis=-2))  # (n, oh, ow, kw, c)
-        dxw = jnp.where(jnp.stack(rows, axis=2), g6, jnp.zeros((), x.dtype))
+    xc = x[:, : oh * kh, : ow * kw, :]
+    xw = jnp.reshape(xc, (n, oh, kh, ow, kw, c))
+    xw = jnp.reshape(jnp.transpose(xw, (0, 1, 3, 2, 4, 5)), (n, oh, ow, kh * kw, c))  # row-major window axis
+    m = _is_max(xw, y[:, :, :, None, :])  # (n, oh, ow, kh*kw, c)
+    if ties == "first":
+        wts = (m & (jnp.cumsum(m.astype(jnp.int32), axis=3) == 1)).astype(x.dtype)
     elif ties == "split":
         mf = m.astype(x.dtype)
-        dxw = mf / jnp.maximum(jnp.sum(mf, axis=(2, 4), keepdims=True), jnp.ones((), x.dtype)) * g6
+        wts = mf / jnp.maximum(jnp.sum(mf, axis=3, keepdims=True), jnp.ones((), x.dtype))
     else:
-        dxw = m.astype(x.dtype) * g6
+        wts = m.astype(x.dtype)
+    dxw = wts * g[:, :, :, None, :]  # (n, oh, ow, kh*kw, c)
+    dxw = jnp.transpose(jnp.reshape(dxw, (n, oh, ow, kh, kw, c)), (0, 1, 3, 2, 4, 5))  # (n, oh, kh, ow, kw, c)
     dxc = jnp.reshape(dxw, (n, oh * kh, ow * kw, c))
     return jnp.pad(dxc, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))  # uncovered cells get 0
 
