@@ -104,7 +104,7 @@ def _rel(a, ref):
     return float(np.max(np.abs(np.asarray(a, np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-300))
 
 
-def _check_config(c, seed, vjp_impls=("lax", "custom_vjp")):
+def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps")):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=c["x_shape"])
     w = rng.normal(size=c["w_shape"])
@@ -138,9 +138,9 @@ def _check_config(c, seed, vjp_impls=("lax", "custom_vjp")):
 
 @pytest.mark.parametrize("idx", range(0, len(CONFIGS), SLICE_STEP), ids=lambda i: _cfg_id(CONFIGS[i]))
 def test_impls_agree_forward_and_vjp(idx):
-    """All five forwards equal the NumPy formula, and custom_vjp's hand-derived VJP equals lax's
-    autodiff VJP, to 1e-10 relative in float64; shapes equal the formula. (The slow sweep also
-    compares the autodiff VJPs of reference, im2col and fft.)"""
+    """All seven forwards equal the NumPy formula, and the hand-derived VJPs (custom_vjp, col2im,
+    taps) equal lax's autodiff VJP, to 1e-10 relative in float64; shapes equal the formula. (The
+    slow sweep also compares the autodiff VJPs of reference, im2col and fft.)"""
     _check_config(CONFIGS[idx], idx)
 
 
@@ -197,6 +197,8 @@ def test_custom_vjp_backward_by_hand():
     dz = jnp.ones((1, 1, 2, 1))
     np.testing.assert_allclose(conv2d(x, w, stride=(1, 2))[0, 0, :, 0], [21.0, 43.0])
     np.testing.assert_allclose(conv_mod.conv2d_backward_input(dz, w, (1, 5), **geo)[0, 0, :, 0], [1, 10, 1, 10, 0])
+    np.testing.assert_allclose(conv_mod.conv2d_backward_input_col2im(dz, w, (1, 5), **geo)[0, 0, :, 0],
+                               [1, 10, 1, 10, 0])
     np.testing.assert_allclose(conv_mod.conv2d_backward_kernel(x, dz, (1, 2), **geo)[0, :, 0, 0], [4, 6])
     np.testing.assert_allclose(conv_mod.conv2d_backward_bias(dz), [2.0])
 

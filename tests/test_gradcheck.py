@@ -138,7 +138,7 @@ def test_checks_need_float64():
 
 
 # ----------------------------------------------------------------------------- correct implementations pass
-@pytest.mark.parametrize("impl", ["custom_vjp", "reference", "im2col", "fft"])
+@pytest.mark.parametrize("impl", ["custom_vjp", "reference", "im2col", "fft", "col2im", "taps"])
 def test_conv_impls_pass_every_check(impl):
     rows = sweep.run_case(sweep.cases("conv2d")[3], impl)  # groups2_d2: groups, dilation, asymmetric pads
     assert [r.status for r in rows] == ["pass"] * 5, rows
@@ -164,7 +164,8 @@ def test_custom_vjp_pool_passes_on_ties_for_each_valid_policy(ties):
 
 def test_check_grads_second_order_passes_for_the_custom_vjps():
     x, w, b = _args()
-    check_grads(lambda x, w, b: conv2d(x, w, b, impl="custom_vjp", **GEOM), (x, w, b), order=2, modes=["rev"])
+    for impl in ("custom_vjp", "col2im", "taps"):
+        check_grads(lambda x, w, b: conv2d(x, w, b, impl=impl, **GEOM), (x, w, b), order=2, modes=["rev"])
     xp = gc.tie_free(0, (1, 5, 6, 2), jnp.float64)
     check_grads(lambda x: max_pool2d(x, 2, stride=1, dilation=2, impl="custom_vjp"), (xp,), order=2, modes=["rev"],
                 eps=1e-2)

@@ -1,4 +1,4 @@
-"""2-D convolution (cross-correlation, as in every deep-learning library) in five implementations.
+"""2-D convolution (cross-correlation, as in every deep-learning library) in seven implementations.
 
 The spec, per output pixel (NHWC input, HWIO kernel, ``g`` groups of ``cg = C_in/g`` input and
 ``dg = C_out/g`` output channels; ``xp`` is ``x`` zero-padded by ``((top, bottom), (left, right))``)::
@@ -20,6 +20,11 @@ Implementations, selected by ``impl=`` (all take identical arguments and agree t
 * ``"fft"``: correlation theorem, ``corr(xp, k) = irfft2(rfft2(xp) * conj(rfft2(k)))`` with the
   zero-inserted (dilated) kernel; the valid part is subsampled by the stride.
 * ``"custom_vjp"``: forward through lax, backward hand-derived (``conv2d_backward_*`` below).
+* ``"col2im"``: forward through lax, backward hand-derived with the input gradient as im2col's
+  transpose: one matrix product ``dZ . W^T`` gives every patch's gradient, and col2im adds the
+  ``kh*kw`` shifted slices back into place (``conv2d_backward_input_col2im``).
+* ``"taps"``: the reference forward (one multiply-add per kernel tap, which XLA fuses into one
+  loop: fast on XLA:CPU when a group has one or few input channels) with col2im's backward.
 
 Every implementation supports every option (stride, padding, dilation, groups, both layouts,
 precision). Non-lax implementations work in NHWC/HWIO and transpose NCHW/OIHW in and out.
@@ -45,12 +50,13 @@ __all__ = [
     "CONV_IMPLS",
     "conv2d",
     "conv2d_backward_input",
+    "conv2d_backward_input_col2im",
     "conv2d_backward_kernel",
     "conv2d_backward_bias",
     "make_custom_vjp_conv2d",
 ]
 
-CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp")
+CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps")
 # "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
 CONV_CHOICES = CONV_IMPLS + ("auto",)
 
@@ -225,9 +231,14 @@ def conv2d_backward_kernel(x, dz, kernel_hw: Pair, *, stride: Pair, pads: Pads, 
     # keep exactly the padded rows the forward read: s*(oh-1) + F_eff (drops rows the stride skipped)
     used = (sh * (oh - 1) + shapes.effective_size(kernel_hw[0], dh),
             sw * (ow - 1) + shapes.effective_size(kernel_hw[1], dw))
-    xp = _pad_hw(x, tuple((pads[a][0], used[a] - x.shape[1 + a] - pads[a][0]) for a in range(2)))
+    lo_hi = [(pads[a][0], used[a] - x.shape[1 + a] - pads[a][0]) for a in range(2)]
+    # negative pads crop x here; the rest is padding inside the conv (materialising the padded
+    # x cost 1.9x on XLA:CPU for LeNet's first layer, docs/perf_notes.md)
+    crop = [(max(-lo, 0), x.shape[1 + a] - max(-hi, 0)) for a, (lo, hi) in enumerate(lo_hi)]
+    x = lax.slice(x, (0, crop[0][0], crop[1][0], 0), (x.shape[0], crop[0][1], crop[1][1], x.shape[3]))
+    padding = [(max(lo, 0), max(hi, 0)) for lo, hi in lo_hi]
     # lax batch <- channels (cin, split into `groups` contiguous blocks), lax feature <- n (contracted)
-    return lax.conv_general_dilated(xp, dz, window_strides=dilation, padding="VALID", rhs_dilation=stride,
+    return lax.conv_general_dilated(x, dz, window_strides=dilation, padding=padding, rhs_dilation=stride,
                                     batch_group_count=groups, precision=precision,
                                     dimension_numbers=("CHWN", "IHWO", "HWNC"))  # (kh, kw, cg, cout)
 
@@ -260,20 +271,57 @@ def conv2d_backward_input(dz, w, in_hw: Pair, *, stride: Pair, pads: Pads, dilat
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
+def conv2d_backward_input_col2im(dz, w, in_hw: Pair, *, stride: Pair, pads: Pads, dilation: Pair, groups: int,
+                                 precision=None):
+    """``dX`` as the transpose of im2col: patch gradients ``dZ . W^T``, then col2im.
+
+    The forward reads ``xp[n, p*sh + i*dh, q*sw + j*dw, c]`` for tap ``(i, j)``, so the gradient of
+    the padded input is ``dXp = sum_{i, j} place_{i, j}(dP[:, :, :, i, j, :])`` with
+    ``dP[n, p, q, i, j, c] = sum_o dZ[n, p, q, o] w[i, j, c, o]`` (within each group) and
+    ``place_{i, j}`` putting pixel ``(p, q)`` at ``(i*dh + p*sh, j*dw + q*sw)`` (zero elsewhere: one
+    ``lax.pad`` with interior padding ``s - 1``). Then ``dX`` is ``dXp`` with the forward's pads
+    cropped (a negative pad, which cropped the input, gives zero rows back).
+    Same arguments and result as ``conv2d_backward_input``.
+    """
+    kh, kw, cg, cout = w.shape
+    n, oh, ow, _ = dz.shape
+    dg = cout // groups
+    acc = _acc_dtype(dz.dtype)
+    if groups == 1:  # the grouped einsum below, with its unit group axis, ran 2.3x slower on XLA:CPU
+        dp = jnp.einsum("npqo,ijco->npqijc", dz, w, precision=precision, preferred_element_type=acc)
+    else:
+        dzg = jnp.reshape(dz, (n, oh, ow, groups, dg))
+        wg = jnp.reshape(w, (kh, kw, cg, groups, dg))
+        dp = jnp.einsum("npqko,ijcko->npqijkc", dzg, wg, precision=precision, preferred_element_type=acc)
+    dp = jnp.reshape(dp, (n, oh, ow, kh, kw, groups * cg))  # channel k*cg + c, as in x
+    hp, wp = (in_hw[a] + pads[a][0] + pads[a][1] for a in range(2))
+    (sh, sw), (dh, dw) = stride, dilation
+    dxp = jnp.zeros((n, hp, wp, groups * cg), acc)
+    for i in range(kh):
+        for j in range(kw):
+            config = ((0, 0, 0), (i * dh, hp - i * dh - (oh - 1) * sh - 1, sh - 1),
+                      (j * dw, wp - j * dw - (ow - 1) * sw - 1, sw - 1), (0, 0, 0))
+            dxp = dxp + lax.pad(dp[:, :, :, i, j, :], jnp.zeros((), acc), config)
+    return _pad_hw(dxp, tuple((-lo, -hi) for lo, hi in pads)).astype(dz.dtype)  # (n, h, w, cin)
+
+
 def make_custom_vjp_conv2d(backward_input: Callable = conv2d_backward_input,
                            backward_kernel: Callable = conv2d_backward_kernel,
-                           backward_bias: Callable = conv2d_backward_bias) -> Callable:
+                           backward_bias: Callable = conv2d_backward_bias,
+                           forward: Optional[Callable] = None) -> Callable:
     """An NHWC conv ``f(x, w, b, stride, pads, dilation, groups, precision)`` with a custom VJP.
 
-    The forward is lax's; the backward calls the three given functions (same signatures as
+    The forward is ``forward`` (an NHWC body with the signature of ``_conv_lax_nhwc``; None: lax's);
+    the backward calls the three given functions (same signatures as
     ``conv2d_backward_input/kernel/bias``), so deliberately wrong variants can be swapped in for
     mutation testing. ``b`` may be None. The backward is differentiable JAX (grad-of-grad works);
     a ``custom_vjp`` function has no forward mode.
     """
+    forward = _conv_lax_nhwc if forward is None else forward
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
     def f(x, w, b, stride, pads, dilation, groups, precision):
-        z = _conv_lax_nhwc(x, w, stride, pads, dilation, groups, precision)
+        z = forward(x, w, stride, pads, dilation, groups, precision)
         return z if b is None else z + b
 
     def fwd(x, w, b, stride, pads, dilation, groups, precision):
@@ -293,6 +341,9 @@ def make_custom_vjp_conv2d(backward_input: Callable = conv2d_backward_input,
 
 
 _conv_custom_vjp = make_custom_vjp_conv2d()
+_conv_col2im = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im)
+_conv_taps = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im, forward=_conv_reference)
+_CUSTOM_VJP = {"custom_vjp": _conv_custom_vjp, "col2im": _conv_col2im, "taps": _conv_taps}  # (x, w, b, ...)
 
 _IMPLS = {  # NHWC/HWIO bodies; "lax" runs natively in either layout inside conv2d
     "reference": _conv_reference,
@@ -339,8 +390,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, lay
                                      dimension_numbers=dn, precision=precision)
         return z if b is None else z + _bias_shape(b, layout)
     xh, wh = _to_nhwc(x, w, layout)
-    if impl == "custom_vjp":
-        z = _conv_custom_vjp(xh, wh, b, stride, pads, dilation, groups, precision)  # (n, oh, ow, cout)
+    if impl in _CUSTOM_VJP:
+        z = _CUSTOM_VJP[impl](xh, wh, b, stride, pads, dilation, groups, precision)  # (n, oh, ow, cout)
     else:
         z = _IMPLS[impl](xh, wh, stride, pads, dilation, groups, precision)  # (n, oh, ow, cout)
         z = z if b is None else z + b
