@@ -23,9 +23,9 @@ def test_gpu_conv_is_lax_everywhere(platform):
 
 
 def test_cpu_conv_table():
-    # CPU: "reference" for one input channel (LeNet c1: step 1.3-1.6x faster), lax elsewhere
-    # (im2col was even or slower in the measured LeNet train step).
-    assert auto.select_conv_impl("cpu", *LENET_C1) == "reference"
+    # CPU: "taps" for one input channel (LeNet step 1.5x faster), lax elsewhere (im2col and
+    # col2im were even or slower in the measured LeNet train step).
+    assert auto.select_conv_impl("cpu", *LENET_C1) == "taps"
     assert auto.select_conv_impl("cpu", *LENET_C2) == "lax"
     assert auto.select_conv_impl("cpu", *VGG_C1) == "lax"
     assert auto.select_conv_impl("cpu", *VGG_C2) == "lax"
@@ -34,7 +34,7 @@ def test_cpu_conv_table():
 
 def test_cpu_conv_layouts_and_groups():
     # NCHW kernels are OIHW: the same channels give the same choice
-    assert auto.select_conv_impl("cpu", (64, 1, 28, 28), (6, 1, 5, 5), layout="NCHW") == "reference"
+    assert auto.select_conv_impl("cpu", (64, 1, 28, 28), (6, 1, 5, 5), layout="NCHW") == "taps"
     assert auto.select_conv_impl("cpu", (16, 64, 32, 32), (128, 64, 3, 3), layout="NCHW") == "lax"
     # depthwise (one channel per group) was not measured: the default
     assert auto.select_conv_impl("cpu", (1, 8, 8, 64), (3, 3, 1, 64), groups=64) == "lax"

@@ -8,12 +8,14 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
 
 * conv: every implementation agrees with "lax" to rounding for every argument. Chosen:
   "lax" (cuDNN on GPU, XLA:CPU's convolution) except on CPU for a single input channel
-  (groups=1), where "reference" (one multiply-add per kernel tap, which XLA fuses into one loop) ran
-  the LeNet first layer's forward 10x faster than XLA:CPU's convolution and the whole LeNet-5
-  train step 1.3-1.6x faster. "im2col" was faster than "lax" per op on small layers (GPU: LeNet
-  layers and the 3-channel VGG input layer; CPU: roughly even) but never in a measured train
-  step (CPU LeNet: even or slower), so it is not chosen; "fft" and "custom_vjp" neither (fft is
-  far slower on wide layers, custom_vjp costs what lax does).
+  (groups=1), where "taps" (the reference forward, one multiply-add per kernel tap that XLA fuses
+  into one loop, with the hand-written backward) ran the LeNet first layer's forward+backward 3x
+  faster than XLA:CPU's convolution and the whole LeNet-5 train step 1.5x faster (5.9-6.2 ms
+  against 9.5 ms; "reference", whose backward is autodiff of the tap loop, gave 6.4-6.8 ms and
+  compiled 1.5x slower). Not chosen, because no measured train step got faster: "col2im" (per op
+  faster on LeNet c2 and on VGG's first and last layers, but the LeNet step with it on c2 was even
+  or slower), "im2col" (faster per op on small layers, even or slower in the CPU LeNet step), "fft"
+  (far slower on wide layers) and "custom_vjp" (costs what lax does).
 * max-pool: "custom_vjp" implements every tie policy; "lax" only ``ties="first"``, and its
   VJP rejects window dilation. "reference" (ties "split") is never chosen.
 
@@ -32,11 +34,11 @@ from typing import Optional, Sequence
 
 from fcnn import shapes
 
-__all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_REFERENCE_MAX_CIN"]
+__all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_TAPS_MAX_CIN"]
 
-# CPU: "reference" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
+# CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
-CPU_REFERENCE_MAX_CIN = 1
+CPU_TAPS_MAX_CIN = 1
 
 
 def normalize_platform(platform: Optional[str] = None) -> str:
@@ -62,14 +64,14 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
       stride, padding, dilation, groups, layout: as in ``conv2d`` (padding does not change the choice).
 
     Returns:
-      "lax" or "reference".
+      "lax" or "taps".
     """
     p = normalize_platform(platform)
     layout = shapes.normalize_layout(layout)
     _, _, cin_g, _ = shapes.kernel_dims(tuple(w_shape), layout)
     del x_shape, stride, padding, dilation  # measured: the choice depends on the input channels only
-    if p == "cpu" and groups == 1 and cin_g <= CPU_REFERENCE_MAX_CIN:  # grouped convs were not measured
-        return "reference"
+    if p == "cpu" and groups == 1 and cin_g <= CPU_TAPS_MAX_CIN:  # grouped convs were not measured
+        return "taps"
     return "lax"
 
 
