@@ -188,6 +188,22 @@ def test_groups_keep_channels_apart():
         np.testing.assert_allclose(z[0, 0, 0], [9.0, 90.0], atol=1e-12)
 
 
+def test_fusion_barrier_is_an_exact_identity_that_survives_xla():
+    # taps and col2im materialise through it; a barrier that changed a value, a sign of zero or a
+    # NaN, or that XLA simplified away, would silently undo what it is there for
+    b = conv_mod._fusion_barrier
+    x = jnp.array([[np.nan, -0.0, 1.5, -np.inf, np.inf, -2.0]])
+    got = np.asarray(b(x))
+    np.testing.assert_array_equal(got, np.asarray(x))
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(np.asarray(x)))
+    y = jnp.linspace(-1.0, 1.0, 24).reshape(2, 3, 4)
+    f = lambda y, g: jnp.sum(jnp.sin(g(y)) ** 3)  # noqa: E731
+    np.testing.assert_allclose(jax.hessian(f)(y, b), jax.hessian(f)(y, lambda v: v), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(jax.vmap(b)(y), y)
+    hlo = jax.jit(lambda v: b(jnp.sin(v)) * 2.0).lower(y).compile().as_text()
+    assert "reduce-window" in hlo  # still there after XLA's optimisations
+
+
 def test_custom_vjp_backward_by_hand():
     """1-D view: x = [1, 2, 3, 4, 5], w = [1, 10], stride 2, VALID -> z = [21, 43] (x[4] unused).
     With dZ = [1, 1]: dX = [1, 10, 1, 10, 0], dW = [1 + 3, 2 + 4] = [4, 6], db = 2."""

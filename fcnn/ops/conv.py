@@ -41,6 +41,7 @@ from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fcnn import shapes
@@ -271,6 +272,28 @@ def conv2d_backward_input(dz, w, in_hw: Pair, *, stride: Pair, pads: Pads, dilat
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
+@jax.custom_jvp
+def _fusion_barrier(x):
+    """``x``, materialised: XLA:CPU cannot fuse its producer into its consumers.
+
+    XLA:CPU fuses cheap elementwise producers into every consumer and re-runs them there, even a
+    25-tap loop read 4 times by a max-pool backward (LeNet-5 step, docs/perf_notes.md), and it
+    drops ``lax.optimization_barrier`` before fusion. A reduce_window is never fused on XLA:CPU,
+    so this is one that returns ``x``: the max of each cell and a second tap that always falls
+    in the ``-inf`` padding (window 2 along the last axis, dilated past its end). Exact, NaN
+    included; one extra pass over ``x``. Differentiation sees the identity (custom JVP).
+    """
+    c = x.shape[-1]
+    ones = (1,) * (x.ndim - 1)
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, ones + (2,), ones + (1,),
+                             ((0, 0),) * (x.ndim - 1) + ((0, c),), window_dilation=ones + (c,))
+
+
+@_fusion_barrier.defjvp
+def _fusion_barrier_jvp(primals, tangents):
+    return _fusion_barrier(primals[0]), tangents[0]
+
+
 def conv2d_backward_input_col2im(dz, w, in_hw: Pair, *, stride: Pair, pads: Pads, dilation: Pair, groups: int,
                                  precision=None):
     """``dX`` as the transpose of im2col: patch gradients ``dZ . W^T``, then col2im.
@@ -302,7 +325,9 @@ def conv2d_backward_input_col2im(dz, w, in_hw: Pair, *, stride: Pair, pads: Pads
             config = ((0, 0, 0), (i * dh, hp - i * dh - (oh - 1) * sh - 1, sh - 1),
                       (j * dw, wp - j * dw - (ow - 1) * sw - 1, sw - 1), (0, 0, 0))
             dxp = dxp + lax.pad(dp[:, :, :, i, j, :], jnp.zeros((), acc), config)
-    return _pad_hw(dxp, tuple((-lo, -hi) for lo, hi in pads)).astype(dz.dtype)  # (n, h, w, cin)
+    # materialised: fused into its consumer (a max-pool backward reads each cell 4 times) the
+    # kh*kw-slice sum ran once per read
+    return _fusion_barrier(_pad_hw(dxp, tuple((-lo, -hi) for lo, hi in pads)).astype(dz.dtype))  # (n, h, w, cin)
 
 
 def make_custom_vjp_conv2d(backward_input: Callable = conv2d_backward_input,
@@ -342,7 +367,13 @@ def make_custom_vjp_conv2d(backward_input: Callable = conv2d_backward_input,
 
 _conv_custom_vjp = make_custom_vjp_conv2d()
 _conv_col2im = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im)
-_conv_taps = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im, forward=_conv_reference)
+def _conv_taps_forward(x, w, stride, pads, dilation, groups, precision):
+    """The reference forward, materialised (``_fusion_barrier``): XLA:CPU otherwise re-runs the tap
+    loop inside each consumer (activation, max-pool forward and backward)."""
+    return _fusion_barrier(_conv_reference(x, w, stride, pads, dilation, groups, precision))
+
+
+_conv_taps = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im, forward=_conv_taps_forward)
 _CUSTOM_VJP = {"custom_vjp": _conv_custom_vjp, "col2im": _conv_col2im, "taps": _conv_taps}  # (x, w, b, ...)
 
 _IMPLS = {  # NHWC/HWIO bodies; "lax" runs natively in either layout inside conv2d
