@@ -7,15 +7,17 @@ ever picks among implementations that compute the same function with the same gr
 for the arguments given, so ``impl="auto"`` changes speed, never results beyond rounding:
 
 * conv: every implementation agrees with "lax" to rounding for every argument. Chosen:
-  "lax" (cuDNN on GPU, XLA:CPU's convolution) except on CPU for a single input channel
-  (groups=1), where "taps" (the reference forward, one multiply-add per kernel tap that XLA fuses
-  into one loop, with the hand-written backward) ran the LeNet first layer's forward+backward 3x
-  faster than XLA:CPU's convolution and the whole LeNet-5 train step 1.5x faster (5.9-6.2 ms
-  against 9.5 ms; "reference", whose backward is autodiff of the tap loop, gave 6.4-6.8 ms and
-  compiled 1.5x slower). Not chosen, because no measured train step got faster: "col2im" (per op
-  faster on LeNet c2 and on VGG's first and last layers, but the LeNet step with it on c2 was even
-  or slower), "im2col" (faster per op on small layers, even or slower in the CPU LeNet step), "fft"
-  (far slower on wide layers) and "custom_vjp" (costs what lax does).
+  "lax" (cuDNN on GPU, XLA:CPU's convolution) except on CPU with groups=1 and few input channels:
+  - one input channel: "taps" (the reference forward, one multiply-add per kernel tap that XLA
+    fuses into one loop, materialised, with the hand-written backward). LeNet-5's first layer
+    forward+backward ran 3x faster than XLA:CPU's convolution;
+  - 2 to 8 input channels: "col2im" (lax forward; input gradient as one matmul to patch
+    gradients plus the shifted-slice sum, materialised). LeNet-5's second layer input gradient
+    ran 0.75 ms against lax's 1.9-2.1 ms.
+  LeNet-5 b64 train step (interleaved runs, median): taps+col2im 4.6 ms, taps+lax 5.1 ms,
+  reference+lax (the previous table) 6.0 ms, lax everywhere 8-9.5 ms. Not chosen: "im2col"
+  (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), "custom_vjp" (costs
+  what lax does) and col2im on wide layers (VGG cin 64-128: 1.3-1.6x slower than lax per op).
 * max-pool: "custom_vjp" implements every tie policy; "lax" only ``ties="first"``, and its
   VJP rejects window dilation. "reference" (ties "split") is never chosen.
 
@@ -34,11 +36,13 @@ from typing import Optional, Sequence
 
 from fcnn import shapes
 
-__all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_TAPS_MAX_CIN"]
+__all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
 CPU_TAPS_MAX_CIN = 1
+# CPU: "col2im" up to this many input channels (measured: 3 and 6 faster than lax, 64 slower).
+CPU_COL2IM_MAX_CIN = 8
 
 
 def normalize_platform(platform: Optional[str] = None) -> str:
@@ -64,14 +68,17 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
       stride, padding, dilation, groups, layout: as in ``conv2d`` (padding does not change the choice).
 
     Returns:
-      "lax" or "taps".
+      "lax", "taps" or "col2im".
     """
     p = normalize_platform(platform)
     layout = shapes.normalize_layout(layout)
     _, _, cin_g, _ = shapes.kernel_dims(tuple(w_shape), layout)
     del x_shape, stride, padding, dilation  # measured: the choice depends on the input channels only
-    if p == "cpu" and groups == 1 and cin_g <= CPU_TAPS_MAX_CIN:  # grouped convs were not measured
-        return "taps"
+    if p == "cpu" and groups == 1:  # grouped convs were not measured
+        if cin_g <= CPU_TAPS_MAX_CIN:
+            return "taps"
+        if cin_g <= CPU_COL2IM_MAX_CIN:
+            return "col2im"
     return "lax"
 
 
