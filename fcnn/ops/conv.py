@@ -135,14 +135,21 @@ def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     """The formula: accumulate ``tap(i, j) . w[i, j]`` over the kernel taps, group by group."""
     kh, kw, cg, cout = w.shape
     n, dg = x.shape[0], cout // groups
-    xp = _pad_hw(x, pads)
+    acc = _acc_dtype(x.dtype)
+    # bf16/f16 inputs go up to f32 once here, not once per tap (XLA:CPU materialised 25 converted
+    # taps: LeNet-5 bf16 step, docs/perf_notes.md); exact, since a product of two bf16 (or f16)
+    # values is exact in f32, as with preferred_element_type=f32
+    xp = _pad_hw(x, pads).astype(acc)
     out_hw = shapes.conv_output_hw(x.shape[1:3], (kh, kw), stride, pads, dilation)
-    wg = jnp.reshape(w, (kh, kw, cg, groups, dg))  # (kh, kw, cg, g, dg)
-    z = jnp.zeros((n, *out_hw, groups, dg), _acc_dtype(x.dtype))
+    wg = jnp.reshape(w, (kh, kw, cg, groups, dg)).astype(acc)  # (kh, kw, cg, g, dg)
+    z = jnp.zeros((n, *out_hw, groups, dg), acc)
     for (i, j), tap in _taps(xp, (kh, kw), out_hw, stride, dilation):
         tap = jnp.reshape(tap, (n, *out_hw, groups, cg))  # (n, oh, ow, g, cg)
-        z = z + jnp.einsum("npqkc,cko->npqko", tap, wg[i, j], precision=precision,
-                           preferred_element_type=z.dtype)
+        if cg == 1:  # a broadcast product: XLA kept the einsum's (cout, pixels) layout and transposed
+            z = z + tap * wg[i, j, 0]  # (n, oh, ow, g, 1) * (g, dg)
+        else:
+            z = z + jnp.einsum("npqkc,cko->npqko", tap, wg[i, j], precision=precision,
+                               preferred_element_type=z.dtype)
     return jnp.reshape(z, (n, *out_hw, cout)).astype(x.dtype)  # (n, oh, ow, cout)
 
 
