@@ -145,11 +145,8 @@ def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     z = jnp.zeros((n, *out_hw, groups, dg), acc)
     for (i, j), tap in _taps(xp, (kh, kw), out_hw, stride, dilation):
         tap = jnp.reshape(tap, (n, *out_hw, groups, cg))  # (n, oh, ow, g, cg)
-        if cg == 1:  # a broadcast product: XLA kept the einsum's (cout, pixels) layout and transposed
-            z = z + tap * wg[i, j, 0]  # (n, oh, ow, g, 1) * (g, dg)
-        else:
-            z = z + jnp.einsum("npqkc,cko->npqko", tap, wg[i, j], precision=precision,
-                               preferred_element_type=z.dtype)
+        z = z + jnp.einsum("npqkc,cko->npqko", tap, wg[i, j], precision=precision,
+                           preferred_element_type=z.dtype)
     return jnp.reshape(z, (n, *out_hw, cout)).astype(x.dtype)  # (n, oh, ow, cout)
 
 
