@@ -16,8 +16,9 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
     ran 0.75 ms against lax's 1.9-2.1 ms.
   LeNet-5 b64 train step (interleaved runs, median): taps+col2im 4.6 ms, taps+lax 5.1 ms,
   reference+lax (the previous table) 6.0 ms, lax everywhere 8-9.5 ms. Not chosen: "im2col"
-  (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), "custom_vjp" (costs
-  what lax does) and col2im on wide layers (VGG cin 64-128: 1.3-1.6x slower than lax per op).
+  (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), and "custom_vjp" or
+  col2im on wide layers (VGG cin 64-256: 0.90-0.96x of lax's time per op, but the VGG b8 train
+  step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere).
 * max-pool: "custom_vjp" implements every tie policy; "lax" only ``ties="first"``, and its
   VJP rejects window dilation. "reference" (ties "split") is never chosen.
 
@@ -41,7 +42,7 @@ __all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_TA
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
 CPU_TAPS_MAX_CIN = 1
-# CPU: "col2im" up to this many input channels (measured: 3 and 6 faster than lax, 64 slower).
+# CPU: "col2im" up to this many input channels (measured: 3 and 6 faster than lax; 64-256 even in a step).
 CPU_COL2IM_MAX_CIN = 8
 
 
