@@ -157,7 +157,7 @@ def test_lax_and_custom_vjp_agree_and_maps_use_the_models_backward(trained, monk
         calls.append(w.shape)
         return conv_ops.conv2d_backward_input(dz, w, in_hw, **kw)
 
-    monkeypatch.setattr(conv_ops, "_conv_custom_vjp", conv_ops.make_custom_vjp_conv2d(backward_input=spy))
+    monkeypatch.setitem(conv_ops._CUSTOM_VJP, "custom_vjp", conv_ops.make_custom_vjp_conv2d(backward_input=spy))
     for i in range(3):
         x, y = ds.x_test[i], int(ds.y_test[i])
         sal_a, sal_b = viz.saliency(a, params, state, x, y), viz.saliency(b, params, state, x, y)
@@ -173,7 +173,7 @@ def test_lax_and_custom_vjp_agree_and_maps_use_the_models_backward(trained, monk
     def unrotated(dz, w, in_hw, **kw):
         return conv_ops.conv2d_backward_input(dz, w[::-1, ::-1], in_hw, **kw)
 
-    monkeypatch.setattr(conv_ops, "_conv_custom_vjp", conv_ops.make_custom_vjp_conv2d(backward_input=unrotated))
+    monkeypatch.setitem(conv_ops._CUSTOM_VJP, "custom_vjp", conv_ops.make_custom_vjp_conv2d(backward_input=unrotated))
     x, y = ds.x_test[0], int(ds.y_test[0])
     wrong = viz.saliency(detector_net("custom_vjp"), params, state, x, y)  # a new model: traced with the bug
     assert not np.allclose(wrong, viz.saliency(a, params, state, x, y), rtol=1e-2)
