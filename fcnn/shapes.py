@@ -89,6 +89,18 @@ def effective_size(f: int, d: int = 1) -> int:
     return d * (f - 1) + 1
 
 
+def tap_pad_config(offset: Pair, stride: Pair, out_hw: Pair, grid_hw: Pair):
+    """The ``lax.pad`` config (NHWC) that scatters a strided tap back into its grid.
+
+    A tap reads ``grid[offset + p*stride]`` for output pixel ``p`` (per spatial axis); padding its
+    ``out_hw`` values by this config puts each at that position in a ``grid_hw`` array, zeros
+    elsewhere (interior padding ``stride - 1``): the transpose of the read.
+    """
+    return ((0, 0, 0),) + tuple(
+        (offset[a], grid_hw[a] - offset[a] - (out_hw[a] - 1) * stride[a] - 1, stride[a] - 1) for a in range(2)
+    ) + ((0, 0, 0),)
+
+
 def output_size(w1: int, f: int, s: int = 1, p_total: int = 0, d: int = 1) -> int:
     """``W2 = floor((W1 - F_eff + P_total) / S) + 1`` (may be <= 0: empty output)."""
     return (w1 - effective_size(f, d) + p_total) // s + 1

@@ -176,3 +176,15 @@ def test_pool_output_shape_errors():
         shapes.pool_output_shape((1, 3, 3, 1), 4)
     with pytest.raises(ValueError, match="window must be >= 1"):
         shapes.pool_output_shape((1, 3, 3, 1), 0)
+
+
+def test_tap_pad_config_places_each_pixel_where_the_tap_read_it():
+    # tap at offset (1, 0) with stride (2, 1) over a 5x4 grid, 2x3 outputs: reads rows 1, 3 and
+    # columns 0, 1, 2, so the pad config is (lo, hi, interior) = (1, 1, 1) and (0, 1, 0) by hand
+    cfg = shapes.tap_pad_config((1, 0), (2, 1), (2, 3), (5, 4))
+    assert cfg == ((0, 0, 0), (1, 1, 1), (0, 1, 0), (0, 0, 0))
+    vals = jax.numpy.arange(1.0, 7.0).reshape(1, 2, 3, 1)
+    placed = np.asarray(lax.pad(vals, jax.numpy.zeros(()), cfg))[0, :, :, 0]
+    want = np.zeros((5, 4))
+    want[1, :3], want[3, :3] = [1, 2, 3], [4, 5, 6]
+    np.testing.assert_array_equal(placed, want)

@@ -322,12 +322,11 @@ def conv2d_backward_input_col2im(dz, w, in_hw: Pair, *, stride: Pair, pads: Pads
         dp = jnp.einsum("npqko,ijcko->npqijkc", dzg, wg, precision=precision, preferred_element_type=acc)
     dp = jnp.reshape(dp, (n, oh, ow, kh, kw, groups * cg))  # channel k*cg + c, as in x
     hp, wp = (in_hw[a] + pads[a][0] + pads[a][1] for a in range(2))
-    (sh, sw), (dh, dw) = stride, dilation
+    dh, dw = dilation
     dxp = jnp.zeros((n, hp, wp, groups * cg), acc)
     for i in range(kh):
         for j in range(kw):
-            config = ((0, 0, 0), (i * dh, hp - i * dh - (oh - 1) * sh - 1, sh - 1),
-                      (j * dw, wp - j * dw - (ow - 1) * sw - 1, sw - 1), (0, 0, 0))
+            config = shapes.tap_pad_config((i * dh, j * dw), stride, (oh, ow), (hp, wp))
             dxp = dxp + lax.pad(dp[:, :, :, i, j, :], jnp.zeros((), acc), config)
     # materialised: fused into its consumer (a max-pool backward reads each cell 4 times) the
     # kh*kw-slice sum ran once per read
@@ -369,16 +368,17 @@ def make_custom_vjp_conv2d(backward_input: Callable = conv2d_backward_input,
     return f
 
 
-_conv_custom_vjp = make_custom_vjp_conv2d()
-_conv_col2im = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im)
 def _conv_taps_forward(x, w, stride, pads, dilation, groups, precision):
     """The reference forward, materialised (``_fusion_barrier``): XLA:CPU otherwise re-runs the tap
     loop inside each consumer (activation, max-pool forward and backward)."""
     return _fusion_barrier(_conv_reference(x, w, stride, pads, dilation, groups, precision))
 
 
-_conv_taps = make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im, forward=_conv_taps_forward)
-_CUSTOM_VJP = {"custom_vjp": _conv_custom_vjp, "col2im": _conv_col2im, "taps": _conv_taps}  # (x, w, b, ...)
+_CUSTOM_VJP = {  # f(x, w, b, stride, pads, dilation, groups, precision), NHWC/HWIO
+    "custom_vjp": make_custom_vjp_conv2d(),
+    "col2im": make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im),
+    "taps": make_custom_vjp_conv2d(backward_input=conv2d_backward_input_col2im, forward=_conv_taps_forward),
+}
 
 _IMPLS = {  # NHWC/HWIO bodies; "lax" runs natively in either layout inside conv2d
     "reference": _conv_reference,

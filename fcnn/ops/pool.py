@@ -208,11 +208,8 @@ def _max_pool_bwd_general(x, y, g, window, stride, pads, dilation, ties):
     zero = jnp.zeros((), x.dtype)
     dxp = jnp.zeros_like(xp)
     for (_, _, di, dj), wt in zip(taps, _tie_weights(masks, ties, x.dtype)):
-        # place g*wt at rows di, di+sh, ... and columns dj, dj+sw, ...; interior padding = stride - 1
-        config = ((0, 0, 0),
-                  (di, hp - di - (out_hw[0] - 1) * stride[0] - 1, stride[0] - 1),
-                  (dj, wp - dj - (out_hw[1] - 1) * stride[1] - 1, stride[1] - 1),
-                  (0, 0, 0))
+        # place g*wt at rows di, di+sh, ... and columns dj, dj+sw, ...
+        config = shapes.tap_pad_config((di, dj), stride, out_hw, (hp, wp))
         dxp = dxp + lax.pad(g * wt, zero, config)  # (n, hp, wp, c); overlapping windows accumulate
     return dxp[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + w, :]
 
