@@ -157,19 +157,24 @@ def fcnn_model(net, impl="lax", pool_impl="lax", device="cpu"):
     """The benchmark network from fcnn's layers, as ``fcnn.models`` builds it (NHWC).
 
     ``impl``/``pool_impl``: an implementation name for every layer, or "auto" for the choice
-    of ``fcnn.ops.auto`` per layer shape on ``device``.
+    of ``fcnn.ops.auto`` per layer shape on ``device``; ``impl`` may also be a sequence of
+    names (or "auto"), one per conv layer.
     """
     from fcnn import layers, models
     from fcnn.combinators import serial
 
-    if impl != "auto" and pool_impl != "auto":
+    spec = NETS[net]
+    per_layer = [impl] * len(spec["convs"]) if isinstance(impl, str) else list(impl)
+    if len(per_layer) != len(spec["convs"]):
+        raise ValueError(f"impl: {net} has {len(spec['convs'])} conv layers, got {len(per_layer)} names: {impl!r}")
+    if isinstance(impl, str) and impl != "auto" and pool_impl != "auto":
         return (models.lenet5 if net == "lenet" else models.small_vgg)(impl=impl, pool_impl=pool_impl)
     from fcnn.ops import auto
 
-    spec = NETS[net]
     hw, cin, parts = spec["hw"], spec["cin"], []
-    for f, cout, pad, pool in spec["convs"]:
-        ci = auto.select_conv_impl(device, (1, hw, hw, cin), (f, f, cin, cout), padding=pad) if impl == "auto" else impl
+    for (f, cout, pad, pool), ci in zip(spec["convs"], per_layer):
+        if ci == "auto":
+            ci = auto.select_conv_impl(device, (1, hw, hw, cin), (f, f, cin, cout), padding=pad)
         parts += [layers.Conv2D(cout, f, padding=pad, impl=ci), layers.Relu()]
         hw = hw if pad == "SAME" else hw - f + 1
         if pool:

@@ -101,3 +101,34 @@ def test_proto_pool_gradient_is_first_max():
     got = jax.grad(lambda x: jnp.vdot(ops_bench.proto_max_pool(x), g))(x)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     np.testing.assert_array_equal(np.asarray(ops_bench.proto_max_pool(x)), np.asarray(native(x)))
+
+
+def test_step_ab_quick_rows_and_per_layer_models(tmp_path, monkeypatch):
+    import jax
+
+    from fcnn import ops
+
+    ab = _load("step_ab")
+    peers = _load("bench_peers")
+    out = tmp_path / "ab.md"
+    rows = ab.main(["--net", "lenet", "--batch", "2", "--configs", "taps,col2im", "lax", "--rounds", "1",
+                    "--steps", "2", "--out", str(out)])
+    body = [r.split("|")[1:-1] for r in rows[2:]]
+    assert [c[0].strip() for c in body] == ["taps,col2im", "lax"]
+    for c in body:
+        med, p25, low, n = float(c[1]), float(c[2]), float(c[3]), int(c[4])
+        assert _positive(low) and low <= p25 <= med and n == 3
+    assert "step_ab.py --net lenet" in out.read_text()
+    used, conv2d = [], ops.conv2d  # the per-layer names reach the layers, in order
+
+    def spy(*a, impl="lax", **kw):
+        used.append(impl)
+        return conv2d(*a, impl=impl, **kw)
+
+    monkeypatch.setattr(ops, "conv2d", spy)
+    model = peers.fcnn_model("lenet", ["taps", "col2im"], "auto")
+    _, params, state = model.init(jax.random.PRNGKey(0), (2, 28, 28, 1))
+    model.apply(params, state, jax.numpy.zeros((2, 28, 28, 1)), key=None, train=False)
+    assert used == ["taps", "col2im"]
+    with pytest.raises(ValueError, match="impl: lenet has 2 conv layers"):
+        peers.fcnn_model("lenet", ["taps", "col2im", "lax"], "auto")
