@@ -23,8 +23,8 @@ def test_gpu_conv_is_lax_everywhere(platform):
 
 
 def test_cpu_conv_table():
-    # CPU: "taps" for one input channel, "col2im" for 2-8 (LeNet step 6.0 -> 4.6 ms), lax for
-    # wide layers (no gain from col2im in the VGG step).
+    # CPU: "taps" for one input channel, "col2im" for 2-8 (LeNet step 6.33 -> 4.89 ms median,
+    # experiments/step_ab.py), lax for wide layers (no gain from col2im in the VGG step).
     assert auto.select_conv_impl("cpu", *LENET_C1) == "taps"
     assert auto.select_conv_impl("cpu", *LENET_C2) == "col2im"
     assert auto.select_conv_impl("cpu", *VGG_C1) == "col2im"

@@ -12,10 +12,11 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
     fuses into one loop, materialised, with the hand-written backward). LeNet-5's first layer
     forward+backward ran 3x faster than XLA:CPU's convolution;
   - 2 to 8 input channels: "col2im" (lax forward; input gradient as one matmul to patch
-    gradients plus the shifted-slice sum, materialised). LeNet-5's second layer input gradient
-    ran 0.75 ms against lax's 1.9-2.1 ms.
-  LeNet-5 b64 train step (interleaved runs, median): taps+col2im 4.6 ms, taps+lax 5.1 ms,
-  reference+lax (the previous table) 6.0 ms, lax everywhere 8-9.5 ms. Not chosen: "im2col"
+    gradients plus the shifted-slice sum, materialised). LeNet-5's second layer fwd+bwd took
+    0.69x lax's time per op (VGG's 3-channel first layer: 0.84x).
+  LeNet-5 b64 f32 train step (experiments/step_ab.py, interleaved, median / 25th percentile):
+  taps+col2im 4.89 / 4.11 ms, taps+lax 4.96 / 4.67, reference+lax (the previous table)
+  6.33 / 5.86, lax everywhere 7.57 / 6.94; col2im's step gain on the second layer is small. Not chosen: "im2col"
   (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), and "custom_vjp" or
   col2im on wide layers (VGG cin 64-256: 0.90-0.96x of lax's time per op, but the VGG b8 train
   step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere).
