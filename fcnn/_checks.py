@@ -1,0 +1,120 @@
+"""The one copy of fcnn's argument validators.
+
+Every public function checks its arguments before computing and raises a ``ValueError``
+(wrong value) or ``TypeError`` (wrong kind) whose message names the argument and the rule:
+
+    positive_int(v, "batch_size")            -> "batch_size must be a positive int, got 0"
+    non_negative_int(v, "seed")              -> "seed must be a non-negative int, got -1"
+    choice(v, ("f32", "bf16"), "precision")  -> "precision must be one of f32, bf16; got 'fp8'"
+    positive_float(v, "learning_rate")      -> "learning_rate must be a positive float, got 0.0"
+
+``hint`` adds a parenthesised note to the rule ("augment_shift must be a non-negative int
+(pixels), got -1"). bools are refused wherever a number is asked for (``True`` is an int in
+Python, never a batch size). NumPy integers and floats are accepted and returned as Python
+``int`` / ``float``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence
+
+__all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
+           "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int"]
+
+
+def _rule(rule: str, hint: str) -> str:
+    return f"{rule} ({hint})" if hint else rule
+
+
+def is_int(value) -> bool:
+    """An integral number that is not a bool (Python or NumPy ints)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A real number that is not a bool (ints and floats, Python or NumPy)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def positive_int(value, name: str, *, hint: str = "") -> int:
+    """``value`` as an int >= 1, else ``ValueError`` naming ``name``."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be {_rule('a positive int', hint)}, got {value!r}")
+    return int(value)
+
+
+def optional_positive_int(value, name: str, *, hint: str = "") -> Optional[int]:
+    """None, or ``positive_int(value, name)``."""
+    if value is None:
+        return None
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be {_rule('a positive int', hint)} or None, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(value, name: str, *, hint: str = "") -> int:
+    """``value`` as an int >= 0, else ``ValueError`` naming ``name``."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{name} must be {_rule('a non-negative int', hint)}, got {value!r}")
+    return int(value)
+
+
+def int_in_range(value, name: str, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high)``."""
+    if not is_int(value) or not low <= value < high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}), got {value!r}")
+    return int(value)
+
+
+def _number(value, name: str, rule: str, hint: str) -> float:
+    if not is_real(value):
+        raise ValueError(f"{name} must be {_rule(rule, hint)}, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def positive_float(value, name: str, *, hint: str = "") -> float:
+    """``value`` as a finite float > 0."""
+    v = _number(value, name, "a positive float", hint)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be {_rule('a positive float', hint)}, got {value!r}")
+    return v
+
+
+def non_negative_float(value, name: str, *, hint: str = "") -> float:
+    """``value`` as a finite float >= 0."""
+    v = _number(value, name, "a non-negative float", hint)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be {_rule('a non-negative float', hint)}, got {value!r}")
+    return v
+
+
+def finite_float(value, name: str, *, hint: str = "") -> float:
+    """``value`` as a finite float (no nan, no inf)."""
+    v = _number(value, name, "a finite float", hint)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be {_rule('a finite float', hint)}, got {value!r}")
+    return v
+
+
+def float_in_range(value, name: str, low: float, high: float, *, closed_high: bool = False) -> float:
+    """``value`` as a float in ``[low, high)`` (``[low, high]`` with ``closed_high``)."""
+    interval = f"[{low}, {high}{']' if closed_high else ')'}"
+    v = _number(value, name, f"a float in {interval}", "")
+    if not (low <= v <= high if closed_high else low <= v < high):
+        raise ValueError(f"{name} must be a float in {interval}, got {value!r}")
+    return v
+
+
+def choice(value, choices: Sequence[str], name: str) -> str:
+    """``value`` if it is one of ``choices`` (strings), else ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def boolean(value, name: str) -> bool:
+    """``value`` if it is a bool (not 0/1, not a string), else ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
