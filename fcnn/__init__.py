@@ -7,14 +7,15 @@ other, and the hand-derived backward passes are checked against ``jax.grad``
 and finite differences (``fcnn.gradcheck``).
 
 Array functions (``conv2d``, ``max_pool2d``, ...) live in ``fcnn.ops``; formulas
-in ``fcnn.shapes``; datasets in ``fcnn.data``; checkpoints in ``fcnn.checkpoint``.
+in ``fcnn.shapes``; datasets in ``fcnn.data``; the device step in ``fcnn.step``; a run's
+config and directory in ``fcnn.run``; the epoch loop in ``fcnn.train``; checkpoints in
+``fcnn.checkpoint``. The README's layout section lists every module with its one concern.
 """
-__version__ = "0.1.0"
-
-from fcnn import checkpoint, data, ops, shapes  # noqa: E402
-from fcnn import init  # noqa: E402  (initialisers: fcnn.init.he_normal(), ...)
-from fcnn.combinators import branches, residual, serial  # noqa: E402
-from fcnn.layers import (  # noqa: E402
+from fcnn._version import __version__
+from fcnn import checkpoint, data, ops, shapes
+from fcnn import init  # initialisers: fcnn.init.he_normal(), ...
+from fcnn.combinators import branches, residual, serial
+from fcnn.layers import (
     Activation,
     AvgPool2D,
     BatchNorm,
@@ -37,20 +38,14 @@ from fcnn.layers import (  # noqa: E402
     Softplus,
     Tanh,
 )
-from fcnn.losses import accuracy, l2_penalty, mse, softmax_cross_entropy  # noqa: E402
-from fcnn.models import MODELS, example_net, get_model, lenet5, small_resnet, small_vgg  # noqa: E402
-from fcnn.optim import make_optimizer  # noqa: E402
-from fcnn.summary import Summary, summary  # noqa: E402
-from fcnn.train import (  # noqa: E402
-    FitResult,
-    TrainConfig,
-    TrainingDivergedError,
-    evaluate,
-    fit,
-    make_train_step,
-    predict,
-)
-from fcnn.types import Layer  # noqa: E402
+from fcnn.losses import accuracy, l2_penalty, mse, softmax_cross_entropy
+from fcnn.models import MODELS, example_net, get_model, lenet5, small_resnet, small_vgg
+from fcnn.optim import make_optimizer
+from fcnn.summary import Summary, summary
+from fcnn.run import TrainConfig
+from fcnn.step import evaluate, make_train_step, plain_train_step, predict
+from fcnn.train import FitResult, TrainingDivergedError, fit
+from fcnn.types import Layer
 
 __all__ = [
     "__version__",
@@ -66,7 +61,7 @@ __all__ = [
     "lenet5", "example_net", "small_vgg", "small_resnet", "get_model", "MODELS", "summary", "Summary",
     # training
     "softmax_cross_entropy", "mse", "l2_penalty", "accuracy", "make_optimizer", "make_train_step",
-    "evaluate", "predict", "fit", "TrainConfig", "FitResult", "TrainingDivergedError",
+    "plain_train_step", "evaluate", "predict", "fit", "TrainConfig", "FitResult", "TrainingDivergedError",
     # modules
     "ops", "shapes", "init", "data", "checkpoint",
 ]

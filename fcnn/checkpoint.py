@@ -43,6 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcnn import _checks
+from fcnn._version import __version__
+
 __all__ = ["CheckpointError", "Checkpoint", "save", "restore", "latest", "load_latest", "list_checkpoints",
            "read_manifest"]
 
@@ -63,12 +66,6 @@ class Checkpoint(NamedTuple):
     step: int
     tree: Any  # the restored pytree (the template's structure), or {path: array} without a template
     metadata: dict  # the caller's metadata dict as saved
-
-
-def _fcnn_version() -> str:
-    from fcnn import __version__
-
-    return __version__
 
 
 def _path_str(key_path) -> str:
@@ -139,10 +136,8 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
     Returns:
       The path written.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be a positive int, got {keep!r}")
+    _checks.non_negative_int(step, "step")
+    _checks.positive_int(keep, "keep")
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
@@ -152,7 +147,7 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
         arrays.append(arr)
         entries.append(dict(path=_path_str(key_path), **entry))
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": int(step),
-                "fcnn_version": _fcnn_version(), "treedef": str(treedef), "leaves": entries,
+                "fcnn_version": __version__, "treedef": str(treedef), "leaves": entries,
                 "sha256": _digest(arrays), "metadata": metadata or {}}
     try:
         manifest_bytes = json.dumps(manifest).encode()
@@ -249,7 +244,7 @@ def _leaf_like(value, like, entry):
     return jnp.asarray(value)
 
 
-def restore(path: str, like: Any = None) -> Checkpoint:
+def restore(path: str, like: Any = None, *, subtrees: bool = False) -> Checkpoint:
     """Read a checkpoint; with ``like``, rebuild ``like``'s pytree structure.
 
     Args:
@@ -258,6 +253,9 @@ def restore(path: str, like: Any = None) -> Checkpoint:
         with the structure, shapes and dtypes of the saved tree. Leaves come back
         as jax arrays, numpy arrays or Python numbers like the template's.
         None: the tree is a dict ``{"params/0/w": array, ...}``.
+      subtrees: ``like`` is a dict naming some of the saved dict's top-level entries
+        (e.g. ``{"params": ..., "state": ...}`` of a ``{"params", "state", "opt_state",
+        "key"}`` checkpoint): only those are rebuilt (the whole file is still verified).
 
     Raises:
       CheckpointError: corrupt/truncated file, or a template that differs
@@ -270,6 +268,11 @@ def restore(path: str, like: Any = None) -> Checkpoint:
     step, meta = int(manifest["step"]), manifest.get("metadata", {})
     if like is None:
         return Checkpoint(step, {e["path"]: v for e, v in zip(entries, values)}, meta)
+    if subtrees:
+        if not isinstance(like, dict):
+            raise TypeError(f"like must be a dict of top-level entries with subtrees=True, got {type(like).__name__}")
+        kept = [(e, v) for e, v in zip(entries, values) if e["path"].split("/")[0] in like]
+        entries, values = [e for e, _ in kept], [v for _, v in kept]
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     where = f"checkpoint {path} is from a different model"
     if len(flat) != len(entries):
@@ -300,9 +303,9 @@ def latest(run_dir: str) -> Optional[str]:
     return _newest(run_dir, lambda p: (_read(p), p)[1])
 
 
-def load_latest(run_dir: str, like: Any = None) -> Optional[Checkpoint]:
+def load_latest(run_dir: str, like: Any = None, *, subtrees: bool = False) -> Optional[Checkpoint]:
     """``restore`` of the newest valid checkpoint in ``run_dir`` (see ``latest``); None if none."""
-    return _newest(run_dir, lambda p: restore(p, like))
+    return _newest(run_dir, lambda p: restore(p, like, subtrees=subtrees))
 
 
 def _newest(run_dir, read):

@@ -15,18 +15,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import inspect
-import json
 import os
 import sys
 from typing import List, Optional
 
-from fcnn.train import RESUME_MAY_CHANGE, TrainConfig
+from fcnn import _checks
+from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, free_run_dir, load_data,
+                      load_run, read_config)
+from fcnn.step import DTYPE_POLICIES
 
 __all__ = ["main", "build_parser", "build_model", "load_run"]
 
 _DEFAULTS = TrainConfig()
-_DELEGATED = {"gradcheck": "fcnn.gradcheck", "viz": "fcnn.viz"}
+_DELEGATED = {"gradcheck": "fcnn.sweep", "viz": "fcnn.viz"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,13 +38,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: the text of a positive int (the rule is ``_checks.positive_int``'s)."""
     try:
-        v = int(text)
+        return _checks.positive_int(int(text), "value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
-    return v
 
 
 def _shape(text: str):
@@ -72,7 +71,7 @@ _TRAIN_OPTIONS = [
     ("--weight-decay", "weight_decay", float, "decoupled weight decay (adamw only)"),
     ("--l2", "l2", float, "L2 penalty coefficient on kernels (added to the loss)"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing eps in [0, 1)"),
-    ("--precision", "precision", str, "f32, or bf16 (bf16 forward, f32 master params and loss)"),
+    ("--dtype-policy", "dtype_policy", str, "f32, or bf16 (bf16 forward, f32 master params and loss)"),
     ("--augment-shift", "augment_shift", int, "random translation of training images, pixels (0: off)"),
     ("--seed", "seed", int, "seed: init, data order and dropout depend only on it"),
     ("--steps-per-call", "steps_per_call", _positive_int, "train steps per dispatch (lax.scan)"),
@@ -97,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(only --epochs, --parallel and --devices may change)")
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this global step")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a TTY or $CI)")
+    tr.add_argument("--precision", dest="precision", default=None, help=argparse.SUPPRESS)  # old --dtype-policy
     ev = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint on the test set")
     ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by fcnn train")
     sm = sub.add_parser("summary", help="print a model's layer table")
@@ -108,61 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_model_name(name: str) -> None:
-    from fcnn import models
-
-    if name not in models.MODELS:
-        raise ValueError(f"--model must be one of {', '.join(sorted(models.MODELS))}; got {name!r}")
-
-
-def build_model(config: TrainConfig, num_classes: int):
-    """The ``Layer`` a config names: ``fcnn.models.get_model`` with its impl choices."""
-    from fcnn import models
-    from fcnn.parallel import PMAP_AXIS
-
-    check_model_name(config.model)
-    opts = dict(num_classes=num_classes, impl=config.impl, pool_impl=config.pool_impl)
-    if config.parallel == "pmap" and "bn_axis_name" in inspect.signature(models.MODELS[config.model][0]).parameters:
-        opts["bn_axis_name"] = PMAP_AXIS  # BatchNorm statistics over the global batch, not each device's
-    return models.get_model(config.model, **opts)
-
-
-def _load_data(config: TrainConfig):
-    from fcnn import data
-
-    return data.load(config.dataset, data_dir=config.data_dir)
-
-
-def read_config(run_dir: str) -> TrainConfig:
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"run directory {run_dir!r} has no config.json (is it a directory written by fcnn train?)")
-    with open(path) as f:
-        d = json.load(f)
-    d.pop("fcnn_version", None)
-    return TrainConfig.from_dict(d)
-
-
-def load_run(run_dir: str):
-    """Rebuild a run from its directory: ``(config, dataset, model, params, state, step)``."""
-    from fcnn.train import load_checkpoint
-
-    config = read_config(run_dir)
-    ds = _load_data(config)
-    model = build_model(config, ds.num_classes)
-    step, params, state = load_checkpoint(model, config, run_dir, ds.x_train.shape)
-    return config, ds, model, params, state, step
-
-
-def _free_run_dir(config: TrainConfig) -> str:
-    base = os.path.join("runs", f"{config.model}-{config.dataset}")
-    path, i = base, 1
-    while os.path.exists(os.path.join(path, "config.json")):
-        i += 1
-        path = f"{base}-{i}"
-    return path
-
-
 def _print_test(result: dict) -> None:
     print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}, {result['n']} examples)")
 
@@ -172,6 +117,9 @@ def _train(args) -> int:
     from fcnn.train import fit
 
     given = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS if getattr(args, field) is not None}
+    if args.precision is not None:  # the deprecated spelling of --dtype-policy
+        print("fcnn: warning: --precision is deprecated; use --dtype-policy", file=sys.stderr)
+        given["dtype_policy"] = _checks.choice(args.precision, DTYPE_POLICIES, "precision")
     if args.resume is not None:
         if args.out is not None:
             raise ValueError("--out cannot be combined with --resume (the run directory is RUN_DIR)")
@@ -184,10 +132,10 @@ def _train(args) -> int:
         run_dir = args.resume
     else:
         config = TrainConfig(**given)
-        run_dir = args.out or _free_run_dir(config)
+        run_dir = args.out or free_run_dir(config)
     check_model_name(config.model)
     check_parallel(config.parallel, config.devices, config.batch_size)  # before loading data
-    ds = _load_data(config)
+    ds = load_data(config)
     model = build_model(config, ds.num_classes)
     where = "" if config.parallel == "none" else f", parallel {config.parallel} over {config.devices or 'all'} devices"
     print(f"fcnn train: model {config.model} ({config.impl}/{config.pool_impl}), dataset {config.dataset} "
@@ -199,11 +147,12 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from fcnn.train import evaluate, make_loss_fn
+    from fcnn.run import make_loss_fn
+    from fcnn.step import evaluate
 
     config, ds, model, params, state, step = load_run(args.run)
     result = evaluate(model, params, state, ds.x_test, ds.y_test, config.eval_batch_size,
-                      loss_fn=make_loss_fn(config.label_smoothing), precision=config.precision)
+                      loss_fn=make_loss_fn(config.label_smoothing), dtype_policy=config.dtype_policy)
     print(f"run {args.run}: model {config.model}, dataset {config.dataset}, checkpoint step {step}")
     _print_test(result)
     return 0

@@ -22,9 +22,10 @@ are built in memory, the others are read from ``data_dir`` (default
 * ``synthetic``: noise images whose class is a bright square at a per-class
   location; ``Dataset.evidence`` holds the class regions for saliency checks.
 
-Batching keeps shapes fixed so a jitted step never recompiles: ``batches`` drops
-the remainder of a shuffled epoch (a different remainder each epoch), and
-``eval_batches`` pads the last batch and returns a 0/1 weight so every example
+Batching keeps shapes fixed so a jitted step never recompiles. There is one path for
+training batches, ``epoch_chunks`` (what ``fit`` uses; ``batches`` is its one-at-a-time
+view): it drops the remainder of a shuffled epoch (a different remainder each epoch). And
+one for evaluation, ``eval_batches`` (what ``evaluate`` and ``predict`` use), which pads the last batch and returns a 0/1 weight so every example
 counts exactly once. The epoch order is ``epoch_permutation(seed, epoch, n)``, a
 pure function of its arguments (usable under ``jit``), so a resumed run sees the
 same order. Augmentation (``random_crop``, ``random_flip``, ``augment``) runs on
@@ -40,13 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcnn import _checks
 from fcnn.datafiles import (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, MissingDataError, check_labels,
                             find_file, read_cifar_binary, read_cifar_pickle, read_idx)
 from fcnn.types import Array
 
 __all__ = [
     "Dataset", "DataError", "MissingDataError", "DATASETS", "load", "digits", "digits_split", "synthetic",
-    "bilinear_resize", "epoch_permutation", "steps_per_epoch", "batches", "eval_batches",
+    "bilinear_resize", "epoch_permutation", "steps_per_epoch", "Chunk", "epoch_chunks", "batches", "eval_batches",
     "random_crop", "random_flip", "augment", "to_device",
 ]
 
@@ -242,8 +244,7 @@ def synthetic(*, num_train: int = 512, num_test: int = 256, num_classes: int = 4
     """
     for arg, v in (("num_train", num_train), ("num_test", num_test), ("num_classes", num_classes),
                    ("size", size), ("channels", channels), ("patch", patch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+        _checks.positive_int(v, arg)
     starts = list(range(patch // 2, size - patch + 1, 2 * patch))
     if num_classes < 2 or num_classes > len(starts) ** 2:
         raise ValueError(f"num_classes must be in [2, {len(starts) ** 2}] for size={size}, patch={patch} "
@@ -277,8 +278,7 @@ def epoch_permutation(seed, epoch, n: int) -> Array:
     epoch), n)``. ``seed`` and ``epoch`` may be traced (usable inside ``jit``);
     ``n`` must be a static int.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    _checks.positive_int(n, "n")
     for arg, v in (("seed", seed), ("epoch", epoch)):
         if isinstance(v, (int, np.integer)) and not 0 <= v < 2**32:
             raise ValueError(f"{arg} must be in [0, 2**32), got {v}")
@@ -291,15 +291,54 @@ def epoch_permutation(seed, epoch, n: int) -> Array:
 
 def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool = True) -> int:
     """Batches per epoch: ``n // batch_size`` (training) or ``ceil(n / batch_size)`` (evaluation)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _checks.positive_int(batch_size, "batch_size")
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
 def _check_xy(x, y, batch_size):
-    if len(x) != len(y):
+    if y is not None and len(x) != len(y):
         raise ValueError(f"x and y must hold the same number of examples, got {len(x)} and {len(y)}")
     steps_per_epoch(len(x), batch_size)
+
+
+class Chunk(NamedTuple):
+    """``k`` consecutive training batches of one epoch, starting at batch index ``first``."""
+
+    first: int  # index of the first batch in the epoch
+    k: int  # number of batches: 1, or steps_per_call
+    x: np.ndarray  # (batch_size, ...) for k == 1, else (k, batch_size, ...)
+    y: np.ndarray  # (batch_size, ...) for k == 1, else (k, batch_size, ...)
+
+
+def epoch_chunks(x, y, batch_size: int, *, seed: int, epoch: int, start: int = 0, stop: Optional[int] = None,
+                 steps_per_call: int = 1) -> Iterator[Chunk]:
+    """The training batches of one epoch, grouped ``steps_per_call`` at a time: the one batching path.
+
+    The epoch's order is ``epoch_permutation(seed, epoch, n)``; batch ``b`` is the rows
+    ``order[b * batch_size : (b + 1) * batch_size]`` (the remainder ``n % batch_size`` is
+    dropped, a different one each epoch). Batches ``start .. stop - 1`` are yielded (``stop``
+    None: ``steps_per_epoch``), in chunks of ``steps_per_call`` stacked batches while that many
+    remain and single batches after that, so a resumed or truncated epoch visits exactly the
+    batches an uninterrupted one would. ``fcnn.train.fit`` consumes this; ``batches`` is the
+    one-batch-at-a-time view of it.
+    """
+    _check_xy(x, y, batch_size)
+    _checks.positive_int(steps_per_call, "steps_per_call")
+    n = len(x)
+    if batch_size > n:
+        raise ValueError(f"batch_size must be <= the number of examples ({n}), got {batch_size}")
+    spe = n // batch_size
+    stop = spe if stop is None else min(int(stop), spe)
+    order = np.asarray(epoch_permutation(seed, epoch, n))
+    b = int(start)
+    while b < stop:
+        k = steps_per_call if stop - b >= steps_per_call else 1
+        idx = order[b * batch_size : (b + k) * batch_size]
+        xb, yb = x[idx], y[idx]
+        if k > 1:
+            xb, yb = xb.reshape((k, batch_size) + xb.shape[1:]), yb.reshape((k, batch_size) + yb.shape[1:])
+        yield Chunk(b, k, xb, yb)
+        b += k
 
 
 def batches(x, y, batch_size: int, *, seed: int, epoch: int, start: int = 0) -> Iterator[Tuple[Array, Array]]:
@@ -311,20 +350,22 @@ def batches(x, y, batch_size: int, *, seed: int, epoch: int, start: int = 0) -> 
       start: first batch to yield (resume in the middle of an epoch).
 
     Yields:
-      ``(x[idx], y[idx])`` of shapes (batch_size, ...) and (batch_size,).
+      ``(x[idx], y[idx])`` of shapes (batch_size, ...) and (batch_size,) (``epoch_chunks``
+      one batch at a time).
     """
-    _check_xy(x, y, batch_size)
-    n = len(x)
-    if batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of examples ({n}), got {batch_size}")
-    order = np.asarray(epoch_permutation(seed, epoch, n))
-    for b in range(start, n // batch_size):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        yield x[idx], y[idx]
+    for chunk in epoch_chunks(x, y, batch_size, seed=seed, epoch=epoch, start=start):
+        yield chunk.x, chunk.y
 
 
-def eval_batches(x, y, batch_size: int) -> Iterator[Tuple[Array, Array, Array]]:
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` (m, ...) with zero rows appended up to (rows, ...)."""
+    return a if len(a) == rows else np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)])
+
+
+def eval_batches(x, y, batch_size: int) -> Iterator[Tuple[Array, Optional[Array], Array]]:
     """In-order evaluation batches of fixed shape; the last is zero-padded.
+
+    ``y`` may be None (prediction without labels); the yielded ``yb`` is then None.
 
     Yields:
       ``(xb, yb, weight)``: (batch_size, ...), (batch_size,), and float32
@@ -332,15 +373,13 @@ def eval_batches(x, y, batch_size: int) -> Iterator[Tuple[Array, Array, Array]]:
       ``weight * per_example_metric`` counts each of the n examples exactly once.
     """
     _check_xy(x, y, batch_size)
-    x, y = np.asarray(x), np.asarray(y)
+    x = np.asarray(x)
+    y = None if y is None else np.asarray(y)
     for s in range(0, len(x), batch_size):
-        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
-        m = len(xb)
-        weight = (np.arange(batch_size) < m).astype(np.float32)
-        if m < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - m,) + xb.shape[1:], xb.dtype)])
-            yb = np.concatenate([yb, np.zeros((batch_size - m,) + yb.shape[1:], yb.dtype)])
-        yield xb, yb, weight
+        xb = x[s : s + batch_size]
+        weight = (np.arange(batch_size) < len(xb)).astype(np.float32)
+        yb = None if y is None else _pad_rows(y[s : s + batch_size], batch_size)
+        yield _pad_rows(xb, batch_size), yb, weight
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -357,8 +396,7 @@ def random_crop(key: Array, x: Array, padding: int, *, pad_value: float = 0.0) -
     content moves by up to ``padding`` pixels; ``padding=0`` is the identity.
     x: (n, h, w, c) -> (n, h, w, c).
     """
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+    _checks.non_negative_int(padding, "padding")
     if padding == 0:
         return x
     n, h, w, c = x.shape

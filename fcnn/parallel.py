@@ -1,17 +1,8 @@
-"""Per-example gradients and data parallelism (pmap, jit sharding, shard_map, multi-process).
+"""Data parallelism: the single-device step of ``fcnn.step`` placed on devices (pmap, jit
+sharding, shard_map), the placement ``fit`` uses (``Plan``), and multi-process start-up.
+Per-example gradients, clipping and DP-SGD are in ``fcnn.per_example``.
 
-Per-example gradients (``vmap`` of ``grad``, each example a batch of one):
-
-    loss = model_loss(model)                     # loss(params, state, x (1, ...), y (1,)) -> ()
-    g = per_example_grads(loss, params, state, x, y)   # params pytree, every leaf (n, *leaf.shape)
-    norms = per_example_grad_norms(g)             # (n,) global L2 norm per example
-    g_dp = dp_sgd_grad(loss, params, state, x, y, max_norm=1.0, noise_multiplier=1.1, key=k)
-
-``model_loss`` runs the model in eval mode (``train=False``): a BatchNorm normalises with its
-running statistics, because batch statistics of a batch of one are not the statistics the
-model is trained with, and they would couple examples in a real batch.
-
-Data parallel train steps, all with the contract of ``train.make_train_step``
+Data parallel train steps, all with the contract of ``step.make_train_step``
 (``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``):
 
     make_pmap_train_step      pmap over local devices; params/state/opt_state *replicated*
@@ -34,7 +25,6 @@ The step key is folded with the device index, so each device draws its own dropo
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -43,15 +33,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fcnn import _checks
 from fcnn.losses import softmax_cross_entropy
-from fcnn.types import Array, Layer, Params, State
+from fcnn.per_example import (clip_per_example, dp_sgd_grad, model_loss, per_example_grad_norms,
+                              per_example_grads)
+from fcnn.step import make_train_step, plain_train_step
+from fcnn.types import Layer
 
 __all__ = [
-    "model_loss",
-    "per_example_grads",
-    "per_example_grad_norms",
-    "clip_per_example",
-    "dp_sgd_grad",
     "replicate",
     "unreplicate",
     "shard_batch",
@@ -62,114 +51,22 @@ __all__ = [
     "batch_sharding",
     "data_parallel_plan",
     "check_parallel",
+    "check_devices_for_mode",
+    "Plan",
     "PARALLEL_MODES",
     "initialize_distributed",
+    # fcnn.per_example's names, public here before that module existed
+    "model_loss", "per_example_grads", "per_example_grad_norms", "clip_per_example", "dp_sgd_grad",
 ]
 
 DATA_AXIS = "data"
-
-
-# --------------------------------------------------------------------------- per-example
-
-
-def model_loss(model: Layer, loss_fn: Callable = softmax_cross_entropy) -> Callable:
-    """``loss(params, state, x, y) -> ()``: ``loss_fn`` of the model's eval-mode logits."""
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
-
-    def loss(params, state, x, y):
-        logits, _ = model.apply(params, state, x, train=False)
-        return loss_fn(logits, y)
-
-    return loss
-
-
-def _check_xy(x, y):
-    if jnp.ndim(x) < 1 or jnp.ndim(y) < 1 or jnp.shape(x)[0] != jnp.shape(y)[0]:
-        raise ValueError(f"x and y must share a leading example axis, got x {jnp.shape(x)} and y {jnp.shape(y)}")
-
-
-def per_example_grads(loss_fn: Callable, params: Params, state: State, x: Array, y: Array) -> Params:
-    """Gradient of ``loss_fn`` w.r.t. ``params`` for every example separately.
-
-    Args:
-      loss_fn: ``loss_fn(params, state, x, y) -> ()`` on a batch (``model_loss``).
-      x: (n, ...) examples; each is passed as a batch of one (1, ...).
-      y: (n, ...) labels.
-
-    Returns:
-      A pytree like ``params`` whose leaves have a leading axis n: leaf[i] is the gradient
-      of ``loss_fn`` on example i alone.
-    """
-    _check_xy(x, y)
-
-    def one(xi, yi):
-        return jax.grad(loss_fn)(params, state, xi[None], yi[None])
-
-    return jax.vmap(one)(x, y)
-
-
-def per_example_grad_norms(grads: Params) -> Array:
-    """(n,) global L2 norm of each example's gradient (over every leaf of the pytree)."""
-    leaves = jax.tree.leaves(grads)
-    if not leaves:
-        raise ValueError("grads must have at least one leaf")
-    sq = [jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1) for g in leaves]
-    return jnp.sqrt(sum(sq))
-
-
-def _check_max_norm(max_norm):
-    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not max_norm > 0:
-        raise ValueError(f"max_norm must be a positive number, got {max_norm!r}")
-
-
-def clip_per_example(grads: Params, max_norm: float) -> Params:
-    """Scale each example's gradient to global norm at most ``max_norm``.
-
-    ``g_i * min(1, max_norm / ||g_i||)``, written ``max_norm / max(||g_i||, max_norm)`` so a
-    zero gradient stays zero without a division by zero.
-    """
-    _check_max_norm(max_norm)
-    norms = per_example_grad_norms(grads)
-    factor = max_norm / jnp.maximum(norms, max_norm)  # (n,)
-    return jax.tree.map(lambda g: g * factor.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), grads)
-
-
-def dp_sgd_grad(loss_fn: Callable, params: Params, state: State, x: Array, y: Array, *, max_norm: float,
-                noise_multiplier: float = 0.0, key=None) -> Params:
-    """DP-SGD gradient: clip every per-example gradient, sum, add noise, divide by n.
-
-    ``(sum_i clip(g_i) + N(0, (noise_multiplier * max_norm)^2 I)) / n``; without noise
-    (``noise_multiplier == 0``) it is the mean clipped gradient.
-
-    Args:
-      noise_multiplier: >= 0; > 0 needs ``key``.
-      key: PRNG key for the noise (one normal draw per leaf from ``split(key, n_leaves)``).
-    """
-    _check_max_norm(max_norm)
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, numbers.Real) or noise_multiplier < 0:
-        raise ValueError(f"noise_multiplier must be a non-negative number, got {noise_multiplier!r}")
-    if noise_multiplier > 0 and key is None:
-        raise ValueError("key is required when noise_multiplier > 0")
-    n = jnp.shape(x)[0]
-    clipped = clip_per_example(per_example_grads(loss_fn, params, state, x, y), max_norm)
-    summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), clipped)
-    if noise_multiplier > 0:
-        leaves, treedef = jax.tree.flatten(summed)
-        keys = jax.random.split(key, len(leaves))
-        std = float(noise_multiplier) * float(max_norm)
-        leaves = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
-        summed = jax.tree.unflatten(treedef, leaves)
-    return jax.tree.map(lambda g: g / n, summed)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _check_devices(n_devices, name="n_devices") -> int:
-    if isinstance(n_devices, bool) or not isinstance(n_devices, numbers.Integral) or n_devices < 1:
-        raise ValueError(f"{name} must be a positive int, got {n_devices!r}")
-    return int(n_devices)
+    return _checks.positive_int(n_devices, name)
 
 
 def replicate(tree, n_devices: Optional[int] = None):
@@ -226,7 +123,7 @@ def _check_batch(batch):
 
 # --------------------------------------------------------------------------- train steps
 #
-# Every step below is ``fcnn.train.train_step_fn`` (the single-device step) placed on
+# Every step below is ``fcnn.step.plain_train_step`` (the single-device step) placed on
 # devices three ways; ``step_opts`` are its keyword options (l2, precision, augment,
 # steps_per_call). With steps_per_call k > 1 the batch gains a leading step axis k
 # (after the device axis for pmap) and ``key`` is (k, 2), one key per step.
@@ -248,14 +145,12 @@ def make_pmap_train_step(model: Layer, optimizer: optax.GradientTransformation,
       devices: devices to map over (default: all local devices).
       donate: donate the replicated params / state / opt_state buffers.
     """
-    from fcnn.train import train_step_fn
-
     _check_model_opt(model, optimizer)
     if not isinstance(axis_name, str) or not axis_name:
         raise ValueError(f"axis_name must be a non-empty str, got {axis_name!r}")
     devs = list(jax.local_devices() if devices is None else devices)
     d = len(devs)
-    fn = jax.pmap(train_step_fn(model, optimizer, loss_fn, axis_name=axis_name, **step_opts), axis_name=axis_name,
+    fn = jax.pmap(plain_train_step(model, optimizer, loss_fn, axis_name=axis_name, **step_opts), axis_name=axis_name,
                   in_axes=(0, 0, 0, 0, None), devices=devs, donate_argnums=(0, 1, 2) if donate else ())
 
     def step(params, state, opt_state, batch, key):
@@ -307,13 +202,11 @@ def make_sharded_train_step(model: Layer, optimizer: optax.GradientTransformatio
     is written for one device (a BatchNorm must not set ``axis_name``): this is the
     single-device step compiled for the mesh, and XLA inserts the all-reduces.
     """
-    from fcnn.train import train_step_fn
-
     _check_model_opt(model, optimizer)
     _check_mesh(mesh)
     rep = NamedSharding(mesh, P())
     data = batch_sharding(mesh, step_opts.get("steps_per_call", 1))
-    fn = jax.jit(train_step_fn(model, optimizer, loss_fn, **step_opts), donate_argnums=(0, 1, 2) if donate else (),
+    fn = jax.jit(plain_train_step(model, optimizer, loss_fn, **step_opts), donate_argnums=(0, 1, 2) if donate else (),
                  in_shardings=(rep, rep, rep, (data, data), rep), out_shardings=(rep, rep, rep, rep))
     axis = _batch_axis(step_opts)
 
@@ -332,11 +225,9 @@ def make_shard_map_train_step(model: Layer, optimizer: optax.GradientTransformat
     statistics. ``check_vma=False``: gradients are computed per device and averaged
     explicitly (with ``check_vma=True`` the gradient of replicated params is already summed).
     """
-    from fcnn.train import train_step_fn
-
     _check_model_opt(model, optimizer)
     _check_mesh(mesh)
-    local = train_step_fn(model, optimizer, loss_fn, axis_name=DATA_AXIS, **step_opts)
+    local = plain_train_step(model, optimizer, loss_fn, axis_name=DATA_AXIS, **step_opts)
     axis = _batch_axis(step_opts)
     batch_spec = P(DATA_AXIS) if axis == 0 else P(None, DATA_AXIS)
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch_spec, P()),
@@ -356,7 +247,7 @@ PMAP_AXIS = "batch"
 
 
 class Plan(NamedTuple):
-    """How ``train.fit`` lays a run out on devices (``data_parallel_plan``).
+    """How ``fit`` lays a run out on devices (``data_parallel_plan``).
 
     ``put((params, state, opt_state))`` places the carried trees for the step, ``get(tree)``
     returns one global copy (for checkpoints and evaluation), ``batch(x, y, k)`` turns host
@@ -381,16 +272,22 @@ def _available(mode: str):
     return jax.local_devices() if mode == "pmap" else jax.devices()
 
 
+def check_devices_for_mode(mode: str, n_devices: Optional[int]) -> None:
+    """The checks of a (parallel mode, device count) pair that need no devices: the mode is one of
+    ``PARALLEL_MODES``, the count a positive int or None, and "none" means one device."""
+    _checks.choice(mode, PARALLEL_MODES, "parallel")
+    _checks.optional_positive_int(n_devices, "devices", hint="all devices")
+    if mode == "none" and n_devices not in (None, 1):
+        raise ValueError(f"devices={n_devices} needs parallel 'pmap' or 'sharding' (parallel='none' uses one device)")
+
+
 def check_parallel(mode: str, n_devices: Optional[int], batch_size: int) -> int:
     """Validate a (parallel mode, device count, global batch size) choice; return the device count."""
-    if mode not in PARALLEL_MODES:
-        raise ValueError(f"parallel must be one of {', '.join(PARALLEL_MODES)}; got {mode!r}")
+    check_devices_for_mode(mode, n_devices)
     if mode == "none":
-        if n_devices not in (None, 1):
-            raise ValueError(f"devices={n_devices} needs parallel 'pmap' or 'sharding' (parallel='none' uses one device)")
         return 1
     available = _available(mode)
-    d = len(available) if n_devices is None else _check_devices(n_devices, "devices")
+    d = len(available) if n_devices is None else n_devices
     if d > len(available):
         raise ValueError(f"devices={d} exceeds the {len(available)} available {jax.default_backend()} devices")
     if batch_size % d:
@@ -401,7 +298,7 @@ def check_parallel(mode: str, n_devices: Optional[int], batch_size: int) -> int:
 def data_parallel_plan(mode: str, model: Layer, optimizer: optax.GradientTransformation,
                        loss_fn: Callable = softmax_cross_entropy, *, n_devices: Optional[int] = None,
                        batch_size: int, **step_opts) -> Plan:
-    """The placement ``train.fit`` uses for ``TrainConfig.parallel``.
+    """The placement ``fit`` uses for ``TrainConfig.parallel``.
 
     "none": one device, ``train.make_train_step``. "sharding": ``make_sharded_train_step`` on
     ``make_mesh(n_devices)`` (params replicated, the global batch split). "pmap":
@@ -409,8 +306,6 @@ def data_parallel_plan(mode: str, model: Layer, optimizer: optax.GradientTransfo
     (build BatchNorms with ``axis_name=PMAP_AXIS`` for global statistics). ``n_devices``
     None means all devices; ``batch_size`` must be divisible by the device count.
     """
-    from fcnn.train import make_train_step
-
     d = check_parallel(mode, n_devices, batch_size)
     if mode == "none":
         return Plan(mode, 1, _identity, _identity, lambda x, y, k: (x, y),
@@ -450,8 +345,7 @@ def initialize_distributed(coordinator: str, num_processes: int, process_id: int
     if not isinstance(coordinator, str) or ":" not in coordinator:
         raise ValueError(f"coordinator must be 'host:port', got {coordinator!r}")
     num_processes = _check_devices(num_processes, "num_processes")
-    if isinstance(process_id, bool) or not isinstance(process_id, numbers.Integral) or not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id must be an int in [0, {num_processes}), got {process_id!r}")
+    _checks.int_in_range(process_id, "process_id", 0, num_processes)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=int(process_id), local_device_ids=local_device_ids,
                                initialization_timeout=initialization_timeout)

@@ -1,6 +1,6 @@
 """What a training run shows and leaves behind: progress bar, metrics log, curves, summary.
 
-Run-directory files written by ``fcnn.train.fit``:
+Run-directory files written by ``fcnn.train.fit`` (their layout: ``fcnn.run``):
 
     config.json     the TrainConfig (+ fcnn_version)
     metrics.jsonl   one JSON object per epoch: epoch, step, train_loss, train_accuracy,
@@ -29,14 +29,15 @@ class EpochBar:
                              leave=False, dynamic_ncols=True)
         self._at = start
 
-    def update(self, at: int, sums, images_per_s: float) -> None:
+    def update(self, at: int, loss: Optional[float], accuracy: Optional[float], images_per_s: float) -> None:
+        """Move the bar to step ``at`` of the epoch; show the epoch's mean loss and accuracy so far."""
         if self._bar is None:
             return
         self._bar.update(at - self._at)
         self._at = at
-        if sums[2]:
-            self._bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}",
-                                  img_s=f"{images_per_s:.0f}", refresh=False)
+        if loss is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.4f}", img_s=f"{images_per_s:.0f}",
+                                  refresh=False)
 
     def write(self, line: str) -> None:
         if self._bar is None:

@@ -68,6 +68,21 @@ def test_restore_against_an_abstract_template(tmp_path):
     assert_trees_equal(checkpoint.restore(path, like=like).tree, tree)
 
 
+def test_restore_subtrees_reads_some_top_level_entries(tmp_path):
+    """params and state alone (what fcnn eval needs), without a template for the optimizer state."""
+    tree = make_tree()
+    path = checkpoint.save(str(tmp_path), 4, tree)
+    like = jax.eval_shape(lambda: {"params": make_tree()["params"], "state": make_tree()["state"]})
+    got = checkpoint.restore(path, like=like, subtrees=True)
+    assert set(got.tree) == {"params", "state"} and got.step == 4
+    assert_trees_equal(got.tree, {"params": tree["params"], "state": tree["state"]})
+    wrong = jax.eval_shape(lambda: {"params": make_tree()["opt_state"]})  # a subtree of another shape
+    with pytest.raises(CheckpointError, match="different model"):
+        checkpoint.restore(path, like=wrong, subtrees=True)
+    with pytest.raises(TypeError, match="like must be a dict"):
+        checkpoint.restore(path, like=[tree["params"]], subtrees=True)
+
+
 def test_file_format_is_an_npz_with_a_json_manifest(tmp_path):
     tree = {"a": np.arange(6, dtype=np.int16).reshape(2, 3), "b": [np.float32(1.5), jax.random.key(0)]}
     path = checkpoint.save(str(tmp_path), 5, tree, metadata={"x": 1})

@@ -67,14 +67,14 @@ def test_bad_argument_in_a_real_process_has_no_traceback():
 
 def test_gradcheck_and_viz_are_handed_their_arguments(monkeypatch):
     seen = {}
-    fake = types.ModuleType("fcnn.gradcheck")
+    fake = types.ModuleType("fcnn.sweep")
 
     def cli_main(argv):
         seen["argv"] = argv
         return 0
 
     fake.cli_main = cli_main
-    monkeypatch.setitem(sys.modules, "fcnn.gradcheck", fake)
+    monkeypatch.setitem(sys.modules, "fcnn.sweep", fake)
     assert cli.main(["gradcheck", "--impl", "im2col", "-x"]) == 0
     assert seen["argv"] == ["--impl", "im2col", "-x"]
 

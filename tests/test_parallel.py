@@ -1,4 +1,4 @@
-"""Tests for fcnn.parallel: per-example gradients, DP-SGD clipping, data-parallel steps.
+"""Tests for fcnn.parallel: data-parallel steps (pmap, sharding, shard_map) and fit's placement.
 
 The multi-device checks need 8 virtual CPU devices, which XLA_FLAGS must request before
 JAX initialises, so they run in a subprocess that prints JSON; the parent asserts.
@@ -9,15 +9,12 @@ import subprocess
 import sys
 import textwrap
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fcnn import parallel
 from fcnn.combinators import serial
 from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
-from fcnn.losses import softmax_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,82 +23,8 @@ def _bn_model():
     return serial(Conv2D(3, 3, padding="SAME"), BatchNorm(), Relu(), Flatten(), Dense(4))
 
 
-def _setup(n=5, dtype=jnp.float64):
-    model = _bn_model()
-    _, params, state = model.init(jax.random.PRNGKey(0), (1, 6, 6, 2))
-    params = jax.tree.map(lambda a: a.astype(dtype), params)
-    # non-trivial running statistics, so eval-mode BatchNorm is not the identity
-    state = jax.tree.map(lambda a: a, state)
-    state[1]["mean"] = jnp.array([0.1, -0.2, 0.3], dtype)
-    state[1]["var"] = jnp.array([0.5, 2.0, 1.5], dtype)
-    x = jax.random.normal(jax.random.PRNGKey(1), (n, 6, 6, 2), dtype)
-    y = jnp.arange(n) % 4
-    return model, params, state, x, y
-
-
-def _flat(tree):
-    return np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(tree)])
-
-
-def test_per_example_grads_equal_python_loop():
-    model, params, state, x, y = _setup()
-    loss = parallel.model_loss(model)
-    g = parallel.per_example_grads(loss, params, state, x, y)
-    grad_one = jax.jit(jax.grad(loss))  # one example at a time, the loop the vmap replaces
-    for i in range(x.shape[0]):
-        gi = grad_one(params, state, x[i:i + 1], y[i:i + 1])
-        np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a[i], g)), _flat(gi), rtol=1e-12, atol=1e-12)
-    # the mean of per-example grads is the batch gradient (eval-mode BN couples no examples)
-    np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a.mean(0), g)),
-                               _flat(jax.grad(loss)(params, state, x, y)), rtol=1e-10, atol=1e-12)
-
-
-def test_grad_norms_and_clipping():
-    model, params, state, x, y = _setup()
-    loss = parallel.model_loss(model)
-    g = parallel.per_example_grads(loss, params, state, x, y)
-    norms = parallel.per_example_grad_norms(g)
-    expect = [np.linalg.norm(_flat(jax.tree.map(lambda a: a[i], g))) for i in range(x.shape[0])]
-    np.testing.assert_allclose(norms, expect, rtol=1e-12)
-    max_norm = float(np.median(expect))
-    clipped = parallel.clip_per_example(g, max_norm)
-    cn = np.asarray(parallel.per_example_grad_norms(clipped))
-    np.testing.assert_allclose(cn, np.minimum(expect, max_norm), rtol=1e-12)
-    for i in range(x.shape[0]):  # direction is kept
-        a, b = _flat(jax.tree.map(lambda t: t[i], clipped)), _flat(jax.tree.map(lambda t: t[i], g))
-        np.testing.assert_allclose(a, b * min(1.0, max_norm / expect[i]), rtol=1e-12, atol=1e-15)
-    # a zero gradient stays zero (no 0/0)
-    zero = parallel.clip_per_example(jax.tree.map(jnp.zeros_like, g), 1.0)
-    assert not np.any(_flat(zero))
-
-
-def test_dp_sgd_grad_mean_of_clipped_and_noise():
-    model, params, state, x, y = _setup()
-    loss = parallel.model_loss(model)
-    g = parallel.per_example_grads(loss, params, state, x, y)
-    clipped = parallel.clip_per_example(g, 0.5)
-    no_noise = parallel.dp_sgd_grad(loss, params, state, x, y, max_norm=0.5)
-    np.testing.assert_allclose(_flat(no_noise), _flat(jax.tree.map(lambda a: a.mean(0), clipped)), rtol=1e-12)
-    k = jax.random.PRNGKey(3)
-    noisy = parallel.dp_sgd_grad(loss, params, state, x, y, max_norm=0.5, noise_multiplier=2.0, key=k)
-    noise = (_flat(noisy) - _flat(no_noise)) * x.shape[0]  # = N(0, (2 * 0.5)^2) per coordinate
-    assert noise.size > 100 and 0.8 < np.std(noise) < 1.2 and abs(np.mean(noise)) < 0.3
-    again = parallel.dp_sgd_grad(loss, params, state, x, y, max_norm=0.5, noise_multiplier=2.0, key=k)
-    np.testing.assert_array_equal(_flat(noisy), _flat(again))
-
-
 def test_bad_arguments_name_the_argument():
-    model, params, state, x, y = _setup()
-    loss = parallel.model_loss(model)
-    g = parallel.per_example_grads(loss, params, state, x, y)
-    with pytest.raises(ValueError, match="max_norm"):
-        parallel.clip_per_example(g, 0.0)
-    with pytest.raises(ValueError, match="key"):
-        parallel.dp_sgd_grad(loss, params, state, x, y, max_norm=1.0, noise_multiplier=1.0)
-    with pytest.raises(ValueError, match="noise_multiplier"):
-        parallel.dp_sgd_grad(loss, params, state, x, y, max_norm=1.0, noise_multiplier=-1.0)
-    with pytest.raises(ValueError, match="x and y"):
-        parallel.per_example_grads(loss, params, state, x, y[:3])
+    model = _bn_model()
     with pytest.raises(ValueError, match="not divisible by n_devices=3"):
         parallel.shard_batch((np.zeros((8, 2)), np.zeros(8)), 3)
     with pytest.raises(ValueError, match="n_devices"):

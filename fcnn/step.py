@@ -1,0 +1,281 @@
+"""The device step: one training step, one evaluation step, evaluate and predict.
+
+The train step is fcnn's one jit boundary (evaluation has its own, forward-only):
+
+    step = make_train_step(model, optimizer, loss_fn, l2=0.0, steps_per_call=k)   # jit-compiled
+    params, state, opt_state, metrics = step(params, state, opt_state, batch, key)
+
+    k == 1: batch = (x (n, h, w, c), y (n,)),        key = one PRNG key (2,) uint32
+    k > 1 : batch = (x (k, n, h, w, c), y (k, n)),    key = (k, 2) keys, one per step
+    metrics = {"loss": (), "accuracy": ()}   ((k,) each for k > 1; loss excludes the l2 term)
+
+Two builders, one body: ``plain_train_step`` returns the step as a plain Python function (not
+compiled; ``fcnn.parallel`` wraps it in ``pmap`` / sharded ``jit`` / ``shard_map``, and a user
+may wrap it in their own ``jax.jit``), ``make_train_step`` returns ``jax.jit`` of it with the
+carried buffers donated. ``make_eval_step`` is jit-compiled too.
+
+With ``k > 1`` the k steps run inside one dispatch (``lax.scan``); small nets on a GPU are
+launch-bound, so this is how to get under the per-dispatch floor. The step's key is
+``fold_in(train_key, t)`` for global step t (``step_keys``), so a run depends only on its seed,
+and k scanned steps equal k single steps. ``params``, ``state`` and ``opt_state`` are donated:
+do not reuse the arrays passed in.
+
+``dtype_policy`` says in which dtype the network computes (it is not ``lax.Precision``, which
+``ops.conv2d(precision=...)`` takes): "f32", or "bf16", which casts the inputs and a copy of the
+params to bfloat16 for the forward and backward pass while the master params, the optimizer
+state, the logits fed to the loss and the loss itself stay float32 (mixed precision without loss
+scaling, which bf16's 8-bit exponent does not need). ``precision=`` is its deprecated spelling.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fcnn import _checks
+from fcnn import data as data_lib
+from fcnn.losses import accuracy, l2_penalty, softmax_cross_entropy
+from fcnn.types import Array, Layer, Params, State
+
+__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "plain_train_step", "train_step_fn", "make_train_step",
+           "make_eval_step", "evaluate", "predict", "step_keys"]
+
+DTYPE_POLICIES = ("f32", "bf16")
+
+
+def check_dtype_policy(dtype_policy: str = "f32", precision: Optional[str] = None) -> str:
+    """The dtype policy to use; ``precision`` is its deprecated name (warns, and wins when given)."""
+    if precision is not None:
+        warnings.warn("precision= is deprecated here (it is the dtype policy, not lax.Precision); "
+                      "use dtype_policy=", DeprecationWarning, stacklevel=3)
+        return _checks.choice(precision, DTYPE_POLICIES, "precision")
+    return _checks.choice(dtype_policy, DTYPE_POLICIES, "dtype_policy")
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _restore_dtypes(new, old):
+    """Cast every leaf of ``new`` to the dtype of the matching leaf of ``old``.
+
+    Keeps the carried pytrees' dtypes fixed step to step (a schedule evaluated in
+    float64 under ``jax_enable_x64`` must not promote float32 state).
+    """
+    return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.result_type(o)), new, old)
+
+
+def _forward(model: Layer, params: Params, state: State, x: Array, key, train: bool, dtype_policy: str):
+    """Model logits as float32, and the new model state in the old state's dtypes."""
+    if dtype_policy == "bf16":
+        params = _cast_floats(params, jnp.bfloat16)
+        x = x.astype(jnp.bfloat16)
+    logits, new_state = model.apply(params, state, x, key=key, train=train)
+    return logits.astype(jnp.float32), _restore_dtypes(new_state, state)
+
+
+def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
+    """Keys for global steps ``start .. start+k-1``: ``fold_in(train_key, t)``, on the host.
+
+    Returns one key (2,) uint32 for ``k == 1`` and stacked keys (k, 2) otherwise. ``fit``
+    makes a whole epoch's keys in one call (one dispatch), then slices them per step.
+    """
+    keys = jax.vmap(lambda t: jax.random.fold_in(train_key, t))(jnp.arange(start, start + k, dtype=jnp.uint32))
+    keys = np.asarray(keys)
+    return keys[0] if k == 1 else keys
+
+
+def plain_train_step(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable = softmax_cross_entropy,
+    *,
+    l2: float = 0.0,
+    steps_per_call: int = 1,
+    dtype_policy: str = "f32",
+    augment: Optional[Callable] = None,
+    axis_name: Optional[str] = None,
+    unroll: int = 1,
+    precision: Optional[str] = None,
+) -> Callable:
+    """The train step as a plain function, *not* jit-compiled; ``make_train_step`` jits it.
+
+    With ``axis_name`` (the function then runs inside ``pmap`` / ``shard_map`` over that
+    axis) the step key is folded with the device index, and the gradients, the metrics and
+    the new model state are ``lax.pmean``-ed over the axis, so every device applies the
+    same update. ``fcnn.parallel`` builds its data-parallel steps from this function.
+    Arguments as ``make_train_step``.
+    """
+    _checks.positive_int(steps_per_call, "steps_per_call")
+    l2 = _checks.non_negative_float(l2, "l2")
+    if axis_name is not None and (not isinstance(axis_name, str) or not axis_name):
+        raise ValueError(f"axis_name must be None or a non-empty str, got {axis_name!r}")
+    _checks.positive_int(unroll, "unroll", hint="scan iterations per loop body")
+    dtype_policy = check_dtype_policy(dtype_policy, precision)
+
+    def mean(tree):
+        return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+    def objective(params, state, x, y, key):
+        logits, new_state = _forward(model, params, state, x, key, True, dtype_policy)
+        loss = loss_fn(logits, y)
+        total = loss + l2_penalty(params, l2) if l2 else loss
+        return total, (loss, accuracy(logits, y), new_state)
+
+    def one_step(params, state, opt_state, batch, key):
+        x, y = batch
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        if augment is not None:
+            aug_key, key = jax.random.split(key)
+            x = augment(aug_key, x)
+        grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
+        grads = mean(grads)
+        if axis_name is not None:
+            new_state = _restore_dtypes(mean(new_state), state)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_opt_state = _restore_dtypes(new_opt_state, opt_state)
+        return new_params, new_state, new_opt_state, mean({"loss": loss, "accuracy": acc})
+
+    def many_steps(params, state, opt_state, batch, keys):
+        def body(carry, inputs):
+            p, s, o = carry
+            b, key = inputs
+            p, s, o, metrics = one_step(p, s, o, b, key)
+            return (p, s, o), metrics
+
+        (params, state, opt_state), metrics = jax.lax.scan(body, (params, state, opt_state), (batch, keys),
+                                                           unroll=unroll)
+        return params, state, opt_state, metrics
+
+    return one_step if steps_per_call == 1 else many_steps
+
+
+def train_step_fn(*args, **kwargs) -> Callable:
+    """Deprecated name of ``plain_train_step`` (it did not say the step is not compiled)."""
+    warnings.warn("fcnn train_step_fn is deprecated; use fcnn.step.plain_train_step", DeprecationWarning,
+                  stacklevel=2)
+    return plain_train_step(*args, **kwargs)
+
+
+def make_train_step(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    loss_fn: Callable = softmax_cross_entropy,
+    *,
+    l2: float = 0.0,
+    steps_per_call: int = 1,
+    donate: bool = True,
+    dtype_policy: str = "f32",
+    augment: Optional[Callable] = None,
+    unroll: int = 1,
+    precision: Optional[str] = None,
+):
+    """Build the **jit-compiled** train step (see the module docstring for its contract).
+
+    Args:
+      model: a ``Layer`` whose apply returns logits (n, k).
+      optimizer: an optax transformation (``fcnn.optim.make_optimizer``).
+      loss_fn: ``loss_fn(logits, labels) -> scalar`` batch mean.
+      l2: coefficient of ``l2_penalty`` added to the objective (kernels only).
+      steps_per_call: k >= 1 steps per dispatch, scanned over a stacked chunk of k batches.
+      donate: donate the params / state / opt_state buffers to the outputs.
+      dtype_policy: "f32" or "bf16" (see the module docstring); ``precision`` is its
+        deprecated name.
+      augment: optional ``augment(key, x) -> x`` applied to each training batch inside the
+        step (on device); the step key is then split into (augment key, model key).
+      unroll: with k > 1, scan iterations per loop body (``lax.scan(unroll=...)``); ``k``
+        unrolls fully: one straight kernel sequence instead of a device loop whose trip
+        test syncs with the host every step (faster for launch-bound nets on a GPU, longer
+        compile; see docs/benchmarks.md).
+
+    Returns:
+      ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
+    """
+    fn = plain_train_step(model, optimizer, loss_fn, l2=l2, steps_per_call=steps_per_call,
+                          dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
+    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else ())
+
+
+def make_eval_step(model: Layer, loss_fn: Callable = softmax_cross_entropy, *, dtype_policy: str = "f32",
+                   precision: Optional[str] = None):
+    """**Jit-compiled** ``eval_step(params, state, x, y, mask) -> (loss_sum, correct_sum)``.
+
+    ``mask`` (n,) is 1.0 for real rows and 0.0 for padding, so a padded last batch
+    keeps the compiled shape. Per-example losses come from applying ``loss_fn`` to
+    one row at a time (``vmap``), so any batch-mean loss works.
+    """
+    dtype_policy = check_dtype_policy(dtype_policy, precision)
+
+    def eval_step(params, state, x, y, mask):
+        logits, _ = _forward(model, params, state, x, None, False, dtype_policy)
+        per_example = jax.vmap(lambda l, t: loss_fn(l[None], t[None]))(logits, y)
+        correct = (jnp.argmax(logits, axis=-1) == (y if y.ndim == 1 else jnp.argmax(y, -1))).astype(jnp.float32)
+        return jnp.sum(per_example * mask), jnp.sum(correct * mask)
+
+    return jax.jit(eval_step)
+
+
+def evaluate(
+    model: Layer,
+    params: Params,
+    state: State,
+    x,
+    y,
+    batch_size: int,
+    *,
+    loss_fn: Callable = softmax_cross_entropy,
+    dtype_policy: str = "f32",
+    eval_step=None,
+    precision: Optional[str] = None,
+) -> dict:
+    """Mean loss and accuracy over ``(x, y)`` with every example counted exactly once.
+
+    Args:
+      x: (n, h, w, c) inputs; y: (n,) labels (or (n, k) one-hot).
+      batch_size: rows per compiled batch; the last batch is padded and masked
+        (``fcnn.data.eval_batches``), so one compilation serves any n.
+      eval_step: a ``make_eval_step`` result to reuse (avoids recompiling per call).
+
+    Returns:
+      ``{"loss": float, "accuracy": float, "n": int}``.
+    """
+    _checks.positive_int(batch_size, "batch_size")
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must hold the same non-zero number of examples, got {len(x)} and {len(y)}")
+    if eval_step is None:
+        eval_step = make_eval_step(model, loss_fn, dtype_policy=check_dtype_policy(dtype_policy, precision))
+    loss_sum, correct = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+    for xb, yb, mask in data_lib.eval_batches(x, y, batch_size):
+        l, c = eval_step(params, state, xb, yb, mask)
+        loss_sum, correct = loss_sum + l, correct + c
+    loss_sum, correct = jax.device_get((loss_sum, correct))
+    return {"loss": float(loss_sum) / len(x), "accuracy": float(correct) / len(x), "n": len(x)}
+
+
+def predict(model: Layer, params: Params, state: State, x, *, dtype_policy: str = "f32",
+            batch_size: Optional[int] = None, precision: Optional[str] = None) -> Array:
+    """Class probabilities ``softmax(model(x))`` in eval mode. x: (n, h, w, c) -> (n, k).
+
+    ``batch_size``: None runs all n rows in one call (not compiled, as ``model.apply``);
+    an int runs one compiled forward over fixed-shape batches (``fcnn.data.eval_batches``,
+    the last padded and its padding rows dropped), for test sets too large for one call.
+    """
+    dtype_policy = check_dtype_policy(dtype_policy, precision)
+
+    def probs(params, state, xb):
+        logits, _ = _forward(model, params, state, jnp.asarray(xb), None, False, dtype_policy)
+        return jax.nn.softmax(logits, axis=-1)
+
+    if batch_size is None:
+        return probs(params, state, x)
+    _checks.positive_int(batch_size, "batch_size")
+    fn = jax.jit(probs)
+    out = [fn(params, state, xb)[: int(w.sum())] for xb, _, w in data_lib.eval_batches(x, None, batch_size)]
+    return jnp.concatenate(out) if out else jnp.zeros((0,), jnp.float32)

@@ -1,0 +1,96 @@
+"""A run's definition and directory (fcnn.run): TrainConfig, config.json, keys, load_checkpoint."""
+import json
+import os
+import warnings
+
+import chex
+import jax
+import pytest
+
+from _tiny import Data, leaves_equal, mlp
+from fcnn import run
+from fcnn.train import fit
+
+
+def _config(**kw):
+    base = dict(model="mlp", dataset="digits8", epochs=1, batch_size=32, seed=3, eval_batch_size=64)
+    base.update(kw)
+    return run.TrainConfig(**base)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(l2="abc"), "l2 must be a non-negative float, got 'abc'"),
+    (dict(l2=float("inf")), "l2 must be a non-negative float, got inf"),
+    (dict(epochs=True), "epochs must be a positive int, got True"),
+    (dict(seed=-1), "seed must be a non-negative int, got -1"),
+    (dict(augment_shift=-2), r"augment_shift must be a non-negative int \(pixels\), got -2"),
+    (dict(checkpoint_every=0), r"checkpoint_every must be a positive int \(steps\) or None, got 0"),
+    (dict(label_smoothing=1.0), r"label_smoothing must be a float in \[0.0, 1.0\), got 1.0"),
+    (dict(dtype_policy="fp8"), "dtype_policy must be one of f32, bf16; got 'fp8'"),
+    (dict(parallel="ring"), "parallel must be one of none, pmap, sharding; got 'ring'"),
+    (dict(devices=2), "devices=2 needs parallel 'pmap' or 'sharding'"),
+    (dict(parallel="pmap", devices=0), r"devices must be a positive int \(all devices\) or None, got 0"),
+])
+def test_train_config_names_the_field_and_the_rule(kw, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**kw)
+
+
+def test_from_dict_reads_the_old_precision_field_and_refuses_unknown_ones():
+    old = dict(_config().to_dict(), dtype_policy=None)
+    del old["dtype_policy"]
+    old["precision"] = "bf16"
+    with pytest.warns(DeprecationWarning, match="'precision' is now 'dtype_policy'"):
+        cfg = run.TrainConfig.from_dict(old)
+    assert cfg.dtype_policy == "bf16" and cfg == _config(dtype_policy="bf16")
+    with pytest.raises(ValueError, match=r"unknown fields \['lr'\]"):
+        run.TrainConfig.from_dict(dict(_config().to_dict(), lr=0.1))
+
+
+def test_config_json_round_trips_and_a_damaged_one_is_named(tmp_path):
+    cfg = _config(dtype_policy="bf16", checkpoint_every=7)
+    run.write_config(str(tmp_path), cfg)
+    on_disk = json.load(open(tmp_path / "config.json"))
+    assert on_disk["fcnn_version"] and on_disk["checkpoint_every"] == 7
+    assert run.read_config(str(tmp_path)) == cfg
+    text = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(text[: len(text) // 2])  # cut in half
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        run.read_config(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        run.read_config(str(tmp_path / "nowhere"))
+
+
+def test_split_seed_is_the_key_split_fit_draws_its_init_from():
+    """Independent reference: the first half of ``split(PRNGKey(seed))`` initialises the params."""
+    model, cfg = mlp(), _config(seed=5)
+    params, state, opt_state, train_key = run.init_run(model, cfg, (2, 8, 8, 1), None)
+    _, expect, _ = model.init(jax.random.split(jax.random.PRNGKey(5))[0], (2, 8, 8, 1))
+    chex.assert_trees_all_equal(params, expect)
+    chex.assert_trees_all_equal(train_key, jax.random.split(jax.random.PRNGKey(5))[1])
+    assert opt_state is None and state == {}
+
+
+def test_load_checkpoint_restores_params_without_an_optimizer(tmp_path):
+    """The params fit returns at step 5 are what load_checkpoint reads back, bitwise."""
+    data, d = Data(), str(tmp_path / "r")
+    result = fit(mlp(), data, _config(epochs=2, optimizer="adamw", weight_decay=0.01), run_dir=d, max_steps=5,
+                 verbose=False)
+    step, params, state = run.load_checkpoint(mlp(), run.read_config(d), d, data.x_train.shape)
+    assert step == 5 and leaves_equal(params, result.params) and state == {}
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        run.load_checkpoint(mlp(), _config(), str(tmp_path), data.x_train.shape)
+
+
+def test_free_run_dir_never_picks_a_directory_that_holds_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _config()
+    first = run.free_run_dir(cfg)
+    assert first == os.path.join("runs", "mlp-digits8")
+    os.makedirs(first)
+    assert run.free_run_dir(cfg) == first  # an empty directory holds no run
+    run.write_config(first, cfg)
+    assert run.free_run_dir(cfg) == first + "-2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.read_config(first) == cfg  # today's config.json reads back without a warning

@@ -1,0 +1,168 @@
+"""The device step (fcnn.step): train step, scanned steps, dtype policy, evaluate, predict."""
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from _tiny import Data, init_trees, mlp
+from fcnn.losses import softmax_cross_entropy
+from fcnn.optim import make_optimizer
+from fcnn.step import evaluate, make_train_step, plain_train_step, predict, step_keys, train_step_fn
+
+
+@pytest.fixture(scope="module")
+def data():
+    return Data()
+
+
+def test_loss_falls_on_a_fixed_batch(data):
+    model, opt = mlp(drop_rate=0.0), make_optimizer("adam", 1e-2)
+    x, y = data.x_train[:64], data.y_train[:64]
+    params, state, opt_state = init_trees(model, x, opt)
+    step = make_train_step(model, opt)
+    losses = []
+    for t in range(60):
+        params, state, opt_state, m = step(params, state, opt_state, (x, y), step_keys(jax.random.PRNGKey(1), t))
+        losses.append(float(m["loss"]))
+    assert losses[0] > 2.0  # about log(10) at init
+    assert losses[-1] < losses[0] / 10
+
+
+def test_sgd_step_with_l2_matches_hand_update(data):
+    model, lr, l2 = mlp(drop_rate=0.0), 0.1, 0.01
+    opt = make_optimizer("sgd", lr)
+    x, y = data.x_train[:32], data.y_train[:32]
+    params, state, opt_state = init_trees(model, x, opt)
+    p0 = jax.tree.map(np.array, params)
+    data_grad = jax.grad(lambda p: softmax_cross_entropy(model.apply(p, {}, x)[0], y))(params)
+    new, _, _, m = make_train_step(model, opt, l2=l2)(params, state, opt_state, (x, y), jax.random.PRNGKey(0))
+    for name in ("w1", "w2"):  # kernels: penalty gradient 2 * l2 * w
+        np.testing.assert_allclose(new[name], p0[name] - lr * (data_grad[name] + 2 * l2 * p0[name]), rtol=1e-5, atol=1e-7)
+    for name in ("b1", "b2"):  # biases are not penalised
+        np.testing.assert_allclose(new[name], p0[name] - lr * data_grad[name], rtol=1e-5, atol=1e-7)
+    # the reported loss is the data loss, without the penalty
+    np.testing.assert_allclose(m["loss"], softmax_cross_entropy(model.apply(p0, {}, x)[0], y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("unroll", [1, 2, 4])
+def test_scanned_steps_equal_single_steps(data, unroll):
+    model, opt, k, bs = mlp(), make_optimizer("momentum", 0.05), 4, 32
+    x = data.x_train[: k * bs].reshape(k, bs, 8, 8, 1)
+    y = data.y_train[: k * bs].reshape(k, bs)
+    base = jax.random.PRNGKey(7)
+    single = make_train_step(model, opt)
+    p, s, o = init_trees(model, x[0], opt)
+    losses = []
+    for t in range(k):
+        p, s, o, m = single(p, s, o, (x[t], y[t]), step_keys(base, 3 + t))
+        losses.append(m["loss"])
+    p2, s2, o2 = init_trees(model, x[0], opt)
+    p2, s2, o2, m2 = make_train_step(model, opt, steps_per_call=k, unroll=unroll)(p2, s2, o2, (x, y),
+                                                                                   step_keys(base, 3, k))
+    assert m2["loss"].shape == (k,)
+    for a, b in zip(jax.tree.leaves((p, o)), jax.tree.leaves((p2, o2))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.array(losses), m2["loss"], rtol=1e-6)
+
+
+def test_train_step_donates_its_state(data):
+    model, opt = mlp(), make_optimizer("sgd", 0.1)
+    x, y = data.x_train[:16], data.y_train[:16]
+    params, state, opt_state = init_trees(model, x, opt)
+    new, *_ = make_train_step(model, opt)(params, state, opt_state, (x, y), jax.random.PRNGKey(0))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(params))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new))
+
+
+def test_bf16_keeps_float32_master_params_and_learns(data):
+    model, opt = mlp(drop_rate=0.0), make_optimizer("adam", 1e-2)
+    x, y = data.x_train[:64], data.y_train[:64]
+    params, state, opt_state = init_trees(model, x, opt)
+    # the first step's loss is that of the bf16 forward (independent cast here), not the f32 one
+    p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    loss16 = float(softmax_cross_entropy(model.apply(p16, {}, x.astype(jnp.bfloat16))[0].astype(jnp.float32), y))
+    loss32 = float(softmax_cross_entropy(model.apply(params, {}, x)[0], y))
+    step = make_train_step(model, opt, dtype_policy="bf16")
+    losses = []
+    for t in range(40):
+        params, state, opt_state, m = step(params, state, opt_state, (x, y), step_keys(jax.random.PRNGKey(1), t))
+        losses.append(float(m["loss"]))
+    assert losses[0] == pytest.approx(loss16, rel=1e-6) and loss16 != loss32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((params, opt_state)) if leaf.dtype != jnp.int32)
+    assert m["loss"].dtype == jnp.float32 and losses[-1] < losses[0] / 5
+
+
+def test_evaluate_counts_every_example_once(data):
+    model = mlp()
+    _, params, state = model.init(jax.random.PRNGKey(3), (1, 8, 8, 1))
+    x, y = data.x_test[:137], data.y_test[:137]
+    # independent reference: NumPy forward over all rows at once
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    h = np.maximum(x.reshape(137, -1) @ p["w1"] + p["b1"], 0)
+    logits = h @ p["w2"] + p["b2"]
+    ref_acc = np.mean(np.argmax(logits, -1) == y)
+    z = logits - logits.max(-1, keepdims=True)
+    ref_loss = np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(137), y])
+    got = evaluate(model, params, state, x, y, batch_size=32)  # 137 = 4 * 32 + 9
+    assert got["n"] == 137
+    assert got["accuracy"] == pytest.approx(ref_acc, abs=1e-12)
+    assert got["loss"] == pytest.approx(ref_loss, rel=1e-5)
+    assert 0.0 < ref_acc < 0.5  # untrained: a wrong count or padded rows would move it
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(steps_per_call=0), "steps_per_call must be a positive int, got 0"),
+    (dict(steps_per_call=2, unroll=0), r"unroll must be a positive int \(scan iterations per loop body\), got 0"),
+    (dict(l2=-1.0), "l2 must be a non-negative float, got -1.0"),
+    (dict(precision="fp8"), "precision must be one of f32, bf16; got 'fp8'"),
+])
+def test_make_train_step_rejects_bad_options(kw, message):
+    with pytest.raises(ValueError, match=message):
+        make_train_step(mlp(), make_optimizer("sgd", 0.1), **kw)
+
+
+def test_precision_is_a_deprecated_alias_of_dtype_policy(data):
+    """The old keyword still selects the policy (bf16's first loss differs from f32's) and warns."""
+    model, opt = mlp(drop_rate=0.0), make_optimizer("sgd", 0.1)
+    x, y = data.x_train[:32], data.y_train[:32]
+    losses = {}
+    for kw in (dict(dtype_policy="bf16"), dict(precision="bf16"), dict()):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step = make_train_step(model, opt, **kw)
+        assert any(issubclass(w.category, DeprecationWarning) for w in caught) == ("precision" in kw)
+        p, s, o = init_trees(model, x, opt)
+        losses[tuple(kw.items())] = float(step(p, s, o, (x, y), jax.random.PRNGKey(0))[3]["loss"])
+    assert losses[(("dtype_policy", "bf16"),)] == losses[(("precision", "bf16"),)] != losses[()]
+
+
+def test_plain_train_step_is_the_uncompiled_body_of_make_train_step(data):
+    """A user's own jax.jit around plain_train_step computes exactly fcnn's jitted step."""
+    model, opt = mlp(), make_optimizer("momentum", 0.05)
+    x, y = data.x_train[:32], data.y_train[:32]
+    fn = plain_train_step(model, opt)
+    assert not hasattr(fn, "lower")  # not a jitted function
+    p1, s1, o1 = init_trees(model, x, opt)
+    p2, s2, o2 = init_trees(model, x, opt)
+    a = make_train_step(model, opt)(p1, s1, o1, (x, y), jax.random.PRNGKey(4))
+    b = jax.jit(fn)(p2, s2, o2, (x, y), jax.random.PRNGKey(4))
+    chex.assert_trees_all_close(a, b, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="plain_train_step"):
+        train_step_fn(model, opt)
+
+
+def test_predict_in_batches_equals_one_call(data):
+    """Fixed-shape batches with a padded last one give the same probabilities, row for row."""
+    model = mlp()
+    _, params, state = model.init(jax.random.PRNGKey(3), (1, 8, 8, 1))
+    x = data.x_test[:37]  # 37 = 2 * 16 + 5
+    whole = predict(model, params, state, x)
+    batched = predict(model, params, state, x, batch_size=16)
+    assert batched.shape == (37, 10)
+    chex.assert_trees_all_close(batched, whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(whole).sum(-1), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        predict(model, params, state, x, batch_size=0)
