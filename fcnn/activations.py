@@ -8,25 +8,16 @@ convention: transcendental functions cost more).
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from fcnn.summary import LayerInfo, describe, numel
-from fcnn.types import Layer
+from fcnn import _checks
+from fcnn.types import Layer, LayerInfo, check_shape, describe, numel
 
 __all__ = ["Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Gelu",
            "Elu", "LeakyRelu", "Silu", "Softplus"]
-
-
-def _check_shape(in_shape) -> tuple:
-    if not isinstance(in_shape, (tuple, list)) or not all(
-        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in in_shape
-    ):
-        raise ValueError(f"in_shape must be a tuple of positive ints (batch included), got {in_shape!r}")
-    return tuple(int(d) for d in in_shape)
 
 
 def Activation(fn: Callable, *, name: str = "Activation") -> Layer:
@@ -40,7 +31,7 @@ def Activation(fn: Callable, *, name: str = "Activation") -> Layer:
         raise TypeError(f"fn must be callable, got {fn!r}")
 
     def init(key, in_shape):
-        return _check_shape(in_shape), {}, {}
+        return check_shape(in_shape), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return fn(x), state
@@ -58,7 +49,7 @@ def Lambda(fn: Callable, *, name: str = "Lambda") -> Layer:
         raise TypeError(f"fn must be callable, got {fn!r}")
 
     def init(key, in_shape):
-        in_shape = _check_shape(in_shape)
+        in_shape = check_shape(in_shape)
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct(in_shape, jnp.float32))
         return tuple(out.shape), {}, {}
 
@@ -69,9 +60,15 @@ def Lambda(fn: Callable, *, name: str = "Lambda") -> Layer:
 
 
 def _check_axis(axis):
-    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
+    if not _checks.is_int(axis):
         raise TypeError(f"axis must be an int, got {axis!r}")
     return int(axis)
+
+
+def _number(value, name: str) -> float:
+    if not _checks.is_real(value):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def Relu() -> Layer:
@@ -102,22 +99,19 @@ def LogSoftmax(*, axis: int = -1) -> Layer:
 
 def Gelu(*, approximate: bool = False) -> Layer:
     """x * Phi(x) (exact erf form by default; ``approximate=True`` is the tanh form)."""
-    if not isinstance(approximate, bool):
-        raise TypeError(f"approximate must be a bool, got {approximate!r}")
+    approximate = _checks.boolean(approximate, "approximate")
     return Activation(lambda x: jax.nn.gelu(x, approximate=approximate), name="Gelu")
 
 
 def Elu(*, alpha: float = 1.0) -> Layer:
     """x if x > 0 else alpha * (exp(x) - 1)."""
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a number, got {alpha!r}")
+    alpha = _number(alpha, "alpha")
     return Activation(lambda x: jax.nn.elu(x, alpha), name="Elu")
 
 
 def LeakyRelu(*, negative_slope: float = 0.01) -> Layer:
     """x if x >= 0 else negative_slope * x."""
-    if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool):
-        raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
+    negative_slope = _number(negative_slope, "negative_slope")
     return Activation(lambda x: jax.nn.leaky_relu(x, negative_slope), name="LeakyRelu")
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fcnn import shapes
-from fcnn.summary import LayerInfo, describe, numel
-from fcnn.types import Layer
+from fcnn import _checks, shapes
+from fcnn.types import Layer, LayerInfo, describe, numel
 
 __all__ = ["serial", "residual", "branches"]
 
@@ -110,8 +109,7 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
     if not layers:
         raise ValueError("branches needs at least one layer")
     _check_layers(layers, "branches")
-    if merge not in ("concat", "sum"):
-        raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+    merge = _checks.choice(merge, ("concat", "sum"), "merge")
     layout = shapes.normalize_layout(layout)
     n = len(layers)
 

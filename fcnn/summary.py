@@ -1,11 +1,8 @@
-"""Layer introspection and the model summary table.
+"""The model summary table.
 
-A ``Layer`` is a bare ``(init, apply)`` pair, so what a layer *is* (its name, kernel,
-stride, FLOPs, children) lives in a side table: ``describe(layer, LayerInfo(...))``
-records it in a ``weakref.WeakKeyDictionary`` keyed by ``layer.init`` (each
-constructor call makes a fresh ``init`` closure, so the key is unique per layer
-and the entry disappears with the layer). ``layer_info(layer)`` reads it back;
-a layer built by hand has no entry and shows up as ``"?"`` with 0 FLOPs.
+What a layer *is* (name, kernel, stride, FLOPs, children) is recorded with
+``fcnn.types.describe`` and read back with ``fcnn.types.layer_info``; those names (and
+``LayerInfo``, ``numel``) are re-exported here for older imports.
 
 ``summary(model, in_shape)`` walks the tree: for every layer it runs ``init`` under
 ``jax.eval_shape`` (no arrays are allocated) to get the output shape and the
@@ -20,55 +17,15 @@ parameter shapes, and reports per row:
 """
 from __future__ import annotations
 
-import math
-import weakref
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import jax
 
 from fcnn import shapes
-from fcnn.types import Layer, Shape
+from fcnn.types import Layer, LayerInfo, Shape, check_shape, describe, layer_info, numel
 
-__all__ = ["LayerInfo", "describe", "layer_info", "Row", "Summary", "summary", "count_params"]
-
-RFFn = Callable[[Shape], Tuple[int, int, int]]  # in_shape -> (kernel, stride, dilation) along H
-FlopsFn = Callable[[Shape, Shape], int]  # (in_shape, out_shape) -> FLOPs
-
-
-class LayerInfo(NamedTuple):
-    """What ``summary`` knows about a layer.
-
-    name: display name ("Conv2D"). kind: "conv", "dense", "pool", "activation", "norm",
-    "dropout", "reshape", "lambda", "serial", "residual" or "branches".
-    detail: short hyperparameter text ("6@5x5 SAME"). rf: in_shape -> (kernel, stride,
-    dilation) along H, None for pointwise layers. flops: (in_shape, out_shape) -> int.
-    children: sub-layers of a combinator (residual: (block, shortcut-or-None)).
-    """
-
-    name: str
-    kind: str
-    detail: str = ""
-    rf: Optional[RFFn] = None
-    flops: Optional[FlopsFn] = None
-    children: Tuple[Optional[Layer], ...] = ()
-
-
-_INFO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def describe(layer: Layer, info: LayerInfo) -> Layer:
-    """Record ``info`` for ``layer`` and return the layer unchanged."""
-    _INFO[layer.init] = info
-    return layer
-
-
-def layer_info(layer: Layer) -> LayerInfo:
-    """The recorded info, or an anonymous entry for a layer built by hand."""
-    return _INFO.get(layer.init, LayerInfo("?", "unknown"))
-
-
-def numel(shape: Sequence[int]) -> int:
-    return math.prod(int(s) for s in shape)
+# LayerInfo, describe, layer_info, numel live in fcnn.types; re-exported for older imports.
+__all__ = ["LayerInfo", "describe", "layer_info", "numel", "Row", "Summary", "summary", "count_params"]
 
 
 def count_params(params) -> int:
@@ -178,9 +135,7 @@ def summary(model: Layer, in_shape: Sequence[int]) -> Summary:
     """
     if not isinstance(model, Layer):
         raise TypeError(f"model must be a Layer, got {type(model).__name__}")
-    if not isinstance(in_shape, (tuple, list)) or not all(isinstance(d, int) and d > 0 for d in in_shape):
-        raise ValueError(f"in_shape must be a tuple of positive ints (batch included), got {in_shape!r}")
-    in_shape = tuple(in_shape)
+    in_shape = check_shape(in_shape)
     rows: List[Row] = []
     info = layer_info(model)
     if info.kind == "serial":
