@@ -23,11 +23,12 @@ is exactly the formula. ``normal``/``uniform``/``he_*``/``glorot_*`` are factori
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+
+from fcnn import _checks, shapes
 
 Initializer = Callable[..., jax.Array]  # (key, shape, dtype, fan_in, fan_out) -> array
 
@@ -47,29 +48,21 @@ def fans(shape: Sequence[int], *, kind: str = "dense", layout: str = "NHWC", gro
     Returns:
       dense: ``(n_in, n_out)``; conv: ``(kh*kw*cin/groups, kh*kw*cout/groups)``.
     """
+    kind = _checks.choice(kind, ("dense", "conv"), "kind")
     if kind == "dense":
         if len(shape) != 2:
             raise ValueError(f"shape of a dense weight must be (n_in, n_out), got {tuple(shape)}")
         return int(shape[0]), int(shape[1])
-    if kind != "conv":
-        raise ValueError(f"kind must be 'dense' or 'conv', got {kind!r}")
     if len(shape) != 4:
         raise ValueError(f"shape of a conv kernel must have rank 4, got {tuple(shape)}")
-    if layout == "NHWC":
+    groups = _checks.positive_int(groups, "groups")
+    if shapes.normalize_layout(layout) == "NHWC":
         kh, kw, ci, co = shape
-    elif layout == "NCHW":
-        co, ci, kh, kw = shape
     else:
-        raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+        co, ci, kh, kw = shape
     if co % groups:
         raise ValueError(f"groups={groups} must divide the output channels ({co})")
     return kh * kw * ci, kh * kw * (co // groups)
-
-
-def _positive(value, name: str) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _normal(std: float):
@@ -86,12 +79,12 @@ def _uniform(limit: float):
 
 def normal(stddev: float = 0.05) -> Initializer:
     """N(0, stddev^2), independent of the fans."""
-    return _normal(_positive(stddev, "stddev"))
+    return _normal(_checks.positive_float(stddev, "stddev"))
 
 
 def uniform(scale: float = 0.05) -> Initializer:
     """U(-scale, scale), independent of the fans."""
-    return _uniform(_positive(scale, "scale"))
+    return _uniform(_checks.positive_float(scale, "scale"))
 
 
 def _scaled(kind: str, numerator: float, use_fan_out: bool) -> Initializer:

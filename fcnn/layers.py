@@ -16,18 +16,16 @@ in at least float32 and returns ``x.dtype``.
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fcnn import _checks
 from fcnn import init as initializers
 from fcnn import ops, shapes
 from fcnn.activations import (Activation, Elu, Gelu, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,  # noqa: F401
-                              Silu, Softmax, Softplus, Tanh, _check_shape)
-from fcnn.summary import LayerInfo, describe, numel
-from fcnn.types import Layer
+                              Silu, Softmax, Softplus, Tanh)
+from fcnn.types import Layer, LayerInfo, check_shape, describe, numel
 
 __all__ = ["Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
            "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -35,24 +33,6 @@ __all__ = ["Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Glob
 
 
 # ----------------------------------------------------------------------------- validation helpers
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _choice(value, choices, name: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
 def _check_param_dtype(dtype):
     if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
         raise TypeError(f"param_dtype must be a floating dtype, got {dtype!r}")
@@ -65,7 +45,7 @@ def _check_padding_spelling(padding, window, stride, dilation):
 
 
 def _rank4(in_shape, layout: str):
-    in_shape = _check_shape(in_shape)
+    in_shape = check_shape(in_shape)
     shapes.check_rank4(in_shape, "in_shape")
     return in_shape
 
@@ -83,7 +63,10 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
     Args:
       out_channels: number of kernels = output channels.
       kernel: int or (kh, kw).
-      stride, padding, dilation, groups, layout, impl, precision: as in ``ops.conv2d``.
+      stride, padding, dilation, groups, layout, impl: as in ``ops.conv2d``.
+      precision: ``lax.Precision`` for the conv's dot products (None, a ``lax.Precision``, its
+        name such as "highest", or a pair; as in ``ops.conv2d``); not the training dtype
+        policy (that is ``param_dtype`` here and the dtype of ``x``).
       use_bias: add a per-channel bias ``b`` of shape (out_channels,).
       w_init, b_init: initialisers ``(key, shape, dtype, fan_in, fan_out)``; fans from
         ``init.fans`` (fan_in = kh*kw*cin/groups).
@@ -95,17 +78,17 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
       x (n, h, w, cin) -> (n, oh, ow, out_channels) in NHWC (NCHW likewise), oh from
       ``shapes.conv_output_shape``.
     """
-    out_channels = _positive_int(out_channels, "out_channels")
+    out_channels = _checks.positive_int(out_channels, "out_channels")
     kernel = shapes.normalize_pair(kernel, "kernel")
     stride = shapes.normalize_pair(stride, "stride")
     dilation = shapes.normalize_pair(dilation, "dilation")
-    groups = _positive_int(groups, "groups")
+    groups = _checks.positive_int(groups, "groups")
     if out_channels % groups:
         raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
     _check_padding_spelling(padding, kernel, stride, dilation)
     layout = shapes.normalize_layout(layout)
-    impl = _choice(impl, ops.CONV_CHOICES, "impl")
-    use_bias = _check_bool(use_bias, "use_bias")
+    impl = _checks.choice(impl, ops.CONV_CHOICES, "impl")
+    use_bias = _checks.boolean(use_bias, "use_bias")
     w_init = initializers.check_initializer(w_init, "w_init")
     b_init = initializers.check_initializer(b_init, "b_init")
     param_dtype = _check_param_dtype(param_dtype)
@@ -155,14 +138,14 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
     Params: {"w": (n_in, out_features), "b": (out_features,)}. Shapes: (..., n_in) -> (..., out_features).
     ``apply`` casts the params to ``x.dtype``.
     """
-    out_features = _positive_int(out_features, "out_features")
-    use_bias = _check_bool(use_bias, "use_bias")
+    out_features = _checks.positive_int(out_features, "out_features")
+    use_bias = _checks.boolean(use_bias, "use_bias")
     w_init = initializers.check_initializer(w_init, "w_init")
     b_init = initializers.check_initializer(b_init, "b_init")
     param_dtype = _check_param_dtype(param_dtype)
 
     def init(key, in_shape):
-        in_shape = _check_shape(in_shape)
+        in_shape = check_shape(in_shape)
         if len(in_shape) < 2:
             raise ValueError(f"in_shape of Dense must be (batch, ..., features), got {in_shape}")
         n_in = in_shape[-1]
@@ -185,10 +168,36 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
 
 
 # ----------------------------------------------------------------------------- pooling
-def _pool_probe(fn, window, dilation):
-    """Run ``fn`` abstractly on a tiny input so the op validates its own argument combinations now."""
+def _window_pool(name, op, window, stride, padding, dilation, layout, **op_kw) -> Layer:
+    """A pooling layer calling ``op(x, window, ...)``; stride defaults to the window.
+
+    ``dilation=None`` for an op without a dilation argument (average pooling): 1 in the shape formulas.
+    """
+    window = shapes.normalize_pair(window, "window")
+    stride = window if stride is None else shapes.normalize_pair(stride, "stride")
+    kw = dict(stride=stride, padding=padding, **op_kw)
+    if dilation is not None:
+        kw["dilation"] = dilation = shapes.normalize_pair(dilation, "dilation")
+    dilation = dilation or (1, 1)
+    _check_padding_spelling(padding, window, stride, dilation)
+    kw["layout"] = layout = shapes.normalize_layout(layout)
+    # run the op abstractly on a tiny input so it validates its own argument combinations now
     size = tuple(shapes.effective_size(window[i], dilation[i]) for i in range(2))
-    jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + size + (1,), jnp.float32))
+    jax.eval_shape(lambda x: op(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
+                   jax.ShapeDtypeStruct((1,) + size + (1,), jnp.float32))
+
+    def init(key, in_shape):
+        in_shape = _rank4(in_shape, layout)
+        return shapes.pool_output_shape(in_shape, window, stride=stride, padding=padding, dilation=dilation,
+                                        layout=layout), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return op(x, window, **kw), state
+
+    pad = padding if isinstance(padding, str) else f"pad={padding}"
+    return describe(Layer(init, apply), LayerInfo(
+        name, "pool", f"{window[0]}x{window[1]} s{stride[0]} {pad}",
+        rf=lambda i: (window[0], stride[0], dilation[0]), flops=lambda i, o: shapes.pool_flops(o, window)))
 
 
 def MaxPool2D(window, *, stride=None, padding="VALID", dilation=1, layout="NHWC", impl="lax",
@@ -199,55 +208,18 @@ def MaxPool2D(window, *, stride=None, padding="VALID", dilation=1, layout="NHWC"
     "split", "custom_vjp" any); a combination the op does not implement raises here.
     Shapes: (n, h, w, c) -> (n, oh, ow, c) in NHWC.
     """
-    window = shapes.normalize_pair(window, "window")
-    stride_ = window if stride is None else shapes.normalize_pair(stride, "stride")
-    dilation = shapes.normalize_pair(dilation, "dilation")
-    _check_padding_spelling(padding, window, stride_, dilation)
-    layout = shapes.normalize_layout(layout)
-    impl = _choice(impl, ops.POOL_CHOICES, "impl")
-    ties = _choice(ties, ops.TIE_POLICIES, "ties")
-    kw = dict(stride=stride_, padding=padding, dilation=dilation, layout=layout, impl=impl, ties=ties)
-    _pool_probe(lambda x: ops.max_pool2d(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
-                window, dilation)
-
-    def init(key, in_shape):
-        in_shape = _rank4(in_shape, layout)
-        return shapes.pool_output_shape(in_shape, window, stride=stride_, padding=padding, dilation=dilation,
-                                        layout=layout), {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        return ops.max_pool2d(x, window, **kw), state
-
-    pad = padding if isinstance(padding, str) else f"pad={padding}"
-    return describe(Layer(init, apply), LayerInfo(
-        "MaxPool2D", "pool", f"{window[0]}x{window[1]} s{stride_[0]} {pad}",
-        rf=lambda i: (window[0], stride_[0], dilation[0]), flops=lambda i, o: shapes.pool_flops(o, window)))
+    impl = _checks.choice(impl, ops.POOL_CHOICES, "impl")
+    ties = _checks.choice(ties, ops.TIE_POLICIES, "ties")
+    return _window_pool("MaxPool2D", ops.max_pool2d, window, stride, padding, dilation, layout, impl=impl,
+                        ties=ties)
 
 
 def AvgPool2D(window, *, stride=None, padding="VALID", layout="NHWC", count_include_pad=True,
               impl="lax") -> Layer:
     """Average pooling per channel (``ops.avg_pool2d``); stride defaults to the window."""
-    window = shapes.normalize_pair(window, "window")
-    stride_ = window if stride is None else shapes.normalize_pair(stride, "stride")
-    _check_padding_spelling(padding, window, stride_, (1, 1))
-    layout = shapes.normalize_layout(layout)
-    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
-    kw = dict(stride=stride_, padding=padding, layout=layout, count_include_pad=count_include_pad, impl=impl)
-    _pool_probe(lambda x: ops.avg_pool2d(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
-                window, (1, 1))
-
-    def init(key, in_shape):
-        in_shape = _rank4(in_shape, layout)
-        return shapes.pool_output_shape(in_shape, window, stride=stride_, padding=padding,
-                                        layout=layout), {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        return ops.avg_pool2d(x, window, **kw), state
-
-    pad = padding if isinstance(padding, str) else f"pad={padding}"
-    return describe(Layer(init, apply), LayerInfo(
-        "AvgPool2D", "pool", f"{window[0]}x{window[1]} s{stride_[0]} {pad}",
-        rf=lambda i: (window[0], stride_[0], 1), flops=lambda i, o: shapes.pool_flops(o, window)))
+    count_include_pad = _checks.boolean(count_include_pad, "count_include_pad")
+    return _window_pool("AvgPool2D", ops.avg_pool2d, window, stride, padding, None, layout,
+                        count_include_pad=count_include_pad, impl=impl)
 
 
 def _global_pool(op, name, layout):
@@ -284,7 +256,7 @@ def Flatten(*, layout="NHWC") -> Layer:
     layout = shapes.normalize_layout(layout)
 
     def init(key, in_shape):
-        in_shape = _check_shape(in_shape)
+        in_shape = check_shape(in_shape)
         if len(in_shape) < 2:
             raise ValueError(f"in_shape of Flatten must have a batch dim and at least one more, got {in_shape}")
         return (in_shape[0], numel(in_shape[1:])), {}, {}
@@ -303,12 +275,11 @@ def Dropout(drop_rate) -> Layer:
     and scale the kept ones by ``1/(1 - drop_rate)`` (expected value unchanged); identity
     with ``train=False``. Training needs ``key=``; ``serial`` gives every Dropout its own.
     """
-    if not isinstance(drop_rate, numbers.Real) or isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
-        raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
-    keep = 1.0 - float(drop_rate)
+    drop_rate = _checks.float_in_range(drop_rate, "drop_rate", 0, 1)
+    keep = 1.0 - drop_rate
 
     def init(key, in_shape):
-        return _check_shape(in_shape), {}, {}
+        return check_shape(in_shape), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         if not train or drop_rate == 0:
@@ -341,10 +312,8 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", para
     Params: {"scale": (c,) ones, "offset": (c,) zeros}. State: {"mean": (c,) zeros, "var": (c,) ones}
     in float32 (at least).
     """
-    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0 <= momentum <= 1:
-        raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-    if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon > 0:
-        raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+    momentum = _checks.float_in_range(momentum, "momentum", 0, 1, closed_high=True)
+    epsilon = _checks.positive_float(epsilon, "epsilon")
     if axis_name is not None and not isinstance(axis_name, (str, tuple)):
         raise TypeError(f"axis_name must be None, a str or a tuple of names, got {axis_name!r}")
     layout = shapes.normalize_layout(layout)
@@ -355,7 +324,7 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", para
         return 1 if (rank == 4 and layout == "NCHW") else rank - 1
 
     def init(key, in_shape):
-        in_shape = _check_shape(in_shape)
+        in_shape = check_shape(in_shape)
         if len(in_shape) not in (2, 4):
             raise ValueError(f"in_shape of BatchNorm must be (n, c) or rank 4, got {in_shape}")
         c = in_shape[channel_axis(len(in_shape))]
