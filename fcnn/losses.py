@@ -20,12 +20,11 @@ optimizer's rescaling; the two coincide only for plain SGD. Use ``l2_penalty``
 """
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
-from fcnn.types import Array, Params
+from fcnn import _checks
+from fcnn.types import Array, Params, is_kernel
 
 __all__ = ["softmax_cross_entropy", "mse", "l2_penalty", "accuracy", "softmax", "log_softmax"]
 
@@ -71,8 +70,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
     Returns:
       Scalar mean over the batch, in the logits' dtype (float32 for bf16 logits).
     """
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    label_smoothing = _checks.float_in_range(label_smoothing, "label_smoothing", 0, 1)
     _check_logits(logits)
     logits = jnp.asarray(logits)
     if logits.dtype in (jnp.bfloat16, jnp.float16):
@@ -101,8 +99,9 @@ def mse(predictions: Array, targets: Array) -> Array:
 def l2_penalty(params: Params, weight: float, *, include_biases: bool = False) -> Array:
     """``weight * sum ||W||^2`` over the weights of a parameter pytree.
 
-    Weights are leaves with ``ndim >= 2`` (conv kernels, dense matrices). Leaves with
-    ``ndim <= 1`` (biases, BatchNorm scale/offset) are skipped unless ``include_biases``.
+    Weights are the leaves ``types.is_kernel`` accepts, ``ndim >= 2`` (conv kernels, dense
+    matrices). Leaves with ``ndim <= 1`` (biases, BatchNorm scale/offset) are skipped unless
+    ``include_biases``.
     Note there is no factor 1/2: the gradient is ``2 * weight * W``. This is L2
     regularisation of the loss, not decoupled weight decay (see the module docstring).
 
@@ -113,9 +112,9 @@ def l2_penalty(params: Params, weight: float, *, include_biases: bool = False) -
     Returns:
       A float32 scalar (0.0 when ``weight == 0``).
     """
-    if not isinstance(weight, numbers.Real) or float(weight) < 0:
-        raise ValueError(f"weight must be a non-negative float, got {weight!r}")
-    leaves = [p for p in jax.tree.leaves(params) if include_biases or jnp.ndim(p) >= 2]
+    weight = _checks.non_negative_float(weight, "weight")
+    include_biases = _checks.boolean(include_biases, "include_biases")
+    leaves = [p for p in jax.tree.leaves(params) if include_biases or is_kernel(p)]
     total = jnp.zeros((), jnp.float32)
     for p in leaves:
         total = total + jnp.sum(jnp.square(jnp.asarray(p).astype(jnp.float32)))

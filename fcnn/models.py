@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 from typing import Optional, Sequence
 
+from fcnn import _checks
 from fcnn.combinators import residual, serial
 from fcnn.layers import (BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D,
                          Relu)
@@ -107,10 +108,9 @@ def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64),
     ``bn_axis_name``: every BatchNorm's ``axis_name`` (global batch statistics under
     ``pmap`` / ``shard_map`` over that axis; ``fcnn train --parallel pmap`` sets it).
     """
-    if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+    if not widths or not all(_checks.is_int(w) and w > 0 for w in widths):
         raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
-    if not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
-        raise ValueError(f"blocks_per_stage must be a positive int, got {blocks_per_stage!r}")
+    blocks_per_stage = _checks.positive_int(blocks_per_stage, "blocks_per_stage")
     _pool(2, pool_impl, ties)  # validate the pooling options all models accept
     bn = functools.partial(BatchNorm, momentum=momentum, axis_name=bn_axis_name)
     layers = [Conv2D(widths[0], 3, padding="SAME", use_bias=False, impl=impl), bn(), Relu()]
@@ -133,9 +133,7 @@ MODELS = {
 
 
 def _entry(name: str):
-    if name not in MODELS:
-        raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name]
+    return MODELS[_checks.choice(name, sorted(MODELS), "name")]
 
 
 def get_model(name: str, **opts) -> Layer:

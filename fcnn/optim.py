@@ -23,11 +23,12 @@ Schedules (``total_steps`` is required for all but "constant"):
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
-import jax
 import optax
+
+from fcnn import _checks
+from fcnn.types import kernel_mask
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_schedule"]
 
@@ -37,27 +38,17 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 
 def make_schedule(learning_rate: float, schedule: str = "constant", total_steps: Optional[int] = None):
     """A learning rate (float) or an optax schedule ``step -> lr``; see the module docstring."""
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
-        raise ValueError(f"learning_rate must be a positive float, got {learning_rate!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
-    lr = float(learning_rate)
+    lr = _checks.positive_float(learning_rate, "learning_rate")
+    schedule = _checks.choice(schedule, SCHEDULES, "schedule")
     if schedule == "constant":
         return lr
-    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int for schedule={schedule!r}, got {total_steps!r}")
-    total = int(total_steps)
+    total = _checks.positive_int(total_steps, "total_steps", hint=f"needed by schedule={schedule!r}")
     if schedule == "cosine":
         return optax.cosine_decay_schedule(lr, decay_steps=total)
     if schedule == "warmup_cosine":
         warmup = max(1, total // 20)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1))
     return optax.piecewise_constant_schedule(lr, {total // 2: 0.1, (3 * total) // 4: 0.1})
-
-
-def _kernels_only(params):
-    """Mask for decoupled weight decay: True for leaves with ndim >= 2 (not biases / norms)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 def make_optimizer(
@@ -83,13 +74,10 @@ def make_optimizer(
     Returns:
       An ``optax.GradientTransformation``.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be a float in [0, 1), got {momentum!r}")
+    name = _checks.choice(name, OPTIMIZERS, "optimizer")
+    momentum = _checks.float_in_range(momentum, "momentum", 0, 1)
     if weight_decay is not None:
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
-            raise ValueError(f"weight_decay must be a non-negative float, got {weight_decay!r}")
+        weight_decay = _checks.non_negative_float(weight_decay, "weight_decay")
         if weight_decay and name != "adamw":
             raise ValueError(
                 f"weight_decay applies only to optimizer 'adamw' (decoupled decay), got optimizer {name!r}; "
@@ -99,14 +87,14 @@ def make_optimizer(
     if name == "sgd":
         return optax.sgd(lr)
     if name == "momentum":
-        return optax.sgd(lr, momentum=float(momentum))
+        return optax.sgd(lr, momentum=momentum)
     if name == "nesterov":
-        return optax.sgd(lr, momentum=float(momentum), nesterov=True)
+        return optax.sgd(lr, momentum=momentum, nesterov=True)
     if name == "adagrad":
         return optax.adagrad(lr)
     if name == "rmsprop":
         return optax.rmsprop(lr)
     if name == "adam":
         return optax.adam(lr)
-    wd = 1e-4 if weight_decay is None else float(weight_decay)
-    return optax.adamw(lr, weight_decay=wd, mask=_kernels_only)
+    wd = 1e-4 if weight_decay is None else weight_decay
+    return optax.adamw(lr, weight_decay=wd, mask=kernel_mask)  # decay kernels, not biases / norms
