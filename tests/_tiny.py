@@ -3,6 +3,7 @@
 The model (flatten -> dense 32 -> relu -> dropout 0.2 -> dense k) uses its key (dropout) so
 that the per-step key handling is exercised; the data are scikit-learn's real 8x8 digits.
 """
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +49,10 @@ def init_trees(model, x, optimizer, seed=0):
     return params, state, optimizer.init(params)
 
 
-def leaves_equal(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+def leaves_equal(a, b) -> bool:
+    """Whether two pytrees have the same structure and bitwise-equal leaves (chex's comparison)."""
+    try:
+        chex.assert_trees_all_equal(a, b)
+    except AssertionError:
+        return False
+    return True

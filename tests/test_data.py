@@ -1,15 +1,9 @@
-"""Tests for fcnn.data and fcnn.datafiles.
-
-The file readers are tested against files written here in the real formats
-(struct-packed IDX headers, raw and gzipped; CIFAR-10 pickled dicts with bytes
-keys at protocol 2 as the originals; 3073-byte binary records), then against
-damaged variants, each of which must raise a DataError naming the file.
+"""Tests for fcnn.data: datasets loaded from files in the real formats (tests/_formats.py
+writes them), damaged dataset directories (each error names the file), the bundled digits,
+batching and augmentation. The readers alone are tested in test_datafiles.py.
 """
-import gzip
 import hashlib
 import os
-import pickle
-import struct
 import time
 
 import jax
@@ -18,64 +12,8 @@ import numpy as np
 import pytest
 
 from fcnn import data
-from fcnn.datafiles import DataError, MissingDataError, read_cifar_binary, read_cifar_pickle, read_idx
-
-
-# ----------------------------------------------------------------------------- writers (the real formats)
-def idx_bytes(array, code=0x08, fmt=">u1", magic=None):
-    array = np.asarray(array)
-    head = struct.pack(">I", magic if magic is not None else (code << 8) | array.ndim)
-    head += b"".join(struct.pack(">I", d) for d in array.shape)
-    return head + array.astype(fmt).tobytes()
-
-
-def write(path, payload):
-    if path.endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=1)
-    with open(path, "wb") as f:
-        f.write(payload)
-    return path
-
-
-def write_mnist(d, n_train=7, n_test=5, gz=(False, True, False, True), seed=0):
-    rng = np.random.default_rng(seed)
-    sets = {"train": (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train)),
-            "t10k": (rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))}
-    os.makedirs(d, exist_ok=True)
-    i = 0
-    for split, (img, lab) in sets.items():
-        for kind, arr in (("images-idx3", img), ("labels-idx1", lab)):
-            write(os.path.join(d, f"{split}-{kind}-ubyte" + (".gz" if gz[i] else "")), idx_bytes(arr))
-            i += 1
-    return sets
-
-
-def cifar_arrays(n, seed):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 3072)).astype(np.uint8), [int(v) for v in rng.integers(0, 10, n)]
-
-
-def write_cifar_py(d, n=3):
-    os.makedirs(d, exist_ok=True)
-    out = []
-    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        x, y = cifar_arrays(n, i)
-        obj = {b"batch_label": b"batch", b"labels": y, b"data": x, b"filenames": [b"f.png"] * n}
-        with open(os.path.join(d, name), "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-        out.append((x, y))
-    return out
-
-
-def write_cifar_bin(d, n=3):
-    os.makedirs(d, exist_ok=True)
-    out = []
-    for i, name in enumerate([f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]):
-        x, y = cifar_arrays(n, 10 + i)
-        rec = b"".join(bytes([y[j]]) + x[j].tobytes() for j in range(n))
-        write(os.path.join(d, name), rec)
-        out.append((x, y))
-    return out
+from _formats import _cifar_reference, idx_bytes, write, write_cifar_bin, write_cifar_py, write_mnist
+from fcnn.datafiles import DataError, MissingDataError
 
 
 def unnormalise(ds, x):
@@ -102,14 +40,6 @@ def test_fashion_mnist_in_a_named_subdirectory(tmp_path):
     ds = data.load("fashion-mnist", data_dir=str(tmp_path), strict=False, normalize=False)
     np.testing.assert_allclose(ds.x_test[..., 0], sets["t10k"][0] / 255.0, atol=1e-6)
     assert ds.name == "fashion-mnist" and ds.mean.tolist() == [0.0] and ds.std.tolist() == [1.0]
-
-
-def test_read_idx_is_big_endian_for_wide_dtypes(tmp_path):
-    a = np.array([[1, -2, 300], [32767, -32768, 0]], np.int16)
-    path = write(str(tmp_path / "x.idx"), idx_bytes(a, code=0x0B, fmt=">i2"))
-    out = read_idx(path)
-    np.testing.assert_array_equal(out, a)
-    assert out.dtype == np.int16
 
 
 def _damage(tmp_path, which, payload):
@@ -192,16 +122,6 @@ def test_full_size_mnist_loads_in_seconds(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
-def _cifar_reference(x):
-    """(n, 3072) planes -> (n, 32, 32, 3) by explicit index arithmetic."""
-    n = len(x)
-    out = np.zeros((n, 32, 32, 3), np.uint8)
-    for ch in range(3):
-        for r in range(32):
-            out[:, r, :, ch] = x[:, ch * 1024 + r * 32 : ch * 1024 + r * 32 + 32]
-    return out
-
-
 @pytest.mark.parametrize("version", ["py", "bin"])
 def test_cifar10_round_trip(tmp_path, version):
     d = str(tmp_path / f"cifar-10-batches-{version}")
@@ -228,73 +148,6 @@ def test_cifar_strict_record_count(tmp_path):
     write_cifar_bin(str(tmp_path / "cifar-10-batches-bin"))
     with pytest.raises(DataError, match="data_batch_1.bin: expected 10000 records, the file holds 3"):
         data.load("cifar10", data_dir=str(tmp_path))
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
-def _pickle_to(path, obj, protocol=2):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=protocol)
-    return path
-
-
-def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = _pickle_to(str(tmp_path / "data_batch_1"), {b"data": _Evil(), b"labels": [0]})
-    with pytest.raises(DataError, match="refusing to load") as e:
-        read_cifar_pickle(path)
-    assert path in str(e.value) and "system" in str(e.value)
-    assert not os.path.exists(tmp_path / "pwned")
-
-
-@pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_cifar_pickle_protocols(tmp_path, protocol):
-    x, y = cifar_arrays(4, 0)
-    path = _pickle_to(str(tmp_path / "b"), {"data": x, "labels": y}, protocol)  # str keys accepted too
-    images, labels = read_cifar_pickle(path)
-    np.testing.assert_array_equal(images, _cifar_reference(x))
-    np.testing.assert_array_equal(labels, y)
-
-
-@pytest.mark.parametrize("obj,message", [
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "label 10 at index 1 is out of range"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but labels have shape (1,)"),
-    ({b"data": np.zeros((2, 3071), np.uint8), b"labels": [0, 1]}, "must be a uint8 array of shape (n, 3072)"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "must be a uint8 array"),
-    ({b"labels": [0, 1]}, "lacks b'data'"),
-    ([1, 2], "expected a pickled dict"),
-])
-def test_bad_cifar_pickles(tmp_path, obj, message):
-    path = _pickle_to(str(tmp_path / "test_batch"), obj)
-    with pytest.raises(DataError) as e:
-        read_cifar_pickle(path)
-    assert path in str(e.value) and message in str(e.value), str(e.value)
-
-
-def test_truncated_cifar_pickle(tmp_path):
-    x, y = cifar_arrays(5, 0)
-    path = _pickle_to(str(tmp_path / "data_batch_2"), {b"data": x, b"labels": y})
-    with open(path, "rb") as f:
-        raw = f.read()
-    with open(path, "wb") as f:
-        f.write(raw[: len(raw) - 100])
-    with pytest.raises(DataError, match="corrupt or truncated pickle") as e:
-        read_cifar_pickle(path)
-    assert path in str(e.value)
-
-
-def test_bad_cifar_binary(tmp_path):
-    path = write(str(tmp_path / "data_batch_1.bin"), bytes(3073 * 2 - 1))
-    with pytest.raises(DataError, match="not a positive multiple of the 3073-byte"):
-        read_cifar_binary(path)
-    path = write(str(tmp_path / "test_batch.bin"), bytes([11]) + bytes(3072))
-    with pytest.raises(DataError, match="label 11 at index 0 is out of range"):
-        read_cifar_binary(path)
-    with pytest.raises(MissingDataError, match="cifar-10-batches-bin"):
-        data.load("cifar10", data_dir=str(tmp_path / "nothing"))
 
 
 # ----------------------------------------------------------------------------- digits

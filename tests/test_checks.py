@@ -1,0 +1,66 @@
+"""fcnn._checks: the one copy of the argument validators (what they accept, what they say)."""
+import math
+
+import numpy as np
+import pytest
+
+from fcnn import _checks
+
+
+@pytest.mark.parametrize("value", [1, 7, np.int32(3), np.int64(2**40)])
+def test_positive_int_accepts_python_and_numpy_ints_and_returns_int(value):
+    out = _checks.positive_int(value, "n")
+    assert out == int(value) and type(out) is int
+
+
+@pytest.mark.parametrize("value", [0, -1, True, False, 1.0, "3", None, np.float32(2)])
+def test_positive_int_refuses_with_the_name_and_the_rule(value):
+    with pytest.raises(ValueError, match=rf"^batch_size must be a positive int, got {__import__('re').escape(repr(value))}$"):
+        _checks.positive_int(value, "batch_size")
+
+
+def test_hints_and_optional_values():
+    with pytest.raises(ValueError, match=r"^augment_shift must be a non-negative int \(pixels\), got -1$"):
+        _checks.non_negative_int(-1, "augment_shift", hint="pixels")
+    assert _checks.non_negative_int(0, "seed") == 0
+    assert _checks.optional_positive_int(None, "devices") is None and _checks.optional_positive_int(2, "d") == 2
+    with pytest.raises(ValueError, match=r"^devices must be a positive int or None, got 0$"):
+        _checks.optional_positive_int(0, "devices")
+    assert _checks.int_in_range(1, "process_id", 0, 2) == 1
+    with pytest.raises(ValueError, match=r"process_id must be an int in \[0, 2\), got 2"):
+        _checks.int_in_range(2, "process_id", 0, 2)
+
+
+@pytest.mark.parametrize("check,good,bad", [
+    (_checks.positive_float, [1e-9, 3, np.float32(0.5)], [0.0, -1.0, math.inf, math.nan, True, "0.1", None]),
+    (_checks.non_negative_float, [0.0, 2, np.float64(1.5)], [-1e-12, math.inf, math.nan, False, "abc"]),
+    (_checks.finite_float, [-3.0, 0, 1e300], [math.inf, -math.inf, math.nan, True, [1.0]]),
+])
+def test_float_checks_refuse_nan_inf_bools_and_strings(check, good, bad):
+    for v in good:
+        out = check(v, "lr")
+        assert out == float(v) and type(out) is float
+    for v in bad:
+        with pytest.raises(ValueError, match=r"^lr must be a "):
+            check(v, "lr")
+
+
+def test_float_in_range_open_and_closed():
+    assert _checks.float_in_range(0.0, "eps", 0.0, 1.0) == 0.0
+    with pytest.raises(ValueError, match=r"eps must be a float in \[0.0, 1.0\), got 1.0"):
+        _checks.float_in_range(1.0, "eps", 0.0, 1.0)
+    assert _checks.float_in_range(1.0, "p", 0.0, 1.0, closed_high=True) == 1.0
+    with pytest.raises(ValueError, match=r"p must be a float in \[0.0, 1.0\], got nan"):
+        _checks.float_in_range(math.nan, "p", 0.0, 1.0, closed_high=True)
+
+
+def test_choice_and_boolean():
+    assert _checks.choice("bf16", ("f32", "bf16"), "dtype_policy") == "bf16"
+    with pytest.raises(ValueError, match=r"^dtype_policy must be one of f32, bf16; got 'fp8'$"):
+        _checks.choice("fp8", ("f32", "bf16"), "dtype_policy")
+    with pytest.raises(ValueError, match="got 1"):
+        _checks.choice(1, ("1", "2"), "x")  # a non-string is never a choice, even if it prints alike
+    assert _checks.boolean(False, "flip") is False
+    for v in (0, 1, "True", None):
+        with pytest.raises(TypeError, match="flip must be a bool"):
+            _checks.boolean(v, "flip")
