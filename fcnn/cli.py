@@ -118,8 +118,8 @@ def _train(args) -> int:
 
     given = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS if getattr(args, field) is not None}
     if args.precision is not None:  # the deprecated spelling of --dtype-policy
-        print("fcnn: warning: --precision is deprecated; use --dtype-policy", file=sys.stderr)
         given["dtype_policy"] = _checks.choice(args.precision, DTYPE_POLICIES, "precision")
+        print("fcnn: warning: --precision is deprecated; use --dtype-policy", file=sys.stderr)
     if args.resume is not None:
         if args.out is not None:
             raise ValueError("--out cannot be combined with --resume (the run directory is RUN_DIR)")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fcnn import cli
+from fcnn.run import load_run
 
 TEST_ACC = re.compile(r"^test accuracy: ([0-9.]+)", re.M)
 SUBPROCESS_ENV = dict(os.environ, CI="1", JAX_PLATFORMS="cpu")
@@ -102,8 +103,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     uninterrupted = _run_cli(*args, "--out", full)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     assert TEST_ACC.findall(resumed.stdout) == TEST_ACC.findall(uninterrupted.stdout)
-    *_, pa, sa, step_a = cli.load_run(killed)
-    *_, pb, sb, step_b = cli.load_run(full)
+    *_, pa, sa, step_a = load_run(killed)
+    *_, pb, sb, step_b = load_run(full)
     assert step_a == step_b > step_at_kill
     import jax
 
