@@ -20,8 +20,8 @@ import sys
 from typing import List, Optional
 
 from fcnn import _checks
-from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, free_run_dir, load_data,
-                      load_run, read_config)
+from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, check_new_run_dir, free_run_dir,
+                      load_data, load_run, read_config)
 from fcnn.step import DTYPE_POLICIES
 
 __all__ = ["main", "build_parser", "build_model", "load_run"]
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
                     help="continue RUN_DIR from its latest checkpoint with its config.json "
                          "(only --epochs, --parallel and --devices may change)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace the fcnn run --out holds (never a directory with other files)")
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this global step")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a TTY or $CI)")
     tr.add_argument("--precision", dest="precision", default=None, help=argparse.SUPPRESS)  # old --dtype-policy
@@ -121,8 +123,9 @@ def _train(args) -> int:
         given["dtype_policy"] = _checks.choice(args.precision, DTYPE_POLICIES, "precision")
         print("fcnn: warning: --precision is deprecated; use --dtype-policy", file=sys.stderr)
     if args.resume is not None:
-        if args.out is not None:
-            raise ValueError("--out cannot be combined with --resume (the run directory is RUN_DIR)")
+        if args.out is not None or args.overwrite:
+            raise ValueError(f"--{'out' if args.out is not None else 'overwrite'} cannot be combined with --resume "
+                             f"(the run directory is RUN_DIR, continued)")
         extra = sorted(set(given) - set(RESUME_MAY_CHANGE))
         if extra:
             allowed = ", ".join("--" + f for f in RESUME_MAY_CHANGE)
@@ -133,6 +136,8 @@ def _train(args) -> int:
     else:
         config = TrainConfig(**given)
         run_dir = args.out or free_run_dir(config)
+        if not args.overwrite:
+            check_new_run_dir(run_dir)  # before loading data; with --overwrite fit checks and replaces
     check_model_name(config.model)
     check_parallel(config.parallel, config.devices, config.batch_size)  # before loading data
     ds = load_data(config)
@@ -140,8 +145,8 @@ def _train(args) -> int:
     where = "" if config.parallel == "none" else f", parallel {config.parallel} over {config.devices or 'all'} devices"
     print(f"fcnn train: model {config.model} ({config.impl}/{config.pool_impl}), dataset {config.dataset} "
           f"({len(ds.x_train)} train / {len(ds.x_test)} test), seed {config.seed}{where}, run dir {run_dir}", flush=True)
-    result = fit(model, ds, config, run_dir=run_dir, resume=args.resume is not None, max_steps=args.max_steps,
-                 progress=False if args.no_progress else None)
+    result = fit(model, ds, config, run_dir=run_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                 max_steps=args.max_steps, progress=False if args.no_progress else None)
     _print_test(result.test)
     return 0
 

@@ -18,6 +18,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -35,11 +36,14 @@ from fcnn.types import Layer, Params, State
 
 __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "CONFIG_FILE", "make_loss_fn", "make_run_optimizer", "split_seed",
            "init_run", "checkpoint_tree", "write_config", "read_config", "check_model_name", "build_model",
-           "load_data", "load_checkpoint", "Run", "load_run", "free_run_dir"]
+           "load_data", "load_checkpoint", "Run", "load_run", "free_run_dir", "check_new_run_dir"]
 
 RESUME_MAY_CHANGE = ("epochs", "parallel", "devices")  # config fields a resumed run may change
 CONFIG_FILE = "config.json"
 _RENAMED = {"precision": "dtype_policy"}  # config.json fields of earlier versions -> today's names
+# every file fit writes into a run directory (temp files of interrupted writes included)
+_RUN_FILE = re.compile(r"^(config\.json|metrics\.jsonl|curves\.png|ckpt_\d{8,}\.npz|\.tmp-ckpt_.*\.npz|"
+                       r"(config\.json|metrics\.jsonl|curves\.png)\.tmp(\.png)?)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,11 +239,51 @@ def load_run(run_dir: str) -> Run:
     return Run(config, ds, model, params, state, step)
 
 
+def _holds_fcnn_config(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, CONFIG_FILE)) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and "fcnn_version" in d
+
+
+def check_new_run_dir(run_dir: str, *, overwrite: bool = False) -> None:
+    """Make sure starting a run in ``run_dir`` destroys nothing; raise before any write if it would.
+
+    A path that does not exist or an empty directory is accepted. A directory that holds an
+    fcnn run (its ``config.json`` and only the files ``fit`` writes) is refused, unless
+    ``overwrite`` is True: then those files, and only those, are deleted. Anything else (a
+    file, a directory with a file fcnn did not write) is refused whatever ``overwrite`` says.
+    """
+    _checks.boolean(overwrite, "overwrite")
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
+        raise ValueError(f"run_dir must be a non-empty path, got {run_dir!r}")
+    if not os.path.exists(run_dir):
+        return
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"run_dir {str(run_dir)!r} is a file, not a directory: choose a new directory")
+    names = sorted(os.listdir(run_dir))
+    if not names:
+        return
+    foreign = [n for n in names if not _RUN_FILE.match(n)]
+    if foreign or not _holds_fcnn_config(run_dir):
+        shown = ", ".join(repr(n) for n in (foreign or names)[:3])
+        raise ValueError(f"run_dir {str(run_dir)!r} is not empty and does not hold an fcnn run (it holds {shown}"
+                         f"{', ...' if len(foreign or names) > 3 else ''}): choose a new directory")
+    if not overwrite:
+        what = "it already holds checkpoints" if checkpoint.list_checkpoints(run_dir) else "its checkpoints are gone"
+        raise ValueError(f"run_dir {str(run_dir)!r} holds an fcnn run ({what}): resume it (fcnn train --resume "
+                         f"{run_dir}, fit(resume=True)) or replace it (--overwrite, fit(overwrite=True))")
+    for n in names:
+        os.remove(os.path.join(run_dir, n))
+
+
 def free_run_dir(config: TrainConfig) -> str:
-    """``runs/<model>-<dataset>``, or the first ``-2``, ``-3``, ... that holds no run yet."""
+    """``runs/<model>-<dataset>``, or the first ``-2``, ``-3``, ... that does not exist or is empty."""
     base = os.path.join("runs", f"{config.model}-{config.dataset}")
     path, i = base, 1
-    while os.path.exists(os.path.join(path, CONFIG_FILE)):
+    while os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         i += 1
         path = f"{base}-{i}"
     return path

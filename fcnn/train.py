@@ -24,12 +24,12 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from fcnn import checkpoint, parallel
+from fcnn import _checks, checkpoint, parallel
 from fcnn._version import __version__
 from fcnn import data as data_lib
 from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_jsonl
-from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, checkpoint_tree, init_run, load_checkpoint, make_loss_fn,
-                      make_run_optimizer, write_config)
+from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, checkpoint_tree, init_run, load_checkpoint,
+                      make_loss_fn, make_run_optimizer, write_config)
 from fcnn.step import (DTYPE_POLICIES, evaluate, make_eval_step, make_train_step, plain_train_step, predict,
                        step_keys, train_step_fn)
 from fcnn.types import Layer, Params, State
@@ -98,6 +98,9 @@ def _add_metrics(pending, sums: EpochSums) -> EpochSums:
 
 
 def _check_same_run(saved: TrainConfig, given: TrainConfig) -> None:
+    if given.epochs < saved.epochs:
+        raise ValueError(f"epochs={given.epochs} is fewer than the run's {saved.epochs}: a resumed run may be "
+                         f"extended, never shortened (use max_steps / --max-steps to stop early)")
     a, b = saved.to_dict(), given.to_dict()
     for free in RESUME_MAY_CHANGE:
         a.pop(free), b.pop(free)
@@ -131,9 +134,11 @@ class _Loop:
                                                                            self.optimizer)
         self.step, self.sums, self.history, self.test = 0, EpochSums(), [], None
 
-    def open_run_dir(self, resume: bool) -> None:
-        """Restore the latest checkpoint (``resume``) or refuse a directory that holds one; write config.json."""
+    def open_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Restore the latest checkpoint (``resume``), or make sure a new run destroys nothing; write config.json."""
         run_dir = self.run_dir
+        if not resume:
+            check_new_run_dir(run_dir, overwrite=overwrite)
         os.makedirs(run_dir, exist_ok=True)
         if resume:
             like = checkpoint_tree(self.params, self.state, self.opt_state, self.train_key)
@@ -146,8 +151,6 @@ class _Loop:
             self.sums = EpochSums(*meta["epoch_sums"])
             _check_same_run(TrainConfig.from_dict(meta["config"]), self.config)
             self.history = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["step"] <= self.step]
-        elif checkpoint.latest(run_dir) is not None:
-            raise ValueError(f"run_dir {run_dir!r} already holds checkpoints; resume it or choose a new run_dir")
         write_config(run_dir, self.config)
         write_jsonl(os.path.join(run_dir, "metrics.jsonl"), self.history)
 
@@ -228,6 +231,7 @@ def fit(
     *,
     run_dir: Optional[str] = None,
     resume: bool = False,
+    overwrite: bool = False,
     max_steps: Optional[int] = None,
     progress: Optional[bool] = None,
     verbose: bool = True,
@@ -248,7 +252,11 @@ def fit(
       data: has ``x_train`` (n, h, w, c), ``y_train`` (n,), optional ``x_test``, ``y_test``.
       config: a ``TrainConfig``.
       run_dir: directory for logs and checkpoints (None: nothing is written).
-      resume: continue from the latest checkpoint in ``run_dir``.
+      resume: continue from the latest checkpoint in ``run_dir`` (with the same config; ``epochs``
+        may grow, ``parallel`` and ``devices`` may change).
+      overwrite: replace the fcnn run ``run_dir`` holds. Without it a ``run_dir`` must not exist
+        or be empty; never is a directory with files fcnn did not write used
+        (``fcnn.run.check_new_run_dir``).
       max_steps: stop after this global step (a checkpoint is saved there); None: all epochs.
       progress: show a tqdm bar (default: stderr is a TTY and $CI is unset).
       verbose: print a line per epoch and the final summary table.
@@ -261,9 +269,13 @@ def fit(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding a checkpoint")
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other: continue the run or replace it")
+    if max_steps is not None:
+        _checks.positive_int(max_steps, "max_steps")
     loop = _Loop(model, data, config, run_dir, max_steps)
     if run_dir is not None:
-        loop.open_run_dir(resume)
+        loop.open_run_dir(resume, overwrite)
     t_fit = time.perf_counter()
     loop.run(_progress_default() if progress is None else bool(progress), verbose)
     seconds = time.perf_counter() - t_fit

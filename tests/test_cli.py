@@ -135,3 +135,28 @@ def test_default_job_reaches_98_percent_on_digits(tmp_path, capsys):
     assert acc >= 0.98
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["model"] == "lenet5" and config["dataset"] == "digits"
+
+
+def test_out_never_destroys_what_is_there(tmp_path, capsys):
+    """--out on a file, on a folder with the user's own config.json, on a run: one line, nothing touched."""
+    (tmp_path / "f.txt").write_text("mine")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "config.json").write_text('{"mine": 1}')
+    short = ["train", "--epochs", "1", "--max-steps", "2", "--no-progress", "--out"]
+    for out, needle in ((tmp_path / "f.txt", "is a file, not a directory"),
+                        (tmp_path / "proj", "does not hold an fcnn run (it holds 'config.json')")):
+        for extra in ([], ["--overwrite"]):
+            assert cli.main(short + [str(out)] + extra) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and needle in err[0], err
+    assert (tmp_path / "f.txt").read_text() == "mine"
+    assert json.load(open(tmp_path / "proj" / "config.json")) == {"mine": 1}
+    run = str(tmp_path / "run")
+    assert cli.main(short + [run]) == 0
+    capsys.readouterr()
+    assert cli.main(short + [run]) == 2
+    assert "holds an fcnn run (it already holds checkpoints): resume it" in capsys.readouterr().err
+    assert cli.main(short + [run, "--overwrite", "--seed", "4"]) == 0
+    assert json.load(open(os.path.join(run, "config.json")))["seed"] == 4
+    assert cli.main(["train", "--resume", run, "--overwrite"]) == 2
+    assert "--overwrite cannot be combined with --resume" in capsys.readouterr().err

@@ -94,3 +94,52 @@ def test_free_run_dir_never_picks_a_directory_that_holds_a_run(tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run.read_config(first) == cfg  # today's config.json reads back without a warning
+
+
+def _fake_run(d, extra=()):
+    """A directory as fit leaves it: config.json, metrics.jsonl, a checkpoint file name, a temp file."""
+    os.makedirs(d, exist_ok=True)
+    run.write_config(d, _config())
+    for name in ("metrics.jsonl", "ckpt_00000012.npz", ".tmp-ckpt_abc.npz", "curves.png.tmp.png", *extra):
+        open(os.path.join(d, name), "w").close()
+
+
+def test_check_new_run_dir_accepts_only_new_or_empty_directories(tmp_path):
+    run.check_new_run_dir(str(tmp_path / "new"))  # does not exist: fine, nothing created
+    assert not os.path.exists(tmp_path / "new")
+    os.makedirs(tmp_path / "empty")
+    run.check_new_run_dir(str(tmp_path / "empty"))
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        run.check_new_run_dir(str(tmp_path / "file"), overwrite=True)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_run_is_replaced_only_with_overwrite_and_foreign_files_never(tmp_path):
+    d = str(tmp_path / "r")
+    _fake_run(d)
+    with pytest.raises(ValueError, match="holds an fcnn run .it already holds checkpoints.: resume it"):
+        run.check_new_run_dir(d)
+    assert len(os.listdir(d)) == 5
+    run.check_new_run_dir(d, overwrite=True)
+    assert os.listdir(d) == []  # every file fit writes, and only those, removed
+    _fake_run(d, extra=("notes.txt",))
+    with pytest.raises(ValueError, match=r"is not empty and does not hold an fcnn run \(it holds 'notes.txt'\)"):
+        run.check_new_run_dir(d, overwrite=True)
+    assert "notes.txt" in os.listdir(d) and "config.json" in os.listdir(d)
+
+
+def test_a_foreign_config_json_is_not_a_run(tmp_path):
+    """`fcnn train --out .` in a project folder with its own config.json: refused, the file kept."""
+    (tmp_path / "config.json").write_text('{"name": "my project"}')
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="does not hold an fcnn run"):
+            run.check_new_run_dir(str(tmp_path), overwrite=overwrite)
+    assert json.load(open(tmp_path / "config.json")) == {"name": "my project"}
+    os.remove(tmp_path / "config.json")
+    _fake_run(str(tmp_path / "gone"))
+    for name in os.listdir(tmp_path / "gone"):
+        if name.startswith("ckpt_"):
+            os.remove(tmp_path / "gone" / name)
+    with pytest.raises(ValueError, match="holds an fcnn run .its checkpoints are gone."):
+        run.check_new_run_dir(str(tmp_path / "gone"))

@@ -120,3 +120,26 @@ def test_epoch_sums_add_and_round_trip_through_a_checkpoint_list():
     s = EpochSums().add(2.0, 0.5).add(1.0, 1.0)
     assert s == EpochSums(3.0, 1.5, 2) and s.means() == (1.5, 0.75)
     assert EpochSums(*list(s)) == s and EpochSums().means() == (None, None)
+
+
+def test_a_resumed_run_may_grow_but_never_shrink(data, tmp_path):
+    run = str(tmp_path / "run")
+    fit(mlp(), data, _config(epochs=2), run_dir=run, verbose=False)
+    config_before = open(os.path.join(run, "config.json")).read()
+    with pytest.raises(ValueError, match="epochs=1 is fewer than the run's 2"):
+        fit(mlp(), data, _config(epochs=1), run_dir=run, resume=True, verbose=False)
+    assert open(os.path.join(run, "config.json")).read() == config_before  # nothing rewritten
+    longer = fit(mlp(), data, _config(epochs=3), run_dir=run, resume=True, verbose=False)
+    assert longer.step == 36 and [r["epoch"] for r in longer.history] == [1, 2, 3]
+    replaced = fit(mlp(), data, _config(epochs=1), run_dir=run, overwrite=True, verbose=False)
+    assert replaced.step == 12 and len(open(os.path.join(run, "metrics.jsonl")).read().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(max_steps=-1), "max_steps must be a positive int, got -1"),
+    (dict(max_steps=0), "max_steps must be a positive int, got 0"),
+    (dict(resume=True), "resume=True needs a run_dir"),
+])
+def test_fit_refuses_bad_options_before_training(data, kw, message):
+    with pytest.raises(ValueError, match=message):
+        fit(mlp(), data, _config(epochs=1), verbose=False, **kw)
