@@ -22,6 +22,7 @@ from typing import List, Optional
 from fcnn import _checks
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, check_new_run_dir, free_run_dir,
                       load_data, load_run, read_config)
+from fcnn.data import official_size_note
 from fcnn.step import DTYPE_POLICIES
 
 __all__ = ["main", "build_parser", "build_model", "load_run"]
@@ -142,6 +143,9 @@ def _train(args) -> int:
     check_parallel(config.parallel, config.devices, config.batch_size)  # before loading data
     ds = load_data(config)
     model = build_model(config, ds.num_classes)
+    note = official_size_note(ds)
+    if note:
+        print(note, flush=True)
     where = "" if config.parallel == "none" else f", parallel {config.parallel} over {config.devices or 'all'} devices"
     print(f"fcnn train: model {config.model} ({config.impl}/{config.pool_impl}), dataset {config.dataset} "
           f"({len(ds.x_train)} train / {len(ds.x_test)} test), seed {config.seed}{where}, run dir {run_dir}", flush=True)

@@ -160,3 +160,16 @@ def test_out_never_destroys_what_is_there(tmp_path, capsys):
     assert json.load(open(os.path.join(run, "config.json")))["seed"] == 4
     assert cli.main(["train", "--resume", run, "--overwrite"]) == 2
     assert "--overwrite cannot be combined with --resume" in capsys.readouterr().err
+
+
+def test_train_reads_a_self_consistent_idx_subset_and_says_how_many_images(tmp_path, capsys):
+    from _formats import write_mnist
+
+    write_mnist(str(tmp_path / "data"), n_train=8, n_test=5)
+    run = str(tmp_path / "run")
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+                     "--batch-size", "4", "--no-progress", "--out", run]) == 0
+    out = capsys.readouterr().out
+    assert "dataset mnist (8 train / 5 test)" in out
+    assert "note: mnist has 8 train / 5 test images, not the official 60000 / 10000" in out
+    assert TEST_ACC.search(out) and "5 examples" in out

@@ -60,7 +60,7 @@ IMAGES_3 = np.zeros((7, 28, 28), np.uint8)
     (IMG, idx_bytes(IMAGES_3) + b"\0", "trailing bytes"),
     (IMG, idx_bytes(IMAGES_3)[:10], "truncated IDX header"),
     (IMG, b"\0\0", "too short"),
-    (IMG, idx_bytes(np.zeros((7, 27, 28), np.uint8)), "expected uint8 images of 28x28"),
+    (IMG, idx_bytes(np.zeros((7, 27, 28), np.uint8)), "the train images are 27x28"),
     (IMG, idx_bytes(np.zeros((6, 28, 28), np.uint8)), "holds 6 images but"),
     (LAB, idx_bytes(np.array([0, 1, 10, 2, 3])), "label 10 at index 2 is out of range [0, 10)"),
     (LAB, idx_bytes(np.zeros((5, 28, 28), np.uint8)), "expected 0x00000801"),
@@ -103,10 +103,23 @@ def test_idx_files_named_with_a_dot_are_read_alike(tmp_path):
     np.testing.assert_array_equal(ds.y_test, sets["t10k"][1])
 
 
+def test_a_self_consistent_idx_subset_of_another_size_loads_with_a_note(tmp_path):
+    """IDX is a general format: 7 + 5 images of 20x24 load by default; the note says they are not MNIST's."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 7), ("t10k", 5)):
+        write(str(tmp_path / f"{split}-images-idx3-ubyte"), idx_bytes(rng.integers(0, 256, (n, 20, 24), dtype=np.uint8)))
+        write(str(tmp_path / f"{split}-labels-idx1-ubyte"), idx_bytes(rng.integers(0, 10, n, dtype=np.uint8)))
+    ds = data.load("mnist", data_dir=str(tmp_path))
+    assert ds.x_train.shape == (7, 20, 24, 1) and ds.x_test.shape == (5, 20, 24, 1)
+    assert data.official_size_note(ds) == ("note: mnist has 7 train / 5 test images, not the official 60000 / 10000 "
+                                           "(a subset or another dataset in the same format)")
+    assert data.official_size_note(data.load("digits")) is None
+
+
 def test_strict_requires_the_official_sizes(tmp_path):
     write_mnist(str(tmp_path))
     with pytest.raises(DataError, match="expected the official 60000 train images, the file holds 7"):
-        data.load("mnist", data_dir=str(tmp_path))
+        data.load("mnist", data_dir=str(tmp_path), strict=True)
 
 
 def test_full_size_mnist_loads_in_seconds(tmp_path):
@@ -147,7 +160,7 @@ def test_cifar10_per_channel_normalisation(tmp_path):
 def test_cifar_strict_record_count(tmp_path):
     write_cifar_bin(str(tmp_path / "cifar-10-batches-bin"))
     with pytest.raises(DataError, match="data_batch_1.bin: expected 10000 records, the file holds 3"):
-        data.load("cifar10", data_dir=str(tmp_path))
+        data.load("cifar10", data_dir=str(tmp_path), strict=True)
 
 
 # ----------------------------------------------------------------------------- digits
