@@ -41,7 +41,7 @@ from fcnn import data as data_lib
 from fcnn.losses import accuracy, l2_penalty, softmax_cross_entropy
 from fcnn.types import Array, Layer, Params, State
 
-__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "plain_train_step", "train_step_fn", "make_train_step",
+__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "check_key", "num_outputs", "check_labels", "plain_train_step", "train_step_fn", "make_train_step",
            "make_eval_step", "evaluate", "predict", "step_keys"]
 
 DTYPE_POLICIES = ("f32", "bf16")
@@ -54,6 +54,41 @@ def check_dtype_policy(dtype_policy: str = "f32", precision: Optional[str] = Non
                       "use dtype_policy=", DeprecationWarning, stacklevel=3)
         return _checks.choice(precision, DTYPE_POLICIES, "precision")
     return _checks.choice(dtype_policy, DTYPE_POLICIES, "dtype_policy")
+
+
+def check_key(key, steps: int = 1, name: str = "key") -> None:
+    """Refuse anything but a PRNG key (one per step for ``steps > 1``); runs at trace time."""
+    shape, dtype = tuple(getattr(key, "shape", ())), getattr(key, "dtype", None)
+    want = () if steps == 1 else (steps,)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == want
+    raw = dtype == jnp.uint32 and shape == want + (2,)
+    if not (typed or raw):
+        got = type(key).__name__ if dtype is None else f"{jnp.dtype(dtype).name if not typed else dtype}{list(shape)}"
+        raise TypeError(f"{name} must be a PRNG key {'' if steps == 1 else f'per step, stacked ({steps}, 2), '}"
+                        f"(jax.random.PRNGKey(seed) or jax.random.key(seed)), got {got}")
+
+
+def num_outputs(model: Layer, params: Params, state: State, x_shape) -> int:
+    """The size of the model's last output axis for inputs (n, *x_shape[1:]), by tracing only."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
+    return int(jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, x).shape[-1])
+
+
+def check_labels(x, y, num_classes: int, name: str = "y") -> None:
+    """Class targets for images ``x``: one per image, either int labels in ``[0, num_classes)`` or
+    one-hot / soft rows (n, num_classes). Raises ``ValueError`` naming ``name`` and the rule."""
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"{name} must hold one label per image: the images are {len(x)}, the labels {len(y)}")
+    if y.ndim == 2 and y.shape[1] == num_classes and np.issubdtype(y.dtype, np.floating):
+        return
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be int class labels (n,) or one-hot rows (n, {num_classes}), "
+                         f"got {y.dtype} {y.shape}")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise ValueError(f"{name} holds labels outside [0, {num_classes}) (the model has {num_classes} outputs): "
+                         f"{y[bad[0]]} at index {bad[0]} ({bad.size} such labels)")
 
 
 def _cast_floats(tree, dtype):
@@ -128,6 +163,7 @@ def plain_train_step(
 
     def one_step(params, state, opt_state, batch, key):
         x, y = batch
+        check_key(key)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         if augment is not None:
@@ -143,6 +179,8 @@ def plain_train_step(
         return new_params, new_state, new_opt_state, mean({"loss": loss, "accuracy": acc})
 
     def many_steps(params, state, opt_state, batch, keys):
+        check_key(keys, steps_per_call, "keys")
+
         def body(carry, inputs):
             p, s, o = carry
             b, key = inputs
@@ -243,12 +281,18 @@ def evaluate(
       eval_step: a ``make_eval_step`` result to reuse (avoids recompiling per call).
 
     Returns:
-      ``{"loss": float, "accuracy": float, "n": int}``.
+      ``{"loss": float, "accuracy": float, "n": int}``; both nan (with a ``RuntimeWarning``) when
+      an input holds nan or inf.
+
+    Raises:
+      ValueError: labels that do not fit the images or the model's outputs (``check_labels``).
     """
     _checks.positive_int(batch_size, "batch_size")
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must hold the same non-zero number of examples, got {len(x)} and {len(y)}")
+    check_labels(x, y, num_outputs(model, params, state, x.shape))
+    bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1))) if np.issubdtype(x.dtype, np.floating) else 0
     if eval_step is None:
         eval_step = make_eval_step(model, loss_fn, dtype_policy=check_dtype_policy(dtype_policy, precision))
     loss_sum, correct = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
@@ -256,6 +300,10 @@ def evaluate(
         l, c = eval_step(params, state, xb, yb, mask)
         loss_sum, correct = loss_sum + l, correct + c
     loss_sum, correct = jax.device_get((loss_sum, correct))
+    if bad:  # an accuracy over images the model could not see is no accuracy
+        warnings.warn(f"x holds {bad} of {len(x)} examples with nan or inf values: loss and accuracy are nan",
+                      RuntimeWarning, stacklevel=2)
+        return {"loss": float("nan"), "accuracy": float("nan"), "n": len(x)}
     return {"loss": float(loss_sum) / len(x), "accuracy": float(correct) / len(x), "n": len(x)}
 
 

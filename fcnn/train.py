@@ -30,8 +30,8 @@ from fcnn import data as data_lib
 from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_jsonl
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, checkpoint_tree, init_run, load_checkpoint,
                       make_loss_fn, make_run_optimizer, write_config)
-from fcnn.step import (DTYPE_POLICIES, evaluate, make_eval_step, make_train_step, plain_train_step, predict,
-                       step_keys, train_step_fn)
+from fcnn.step import (DTYPE_POLICIES, check_labels, evaluate, make_eval_step, make_train_step, num_outputs,
+                       plain_train_step, predict, step_keys, train_step_fn)
 from fcnn.types import Layer, Params, State
 
 __all__ = ["fit", "FitResult", "EpochSums", "TrainingDivergedError", "epoch_order",
@@ -118,6 +118,11 @@ class _Loop:
         self.x, self.y = np.asarray(data.x_train), np.asarray(data.y_train)
         self.x_test, self.y_test = getattr(data, "x_test", None), getattr(data, "y_test", None)
         n, bs = len(self.x), config.batch_size
+        if self.x.ndim < 2 or n == 0:
+            raise ValueError(f"x_train must hold at least one example (n, ...), got shape {self.x.shape}")
+        if config.augment_shift and config.augment_shift >= min(self.x.shape[1:3]):
+            raise ValueError(f"augment_shift={config.augment_shift} must be smaller than the images "
+                             f"({self.x.shape[1]}x{self.x.shape[2]}): a larger shift moves the whole image out of view")
         self.spe = n // bs
         if self.spe < 1:
             raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {bs}")
@@ -132,6 +137,10 @@ class _Loop:
                                                 dtype_policy=config.dtype_policy, augment=augment)
         self.params, self.state, self.opt_state, self.train_key = init_run(model, config, (bs,) + self.x.shape[1:],
                                                                            self.optimizer)
+        k = num_outputs(model, self.params, self.state, self.x.shape)
+        check_labels(self.x, self.y, k, "y_train")
+        if self.x_test is not None:
+            check_labels(self.x_test, self.y_test, k, "y_test")
         self.step, self.sums, self.history, self.test = 0, EpochSums(), [], None
 
     def open_run_dir(self, resume: bool, overwrite: bool) -> None:

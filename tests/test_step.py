@@ -1,4 +1,5 @@
 """The device step (fcnn.step): train step, scanned steps, dtype policy, evaluate, predict."""
+import re
 import warnings
 
 import chex
@@ -166,3 +167,40 @@ def test_predict_in_batches_equals_one_call(data):
     np.testing.assert_allclose(np.asarray(whole).sum(-1), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         predict(model, params, state, x, batch_size=0)
+
+
+@pytest.mark.parametrize("key,got", [(0, "int"), (None, "NoneType"), (np.zeros(3, np.uint32), "uint32[3]"),
+                                     (np.zeros(2, np.int32), "int32[2]")])
+def test_the_step_refuses_anything_but_a_prng_key(data, key, got):
+    model, opt = mlp(), make_optimizer("sgd", 0.1)
+    x, y = data.x_train[:8], data.y_train[:8]
+    p, s, o = init_trees(model, x, opt)
+    with pytest.raises(TypeError, match=r"key must be a PRNG key .*got " + re.escape(got)):
+        make_train_step(model, opt, donate=False)(p, s, o, (x, y), key)
+    typed = make_train_step(model, opt, donate=False)(p, s, o, (x, y), jax.random.key(0))  # new-style keys work
+    assert np.isfinite(float(typed[3]["loss"]))
+
+
+def test_evaluate_checks_labels_against_the_images_and_the_model(data):
+    model = mlp()
+    _, params, state = model.init(jax.random.PRNGKey(3), (1, 8, 8, 1))
+    x, y = data.x_test[:20], data.y_test[:20]
+    with pytest.raises(ValueError, match=r"y holds labels outside \[0, 10\) .*: 10 at index 3"):
+        evaluate(model, params, state, x, np.where(np.arange(20) == 3, 10, y), batch_size=8)
+    with pytest.raises(ValueError, match="x and y must hold the same non-zero number of examples, got 20 and 21"):
+        evaluate(model, params, state, x, np.concatenate([y, y[:1]]), batch_size=8)
+    with pytest.raises(ValueError, match=r"int class labels \(n,\) or one-hot rows \(n, 10\)"):
+        evaluate(model, params, state, x, y.astype(np.float32), batch_size=8)
+    onehot = np.eye(10, dtype=np.float32)[y]
+    assert evaluate(model, params, state, x, onehot, batch_size=8) == evaluate(model, params, state, x, y, batch_size=8)
+
+
+def test_non_finite_test_inputs_warn_and_give_nan_not_a_number(data):
+    model = mlp()
+    _, params, state = model.init(jax.random.PRNGKey(3), (1, 8, 8, 1))
+    x = data.x_test[:20].copy()
+    x[5, 1, 1, 0] = np.nan
+    x[9, 0, 0, 0] = np.inf
+    with pytest.warns(RuntimeWarning, match="2 of 20 examples with nan or inf"):
+        got = evaluate(model, params, state, x, data.y_test[:20], batch_size=8)
+    assert np.isnan(got["loss"]) and np.isnan(got["accuracy"]) and got["n"] == 20

@@ -143,3 +143,25 @@ def test_a_resumed_run_may_grow_but_never_shrink(data, tmp_path):
 def test_fit_refuses_bad_options_before_training(data, kw, message):
     with pytest.raises(ValueError, match=message):
         fit(mlp(), data, _config(epochs=1), verbose=False, **kw)
+
+
+def test_fit_checks_the_data_before_training(data):
+    def variant(**arrays):
+        d = Data()
+        for k, v in arrays.items():
+            setattr(d, k, v)
+        return d
+
+    wrong = data.y_train.copy()
+    wrong[7] = 12
+    cases = [
+        (variant(y_train=wrong), r"y_train holds labels outside \[0, 10\) .*12 at index 7"),
+        (variant(y_train=np.concatenate([data.y_train, data.y_train[:3]])), "the images are 400, the labels 403"),
+        (variant(y_train=data.y_train[:399]), "the images are 400, the labels 399"),
+        (variant(y_test=-data.y_test - 1), r"y_test holds labels outside \[0, 10\)"),
+    ]
+    for d, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fit(mlp(), d, _config(epochs=1), verbose=False)
+    with pytest.raises(ValueError, match=r"augment_shift=8 must be smaller than the images \(8x8\)"):
+        fit(mlp(), data, _config(epochs=1, augment_shift=8), verbose=False)
