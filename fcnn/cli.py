@@ -204,14 +204,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
     except FloatingPointError as e:  # TrainingDivergedError
-        print(f"fcnn: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-        if os.environ.get("FCNN_DEBUG"):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"fcnn: error: {msg}", file=sys.stderr)
-        return 2
+        return _error(e, 1)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:  # bad arguments, paths, files
+        return _error(e, 2)
+    except OSError as e:  # a run directory not writable, a disk full (train.CheckpointWriteError)
+        return _error(e, 1)
+
+
+def _error(e: BaseException, status: int) -> int:
+    """Print ``fcnn: error: <first line>`` (the traceback with FCNN_DEBUG=1) and return ``status``."""
+    if os.environ.get("FCNN_DEBUG"):
+        raise e
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"fcnn: error: {msg}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

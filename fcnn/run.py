@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import re
+import tempfile
 import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -36,7 +37,8 @@ from fcnn.types import Layer, Params, State
 
 __all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "CONFIG_FILE", "make_loss_fn", "make_run_optimizer", "split_seed",
            "init_run", "checkpoint_tree", "write_config", "read_config", "check_model_name", "build_model",
-           "load_data", "load_checkpoint", "Run", "load_run", "free_run_dir", "check_new_run_dir"]
+           "load_data", "load_checkpoint", "Run", "load_run", "free_run_dir", "check_new_run_dir",
+           "check_writable"]
 
 RESUME_MAY_CHANGE = ("epochs", "parallel", "devices")  # config fields a resumed run may change
 CONFIG_FILE = "config.json"
@@ -277,6 +279,22 @@ def check_new_run_dir(run_dir: str, *, overwrite: bool = False) -> None:
                          f"{run_dir}, fit(resume=True)) or replace it (--overwrite, fit(overwrite=True))")
     for n in names:
         os.remove(os.path.join(run_dir, n))
+
+
+def check_writable(run_dir: str) -> None:
+    """Create, write and remove a probe file in ``run_dir``: a read-only or full directory fails here,
+    before any training, with an ``OSError`` that names the directory."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-ckpt_probe", suffix=".npz", dir=run_dir)
+        try:
+            os.write(fd, b"fcnn")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as e:
+        raise OSError(e.errno, f"run_dir {run_dir!r} is not writable ({e.strerror}): a run needs to save checkpoints "
+                               f"there") from None
 
 
 def free_run_dir(config: TrainConfig) -> str:

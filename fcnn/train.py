@@ -28,13 +28,13 @@ from fcnn import _checks, checkpoint, parallel
 from fcnn._version import __version__
 from fcnn import data as data_lib
 from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_jsonl
-from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, checkpoint_tree, init_run, load_checkpoint,
-                      make_loss_fn, make_run_optimizer, write_config)
+from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, check_writable, checkpoint_tree, init_run,
+                      load_checkpoint, make_loss_fn, make_run_optimizer, write_config)
 from fcnn.step import (DTYPE_POLICIES, check_labels, evaluate, make_eval_step, make_train_step, num_outputs,
                        plain_train_step, predict, step_keys, train_step_fn)
 from fcnn.types import Layer, Params, State
 
-__all__ = ["fit", "FitResult", "EpochSums", "TrainingDivergedError", "epoch_order",
+__all__ = ["fit", "FitResult", "EpochSums", "TrainingDivergedError", "CheckpointWriteError", "epoch_order",
            # re-exported from fcnn.run and fcnn.step (their home since the layout split)
            "TrainConfig", "RESUME_MAY_CHANGE", "load_checkpoint", "make_loss_fn", "DTYPE_POLICIES",
            "make_train_step", "plain_train_step", "train_step_fn", "make_eval_step", "evaluate", "predict",
@@ -45,6 +45,10 @@ PRECISIONS = DTYPE_POLICIES  # deprecated name
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became nan or inf; the message names the step."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, ...); the earlier ones are intact."""
 
 
 class FitResult(NamedTuple):
@@ -149,6 +153,7 @@ class _Loop:
         if not resume:
             check_new_run_dir(run_dir, overwrite=overwrite)
         os.makedirs(run_dir, exist_ok=True)
+        check_writable(run_dir)
         if resume:
             like = checkpoint_tree(self.params, self.state, self.opt_state, self.train_key)
             restored = checkpoint.load_latest(run_dir, like=like)
@@ -170,7 +175,14 @@ class _Loop:
         meta = {"config": self.config.to_dict(), "fcnn_version": __version__,
                 "epoch_sums": list(self.sums), "epoch": self.step // self.spe, "step_in_epoch": self.step % self.spe}
         tree = checkpoint_tree(*self.plan.get((self.params, self.state, self.opt_state)), self.train_key)
-        checkpoint.save(self.run_dir, self.step, tree, keep=self.config.keep, metadata=meta)
+        try:
+            checkpoint.save(self.run_dir, self.step, tree, keep=self.config.keep, metadata=meta)
+        except OSError as e:  # disk full, directory gone: what was saved before is intact
+            last = checkpoint.latest(self.run_dir)
+            kept = f"the checkpoint {os.path.basename(last)} is intact" if last else "no earlier checkpoint exists"
+            raise CheckpointWriteError(e.errno, f"could not save the checkpoint of step {self.step} in "
+                                                f"{self.run_dir!r} ({e.strerror or e}); {kept}: make room and resume "
+                                                f"the run") from e
 
     def evaluate(self, eval_step) -> dict:
         return evaluate(self.model, *self.plan.get((self.params, self.state)), self.x_test, self.y_test,

@@ -165,3 +165,50 @@ def test_fit_checks_the_data_before_training(data):
             fit(mlp(), d, _config(epochs=1), verbose=False)
     with pytest.raises(ValueError, match=r"augment_shift=8 must be smaller than the images \(8x8\)"):
         fit(mlp(), data, _config(epochs=1, augment_shift=8), verbose=False)
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
+    """ENOSPC in the middle of writing a checkpoint: a clear error, the previous checkpoint loads."""
+    import errno
+
+    from fcnn import checkpoint
+    from fcnn.run import load_checkpoint, read_config
+    from fcnn.train import CheckpointWriteError
+
+    run = str(tmp_path / "run")
+    real_savez = np.savez
+    calls = {"n": 0}
+
+    def savez_then_full(f, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third checkpoint (step 12, the epoch end): half written, then the disk is full
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(f, **arrays)
+
+    monkeypatch.setattr(checkpoint.np, "savez", savez_then_full)
+    with pytest.raises(CheckpointWriteError, match=r"could not save the checkpoint of step 12 .*No space left on "
+                                                   r"device.*ckpt_00000010.npz is intact: make room and resume"):
+        fit(mlp(), data, _config(epochs=2, checkpoint_every=5), run_dir=run, verbose=False)
+    monkeypatch.setattr(checkpoint.np, "savez", real_savez)
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(run)] == ["ckpt_00000005.npz", "ckpt_00000010.npz"]
+    assert not [n for n in os.listdir(run) if n.startswith(".tmp")]  # the torn temp file is gone
+    step, params, _ = load_checkpoint(mlp(), read_config(run), run, data.x_train.shape)
+    assert step == 10
+    resumed = fit(mlp(), data, _config(epochs=2, checkpoint_every=5), run_dir=run, resume=True, verbose=False)
+    full = fit(mlp(), data, _config(epochs=2, checkpoint_every=5), verbose=False)
+    assert leaves_equal(resumed.params, full.params)
+
+
+def test_a_run_directory_that_cannot_be_written_is_refused_before_training(data, tmp_path, monkeypatch):
+    import errno
+
+    from fcnn import run as run_lib
+
+    def read_only(*a, **k):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(run_lib.tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match=r"run_dir '.*ro' is not writable \(Read-only file system\)"):
+        fit(mlp(), data, _config(epochs=1), run_dir=str(tmp_path / "ro"), verbose=False)
+    assert os.listdir(tmp_path / "ro") == []  # nothing trained, nothing written
