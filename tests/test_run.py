@@ -21,6 +21,9 @@ def _config(**kw):
 @pytest.mark.parametrize("kw,message", [
     (dict(l2="abc"), "l2 must be a non-negative float, got 'abc'"),
     (dict(l2=float("inf")), "l2 must be a non-negative float, got inf"),
+    (dict(learning_rate=float("inf")), "learning_rate must be a positive float, got inf"),
+    (dict(momentum=float("nan")), r"momentum must be a float in \[0, 1\), got nan"),
+    (dict(optimizer="adamw", weight_decay=float("inf")), "weight_decay must be a non-negative float, got inf"),
     (dict(epochs=True), "epochs must be a positive int, got True"),
     (dict(seed=-1), "seed must be a non-negative int, got -1"),
     (dict(augment_shift=-2), r"augment_shift must be a non-negative int \(pixels\), got -2"),
