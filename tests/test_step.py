@@ -64,8 +64,7 @@ def test_scanned_steps_equal_single_steps(data, unroll):
     p2, s2, o2, m2 = make_train_step(model, opt, steps_per_call=k, unroll=unroll)(p2, s2, o2, (x, y),
                                                                                    step_keys(base, 3, k))
     assert m2["loss"].shape == (k,)
-    for a, b in zip(jax.tree.leaves((p, o)), jax.tree.leaves((p2, o2))):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close((p, o), (p2, o2), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.array(losses), m2["loss"], rtol=1e-6)
 
 

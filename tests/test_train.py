@@ -3,7 +3,6 @@ import json
 import os
 
 import chex
-import jax
 import numpy as np
 import pytest
 
@@ -40,8 +39,7 @@ def test_same_seed_same_params_bitwise(data):
 def test_fit_with_steps_per_call_matches_single_steps(data):
     a = fit(mlp(), data, _config(epochs=2), verbose=False)
     b = fit(mlp(), data, _config(epochs=2, steps_per_call=5), verbose=False)  # 12 steps/epoch: 5 + 5 + 1 + 1
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     assert b.test["accuracy"] == pytest.approx(a.test["accuracy"], abs=1 / 150)
 
 
