@@ -3,9 +3,9 @@ import jax
 import pytest
 
 from fcnn import layers as L
-from fcnn import models
+from fcnn import models, types
 from fcnn.combinators import branches, residual, serial
-from fcnn.summary import LayerInfo, count_params, describe, layer_info, summary
+from fcnn.summary import LayerInfo, count_params, describe, summary
 from fcnn.types import Layer
 
 
@@ -79,11 +79,20 @@ def test_rendered_table_is_aligned():
 
 
 def test_unknown_layer_and_describe():
+    """A hand-built layer is a "?" row with 0 FLOPs until described (layer_info itself: test_types)."""
     raw = Layer(lambda k, s: (s, {}, {}), lambda p, s, x, *, key=None, train=False: (x, s))
-    assert layer_info(raw).name == "?"
+    assert summary(raw, (2, 3)).rows[0].name == "?"
     assert summary(raw, (2, 3)).rows[0].flops == 0
     named = describe(raw, LayerInfo("Mine", "lambda", flops=lambda i, o: 7))
     assert named is raw and summary(raw, (2, 3)).rows[0].name == "Mine"
+    assert summary(raw, (2, 3)).rows[0].flops == 7
+
+
+def test_metadata_names_are_reexported_from_types():
+    from fcnn.summary import layer_info, numel
+
+    assert (LayerInfo, describe, layer_info, numel) == (types.LayerInfo, types.describe, types.layer_info,
+                                                       types.numel)
 
 
 def test_bad_arguments():

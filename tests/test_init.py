@@ -1,0 +1,94 @@
+"""Initialisers against their formulas: fans by hand, standard deviations and bounds measured.
+
+Every draw is compiled with ``_jit`` (XLA backend optimisation level 0): a ``jax.random`` draw
+of a new shape is a compile of its own, and O0 compiles it several times faster on CPU.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcnn import init as I
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _jit(fn, **kw):
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kw)
+
+
+def _draw(initialiser, shape, dtype=jnp.float32, fan_in=1, fan_out=1):
+    return _jit(lambda k: initialiser(k, shape, dtype, fan_in, fan_out))(KEY)
+
+
+@pytest.mark.parametrize("name, std_fn", [
+    ("he_normal", lambda fi, fo: math.sqrt(2 / fi)),
+    ("he_uniform", lambda fi, fo: math.sqrt(2 / fi)),
+    ("glorot_normal", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+    ("glorot_uniform", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+])
+def test_scaled_initialiser_std_matches_formula(name, std_fn):
+    shape = (3, 3, 64, 256)  # HWIO: fan_in = 576, fan_out = 2304
+    fi, fo = I.fans(shape, kind="conv")
+    assert (fi, fo) == (576, 2304)
+    w = _draw(getattr(I, name)(), shape, jnp.float32, fi, fo)
+    assert w.dtype == jnp.float32 and w.shape == shape
+    np.testing.assert_allclose(float(jnp.std(w)), std_fn(fi, fo), rtol=0.02)
+    assert abs(float(jnp.mean(w))) < 0.01 * std_fn(fi, fo) * 10
+    if "uniform" in name:  # bounded by sqrt(3) std
+        assert float(jnp.max(jnp.abs(w))) <= math.sqrt(3) * std_fn(fi, fo) + 1e-6
+
+
+def test_plain_initialisers():
+    w = _draw(I.normal(0.05), (200, 500))
+    np.testing.assert_allclose(float(jnp.std(w)), 0.05, rtol=0.02)
+    u = _draw(I.uniform(0.3), (200, 500))
+    assert -0.3 <= float(u.min()) < -0.29 and 0.29 < float(u.max()) <= 0.3
+    np.testing.assert_array_equal(I.zeros(KEY, (3,), jnp.float32, 1, 1), np.zeros(3))
+    np.testing.assert_array_equal(I.ones(KEY, (3,), jnp.float64, 1, 1), np.ones(3))
+
+
+def test_fans_dense_grouped_and_oihw():
+    assert I.fans((400, 120)) == (400, 120)
+    # grouped conv: 32 input channels in 4 groups -> each kernel sees 3*3*8 inputs; each input
+    # feeds the 16/4 = 4 kernels of its group at 9 positions.
+    assert I.fans((3, 3, 8, 16), kind="conv", groups=4) == (72, 36)
+    assert I.fans((16, 8, 3, 3), kind="conv", layout="NCHW", groups=4) == (72, 36)
+    # a 5x1 kernel: fans count kernel positions, not just channels
+    assert I.fans((5, 1, 2, 3), kind="conv") == (10, 15)
+
+
+def test_scaled_initialisers_use_the_fans_they_are_given():
+    """Same key, different fans: the draws differ exactly by the ratio of the formulas."""
+    a = _draw(I.glorot_normal(), (50, 40), jnp.float32, 50, 40)
+    b = _draw(I.glorot_normal(), (50, 40), jnp.float32, 10, 8)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a) * math.sqrt(90 / 18), rtol=1e-6)
+    u = _draw(I.he_uniform(), (4, 6), jnp.float64, 6, 1)  # limit sqrt(6 / 6) = 1
+    assert u.dtype == jnp.float64 and float(jnp.max(jnp.abs(u))) <= 1.0
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: I.normal(-1.0), ValueError, "stddev"),
+    (lambda: I.uniform(0), ValueError, "scale"),
+    (lambda: I.normal(True), ValueError, "stddev"),
+    (lambda: I.fans((3, 3, 8, 16), kind="depthwise"), ValueError, "kind"),
+    (lambda: I.fans((3, 3, 8, 16), kind="conv", layout="HWC"), ValueError, "layout"),
+    (lambda: I.fans((3, 3, 8, 16), kind="conv", groups=3), ValueError, "groups"),
+    (lambda: I.fans((3, 3, 8, 16), kind="conv", groups=0), ValueError, "groups"),
+    (lambda: I.fans((3, 3, 8)), ValueError, "dense weight"),
+    (lambda: I.fans((3, 8), kind="conv"), ValueError, "rank 4"),
+    (lambda: I.he_normal()(KEY, (3, 3)), ValueError, "fan_in"),
+    (lambda: I.glorot_uniform()(KEY, (3, 3), jnp.float32, 3), ValueError, "fan_out"),
+    (lambda: I.check_initializer(I.he_normal, "w_init"), TypeError, "factory: pass he_normal()"),
+    (lambda: I.check_initializer(0.0, "b_init"), TypeError, "b_init must be callable"),
+])
+def test_bad_arguments_name_the_rule(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_check_initializer_returns_a_callable_unchanged():
+    fn = I.he_normal()
+    assert I.check_initializer(fn, "w_init") is fn and I.check_initializer(I.zeros, "b_init") is I.zeros
