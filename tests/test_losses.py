@@ -67,12 +67,14 @@ def test_mse_by_hand():
 
 
 def test_l2_penalty_skips_biases_by_default():
-    params = {"conv": {"w": jnp.full((2, 2, 1, 3), 2.0), "b": jnp.full((3,), 5.0)}, "dense": [jnp.ones((4, 2)), jnp.ones(2)]}
+    params = {"conv": {"w": np.full((2, 2, 1, 3), 2.0), "b": np.full((3,), 5.0)}, "dense": [np.ones((4, 2)), np.ones(2)]}
+    # compiled, not op by op (each eager op is a compile of its own on CPU)
+    penalty = jax.jit(losses.l2_penalty, static_argnums=1, static_argnames="include_biases")
     # kernels: 12 * 4 + 8 * 1 = 56
-    assert float(losses.l2_penalty(params, 0.5)) == pytest.approx(0.5 * 56)
+    assert float(penalty(params, 0.5)) == pytest.approx(0.5 * 56)
     # with biases: + 3 * 25 + 2 * 1
-    assert float(losses.l2_penalty(params, 0.5, include_biases=True)) == pytest.approx(0.5 * (56 + 75 + 2))
-    g = jax.grad(lambda p: losses.l2_penalty(p, 0.5))(params)
+    assert float(penalty(params, 0.5, include_biases=True)) == pytest.approx(0.5 * (56 + 75 + 2))
+    g = jax.jit(jax.grad(lambda p: losses.l2_penalty(p, 0.5)))(params)
     np.testing.assert_allclose(g["conv"]["w"], 2 * 0.5 * 2.0)
     np.testing.assert_allclose(g["conv"]["b"], 0.0)
 

@@ -1,4 +1,12 @@
-"""Reference models: shapes, parameter counts, option propagation, registry."""
+"""Reference models: shapes, parameter counts, option propagation, registry.
+
+Shapes are checked by tracing (``jax.eval_shape``); what runs is compiled with ``_jit``, at
+XLA's backend optimisation level 0 (on CPU these tests spend their time compiling, and O0
+compiles a LeNet forward + backward about 4x faster), and each model's compiled forward and
+gradient is cached so the lax baseline is compiled once for every comparison.
+"""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +16,10 @@ from fcnn import models
 from fcnn.summary import count_params
 
 KEY = jax.random.PRNGKey(0)
+
+
+def _jit(fn, **kw):
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kw)
 
 
 def abstract_init(model, in_shape):
@@ -24,10 +36,28 @@ def abstract_init(model, in_shape):
 
 @pytest.fixture(scope="module")
 def lenet_small():
-    """LeNet-5 params for a 12x12 input (it takes any size; flatten is then 1x1x16), float64."""
-    x = jax.random.normal(jax.random.PRNGKey(3), (2, 12, 12, 1), jnp.float64)
-    _, params, state = jax.jit(models.lenet5().init, static_argnums=1)(KEY, x.shape)
-    return x, jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), state
+    """LeNet-5 params for a 12x12 input (it takes any size; flatten is then 1x1x16), float64.
+
+    The shapes come from ``init`` (traced), the values from NumPy (N(0, 0.3^2)): these tests
+    compare implementations on the same params, and drawing ten kernels with jax.random would
+    compile ten programs.
+    """
+    x = jnp.asarray(np.random.RandomState(3).randn(2, 12, 12, 1), jnp.float64)
+    _, params, state = abstract_init(models.lenet5(), x.shape)
+    rs = np.random.RandomState(4)
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rs.randn(*a.shape) * 0.3, jnp.float64), params)
+    return x, params, state
+
+
+@functools.lru_cache(maxsize=None)
+def _lenet_forward_and_grad(impl):
+    """Compiled ``(params, state, x) -> (logits, d sum(logits^2) / d params)`` of ``lenet5(impl=impl)``."""
+    model = models.lenet5(impl=impl)
+
+    def loss(p, state, x):
+        return jnp.sum(model.apply(p, state, x)[0] ** 2)
+
+    return _jit(lambda p, state, x: (model.apply(p, state, x)[0], jax.grad(loss)(p, state, x)))
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -66,31 +96,31 @@ def test_small_resnet_batchnorm_state_and_projection():
     assert p_full[4][0]["shortcut"][0]["w"].shape == (1, 1, 16, 32)
     assert p_full[3][0]["shortcut"] == {}  # stage 1 keeps the shape: identity
     model = models.small_resnet(widths=(4, 8))  # same structure, small enough to run fast
-    out, params, state = jax.jit(model.init, static_argnums=1)(KEY, (4, 8, 8, 3))
+    out, params, state = _jit(model.init, static_argnums=1)(KEY, (4, 8, 8, 3))
     assert out == (4, 10) and params[4][0]["shortcut"][0]["w"].shape == (1, 1, 4, 8)
-    x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3), jnp.float32) * 3 + 1
-    apply = jax.jit(model.apply, static_argnames="train")
-    _, new_state = apply(params, state, x, train=True)
+    x = jnp.asarray(np.random.RandomState(2).randn(4, 8, 8, 3) * 3 + 1, jnp.float32)
+
+    @_jit
+    def train_and_eval(params, state, x):
+        _, new_state = model.apply(params, state, x, train=True)
+        _, same = model.apply(params, state, x, train=False)
+        conv_out = jax.lax.conv_general_dilated(x, params[0]["w"], (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return new_state, same, conv_out
+
+    new_state, same, conv_out = train_and_eval(params, state, x)
     # stem BN: running mean = 0.9 * 0 + 0.1 * batch mean of the stem conv's output
-    conv_out = jax.lax.conv_general_dilated(x, params[0]["w"], (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(np.asarray(new_state[1]["mean"]), 0.1 * np.asarray(conv_out).mean((0, 1, 2)),
                                rtol=1e-4, atol=1e-6)
-    y_eval1, same = apply(params, state, x, train=False)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), same, state))
 
 
 @pytest.mark.parametrize("impl", ["reference", "custom_vjp"])
 def test_conv_impl_propagates_and_agrees_with_lax_inside_a_model(impl, lenet_small):
     x, params, state = lenet_small
-
-    def loss(p, model):
-        return jnp.sum(model.apply(p, state, x)[0] ** 2)
-
-    lax_model, other = models.lenet5(impl="lax"), models.lenet5(impl=impl)
-    np.testing.assert_allclose(np.asarray(other.apply(params, state, x)[0]),
-                               np.asarray(lax_model.apply(params, state, x)[0]), rtol=1e-9, atol=1e-10)
-    g_lax, g_other = jax.grad(loss)(params, lax_model), jax.grad(loss)(params, other)
+    y_lax, g_lax = _lenet_forward_and_grad("lax")(params, state, x)
+    y_other, g_other = _lenet_forward_and_grad(impl)(params, state, x)
+    np.testing.assert_allclose(np.asarray(y_other), np.asarray(y_lax), rtol=1e-9, atol=1e-10)
     for a, b in zip(jax.tree_util.tree_leaves(g_lax), jax.tree_util.tree_leaves(g_other)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-8, atol=1e-9)
 
@@ -103,7 +133,7 @@ def test_pool_impl_and_ties_propagate(lenet_small):
     x = jnp.ones((1, 12, 12, 1))  # constant input: every interior pooling window is a tie
 
     def input_grad(model):
-        return jax.grad(lambda x: jnp.sum(model.apply(params, state, x)[0]))(x)
+        return _jit(jax.grad(lambda x: jnp.sum(model.apply(params, state, x)[0])))(x)
 
     g_first = input_grad(models.lenet5(pool_impl="custom_vjp", ties="first"))
     g_lax = input_grad(models.lenet5())
