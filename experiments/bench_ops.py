@@ -25,14 +25,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
+from _timing import measure  # noqa: E402
 
 # (name, x shape NHWC without batch, kernel, cout, padding)
 CONV_LAYERS = [
@@ -45,6 +43,7 @@ CONV_LAYERS = [
 ]
 POOL_SHAPES = [("lenet p1", (28, 28, 6)), ("lenet p2", (10, 10, 16)), ("vgg p1", (32, 32, 128)),
                ("vgg p2", (16, 16, 256)), ("vgg p3", (8, 8, 512))]  # vgg p1 at b512: the anchor shape
+QUICK_LAYERS = "lenet c2,lenet p1"  # --quick: one conv layer and one pool shape (every impl still runs)
 BATCH = {"cpu": {"lenet": 64, "vgg": 16}, "gpu": {"lenet": 128, "vgg": 512}}
 
 
@@ -64,32 +63,9 @@ def parse_args(argv=None):
 
 
 def timeit(fn, *args, repeats=5, target_s=0.2):
-    """(compile s, median s per call) of a jitted fn on fixed args."""
-    import jax
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(fn(*args))
-    n = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        dt = time.perf_counter() - t0
-        if dt >= target_s / 4 or n >= 4096:
-            break
-        n *= 4
-    calls = max(1, int(round(n * target_s / max(dt, 1e-9))))
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        ts.append((time.perf_counter() - t0) / calls)
-    return compile_s, statistics.median(ts)
+    """(compile s, median s per call) of a jitted fn on fixed args (``_timing.measure``)."""
+    t = measure(lambda: fn(*args), repeats=repeats, target_s=target_s)
+    return t.compile_s, t.median_s
 
 
 def _dt(name):
@@ -215,7 +191,7 @@ def bench_step(args, dtypes, device, variants):
     import jax
 
     from fcnn.optim import make_optimizer
-    from fcnn.train import make_train_step
+    from fcnn.step import make_train_step
 
     rows = []
     net, n = ("vgg", 512) if device == "gpu" else ("lenet", 64)
@@ -228,7 +204,7 @@ def bench_step(args, dtypes, device, variants):
                 model = bench_peers.fcnn_model(net, impl=impl, pool_impl=pool_impl, device=device)
                 _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
                 opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
-                step = make_train_step(model, opt, precision=dname, donate=False)
+                step = make_train_step(model, opt, dtype_policy=dname, donate=False)
                 batch = bench_peers._jax_data(n, spec)
                 key = jax.random.PRNGKey(1)
                 row["compile_s"], sec = timeit(step, params, state, opt.init(params), batch, key,
@@ -299,8 +275,7 @@ def main(argv=None):
     if args.quick:
         batch = {"lenet": 2, "vgg": 1}
         args.repeats, args.target_s = 2, 0.01
-        global CONV_LAYERS
-        CONV_LAYERS = [l for l in CONV_LAYERS if l[0].startswith("lenet")]
+        args.layers = args.layers or QUICK_LAYERS
     parts = args.parts.split(",")
     print(f"device={args.device} backend={jax.default_backend()} jax={jax.__version__} seed=0", flush=True)
     res = {}

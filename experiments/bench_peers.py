@@ -2,12 +2,12 @@
 
 Every builder has one signature and returns a ``Bench``:
 
-    build(net, n, precision, device, k) -> Bench(step, carry, batch, block, k)
+    build(net, n, dtype_policy, device, k) -> Bench(step, carry, batch, block, k)
     carry = bench.step(carry, batch)     # k training steps (k > 1 only for fcnn's multi-step)
     bench.block(carry)                   # waits for the device
 
 net: "lenet" (28x28x1) or "vgg" (32x32x3), as docs/PERFORMANCE (shared) defines them; n: batch;
-precision: "f32" or "bf16" (mixed: float32 master params and loss, bf16 forward/backward;
+dtype_policy: "f32" or "bf16" (mixed: float32 master params and loss, bf16 forward/backward;
 torch through ``autocast``). SGD with momentum 0.9, softmax cross-entropy, random inputs and
 labels resident on the device. Each peer is written from its documented API, the way its
 tutorials write a train step (jit or filter_jit or nnx.jit; buffers donated where the API allows).
@@ -113,7 +113,7 @@ def _jit_step(loss_fn, tx):
 
 
 # ----------------------------------------------------------------------------- fcnn
-def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto", unroll=1):
+def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto", unroll=1):
     """fcnn's own train step (``make_train_step``); k > 1 runs k steps per dispatch.
 
     ``impl``/``pool_impl`` "auto" pick each layer's implementation with ``fcnn.ops.auto``
@@ -123,13 +123,13 @@ def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto", un
     import jax.numpy as jnp
 
     from fcnn.optim import make_optimizer
-    from fcnn.train import make_train_step
+    from fcnn.step import make_train_step
 
     model = fcnn_model(net, impl, pool_impl, device)
     spec = NETS[net]
     _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
     opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
-    train_step = make_train_step(model, opt, steps_per_call=k, precision=precision, unroll=unroll)
+    train_step = make_train_step(model, opt, steps_per_call=k, dtype_policy=dtype_policy, unroll=unroll)
     key = jax.random.PRNGKey(1)
     keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
 
@@ -139,18 +139,18 @@ def build_fcnn(net, n, precision, device, k=1, impl="auto", pool_impl="auto", un
     return Bench(step, (params, state, opt.init(params)), _jax_data(n, spec, k), _jax_block, k)
 
 
-def build_fcnn_unroll(net, n, precision, device, k=1):
+def build_fcnn_unroll(net, n, dtype_policy, device, k=1):
     """fcnn's k-steps-per-dispatch step with the scan fully unrolled (``make_train_step(unroll=k)``).
 
     With ``unroll=1`` XLA runs a device while loop whose trip test syncs with the host every
     iteration; unrolled, the k steps are one straight sequence of kernels (longer compile).
     """
-    return build_fcnn(net, n, precision, device, k=k, unroll=k)
+    return build_fcnn(net, n, dtype_policy, device, k=k, unroll=k)
 
 
-def build_fcnn_lax(net, n, precision, device, k=1):
+def build_fcnn_lax(net, n, dtype_policy, device, k=1):
     """fcnn with the default implementations everywhere (conv "lax", max-pool "lax")."""
-    return build_fcnn(net, n, precision, device, k, impl="lax", pool_impl="lax")
+    return build_fcnn(net, n, dtype_policy, device, k, impl="lax", pool_impl="lax")
 
 
 def fcnn_model(net, impl="lax", pool_impl="lax", device="cpu"):
@@ -190,7 +190,7 @@ def fcnn_model(net, impl="lax", pool_impl="lax", device="cpu"):
 
 
 # ----------------------------------------------------------------------------- hand-written lax
-def build_lax(net, n, precision, device, k=1):
+def build_lax(net, n, dtype_policy, device, k=1):
     """The floor: lax.conv_general_dilated / reduce_window / dot on a dict of arrays."""
     import jax
     import jax.numpy as jnp
@@ -221,7 +221,7 @@ def build_lax(net, n, precision, device, k=1):
         return x
 
     def loss(params, x, y):
-        if precision == "bf16":
+        if dtype_policy == "bf16":
             params, x = _half(params), x.astype(jnp.bfloat16)
         return _ce(apply(params, x), y)
 
@@ -230,7 +230,7 @@ def build_lax(net, n, precision, device, k=1):
 
 
 # ----------------------------------------------------------------------------- stax
-def build_stax(net, n, precision, device, k=1):
+def build_stax(net, n, dtype_policy, device, k=1):
     """jax.example_libraries.stax + optimizers.momentum."""
     import jax
     import jax.numpy as jnp
@@ -255,7 +255,7 @@ def build_stax(net, n, precision, device, k=1):
     opt_init, opt_update, get_params = optimizers.momentum(LR, MOMENTUM)
 
     def loss(params, x, y):
-        if precision == "bf16":
+        if dtype_policy == "bf16":
             params, x = _half(params), x.astype(jnp.bfloat16)
         return _ce(apply_fun(params, x), y)
 
@@ -269,13 +269,13 @@ def build_stax(net, n, precision, device, k=1):
 
 
 # ----------------------------------------------------------------------------- flax linen
-def build_linen(net, n, precision, device, k=1):
+def build_linen(net, n, dtype_policy, device, k=1):
     import jax
     import jax.numpy as jnp
     from flax import linen as nn
 
     spec = NETS[net]
-    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    dtype = jnp.bfloat16 if dtype_policy == "bf16" else jnp.float32
 
     class Net(nn.Module):
         @nn.compact
@@ -302,13 +302,13 @@ def build_linen(net, n, precision, device, k=1):
 
 
 # ----------------------------------------------------------------------------- flax nnx
-def build_nnx(net, n, precision, device, k=1):
+def build_nnx(net, n, dtype_policy, device, k=1):
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     spec = NETS[net]
-    dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
+    dtype = jnp.bfloat16 if dtype_policy == "bf16" else jnp.float32
 
     class Net(nnx.Module):
         def __init__(self, rngs):
@@ -354,7 +354,7 @@ def build_nnx(net, n, precision, device, k=1):
 
 
 # ----------------------------------------------------------------------------- equinox
-def build_equinox(net, n, precision, device, k=1):
+def build_equinox(net, n, dtype_policy, device, k=1):
     """Equinox layers are per-example and channels-first: the model is vmapped over the batch."""
     import equinox as eqx
     import jax
@@ -394,7 +394,7 @@ def build_equinox(net, n, precision, device, k=1):
     tx = _sgd()
 
     def loss(model, x, y):
-        if precision == "bf16":
+        if dtype_policy == "bf16":
             model = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, model)
             x = x.astype(jnp.bfloat16)
         return _ce(jax.vmap(model)(x), y)
@@ -413,7 +413,7 @@ def build_equinox(net, n, precision, device, k=1):
 
 
 # ----------------------------------------------------------------------------- haiku
-def build_haiku(net, n, precision, device, k=1):
+def build_haiku(net, n, dtype_policy, device, k=1):
     import haiku as hk
     import jax
     import jax.numpy as jnp
@@ -435,7 +435,7 @@ def build_haiku(net, n, precision, device, k=1):
     params = model.init(jax.random.PRNGKey(0), data[0][:1])
 
     def loss(params, x, y):
-        if precision == "bf16":
+        if dtype_policy == "bf16":
             params, x = _half(params), x.astype(jnp.bfloat16)
         return _ce(model.apply(params, x), y)
 
@@ -444,7 +444,7 @@ def build_haiku(net, n, precision, device, k=1):
 
 
 # ----------------------------------------------------------------------------- torch
-def _torch_build(net, n, precision, device, compiled):
+def _torch_build(net, n, dtype_policy, device, compiled):
     import torch
     from torch import nn
 
@@ -471,7 +471,7 @@ def _torch_build(net, n, precision, device, compiled):
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(n, spec["cin"], spec["hw"], spec["hw"], device=dev, generator=g).to(memory_format=torch.channels_last)
     y = torch.randint(0, CLASSES, (n,), device=dev, generator=g)
-    bf16 = precision == "bf16"
+    bf16 = dtype_policy == "bf16"
 
     def step(carry, batch):
         xb, yb = batch
@@ -490,14 +490,14 @@ def _torch_build(net, n, precision, device, compiled):
     return Bench(step, None, (x, y), block)
 
 
-def build_torch(net, n, precision, device, k=1):
+def build_torch(net, n, dtype_policy, device, k=1):
     """PyTorch eager, channels_last, autocast bf16."""
-    return _torch_build(net, n, precision, device, compiled=False)
+    return _torch_build(net, n, dtype_policy, device, compiled=False)
 
 
-def build_torch_compile(net, n, precision, device, k=1):
+def build_torch_compile(net, n, dtype_policy, device, k=1):
     """torch.compile of the model (default mode); optimizer step eager (foreach)."""
-    return _torch_build(net, n, precision, device, compiled=True)
+    return _torch_build(net, n, dtype_policy, device, compiled=True)
 
 
 BUILDERS = {

@@ -5,10 +5,10 @@
 
 Networks, optimizer and loss as the shared PERFORMANCE.md defines them (experiments/
 bench_peers.py builds them). For each framework, net and batch a fresh subprocess times
-bf16 then f32: the first step (trace + compile + run) is the compile time; then warm-up;
-then ``--repeats`` repeats of N steps (N sized to ``--target-s`` seconds), each ended by a
-block on the device; the per-step time is the median repeat over N. Reported: ms/step,
-images/s, effective TFLOP/s (3 x forward MACs x 2 FLOPs per image), the fraction of a
+bf16 then f32 (experiments/_timing.py): the first step (trace + compile + run) is the compile
+time; then warm-up; then ``--repeats`` repeats of N steps (N sized to ``--target-s`` seconds),
+each ended by a block on the device; the per-step time is the median repeat over N. Reported:
+ms/step, images/s, effective TFLOP/s (3 x forward MACs x 2 FLOPs per image), the fraction of a
 bf16 matmul peak measured in the same run (GPU), and the peak device memory (GPU; JAX
 ``memory_stats()['peak_bytes_in_use']``, which includes XLA's conv-autotuning scratch; torch
 ``max_memory_allocated``). In the fresh process the f32 peak is max(bf16, f32).
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_peers  # noqa: E402
+from _timing import carrying, measure  # noqa: E402
 
 FRAMEWORKS = list(bench_peers.BUILDERS)
 # (net, batch) per device; --quick shrinks everything.
@@ -39,6 +39,7 @@ CONFIGS = {"gpu": [("lenet", 128), ("lenet", 1024), ("vgg", 512)], "cpu": [("len
 QUICK_CONFIGS = [("lenet", 8), ("vgg", 2)]
 K_STEPS = {"lenet": 32, "vgg": 4}  # fcnn_k steps per dispatch (GPU); CPU uses 8 / 2
 K_STEPS_CPU = {"lenet": 8, "vgg": 2}
+K_STEPS_QUICK = {"lenet": 2, "vgg": 2}
 
 
 def parse_args(argv=None):
@@ -59,38 +60,17 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--matmul", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- timing (worker side)
 def time_bench(bench, repeats: int, target_s: float, warmup: int = 3):
-    """(compile seconds, median seconds per training step, all per-step repeats)."""
-    t0 = time.perf_counter()
-    carry = bench.step(bench.carry, bench.batch)
-    bench.block(carry)
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        carry = bench.step(carry, bench.batch)
-    bench.block(carry)
-    n, dt = 1, 0.0
-    while True:  # calibrate calls per repeat
-        t0 = time.perf_counter()
-        for _ in range(n):
-            carry = bench.step(carry, bench.batch)
-        bench.block(carry)
-        dt = time.perf_counter() - t0
-        if dt >= target_s / 4 or n >= 4096:
-            break
-        n *= 4
-    calls = max(1, int(round(n * target_s / max(dt, 1e-9))))
-    per_step = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            carry = bench.step(carry, bench.batch)
-        bench.block(carry)
-        per_step.append((time.perf_counter() - t0) / (calls * bench.k))
-    return compile_s, statistics.median(per_step), per_step
+    """(compile seconds, median seconds per training step, all per-step repeats) (``_timing.measure``)."""
+    t = measure(carrying(bench.step, bench.carry, bench.batch), repeats=repeats, target_s=target_s, warmup=warmup,
+                block=bench.block)
+    per_step = [r / bench.k for r in t.repeats_s]
+    return t.compile_s, statistics.median(per_step), per_step
 
 
 def _peak_bytes(fw, device):
@@ -156,24 +136,22 @@ def _spawn(cmd_args, device, timeout, result):
         return json.load(f), None
 
 
-MATMUL_CODE = """
-import json, sys, time, jax, jax.numpy as jnp
-n = int(sys.argv[1]); a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
-f = jax.jit(lambda a, b: a @ b); f(a, b).block_until_ready()
-ts = []
-for _ in range(5):
-    t0 = time.perf_counter()
-    for _ in range(20): c = f(a, b)
-    c.block_until_ready(); ts.append((time.perf_counter() - t0) / 20)
-ts.sort(); print(json.dumps({"n": n, "tflops": 2 * n ** 3 / ts[2] / 1e12, "backend": jax.default_backend(),
-                             "device": str(jax.devices()[0].device_kind)}))
-"""
+def matmul_peak(n):
+    """bf16 (n, n) @ (n, n) in TFLOP/s: median of 5 repeats of 20 calls (``--matmul N``, a fresh process)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda a, b: a @ b)
+    t = measure(lambda: f(a, b), repeats=5, calls=20, warmup=0)
+    return {"n": n, "tflops": 2 * n ** 3 / t.median_s / 1e12, "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind)}
 
 
 def measure_matmul_peak(device, n):
-    proc = subprocess.run([sys.executable, "-c", MATMUL_CODE, str(n)], env=_env(device), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul", str(n)], env=_env(device),
+                          capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -250,6 +228,9 @@ def main(argv=None):
         args.target_s = 0.3 if args.device == "gpu" else 1.0
     if args.worker:
         return run_worker(args)
+    if args.matmul:
+        print(json.dumps(matmul_peak(args.matmul)))
+        return None
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)
@@ -268,7 +249,7 @@ def main(argv=None):
         configs, args.repeats, args.target_s = QUICK_CONFIGS, 2, 0.02
     if args.nets:
         configs = [(s.split(":")[0], int(s.split(":")[1])) for s in args.nets.split(",")]
-    ksteps = K_STEPS if args.device == "gpu" and not args.quick else K_STEPS_CPU
+    ksteps = K_STEPS_QUICK if args.quick else K_STEPS if args.device == "gpu" else K_STEPS_CPU
     os.makedirs(args.out, exist_ok=True)
     print(f"device={args.device} python={platform.python_version()} host={platform.node()} seed=0", flush=True)
     peak = measure_matmul_peak(args.device, 8192) if args.device == "gpu" else {}

@@ -100,7 +100,8 @@ def reduction_curve(seed: int, quick: bool, precisions=("highest",)):
 def tie_study(seed: int, quick: bool):
     """Tie frequency of 2x2 windows after conv+ReLU of LeNet's first layer on digits; tie policies
     in training."""
-    from fcnn import data, models, optim, train
+    from fcnn import data, models, optim
+    from fcnn.step import make_train_step, predict
     from fcnn.losses import softmax_cross_entropy
 
     ds = data.load("digits")
@@ -131,14 +132,14 @@ def tie_study(seed: int, quick: bool):
         g = jax.grad(loss)(p, jnp.asarray(x[:128]), jnp.asarray(y[:128]))
         gnorm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree_util.tree_leaves(g))))
         g1 = float(jnp.linalg.norm(g[0]["w"]))
-        step = train.make_train_step(m, optim.make_optimizer("adam", 3e-3))
+        step = make_train_step(m, optim.make_optimizer("adam", 3e-3))
         opt = optim.make_optimizer("adam", 3e-3)
         o = opt.init(p)
         rng = np.random.default_rng(seed)
         for t in range(steps):
             idx = rng.integers(0, n_train, 64)
             p, s, o, _ = step(p, s, o, (jnp.asarray(x[idx]), jnp.asarray(y[idx])), jax.random.PRNGKey(t))
-        logits = train.predict(m, p, s, jnp.asarray(ds.x_test, jnp.float32))
+        logits = predict(m, p, s, jnp.asarray(ds.x_test, jnp.float32))
         acc = float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(ds.y_test)))
         training.append((ties, f"{gnorm:.4f}", f"{g1:.4f}", steps, f"{acc:.3f}"))
     return freq, training

@@ -7,7 +7,7 @@
 A. Per-example gradients of LeNet-5 (28x28x1): the batch gradient ``jit(grad(mean loss))``, ``vmap``
    per-example gradients (``parallel.per_example_grads``), a compiled loop (``lax.map`` of the
    single-example gradient) and a Python loop of a jitted single-example gradient, per batch size.
-B. Data-parallel train steps: plain ``jit`` on one device (``train.make_train_step``) against the
+B. Data-parallel train steps: plain ``jit`` on one device (``step.make_train_step``) against the
    ``pmap``, ``jit``-sharding and ``shard_map`` steps of ``fcnn.parallel`` over 1, 2, 4, 8 devices
    at a fixed global batch, images/s. On CPU the devices are virtual
    (``--xla_force_host_platform_device_count=8``, set in a subprocess before JAX starts) and share
@@ -15,10 +15,11 @@ B. Data-parallel train steps: plain ``jit`` on one device (``train.make_train_st
 C. Communication per step, counted in the traced ``shard_map`` step (every ``psum``) and checked
    against the formula P + 6 * (BatchNorm channels) + 2 metrics, per model.
 
-Timing: first call = compile time (reported apart); warm-up; calls per repeat calibrated to
-``--target-s``; the variants of a question take turns repeat by repeat (round robin, same process,
-same data); median of ``--repeats``. ``block_until_ready`` ends each repeat; on CPU every call of
-part A is blocked (XLA:CPU may overlap independent calls), on a GPU the stream orders them.
+Timing (experiments/_timing.py): first call = compile time (reported apart); warm-up; calls per
+repeat calibrated to ``--target-s``; the variants of a question take turns repeat by repeat (round
+robin, same process, same data); median of ``--repeats``. ``block_until_ready`` ends each repeat;
+on CPU every call of part A is blocked (XLA:CPU may overlap independent calls), on a GPU the
+stream orders them.
 
 Writes ``--out`` (markdown: a shared introduction plus one ``<!-- scaling:TAG -->`` section per
 platform; an existing file keeps its other platforms' sections) and ``--json`` (raw numbers,
@@ -34,7 +35,6 @@ import inspect
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,8 +49,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from fcnn import models, parallel, train  # noqa: E402
+from fcnn import models, parallel  # noqa: E402
+from fcnn.step import make_train_step  # noqa: E402
 from fcnn.summary import summary  # noqa: E402
+from _timing import carrying, side_by_side  # noqa: E402  (experiments/, sys.path[0])
 
 VIRTUAL_DEVICES = 8
 COMM_MODELS = ("lenet5", "small_vgg", "small_resnet")
@@ -90,45 +92,12 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- timing
-def _block(out):
-    return jax.block_until_ready(out)
-
-
 def time_side_by_side(variants: dict, repeats: int, target_s: float, block_each: bool, warmup: int = 2) -> dict:
-    """Time zero-argument calls side by side: {name: {"compile_s", "ms", "repeats_ms", "calls"}}.
-
-    The first call is the compile time; then ``warmup`` calls; calls per repeat are calibrated to
-    ``target_s``; then ``repeats`` rounds in which every variant runs its calls in turn. With
-    ``block_each`` every call's output is blocked on, otherwise only the last of a repeat.
-    """
-    res = {}
-    for name, call in variants.items():
-        t0 = time.perf_counter()
-        _block(call())
-        compile_s = time.perf_counter() - t0
-        for _ in range(warmup):
-            _block(call())
-        once = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            _block(call())
-            once.append(time.perf_counter() - t0)
-        one = statistics.median(once)
-        res[name] = {"compile_s": compile_s, "calls": max(1, min(2000, round(target_s / max(one, 1e-6)))),
-                     "repeats_ms": []}
-    for _ in range(repeats):
-        for name, call in variants.items():
-            n = res[name]["calls"]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                out = call()
-                if block_each:
-                    _block(out)
-            _block(out)
-            res[name]["repeats_ms"].append((time.perf_counter() - t0) / n * 1e3)
-    for r in res.values():
-        r["ms"] = statistics.median(r["repeats_ms"])
-    return res
+    """Time zero-argument calls side by side (``_timing.side_by_side``, one repeat per turn):
+    {name: {"compile_s", "ms", "repeats_ms", "calls"}}, "ms" the median per call."""
+    t = side_by_side(variants, repeats=repeats, target_s=target_s, warmup=warmup, block_each=block_each)
+    return {name: {"compile_s": r.compile_s, "ms": r.median_s * 1e3, "repeats_ms": [v * 1e3 for v in r.repeats_s],
+                   "calls": r.calls} for name, r in t.items()}
 
 
 # ----------------------------------------------------------------------------- part A
@@ -194,16 +163,9 @@ def _build(name: str, bn_axis):
     return fn(), False
 
 
-class _Stepper:
-    """A train step that carries (params, state, opt_state) from call to call."""
-
-    def __init__(self, step, carry, batch, key):
-        self.step, self.carry, self.batch, self.key = step, carry, batch, key
-
-    def __call__(self):
-        p, s, o, _ = self.step(*self.carry, self.batch, self.key)
-        self.carry = (p, s, o)
-        return self.carry
+def _stepper(step, carry, batch, key):
+    """A zero-argument call of a train step that carries (params, state, opt_state) from call to call."""
+    return carrying(lambda c: step(*c, batch, key)[:3], carry)
 
 
 def dp_throughput(model_names, global_batch: int, device_counts, repeats: int, target_s: float, seed: int):
@@ -222,24 +184,24 @@ def dp_throughput(model_names, global_batch: int, device_counts, repeats: int, t
         params, state = _init(plain, models.input_shape(name), seed)
         opt_state = opt.init(params)
         dev0 = jax.devices()[0]
-        variants = {("jit", 1): _Stepper(train.make_train_step(plain, opt, donate=False),
+        variants = {("jit", 1): _stepper(make_train_step(plain, opt, donate=False),
                                          jax.device_put((params, state, opt_state), dev0),
                                          jax.device_put((x, y), dev0), key)}
         for d in device_counts:
             devs = jax.devices()[:d]
             pmodel, bn_p = _build(name, PMAP_AXIS)
             sharded_in = jax.pmap(lambda a: a, devices=devs)  # device-resident (d, n/d, ...) shards
-            variants[("pmap", d)] = _Stepper(
+            variants[("pmap", d)] = _stepper(
                 parallel.make_pmap_train_step(pmodel, opt, axis_name=PMAP_AXIS, devices=devs),
                 tuple(parallel.replicate(t, d) for t in (params, state, opt_state)),
                 tuple(sharded_in(a) for a in parallel.shard_batch((x, y), d)), key)
             mesh = parallel.make_mesh(d, devs)
             rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(parallel.DATA_AXIS))
-            variants[("sharding", d)] = _Stepper(parallel.make_sharded_train_step(plain, opt, mesh),
+            variants[("sharding", d)] = _stepper(parallel.make_sharded_train_step(plain, opt, mesh),
                                                  jax.device_put((params, state, opt_state), rep),
                                                  jax.device_put((x, y), data), key)
             smodel, bn_s = _build(name, parallel.DATA_AXIS)
-            variants[("shard_map", d)] = _Stepper(parallel.make_shard_map_train_step(smodel, opt, mesh),
+            variants[("shard_map", d)] = _stepper(parallel.make_shard_map_train_step(smodel, opt, mesh),
                                                   jax.device_put((params, state, opt_state), rep),
                                                   jax.device_put((x, y), data), key)
         t = time_side_by_side(variants, repeats, target_s, block_each=False)
@@ -411,7 +373,7 @@ def render_section(tag: str, meta: dict, a_rows, b_rows, c_rows) -> str:
             out.append("Step time of the three wrappers relative to plain jit, " + "; ".join(spans) + ".\n")
         virt = meta.get("virtual_devices")
         out.append(
-            "\"jit\" is `train.make_train_step` on one device; the others are `parallel.make_pmap_train_step`, "
+            "\"jit\" is `step.make_train_step` on one device; the others are `parallel.make_pmap_train_step`, "
             "`make_sharded_train_step` and `make_shard_map_train_step` over the first d devices, with a "
             "device-resident batch (no host transfer inside the timing) and no buffer donation in any "
             "variant; \"compile s\" is the first call (trace, compile and one run). "

@@ -6,9 +6,10 @@ CPU items that one side-by-side benchmark run is too noisy to settle.
     python experiments/step_ab.py --compile-processes 5 --frameworks fcnn,linen --net lenet --batch 64
 
 A config names one conv implementation per conv layer ("auto" allowed); max-pool is ``auto``.
-All configs are compiled first, then timed in rounds that visit every config in turn (each
-round: a short warm-up, then 3 repeats of N steps with a block on the device), so slow
-drifts of a shared machine hit every config alike. Reports the median, 25th percentile and
+Every config is compiled first, then timed in rounds that visit every config in turn (each
+round: a short warm-up, then 3 repeats of N steps with a block on the device; the
+``side_by_side`` of experiments/_timing.py), so slow drifts of a shared machine hit every
+config alike. Reports the median, 25th percentile and
 minimum ms per step. ``--compile-processes P`` instead runs benchmark.py's worker P times per
 framework (a fresh process each: trace + compile + first step) and reports the median and
 range of its "compile s". Results print as a markdown table, with the command, to stdout and
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import side_by_side  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,33 +52,25 @@ def step_ab(args):
 
     import bench_peers
     from fcnn.optim import make_optimizer
-    from fcnn.train import make_train_step
+    from fcnn.step import make_train_step
 
     spec = bench_peers.NETS[args.net]
     batch = bench_peers._jax_data(args.batch, spec)
-    steps = {}
+    calls = {}
     for cfg in args.configs:
         names = cfg.split(",")
         model = bench_peers.fcnn_model(args.net, names[0] if len(names) == 1 else names, "auto", args.device)
         _, params, state = model.init(jax.random.PRNGKey(0), (args.batch, spec["hw"], spec["hw"], spec["cin"]))
         opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
-        step = make_train_step(model, opt, precision=args.dtype, donate=False)
-        call = (params, state, opt.init(params), batch, jax.random.PRNGKey(1))
-        jax.block_until_ready(step(*call))  # compile
-        steps[cfg] = (step, call, [])
-    for _ in range(args.rounds):
-        for step, call, times in steps.values():
-            for _ in range(max(1, args.steps // 6)):
-                step(*call)
-            for _ in range(3):
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    out = step(*call)
-                jax.block_until_ready(out)
-                times.append((time.perf_counter() - t0) / args.steps * 1e3)
+        step = make_train_step(model, opt, dtype_policy=args.dtype, donate=False)
+        calls[cfg] = functools.partial(step, params, state, opt.init(params), batch, jax.random.PRNGKey(1))
+    timed = side_by_side(calls, repeats=3 * args.rounds, per_turn=3, calls=args.steps, warmup=0,
+                         turn_warmup=max(1, args.steps // 6))
     rows = ["| conv impls per layer | median ms/step | p25 | min | repeats |", "|---|---|---|---|---|"]
-    for cfg, (_, _, t) in steps.items():
-        rows.append(f"| {cfg} | {statistics.median(t):.3f} | {np.percentile(t, 25):.3f} | {min(t):.3f} | {len(t)} |")
+    for cfg, t in timed.items():
+        ms = [r * 1e3 for r in t.repeats_s]
+        rows.append(f"| {cfg} | {statistics.median(ms):.3f} | {np.percentile(ms, 25):.3f} | {min(ms):.3f} | "
+                    f"{len(ms)} |")
     return f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps", rows
 
 

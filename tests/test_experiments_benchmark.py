@@ -3,40 +3,26 @@
 These are not timed tests: they check that every row the scripts promise is there with
 finite positive numbers, and that a framework that is not installed becomes a skipped row.
 """
-import importlib.util
 import json
 import math
-import os
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXP = os.path.join(ROOT, "experiments")
-
-
-def _load(name):
-    sys.path.insert(0, EXP)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXP, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _positive(v):
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
-def test_forward_macs_match_hand_counts():
-    peers = _load("bench_peers")
+def test_forward_macs_match_hand_counts(experiment):
+    peers = experiment("bench_peers")
     # LeNet: 28*28*6*25 + 10*10*16*150 + 400*120 + 120*84 + 84*10
     assert peers.forward_macs("lenet") == 117600 + 240000 + 48000 + 10080 + 840
     # VGG: 32*32*64*27 + 32*32*128*576 + 16*16*256*1152 + 8*8*512*2304 + 512*10
     assert peers.forward_macs("vgg") == 1769472 + 75497472 + 75497472 + 75497472 + 5120
 
 
-def test_benchmark_quick_table(tmp_path):
-    bench = _load("benchmark")
+def test_benchmark_quick_table(experiment, tmp_path):
+    bench = experiment("benchmark")
     fws = ["fcnn", "fcnn_k", "stax", "linen"]
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n<!-- benchmark:cpu:start -->\nold\n<!-- benchmark:cpu:end -->\n\ntail\n")
@@ -60,8 +46,8 @@ def test_benchmark_quick_table(tmp_path):
     assert "| stax | lenet | 4 | bf16 |" in text
 
 
-def test_bench_ops_quick_table(tmp_path):
-    ops_bench = _load("bench_ops")
+def test_bench_ops_quick_table(experiment, tmp_path):
+    ops_bench = experiment("bench_ops")
     from fcnn import ops
 
     res = ops_bench.main(["--quick", "--out", str(tmp_path)])
@@ -83,14 +69,14 @@ def test_bench_ops_quick_table(tmp_path):
     assert "Max-pool 2x2/2" in (tmp_path / "ops.md").read_text()
 
 
-def test_proto_pool_gradient_is_first_max():
+def test_proto_pool_gradient_is_first_max(experiment):
     """The prototype backward routes each gradient to the first maximum, as lax's VJP does."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jax import lax
 
-    ops_bench = _load("bench_ops")
+    ops_bench = experiment("bench_ops")
     x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3)) * 2) / 2  # many ties
     g = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 3, 3))
 
@@ -103,13 +89,13 @@ def test_proto_pool_gradient_is_first_max():
     np.testing.assert_array_equal(np.asarray(ops_bench.proto_max_pool(x)), np.asarray(native(x)))
 
 
-def test_step_ab_quick_rows_and_per_layer_models(tmp_path, monkeypatch):
+def test_step_ab_quick_rows_and_per_layer_models(experiment, tmp_path, monkeypatch):
     import jax
 
     from fcnn import ops
 
-    ab = _load("step_ab")
-    peers = _load("bench_peers")
+    ab = experiment("step_ab")
+    peers = experiment("bench_peers")
     out = tmp_path / "ab.md"
     rows = ab.main(["--net", "lenet", "--batch", "2", "--configs", "taps,col2im", "lax", "--rounds", "1",
                     "--steps", "2", "--out", str(out)])
@@ -132,3 +118,35 @@ def test_step_ab_quick_rows_and_per_layer_models(tmp_path, monkeypatch):
     assert used == ["taps", "col2im"]
     with pytest.raises(ValueError, match="impl: lenet has 2 conv layers"):
         peers.fcnn_model("lenet", ["taps", "col2im", "lax"], "auto")
+
+
+def test_timing_calibrates_and_takes_turns(experiment, monkeypatch):
+    """_timing on a fake clock: each call costs a known time, so every number it reports is exact."""
+    timing = experiment("_timing")
+    clock, log = [0.0], []
+
+    def fake(name, cost):
+        def call():
+            clock[0] += cost
+            log.append(name)
+            return name
+        return call
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    blocked = []
+    t = timing.measure(fake("a", 1e-3), repeats=3, target_s=0.1, block=blocked.append)
+    # calibration: 1, 4, 16, 64 calls; 64 ms >= 100/4 ms -> 64 * 100 / 64 = 100 calls per repeat
+    assert t.calls == 100 and t.compile_s == pytest.approx(1e-3)
+    assert t.repeats_s == pytest.approx([1e-3] * 3) and t.median_s == pytest.approx(1e-3) == t.best_s
+    assert len(log) == 1 + 1 + (1 + 4 + 16 + 64) + 3 * 100  # compile, warm-up, calibration, repeats
+    assert len(blocked) == 1 + 1 + 4 + 3  # one block per compile, warm-up call, probe and repeat
+
+    log.clear()
+    got = timing.side_by_side({"a": fake("a", 1e-3), "b": fake("b", 3e-3)}, repeats=4, per_turn=2, calls=2,
+                              warmup=0, turn_warmup=1, block=lambda out: None)
+    assert log == ["a", "b"] + (["a"] * 5 + ["b"] * 5) * 2  # compiles, then turns: 1 warm-up + 2 repeats of 2
+    assert got["b"].repeats_s == pytest.approx([3e-3] * 4) and got["a"].calls == 2
+    step = timing.carrying(lambda c, d: c + d, 0, 5)
+    assert [step(), step(), step()] == [5, 10, 15]
+    with pytest.raises(ValueError, match="exactly one of target_s"):
+        timing.measure(fake("a", 1e-3), repeats=1)

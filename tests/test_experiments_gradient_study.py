@@ -1,26 +1,15 @@
 """experiments/gradient_study.py runs end to end with tiny arguments and writes its report."""
-import importlib.util
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gradient_study", os.path.join(ROOT, "experiments", "gradient_study.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_fd_step_curve_shows_rounding_and_exactness():
-    rows = {(o, d, e): r for o, d, e, r in _load().fd_step_curve(0, quick=True)}
+def test_fd_step_curve_shows_rounding_and_exactness(experiment):
+    rows = {(o, d, e): r for o, d, e, r in experiment("gradient_study").fd_step_curve(0, quick=True)}
     assert rows[("conv2d", "float64", 1.0)] < 1e-12  # linear: eps = 1 is exact up to rounding
     assert rows[("conv2d", "float32", 1e-8)] > 1e-2  # float32 rounding swamps a tiny step
     assert rows[("max_pool2d", "float64", 1.0)] > 1e-3  # eps = 1 crosses kinks of values 1 apart
 
 
-def test_quick_run_writes_the_report(tmp_path):
-    assert _load().main(["--quick", "--out", str(tmp_path)]) == 0
+def test_quick_run_writes_the_report(experiment, tmp_path):
+    assert experiment("gradient_study").main(["--quick", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "gradient_study.md").read_text()
     assert "Reproduce: `python experiments/gradient_study.py --quick" in text
     assert "CPU: skipped, run on GPU" in text

@@ -1,7 +1,5 @@
 """experiments/scaling.py runs end to end with --quick and its report holds the right numbers."""
-import importlib.util
 import json
-import os
 import statistics
 
 import pytest
@@ -9,21 +7,13 @@ import pytest
 from fcnn import models
 from fcnn.summary import summary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET_PARAMS = 61_706  # 150+6 + 2400+16 + 48000+120 + 10080+84 + 840+10, counted by hand
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("scaling", os.path.join(ROOT, "experiments", "scaling.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(experiment, tmp_path_factory):
     out = tmp_path_factory.mktemp("scaling")
-    assert _load().main(["--quick", "--out", str(out / "scaling.md")]) == 0
+    assert experiment("scaling").main(["--quick", "--out", str(out / "scaling.md")]) == 0
     with open(out / "scaling_cpu.json") as f:
         raw = json.load(f)
     return (out / "scaling.md").read_text(), raw
@@ -45,7 +35,7 @@ def test_quick_run_writes_every_table(quick_run):
     assert a["loop_ms"] == pytest.approx(statistics.median(a["repeats_ms"]["loop"]) * 8 / 4)  # scaled to n
 
 
-def test_communication_volume_matches_hand_count(quick_run):
+def test_communication_volume_matches_hand_count(experiment, quick_run):
     text, raw = quick_run
     assert summary(models.lenet5(), (1, 28, 28, 1)).params == LENET_PARAMS
     comm = {r["model"]: r for r in raw["communication"]}
@@ -55,7 +45,7 @@ def test_communication_volume_matches_hand_count(quick_run):
     assert lenet["grad_bytes"] == LENET_PARAMS * 4
     # ring all-reduce over 8 devices: 2 (8-1)/8 = 1.75 x the buffer per device
     assert lenet["ring_bytes"]["8"] == (LENET_PARAMS + 2) * 4 * 1.75
-    assert _load().ring_bytes(LENET_PARAMS, 8) == 431_942
+    assert experiment("scaling").ring_bytes(LENET_PARAMS, 8) == 431_942
     assert "| lenet5 | 61,706 | 246.8 | 0 | 12 | 61,708 | 61,708 (match) | 246.8 | 370.2 | 432.0 |" in text
     # small_resnet: widths 16, 32, 64; BatchNorms after stem (16), 2 per block (16+16, 32+32, 64+64) and the
     # two projection shortcuts (32, 64) -> 336 channels, 6 all-reduced numbers each
@@ -64,8 +54,8 @@ def test_communication_volume_matches_hand_count(quick_run):
     assert res["counted_elements"] == res["formula_elements"] == res["params"] + 6 * 336 + 2
 
 
-def test_merge_keeps_other_platform_sections(tmp_path):
-    mod = _load()
+def test_merge_keeps_other_platform_sections(experiment, tmp_path):
+    mod = experiment("scaling")
     doc = tmp_path / "scaling.md"
     mod.merge_into(str(doc), {"cpu": "<!-- scaling:cpu -->\ncpu v1\n<!-- /scaling:cpu -->\n"})
     gpu = tmp_path / "gpu.md"
