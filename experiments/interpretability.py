@@ -28,8 +28,10 @@ import warnings
 import jax
 import numpy as np
 
-from fcnn import checkpoint, cli, data, viz
-from fcnn.train import TrainConfig, fit
+from fcnn import checkpoint, data, figures, viz
+from fcnn.run import TrainConfig, build_model, load_run, split_seed
+from fcnn.step import predict
+from fcnn.train import fit
 
 DEFAULTS = TrainConfig()
 TRAIN_DIR = os.path.join("runs", "interpretability")
@@ -63,7 +65,7 @@ def _train(args) -> str:
     config = TrainConfig(epochs=args.epochs)
     ds = data.load(config.dataset)
     print(f"training {config.model} on {config.dataset} for {config.epochs} epochs into {run}", flush=True)
-    fit(cli.build_model(config, ds.num_classes), ds, config, run_dir=run, progress=False, verbose=False)
+    fit(build_model(config, ds.num_classes), ds, config, run_dir=run, progress=False, verbose=False)
     return run
 
 
@@ -101,12 +103,8 @@ def _maps(model, params, state, x, y, cam_layer, key, n_smooth):
 
 def _overview(path, ds, model, params, state, idx, cam_layer, key, n_smooth):
     """Rows: test digits; columns: the input and its four maps (each scaled to its own max)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     cols = ["input", "saliency", "SmoothGrad", "Grad-CAM", "occlusion"]
-    fig = Figure(figsize=(1.3 * len(cols), 1.35 * len(idx)), dpi=80)
-    FigureCanvasAgg(fig)
+    fig = figures.figure((1.3 * len(cols), 1.35 * len(idx)), dpi=80)
     axes = fig.subplots(len(idx), len(cols), squeeze=False)
     all_maps = []
     for row, i in zip(axes, idx):
@@ -123,7 +121,7 @@ def _overview(path, ds, model, params, state, idx, cam_layer, key, n_smooth):
             if i == idx[0]:
                 ax.set_title(name, fontsize=8)
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, format="png")
+    figures.save_figure(fig, path, dpi=80)
     return all_maps
 
 
@@ -163,7 +161,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     run = args.run if args.run is not None else _train(args)
     t_train = time.time() - t0
-    loaded = cli.load_run(run)
+    loaded = load_run(run)
     config, ds, model, params, state, step = loaded
     img_dir = os.path.join(args.out, "img")
     os.makedirs(img_dir, exist_ok=True)
@@ -197,10 +195,8 @@ def main(argv=None) -> int:
     table, ink_area = _ink_table(ds, model, (params, state), (p0, s0), t_idx, cam_layer, key, n_smooth)
 
     # facts for the text
-    from fcnn.train import predict
-
-    pred = np.concatenate([np.asarray(predict(model, params, state, ds.x_test[i:i + 512]).argmax(-1))
-                           for i in range(0, len(ds.x_test), 512)])
+    pred = np.asarray(predict(model, params, state, ds.x_test, dtype_policy=config.dtype_policy,
+                              batch_size=512).argmax(-1))
     acc = float((pred == ds.y_test).mean())
     conf = viz.confusion_matrix(ds.y_test, pred, ds.num_classes)
     tops = _top_confusions(conf)
@@ -228,7 +224,7 @@ def main(argv=None) -> int:
 
     tr, un = table["trained"], table["untrained"]
     conv_idx = [i for i, n in enumerate(names) if n.endswith(".Conv2D")]
-    k_init, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as fcnn.train.fit draws the initial params
+    k_init, _ = split_seed(config.seed)  # the key fcnn.train.fit drew the initial params with
     _, p_init, _ = model.init(k_init, (1,) + ds.x_test.shape[1:])
     corr = [float(np.corrcoef(np.ravel(p_init[i]["w"]), np.ravel(params[i]["w"]))[0, 1]) for i in conv_idx]
     fmaps = viz.feature_maps(model, params, state, ds.x_test[index])

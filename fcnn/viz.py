@@ -1,56 +1,27 @@
-"""Interpretability and diagnostics pictures for fcnn models.
+"""Pictures of a trained network, as arrays and as PNG files, and the ``fcnn viz`` command.
 
-Every function returns numpy arrays and, given ``save=path``, also writes a PNG
-(matplotlib is imported only then; without it an ``ImportError`` says how to install it).
+Every function returns numpy arrays and, given ``save=path``, also writes a PNG (through
+``fcnn.figures``: matplotlib is imported only then; without it an ``ImportError`` says how to
+install it).
 
     filters(conv_params)                         (H, W) grid of kernels, each min-max scaled
     feature_maps(model, params, state, x)        [(name, activation)] per top-level layer
-    saliency(model, params, state, x, label)     (h, w) max_c |d z_label / d x[:, :, c]|
-    smoothgrad(model, ..., key=, n=, sigma=)     (h, w) saliency averaged over noisy copies of x
-    grad_cam(model, params, state, x, label, layer_index)   (h, w) Grad-CAM at a top-level layer
-    occlusion(model, params, state, x, label, patch=, stride=)  (h, w) drop of p(label)
     curves(run_dir)                              {metric: (epochs,) array} from metrics.jsonl
     confusion_matrix(y_true, y_pred, num_classes)  (k, k) counts, rows true, columns predicted
+    saliency, smoothgrad, grad_cam, default_cam_layer, occlusion, layer_names, BlankMapWarning
+                                                 the attribution maps, from ``fcnn.attribution``
 
-``x`` is one NHWC input, ``(h, w, c)`` or ``(1, h, w, c)``; ``z`` are the model's logits.
-The maps are computed with the model exactly as built (its own conv/pool implementations,
-eval mode), so they inherit its gradients: a model built with ``impl="custom_vjp"`` is
-differentiated through the hand-derived backward passes.
-
-The math.
-  * Saliency: the gradient ``d z_label / d x`` says how much an infinitesimal change of each
-    input pixel moves the class score; the map is its absolute value, max over channels.
-  * SmoothGrad: the same, averaged over ``n`` copies ``x + e``, ``e ~ N(0, s^2)``; averaging
-    removes the pixel-to-pixel noise of a ReLU network's piecewise-linear gradient.
-  * Grad-CAM at top-level layer ``L`` of a ``serial`` model: ``A = f_0..L(x)`` (h', w', K),
-    ``w_k = mean_{i,j} d z_label / d A[i, j, k]``, ``cam = relu(sum_k w_k A[..., k])``,
-    resized bilinearly to (h, w). ``default_cam_layer`` picks the last top-level layer with
-    a rank-4 output that is not a pooling layer (the rectified output of the last conv stage,
-    at its full resolution). Because the ``w_k`` are spatial means, evidence that a dense head
-    reads by position can cancel (bright *here* raises the class, bright *there* lowers it):
-    then ``sum_k w_k A_k <= 0`` everywhere and the map is all zero.
-  * Occlusion: the drop of ``softmax(z)[label]`` when a patch of the input is replaced by a
-    constant, averaged over the windows covering each pixel (no gradients involved).
-
-A saliency, SmoothGrad or Grad-CAM map that is zero everywhere would save as a blank
-picture; it raises ``BlankMapWarning`` instead of passing silently (the PNG is still
-written, blank, because that is the truthful picture). ``fcnn viz`` prints it as
-``fcnn viz: warning: ...``.
-
-PNG sizes: array pictures (filters, saliency, smoothgrad, grad_cam, occlusion,
-confusion_matrix) are written one array element per ``scale`` x ``scale`` pixel block,
-so the file is exactly ``(rows * scale, cols * scale)`` pixels; figure pictures
-(feature_maps, curves) are ``figsize * dpi`` pixels. Non-negative maps use the colour
-range ``[0, max]``, so zero is always the darkest colour.
+``x`` is one NHWC input, ``(h, w, c)`` or ``(1, h, w, c)``. PNG sizes: array pictures (filters,
+the attribution maps, confusion_matrix) are one array element per ``scale`` x ``scale`` pixel
+block; figure pictures (feature_maps, curves) are ``figsize * dpi`` pixels.
 
 ``cli_main(argv)`` is ``fcnn viz`` (see ``_parser``); ``render`` draws one of its pictures from
-Python, optionally reusing a loaded run. Top-level layers are named as
-``fcnn summary`` prints them: ``"<index>.<LayerName>"`` (``"4.Relu"``).
+Python, optionally reusing a loaded run. Top-level layers are named as ``fcnn summary`` prints
+them: ``"<index>.<LayerName>"`` (``"4.Relu"``).
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import sys
@@ -61,145 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcnn import _checks, figures
+from fcnn.attribution import (BlankMapWarning, default_cam_layer, grad_cam, layer_names, occlusion, one_input,
+                              saliency, serial_children, smoothgrad)
+from fcnn.run import load_run
+from fcnn.step import predict
 from fcnn.summary import layer_info
 from fcnn.types import Layer
 
 __all__ = ["filters", "feature_maps", "saliency", "smoothgrad", "grad_cam", "default_cam_layer", "occlusion",
            "curves", "confusion_matrix", "layer_names", "BlankMapWarning", "render", "cli_main"]
-
-_INSTALL = "pip install matplotlib (or 'fcnn[viz]')"
-
-
-class BlankMapWarning(UserWarning):
-    """A saliency / SmoothGrad / Grad-CAM map is zero everywhere (it would save as a blank picture)."""
-
-
-def _warn_if_blank(m: np.ndarray, what: str, why: str = "") -> None:
-    if not np.any(m > 0):
-        warnings.warn(f"{what} is zero everywhere, so its picture is blank{why}", BlankMapWarning, stacklevel=3)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _mpl():
-    try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        import matplotlib.image  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"saving a picture needs matplotlib, which is not installed: {_INSTALL}") from e
-    return matplotlib, Figure, FigureCanvasAgg
-
-
-def _check_scale(scale) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be a positive int, got {scale!r}")
-    return scale
-
-
-def _save_array(img: np.ndarray, path: str, *, cmap: str = "viridis", scale: int = 8,
-                vmin: Optional[float] = None, vmax: Optional[float] = None) -> None:
-    """Write a 2-D array as a PNG of exactly (rows*scale, cols*scale) pixels."""
-    mpl, _, _ = _mpl()
-    scale = _check_scale(scale)
-    img = np.asarray(img, np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"expected a 2-D picture, got shape {img.shape}")
-    img = np.nan_to_num(img, nan=np.nanmin(img) if np.isfinite(img).any() else 0.0)
-    big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-    _ensure_parent(path)
-    mpl.image.imsave(path, big, cmap=cmap, vmin=vmin, vmax=vmax, format="png")
-
-
-def _save_nonneg(m: np.ndarray, path: str, scale: int) -> None:
-    """A map >= 0 on the colour range [0, max] (an all-zero map: the darkest colour everywhere)."""
-    top = float(np.max(m)) if m.size else 0.0
-    _save_array(m, path, cmap="inferno", scale=scale, vmin=0.0, vmax=top if top > 0 else 1.0)
-
-
-def _ensure_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-
-
-def _figure(figsize):
-    _, Figure, Canvas = _mpl()
-    fig = Figure(figsize=figsize, dpi=100)
-    Canvas(fig)
-    return fig
-
-
-def _save_figure(fig, path: str) -> None:
-    _ensure_parent(path)
-    fig.savefig(path, dpi=100, format="png")
-
-
-def _one_input(x) -> jnp.ndarray:
-    """(h, w, c) or (1, h, w, c) -> (1, h, w, c)."""
-    x = jnp.asarray(x)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ValueError(f"x must be one NHWC input of shape (h, w, c) or (1, h, w, c), got {tuple(x.shape)}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
-
-def _check_label(label, logits_shape) -> int:
-    k = logits_shape[-1]
-    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= int(label) < k:
-        raise ValueError(f"label must be an int in [0, {k}), got {label!r}")
-    return int(label)
-
-
-def _children(model: Layer, what: str) -> Tuple[Layer, ...]:
-    info = layer_info(model)
-    if info.kind != "serial":
-        raise ValueError(f"{what} needs a serial model (fcnn.combinators.serial), got a {info.name!r} layer")
-    return tuple(info.children)
-
-
-def layer_names(model: Layer) -> List[str]:
-    """Names of a serial model's top-level layers, ``"<index>.<LayerName>"`` as ``fcnn summary`` prints them."""
-    return [f"{i}.{layer_info(c).name}" for i, c in enumerate(_children(model, "layer_names"))]
-
-
-def _run(children, params, state, x, start: int, stop: int):
-    for i in range(start, stop):
-        x, _ = children[i].apply(params[i], state[i], x, train=False)
-    return x
-
-
-# The array work below is jit-compiled once per (model, shapes) and reused: the functions are
-# cached on the model object (a Layer is a tuple of functions, so it hashes by identity).
-@functools.lru_cache(maxsize=32)
-def _input_grad_fn(model: Layer):
-    """jit (params, state, xs (n, h, w, c), label) -> d sum_i z_i[label] / d xs, (n, h, w, c).
-
-    In eval mode no layer mixes examples (BatchNorm uses its running statistics), so row i of the
-    gradient of the summed logits is the gradient of example i's own logit.
-    """
-    def f(params, state, xs, label):
-        def total(xs_):
-            logits, _ = model.apply(params, state, xs_, train=False)
-            return jnp.sum(logits[:, label])
-        return jax.grad(total)(xs)
-    return jax.jit(f)
-
-
-@functools.lru_cache(maxsize=32)
-def _probs_fn(model: Layer):
-    """jit (params, state, xs, label) -> softmax(model(xs))[:, label] in eval mode, (n,)."""
-    def f(params, state, xs, label):
-        logits, _ = model.apply(params, state, xs, train=False)
-        return jax.nn.softmax(logits, axis=-1)[:, label]
-    return jax.jit(f)
-
-
-def _label_for(model: Layer, params, state, x, label) -> int:
-    out = jax.eval_shape(lambda p, s, x_: model.apply(p, s, x_, train=False)[0], params, state, x)
-    return _check_label(label, out.shape)
 
 
 # ----------------------------------------------------------------------------- filters
@@ -224,8 +66,7 @@ def filters(params_of_conv, *, layout: str = "NHWC", save: Optional[str] = None,
         w = w.transpose(2, 3, 1, 0)
     elif layout != "NHWC":
         raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    pad = _checks.non_negative_int(pad, "pad")
     kh, kw, cin, cout = w.shape
     tiles = w.transpose(3, 2, 0, 1).reshape(cout * cin, kh, kw)
     n = tiles.shape[0]
@@ -239,7 +80,7 @@ def filters(params_of_conv, *, layout: str = "NHWC", save: Optional[str] = None,
         tile = (tile - lo) / (hi - lo) if hi > lo else np.full_like(tile, 0.5)
         grid[r * (kh + pad): r * (kh + pad) + kh, c * (kw + pad): c * (kw + pad) + kw] = tile
     if save is not None:
-        _save_array(np.nan_to_num(grid, nan=0.0), save, cmap="gray", scale=scale, vmin=0.0, vmax=1.0)
+        figures.save_array(np.nan_to_num(grid, nan=0.0), save, cmap="gray", scale=scale, vmin=0.0, vmax=1.0)
     return grid
 
 
@@ -255,182 +96,16 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
     ``save``: one row per layer showing up to ``max_channels`` channels (vectors as one bar chart across the row);
     the PNG is (2 * max_channels) x (1.6 * layers) inches at 100 dpi.
     """
-    children = _children(model, "feature_maps")
+    children = serial_children(model, "feature_maps")
     names = layer_names(model)
-    x = _one_input(x)
+    x = one_input(x)
     out = []
     for i, child in enumerate(children):
         x, _ = child.apply(params[i], state[i], x, train=False)
         out.append((names[i], np.asarray(x[0])))
     if save is not None:
-        if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
-            raise ValueError(f"max_channels must be a positive int, got {max_channels!r}")
-        fig = _figure((2 * max_channels, 1.6 * len(out)))
-        axes = fig.subplots(len(out), max_channels, squeeze=False)
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.99, wspace=0.08, hspace=0.15)
-        grid = axes[0, 0].get_gridspec()
-        for i, (row, (name, a)) in enumerate(zip(axes, out)):
-            if a.ndim == 1:  # a vector: one bar chart across the row
-                for ax in row:
-                    ax.remove()
-                row = [fig.add_subplot(grid[i, :])]
-                row[0].bar(np.arange(a.shape[0]), a, width=1.0)
-                row[0].set_xlim(-0.5, a.shape[0] - 0.5)
-            for j, ax in enumerate(row):
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if a.ndim == 3 and j < a.shape[-1]:
-                    ax.imshow(a[..., j], cmap="viridis", interpolation="nearest")
-                elif a.ndim != 1:
-                    ax.axis("off")
-            row[0].set_ylabel(name, fontsize=8)
-        _save_figure(fig, save)
+        figures.feature_maps_figure(out, save, max_channels)
     return out
-
-
-# ----------------------------------------------------------------------------- gradients
-def saliency(model: Layer, params, state, x, label, *, save: Optional[str] = None, scale: int = 8) -> np.ndarray:
-    """Vanilla gradient saliency: ``max_c |d logit_label / d x[h, w, c]|``, shape (h, w)."""
-    x = _one_input(x)
-    label = _label_for(model, params, state, x, label)
-    g = _input_grad_fn(model)(params, state, x, label)  # (1, h, w, c)
-    sal = np.asarray(jnp.max(jnp.abs(g[0]), axis=-1))
-    _warn_if_blank(sal, f"the saliency of class {label} (its logit's input gradient)")
-    if save is not None:
-        _save_nonneg(sal, save, scale)
-    return sal
-
-
-def smoothgrad(model: Layer, params, state, x, label, *, key, n: int = 16, sigma: float = 0.15,
-               save: Optional[str] = None, scale: int = 8) -> np.ndarray:
-    """SmoothGrad: mean of ``saliency`` over ``n`` copies of x plus N(0, s^2) noise.
-
-    ``sigma`` is relative to the input's range: ``s = sigma * (max(x) - min(x))``.
-    Returns (h, w).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not float(sigma) >= 0:
-        raise ValueError(f"sigma must be a non-negative float, got {sigma!r}")
-    x = _one_input(x)
-    label = _label_for(model, params, state, x, label)
-    s = float(sigma) * float(jnp.max(x) - jnp.min(x))
-    xs = x + s * jax.random.normal(key, (n,) + x.shape[1:], x.dtype)  # (n, h, w, c) noisy copies
-    g = _input_grad_fn(model)(params, state, xs, label)  # (n, h, w, c), one gradient per copy
-    sal = np.asarray(jnp.mean(jnp.max(jnp.abs(g), axis=-1), axis=0))
-    _warn_if_blank(sal, f"the SmoothGrad map of class {label}")
-    if save is not None:
-        _save_nonneg(sal, save, scale)
-    return sal
-
-
-def _check_layer_index(children, layer_index) -> int:
-    n = len(children)
-    if isinstance(layer_index, bool) or not isinstance(layer_index, (int, np.integer)) \
-            or not 0 <= int(layer_index) < n - 1:
-        raise ValueError(f"layer_index must be an int in [0, {n - 1}) (a top-level layer with layers after it), "
-                         f"got {layer_index!r}")
-    return int(layer_index)
-
-
-def default_cam_layer(model: Layer, params, state, x) -> int:
-    """Grad-CAM's usual layer: the last top-level layer with layers after it whose output is
-    rank 4 and which is not a pooling layer (the rectified output of the last conv stage, before
-    it is pooled: the finest map that has seen the most); a pooling layer only if nothing else is."""
-    children = _children(model, "grad_cam")
-    a, best, best_pool = _one_input(x), None, None
-    for i, child in enumerate(children[:-1]):  # shapes only: nothing is computed
-        a = jax.eval_shape(lambda p, s, a_, c=child: c.apply(p, s, a_, train=False)[0], params[i], state[i], a)
-        if len(a.shape) == 4:
-            if layer_info(child).kind == "pool":
-                best_pool = i
-            else:
-                best = i
-    if best is None:
-        best = best_pool
-    if best is None:
-        raise ValueError("the model has no top-level layer with a rank-4 (n, h, w, c) output for Grad-CAM")
-    return best
-
-
-@functools.lru_cache(maxsize=32)
-def _grad_cam_fn(model: Layer, layer_index: int):
-    """jit (params, state, x (1, h, w, c), label) -> Grad-CAM (h, w) at top-level layer ``layer_index``."""
-    children = _children(model, "grad_cam")
-    head = lambda p, s, a: _run(children, p, s, a, layer_index + 1, len(children))  # noqa: E731
-
-    def f(params, state, x, label):
-        a = _run(children, params, state, x, 0, layer_index + 1)  # (1, h', w', K)
-        g = jax.grad(lambda a_: head(params, state, a_)[0, label])(a)  # d z_label / d A
-        weights = jnp.mean(g[0], axis=(0, 1))  # (K,): spatial mean of the gradient
-        cam = jax.nn.relu(jnp.einsum("hwk,k->hw", a[0], weights))  # (h', w')
-        return jax.image.resize(cam, x.shape[1:3], method="linear")  # (h, w)
-    return jax.jit(f)
-
-
-def grad_cam(model: Layer, params, state, x, label, layer_index: int, *, save: Optional[str] = None,
-             scale: int = 8) -> np.ndarray:
-    """Grad-CAM at top-level layer ``layer_index`` of a serial model, resized to (h, w).
-
-    Returns ``relu(sum_k w_k A[..., k])`` (h, w) >= 0 in the units of ``A`` times the logit's
-    gradient (not normalised; the PNG spans [0, max]). ``default_cam_layer`` gives the usual
-    choice of layer. Warns ``BlankMapWarning`` when the map is zero everywhere.
-    Raises ValueError if ``layer_index`` is out of range or that layer's output is not
-    rank 4 (NHWC feature maps).
-    """
-    children = _children(model, "grad_cam")
-    layer_index = _check_layer_index(children, layer_index)
-    x = _one_input(x)
-    a = jax.eval_shape(lambda p, s, x_: _run(children, p, s, x_, 0, layer_index + 1), params, state, x)
-    if len(a.shape) != 4:
-        raise ValueError(f"layer_index={layer_index} ({layer_info(children[layer_index]).name}) outputs shape "
-                         f"{tuple(a.shape)}; Grad-CAM needs a rank-4 (n, h, w, c) feature map")
-    label = _label_for(model, params, state, x, label)
-    cam = np.maximum(np.asarray(_grad_cam_fn(model, layer_index)(params, state, x, label)), 0.0)
-    _warn_if_blank(cam, f"Grad-CAM of class {label} at layer {layer_index}.{layer_info(children[layer_index]).name}",
-                   ": sum_k w_k A_k <= 0 at every position (the spatially averaged channel weights w_k cancel or "
-                   "are negative there); try an earlier, finer layer, or the saliency")
-    if save is not None:
-        _save_nonneg(cam, save, scale)
-    return cam
-
-
-def occlusion(model: Layer, params, state, x, label, *, patch: int = 4, stride: int = 2, value: float = 0.0,
-              save: Optional[str] = None, scale: int = 8) -> np.ndarray:
-    """Occlusion sensitivity: mean drop of ``softmax(model(x))[label]`` when a patch covers a pixel.
-
-    A ``patch`` x ``patch`` square filled with ``value`` slides with ``stride`` (the last
-    position is clamped to the border so every pixel is covered); each pixel gets the mean
-    of ``p(x) - p(occluded x)`` over the windows covering it. Returns (h, w).
-    """
-    for arg, v in (("patch", patch), ("stride", stride)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{arg} must be a positive int, got {v!r}")
-    x = _one_input(x)
-    _, h, w, _ = x.shape
-    if patch > min(h, w):
-        raise ValueError(f"patch={patch} is larger than the input's spatial size {(h, w)}")
-    label = _label_for(model, params, state, x, label)
-    probs = _probs_fn(model)
-    p0 = probs(params, state, x, label)[0]
-
-    def starts(size):
-        s = list(range(0, size - patch + 1, stride))
-        return s if s[-1] == size - patch else s + [size - patch]
-
-    pos = [(r, c) for r in starts(h) for c in starts(w)]
-    masks = np.zeros((len(pos), h, w), bool)
-    for t, (r, c) in enumerate(pos):
-        masks[t, r:r + patch, c:c + patch] = True
-    m = jnp.asarray(masks)[..., None]
-    xs = jnp.where(m, jnp.asarray(value, x.dtype), x)  # (positions, h, w, c)
-    p = jnp.concatenate([probs(params, state, xs[i:i + 256], label) for i in range(0, len(pos), 256)])
-    drop = np.asarray(p0 - p, np.float64)  # (positions,)
-    total = np.tensordot(drop, masks.astype(np.float64), axes=1)
-    heat = total / masks.sum(axis=0)
-    if save is not None:
-        _save_array(heat, save, cmap="RdBu_r", scale=scale, vmin=-np.abs(heat).max(), vmax=np.abs(heat).max())
-    return heat
 
 
 # ----------------------------------------------------------------------------- curves, confusion
@@ -440,7 +115,7 @@ def curves(run_dir: str, *, save: Optional[str] = None) -> Dict[str, np.ndarray]
     Keys are those every record has (e.g. epoch, train_loss, train_accuracy, test_loss,
     test_accuracy). ``save``: loss and accuracy plots, 900 x 350 pixels.
     """
-    from fcnn.report import plot_curves, read_jsonl
+    from fcnn.report import read_jsonl
 
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
@@ -451,16 +126,13 @@ def curves(run_dir: str, *, save: Optional[str] = None) -> Dict[str, np.ndarray]
     keys = [k for k in history[0] if all(k in r for r in history)]
     out = {k: np.asarray([r[k] for r in history], np.float64) for k in keys}
     if save is not None:
-        _mpl()
-        _ensure_parent(save)
-        plot_curves(history, save)
+        figures.save_curves(history, save)
     return out
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int, *, save: Optional[str] = None, scale: int = 32) -> np.ndarray:
     """(num_classes, num_classes) int64 counts: ``m[t, p]`` = examples of class t predicted p."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = _checks.positive_int(num_classes, "num_classes")
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     if yt.ndim != 1 or yt.shape != yp.shape:
         raise ValueError(f"y_true and y_pred must be 1-D of the same length, got {yt.shape} and {yp.shape}")
@@ -470,7 +142,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int, *, save: Optional[str] = 
     m = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(m, (yt.astype(np.int64), yp.astype(np.int64)), 1)
     if save is not None:
-        _save_array(m, save, cmap="Blues", scale=scale, vmin=0)
+        figures.save_array(m, save, cmap="Blues", scale=scale, vmin=0)
     return m
 
 
@@ -538,7 +210,7 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
     """Draw one ``fcnn viz`` picture of run directory ``run`` into ``out``; returns the report line.
 
     The keywords are the command's flags (``layer`` as text, like ``--layer``). ``loaded``: the
-    ``fcnn.cli.load_run(run)`` tuple, to draw several pictures of one run without reloading it
+    ``fcnn.run.load_run(run)`` tuple, to draw several pictures of one run without reloading it
     (the same code path as the command, so a picture equals the command's). Warnings
     (``BlankMapWarning``) are raised as usual; ``cli_main`` prints them as one line each.
     """
@@ -549,14 +221,8 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
     if what == "curves":
         curves(run, save=out)
         return f"wrote {out}"
-    from fcnn.train import predict
-
-    if loaded is None:
-        from fcnn.cli import load_run
-
-        loaded = load_run(run)
-    config, ds, model, params, state, step = loaded
-    children = _children(model, f"--what {what}")
+    config, ds, model, params, state, step = load_run(run) if loaded is None else loaded
+    children = serial_children(model, f"--what {what}")
     names = layer_names(model)
     layer = None if layer is None else _resolve_layer(names, str(layer))
     if not 0 <= index < len(ds.x_test):
@@ -578,11 +244,8 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
     elif what == "occlusion":
         occlusion(model, params, state, x, label, patch=patch, stride=stride, save=out)
     else:  # confusion
-        preds = []
-        for i in range(0, len(ds.x_test), 512):
-            preds.append(np.asarray(jnp.argmax(predict(model, params, state, ds.x_test[i:i + 512],
-                                                       precision=config.precision), axis=-1)))
-        confusion_matrix(ds.y_test, np.concatenate(preds), ds.num_classes, save=out)
+        probs = predict(model, params, state, ds.x_test, dtype_policy=config.dtype_policy, batch_size=512)
+        confusion_matrix(ds.y_test, np.asarray(jnp.argmax(probs, axis=-1)), ds.num_classes, save=out)
     where = "" if layer is None or what not in ("filters", "gradcam") else f", layer {names[layer]}"
     return f"wrote {out} ({what}{where}, run {run}, checkpoint step {step})"
 

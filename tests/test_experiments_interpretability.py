@@ -1,6 +1,5 @@
 """experiments/interpretability.py --quick trains, draws the gallery and writes its page; each picture is
 what the `fcnn viz` command recorded under it draws."""
-import importlib.util
 import os
 import re
 import shlex
@@ -11,17 +10,8 @@ import pytest
 
 from fcnn import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("filters", "filters2", "features", "saliency", "smoothgrad", "gradcam", "occlusion", "curves", "confusion",
          "overview")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("interpretability",
-                                                  os.path.join(ROOT, "experiments", "interpretability.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _pixels(path):
@@ -29,10 +19,10 @@ def _pixels(path):
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick(experiment, tmp_path_factory):
     d = tmp_path_factory.mktemp("interp")
     run, out = str(d / "run"), str(d / "docs")
-    assert _load().main(["--quick", "--train-dir", run, "--out", out]) == 0
+    assert experiment("interpretability").main(["--quick", "--train-dir", run, "--out", out]) == 0
     return run, out
 
 
@@ -64,7 +54,7 @@ def test_recorded_command_draws_the_same_picture(quick, tmp_path):
         np.testing.assert_array_equal(_pixels(mine), _pixels(os.path.join(out, "img", f"interp_{name}.png")))
 
 
-def test_refuses_to_train_over_an_existing_run(quick):
+def test_refuses_to_train_over_an_existing_run(experiment, quick):
     run, out = quick
     with pytest.raises(SystemExit, match="already holds a trained run: draw it with --run"):
-        _load().main(["--quick", "--train-dir", run, "--out", out])
+        experiment("interpretability").main(["--quick", "--train-dir", run, "--out", out])

@@ -11,11 +11,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from fcnn import cli, data, viz
+from fcnn import cli, data, figures, viz
 from fcnn.combinators import serial
 from fcnn.layers import Conv2D, Dense, Flatten, MaxPool2D, Relu
 from fcnn.ops import conv as conv_ops
-from fcnn.train import TrainConfig, fit
+from fcnn.run import TrainConfig, build_model, load_run
+from fcnn.train import fit
 
 SIZE, PATCH, NOISE = 16, 8, 0.3
 N_CHECK = 32  # test images used for the localisation checks
@@ -135,11 +136,12 @@ def test_maps_localise_evidence_after_training_not_before(trained, name, fn):
 def test_smoothgrad_and_occlusion(trained):
     ds, model, params, state = trained
     x, y, ev = ds.x_test[0], int(ds.y_test[0]), ds.evidence[0]
+    # n=8 for every SmoothGrad of the trained net in this file: one compiled batch-8 gradient serves all
     sg = viz.smoothgrad(model, params, state, x, y, key=jax.random.PRNGKey(0), n=8, sigma=0.1)
     assert sg.shape == (SIZE, SIZE) and np.isfinite(sg).all()
     assert sg[ev].sum() / sg.sum() >= MIN_INSIDE
     # sigma = 0: every noisy copy is x itself, so SmoothGrad is the saliency
-    np.testing.assert_allclose(viz.smoothgrad(model, params, state, x, y, key=jax.random.PRNGKey(0), n=2, sigma=0.0),
+    np.testing.assert_allclose(viz.smoothgrad(model, params, state, x, y, key=jax.random.PRNGKey(0), n=8, sigma=0.0),
                                viz.saliency(model, params, state, x, y), rtol=1e-5, atol=1e-7)
     occ = viz.occlusion(model, params, state, x, y, patch=PATCH // 2, stride=2)
     assert occ.shape == (SIZE, SIZE)
@@ -197,7 +199,7 @@ def test_default_cam_layer_is_the_last_unpooled_feature_map():
     from fcnn import models
 
     m = models.lenet5(num_classes=4)
-    _, p, s = m.init(jax.random.PRNGKey(0), (1, 28, 28, 1))
+    p, s = jax.eval_shape(lambda k: m.init(k, (1, 28, 28, 1))[1:], jax.random.PRNGKey(0))  # shapes are enough
     assert viz.default_cam_layer(m, p, s, np.zeros((28, 28, 1), np.float32)) == 4  # 4.Relu (10x10), not 5.MaxPool2D
     assert viz.layer_names(m)[:5] == ["0.Conv2D", "1.Relu", "2.MaxPool2D", "3.Conv2D", "4.Relu"]
 
@@ -264,7 +266,7 @@ def test_pngs(trained, tmp_path):
     x, y = ds.x_test[0], int(ds.y_test[0])
     p = str(tmp_path / "{}.png")
     viz.saliency(model, params, state, x, y, save=p.format("sal"))
-    viz.smoothgrad(model, params, state, x, y, key=jax.random.PRNGKey(0), n=4, save=p.format("sg"), scale=2)
+    viz.smoothgrad(model, params, state, x, y, key=jax.random.PRNGKey(0), n=8, save=p.format("sg"), scale=2)
     viz.grad_cam(model, params, state, x, y, CAM_LAYER, save=p.format("cam"), scale=4)
     viz.occlusion(model, params, state, x, y, patch=4, save=p.format("occ"), scale=3)
     viz.filters(params[0], save=p.format("filters"))
@@ -284,7 +286,7 @@ def test_pngs(trained, tmp_path):
 def test_blank_map_png_is_one_colour(tmp_path):
     # the variance check above can tell a blank picture: an all-zero map saves as one colour
     path = str(tmp_path / "blank.png")
-    viz._save_nonneg(np.zeros((5, 7)), path, 4)
+    figures.save_nonneg(np.zeros((5, 7)), path, 4)
     shape, var = _png(path)
     assert shape == (20, 28) and var < 1e-12
 
@@ -295,7 +297,7 @@ def run_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("run"))
     cfg = TrainConfig(model="lenet5", dataset="synthetic", epochs=2, impl="lax", pool_impl="lax", augment_shift=0)
     ds = data.load("synthetic")
-    fit(cli.build_model(cfg, ds.num_classes), ds, cfg, run_dir=d, verbose=False, progress=False)
+    fit(build_model(cfg, ds.num_classes), ds, cfg, run_dir=d, verbose=False, progress=False)
     return d
 
 
@@ -326,7 +328,7 @@ def test_cli_layer_by_name(run_dir, tmp_path):
 def test_cli_relays_a_blank_grad_cam(run_dir, tmp_path, capsys):
     # At lenet5's 2x2 pooled map (5.MaxPool2D) the dense head reads the four cells by position, so
     # the spatially averaged channel weights often cancel and the CAM is zero: the CLI must say so.
-    config, ds, model, params, state, _ = cli.load_run(run_dir)
+    config, ds, model, params, state, _ = load_run(run_dir)
     blank = None
     with _blank_maps_allowed():
         for i in range(16):

@@ -1,0 +1,113 @@
+"""Writing pictures as PNG files with matplotlib (the object API on the Agg canvas, no pyplot).
+
+matplotlib is optional: it is imported only when a picture is written, and without it an
+``ImportError`` says how to install it. ``fcnn.viz`` and ``fcnn.attribution`` compute their
+pictures as arrays and hand them here to be saved.
+
+    save_array(img, path, cmap=, scale=, vmin=, vmax=)   a 2-D array, one element per scale x scale block
+    save_nonneg(m, path, scale)                          a map >= 0 on the colour range [0, max]
+    figure(figsize, dpi=100) / save_figure(fig, path)    a figure of its own canvas, written at 100 dpi
+    feature_maps_figure(maps, path, max_channels)        one row of channels per layer
+    save_curves(history, path)                           loss and accuracy per epoch (fcnn.report)
+
+PNG sizes: an array picture is exactly ``(rows * scale, cols * scale)`` pixels; a figure is
+``figsize * dpi`` pixels. Non-negative maps use the colour range ``[0, max]``, so zero is always
+the darkest colour (an all-zero map is one colour: the truthful, blank picture).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from fcnn import _checks
+
+__all__ = ["INSTALL", "matplotlib_or_raise", "save_array", "save_nonneg", "figure", "save_figure",
+           "feature_maps_figure", "save_curves"]
+
+INSTALL = "pip install matplotlib (or 'fcnn[viz]')"
+
+
+def matplotlib_or_raise():
+    """(matplotlib, Figure, FigureCanvasAgg), or an ImportError that says how to install matplotlib."""
+    try:
+        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        import matplotlib.image  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"saving a picture needs matplotlib, which is not installed: {INSTALL}") from e
+    return matplotlib, Figure, FigureCanvasAgg
+
+
+def _ensure_parent(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def save_array(img: np.ndarray, path: str, *, cmap: str = "viridis", scale: int = 8,
+               vmin: Optional[float] = None, vmax: Optional[float] = None) -> None:
+    """Write a 2-D array as a PNG of exactly (rows*scale, cols*scale) pixels (NaN: the lowest colour)."""
+    mpl, _, _ = matplotlib_or_raise()
+    scale = _checks.positive_int(scale, "scale")
+    img = np.asarray(img, np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2-D picture, got shape {img.shape}")
+    img = np.nan_to_num(img, nan=np.nanmin(img) if np.isfinite(img).any() else 0.0)
+    big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+    _ensure_parent(path)
+    mpl.image.imsave(path, big, cmap=cmap, vmin=vmin, vmax=vmax, format="png")
+
+
+def save_nonneg(m: np.ndarray, path: str, scale: int) -> None:
+    """A map >= 0 on the colour range [0, max] (an all-zero map: the darkest colour everywhere)."""
+    top = float(np.max(m)) if m.size else 0.0
+    save_array(m, path, cmap="inferno", scale=scale, vmin=0.0, vmax=top if top > 0 else 1.0)
+
+
+def figure(figsize: Tuple[float, float], dpi: int = 100):
+    """A matplotlib Figure with its own Agg canvas (no pyplot, no global state)."""
+    _, Figure, Canvas = matplotlib_or_raise()
+    fig = Figure(figsize=figsize, dpi=dpi)
+    Canvas(fig)
+    return fig
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    _ensure_parent(path)
+    fig.savefig(path, dpi=dpi, format="png")
+
+
+def feature_maps_figure(maps: Sequence[Tuple[str, np.ndarray]], path: str, max_channels: int = 8) -> None:
+    """One row per ``(name, activation)``: up to ``max_channels`` channels of an (h, w, c) map, or a
+    vector as one bar chart across the row; (2 * max_channels) x (1.6 * rows) inches at 100 dpi."""
+    max_channels = _checks.positive_int(max_channels, "max_channels")
+    fig = figure((2 * max_channels, 1.6 * len(maps)))
+    axes = fig.subplots(len(maps), max_channels, squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=0.99, wspace=0.08, hspace=0.15)
+    grid = axes[0, 0].get_gridspec()
+    for i, (row, (name, a)) in enumerate(zip(axes, maps)):
+        if a.ndim == 1:  # a vector: one bar chart across the row
+            for ax in row:
+                ax.remove()
+            row = [fig.add_subplot(grid[i, :])]
+            row[0].bar(np.arange(a.shape[0]), a, width=1.0)
+            row[0].set_xlim(-0.5, a.shape[0] - 0.5)
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if a.ndim == 3 and j < a.shape[-1]:
+                ax.imshow(a[..., j], cmap="viridis", interpolation="nearest")
+            elif a.ndim != 1:
+                ax.axis("off")
+        row[0].set_ylabel(name, fontsize=8)
+    save_figure(fig, path)
+
+
+def save_curves(history: List[dict], path: str) -> None:
+    """Loss and accuracy per epoch (``fcnn.report.plot_curves``, 900 x 350 pixels); raises without matplotlib."""
+    from fcnn.report import plot_curves
+
+    matplotlib_or_raise()
+    _ensure_parent(path)
+    plot_curves(history, path)
