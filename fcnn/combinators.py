@@ -12,7 +12,11 @@
   keys split as in ``serial``.
 
 Output shapes flow through ``init`` without data; mismatched shapes raise ``ValueError``
-at init.
+at init. At apply (trace time), a child's ``InputShapeError`` gets the child's position
+added as ``fcnn summary`` numbers it (serial/branches: the index; residual: "block" or
+"shortcut"; a Dense right after a Flatten also gets a hint about the image size), paths
+that disagree for this input (``residual``, ``branches``) raise one naming both shapes, and
+a ``key`` that is neither None nor a PRNG key raises naming ``key``.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from fcnn import _checks, shapes
-from fcnn.types import Layer, LayerInfo, describe, numel
+from fcnn.types import (InputShapeError, Layer, LayerInfo, at_position, check_key, describe, init_context, layer_info,
+                        numel, shape_text)
 
 __all__ = ["serial", "residual", "branches"]
 
@@ -31,8 +36,13 @@ def _check_layers(layers, what: str):
             raise TypeError(f"{what} argument {i} must be a Layer (init, apply), got {type(layer).__name__}")
 
 
-def _keys(key, n: int):
+def _keys(key, n: int, who: str):
+    key = check_key(key, who, optional=True)
     return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+_AFTER_FLATTEN = ("the Flatten before it makes h*w*c features, so an input of another height or width "
+                  "than init's changes their count")
 
 
 def serial(*layers: Layer) -> Layer:
@@ -41,10 +51,14 @@ def serial(*layers: Layer) -> Layer:
         raise ValueError("serial needs at least one layer")
     _check_layers(layers, "serial")
     n = len(layers)
+    notes = [_AFTER_FLATTEN if i and layer_info(layers[i - 1]).name == "Flatten" else None for i in range(n)]
+
+    seen = {}  # init's last in_shape, only to word apply's errors
 
     def init(key, in_shape):
-        shape, params, states = tuple(in_shape), [], []
-        for layer, k in zip(layers, jax.random.split(key, n)):
+        seen["in"] = shape = tuple(in_shape)
+        params, states = [], []
+        for layer, k in zip(layers, jax.random.split(check_key(key, "serial.init"), n)):
             shape, p, s = layer.init(k, shape)
             params.append(p)
             states.append(s)
@@ -52,9 +66,11 @@ def serial(*layers: Layer) -> Layer:
 
     def apply(params, state, x, *, key=None, train=False):
         new_states = []
-        for layer, p, s, k in zip(layers, params, state, _keys(key, n)):
-            x, s = layer.apply(p, s, x, key=k, train=train)
-            new_states.append(s)
+        with init_context("serial", seen.get("in"), jnp.shape(x)):
+            for i, (layer, p, s, k) in enumerate(zip(layers, params, state, _keys(key, n, "serial"))):
+                with at_position(str(i), notes[i]):
+                    x, s = layer.apply(p, s, x, key=k, train=train)
+                new_states.append(s)
         return x, tuple(new_states)
 
     return describe(Layer(init, apply), LayerInfo("serial", "serial", children=tuple(layers)))
@@ -70,7 +86,7 @@ def residual(block: Layer, shortcut: Layer = None) -> Layer:
     _check_layers((block,) if shortcut is None else (block, shortcut), "residual")
 
     def init(key, in_shape):
-        kb, ks = jax.random.split(key)
+        kb, ks = jax.random.split(check_key(key, "residual.init"))
         out, pb, sb = block.init(kb, tuple(in_shape))
         if shortcut is None:
             sc_out, ps, ss = tuple(in_shape), {}, {}
@@ -83,12 +99,19 @@ def residual(block: Layer, shortcut: Layer = None) -> Layer:
         return tuple(out), {"block": pb, "shortcut": ps}, {"block": sb, "shortcut": ss}
 
     def apply(params, state, x, *, key=None, train=False):
-        kb, ks = _keys(key, 2)
-        y, sb = block.apply(params["block"], state["block"], x, key=kb, train=train)
+        kb, ks = _keys(key, 2, "residual")
+        with at_position("block"):
+            y, sb = block.apply(params["block"], state["block"], x, key=kb, train=train)
         if shortcut is None:
             r, ss = x, state["shortcut"]
         else:
-            r, ss = shortcut.apply(params["shortcut"], state["shortcut"], x, key=ks, train=train)
+            with at_position("shortcut"):
+                r, ss = shortcut.apply(params["shortcut"], state["shortcut"], x, key=ks, train=train)
+        if y.shape != r.shape:
+            which = "the identity shortcut" if shortcut is None else "the shortcut"
+            raise InputShapeError(f"residual: apply got inputs of shape {shape_text(x.shape)}, for which the block "
+                                  f"gives {shape_text(y.shape)} but {which} gives {shape_text(r.shape)} (they "
+                                  f"must be equal, as they were for init's in_shape)")
         return y + r, {"block": sb, "shortcut": ss}
 
     return describe(Layer(init, apply), LayerInfo("residual", "residual", "+ identity" if shortcut is None else
@@ -116,13 +139,7 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
     def axis(rank):
         return 1 if (rank == 4 and layout == "NCHW") else rank - 1
 
-    def init(key, in_shape):
-        outs, params, states = [], [], []
-        for layer, k in zip(layers, jax.random.split(key, n)):
-            o, p, s = layer.init(k, tuple(in_shape))
-            outs.append(tuple(o))
-            params.append(p)
-            states.append(s)
+    def merged(outs):
         first = outs[0]
         if merge == "sum":
             if any(o != first for o in outs):
@@ -135,14 +152,29 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
                 raise ValueError(f"branches(merge='concat'): branch outputs must agree on every axis but the "
                                  f"channel axis {a}, got {outs}")
             out = first[:a] + (sum(o[a] for o in outs),) + first[a + 1:]
-        return out, tuple(params), tuple(states)
+        return out
+
+    def init(key, in_shape):
+        outs, params, states = [], [], []
+        for layer, k in zip(layers, jax.random.split(check_key(key, "branches.init"), n)):
+            o, p, s = layer.init(k, tuple(in_shape))
+            outs.append(tuple(o))
+            params.append(p)
+            states.append(s)
+        return merged(outs), tuple(params), tuple(states)
 
     def apply(params, state, x, *, key=None, train=False):
         ys, new_states = [], []
-        for layer, p, s, k in zip(layers, params, state, _keys(key, n)):
-            y, s = layer.apply(p, s, x, key=k, train=train)
+        for i, (layer, p, s, k) in enumerate(zip(layers, params, state, _keys(key, n, "branches"))):
+            with at_position(str(i)):
+                y, s = layer.apply(p, s, x, key=k, train=train)
             ys.append(y)
             new_states.append(s)
+        try:
+            merged([tuple(y.shape) for y in ys])
+        except ValueError as err:
+            raise InputShapeError(f"{err} for apply's inputs of shape {shape_text(x.shape)} (init's in_shape "
+                                  f"gave agreeing shapes)") from None
         if merge == "sum":
             out = ys[0]
             for y in ys[1:]:

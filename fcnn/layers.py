@@ -7,6 +7,9 @@ Every constructor returns a ``Layer(init, apply)`` (contract in ``fcnn.types``):
 
 Arguments are validated when the layer is built and shapes when ``init`` runs, so bad
 input raises ``ValueError``/``TypeError`` naming the argument before any computation.
+``apply`` checks its input against what the params imply about init's shape (at trace time,
+free under ``jit``; ``fcnn.types`` states the rule) and raises ``InputShapeError`` naming
+the layer and both shapes; ``Dropout`` checks its key (``types.check_key``).
 Layers never call ``jit``.
 
 dtypes: params are created in ``param_dtype`` (float32 by default). ``Conv2D`` and
@@ -25,7 +28,8 @@ from fcnn import init as initializers
 from fcnn import ops, shapes
 from fcnn.activations import (Activation, Elu, Gelu, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,  # noqa: F401
                               Silu, Softmax, Softplus, Tanh)
-from fcnn.types import Layer, LayerInfo, check_shape, describe, numel
+from fcnn.types import (InputShapeError, Layer, LayerInfo, check_key, check_shape, describe, init_text, input_mismatch,
+                        numel, shape_text)
 
 __all__ = ["Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
            "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -52,6 +56,46 @@ def _rank4(in_shape, layout: str):
 
 def _h(shape, layout):
     return shapes.spatial_dims(shape, layout)[0]
+
+
+# ----------------------------------------------------------------------------- apply-time input checks
+def _image_text(c, layout) -> str:
+    """An init shape known only up to its batch and spatial dims: ``(n, h, w, c)`` in ``layout``."""
+    return f"(n, h, w, {c})" if layout == "NHWC" else f"(n, {c}, h, w)"
+
+
+def _check_image(name, x, layout, seen, channels=None, why=""):
+    """``x`` of rank 4 (with ``channels`` channels if given), else ``InputShapeError`` naming ``name``;
+    ``seen``: the layer's record of init's in_shape (``types.init_text``)."""
+    shape = jnp.shape(x)
+
+    def agrees(s):
+        return len(s) == 4 and (channels is None or shapes.channel_dim(s, layout) == channels)
+
+    if agrees(shape):
+        return
+    plural = "" if channels == 1 else "s"
+    rule = f"x must have rank 4 ({layout})" + ("" if channels is None else f" with {channels} channel{plural}{why}")
+    expected = init_text(seen, agrees, _image_text("c" if channels is None else channels, layout))
+    raise input_mismatch(name, shape, expected, rule + "; height and width may differ", rank_ok=len(shape) == 4)
+
+
+def _check_fits(name, x, output_shape):
+    """``output_shape()`` (a ``shapes`` formula on ``x.shape``); its ValueError re-raised naming ``name``."""
+    try:
+        output_shape()
+    except ValueError as err:
+        raise InputShapeError(f"{name}: apply got inputs of shape {shape_text(jnp.shape(x))}, too small "
+                              f"for it: {err}") from None
+
+
+def _check_conv_input(x, w_shape, seen, **conv):
+    """Conv2D's input: rank 4 with the kernel's input channels x groups, large enough for the kernel."""
+    layout, groups = conv["layout"], conv["groups"]
+    cin = (w_shape[2] if layout == "NHWC" else w_shape[1]) * groups
+    why = f" (the kernel's {cin // groups} input channels x groups={groups})" if groups > 1 else ""
+    _check_image("Conv2D", x, layout, seen, cin, why)
+    _check_fits("Conv2D", x, lambda: shapes.conv_output_shape(jnp.shape(x), w_shape, **conv))
 
 
 # ----------------------------------------------------------------------------- Conv2D
@@ -99,8 +143,11 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
             return (kh, kw, cin // groups, out_channels)
         return (out_channels, cin // groups, kh, kw)
 
+    seen = {}  # init's last in_shape, only to word apply's errors
+
     def init(key, in_shape):
-        in_shape = _rank4(in_shape, layout)
+        key = check_key(key, "Conv2D.init")
+        seen["in"] = in_shape = _rank4(in_shape, layout)
         cin = shapes.channel_dim(in_shape, layout)
         if cin % groups:
             raise ValueError(f"groups={groups} must divide the input channels ({cin}) of in_shape {in_shape}")
@@ -115,6 +162,8 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
         return out_shape, params, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_conv_input(x, jnp.shape(params["w"]), seen, stride=stride, padding=padding, dilation=dilation,
+                          groups=groups, layout=layout)
         w = params["w"].astype(x.dtype)
         b = params["b"].astype(x.dtype) if use_bias else None
         y = ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -144,10 +193,14 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
     b_init = initializers.check_initializer(b_init, "b_init")
     param_dtype = _check_param_dtype(param_dtype)
 
+    seen = {}  # init's last in_shape, only to word apply's errors
+
     def init(key, in_shape):
+        key = check_key(key, "Dense.init")
         in_shape = check_shape(in_shape)
         if len(in_shape) < 2:
             raise ValueError(f"in_shape of Dense must be (batch, ..., features), got {in_shape}")
+        seen["in"] = in_shape
         n_in = in_shape[-1]
         kw_, kb = jax.random.split(key)
         params = {"w": w_init(kw_, (n_in, out_features), param_dtype, n_in, out_features)}
@@ -156,6 +209,13 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
         return in_shape[:-1] + (out_features,), params, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        shape, n_in = jnp.shape(x), jnp.shape(params["w"])[0]
+        if len(shape) < 2 or shape[-1] != n_in:
+            fallback = f"(n, {n_in})" if len(shape) <= 2 else f"(n, ..., {n_in})"
+            expected = init_text(seen, lambda s: s[-1] == n_in, fallback)
+            rule = "x must have rank >= 2: a batch dim and the features" if len(shape) < 2 else (
+                f"the last dim must match: {shape[-1]} features, the kernel has {n_in} rows")
+            raise input_mismatch("Dense", shape, expected, rule, rank_ok=len(shape) >= 2)
         y = jnp.matmul(x, params["w"].astype(x.dtype))
         if use_bias:
             y = y + params["b"].astype(x.dtype)
@@ -186,12 +246,17 @@ def _window_pool(name, op, window, stride, padding, dilation, layout, **op_kw) -
     jax.eval_shape(lambda x: op(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
                    jax.ShapeDtypeStruct((1,) + size + (1,), jnp.float32))
 
+    seen = {}  # init's last in_shape, only to word apply's errors
+
     def init(key, in_shape):
-        in_shape = _rank4(in_shape, layout)
+        seen["in"] = in_shape = _rank4(in_shape, layout)
         return shapes.pool_output_shape(in_shape, window, stride=stride, padding=padding, dilation=dilation,
                                         layout=layout), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_image(name, x, layout, seen)
+        _check_fits(name, x, lambda: shapes.pool_output_shape(x.shape, window, stride=stride, padding=padding,
+                                                               dilation=dilation, layout=layout))
         return op(x, window, **kw), state
 
     pad = padding if isinstance(padding, str) else f"pad={padding}"
@@ -225,11 +290,14 @@ def AvgPool2D(window, *, stride=None, padding="VALID", layout="NHWC", count_incl
 def _global_pool(op, name, layout):
     layout = shapes.normalize_layout(layout)
 
+    seen = {}  # init's last in_shape, only to word apply's errors
+
     def init(key, in_shape):
-        in_shape = _rank4(in_shape, layout)
+        seen["in"] = in_shape = _rank4(in_shape, layout)
         return (in_shape[0], shapes.channel_dim(in_shape, layout)), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_image(name, x, layout, seen)
         return op(x, layout=layout), state
 
     return describe(Layer(init, apply), LayerInfo(name, "pool", "global", rf=lambda i: (_h(i, layout), 1, 1),
@@ -262,6 +330,9 @@ def Flatten(*, layout="NHWC") -> Layer:
         return (in_shape[0], numel(in_shape[1:])), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        if jnp.ndim(x) < 2:
+            raise input_mismatch("Flatten", jnp.shape(x), "(n, ...)", "x must have rank >= 2: a batch dim and at "
+                                 "least one more", rank_ok=False)
         return jnp.reshape(x, (x.shape[0], -1)), state
 
     def rf(i):
@@ -273,7 +344,9 @@ def Flatten(*, layout="NHWC") -> Layer:
 def Dropout(drop_rate) -> Layer:
     """Inverted dropout: with ``train=True`` zero each element with probability ``drop_rate``
     and scale the kept ones by ``1/(1 - drop_rate)`` (expected value unchanged); identity
-    with ``train=False``. Training needs ``key=``; ``serial`` gives every Dropout its own.
+    with ``train=False``. Training needs ``key=`` a PRNG key (``jax.random.PRNGKey`` or
+    ``jax.random.key``; None, an int or a float array raise naming ``key``); ``serial`` gives
+    every Dropout its own.
     """
     drop_rate = _checks.float_in_range(drop_rate, "drop_rate", 0, 1)
     keep = 1.0 - drop_rate
@@ -284,8 +357,7 @@ def Dropout(drop_rate) -> Layer:
     def apply(params, state, x, *, key=None, train=False):
         if not train or drop_rate == 0:
             return x, state
-        if key is None:
-            raise ValueError("Dropout with train=True needs a PRNG key: pass key=... to apply")
+        check_key(key, "Dropout with train=True")
         mask = jax.random.bernoulli(key, keep, jnp.shape(x))
         return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype)), state
 
@@ -323,16 +395,30 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", para
     def channel_axis(rank):
         return 1 if (rank == 4 and layout == "NCHW") else rank - 1
 
+    seen = {}  # init's last in_shape, only to word apply's errors
+
     def init(key, in_shape):
         in_shape = check_shape(in_shape)
         if len(in_shape) not in (2, 4):
             raise ValueError(f"in_shape of BatchNorm must be (n, c) or rank 4, got {in_shape}")
+        seen["in"] = in_shape
         c = in_shape[channel_axis(len(in_shape))]
         params = {"scale": jnp.ones((c,), param_dtype), "offset": jnp.zeros((c,), param_dtype)}
         state = {"mean": jnp.zeros((c,), stat_dtype), "var": jnp.ones((c,), stat_dtype)}
         return in_shape, params, state
 
+    def check_input(x, c):
+        shape = jnp.shape(x)
+        if len(shape) in (2, 4) and shape[channel_axis(len(shape))] == c:
+            return
+        expected = {2: f"(n, {c})", 4: _image_text(c, layout)}.get(len(shape), f"(n, {c}) or {_image_text(c, layout)}")
+        expected = init_text(seen, lambda s: s[channel_axis(len(s))] == c, expected)
+        where = "the last axis" if layout == "NHWC" else "axis 1 (the last at rank 2)"
+        raise input_mismatch("BatchNorm", shape, expected, f"x must have rank 2 or 4 with the statistics' {c} "
+                             f"channels on {where}", rank_ok=len(shape) in (2, 4))
+
     def apply(params, state, x, *, key=None, train=False):
+        check_input(x, jnp.shape(params["scale"])[0])
         ca = channel_axis(x.ndim)
         axes = tuple(a for a in range(x.ndim) if a != ca)
         bshape = [1] * x.ndim

@@ -23,9 +23,27 @@ LayerInfo(...))`` records it in a ``weakref.WeakKeyDictionary`` keyed by ``layer
 (each constructor call makes a fresh ``init`` closure, so the key is unique per layer and
 the entry disappears with the layer). ``layer_info(layer)`` reads it back; a layer built
 by hand has no entry and reads as ``LayerInfo("?", "unknown")``.
+
+Input checks (at trace time: ``x.shape`` is static under ``jit``, so they cost nothing in
+the compiled step): every ``apply`` compares the non-batch shape of ``x`` with what its
+params imply about the shape ``init`` was given (Dense: the kernel's rows; Conv2D: the
+kernel's input channels times groups; BatchNorm: the statistics' channel count), so the
+check needs nothing but the params, whose pytree is what it always was. A mismatch raises
+``InputShapeError`` (a ``ValueError``) naming the layer and both shapes, batch written
+``n`` (the batch size may differ freely). Only to word that error, a layer remembers on
+the Python side (its closure, never its params) the in_shape its ``init`` was last given
+and prints it where it agrees with the params (else the params' view, ``(n, h, w, 3)``);
+the combinators add the child's position as ``fcnn summary`` numbers its rows ("7",
+"3.0.block.1") and the outermost ``serial`` the shape its init was last given. Spatial
+sizes are free where the layers allow it (a conv stack takes any image at least as large
+as its kernels), so an image of another size than init's is caught where it matters: at
+the first Dense after the Flatten. ``check_key`` refuses anything but a PRNG key where a
+layer draws randomness or splits a key.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import weakref
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
@@ -36,7 +54,8 @@ import jax.numpy as jnp
 from fcnn import _checks
 
 __all__ = ["Array", "Shape", "Params", "State", "PRNGKey", "InitFn", "ApplyFn", "Layer", "LayerInfo",
-           "describe", "layer_info", "numel", "check_shape", "is_kernel", "kernel_mask"]
+           "describe", "layer_info", "numel", "check_shape", "is_kernel", "kernel_mask", "InputShapeError",
+           "shape_text", "init_text", "input_mismatch", "at_position", "init_context", "check_key"]
 
 Array = jax.Array
 Shape = Tuple[int, ...]
@@ -112,3 +131,114 @@ def describe(layer: Layer, info: LayerInfo) -> Layer:
 def layer_info(layer: Layer) -> LayerInfo:
     """The recorded info, or an anonymous entry for a layer built by hand."""
     return _INFO.get(layer.init, LayerInfo("?", "unknown"))
+
+
+# ----------------------------------------------------------------------------- apply-time checks
+class InputShapeError(ValueError):
+    """``apply`` got an input that the layer's params (what ``init`` saw) cannot take.
+
+    ``where``: the layer's position as ``fcnn summary`` numbers it, one segment per enclosing
+    combinator; ``notes``: hints they add; ``context``: what the outermost ``serial`` was
+    last initialised with (all filled in on the way out by ``at_position``/``init_context``).
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message, self.where, self.notes, self.context = message, [], [], None
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.where:
+            text += f" (layer {'.'.join(self.where)} in `fcnn summary`)"
+        return "; ".join([text] + self.notes + ([self.context] if self.context else []))
+
+
+def shape_text(shape, batch: bool = True) -> str:
+    """``(n, 28, 28, 1)``: ``shape`` with its batch dim written ``n``; as it is with ``batch=False``
+    (an input of the wrong rank, whose first dim need not be a batch) or at rank 0/1."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2 or not batch:
+        return str(shape)
+    return "(" + ", ".join(["n"] + [str(d) for d in shape[1:]]) + ")"
+
+
+def init_text(seen: dict, agrees: Callable[[Shape], bool], fallback: str) -> str:
+    """How an error names init's in_shape: the one ``init`` last recorded in ``seen["in"]`` (Python
+    side, never in params) when it ``agrees`` with the params, else ``fallback``, the params' own
+    view (e.g. ``"(n, h, w, 3)"``: params loaded from elsewhere, or a layer initialised twice)."""
+    shape = seen.get("in")
+    return shape_text(shape) if shape is not None and agrees(shape) else fallback
+
+
+def input_mismatch(layer: str, x_shape, expected: str, rule: str, *, rank_ok: bool = True) -> InputShapeError:
+    """The error for an ``apply`` input of ``x_shape`` where init was given ``expected`` (text);
+    ``rank_ok=False`` prints ``x_shape`` as it is (its first dim need not be the batch)."""
+    return InputShapeError(f"{layer}: apply got inputs of shape {shape_text(x_shape, rank_ok)} but init was "
+                           f"given {expected} ({rule})")
+
+
+@contextlib.contextmanager
+def at_position(where: str, note: Optional[str] = None):
+    """An ``InputShapeError`` raised inside gets ``where`` (a child's position) and ``note`` added."""
+    try:
+        yield
+    except InputShapeError as err:
+        err.where.insert(0, where)
+        if note:
+            err.notes.append(note)
+        raise
+
+
+@contextlib.contextmanager
+def init_context(name: str, init_shape, x_shape):
+    """An ``InputShapeError`` raised inside says what ``name`` was last initialised with and got
+    (when they differ and the message does not show ``x_shape`` already); the outermost wins."""
+    try:
+        yield
+    except InputShapeError as err:
+        got = shape_text(x_shape, len(x_shape) == len(init_shape or ()))
+        if init_shape is not None and tuple(init_shape[1:]) != tuple(x_shape[1:]) and got not in err.message:
+            err.context = f"{name}: init was last given inputs of shape {shape_text(init_shape)}, apply got {got}"
+        raise
+
+
+_KEY_RULE = ("a PRNG key (jax.random.PRNGKey(seed): uint32 of shape {raw}; or jax.random.key(seed): a typed key "
+             "of shape ())")
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_key_shape(impl: str) -> Shape:
+    return tuple(jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape)  # (2,) for the default threefry2x32
+
+
+def _what(value) -> str:
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_key(key, who: str, *, optional: bool = False):
+    """``key`` if it is one PRNG key, else an error naming ``key`` and the rule (at trace time).
+
+    A typed key (``jax.random.key``) of shape ``()`` or a raw ``uint32`` key of the shape
+    ``jax.random.PRNGKey`` makes ((2,) by default; a NumPy copy or a tracer of either is fine).
+    ``optional``: ``None`` is accepted and returned (a combinator passes it on); otherwise
+    ``None`` raises ``ValueError`` ("Dropout with train=True needs a PRNG key: ...") and
+    anything else that is not a key ``TypeError``.
+    """
+    raw = _raw_key_shape(str(getattr(jax.config, "jax_default_prng_impl", "")))
+    rule = _KEY_RULE.format(raw=raw)
+    if key is None:
+        if optional:
+            return None
+        raise ValueError(f"{who} needs a PRNG key: pass key= {rule}, got None")
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and shape is not None:
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            if tuple(shape) == ():
+                return key
+        elif dtype == jnp.uint32 and tuple(shape) == raw:
+            return key
+    if optional:
+        raise TypeError(f"{who}: key must be {rule} or None, got {_what(key)}")
+    raise TypeError(f"{who} needs a PRNG key: key must be {rule}, got {_what(key)}")

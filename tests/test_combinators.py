@@ -6,6 +6,8 @@ and one O0 program compiles several times faster than the same ops dispatched on
 eager op is compiled at the default level). Inputs come from NumPy (a jax.random draw of a new
 shape is a compile of its own).
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from fcnn import layers as L
 from fcnn.combinators import branches, residual, serial
+from fcnn.types import layer_info
 
 KEY = jax.random.PRNGKey(0)
 
@@ -172,3 +175,74 @@ def test_non_layer_arguments_raise_type_error():
         residual(L.Relu(), "identity")
     with pytest.raises(ValueError, match="at least one"):
         serial()
+
+
+# ----------------------------------------------------------------------------- apply-time checks
+def _apply_traced(layer, init_shape, x_shape, params=None, **kw):
+    """init at ``init_shape`` (or take ``params`` with init's state), then apply to ``x_shape``; both traced."""
+    _, p, state = jax.eval_shape(lambda k: layer.init(k, init_shape), KEY)
+    return jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, **kw)[0], p if params is None else params, state,
+                          jax.ShapeDtypeStruct(x_shape, jnp.float32))
+
+
+def _summary_paths(model, in_shape):
+    """Every row of ``fcnn summary`` as its full dotted path ("1.1.block.0.Dense")."""
+    from fcnn.summary import summary
+
+    stack, paths = [], []
+    for row in summary(model, in_shape).rows:
+        stack[row.depth:] = [row.name.rsplit(".", 1)[0] if "." in row.name else row.name]
+        paths.append(".".join(stack[:-1] + [row.name]))
+    return paths
+
+
+def test_a_nested_child_error_names_its_position_as_summary_numbers_it():
+    inner = L.Dense(4)
+    model = serial(L.Dense(4), serial(L.Relu(), residual(serial(inner, L.Dense(4)))))
+    _, params, _ = jax.eval_shape(lambda k: model.init(k, (2, 6)), KEY)
+    bad = jax.tree_util.tree_map(lambda a: a, params)
+    bad[1][1]["block"][0]["w"] = jax.ShapeDtypeStruct((5, 4), jnp.float32)  # as if init had seen 5 features there
+    with pytest.raises(ValueError) as err:
+        _apply_traced(model, (2, 6), (2, 6), params=bad)
+    msg = str(err.value)
+    assert msg.startswith("Dense: apply got inputs of shape (n, 4) but init was given (n, 5)")
+    assert "(layer 1.1.block.0 in `fcnn summary`)" in msg
+    assert "1.1.block.0.Dense" in _summary_paths(model, (2, 6))
+
+
+def test_residual_refuses_paths_that_disagree_for_this_input_instead_of_broadcasting():
+    # init at 1x1: the global-average block (n, 1, 1, 3) equals the identity; at 2x2 y + x would broadcast
+    squeeze = residual(serial(L.GlobalAvgPool2D(), L.Lambda(lambda x: x[:, None, None, :])))
+    with pytest.raises(ValueError, match=re.escape("residual: apply got inputs of shape (n, 2, 2, 3), for which the "
+                                                   "block gives (n, 1, 1, 3) but the identity shortcut gives "
+                                                   "(n, 2, 2, 3)")):
+        _apply_traced(squeeze, (1, 1, 1, 3), (1, 2, 2, 3))
+    # at 8x8 a 2x2 pool and a 1x1 stride-2 conv agree (4x4); at 9x9 they give 4x4 and 5x5
+    down = residual(L.MaxPool2D(2), L.Conv2D(3, 1, stride=2))
+    assert _apply_traced(down, (1, 8, 8, 3), (4, 8, 8, 3)).shape == (4, 4, 4, 3)
+    with pytest.raises(ValueError, match=re.escape("block gives (n, 4, 4, 3) but the shortcut gives (n, 5, 5, 3)")):
+        _apply_traced(down, (1, 8, 8, 3), (1, 9, 9, 3))
+
+
+def test_branches_refuse_outputs_that_disagree_for_this_input():
+    two = branches(L.MaxPool2D(2), L.Conv2D(2, 1, stride=2))
+    assert _apply_traced(two, (1, 8, 8, 3), (2, 8, 8, 3)).shape == (2, 4, 4, 5)
+    with pytest.raises(ValueError, match=r"branches\(merge='concat'\): branch outputs must agree .* for apply's "
+                                         r"inputs of shape \(n, 9, 9, 3\)"):
+        _apply_traced(two, (1, 8, 8, 3), (1, 9, 9, 3))
+    summed = branches(L.Relu(), L.Conv2D(3, 1), merge="sum")
+    with pytest.raises(ValueError, match=r"Conv2D: apply got .* \(layer 1 in `fcnn summary`\)"):
+        _apply_traced(summed, (1, 4, 4, 3), (1, 4, 4, 2))
+
+
+@pytest.mark.parametrize("make", [lambda: serial(L.Dropout(0.5)), lambda: residual(L.Dropout(0.5)),
+                                  lambda: branches(L.Dropout(0.5))])
+def test_combinators_refuse_a_key_that_is_not_a_prng_key(make):
+    layer = make()
+    name = layer_info(layer).name
+    with pytest.raises(TypeError, match=rf"^{name}: key must be a PRNG key .* or None, got 0 \(int\)"):
+        _apply_traced(layer, (2, 3), (2, 3), key=0, train=True)
+    with pytest.raises(TypeError, match=rf"^{name}.init needs a PRNG key: key must be a PRNG key .*got 0 \(int\)"):
+        layer.init(0, (2, 3))
+    with pytest.raises(ValueError, match="Dropout with train=True needs a PRNG key"):  # None is passed on
+        _apply_traced(layer, (2, 3), (2, 3), train=True)

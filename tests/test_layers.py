@@ -7,6 +7,7 @@ What runs is compiled by ``_run`` as one ``jax.jit`` at XLA's backend optimisati
 of a new shape, is a compile of its own at the default level); inputs come from NumPy.
 """
 import math
+import re
 
 import chex
 import jax
@@ -16,6 +17,8 @@ import pytest
 
 from fcnn import init as I
 from fcnn import layers as L
+from fcnn.combinators import serial
+from fcnn.types import InputShapeError
 
 KEY = jax.random.PRNGKey(0)
 
@@ -280,3 +283,113 @@ def test_bad_arguments_raise_at_construction(make, exc, match):
 def test_bad_in_shape_raises_at_init(layer, in_shape, match):
     with pytest.raises(ValueError, match=match):
         layer.init(KEY, in_shape)
+
+
+# ----------------------------------------------------------------------------- apply-time input checks
+def _apply_traced(layer, init_shape, x_shape, **kw):
+    """init at ``init_shape``, then apply to a float32 input of ``x_shape``, both traced (``jax.eval_shape``):
+    the checks run at trace time, so nothing is compiled or computed."""
+    _, params, state = jax.eval_shape(lambda k: layer.init(k, init_shape), KEY)
+    return jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, **kw)[0], params, state,
+                          jax.ShapeDtypeStruct(x_shape, jnp.float32))
+
+
+# (layer, init's in_shape, apply's input shape, texts the message must hold: the layer and both shapes)
+MISMATCHES = [
+    (lambda: L.Dense(4), (2, 16), (2, 20), ["Dense: apply got inputs of shape (n, 20) but init was given (n, 16)",
+                                            "20 features, the kernel has 16 rows"]),
+    (lambda: L.Dense(4), (2, 3, 16), (2, 3, 20), ["Dense", "(n, 3, 20)", "(n, 3, 16)"]),
+    (lambda: L.Dense(4), (2, 16), (16,), ["Dense", "shape (16,)", "(n, 16)", "x must have rank >= 2"]),
+    (lambda: L.Conv2D(4, 3), (1, 8, 8, 3), (1, 8, 8, 5), ["Conv2D", "(n, 8, 8, 5)", "(n, 8, 8, 3)", "3 channels"]),
+    (lambda: L.Conv2D(4, 3, groups=2, layout="NCHW"), (1, 6, 8, 8), (1, 4, 8, 8),
+     ["Conv2D", "(n, 4, 8, 8)", "(n, 6, 8, 8)", "3 input channels x groups=2"]),
+    (lambda: L.Conv2D(4, 3), (1, 8, 8, 3), (8, 8, 3), ["Conv2D", "shape (8, 8, 3)", "(n, 8, 8, 3)",
+                                                        "x must have rank 4"]),
+    (lambda: L.Conv2D(4, 5), (1, 8, 8, 3), (1, 3, 3, 3), ["Conv2D", "(n, 3, 3, 3)", "larger than the padded input"]),
+    (lambda: L.BatchNorm(), (2, 5, 5, 4), (2, 5, 5, 6), ["BatchNorm", "(n, 5, 5, 6)", "(n, 5, 5, 4)", "4 channels"]),
+    (lambda: L.BatchNorm(layout="NCHW"), (2, 4, 5, 5), (2, 6, 5, 5), ["BatchNorm", "(n, 6, 5, 5)", "(n, 4, 5, 5)"]),
+    (lambda: L.BatchNorm(), (4, 6), (4, 5, 6), ["BatchNorm", "shape (4, 5, 6)", "(n, 6)", "rank 2 or 4"]),
+    (lambda: L.MaxPool2D(2), (1, 8, 8, 3), (8, 8, 3), ["MaxPool2D", "(8, 8, 3)", "(n, 8, 8, 3)", "rank 4"]),
+    (lambda: L.MaxPool2D(4), (1, 8, 8, 3), (1, 3, 3, 3), ["MaxPool2D", "(n, 3, 3, 3)", "window is larger"]),
+    (lambda: L.AvgPool2D(2, layout="NCHW"), (1, 3, 8, 8), (3, 8, 8), ["AvgPool2D", "(3, 8, 8)", "(n, 3, 8, 8)"]),
+    (lambda: L.GlobalAvgPool2D(), (1, 8, 8, 3), (8, 3), ["GlobalAvgPool2D", "(8, 3)", "(n, 8, 8, 3)"]),
+    (lambda: L.Flatten(), (2, 8), (8,), ["Flatten", "(8,)", "x must have rank >= 2"]),
+]
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("make, init_shape, x_shape, texts", MISMATCHES)
+def test_apply_refuses_an_input_init_did_not_see_naming_the_layer_and_both_shapes(make, init_shape, x_shape, texts,
+                                                                                  train):
+    with pytest.raises(ValueError) as err:
+        _apply_traced(make(), init_shape, x_shape, train=train)
+    assert isinstance(err.value, InputShapeError) and "apply got inputs of shape" in str(err.value)
+    for text in texts:
+        assert text in str(err.value)
+
+
+def test_apply_names_the_params_view_of_init_shape_when_init_never_ran_on_this_layer():
+    """Params made elsewhere (a checkpoint, another instance): the message says what they imply."""
+    dense, conv = L.Dense(4), L.Conv2D(4, 3, layout="NCHW")
+    with pytest.raises(InputShapeError, match=re.escape("got inputs of shape (n, 20) but init was given (n, 16)")):
+        dense.apply({"w": np.zeros((16, 4)), "b": np.zeros(4)}, {}, np.zeros((2, 20)))
+    with pytest.raises(InputShapeError, match=re.escape("(n, 5, 8, 8) but init was given (n, 3, h, w)")):
+        jax.eval_shape(lambda x: conv.apply({"w": np.zeros((4, 3, 3, 3)), "b": np.zeros(4)}, {}, x),
+                       jax.ShapeDtypeStruct((2, 5, 8, 8), jnp.float32))
+    with pytest.raises(InputShapeError, match=re.escape("shape (2, 3, 6) but init was given (n, 4) or (n, h, w, 4)")):
+        L.BatchNorm().apply({"scale": np.ones(4), "offset": np.zeros(4)}, {"mean": np.zeros(4), "var": np.ones(4)},
+                            np.zeros((2, 3, 6)))
+
+
+def test_the_checks_add_nothing_to_the_compiled_program():
+    """They read only static shapes: Dense's jaxpr is the matmul and the bias add, nothing else."""
+    layer = L.Dense(4)
+    jaxpr = jax.make_jaxpr(lambda p, x: layer.apply(p, {}, x)[0])({"w": np.zeros((16, 4), np.float32),
+                                                                    "b": np.zeros(4, np.float32)},
+                                                                   np.zeros((3, 16), np.float32))
+    assert [e.primitive.name for e in jaxpr.eqns] == ["dot_general", "broadcast_in_dim", "add"]
+
+
+def test_a_correct_input_of_another_batch_size_runs_under_jit():
+    """init at batch 2, apply at batch 5 and (a conv stack takes any image) 10x10 instead of 8x8, jitted;
+    eval mode treats rows independently, so the first two rows of batch 5 are the batch-2 result."""
+    net = serial(L.Conv2D(3, 3, padding="SAME"), L.BatchNorm(), L.Relu(), L.MaxPool2D(2), L.GlobalMaxPool2D(),
+                 L.Dropout(0.5), L.Dense(4))
+    _, params, state = jax.eval_shape(lambda k: net.init(k, (2, 8, 8, 2)), KEY)
+    rs = np.random.RandomState(11)
+    params, state = jax.tree_util.tree_map(lambda a: rs.rand(*a.shape).astype(np.float32) + 0.5, (params, state))
+    run = _jit(lambda x, key: (net.apply(params, state, x)[0], net.apply(params, state, x, key=key, train=True)[0]))
+    x = rs.randn(5, 10, 10, 2).astype(np.float32)
+    y5, t5 = run(x, jax.random.PRNGKey(1))
+    y2, _ = run(x[:2], jax.random.PRNGKey(1))
+    assert y5.shape == t5.shape == (5, 4)
+    np.testing.assert_allclose(np.asarray(y5[:2]), np.asarray(y2), rtol=1e-5)
+    chex.assert_tree_all_finite((y5, t5))
+
+
+# ----------------------------------------------------------------------------- keys
+@pytest.mark.parametrize("key, exc, got", [
+    (None, ValueError, "got None"),
+    (0, TypeError, "got 0 (int)"),
+    (np.ones(2, np.float32), TypeError, "shape (2,) and dtype float32"),
+    (np.zeros((3, 2), np.uint32), TypeError, "shape (3, 2) and dtype uint32"),  # a batch of keys, not one
+    (np.zeros(3, np.uint32), TypeError, "shape (3,) and dtype uint32"),
+])
+def test_dropout_in_train_mode_refuses_anything_but_a_prng_key(key, exc, got):
+    with pytest.raises(exc) as err:
+        _apply_traced(L.Dropout(0.5), (2, 3), (2, 3), key=key, train=True)
+    msg = str(err.value)
+    assert msg.startswith("Dropout with train=True needs a PRNG key") and "key" in msg and got in msg
+    assert "jax.random.PRNGKey" in msg and "jax.random.key" in msg
+
+
+def test_dropout_takes_raw_typed_and_numpy_keys_and_needs_none_in_eval():
+    for key in (jax.random.PRNGKey(0), jax.random.key(0), np.asarray(jax.random.PRNGKey(0))):
+        assert _apply_traced(L.Dropout(0.5), (2, 3), (2, 3), key=key, train=True).shape == (2, 3)
+    assert _apply_traced(L.Dropout(0.5), (2, 3), (2, 3), key=None).shape == (2, 3)  # eval: no key needed
+
+
+@pytest.mark.parametrize("make", [lambda: L.Conv2D(4, 3), lambda: L.Dense(4)])
+def test_init_refuses_a_key_that_is_not_a_prng_key(make):
+    with pytest.raises(TypeError, match=r"\.init needs a PRNG key: key must be a PRNG key .*got 0 \(int\)"):
+        make().init(0, (1, 8, 8, 3))

@@ -6,6 +6,7 @@ compiles a LeNet forward + backward about 4x faster), and each model's compiled 
 gradient is cached so the lax baseline is compiled once for every comparison.
 """
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -152,3 +153,34 @@ def test_registry():
         models.get_model("lenet5", dropout=0.5)
     with pytest.raises(ValueError, match="widths"):
         models.small_resnet(widths=())
+
+
+def test_an_input_of_another_size_than_init_saw_is_refused_naming_a_layer_and_both_shapes():
+    """lenet5 at 32x32 after init at 28x28: the convs take it, the first Dense gets 576 features, not 400."""
+    model = models.lenet5()
+    _, params, state = abstract_init(model, (1, 28, 28, 1))
+
+    def apply(shape):
+        return jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct(shape, jnp.float32))[0]
+
+    assert apply((5, 28, 28, 1)).shape == (5, 10)  # any batch size
+    with pytest.raises(ValueError) as err:
+        apply((1, 32, 32, 1))
+    msg = str(err.value)
+    assert msg.startswith("Dense: apply got inputs of shape (n, 576) but init was given (n, 400)")
+    assert "(layer 7 in `fcnn summary`)" in msg and "Flatten before it" in msg
+    assert "serial: init was last given inputs of shape (n, 28, 28, 1), apply got (n, 32, 32, 1)" in msg
+    with pytest.raises(ValueError, match=re.escape("Conv2D: apply got inputs of shape (n, 28, 28, 3) but init was "
+                                                   "given (n, 28, 28, 1)") + r".*\(layer 0 in `fcnn summary`\)"):
+        apply((1, 28, 28, 3))
+
+
+def test_a_fully_convolutional_model_takes_other_image_sizes():
+    """small_resnet ends in a global average pool: 16x16 or 40x40 after init at 32x32 is a correct input."""
+    model = models.small_resnet(widths=(4, 8))
+    _, params, state = abstract_init(model, (1, 32, 32, 3))
+    for shape in [(2, 16, 16, 3), (3, 40, 40, 3)]:
+        y = jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct(shape, jnp.float32))[0]
+        assert y.shape == (shape[0], 10)
+    with pytest.raises(ValueError, match=r"BatchNorm|Conv2D"):
+        jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct((2, 32, 32, 4), jnp.float32))

@@ -70,3 +70,55 @@ def test_metadata_goes_away_with_its_layer():
     del layer
     gc.collect()
     assert len(types._INFO) == n
+
+
+# ----------------------------------------------------------------------------- apply-time checks
+def test_shape_text_writes_the_batch_as_n():
+    assert types.shape_text((32, 28, 28, 1)) == "(n, 28, 28, 1)" and types.shape_text((4, 16)) == "(n, 16)"
+    assert types.shape_text((8, 8, 3), batch=False) == "(8, 8, 3)" and types.shape_text((16,)) == "(16,)"
+
+
+def test_init_text_prefers_the_recorded_shape_when_it_agrees_with_the_params():
+    seen = {"in": (1, 28, 28, 1)}
+    assert types.init_text(seen, lambda s: s[-1] == 1, "(n, h, w, 1)") == "(n, 28, 28, 1)"
+    assert types.init_text(seen, lambda s: s[-1] == 3, "(n, h, w, 3)") == "(n, h, w, 3)"  # params from elsewhere
+    assert types.init_text({}, lambda s: True, "(n, 16)") == "(n, 16)"  # init never ran on this layer
+
+
+def test_input_shape_error_is_a_value_error_and_gathers_position_notes_and_context():
+    def fail():
+        raise types.input_mismatch("Dense", (4, 20), "(n, 16)", "the last dim must match")
+
+    with pytest.raises(ValueError) as err:
+        with types.init_context("serial", (1, 8), (4, 9)):
+            with types.at_position("1"):
+                with types.at_position("block", note="a hint"):
+                    fail()
+    assert isinstance(err.value, types.InputShapeError)
+    assert str(err.value) == ("Dense: apply got inputs of shape (n, 20) but init was given (n, 16) (the last dim "
+                              "must match) (layer 1.block in `fcnn summary`); a hint; serial: init was last given "
+                              "inputs of shape (n, 8), apply got (n, 9)")
+    with pytest.raises(ValueError, match="boom"):  # other errors pass through untouched
+        with types.at_position("0"):
+            raise ValueError("boom")
+
+
+def test_check_key_accepts_one_prng_key_and_names_key_and_the_rule_otherwise():
+    raw, typed = jax.random.PRNGKey(0), jax.random.key(0)
+    for key in (raw, typed, np.asarray(raw)):
+        assert types.check_key(key, "Dropout") is key
+    assert types.check_key(None, "serial", optional=True) is None
+    with pytest.raises(ValueError, match=r"^Dropout needs a PRNG key: pass key= a PRNG key \(jax.random.PRNGKey"
+                                         r"\(seed\): uint32 of shape \(2,\); or jax.random.key\(seed\): a typed key "
+                                         r"of shape \(\)\), got None$"):
+        types.check_key(None, "Dropout")
+    bad = [(0, "0 (int)"), (1.5, "1.5 (float)"), ("key", "'key' (str)"), (np.zeros(2, np.int32), "dtype int32"),
+           (np.zeros((4, 2), np.uint32), "shape (4, 2)"), (jax.random.split(typed, 3), "shape (3,)")]
+    for key, got in bad:
+        with pytest.raises(TypeError, match=r"^Dropout needs a PRNG key: key must be a PRNG key") as err:
+            types.check_key(key, "Dropout")
+        assert got in str(err.value)
+        with pytest.raises(TypeError, match=r"^serial: key must be a PRNG key .* or None, got"):
+            types.check_key(key, "serial", optional=True)
+    # under jit the key is a tracer: the check reads only its dtype and shape
+    assert jax.jit(lambda k: types.check_key(k, "Dropout"))(raw).shape == (2,)
