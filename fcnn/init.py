@@ -19,6 +19,23 @@ layers:
 The normal variants are plain (not truncated) normals, so their standard deviation
 is exactly the formula. ``normal``/``uniform``/``he_*``/``glorot_*`` are factories
 (``he_normal()``); ``zeros`` and ``ones`` are initialisers themselves.
+
+Fans of a grouped convolution, fcnn against PyTorch. fcnn counts connections: for a kernel
+``(kh, kw, cin/groups, cout)`` one output unit sees ``fan_in = kh*kw*cin/groups`` inputs and
+one input unit feeds ``fan_out = kh*kw*cout/groups`` outputs (only the ``cout/groups``
+kernels of its own group). PyTorch computes both from the weight's shape alone:
+``torch.nn.init._calculate_fan_in_and_fan_out`` (torch/nn/init.py, used by ``xavier_*``
+and by ``kaiming_*`` with ``mode="fan_out"``) returns ``weight.size(1) * r`` and
+``weight.size(0) * r`` with ``r`` the product of the kernel dims, and a ``Conv2d`` weight is
+``(out_channels, in_channels/groups, kh, kw)`` (the ``torch.nn.Conv2d`` docs), so its
+``fan_in = kh*kw*cin/groups`` (the same) but ``fan_out = kh*kw*cout`` (not divided by
+groups). JAX's ``jax.nn.initializers.variance_scaling`` (``_compute_fans``, HWIO kernel)
+also gives ``kh*kw*cout``. With ``groups=1`` all agree; with ``groups > 1`` fcnn's
+``glorot_*`` variance ``2/(fan_in + fan_out)`` is larger than ``xavier_*``'s: a 3x3 conv
+from 32 to 16 channels in 4 groups has fans (72, 36) here and (72, 144) in PyTorch, std
+``sqrt(2/108) = 0.136`` against ``sqrt(2/216) = 0.096``. The He initialisers use only
+``fan_in`` and agree. To reproduce PyTorch, scale the fan_out the layer passes:
+``lambda k, s, d, fi, fo: glorot_normal()(k, s, d, fi, fo * groups)``.
 """
 from __future__ import annotations
 
@@ -46,7 +63,8 @@ def fans(shape: Sequence[int], *, kind: str = "dense", layout: str = "NHWC", gro
       groups: conv groups. Each output channel sees ``kh*kw*cin/groups`` inputs and each input
         channel feeds the ``cout/groups`` kernels of its group at ``kh*kw`` positions.
     Returns:
-      dense: ``(n_in, n_out)``; conv: ``(kh*kw*cin/groups, kh*kw*cout/groups)``.
+      dense: ``(n_in, n_out)``; conv: ``(kh*kw*cin/groups, kh*kw*cout/groups)``. PyTorch's
+      fan_out for a grouped conv is ``kh*kw*cout``, ``groups`` times this one (module docstring).
     """
     kind = _checks.choice(kind, ("dense", "conv"), "kind")
     if kind == "dense":
