@@ -286,7 +286,9 @@ def main(argv=None):
     if "step" in parts:
         from fcnn import ops
 
-        variants = [(i, "lax") for i in ("lax", "custom_vjp")] + [("lax", "custom_vjp"), ("auto", "auto")]
+        variants = [(i, "lax") for i in ("lax", "custom_vjp")] + [("lax", "custom_vjp")]
+        if not args.quick:  # --quick: the three custom-VJP checks only
+            variants.append(("auto", "auto"))
         if args.device == "cpu" and not args.quick:  # LeNet: every conv impl with the faster pool
             variants += [(i, "custom_vjp") for i in ops.CONV_IMPLS if i != "lax"]
         res["step"] = bench_step(args, dtypes, args.device, variants)

@@ -90,18 +90,18 @@ def _ink(ds, x):
     return raw > INK
 
 
-def _maps(model, params, state, x, y, cam_layer, key, n_smooth):
+def _maps(model, params, state, x, y, cam_layer, key):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", viz.BlankMapWarning)
         return {
             "saliency": viz.saliency(model, params, state, x, y),
-            "SmoothGrad": viz.smoothgrad(model, params, state, x, y, key=key, n=n_smooth),
+            "SmoothGrad": viz.smoothgrad(model, params, state, x, y, key=key),  # n=16, as `fcnn viz`
             "Grad-CAM": viz.grad_cam(model, params, state, x, y, cam_layer),
             "occlusion": np.maximum(viz.occlusion(model, params, state, x, y), 0.0),
         }
 
 
-def _overview(path, ds, model, params, state, idx, cam_layer, key, n_smooth):
+def _overview(path, ds, model, params, state, idx, cam_layer, key):
     """Rows: test digits; columns: the input and its four maps (each scaled to its own max)."""
     cols = ["input", "saliency", "SmoothGrad", "Grad-CAM", "occlusion"]
     fig = figures.figure((1.3 * len(cols), 1.35 * len(idx)), dpi=80)
@@ -109,7 +109,7 @@ def _overview(path, ds, model, params, state, idx, cam_layer, key, n_smooth):
     all_maps = []
     for row, i in zip(axes, idx):
         x, y = ds.x_test[i], int(ds.y_test[i])
-        maps = _maps(model, params, state, x, y, cam_layer, key, n_smooth)
+        maps = _maps(model, params, state, x, y, cam_layer, key)
         all_maps.append(maps)
         row[0].imshow(x[..., 0], cmap="gray")
         row[0].set_ylabel(f"#{i}: a {y}", fontsize=8)
@@ -125,7 +125,7 @@ def _overview(path, ds, model, params, state, idx, cam_layer, key, n_smooth):
     return all_maps
 
 
-def _ink_table(ds, model, trained, untrained, idx, cam_layer, key, n_smooth):
+def _ink_table(ds, model, trained, untrained, idx, cam_layer, key):
     """Mean share of each map's mass on ink pixels, trained vs untrained, over test images idx."""
     rows = {}
     for label, (params, state) in (("trained", trained), ("untrained", untrained)):
@@ -133,7 +133,7 @@ def _ink_table(ds, model, trained, untrained, idx, cam_layer, key, n_smooth):
         for i in idx:
             x, y = ds.x_test[i], int(ds.y_test[i])
             ink = _ink(ds, x)
-            for name, m in _maps(model, params, state, x, y, cam_layer, key, n_smooth).items():
+            for name, m in _maps(model, params, state, x, y, cam_layer, key).items():
                 acc.setdefault(name, []).append(m[ink].sum() / m.sum() if m.sum() > 0 else 0.0)
         rows[label] = {k: float(np.mean(v)) for k, v in acc.items()}
     area = float(np.mean([_ink(ds, ds.x_test[i]).mean() for i in idx]))
@@ -156,7 +156,6 @@ def main(argv=None) -> int:
         args.epochs, args.examples, args.table_images = 1, 2, 8
     if args.train_dir is None:
         args.train_dir = tempfile.mkdtemp(prefix="fcnn-interp-quick-") if args.quick else TRAIN_DIR
-    n_smooth = 4 if args.quick else 16
     print(f"seed {args.seed}; devices {jax.devices()}", flush=True)
     t0 = time.time()
     run = args.run if args.run is not None else _train(args)
@@ -187,12 +186,12 @@ def main(argv=None) -> int:
     classes = np.linspace(0, ds.num_classes - 1, args.examples).round().astype(int)
     idx = [int(np.flatnonzero(ds.y_test == c)[0]) for c in classes]
     key = jax.random.PRNGKey(args.seed)
-    over = _overview(png("overview"), ds, model, params, state, idx, cam_layer, key, n_smooth)
+    over = _overview(png("overview"), ds, model, params, state, idx, cam_layer, key)
     cam_off_ink = [int(ds.y_test[i]) for i, m in zip(idx, over)
                    if not _ink(ds, ds.x_test[i]).ravel()[np.argmax(m["Grad-CAM"])]]
     _, p0, s0 = model.init(jax.random.PRNGKey(args.seed + 1), (1,) + ds.x_test.shape[1:])
     t_idx = list(range(min(args.table_images, len(ds.x_test))))
-    table, ink_area = _ink_table(ds, model, (params, state), (p0, s0), t_idx, cam_layer, key, n_smooth)
+    table, ink_area = _ink_table(ds, model, (params, state), (p0, s0), t_idx, cam_layer, key)
 
     # facts for the text
     pred = np.asarray(predict(model, params, state, ds.x_test, dtype_policy=config.dtype_policy,

@@ -35,6 +35,7 @@ import numpy as np
 from fcnn import _checks, figures
 from fcnn.attribution import (BlankMapWarning, default_cam_layer, grad_cam, layer_names, occlusion, one_input,
                               saliency, serial_children, smoothgrad)
+from fcnn.report import read_jsonl
 from fcnn.run import load_run
 from fcnn.step import predict
 from fcnn.summary import layer_info
@@ -115,8 +116,6 @@ def curves(run_dir: str, *, save: Optional[str] = None) -> Dict[str, np.ndarray]
     Keys are those every record has (e.g. epoch, train_loss, train_accuracy, test_loss,
     test_accuracy). ``save``: loss and accuracy plots, 900 x 350 pixels.
     """
-    from fcnn.report import read_jsonl
-
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"run_dir {run_dir!r} has no metrics.jsonl")
