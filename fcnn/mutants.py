@@ -24,9 +24,10 @@ with one realistic mistake, almost always in a hand-written backward rule (a ``c
 
 The conv mutants reuse ``ops.conv``'s own pieces (``make_custom_vjp_conv2d`` with one of
 ``conv2d_backward_input/kernel/bias`` called on altered arguments), so each differs from the
-shipped rule by exactly the named mistake. The max-pool mutants share one small backward written
-here (``max_pool_backward``), which with its defaults is correct (tests check that). Which checks
-catch which mutant is ``fcnn.sweep.mutation_matrix``'s answer.
+shipped rule by exactly the named mistake. The max-pool mutants are ``ops.pool``'s own custom VJP
+(``make_custom_vjp_max_pool2d``) with its general backward ``max_pool2d_backward`` called with one
+flag turned off (``accumulate``, ``crop_at_pad``) or another tie policy than the one claimed. Which
+checks catch which mutant is ``fcnn.sweep.mutation_matrix``'s answer.
 """
 from __future__ import annotations
 
@@ -34,9 +35,8 @@ from typing import Callable, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from fcnn import shapes
+from fcnn import _checks, shapes
 from fcnn.ops import conv as conv_ops
 from fcnn.ops import pool as pool_ops
 
@@ -145,83 +145,19 @@ def _conv_same_at_start(x, w, b=None, *, stride=1, padding="VALID", dilation=1, 
 
 
 # ----------------------------------------------------------------------------- max pool
-def _tie_weights(masks, ties, dtype):
-    """Per-tap max masks (row-major tap order) -> per-tap share of the window's gradient."""
-    if ties == "all":
-        return [m.astype(dtype) for m in masks]
-    if ties == "split":
-        count = jnp.maximum(sum(m.astype(dtype) for m in masks), 1)
-        return [m.astype(dtype) / count for m in masks]
-    taken, weights = jnp.zeros_like(masks[0]), []
-    for m in masks:  # "first": the first maximum in row-major order takes it all
-        weights.append((m & ~taken).astype(dtype))
-        taken = taken | m
-    return weights
-
-
-def max_pool_backward(x, y, g, window, stride, pads, dilation, *, ties="first", accumulate=True,
-                      crop_at_pad=True):
-    """Max-pool gradient by masks and scatter-add, NHWC; correct with the default flags.
-
-    Args:
-      x: (n, h, w, c) input; y, g: (n, oh, ow, c) output and its gradient.
-      ties: "first", "split" or "all" (see ``ops.pool``).
-      accumulate: add where windows overlap (False: a later window overwrites).
-      crop_at_pad: crop the padded gradient at the top/left pad (False: at 0).
-    Returns:
-      dx: (n, h, w, c).
-    """
-    n, h, w, c = x.shape
-    oh, ow = y.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)  # (n, hp, wp, c)
-    hp, wp = xp.shape[1:3]
-    offs = [(i * dilation[0], j * dilation[1]) for i in range(window[0]) for j in range(window[1])]
-    masks = [xp[:, di: di + (oh - 1) * stride[0] + 1: stride[0], dj: dj + (ow - 1) * stride[1] + 1: stride[1]] == y
-             for di, dj in offs]  # each (n, oh, ow, c), row-major tap order
-    weights = _tie_weights(masks, ties, x.dtype)
-    dxp = jnp.zeros_like(xp)
-    for (di, dj), wt in zip(offs, weights):
-        config = ((0, 0, 0), (di, hp - di - (oh - 1) * stride[0] - 1, stride[0] - 1),
-                  (dj, wp - dj - (ow - 1) * stride[1] - 1, stride[1] - 1), (0, 0, 0))
-        placed = lax.pad(g * wt, jnp.zeros((), x.dtype), config)  # (n, hp, wp, c)
-        if accumulate:
-            dxp = dxp + placed
-        else:
-            dxp = jnp.where(lax.pad(wt, jnp.zeros((), x.dtype), config) > 0, placed, dxp)
-    top, left = (pads[0][0], pads[1][0]) if crop_at_pad else (0, 0)
-    return dxp[:, top: top + h, left: left + w, :]
+max_pool_backward = pool_ops.max_pool2d_backward  # the shipped general backward, with the mutants' flags
 
 
 def make_max_pool(ties_used: str = "first", *, accumulate: bool = True, crop_at_pad: bool = True) -> Callable:
-    """A ``max_pool2d``-like function (``ties`` argument accepted, ``ties_used`` applied) whose
-    gradient is ``max_pool_backward`` with the given flags."""
+    """``max_pool2d(impl="custom_vjp")`` (``ties`` argument accepted, ``ties_used`` applied) whose
+    backward is the shipped ``max_pool2d_backward`` with the given flags; the defaults are correct."""
 
-    def pool(x, window, *, stride=None, padding="VALID", dilation=1, layout="NHWC", ties="first"):
+    def backward(x, y, g, window, stride, pads, dilation, *, ties):
         del ties  # the mutant claims any policy and applies ties_used
-        window = shapes.normalize_pair(window, "window")
-        stride = window if stride is None else shapes.normalize_pair(stride, "stride")
-        dilation = shapes.normalize_pair(dilation, "dilation")
-        pads = shapes.normalize_padding(padding, shapes.spatial_dims(jnp.shape(x), layout), window, stride, dilation)
-        xh = x if layout == "NHWC" else jnp.transpose(x, (0, 2, 3, 1))  # (n, h, w, c)
+        return max_pool_backward(x, y, g, window, stride, pads, dilation, ties=ties_used, accumulate=accumulate,
+                                 crop_at_pad=crop_at_pad)
 
-        @jax.custom_vjp
-        def f(x):
-            return pool_ops.max_pool2d(x, window, stride=stride, padding=pads, dilation=dilation, impl="lax")
-
-        def fwd(x):
-            y = f(x)
-            return y, (x, y)
-
-        def bwd(res, g):
-            x, y = res
-            return (max_pool_backward(x, y, g, window, stride, pads, dilation, ties=ties_used,
-                                      accumulate=accumulate, crop_at_pad=crop_at_pad),)
-
-        f.defvjp(fwd, bwd)
-        y = f(xh)
-        return y if layout == "NHWC" else jnp.transpose(y, (0, 3, 1, 2))
-
-    return pool
+    return pool_ops.make_custom_vjp_max_pool2d(backward)
 
 
 def _avg_count_mismatch(x, window, *, stride=None, padding="VALID", layout="NHWC", count_include_pad=True):
@@ -279,6 +215,4 @@ MUTANTS: Dict[str, Mutant] = _registry()
 
 def get_mutant(name: str) -> Mutant:
     """The mutant called ``name`` (``MUTANTS``); ValueError naming the choices otherwise."""
-    if name not in MUTANTS:
-        raise ValueError(f"mutant must be one of {', '.join(MUTANTS)}, got {name!r}")
-    return MUTANTS[name]
+    return MUTANTS[_checks.choice(name, tuple(MUTANTS), "mutant")]

@@ -49,14 +49,14 @@ PyTorch differences: no ``ceil_mode``; SAME padding follows XLA (extra pad at th
 from __future__ import annotations
 
 from functools import partial
-from typing import Tuple
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcnn import shapes
+from fcnn import _checks, shapes
 from fcnn.ops import auto as _auto
 
 POOL_IMPLS = ("lax", "reference", "custom_vjp")
@@ -64,17 +64,20 @@ POOL_IMPLS = ("lax", "reference", "custom_vjp")
 POOL_CHOICES = POOL_IMPLS + ("auto",)
 AVG_POOL_IMPLS = ("lax", "reference")
 TIE_POLICIES = ("first", "split", "all")
-# The tie policy each implementation's gradient actually follows.
-_IMPL_TIES = {"lax": ("first",), "reference": ("split",), "custom_vjp": TIE_POLICIES}
+# The tie policies each implementation's gradient follows (lax: XLA's select_and_scatter; reference:
+# jnp.max's rule; custom_vjp: any). ``tie_policy`` picks from it.
+IMPL_TIES = {"lax": ("first",), "reference": ("split",), "custom_vjp": TIE_POLICIES}
 
 Pair = Tuple[int, int]
 
 
 # ----------------------------------------------------------------------------- arguments
-def _check_choice(value, choices, name: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
+def tie_policy(impl: str, ties: str = "first") -> str:
+    """The tie policy ``impl``'s gradient follows when ``ties`` is asked: ``ties`` if the
+    implementation has it (custom_vjp has all; "auto" picks one that has it), else the one it
+    implements (``IMPL_TIES``)."""
+    supported = IMPL_TIES.get(_checks.choice(impl, POOL_CHOICES, "impl"), TIE_POLICIES)
+    return ties if ties in supported else supported[0]
 
 
 def _check_floating(x) -> None:
@@ -191,8 +194,24 @@ def _max_pool_bwd_tiled(x, y, g, window, ties):
     return jnp.pad(dxc, ((0, 0), (0, h - oh * kh), (0, w - ow * kw), (0, 0)))  # uncovered cells get 0
 
 
-def _max_pool_bwd_general(x, y, g, window, stride, pads, dilation, ties):
-    """Mask + scatter-add by padding. x: (n, h, w, c); y, g: (n, oh, ow, c) -> dx: (n, h, w, c)."""
+def max_pool2d_backward(x, y, g, window: Pair, stride: Pair, pads, dilation: Pair, *, ties: str = "first",
+                        accumulate: bool = True, crop_at_pad: bool = True):
+    """The general max-pool backward: masks and scatter-add by padding, NHWC.
+
+    Every flag's default is the shipped rule; ``fcnn.mutants`` turns one off at a time, so each
+    pool mutant differs from this backward by exactly its named mistake.
+
+    Args:
+      x: (n, h, w, c) forward input; y, g: (n, oh, ow, c) forward output and its gradient.
+      window, stride, pads, dilation: the forward's, normalised (pads ``((top, bottom), (left, right))``).
+      ties: the tie policy applied (``TIE_POLICIES``).
+      accumulate: overlapping windows add their gradients in a cell (False: the window that
+        reaches it by the tap later in row-major window order overwrites it).
+      crop_at_pad: dX is the padded gradient cropped at the top/left pad (False: cropped at 0, so
+        the gradient is shifted by the pad and part of it lands in the padding).
+    Returns:
+      dx: (n, h, w, c).
+    """
     n, h, w, c = x.shape
     out_hw = y.shape[1:3]
     xp = _pad_hw(x, pads, -jnp.inf)  # (n, hp, wp, c)
@@ -210,14 +229,18 @@ def _max_pool_bwd_general(x, y, g, window, stride, pads, dilation, ties):
     for (_, _, di, dj), wt in zip(taps, _tie_weights(masks, ties, x.dtype)):
         # place g*wt at rows di, di+sh, ... and columns dj, dj+sw, ...
         config = shapes.tap_pad_config((di, dj), stride, out_hw, (hp, wp))
-        dxp = dxp + lax.pad(g * wt, zero, config)  # (n, hp, wp, c); overlapping windows accumulate
-    return dxp[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + w, :]
+        placed = lax.pad(g * wt, zero, config)  # (n, hp, wp, c)
+        if accumulate:
+            dxp = dxp + placed  # overlapping windows accumulate
+        else:
+            dxp = jnp.where(lax.pad(wt, zero, config) > 0, placed, dxp)
+    top, left = (pads[0][0], pads[1][0]) if crop_at_pad else (0, 0)
+    return dxp[:, top : top + h, left : left + w, :]
 
 
 def _max_pool_custom(x, window, stride, pads, dilation, ties, path="auto"):
     """Custom-VJP max pool on NHWC. ``path``: "auto", "tiled" or "general" (tests force both)."""
-    if path not in ("auto", "tiled", "general"):
-        raise ValueError(f"path must be 'auto', 'tiled' or 'general', got {path!r}")
+    _checks.choice(path, ("auto", "tiled", "general"), "path")
     if path == "tiled" and not _tiles(window, stride, pads, dilation):
         raise ValueError("path='tiled' needs stride == window, no padding and no dilation")
     tiled = path == "tiled" or (path == "auto" and _tiles(window, stride, pads, dilation))
@@ -228,28 +251,54 @@ def _forward(x, window, stride, pads, dilation):
     return _lax_pool(x, -jnp.inf, lax.max, window, stride, pads, dilation, "NHWC")
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
-def _max_pool_vjp(x, window, stride, pads, dilation, ties, tiled):
-    """x: (n, h, w, c) -> (n, oh, ow, c); the static arguments are hashable tuples/strings."""
-    return _forward(x, window, stride, pads, dilation)
+def _make_max_pool_vjp(backward: Callable):
+    """NHWC ``f(x, window, stride, pads, dilation, ties, tiled)``: the lax forward with a custom VJP
+    whose backward is the tiled fast path when ``tiled``, else ``backward`` (the signature of
+    ``max_pool2d_backward``). The static arguments are hashable tuples/strings."""
+
+    @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+    def f(x, window, stride, pads, dilation, ties, tiled):
+        return _forward(x, window, stride, pads, dilation)  # (n, oh, ow, c)
+
+    def fwd(x, window, stride, pads, dilation, ties, tiled):
+        # y through the custom-VJP function itself, not lax: when this rule is differentiated
+        # again (second order), y's derivative must use our backward, since JAX's reduce_window
+        # VJP rejects window dilation and follows its own NaN rule.
+        y = f(x, window, stride, pads, dilation, ties, tiled)
+        return y, (x, y)  # the mask is recomputed from x and y in the backward
+
+    def bwd(window, stride, pads, dilation, ties, tiled, res, g):
+        x, y = res
+        if tiled:
+            return (_max_pool_bwd_tiled(x, y, g, window, ties),)
+        return (backward(x, y, g, window, stride, pads, dilation, ties=ties),)
+
+    f.defvjp(fwd, bwd)
+    return f
 
 
-def _max_pool_vjp_fwd(x, window, stride, pads, dilation, ties, tiled):
-    # y through the custom-VJP function itself, not lax: when this rule is differentiated
-    # again (second order), y's derivative must use our backward, since JAX's reduce_window
-    # VJP rejects window dilation and follows its own NaN rule.
-    y = _max_pool_vjp(x, window, stride, pads, dilation, ties, tiled)
-    return y, (x, y)  # the mask is recomputed from x and y in the backward
+_max_pool_vjp = _make_max_pool_vjp(max_pool2d_backward)
 
 
-def _max_pool_vjp_bwd(window, stride, pads, dilation, ties, tiled, res, g):
-    x, y = res
-    if tiled:
-        return (_max_pool_bwd_tiled(x, y, g, window, ties),)
-    return (_max_pool_bwd_general(x, y, g, window, stride, pads, dilation, ties),)
+def make_custom_vjp_max_pool2d(backward: Callable = max_pool2d_backward) -> Callable:
+    """``max_pool2d(impl="custom_vjp")`` with ``backward`` in place of ``max_pool2d_backward``.
 
+    Returns a function of ``(x, window, *, stride, padding, dilation, layout, ties)`` (``max_pool2d``'s
+    arguments without ``impl``) with the same forward, residuals and second-order behaviour as the
+    shipped implementation, but ``backward(x, y, g, window, stride, pads, dilation, *, ties)`` on NHWC
+    for every geometry (no tiled fast path), so a deliberately wrong rule (``fcnn.mutants``) shows
+    wherever it differs. With the default it is the shipped gradient.
+    """
+    vjp = _make_max_pool_vjp(backward)
 
-_max_pool_vjp.defvjp(_max_pool_vjp_fwd, _max_pool_vjp_bwd)
+    def max_pool(x, window, *, stride=None, padding="VALID", dilation=1, layout="NHWC", ties="first"):
+        ties = _checks.choice(ties, TIE_POLICIES, "ties")
+        window, stride, pads, dilation, _ = _pool_geometry(x, window, stride, padding, dilation, layout)
+        _check_floating(x)
+        y = vjp(_to_nhwc(jnp.asarray(x), layout), window, stride, pads, dilation, ties, False)
+        return _from_nhwc(y, layout)
+
+    return max_pool
 
 
 # ----------------------------------------------------------------------------- public: max
@@ -274,15 +323,15 @@ def max_pool2d(x, window, *, stride=None, padding="VALID", dilation=1, layout="N
     Raises:
       ValueError/TypeError naming the argument, before any computation.
     """
-    impl = _check_choice(impl, POOL_CHOICES, "impl")
-    ties = _check_choice(ties, TIE_POLICIES, "ties")
+    impl = _checks.choice(impl, POOL_CHOICES, "impl")
+    ties = _checks.choice(ties, TIE_POLICIES, "ties")
     if impl == "auto":
         impl = _auto.select_pool_impl(jax.default_backend(), jnp.shape(x), window, stride=stride, padding=padding,
                                       dilation=dilation, layout=layout, ties=ties)
-    if ties not in _IMPL_TIES[impl]:
+    if tie_policy(impl, ties) != ties:
         raise ValueError(
             f"ties={ties!r} is not what impl={impl!r} implements: its gradient follows ties="
-            f"{_IMPL_TIES[impl][0]!r} (use impl='custom_vjp' for any of {TIE_POLICIES})"
+            f"{tie_policy(impl, ties)!r} (use impl='custom_vjp' for any of {TIE_POLICIES})"
         )
     window, stride, pads, dilation, out_hw = _pool_geometry(x, window, stride, padding, dilation, layout)
     _check_floating(x)
@@ -320,9 +369,8 @@ def avg_pool2d(x, window, *, stride=None, padding="VALID", layout="NHWC", count_
     Returns:
       (n, oh, ow, c) NHWC or (n, c, oh, ow) NCHW.
     """
-    impl = _check_choice(impl, AVG_POOL_IMPLS, "impl")
-    if not isinstance(count_include_pad, bool):
-        raise TypeError(f"count_include_pad must be a bool, got {count_include_pad!r}")
+    impl = _checks.choice(impl, AVG_POOL_IMPLS, "impl")
+    _checks.boolean(count_include_pad, "count_include_pad")
     window, stride, pads, dilation, out_hw = _pool_geometry(x, window, stride, padding, 1, layout)
     _check_floating(x)
     x = jnp.asarray(x)
