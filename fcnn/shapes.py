@@ -20,25 +20,23 @@ or ``TypeError`` naming the argument and the rule before any computation.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Iterable, Sequence, Tuple
 
 Pair = Tuple[int, int]
 Padding = Tuple[Pair, Pair]
 
+from fcnn import _checks
+
 LAYOUTS = ("NHWC", "NCHW")
 
 
 # ----------------------------------------------------------------------------- validation
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
 
 def normalize_pair(value, name: str, *, minimum: int = 1) -> Pair:
     """An int or a pair of ints -> ``(h, w)``; every entry must be ``>= minimum``."""
-    if _is_int(value):
+    if _checks.is_int(value):
         pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_checks.is_int(v) for v in value):
         pair = (int(value[0]), int(value[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -48,9 +46,8 @@ def normalize_pair(value, name: str, *, minimum: int = 1) -> Pair:
 
 
 def normalize_layout(layout) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    return layout
+    """``layout`` if it is one of ``LAYOUTS``, else ValueError."""
+    return _checks.choice(layout, LAYOUTS, "layout")
 
 
 def check_rank4(x_shape: Sequence[int], name: str = "x") -> None:
@@ -127,15 +124,15 @@ def normalize_padding(padding, in_hw: Pair, window: Pair, stride: Pair, dilation
         if mode == "SAME":
             return tuple(same_padding(in_hw[i], window[i], stride[i], dilation[i]) for i in range(2))
         raise ValueError(f"padding must be 'VALID', 'SAME', an int, a pair or ((top, bottom), (left, right)), got {padding!r}")
-    if _is_int(padding):
+    if _checks.is_int(padding):
         p = int(padding)
         pads = ((p, p), (p, p))
-    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(v) for v in padding):
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_checks.is_int(v) for v in padding):
         pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
     elif (
         isinstance(padding, (tuple, list))
         and len(padding) == 2
-        and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v) for v in p) for p in padding)
+        and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_checks.is_int(v) for v in p) for p in padding)
     ):
         pads = tuple((int(p[0]), int(p[1])) for p in padding)
     else:
@@ -172,8 +169,7 @@ def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1
     check_rank4(w_shape, "w")
     stride = normalize_pair(stride, "stride")
     dilation = normalize_pair(dilation, "dilation")
-    if not _is_int(groups) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    groups = _checks.positive_int(groups, "groups")
     kh, kw, ci, co = kernel_dims(w_shape, layout)
     c = channel_dim(x_shape, layout)
     if c % groups:

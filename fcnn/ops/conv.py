@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fcnn import shapes
+from fcnn import _checks, shapes
 from fcnn.ops import auto as _auto
 
 __all__ = [
@@ -82,8 +82,7 @@ def _check_precision(precision):
 
 def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl):
     """Validate every argument (before any computation); return the normalised geometry."""
-    if not isinstance(impl, str) or impl not in CONV_CHOICES:
-        raise ValueError(f"impl must be one of {CONV_CHOICES}, got {impl!r}")
+    _checks.choice(impl, CONV_CHOICES, "impl")
     out_shape = shapes.conv_output_shape(jnp.shape(x), jnp.shape(w), stride=stride, padding=padding,
                                          dilation=dilation, groups=groups, layout=layout)
     stride = shapes.normalize_pair(stride, "stride")
