@@ -17,10 +17,11 @@ Every check returns a list of ``Result`` records, one per argument leaf (``"x"``
   ``J_g`` is the (symmetric) Hessian, so this fails both when the backward rule is not
   differentiated correctly and when it is not the gradient of anything (a wrong cross term).
 
-Finite differences run in float64 (``jax_enable_x64`` must be on; the ``fcnn gradcheck`` command
-turns it on). Step sizes: convolution and average pooling are linear in each argument, so
-``eps = 1`` is exact up to rounding; max pooling is piecewise linear, so ``eps = 1e-2`` on
-tie-free inputs (``tie_free``: distinct values 1 apart) never crosses a kink. At ties the function
+Finite differences run in float64 (``jax_enable_x64`` must be on; the ``fcnn gradcheck`` command,
+``fcnn.sweep.cli_main``, turns it on; the grid, the tables and the command are ``fcnn.sweep``).
+Step sizes: convolution and average pooling are linear in each argument, so ``eps = 1`` is exact
+up to rounding; max pooling is piecewise linear, so ``eps = 1e-2`` on tie-free inputs
+(``tie_free``: distinct values 1 apart) never crosses a kink. At ties the function
 has no derivative; the direction ``t = ones`` keeps every tie (``max(x + s) = max(x) + s``), so
 ``fd_projection(..., tangent="ones")`` is still exact there and checks that each window passes on
 exactly its output gradient.
@@ -38,10 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcnn import _checks
+
 __all__ = [
     "Result", "Errors", "compare", "ulp_distance", "tolerance", "agreement", "fd_projection",
     "full_jacobian", "second_order", "random_normal", "tie_free", "forced_ties", "nan_table",
-    "neginf_table", "cli_main",
+    "neginf_table", "jit_once",
 ]
 
 Eps = Union[float, Sequence[float]]
@@ -146,6 +149,20 @@ def tolerance(dtype, platform: str = "cpu", precision: Optional[str] = "highest"
 
 
 # ----------------------------------------------------------------------------- helpers
+# Each check compiles a program to run it once. On CPU, optimising the generated code then costs
+# more than it saves: without LLVM's optimisation passes and XLA:CPU's fusion emitters the quick
+# sweep (fcnn gradcheck --op all) took 25-28 s instead of 44-49 s on 2 cores, 17 s of compile
+# instead of 37 (XLA's HLO passes still run). Results differ only in rounding (the order of
+# vectorised sums), far inside every tolerance; every check's status was the same.
+_ONE_SHOT = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+             "xla_cpu_use_fusion_emitters": False}
+
+
+def jit_once(f: Callable) -> Callable:
+    """``jax.jit`` for a program that runs once: on CPU, compiled without LLVM's optimisation passes."""
+    return jax.jit(f, compiler_options=_ONE_SHOT if jax.default_backend() == "cpu" else None)
+
+
 def _leaves(tree, prefix: str) -> List[Tuple[str, object]]:
     """``(name, leaf)`` pairs; a bare array is named ``prefix``, a pytree leaf ``prefix/path``."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -165,8 +182,7 @@ def _like(rng: np.random.Generator, tree, kind: str = "normal"):
     NumPy's generator, not ``jax.random``: threefry inside every jitted check costs seconds of
     compile time on CPU.
     """
-    if kind not in ("normal", "ones"):
-        raise ValueError(f"tangent must be 'normal' or 'ones', got {kind!r}")
+    _checks.choice(kind, ("normal", "ones"), "tangent")
     return jax.tree_util.tree_map(
         lambda a: (np.ones if kind == "ones" else lambda s: rng.standard_normal(s))(jnp.shape(a))
         .astype(jnp.result_type(a)), tree)
@@ -230,7 +246,7 @@ def agreement(f: Callable, g: Callable, args: Sequence, *, names: Optional[Seque
     args = tuple(args)
     c0 = _cotangent(np.random.default_rng(seed), g, args)
 
-    @jax.jit
+    @jit_once
     def run(args, c):
         yf, pull_f = jax.vjp(f, *args)
         yg, pull_g = jax.vjp(g, *args)
@@ -266,7 +282,7 @@ def fd_projection(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
     tangents = tuple(_like(rng, a, tangent) for a in args)
     epss = _eps_list(eps, len(args))
 
-    @jax.jit
+    @jit_once
     def run(args, c, tangents):
         y, pull = jax.vjp(f, *args)
         c = _finite(c, y)
@@ -298,7 +314,7 @@ def full_jacobian(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
     args = _to_f64(tuple(args))
     epss = _eps_list(eps, len(args))
 
-    @jax.jit
+    @jit_once
     def run(args):
         y, pull = jax.vjp(f, *args)
         basis = jnp.eye(y.size, dtype=y.dtype).reshape((y.size, *y.shape))  # (out, *y.shape)
@@ -332,7 +348,7 @@ def second_order(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optional
     v0 = tuple(jax.tree_util.tree_map(lambda u, e=e: e * u, _like(rng, a, tangent))
                for a, e in zip(args, _eps_list(eps, n)))
 
-    @jax.jit
+    @jit_once
     def run(args, c, v):
         c = _finite(c, f(*args))
         grad = jax.grad(lambda *a: jnp.vdot(jnp.where(c != 0, f(*a), 0), c), argnums=tuple(range(n)))
@@ -385,9 +401,3 @@ def neginf_table(dtype=jnp.float32):
     x = np.array([[-np.inf, -np.inf, 1, -np.inf], [-np.inf, -np.inf, 0, 2], [4, 1, 0, 0], [3, 2, 0, 0]], np.float64)
     return jnp.asarray(x[None, :, :, None], dtype)
 
-
-def cli_main(argv=None) -> int:
-    """``fcnn gradcheck ...``: see ``fcnn.sweep.cli_main``."""
-    from fcnn.sweep import cli_main as sweep_main
-
-    return sweep_main(argv)

@@ -27,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcnn import _checks
 from fcnn import gradcheck as gc
+from fcnn.ops import pool
 
-__all__ = ["Case", "CHECKS", "OPS", "cases", "run_case", "run_sweep", "Row", "format_markdown", "format_csv",
+__all__ = ["Case", "CHECKS", "OPS", "CONV_AXES", "conv_grid", "cases", "run_case", "run_sweep", "Row", "format_markdown", "format_csv",
            "mutation_matrix", "matrix_markdown", "cli_main"]
 
 CHECKS = ("forward", "vjp", "fd_projection", "jacobian", "second_order")
@@ -80,28 +82,48 @@ _QUICK = [
 ]
 
 
-def _full_conv() -> List[Case]:
-    """A deterministic cover of the conv grid: case i takes value (i * step_k) mod len_k of axis k,
-    so every value of every axis appears and axes combine differently; empty outputs are skipped."""
+# The conv grid (GRADCHECK.md), its one definition: the full sweep runs it and tests/test_conv.py
+# checks every implementation on it. "input" is a kernel as large as the input; the channel
+# triples (groups, cin, cout) hold one input channel, cin/groups > 1, fewer outputs than inputs,
+# channel multipliers and depthwise convs.
+CONV_AXES = {
+    "hw": [(6, 7), (5, 5), (7, 5)],
+    "kernel": [(1, 1), (2, 3), (3, 3), (5, 5), "input"],
+    "stride": [1, 2, 3, (1, 2), (3, 2)],
+    "padding": ["VALID", "SAME", ((1, 0), (0, 1)), ((2, 1), (0, 2))],
+    "dilation": [(1, 1), (2, 2), (2, 3)],
+    "channels": [(1, 1, 1), (1, 1, 2), (1, 2, 1), (1, 2, 3), (2, 2, 2), (2, 2, 4), (2, 4, 2), (2, 4, 6),
+                 (3, 3, 3), (3, 3, 6)],
+    "layout": ["NHWC", "NCHW"],
+    "batch": [1, 2],
+}
+# candidate i takes value (i * step + i // div) mod len of each axis, in CONV_AXES order: with 400
+# candidates every pair of values that fit together appears in some case (tests/test_conv.py)
+_CONV_STEPS = [(1, 3), (3, 5), (7, 5), (3, 4), (2, 3), (7, 10), (1, 2), (0, 3)]
+CONV_CANDIDATES = 400
+
+
+def conv_grid() -> List[Case]:
+    """The deterministic cover of ``CONV_AXES``; candidates whose kernel does not fit are skipped.
+
+    Each case is named ``conv{i}`` after its candidate and carries the axis values in its opts
+    (stride, padding, dilation, groups, layout) and shapes (hw, kernel, channels, batch).
+    """
     from fcnn import shapes
 
-    hws, kernels = [(6, 7), (5, 5), (7, 5)], [(1, 1), (2, 3), (3, 3), (5, 5)]
-    strides, dils = [1, 2, 3, (1, 2), (3, 2)], [1, 2, (2, 3)]
-    pads = ["VALID", "SAME", ((1, 0), (0, 1)), ((2, 1), (0, 2))]
-    groups, layouts = [(1, 2, 3), (2, 4, 6), (3, 3, 3), (3, 3, 6)], ["NHWC", "NCHW"]  # (g, cin, cout)
     out = []
-    for i in range(96):
-        (h, w), (kh, kw) = hws[i % 3], kernels[(i * 5) % 4]
-        s, d, p = strides[(i * 7) % 5], dils[(i * 2 + i // 3) % 3], pads[(i * 3 + i // 4) % 4]
-        (g, ci, co), layout, n = groups[(i + i // 8) % 4], layouts[(i // 2) % 2], 1 + i % 2
-        x_shape = (n, h, w, ci) if layout == "NHWC" else (n, ci, h, w)
+    for i in range(CONV_CANDIDATES):
+        v = {k: vals[(i * step + i // div) % len(vals)] for (k, vals), (step, div) in zip(CONV_AXES.items(), _CONV_STEPS)}
+        (h, w), (g, ci, co), layout = v["hw"], v["channels"], v["layout"]
+        kh, kw = (h, w) if v["kernel"] == "input" else v["kernel"]
+        x_shape = shapes.make_shape(v["batch"], (h, w), ci, layout)
         w_shape = (kh, kw, ci // g, co) if layout == "NHWC" else (co, ci // g, kh, kw)
-        opts = dict(stride=s, padding=p, dilation=d, groups=g, layout=layout)
+        opts = dict(stride=v["stride"], padding=v["padding"], dilation=v["dilation"], groups=g, layout=layout)
         try:
             shapes.conv_output_shape(x_shape, w_shape, **opts)
         except ValueError:
             continue
-        out.append(Case("conv2d", f"full{i}", x_shape, opts, "normal", w_shape))
+        out.append(Case("conv2d", f"conv{i}", x_shape, opts, "normal", w_shape))
     return out
 
 
@@ -123,12 +145,10 @@ def _full_pool() -> List[Case]:
 
 def cases(op: str, sweep: str = "quick") -> List[Case]:
     """The cases of ``op`` ("all" for every op) in the "quick" or "full" sweep."""
-    if sweep not in ("quick", "full"):
-        raise ValueError(f"sweep must be 'quick' or 'full', got {sweep!r}")
-    if op != "all" and op not in OPS:
-        raise ValueError(f"op must be one of {OPS + ('all',)}, got {op!r}")
-    pool = _QUICK + (_full_conv() + _full_pool() if sweep == "full" else [])
-    return [c for c in pool if op in ("all", c.op)]
+    _checks.choice(sweep, ("quick", "full"), "sweep")
+    _checks.choice(op, OPS + ("all",), "op")
+    grid = _QUICK + (conv_grid() + _full_pool() if sweep == "full" else [])
+    return [c for c in grid if op in ("all", c.op)]
 
 
 def describe(case: Case) -> str:
@@ -166,18 +186,27 @@ def _function(case: Case, impl, ties: str) -> Callable:
     if case.op == "max_pool2d":
         if callable(impl):
             return lambda x: impl(x, ties=ties, **case.opts)
-        policy = {"lax": "first", "reference": "split"}.get(impl, ties)
-        return lambda x: ops.max_pool2d(x, impl=impl, ties=policy, **case.opts)
+        return lambda x: ops.max_pool2d(x, impl=impl, ties=_policy(impl, ties), **case.opts)
     if case.op == "avg_pool2d":
         fn = impl if callable(impl) else (lambda x, **k: ops.avg_pool2d(x, impl=impl, **k))
         return lambda x: fn(x, **case.opts)
     from fcnn import models
 
-    pool = {"lax": "lax", "reference": "reference"}.get(impl, "custom_vjp")
-    model = models.get_model(case.opts["model"], impl=impl, pool_impl=pool,
-                             ties="split" if impl == "reference" else ties)
+    pool_impl = _pool_impl(impl)
+    model = models.get_model(case.opts["model"], impl=impl, pool_impl=pool_impl,
+                             ties=pool.tie_policy(pool_impl, ties))
     _, _, state = model.init(jax.random.PRNGKey(0), case.x_shape)
     return lambda params, x: model.apply(params, state, x)[0]
+
+
+def _pool_impl(impl) -> str:
+    """The max-pool implementation paired with a conv/model ``impl`` name (pool has lax and reference too)."""
+    return impl if impl in ("lax", "reference") else "custom_vjp"
+
+
+def _policy(impl, ties: str) -> str:
+    """The tie policy ``impl`` (a name, or a mutant's function, which takes any) is checked under."""
+    return pool.tie_policy(_pool_impl(impl), ties) if isinstance(impl, str) else ties
 
 
 def _reference_impl(case: Case, impl, ties: str) -> str:
@@ -186,7 +215,7 @@ def _reference_impl(case: Case, impl, ties: str) -> str:
         return "reference" if impl == "lax" else "lax"
     if case.op == "avg_pool2d":
         return "lax" if impl == "reference" else "reference"
-    policy = {"lax": "first", "reference": "split"}.get(impl, ties) if isinstance(impl, str) else ties
+    policy = _policy(impl, ties)
     if case.inputs != "ties":  # tie-free: every policy is the same gradient
         options = ["reference", "custom_vjp"] if case.opts.get("dilation", 1) != 1 else ["lax", "reference"]
     else:
@@ -219,8 +248,7 @@ def run_case(case: Case, impl, *, dtype=jnp.float64, ties: str = "first", platfo
     args, names = _arguments(case, dtype)
     f = _function(case, impl, ties)
     ref_impl = _reference_impl(case, impl, ties)
-    ref_ties = {"lax": "first", "reference": "split"}.get(impl, ties) if isinstance(impl, str) else ties
-    g = _function(case, ref_impl, ref_ties)
+    g = _function(case, ref_impl, _policy(impl, ties))
     results = gc.agreement(f, g, args, names=names, tol=gc.tolerance(dtype, platform, "highest"))
     is_model, ties_in = case.op == "model", case.inputs == "ties"
     eps = 1e-7 if is_model else (1e-2 if case.op == "max_pool2d" else 1.0)
@@ -328,7 +356,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float64", choices=("float32", "float64", "bfloat16"),
                    help="dtype of the agreement checks (finite differences always run in float64)")
     p.add_argument("--sweep", default="quick", choices=("quick", "full"))
-    p.add_argument("--ties", default="first", choices=("first", "split", "all"), help="max-pool tie policy")
+    p.add_argument("--ties", default="first", choices=pool.TIE_POLICIES, help="max-pool tie policy")
     p.add_argument("--csv", default=None, help="also write the table as CSV here")
     p.add_argument("--md", default=None, help="also write the table as markdown here")
     p.add_argument("--matrix", action="store_true", help="print the mutation-catch matrix instead")

@@ -1,16 +1,13 @@
-"""Tests of the checking toolkit itself: it reports injected errors at their size, passes correct
-implementations, and the ``fcnn gradcheck`` command exits 0 on every op's quick sweep."""
+"""Tests of the checking toolkit itself (``fcnn.gradcheck``): distances and tolerances, each check
+reports an injected error at its size and passes the exact rule, and the input generators. The
+sweeps over the conv/pool grid and the ``fcnn gradcheck`` command are tests/test_sweep.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
-from jax.test_util import check_grads
 
 from fcnn import gradcheck as gc
-from fcnn import sweep
-from fcnn.cli import main as fcnn_main
-from fcnn.ops import avg_pool2d, conv2d, max_pool2d
+from fcnn.ops import conv2d, max_pool2d
 
 X_SHAPE, W_SHAPE = (2, 5, 6, 3), (3, 2, 3, 4)
 GEOM = dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2))
@@ -137,40 +134,6 @@ def test_checks_need_float64():
             gc.fd_projection(lambda x: x, (np.ones(3, np.float32),))
 
 
-# ----------------------------------------------------------------------------- correct implementations pass
-@pytest.mark.parametrize("impl", ["custom_vjp", "reference", "im2col", "fft", "col2im", "taps"])
-def test_conv_impls_pass_every_check(impl):
-    rows = sweep.run_case(sweep.cases("conv2d")[3], impl)  # groups2_d2: groups, dilation, asymmetric pads
-    assert [r.status for r in rows] == ["pass"] * 5, rows
-
-
-def test_conv_float32_highest_agrees_to_1e5():
-    rows = sweep.run_case(sweep.cases("conv2d")[2], "im2col", dtype=jnp.float32)
-    agree = [r for r in rows if r.check in ("forward", "vjp")]
-    assert all(r.status == "pass" and r.tol == 1e-5 and r.dtype == "float32" for r in agree)
-    assert max(r.max_rel for r in agree) > 1e-9  # float32 really ran (other summation order than lax)
-
-
-@pytest.mark.parametrize("ties", ["first", "split", "all"])
-def test_custom_vjp_pool_passes_on_ties_for_each_valid_policy(ties):
-    case = next(c for c in sweep.cases("max_pool2d") if c.name == "ties_overlap")
-    rows = {r.check: r for r in sweep.run_case(case, "custom_vjp", ties=ties)}
-    if ties == "all":  # not a valid subgradient: the "ones" projection sees the duplicated mass
-        assert rows["fd_projection"].status == "FAIL" and rows["vjp"].status == "pass"
-    else:
-        assert rows["fd_projection"].status == "pass" and rows["vjp"].status == "pass"
-    assert rows["jacobian"].status == "n/a"
-
-
-def test_check_grads_second_order_passes_for_the_custom_vjps():
-    x, w, b = _args()
-    for impl in ("custom_vjp", "col2im", "taps"):
-        check_grads(lambda x, w, b: conv2d(x, w, b, impl=impl, **GEOM), (x, w, b), order=2, modes=["rev"])
-    xp = gc.tie_free(0, (1, 5, 6, 2), jnp.float64)
-    check_grads(lambda x: max_pool2d(x, 2, stride=1, dilation=2, impl="custom_vjp"), (xp,), order=2, modes=["rev"],
-                eps=1e-2)
-
-
 # ----------------------------------------------------------------------------- inputs
 def test_input_generators():
     x = np.asarray(gc.tie_free(3, (2, 6, 7, 3)))
@@ -181,20 +144,3 @@ def test_input_generators():
     assert (windows.max(1) == 0).any() and ((windows == windows.max(1, keepdims=True)).sum(1) > 1).mean() > 0.5
     assert np.isnan(np.asarray(gc.nan_table())[0, 0, 1, 0])
     assert np.asarray(max_pool2d(gc.neginf_table(), 2))[0, 0, 0, 0] == -np.inf
-
-
-# ----------------------------------------------------------------------------- the command
-@pytest.mark.parametrize("op", sweep.OPS)
-def test_quick_sweep_exits_zero_for_every_op(op, tmp_path, capsys):
-    md, csv_path = tmp_path / "t.md", tmp_path / "t.csv"
-    assert fcnn_main(["gradcheck", "--op", op, "--md", str(md), "--csv", str(csv_path)]) == 0
-    n = len(sweep.cases(op))
-    assert len(csv_path.read_text().splitlines()) == 1 + 5 * n
-    assert md.read_text().count("| pass |") + md.read_text().count("| n/a |") == 5 * n
-    assert f"{5 * n} checks, 0 failed" in capsys.readouterr().out
-
-
-def test_command_rejects_bad_arguments(capsys):
-    assert sweep.cli_main(["--op", "dense"]) == 2
-    assert sweep.cli_main(["--mutant", "no_such_bug", "--op", "conv2d"]) == 2
-    assert "mutant must be one of" in capsys.readouterr().err

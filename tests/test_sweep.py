@@ -1,0 +1,120 @@
+"""Tests of ``fcnn.sweep``: every implementation passes every check of the quick sweep, the tie
+policy each case is checked under, the grid, and the ``fcnn gradcheck`` command (``sweep.cli_main``)
+exits 0 on every op's quick sweep and 2 on bad arguments.
+
+A (case, implementation) pair gives the same rows every time (seeded inputs), so ``run_case`` is
+memoised for this module: the command's sweep and the per-case tests share one run of each pair.
+"""
+import jax.numpy as jnp
+import pytest
+
+from fcnn import sweep
+from fcnn.ops import pool
+
+_RUN_CASE = sweep.run_case
+_ROWS = {}
+
+
+def _memo_run_case(case, impl, *, dtype=jnp.float64, ties="first", platform=None, impl_name=None):
+    key = (repr(case), impl, jnp.dtype(dtype).name, ties, platform, impl_name)
+    if key not in _ROWS:
+        _ROWS[key] = _RUN_CASE(case, impl, dtype=dtype, ties=ties, platform=platform, impl_name=impl_name)
+    return _ROWS[key]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_rows():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep, "run_case", _memo_run_case)
+        yield
+
+
+def _case(op, name):
+    return next(c for c in sweep.cases(op) if c.name == name)
+
+
+# ----------------------------------------------------------------------------- correct implementations pass
+@pytest.mark.parametrize("impl", ["custom_vjp", "reference", "im2col", "fft", "col2im", "taps"])
+def test_conv_impls_pass_every_check(impl):
+    rows = sweep.run_case(sweep.cases("conv2d")[3], impl)  # groups2_d2: groups, dilation, asymmetric pads
+    assert [r.status for r in rows] == ["pass"] * 5, rows
+
+
+def test_conv_float32_highest_agrees_to_1e5():
+    rows = sweep.run_case(sweep.cases("conv2d")[2], "im2col", dtype=jnp.float32)
+    agree = [r for r in rows if r.check in ("forward", "vjp")]
+    assert all(r.status == "pass" and r.tol == 1e-5 and r.dtype == "float32" for r in agree)
+    assert max(r.max_rel for r in agree) > 1e-9  # float32 really ran (other summation order than lax)
+
+
+@pytest.mark.parametrize("ties", ["first", "split", "all"])
+def test_custom_vjp_pool_passes_on_ties_for_each_valid_policy(ties):
+    case = next(c for c in sweep.cases("max_pool2d") if c.name == "ties_overlap")
+    rows = {r.check: r for r in sweep.run_case(case, "custom_vjp", ties=ties)}
+    if ties == "all":  # not a valid subgradient: the "ones" projection sees the duplicated mass
+        assert rows["fd_projection"].status == "FAIL" and rows["vjp"].status == "pass"
+    else:
+        assert rows["fd_projection"].status == "pass" and rows["vjp"].status == "pass"
+    assert rows["jacobian"].status == "n/a"
+
+
+# ----------------------------------------------------------------------------- what each case is compared with
+@pytest.mark.parametrize("impl,ties,policy", [
+    ("lax", "split", "first"), ("reference", "first", "split"), ("custom_vjp", "all", "all"), ("auto", "split", "split"),
+    ("im2col", "all", "all"),  # a conv impl name inside a model: its pools are custom_vjp
+])
+def test_policy_follows_what_the_implementation_implements(impl, ties, policy):
+    assert sweep._policy(impl, ties) == policy
+    assert sweep._policy(lambda x: x, ties) == ties  # a mutant's function takes any policy
+
+
+def test_reference_is_another_implementation_with_the_same_tie_policy():
+    ties_case, perm_case = _case("max_pool2d", "ties_overlap"), _case("max_pool2d", "overlap3")
+    assert sweep._reference_impl(ties_case, "lax", "split") == "custom_vjp"  # lax follows "first"
+    assert sweep._reference_impl(ties_case, "reference", "first") == "custom_vjp"  # reference follows "split"
+    assert sweep._reference_impl(ties_case, "custom_vjp", "first") == "lax"
+    assert sweep._reference_impl(ties_case, "custom_vjp", "split") == "reference"
+    assert sweep._reference_impl(perm_case, "lax", "first") == "reference"  # tie-free: any policy
+    assert sweep._reference_impl(_case("max_pool2d", "dil2_same"), "reference", "split") == "custom_vjp"
+    assert sweep._reference_impl(_case("conv2d", "basic"), "lax", "first") == "reference"
+    assert sweep._reference_impl(_case("avg_pool2d", "overlap3"), "lax", "first") == "reference"
+
+
+# ----------------------------------------------------------------------------- the grid
+def test_full_sweep_is_the_quick_sweep_plus_the_grids():
+    quick, full = sweep.cases("all"), sweep.cases("all", "full")
+    assert full[: len(quick)] == quick
+    conv = [c for c in full[len(quick):] if c.op == "conv2d"]
+    assert [c.name for c in conv] == [c.name for c in sweep.conv_grid()] and len(conv) >= 300
+    assert {c.op for c in full[len(quick):]} == {"conv2d", "max_pool2d", "avg_pool2d"}
+    assert len({(c.op, c.name) for c in full}) == len(full)  # names are unique per op
+    assert {c.inputs for c in full if c.op == "max_pool2d"} == {"perm", "ties"}
+
+
+@pytest.mark.parametrize("args,match", [(("dense",), "op must be one of conv2d, max_pool2d"),
+                                        (("all", "medium"), "sweep must be one of quick, full")])
+def test_cases_rejects_bad_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.cases(*args)
+
+
+def test_tie_policy_table_is_pools():
+    assert sweep._policy("lax", "all") == pool.IMPL_TIES["lax"][0] == "first"
+    assert sweep._policy("reference", "all") == pool.IMPL_TIES["reference"][0] == "split"
+
+
+# ----------------------------------------------------------------------------- the command
+@pytest.mark.parametrize("op", sweep.OPS)
+def test_quick_sweep_exits_zero_for_every_op(op, tmp_path, capsys):
+    md, csv_path = tmp_path / "t.md", tmp_path / "t.csv"
+    assert sweep.cli_main(["--op", op, "--md", str(md), "--csv", str(csv_path)]) == 0
+    n = len(sweep.cases(op))
+    assert len(csv_path.read_text().splitlines()) == 1 + 5 * n
+    assert md.read_text().count("| pass |") + md.read_text().count("| n/a |") == 5 * n
+    assert f"{5 * n} checks, 0 failed" in capsys.readouterr().out
+
+
+def test_command_rejects_bad_arguments(capsys):
+    assert sweep.cli_main(["--op", "dense"]) == 2
+    assert sweep.cli_main(["--mutant", "no_such_bug", "--op", "conv2d"]) == 2
+    assert "mutant must be one of" in capsys.readouterr().err
