@@ -1,11 +1,14 @@
 """fcnn.ops.auto: the measured implementation table picks what the benchmarks say, and only
 implementations that compute the same function (and gradient) as the default."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fcnn import ops
+from fcnn.gradcheck import jit_once
 from fcnn.ops import auto
 
 LENET_C1 = ((64, 28, 28, 1), (5, 5, 1, 6))
@@ -65,6 +68,20 @@ def test_platform_default_and_errors():
         auto.select_conv_impl("cpu", *LENET_C1, layout="NWHC")
 
 
+@functools.lru_cache(maxsize=None)
+def _conv_value_and_grad(x_shape, w_shape, padding, impl):
+    """sum(sin(conv)) and its gradient at fixed random x, w: compiled once per (shapes, impl), so the
+    platforms that choose the same implementation share it (eager, one such call took ~10 s)."""
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, x_shape, jnp.float64)
+    w = jax.random.normal(kw, w_shape, jnp.float64)
+
+    def loss(x, w):
+        return jnp.sum(jnp.sin(ops.conv2d(x, w, padding=padding, impl=impl)))
+
+    return jit_once(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+
 @pytest.mark.parametrize("platform", ["cpu", "gpu"])
 @pytest.mark.parametrize("x_shape,w_shape,padding", [((2, 12, 12, 1), (5, 5, 1, 6), "SAME"),
                                                      ((2, 10, 10, 6), (5, 5, 6, 16), "VALID"),
@@ -73,28 +90,27 @@ def test_platform_default_and_errors():
 def test_selected_conv_impl_agrees_with_lax(platform, x_shape, w_shape, padding):
     impl = auto.select_conv_impl(platform, x_shape, w_shape, padding=padding)
     assert impl in ops.CONV_IMPLS
-    kx, kw = jax.random.split(jax.random.PRNGKey(0))
-    x = jax.random.normal(kx, x_shape, jnp.float64)
-    w = jax.random.normal(kw, w_shape, jnp.float64)
-
-    def loss(x, w, impl):
-        return jnp.sum(jnp.sin(ops.conv2d(x, w, padding=padding, impl=impl)))
-
-    want = jax.value_and_grad(loss, argnums=(0, 1))(x, w, "lax")
-    got = jax.value_and_grad(loss, argnums=(0, 1))(x, w, impl)
+    want = _conv_value_and_grad(x_shape, w_shape, padding, "lax")
+    got = _conv_value_and_grad(x_shape, w_shape, padding, impl)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_grad(window, stride, dilation, ties, impl):
+    """The gradient of sum(sin(max_pool)) on a tie-heavy input, compiled once per (geometry, impl)."""
+    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3), jnp.float64) * 2) / 2  # ties
+    f = lambda x: jnp.sum(jnp.sin(ops.max_pool2d(x, window, stride=stride, dilation=dilation,  # noqa: E731
+                                                 impl=impl, ties=ties)))
+    return np.asarray(jit_once(jax.grad(f))(x))
 
 
 @pytest.mark.parametrize("ties", ["first", "split", "all"])
 @pytest.mark.parametrize("window,stride,dilation", [(2, None, 1), (3, 2, 1), (2, 1, 2)])
 def test_selected_pool_impl_supports_what_is_asked(ties, window, stride, dilation):
-    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3), jnp.float64) * 2) / 2  # ties
     for platform in ("cpu", "gpu"):
-        impl = auto.select_pool_impl(platform, x.shape, window, stride=stride, dilation=dilation, ties=ties)
+        impl = auto.select_pool_impl(platform, (2, 9, 9, 3), window, stride=stride, dilation=dilation, ties=ties)
         assert impl in ops.POOL_IMPLS
-        f = lambda x, impl: jnp.sum(jnp.sin(ops.max_pool2d(x, window, stride=stride, dilation=dilation,  # noqa: E731
-                                                          impl=impl, ties=ties)))
-        got = jax.grad(f)(x, impl)
-        want = jax.grad(f)(x, "custom_vjp")  # implements every tie policy and dilation
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+        got = _pool_grad(window, stride, dilation, ties, impl)
+        want = _pool_grad(window, stride, dilation, ties, "custom_vjp")  # implements every tie policy and dilation
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -1,10 +1,12 @@
-"""Tests for fcnn.ops.conv: the five implementations against each other, against a NumPy loop
+"""Tests for fcnn.ops.conv: the seven implementations against each other, against a NumPy loop
 written from the formula, and against hand-computed values; the hand-derived VJP against
 ``jax.grad`` through lax and second-order finite differences; jit/vmap/grad over dtypes; and
 every bad-input error.
 
-The sweep is drawn from the GRADCHECK.md grid. The default run checks a deterministic slice
-(every ``SLICE_STEP``-th configuration); ``pytest -m slow`` runs the full sweep.
+The configurations are the conv grid of ``fcnn.sweep`` (``sweep.conv_grid()``, GRADCHECK.md), the
+one definition the ``fcnn gradcheck --sweep full`` command runs too. The default run checks
+``DEFAULT``, a cover of the grid in which every value of every axis appears; ``pytest -m slow``
+runs every configuration.
 """
 import functools
 import itertools
@@ -15,55 +17,46 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fcnn import shapes
+from fcnn import shapes, sweep
+from fcnn.gradcheck import jit_once
 from fcnn.ops import CONV_IMPLS, conv2d
 from fcnn.ops import conv as conv_mod
 
 jax.config.update("jax_enable_x64", True)
 
 TOL64 = 1e-10
-SLICE_STEP = 7
-
-HWS = [(6, 7), (5, 5), (7, 5)]
-KERNELS = [(1, 1), (2, 3), (3, 3), (5, 5), "input"]  # "input": kernel = input size
-STRIDES = [1, 2, 3, (1, 2), (3, 2)]
-PADDINGS = ["VALID", "SAME", ((1, 0), (0, 1)), ((2, 1), (0, 2))]
-DILATIONS = [(1, 1), (2, 2), (2, 3)]
-GROUPS = ["1", "2", "depthwise"]
-LAYOUTS = ["NHWC", "NCHW"]
+AXES = sweep.CONV_AXES
+STRIDES, PADDINGS, DILATIONS, LAYOUTS = AXES["stride"], AXES["padding"], AXES["dilation"], AXES["layout"]
 
 
 # ----------------------------------------------------------------------------- the sweep
-def _sweep(n_configs=330, seed=2024):
-    """A deterministic sample of the grid, non-empty outputs only, every axis value present."""
-    rng = np.random.default_rng(seed)
-    grid = list(itertools.product(HWS, KERNELS, STRIDES, PADDINGS, DILATIONS, GROUPS, LAYOUTS))
-    configs = []
-    for idx in rng.permutation(len(grid)):
-        hw, kernel, stride, padding, dilation, group, layout = grid[idx]
-        kernel = hw if kernel == "input" else kernel
-        if group == "depthwise":
-            g = cin = int(rng.choice([1, 3]))
-        else:
-            g = int(group)
-            cin = g * int(rng.integers(1, 3))
-        cout = g * int(rng.integers(1, 3))
-        n = int(rng.integers(1, 3))
-        x_shape = shapes.make_shape(n, hw, cin, layout)
-        w_shape = (*kernel, cin // g, cout) if layout == "NHWC" else (cout, cin // g, *kernel)
-        s, d = shapes.normalize_pair(stride, "stride"), shapes.normalize_pair(dilation, "dilation")
-        pads = shapes.normalize_padding(padding, hw, kernel, s, d)
-        if min(shapes.conv_output_hw(hw, kernel, s, pads, d)) < 1:
-            continue  # empty output: the kernel does not fit
-        configs.append(dict(x_shape=x_shape, w_shape=w_shape, stride=stride, padding=padding, dilation=dilation,
-                            groups=g, layout=layout))
-        if len(configs) == n_configs:
-            break
-    return configs
+def _config(case):
+    return dict(x_shape=case.x_shape, w_shape=case.w_shape, **case.opts)
 
 
-CONFIGS = _sweep()
-DEFAULT = CONFIGS[::SLICE_STEP]
+def _axis_values(c):
+    """The value of every ``CONV_AXES`` axis a configuration takes (as text, for set comparisons)."""
+    layout = c["layout"]
+    kh, kw, cg, cout = shapes.kernel_dims(c["w_shape"], layout)
+    hw = shapes.spatial_dims(c["x_shape"], layout)
+    return dict(hw=str(hw), kernel="input" if (kh, kw) == hw else str((kh, kw)), stride=str(c["stride"]),
+                padding=str(c["padding"]), dilation=str(c["dilation"]), layout=layout, batch=str(c["x_shape"][0]),
+                channels=str((c["groups"], cg * c["groups"], cout)))
+
+
+def _cover(configs):
+    """The first configurations, in grid order, that together take every value of every axis."""
+    seen, out = set(), []
+    for c in configs:
+        new = set(_axis_values(c).items()) - seen
+        if new:
+            out.append(c)
+            seen |= new
+    return out
+
+
+CONFIGS = [_config(case) for case in sweep.conv_grid()]
+DEFAULT = _cover(CONFIGS)
 
 
 def _cfg_id(c):
@@ -113,7 +106,7 @@ def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps")):
     expected_shape = shapes.conv_output_shape(c["x_shape"], c["w_shape"], **_kw(c))
     ct = rng.normal(size=expected_shape)  # cotangent for the VJPs
 
-    @jax.jit
+    @jit_once
     def run(x, w, b, ct):
         outs, vjps = {}, {}
         for impl in CONV_IMPLS:
@@ -136,12 +129,12 @@ def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps")):
             assert _rel(g, g_ref) <= TOL64, (impl, name)
 
 
-@pytest.mark.parametrize("idx", range(0, len(CONFIGS), SLICE_STEP), ids=lambda i: _cfg_id(CONFIGS[i]))
-def test_impls_agree_forward_and_vjp(idx):
+@pytest.mark.parametrize("c", DEFAULT, ids=_cfg_id)
+def test_impls_agree_forward_and_vjp(c):
     """All seven forwards equal the NumPy formula, and the hand-derived VJPs (custom_vjp, col2im,
     taps) equal lax's autodiff VJP, to 1e-10 relative in float64; shapes equal the formula. (The
     slow sweep also compares the autodiff VJPs of reference, im2col and fft.)"""
-    _check_config(CONFIGS[idx], idx)
+    _check_config(c, CONFIGS.index(c))
 
 
 @pytest.mark.slow
@@ -152,7 +145,6 @@ def test_impls_agree_forward_and_vjp_full_sweep(idx):
 
 def test_sweep_covers_the_grid():
     assert len(CONFIGS) >= 300
-    assert 40 <= len(DEFAULT) <= 60
     seen = lambda key: {str(c[key]) for c in CONFIGS}  # noqa: E731
     assert seen("stride") == {str(s) for s in STRIDES}
     assert seen("padding") == {str(p) for p in PADDINGS}
@@ -165,27 +157,59 @@ def test_sweep_covers_the_grid():
     assert {c["x_shape"][0] for c in CONFIGS} == {1, 2}
 
 
+def _text(v):
+    """A point of the product of ``CONV_AXES`` as ``_axis_values`` writes it."""
+    kernel = "input" if v["kernel"] in ("input", v["hw"]) else str(v["kernel"])
+    return {k: kernel if k == "kernel" else v[k] if k == "layout" else str(v[k]) for k in v}
+
+
+def _fits(v):
+    """Whether the kernel of a product point fits its padded input."""
+    hw, k = v["hw"], v["hw"] if v["kernel"] == "input" else v["kernel"]
+    s, d = shapes.normalize_pair(v["stride"], "stride"), shapes.normalize_pair(v["dilation"], "dilation")
+    return min(shapes.conv_output_hw(hw, k, s, shapes.normalize_padding(v["padding"], hw, k, s, d), d)) >= 1
+
+
+def test_default_takes_every_axis_value_and_the_grid_every_pair():
+    """DEFAULT (the default run) takes every value of every axis; the grid takes every pair of
+    values of two axes that occur together in a configuration that fits (of the full product)."""
+    product = [dict(zip(AXES, vals)) for vals in itertools.product(*AXES.values())]
+    every_value = {(k, t) for v in product for k, t in _text(v).items()}
+    assert set().union(*(_axis_values(c).items() for c in DEFAULT)) == every_value
+    assert len(DEFAULT) <= 16  # one compile per configuration: the default run stays small
+
+    def pairs(texts):
+        return {p for t in texts for p in itertools.combinations(sorted(t.items()), 2)}
+
+    assert pairs(_axis_values(c) for c in CONFIGS) == pairs(_text(v) for v in product if _fits(v))
+
+
 # ----------------------------------------------------------------------------- hand-computed values
 def test_hand_computed_values():
     """3x3 input 1..9, 2x2 kernel [[1, 0], [0, -1]]: z[p, q] = x[p, q] - x[p+1, q+1] = -4 everywhere;
     stride 2 with SAME (pads (0, 1)) keeps (0, 0) = -4, (0, 1) = 3 - 0, (1, 0) = 7 - 0, (1, 1) = 9."""
     x = jnp.arange(1.0, 10.0).reshape(1, 3, 3, 1)
     w = jnp.array([[1.0, 0.0], [0.0, -1.0]]).reshape(2, 2, 1, 1)
-    for impl in CONV_IMPLS:
-        np.testing.assert_allclose(conv2d(x, w, impl=impl)[0, :, :, 0], [[-4, -4], [-4, -4]], atol=1e-12)
-        np.testing.assert_allclose(conv2d(x, w, jnp.array([0.5]), stride=2, padding="SAME", impl=impl)[0, :, :, 0],
-                                   [[-3.5, 3.5], [7.5, 9.5]], atol=1e-12)
+
+    @jax.jit  # one compile for every implementation (eager, each op compiled on its own, took 5x longer)
+    def run(x, w):
+        return {impl: (conv2d(x, w, impl=impl), conv2d(x, w, jnp.array([0.5]), stride=2, padding="SAME", impl=impl),
+                       conv2d(x, w, dilation=2, impl=impl)) for impl in CONV_IMPLS}
+
+    for impl, (valid, same_s2, dilated) in run(x, w).items():
+        np.testing.assert_allclose(valid[0, :, :, 0], [[-4, -4], [-4, -4]], atol=1e-12, err_msg=impl)
+        np.testing.assert_allclose(same_s2[0, :, :, 0], [[-3.5, 3.5], [7.5, 9.5]], atol=1e-12, err_msg=impl)
         # dilation 2 on a 3x3 input: one output, x[0, 0] - x[2, 2] = 1 - 9
-        np.testing.assert_allclose(conv2d(x, w, dilation=2, impl=impl)[0, :, :, 0], [[-8]], atol=1e-12)
+        np.testing.assert_allclose(dilated[0, :, :, 0], [[-8]], atol=1e-12, err_msg=impl)
 
 
 def test_groups_keep_channels_apart():
     """Depthwise: output channel k sees only input channel k (a ones kernel sums each channel)."""
     x = jnp.stack([jnp.ones((4, 4)), 10 * jnp.ones((4, 4))], axis=-1)[None]  # (1, 4, 4, 2)
     w = jnp.ones((3, 3, 1, 2))
-    for impl in CONV_IMPLS:
-        z = conv2d(x, w, groups=2, impl=impl)
-        np.testing.assert_allclose(z[0, 0, 0], [9.0, 90.0], atol=1e-12)
+    zs = jax.jit(lambda x, w: {impl: conv2d(x, w, groups=2, impl=impl) for impl in CONV_IMPLS})(x, w)
+    for impl, z in zs.items():
+        np.testing.assert_allclose(z[0, 0, 0], [9.0, 90.0], atol=1e-12, err_msg=impl)
 
 
 def test_fusion_barrier_is_an_exact_identity_that_survives_xla():
@@ -198,7 +222,8 @@ def test_fusion_barrier_is_an_exact_identity_that_survives_xla():
     np.testing.assert_array_equal(np.signbit(got), np.signbit(np.asarray(x)))
     y = jnp.linspace(-1.0, 1.0, 24).reshape(2, 3, 4)
     f = lambda y, g: jnp.sum(jnp.sin(g(y)) ** 3)  # noqa: E731
-    np.testing.assert_allclose(jax.hessian(f)(y, b), jax.hessian(f)(y, lambda v: v), rtol=1e-12, atol=1e-12)
+    hessians = jax.jit(lambda y: (jax.hessian(f)(y, b), jax.hessian(f)(y, lambda v: v)))(y)
+    np.testing.assert_allclose(*hessians, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(jax.vmap(b)(y), y)
     hlo = jax.jit(lambda v: b(jnp.sin(v)) * 2.0).lower(y).compile().as_text()
     assert "reduce-window" in hlo  # still there after XLA's optimisations
@@ -236,26 +261,35 @@ def test_wrong_backward_is_caught():
 
 
 # ----------------------------------------------------------------------------- second order
-@pytest.mark.parametrize("kw", [
-    dict(stride=2, padding="SAME"),
-    dict(dilation=(2, 1), padding=((2, 1), (0, 2))),
-    dict(stride=(1, 2), groups=2, padding=((1, 0), (0, 1)), layout="NCHW"),
-], ids=["stride2-same", "dilation-asym", "groups-nchw"])
-def test_custom_vjp_check_grads_order2(kw):
+# JAX's own checker (independent of fcnn.gradcheck): each hand-derived backward once in the
+# default run on a stride, dilation and asymmetric-padding geometry; the rest under -m slow.
+SECOND_ORDER = [
+    ("custom_vjp", (2, 5, 6, 3), (3, 2, 3, 4), dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2))),
+    ("col2im", (2, 5, 6, 3), (3, 2, 3, 4), dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2))),
+    ("taps", (2, 5, 6, 3), (3, 2, 3, 4), dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2))),
+    ("custom_vjp", (1, 5, 4, 2), (2, 3, 2, 2), dict(stride=2, padding="SAME")),
+    ("custom_vjp", (1, 5, 4, 2), (2, 3, 2, 2), dict(dilation=(2, 1), padding=((2, 1), (0, 2)))),
+    ("custom_vjp", (1, 5, 4, 2), (2, 3, 1, 2), dict(stride=(1, 2), groups=2, padding=((1, 0), (0, 1)), layout="NCHW")),
+]
+
+
+@pytest.mark.parametrize("impl,x_shape,w_shape,kw", [
+    pytest.param(*p, marks=() if i < 3 else (pytest.mark.slow,), id=f"{p[0]}-{i}") for i, p in enumerate(SECOND_ORDER)])
+def test_custom_vjp_check_grads_order2(impl, x_shape, w_shape, kw):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(1, 5, 4, 2))
-    w = rng.normal(size=(2, 3, 2 // kw.get("groups", 1), 2))
+    x, w = rng.normal(size=x_shape), rng.normal(size=w_shape)  # NHWC / HWIO
     if kw.get("layout") == "NCHW":
         x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
-    b = rng.normal(size=(2,))
-    check_grads(lambda x, w, b: conv2d(x, w, b, impl="custom_vjp", **kw), (x, w, b), order=2, modes=["rev"])
+    b = rng.normal(size=(w_shape[-1],))
+    check_grads(lambda x, w, b: conv2d(x, w, b, impl=impl, **kw), (x, w, b), order=2, modes=["rev"])
 
 
 # ----------------------------------------------------------------------------- dtypes, jit, vmap, grad
 DTYPE_TOL = {jnp.float64: 1e-10, jnp.float32: 1e-5, jnp.bfloat16: 3e-2}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32, jnp.bfloat16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("dtype", [pytest.param(jnp.float64, marks=pytest.mark.slow), jnp.float32, jnp.bfloat16],
+                         ids=lambda d: d.__name__)  # float64 values and gradients: every other test
 def test_jit_vmap_grad_dtypes(dtype):
     """Under jit, vmap over single examples (batch dim 1) and grad, every impl matches the float64
     NumPy formula (values) and lax's float64 gradient, within the dtype's tolerance."""
@@ -268,7 +302,7 @@ def test_jit_vmap_grad_dtypes(dtype):
     g_ref = jax.grad(loss("lax"))(w, x)
     xd, wd = x.astype(dtype), w.astype(dtype)
 
-    @jax.jit
+    @jit_once
     def run(x, w):
         out = {}
         for impl in CONV_IMPLS:

@@ -4,6 +4,7 @@ References: plain numpy loops over windows (forward, and the backward's gradient
 under each tie policy), JAX's own autodiff of ``lax.reduce_window``, finite differences
 (``check_grads``) and hand-computed tables. Grid from /work/shared/GRADCHECK.md.
 """
+import functools
 import itertools
 
 import jax
@@ -16,6 +17,7 @@ import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 from fcnn import shapes  # noqa: E402
+from fcnn.gradcheck import jit_once  # noqa: E402
 from fcnn.ops import pool  # noqa: E402
 
 X_SHAPE = (2, 6, 7, 3)  # NHWC
@@ -30,24 +32,36 @@ def _grid_id(w, s, p, d, layout):
     return f"w{w[0]}x{w[1]}-s{s}-p{p if isinstance(p, str) else 'expl'}-d{d}-{layout}"
 
 
-def _grid():
-    """The full GRADCHECK grid (144 cases, marked slow) plus a default cover of 36 cases.
+def _default(wi, si, pi, di, li):
+    """The default cover: 12 of the 144 cases in which every pair of values of two axes appears
+    (padding index (window + stride) mod 3, dilation (window + padding) mod 2, layout
+    (padding + window // 2) mod 2; ``test_default_grid_is_a_pairwise_cover`` checks it)."""
+    return pi == (wi + si) % 3 and di == (wi + pi) % 2 and li == (pi + wi // 2) % 2
 
-    The default cover keeps every (window, stride, padding) triple and alternates dilation
-    and layout by parity, so every value of every axis and every pair with dilation/layout
-    is exercised on each default run; the slow mark runs the rest.
-    """
+
+def _grid():
+    """The full GRADCHECK grid (144 cases, marked slow) plus the default cover of 12 of them."""
     cases = []
     for (wi, w), (si, s), (pi, p) in itertools.product(enumerate(WINDOWS), enumerate(STRIDES), enumerate(PADDINGS)):
         for (di, d), (li, layout) in itertools.product(enumerate(DILATIONS), enumerate(LAYOUTS)):
-            default = di == (wi + si + pi) % 2 and li == (wi + si + pi) // 2 % 2
-            marks = () if default else (pytest.mark.slow,)
+            marks = () if _default(wi, si, pi, di, li) else (pytest.mark.slow,)
             cases.append(pytest.param(w, s, p, d, layout, marks=marks, id=_grid_id(w, s, p, d, layout)))
     return cases
 
 
 GRID = _grid()
 GRID_ARGS = "window,stride,padding,dilation,layout"
+# tie-heavy inputs: the default cover, and every third case of the grid under -m slow
+TIE_GRID = [p for i, p in enumerate(GRID) if not p.marks or i % 3 == 0]
+
+
+def test_default_grid_is_a_pairwise_cover():
+    default = [p.values for p in GRID if not p.marks]
+    assert len(GRID) == 144 and len(default) == 12
+    axes = [WINDOWS, STRIDES, PADDINGS, DILATIONS, LAYOUTS]
+    for a, b in itertools.combinations(range(5), 2):
+        want = {(str(u), str(v)) for u in axes[a] for v in axes[b]}
+        assert {(str(c[a]), str(c[b])) for c in default} == want, (a, b)
 
 
 def _stride(stride, window):
@@ -144,7 +158,7 @@ def test_max_pool_forward_matches_numpy_loop(window, stride, padding, dilation, 
     expected_shape = shapes.pool_output_shape(xin.shape, window, stride=s, padding=padding, dilation=dilation, layout=layout)
     assert expected_shape == want.shape
 
-    @jax.jit  # one compile for all implementations
+    @jit_once  # one compile for all implementations
     def run(x):
         return [pool.max_pool2d(x, window, stride=s, padding=padding, dilation=dilation, layout=layout,
                                 impl=impl, ties=ties) for impl, ties in IMPL_TIES]
@@ -164,7 +178,7 @@ def test_avg_pool_forward_matches_numpy_loop(window, stride, padding):
     s = _stride(stride, window)
     cases = list(itertools.product(("lax", "reference"), ("NHWC", "NCHW"), (True, False)))
 
-    @jax.jit  # one compile for all cases
+    @jit_once  # one compile for all cases
     def run(x):
         return [pool.avg_pool2d(x if layout == "NHWC" else jnp.transpose(x, (0, 3, 1, 2)), window, stride=s,
                                 padding=padding, layout=layout, count_include_pad=incl, impl=impl)
@@ -206,7 +220,7 @@ def test_global_pools_match_numpy():
 
 def test_global_max_pool_gradient_goes_to_first_tied_maximum():
     x = jnp.array([[0.0, 2.0], [2.0, 1.0]]).reshape(1, 2, 2, 1)
-    g = jax.grad(lambda x: jnp.sum(pool.global_max_pool2d(x)))(x)
+    g = jit_once(jax.grad(lambda x: jnp.sum(pool.global_max_pool2d(x))))(x)
     np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
 
 
@@ -218,7 +232,7 @@ def _int_cotangent(shape, seed=3):
 
 def _vjps(fns, x, g):
     """Cotangent g pulled back through each fn at x, under one jit (one compile, not many eager ones)."""
-    run = jax.jit(lambda x, g: [jax.vjp(fn, x)[1](g)[0] for fn in fns])
+    run = jit_once(lambda x, g: [jax.vjp(fn, x)[1](g)[0] for fn in fns])
     return [np.asarray(v) for v in run(x, g)]
 
 
@@ -250,7 +264,7 @@ def test_lax_vjp_raises_for_window_dilation():
         jax.grad(lambda x: jnp.sum(pool.max_pool2d(x, 2, stride=1, dilation=2)))(x)
 
 
-@pytest.mark.parametrize(GRID_ARGS, GRID[::3])
+@pytest.mark.parametrize(GRID_ARGS, TIE_GRID)
 def test_tie_policies_match_numpy_routing_on_tie_heavy_inputs(window, stride, padding, dilation, layout):
     """Values in {0, 1, 2}: most windows hold tied maxima; all three policies vs numpy routing."""
     x = np.random.default_rng(6).integers(0, 3, size=X_SHAPE).astype(np.float64)
@@ -301,33 +315,45 @@ def test_auto_path_selection():
         pool._max_pool_custom(jnp.zeros((1, 4, 4, 1)), (2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1), "first", path="tiled")
 
 
-@pytest.mark.parametrize("window,stride,padding,dilation",
-                         [((2, 2), None, "VALID", 1), ((3, 3), 1, "SAME", 1), ((3, 2), (2, 1), ((0, 1), (1, 0)), 2)])
+# JAX's own checker (independent of fcnn.gradcheck); a jitted function halves its time here.
+# Default: the tiled fast path and the general path with padding and dilation; the rest -m slow.
+@pytest.mark.parametrize("window,stride,padding,dilation", [
+    ((2, 2), None, "VALID", 1), pytest.param((3, 3), 1, "SAME", 1, marks=pytest.mark.slow),
+    ((3, 2), (2, 1), ((0, 1), (1, 0)), 2), pytest.param((2, 2), 1, "VALID", 2, marks=pytest.mark.slow)])
 def test_check_grads_second_order_custom_vjp(window, stride, padding, dilation):
     x = _perm((1, 6, 7, 2), seed=8)  # distinct values 1 apart: no max changes within eps
     fn = lambda x: pool.max_pool2d(x, window, stride=stride, padding=padding, dilation=dilation,  # noqa: E731
                                    impl="custom_vjp")
-    check_grads(fn, (x,), order=2, modes=["rev"], eps=1e-2)
+    check_grads(jax.jit(fn), (x,), order=2, modes=["rev"], eps=1e-2)
 
 
-@pytest.mark.parametrize("count_include_pad", [True, False])
-@pytest.mark.parametrize("impl", ["lax", "reference"])
+@pytest.mark.parametrize("impl,count_include_pad", [
+    ("lax", True), ("reference", False), pytest.param("lax", False, marks=pytest.mark.slow),
+    pytest.param("reference", True, marks=pytest.mark.slow)])
 def test_check_grads_avg_pool(impl, count_include_pad):
     x = np.random.default_rng(9).normal(size=(1, 5, 6, 2))
     fn = lambda x: pool.avg_pool2d(x, (3, 2), stride=(2, 1), padding="SAME",  # noqa: E731
                                    count_include_pad=count_include_pad, impl=impl)
-    check_grads(fn, (x,), order=2, modes=["rev"])
+    check_grads(jax.jit(fn), (x,), order=2, modes=["rev"])
 
 
 # ----------------------------------------------------------------------------- named tie / NaN / padding tables
+@functools.lru_cache(maxsize=None)
+def _compiled_grad_2x2(ties, path, impl):
+    """Gradient of one 2x2 window's output w.r.t. its (1, 2, 2, 1) input, shared by the tables;
+    compiled for custom_vjp. lax and reference stay eager: the NaN rows below state eager
+    behaviour, and jitted, XLA routes reference's NaN gradient differently (zeros, measured)."""
+    if impl != "custom_vjp":
+        fn = lambda x: pool.max_pool2d(x, 2, impl=impl, ties=ties)  # noqa: E731
+        return jax.grad(lambda x: jnp.sum(fn(x)))
+    fn = lambda x: pool._max_pool_custom(x, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1), ties, path=path)  # noqa: E731
+    return jax.jit(jax.grad(lambda x: jnp.sum(fn(x))))
+
+
 def _grad_2x2(x, ties, path="auto", impl="custom_vjp"):
     """Gradient of the single 2x2 window's output w.r.t. the 2x2 input."""
     x = jnp.asarray(x, jnp.float64).reshape(1, 2, 2, 1)
-    if impl != "custom_vjp":
-        fn = lambda x: pool.max_pool2d(x, 2, impl=impl, ties=ties)  # noqa: E731
-    else:
-        fn = lambda x: pool._max_pool_custom(x, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1), ties, path=path)  # noqa: E731
-    return np.asarray(jax.grad(lambda x: jnp.sum(fn(x)))(x))[0, :, :, 0]
+    return np.asarray(_compiled_grad_2x2(ties, path, impl)(x))[0, :, :, 0]
 
 
 TIE_TABLES = {
@@ -362,11 +388,12 @@ def test_overlapping_windows_accumulate(impl, ties):
     x = jnp.array([[1.0, 2.0, 3.0], [4.0, 9.0, 5.0], [6.0, 7.0, 8.0]]).reshape(1, 3, 3, 1)
     g = jnp.array([[1.0, 10.0], [100.0, 1000.0]]).reshape(1, 2, 2, 1)
     fn = lambda x: pool.max_pool2d(x, 2, stride=1, impl=impl, ties=ties)  # noqa: E731
-    dx = jax.vjp(fn, x)[1](g)[0][0, :, :, 0]
+    pull = jax.jit(lambda x, g: jax.vjp(fn, x)[1](g)[0])  # compiled once, used for both inputs
+    dx = pull(x, g)[0, :, :, 0]
     np.testing.assert_array_equal(dx, [[0, 0, 0], [0, 1111, 0], [0, 0, 0]])
     # now 50 (middle right) wins the two right windows and 9 the two left ones
     x2 = jnp.array([[1.0, 2.0, 30.0], [4.0, 9.0, 50.0], [6.0, 7.0, 8.0]]).reshape(1, 3, 3, 1)
-    dx2 = jax.vjp(fn, x2)[1](g)[0][0, :, :, 0]
+    dx2 = pull(x2, g)[0, :, :, 0]
     # windows: TL -> 9 (g=1), TR -> 50 (g=10), BL -> 9 (g=100), BR -> 50 (g=1000)
     np.testing.assert_array_equal(dx2, [[0, 0, 0], [0, 101, 1010], [0, 0, 0]])
 
@@ -437,7 +464,8 @@ def test_jit_vmap_grad_compose():
     xs = jnp.asarray(_perm((4, 2, 5, 6, 2), seed=12))  # a leading vmap axis over NHWC batches
     fn = lambda x: jnp.sum(pool.max_pool2d(x, 2, stride=1, padding="SAME", impl="custom_vjp") ** 2)  # noqa: E731
     batched = jax.jit(jax.vmap(jax.grad(fn)))(xs)
-    looped = np.stack([np.asarray(jax.grad(fn)(x)) for x in xs])
+    grad_one = jax.jit(jax.grad(fn))  # one compile for the loop
+    looped = np.stack([np.asarray(grad_one(x)) for x in xs])
     np.testing.assert_array_equal(batched, looped)
     want = np.stack([np_max_pool_grad(np.asarray(x), 2 * np_max_pool(np.asarray(x), (2, 2), 1, "SAME", 1),
                                       (2, 2), 1, "SAME", 1) for x in xs])
