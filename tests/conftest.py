@@ -5,19 +5,38 @@ JAX_ENABLE_X64): gradient checks need it, and enabling it in one module at impor
 time would silently change every other module's defaults depending on collection
 order. Library code is therefore explicit about float32 where it means float32.
 
+XLA's compilation cache is on for the session, in a new temporary directory (removed at exit),
+and the processes the tests start inherit it: a program XLA has compiled once (the same model's
+step built again by another test, a run reloaded by ``fcnn viz``, LeNet's initialisers in each
+benchmark worker) is then loaded, not compiled again. Keyed by the program itself, so it cannot
+change a result. ``FCNN_TEST_XLA_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR`` set
+outside is used as it is.
+
 ``experiment`` (a fixture) loads a script of experiments/ as a module, the one loader the
 tests of experiments/ share.
 """
+import atexit
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # pictures are written to files, never shown
+if os.environ.get("FCNN_TEST_XLA_CACHE", "1") != "0" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _XLA_CACHE = tempfile.mkdtemp(prefix="fcnn-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE  # read by JAX here and in every child process
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # small programs too
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # in case JAX was imported before this file
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")))
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 
