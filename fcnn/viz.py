@@ -22,6 +22,7 @@ them: ``"<index>.<LayerName>"`` (``"4.Relu"``).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -86,6 +87,21 @@ def filters(params_of_conv, *, layout: str = "NHWC", save: Optional[str] = None,
 
 
 # ----------------------------------------------------------------------------- feature maps
+@functools.lru_cache(maxsize=32)
+def _layer_outputs_fn(model: Layer):
+    """jit (params, state, x (1, h, w, c)) -> [output of each top-level layer] in eval mode (one compiled
+    program, not every op of every layer compiled on its own)."""
+    children = serial_children(model, "feature_maps")
+
+    def f(params, state, x):
+        outputs = []
+        for i, child in enumerate(children):
+            x, _ = child.apply(params[i], state[i], x, train=False)
+            outputs.append(x)
+        return outputs
+    return jax.jit(f)
+
+
 def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
                  max_channels: int = 8) -> List[Tuple[str, np.ndarray]]:
     """Activations of every top-level layer of a serial model for one input.
@@ -97,13 +113,8 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
     ``save``: one row per layer showing up to ``max_channels`` channels (vectors as one bar chart across the row);
     the PNG is (2 * max_channels) x (1.6 * layers) inches at 100 dpi.
     """
-    children = serial_children(model, "feature_maps")
-    names = layer_names(model)
-    x = one_input(x)
-    out = []
-    for i, child in enumerate(children):
-        x, _ = child.apply(params[i], state[i], x, train=False)
-        out.append((names[i], np.asarray(x[0])))
+    outputs = _layer_outputs_fn(model)(params, state, one_input(x))  # a model that is not serial: ValueError
+    out = [(name, np.asarray(a[0])) for name, a in zip(layer_names(model), outputs)]
     if save is not None:
         figures.feature_maps_figure(out, save, max_channels)
     return out
