@@ -12,8 +12,9 @@ benchmark worker) is then loaded, not compiled again. Keyed by the program itsel
 change a result. ``FCNN_TEST_XLA_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR`` set
 outside is used as it is.
 
-``experiment`` (a fixture) loads a script of experiments/ as a module, the one loader the
-tests of experiments/ share.
+Session fixtures: ``experiment`` loads a script of experiments/ as a module (the one loader the
+tests of experiments/ share); ``trained_detector`` is tests/_patterns.py's detector trained once
+for test_attribution.py and test_viz.py.
 """
 import atexit
 import importlib
@@ -58,3 +59,11 @@ def load_experiment(name: str):
 def experiment():
     """``experiment("scaling")`` -> the module of experiments/scaling.py (see ``load_experiment``)."""
     return load_experiment
+
+
+@pytest.fixture(scope="session")
+def trained_detector():
+    """``(ds, model, params, state)``: the localisation detector of tests/_patterns.py, trained once."""
+    from _patterns import train_detector
+
+    return train_detector()
