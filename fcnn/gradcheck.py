@@ -44,7 +44,7 @@ from fcnn import _checks
 __all__ = [
     "Result", "Errors", "compare", "ulp_distance", "tolerance", "agreement", "fd_projection",
     "full_jacobian", "second_order", "random_normal", "tie_free", "forced_ties", "nan_table",
-    "neginf_table", "jit_once",
+    "neginf_table",
 ]
 
 Eps = Union[float, Sequence[float]]
@@ -149,20 +149,6 @@ def tolerance(dtype, platform: str = "cpu", precision: Optional[str] = "highest"
 
 
 # ----------------------------------------------------------------------------- helpers
-# Each check compiles a program to run it once. On CPU, optimising the generated code then costs
-# more than it saves: without LLVM's optimisation passes and XLA:CPU's fusion emitters the quick
-# sweep (fcnn gradcheck --op all) took 25-28 s instead of 44-49 s on 2 cores, 17 s of compile
-# instead of 37 (XLA's HLO passes still run). Results differ only in rounding (the order of
-# vectorised sums), far inside every tolerance; every check's status was the same.
-_ONE_SHOT = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-             "xla_cpu_use_fusion_emitters": False}
-
-
-def jit_once(f: Callable) -> Callable:
-    """``jax.jit`` for a program that runs once: on CPU, compiled without LLVM's optimisation passes."""
-    return jax.jit(f, compiler_options=_ONE_SHOT if jax.default_backend() == "cpu" else None)
-
-
 def _leaves(tree, prefix: str) -> List[Tuple[str, object]]:
     """``(name, leaf)`` pairs; a bare array is named ``prefix``, a pytree leaf ``prefix/path``."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -246,7 +232,7 @@ def agreement(f: Callable, g: Callable, args: Sequence, *, names: Optional[Seque
     args = tuple(args)
     c0 = _cotangent(np.random.default_rng(seed), g, args)
 
-    @jit_once
+    @jax.jit
     def run(args, c):
         yf, pull_f = jax.vjp(f, *args)
         yg, pull_g = jax.vjp(g, *args)
@@ -282,7 +268,7 @@ def fd_projection(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
     tangents = tuple(_like(rng, a, tangent) for a in args)
     epss = _eps_list(eps, len(args))
 
-    @jit_once
+    @jax.jit
     def run(args, c, tangents):
         y, pull = jax.vjp(f, *args)
         c = _finite(c, y)
@@ -314,7 +300,7 @@ def full_jacobian(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
     args = _to_f64(tuple(args))
     epss = _eps_list(eps, len(args))
 
-    @jit_once
+    @jax.jit
     def run(args):
         y, pull = jax.vjp(f, *args)
         basis = jnp.eye(y.size, dtype=y.dtype).reshape((y.size, *y.shape))  # (out, *y.shape)
@@ -348,7 +334,7 @@ def second_order(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optional
     v0 = tuple(jax.tree_util.tree_map(lambda u, e=e: e * u, _like(rng, a, tangent))
                for a, e in zip(args, _eps_list(eps, n)))
 
-    @jit_once
+    @jax.jit
     def run(args, c, v):
         c = _finite(c, f(*args))
         grad = jax.grad(lambda *a: jnp.vdot(jnp.where(c != 0, f(*a), 0), c), argnums=tuple(range(n)))
