@@ -12,12 +12,15 @@ implementation in the chosen dtype (float32 with ``precision="highest"``) agains
 (skipped on tied inputs, where max pooling has no derivative, and for whole models) and
 ``second_order``. The quick sweep holds the configurations that expose every mutant in
 ``fcnn.mutants`` (stride > 1, stride != dilation, asymmetric and top/left padding, groups with
-cin/groups > 1, batch 2 with bias, SAME with an odd pad, overlapping pool windows, ties).
+cin/groups > 1, batch 2 with bias, SAME with an odd pad, overlapping pool windows, ties). The full
+sweep adds the conv grid (``conv_grid``: the one definition of it, which tests/test_conv.py runs
+too; about 300 cases) and the pool grid.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import sys
 import time
@@ -31,8 +34,8 @@ from fcnn import _checks
 from fcnn import gradcheck as gc
 from fcnn.ops import pool
 
-__all__ = ["Case", "CHECKS", "OPS", "CONV_AXES", "conv_grid", "cases", "run_case", "run_sweep", "Row", "format_markdown", "format_csv",
-           "mutation_matrix", "matrix_markdown", "cli_main"]
+__all__ = ["Case", "CHECKS", "OPS", "CONV_AXES", "conv_grid", "cases", "run_case", "run_sweep", "Row",
+           "format_markdown", "format_csv", "mutation_matrix", "matrix_markdown", "cli_main"]
 
 CHECKS = ("forward", "vjp", "fd_projection", "jacobian", "second_order")
 OPS = ("conv2d", "max_pool2d", "avg_pool2d", "model")
@@ -113,7 +116,8 @@ def conv_grid() -> List[Case]:
 
     out = []
     for i in range(CONV_CANDIDATES):
-        v = {k: vals[(i * step + i // div) % len(vals)] for (k, vals), (step, div) in zip(CONV_AXES.items(), _CONV_STEPS)}
+        v = {k: vals[(i * step + i // div) % len(vals)]
+             for (k, vals), (step, div) in zip(CONV_AXES.items(), _CONV_STEPS)}
         (h, w), (g, ci, co), layout = v["hw"], v["channels"], v["layout"]
         kh, kw = (h, w) if v["kernel"] == "input" else v["kernel"]
         x_shape = shapes.make_shape(v["batch"], (h, w), ci, layout)
@@ -159,6 +163,17 @@ def describe(case: Case) -> str:
 
 
 # ----------------------------------------------------------------------------- running a case
+@functools.lru_cache(maxsize=None)
+def _init(name: str, x_shape: Tuple[int, ...]):
+    """``(params, state)`` of model ``name``, the same for every impl. Key 0 of the "rbg" PRNG:
+    threefry's sampler compiles for seconds per parameter shape with float64 on (LeNet-5's init:
+    7-10 s, against 2-4 s)."""
+    from fcnn import models
+
+    _, params, state = models.get_model(name).init(jax.random.key(0, impl="rbg"), x_shape)
+    return params, state
+
+
 def _arguments(case: Case, dtype):
     """Positional arguments and their names."""
     if case.op == "conv2d":
@@ -166,10 +181,7 @@ def _arguments(case: Case, dtype):
         args = [gc.random_normal(1, case.x_shape, dtype), gc.random_normal(2, case.w_shape, dtype)]
         return (args + [gc.random_normal(3, (cout,), dtype)], ["x", "w", "b"]) if case.bias else (args, ["x", "w"])
     if case.op == "model":
-        from fcnn import models
-
-        model = models.get_model(case.opts["model"])
-        _, params, _ = model.init(jax.random.PRNGKey(0), case.x_shape)
+        params, _ = _init(case.opts["model"], case.x_shape)
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
         return [params, gc.random_normal(1, case.x_shape, dtype)], ["params", "x"]
     make = {"normal": gc.random_normal, "perm": gc.tie_free, "ties": gc.forced_ties}[case.inputs]
@@ -195,7 +207,7 @@ def _function(case: Case, impl, ties: str) -> Callable:
     pool_impl = _pool_impl(impl)
     model = models.get_model(case.opts["model"], impl=impl, pool_impl=pool_impl,
                              ties=pool.tie_policy(pool_impl, ties))
-    _, _, state = model.init(jax.random.PRNGKey(0), case.x_shape)
+    _, state = _init(case.opts["model"], case.x_shape)
     return lambda params, x: model.apply(params, state, x)[0]
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fcnn import ops
-from fcnn.gradcheck import jit_once
 from fcnn.ops import auto
 
 LENET_C1 = ((64, 28, 28, 1), (5, 5, 1, 6))
@@ -72,14 +71,13 @@ def test_platform_default_and_errors():
 def _conv_value_and_grad(x_shape, w_shape, padding, impl):
     """sum(sin(conv)) and its gradient at fixed random x, w: compiled once per (shapes, impl), so the
     platforms that choose the same implementation share it (eager, one such call took ~10 s)."""
-    kx, kw = jax.random.split(jax.random.PRNGKey(0))
-    x = jax.random.normal(kx, x_shape, jnp.float64)
-    w = jax.random.normal(kw, w_shape, jnp.float64)
+    rng = np.random.default_rng(0)  # not jax.random: threefry compiles for seconds per new shape
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
 
     def loss(x, w):
         return jnp.sum(jnp.sin(ops.conv2d(x, w, padding=padding, impl=impl)))
 
-    return jit_once(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
 
 
 @pytest.mark.parametrize("platform", ["cpu", "gpu"])
@@ -99,10 +97,10 @@ def test_selected_conv_impl_agrees_with_lax(platform, x_shape, w_shape, padding)
 @functools.lru_cache(maxsize=None)
 def _pool_grad(window, stride, dilation, ties, impl):
     """The gradient of sum(sin(max_pool)) on a tie-heavy input, compiled once per (geometry, impl)."""
-    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 3), jnp.float64) * 2) / 2  # ties
+    x = np.round(np.random.default_rng(0).standard_normal((2, 9, 9, 3)) * 2) / 2  # ties
     f = lambda x: jnp.sum(jnp.sin(ops.max_pool2d(x, window, stride=stride, dilation=dilation,  # noqa: E731
                                                  impl=impl, ties=ties)))
-    return np.asarray(jit_once(jax.grad(f))(x))
+    return np.asarray(jax.jit(jax.grad(f))(x))
 
 
 @pytest.mark.parametrize("ties", ["first", "split", "all"])

@@ -17,7 +17,6 @@ import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 from fcnn import shapes  # noqa: E402
-from fcnn.gradcheck import jit_once  # noqa: E402
 from fcnn.ops import pool  # noqa: E402
 
 X_SHAPE = (2, 6, 7, 3)  # NHWC
@@ -158,7 +157,7 @@ def test_max_pool_forward_matches_numpy_loop(window, stride, padding, dilation, 
     expected_shape = shapes.pool_output_shape(xin.shape, window, stride=s, padding=padding, dilation=dilation, layout=layout)
     assert expected_shape == want.shape
 
-    @jit_once  # one compile for all implementations
+    @jax.jit  # one compile for all implementations
     def run(x):
         return [pool.max_pool2d(x, window, stride=s, padding=padding, dilation=dilation, layout=layout,
                                 impl=impl, ties=ties) for impl, ties in IMPL_TIES]
@@ -178,7 +177,7 @@ def test_avg_pool_forward_matches_numpy_loop(window, stride, padding):
     s = _stride(stride, window)
     cases = list(itertools.product(("lax", "reference"), ("NHWC", "NCHW"), (True, False)))
 
-    @jit_once  # one compile for all cases
+    @jax.jit  # one compile for all cases
     def run(x):
         return [pool.avg_pool2d(x if layout == "NHWC" else jnp.transpose(x, (0, 3, 1, 2)), window, stride=s,
                                 padding=padding, layout=layout, count_include_pad=incl, impl=impl)
@@ -220,7 +219,7 @@ def test_global_pools_match_numpy():
 
 def test_global_max_pool_gradient_goes_to_first_tied_maximum():
     x = jnp.array([[0.0, 2.0], [2.0, 1.0]]).reshape(1, 2, 2, 1)
-    g = jit_once(jax.grad(lambda x: jnp.sum(pool.global_max_pool2d(x))))(x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(pool.global_max_pool2d(x))))(x)
     np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
 
 
@@ -232,7 +231,7 @@ def _int_cotangent(shape, seed=3):
 
 def _vjps(fns, x, g):
     """Cotangent g pulled back through each fn at x, under one jit (one compile, not many eager ones)."""
-    run = jit_once(lambda x, g: [jax.vjp(fn, x)[1](g)[0] for fn in fns])
+    run = jax.jit(lambda x, g: [jax.vjp(fn, x)[1](g)[0] for fn in fns])
     return [np.asarray(v) for v in run(x, g)]
 
 
