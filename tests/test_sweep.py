@@ -34,10 +34,10 @@ def _case(op, name):
 
 
 # ----------------------------------------------------------------------------- correct implementations pass
-# The hand-derived backward passes in the default run; the autodiff ones (whose VJPs test_conv
-# compares with lax's) under -m slow.
-@pytest.mark.parametrize("impl", ["custom_vjp", "col2im", "taps"] + [
-    pytest.param(impl, marks=pytest.mark.slow) for impl in ("reference", "im2col", "fft")])
+# custom_vjp in the default run; the other implementations under -m slow: test_conv compares
+# every VJP with lax's on its default grid and checks col2im's and taps' second order.
+@pytest.mark.parametrize("impl", ["custom_vjp"] + [
+    pytest.param(impl, marks=pytest.mark.slow) for impl in ("reference", "im2col", "fft", "col2im", "taps")])
 def test_conv_impls_pass_every_check(impl):
     rows = sweep.run_case(sweep.cases("conv2d")[3], impl)  # groups2_d2: groups, dilation, asymmetric pads
     assert [r.status for r in rows] == ["pass"] * 5, rows
@@ -107,7 +107,12 @@ def test_tie_policy_table_is_pools():
 
 
 # ----------------------------------------------------------------------------- the command
-@pytest.mark.parametrize("op", sweep.OPS)
+# The default run takes the command through the average-pool sweep and the model's (the one
+# whole-model finite-difference check); the conv and max-pool quick sweeps check under -m slow
+# what test_conv's and test_pool's default grids (VJPs against lax, reference and NumPy routing)
+# and the per-case tests above check.
+@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow if op in ("conv2d", "max_pool2d") else ())
+                                for op in sweep.OPS])
 def test_quick_sweep_exits_zero_for_every_op(op, tmp_path, capsys):
     md, csv_path = tmp_path / "t.md", tmp_path / "t.csv"
     assert sweep.cli_main(["--op", op, "--md", str(md), "--csv", str(csv_path)]) == 0
