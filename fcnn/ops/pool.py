@@ -26,7 +26,9 @@ Max pooling comes in three implementations with the same signature, ``impl=``:
     it exists to study what a duplicating backward does.
 
   When windows tile the input (stride == window, no padding, no dilation) the backward
-  takes a reshape fast path with no scatter. The backward is itself differentiable JAX,
+  takes a reshape fast path with no scatter; otherwise it is ``max_pool2d_backward``,
+  whose flags (default: this rule) build ``fcnn.mutants``' wrong rules through
+  ``make_custom_vjp_max_pool2d``. The backward is itself differentiable JAX,
   so second-order reverse-mode gradients work; forward mode (``jvp``) does not, as for
   every ``custom_vjp``.
 
