@@ -320,7 +320,7 @@ LAYERS = [
     _case(lambda: layers.Conv2D(4, 3, param_dtype=jnp.int32), TypeError, r"param_dtype must be a floating dtype",
           "Conv2D-param-dtype"),
     _case(lambda: layers.Conv2D(4, 3, precision="bogus"), ValueError, r"precision must be None, a lax.Precision",
-          "Conv2D-precision", xfail="Conv2D(precision='bogus') is accepted; the error comes only at apply"),
+          "Conv2D-precision"),
     _case(lambda: layers.Dense(0), ValueError, r"out_features must be a positive int, got 0", "Dense-0"),
     _case(lambda: layers.Dense(2.5), ValueError, r"out_features must be a positive int", "Dense-float"),
     _case(lambda: layers.Dense(True), ValueError, r"out_features must be a positive int", "Dense-bool"),
