@@ -66,9 +66,10 @@ def _check_axis(axis):
 
 
 def _number(value, name: str) -> float:
+    """A finite real number (a nan or inf coefficient would turn every negative input into nan/inf)."""
     if not _checks.is_real(value):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    return _checks.finite_float(value, name)
 
 
 def Relu() -> Layer:

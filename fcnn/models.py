@@ -138,7 +138,10 @@ def _entry(name: str):
 
 def get_model(name: str, **opts) -> Layer:
     """``MODELS[name]`` built with keyword options (``num_classes``, ``impl``, ``pool_impl``, ``ties``...)."""
-    return _entry(name)[0](**opts)
+    entry = _entry(name)
+    if "num_classes" in opts:  # checked here so the error names it, not the last Dense's out_features
+        _checks.positive_int(opts["num_classes"], "num_classes")
+    return entry[0](**opts)
 
 
 def input_shape(name: str, batch: int = 1) -> tuple:

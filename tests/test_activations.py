@@ -67,6 +67,8 @@ def test_summary_metadata_counts_one_flop_per_output():
     (lambda: A.Gelu(approximate=1), TypeError, "approximate"),
     (lambda: A.Elu(alpha="1"), TypeError, "alpha"),
     (lambda: A.LeakyRelu(negative_slope=None), TypeError, "negative_slope"),
+    (lambda: A.Elu(alpha=float("nan")), ValueError, r"alpha must be a finite float, got nan"),
+    (lambda: A.LeakyRelu(negative_slope=float("-inf")), ValueError, r"negative_slope must be a finite float, got -inf"),
 ])
 def test_bad_arguments_raise_at_construction(make, exc, match):
     with pytest.raises(exc, match=match):
