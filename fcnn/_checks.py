@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Optional, Sequence
 
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
-           "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int"]
+           "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int", "string", "path"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -118,3 +119,26 @@ def boolean(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
+
+
+def string(value, name: str, *, optional: bool = False, hint: str = "") -> Optional[str]:
+    """``value`` if it is a str (or None with ``optional``), else ``TypeError`` naming ``name``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        rule = _rule("a str", hint) + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {rule}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def path(value, name: str, *, optional: bool = False) -> Optional[str]:
+    """``value`` as a str path: a non-empty str or ``os.PathLike`` (or None with ``optional``)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (a str){' or None' if optional else ''}, got {value!r} "
+                        f"({type(value).__name__})")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+    return text

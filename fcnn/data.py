@@ -93,8 +93,9 @@ def load(name: str = "digits", *, data_dir: Optional[str] = None, normalize: boo
     Raises:
       ValueError: unknown name. DataError / MissingDataError: bad or missing files.
     """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {', '.join(DATASETS)}; got {name!r}")
+    _checks.choice(name, DATASETS, "name")
+    data_dir, normalize = _checks.path(data_dir, "data_dir", optional=True), _checks.boolean(normalize, "normalize")
+    strict = _checks.boolean(strict, "strict")
     if name == "digits":
         return digits(normalize=normalize)
     if name == "synthetic":
@@ -182,6 +183,7 @@ def digits(*, size: int = 28, normalize: bool = True) -> Dataset:
     """scikit-learn's bundled 8x8 digits upsampled to ``size`` x ``size`` (1,438 train / 359 test)."""
     from sklearn.datasets import load_digits
 
+    _checks.positive_int(size, "size"), _checks.boolean(normalize, "normalize")
     d = load_digits()
     x = bilinear_resize(d.images, size)[..., None]  # (1797, size, size, 1), values in [0, 16]
     y = d.target.astype(np.int32)
@@ -229,16 +231,14 @@ def _load_cifar10(base, normalize, strict) -> Dataset:
     bin_dirs = [os.path.join(base, "cifar-10-batches-bin"), base, os.path.join(base, "cifar10", "cifar-10-batches-bin")]
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     records = 10000 if strict else None
-    try:
-        find_file(py_dirs, ["test_batch"])
-        paths, reader = [find_file(py_dirs, [n]) for n in names], read_cifar_pickle
-    except MissingDataError:
-        try:
-            paths, reader = [find_file(bin_dirs, [n + ".bin"]) for n in names], read_cifar_binary
-        except MissingDataError as e:
-            raise MissingDataError(f"CIFAR-10 not found under {base}: neither the python batches "
-                                   f"(cifar-10-batches-py/data_batch_1..5, test_batch) nor the binary ones "
-                                   f"(cifar-10-batches-bin/data_batch_1..5.bin, test_batch.bin); {e}") from None
+    for dirs, ext, reader in ((py_dirs, "", read_cifar_pickle), (bin_dirs, ".bin", read_cifar_binary)):
+        if any(os.path.isfile(os.path.join(d, n + ext)) for d in dirs for n in names):  # this format's files
+            paths = [find_file(dirs, [n + ext]) for n in names]  # a missing batch is named, not skipped
+            break
+    else:
+        raise MissingDataError(f"CIFAR-10 not found under {base}: neither the python batches "
+                               f"(cifar-10-batches-py/data_batch_1..5, test_batch) nor the binary ones "
+                               f"(cifar-10-batches-bin/data_batch_1..5.bin, test_batch.bin)")
     batches_ = [reader(p, records=records) for p in paths]
     x_tr = np.concatenate([b[0] for b in batches_[:5]])
     y_tr = np.concatenate([b[1] for b in batches_[:5]])
@@ -264,6 +264,8 @@ def synthetic(*, num_train: int = 512, num_test: int = 256, num_classes: int = 4
     for arg, v in (("num_train", num_train), ("num_test", num_test), ("num_classes", num_classes),
                    ("size", size), ("channels", channels), ("patch", patch)):
         _checks.positive_int(v, arg)
+    noise = _checks.non_negative_float(noise, "noise", hint="the std of the pixel noise")
+    _checks.boolean(normalize, "normalize")
     starts = list(range(patch // 2, size - patch + 1, 2 * patch))
     if num_classes < 2 or num_classes > len(starts) ** 2:
         raise ValueError(f"num_classes must be in [2, {len(starts) ** 2}] for size={size}, patch={patch} "
@@ -310,6 +312,7 @@ def epoch_permutation(seed, epoch, n: int) -> Array:
 
 def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool = True) -> int:
     """Batches per epoch: ``n // batch_size`` (training) or ``ceil(n / batch_size)`` (evaluation)."""
+    _checks.non_negative_int(n, "n", hint="examples")
     _checks.positive_int(batch_size, "batch_size")
     return n // batch_size if drop_last else -(-n // batch_size)
 

@@ -833,17 +833,14 @@ DATA = [
           "load-cifar-empty-dir"),
     _case(lambda d: data.load("mnist", data_dir=_file(d)), MissingDataError, r"f\.txt.*train-images",
           "load-mnist-data-dir-is-file"),
-    _case(lambda d: data.load("mnist", data_dir=5), (TypeError, ValueError), r"data_dir", "load-data-dir-int",
-          xfail="load(data_dir=5) fails in os.path.expanduser ('expected str, bytes or os.PathLike object, not int')"),
+    _case(lambda d: data.load("mnist", data_dir=5), (TypeError, ValueError), r"data_dir", "load-data-dir-int"),
     _case(lambda d: data.load("synthetic", normalize="no"), TypeError,
-          r"normalize must be a bool", "load-normalize-str",
-          xfail="load(normalize='no') is accepted and normalises"),
+          r"normalize must be a bool", "load-normalize-str"),
     _case(lambda d: data.synthetic(num_classes=1), ValueError, r"num_classes must be in \[2, ", "synthetic-classes"),
     _case(lambda d: data.synthetic(size=0), ValueError, r"size must be a positive int", "synthetic-size"),
     _case(lambda d: data.synthetic(num_train=-5), ValueError, r"num_train must be a positive int", "synthetic-count"),
     _case(lambda d: data.synthetic(patch=0), ValueError, r"patch must be a positive int", "synthetic-patch"),
-    _case(lambda d: data.synthetic(noise=NAN), ValueError, r"noise must be a", "synthetic-noise-nan",
-          xfail="synthetic(noise=nan) is accepted: every image is nan"),
+    _case(lambda d: data.synthetic(noise=NAN), ValueError, r"noise must be a", "synthetic-noise-nan"),
     # batching
     _case(lambda d: data.epoch_permutation(0, 0, 0), ValueError, r"n must be a positive int, got 0", "permutation-n-0"),
     _case(lambda d: data.epoch_permutation(0, 0, 2.5), ValueError, r"n must be a positive int", "permutation-n-float"),
@@ -855,8 +852,7 @@ DATA = [
           "steps_per_epoch-batch-0"),
     _case(lambda d: data.steps_per_epoch(10, 2.0), ValueError, r"batch_size must be a positive int",
           "steps_per_epoch-batch-float"),
-    _case(lambda d: data.steps_per_epoch(-5, 2), ValueError, r"\bn must be a non-negative int", "steps_per_epoch-n",
-          xfail="steps_per_epoch(-5, 2) returns -3"),
+    _case(lambda d: data.steps_per_epoch(-5, 2), ValueError, r"\bn must be a non-negative int", "steps_per_epoch-n"),
     _case(lambda d: _gen(data.batches, _XS, _YS[:9], 2, seed=0, epoch=0), ValueError,
           r"x and y must hold the same number of examples, got 10 and 9", "batches-count-mismatch"),
     _case(lambda d: _gen(data.batches, _XS, _YS, 11, seed=0, epoch=0), ValueError,
@@ -952,9 +948,7 @@ DATA = [
     _case(_loaded("cifar10", _cifar_py(), strict=True), DataError, r"data_batch_1: expected 10000 records",
           "load-cifar-strict"),
     _case(_loaded("cifar10", _cifar_py(edit=_remove("data_batch_3"))), MissingDataError, r"data_batch_3\b",
-          "load-cifar-py-one-batch-missing",
-          xfail="with data_batch_3 missing from cifar-10-batches-py, load says 'CIFAR-10 not found ... "
-                "looked for: .../data_batch_1.bin' and never names data_batch_3"),
+          "load-cifar-py-one-batch-missing"),
 ]
 
 

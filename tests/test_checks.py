@@ -64,3 +64,21 @@ def test_choice_and_boolean():
     for v in (0, 1, "True", None):
         with pytest.raises(TypeError, match="flip must be a bool"):
             _checks.boolean(v, "flip")
+
+
+def test_string_and_path_name_the_argument_and_the_rule():
+    assert _checks.string("lenet5", "model") == "lenet5" and _checks.string(None, "d", optional=True) is None
+    for bad in (3, None, b"lenet5", ["lenet5"]):
+        with pytest.raises(TypeError, match=rf"^model must be a str \(a name\), got {__import__('re').escape(repr(bad))}"):
+            _checks.string(bad, "model", hint="a name")
+    with pytest.raises(TypeError, match=r"^data_dir must be a str or None, got 5 \(int\)$"):
+        _checks.string(5, "data_dir", optional=True)
+    import pathlib
+    assert _checks.path(pathlib.Path("a/b"), "data_dir") == "a/b" and _checks.path("x", "p") == "x"
+    assert _checks.path(None, "data_dir", optional=True) is None
+    with pytest.raises(TypeError, match=r"^data_dir must be a path \(a str\) or None, got 5 \(int\)$"):
+        _checks.path(5, "data_dir", optional=True)
+    with pytest.raises(TypeError, match=r"^run_dir must be a path \(a str\), got None"):
+        _checks.path(None, "run_dir")
+    with pytest.raises(ValueError, match=r"^run_dir must be a non-empty path, got ''$"):
+        _checks.path("", "run_dir")

@@ -163,6 +163,37 @@ def test_cifar_strict_record_count(tmp_path):
         data.load("cifar10", data_dir=str(tmp_path), strict=True)
 
 
+@pytest.mark.parametrize("version, missing", [("py", "data_batch_3"), ("py", "test_batch"),
+                                              ("bin", "data_batch_5.bin")])
+def test_cifar10_with_one_batch_missing_names_that_file(tmp_path, version, missing):
+    """Once one format's files are there, a missing batch is named (not a fall-back to the other format
+    and a 'CIFAR-10 not found' that lists the other format's first file)."""
+    d = tmp_path / f"cifar-10-batches-{version}"
+    (write_cifar_py if version == "py" else write_cifar_bin)(str(d))
+    os.remove(d / missing)
+    with pytest.raises(MissingDataError, match=rf"dataset file not found; looked for: .*{missing}$") as err:
+        data.load("cifar10", data_dir=str(tmp_path))
+    assert "CIFAR-10 not found" not in str(err.value)
+    with pytest.raises(MissingDataError, match=r"CIFAR-10 not found under .*: neither the python batches"):
+        data.load("cifar10", data_dir=str(tmp_path / "empty"))
+
+
+def test_load_and_batching_refuse_bad_arguments_naming_them():
+    with pytest.raises(TypeError, match=r"^data_dir must be a path \(a str\) or None, got 5 \(int\)$"):
+        data.load("mnist", data_dir=5)
+    with pytest.raises(TypeError, match=r"^normalize must be a bool, got 'no'$"):
+        data.load("synthetic", normalize="no")
+    with pytest.raises(TypeError, match=r"^strict must be a bool"):
+        data.load("mnist", strict=1)
+    for bad in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match=r"^noise must be a non-negative float \(the std of the pixel noise\)"):
+            data.synthetic(noise=bad)
+    assert np.all(data.synthetic(noise=0.0, normalize=False).x_train[0] >= 0)  # noise 0: squares on zeros
+    with pytest.raises(ValueError, match=r"^n must be a non-negative int \(examples\), got -5$"):
+        data.steps_per_epoch(-5, 2)
+    assert data.steps_per_epoch(0, 2) == 0 and data.steps_per_epoch(5, 2, drop_last=False) == 3
+
+
 # ----------------------------------------------------------------------------- digits
 @pytest.fixture(scope="module")
 def digits():
