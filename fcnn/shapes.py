@@ -1,4 +1,4 @@
-"""Output-size and padding formulas, argument normalisation, counts.
+"""Output-size and padding formulas, argument normalisation, counts, in 1, 2 or 3 spatial dimensions.
 
 The formulas (per spatial dimension):
 
@@ -7,11 +7,17 @@ The formulas (per spatial dimension):
     SAME  : W2 = ceil(W1 / S); P_total = max((W2 - 1) * S + F_eff - W1, 0),
             split as (P_total // 2, P_total - P_total // 2)  (XLA: extra pad at the END)
 
-PyTorch differs: ``padding="same"`` there is only allowed with stride 1 and puts
-the odd extra pad on the *left/top*; fcnn follows XLA/TensorFlow.
+PyTorch's ``padding="same"`` (stride 1 only) also puts the odd extra pad at the end
+(pytorch/pytorch#45667: ``F.conv1d`` of [1, 2, 3, 4, 5] with kernel [1, 0] gives [1, 2, 3, 4, 5]),
+so for stride 1 the two agree; fcnn's SAME also allows stride > 1, as XLA/TensorFlow do.
+
+Layouts name the axes: channels-last ``NWC``, ``NHWC``, ``NDHWC`` (the default for each rank)
+with kernels ``WIO``, ``HWIO``, ``DHWIO``; channels-first ``NCW``, ``NCHW``, ``NCDHW`` with
+kernels ``OIW``, ``OIHW``, ``OIDHW`` (PyTorch's). The number of spatial dimensions (the rank) is
+``len(layout) - 2``.
 
 A conv output has as many channels as there are kernels (C_out). A conv layer
-has ``kh*kw*(cin/groups)*cout + cout`` parameters (sparse connections and
+has ``prod(kernel)*(cin/groups)*cout + cout`` parameters (sparse connections and
 parameter sharing) instead of a dense layer's ``in*out + out``.
 
 Every ``normalize_*`` function validates its argument and raises ``ValueError``
@@ -20,34 +26,61 @@ or ``TypeError`` naming the argument and the rule before any computation.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 Pair = Tuple[int, int]
-Padding = Tuple[Pair, Pair]
+Padding = Tuple[Pair, ...]
 
 from fcnn import _checks
 
-LAYOUTS = ("NHWC", "NCHW")
+LAYOUTS = ("NHWC", "NCHW")  # the 2-D layouts (conv2d, the 2-D layers)
+LAYOUTS_BY_RANK = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}
+ALL_LAYOUTS = tuple(l for pair in LAYOUTS_BY_RANK.values() for l in pair)
+_SPATIAL_NAMES = {1: "width", 2: "height, width", 3: "depth, height, width"}
 
 
-# ----------------------------------------------------------------------------- validation
-
-def normalize_pair(value, name: str, *, minimum: int = 1) -> Pair:
-    """An int or a pair of ints -> ``(h, w)``; every entry must be ``>= minimum``."""
-    if _checks.is_int(value):
-        pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_checks.is_int(v) for v in value):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
-    return pair
+# ----------------------------------------------------------------------------- layouts
+def is_channels_last(layout: str) -> bool:
+    return layout.endswith("C")
 
 
-def normalize_layout(layout) -> str:
-    """``layout`` if it is one of ``LAYOUTS``, else ValueError."""
-    return _checks.choice(layout, LAYOUTS, "layout")
+def layout_rank(layout: str) -> int:
+    """Number of spatial dimensions of a layout name (``"NDHWC"`` -> 3)."""
+    return len(layout) - 2
+
+
+def kernel_layout(layout: str) -> str:
+    """The kernel layout that goes with an activation layout: ``NHWC`` -> ``HWIO``, ``NCDHW`` -> ``OIDHW``."""
+    spatial = layout[1:-1] if is_channels_last(layout) else layout[2:]
+    return spatial + "IO" if is_channels_last(layout) else "OI" + spatial
+
+
+def normalize_layout(layout, ndim: Optional[int] = None, name: str = "layout") -> str:
+    """Validate a layout name. Without ``ndim``: one of the 2-D ``LAYOUTS``. With the array's
+    ``ndim``: ``None`` means channels-last for that rank, and the layout's rank must match it."""
+    if ndim is None:
+        return _checks.choice(layout, LAYOUTS, name)
+    rank = ndim - 2
+    if layout is not None:
+        if layout not in ALL_LAYOUTS:  # name the layouts of x's rank when it has one
+            _checks.choice(layout, LAYOUTS_BY_RANK.get(rank, ALL_LAYOUTS), name)
+        if len(layout) != ndim:
+            others = LAYOUTS_BY_RANK.get(rank)
+            hint = f"; for rank {ndim} use {name} {' or '.join(others)}" if others else ""
+            raise ValueError(f"x must have rank {len(layout)} to match {name}={layout!r}, got rank {ndim}{hint}")
+        return layout
+    if rank not in LAYOUTS_BY_RANK:
+        raise ValueError(f"x must have 1, 2 or 3 spatial dimensions (rank 3, 4 or 5: batch, spatial..., "
+                         f"channels), got rank {ndim}")
+    return LAYOUTS_BY_RANK[rank][0]
+
+
+def check_rank(x_shape: Sequence[int], layout: str, name: str = "x") -> None:
+    """``x_shape`` must have the rank of ``layout`` (batch + spatial + channels)."""
+    if len(x_shape) != len(layout):
+        rank = layout_rank(layout)
+        what = "channels, " + _SPATIAL_NAMES[rank] if not is_channels_last(layout) else _SPATIAL_NAMES[rank] + ", channels"
+        raise ValueError(f"{name} must have rank {len(layout)} (batch, {what} in {layout}), got shape {tuple(x_shape)}")
 
 
 def check_rank4(x_shape: Sequence[int], name: str = "x") -> None:
@@ -58,26 +91,50 @@ def check_rank4(x_shape: Sequence[int], name: str = "x") -> None:
         )
 
 
-def spatial_dims(shape: Sequence[int], layout: str) -> Pair:
-    """``(h, w)`` of an activation shape in ``layout``."""
-    return (shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])
+def spatial_dims(shape: Sequence[int], layout: str) -> Tuple[int, ...]:
+    """The spatial sizes of an activation shape in ``layout`` (``(h, w)`` for NHWC/NCHW)."""
+    return tuple(shape[1:-1]) if is_channels_last(layout) else tuple(shape[2:])
 
 
 def channel_dim(shape: Sequence[int], layout: str) -> int:
-    return shape[3] if layout == "NHWC" else shape[1]
+    return shape[-1] if is_channels_last(layout) else shape[1]
 
 
-def make_shape(n: int, hw: Pair, c: int, layout: str) -> Tuple[int, int, int, int]:
-    return (n, hw[0], hw[1], c) if layout == "NHWC" else (n, c, hw[0], hw[1])
+def make_shape(n: int, sizes: Sequence[int], c: int, layout: str) -> Tuple[int, ...]:
+    return (n, *sizes, c) if is_channels_last(layout) else (n, c, *sizes)
+
+
+def kernel_parts(w_shape: Sequence[int], layout: str) -> Tuple[Tuple[int, ...], int, int]:
+    """``(kernel sizes, cin_per_group, cout)`` of a kernel in ``kernel_layout(layout)``."""
+    if is_channels_last(layout):
+        return tuple(w_shape[:-2]), w_shape[-2], w_shape[-1]
+    return tuple(w_shape[2:]), w_shape[1], w_shape[0]
 
 
 def kernel_dims(w_shape: Sequence[int], layout: str) -> Tuple[int, int, int, int]:
-    """``(kh, kw, cin_per_group, cout)`` of a kernel: HWIO for NHWC, OIHW for NCHW."""
-    if layout == "NHWC":
-        kh, kw, ci, co = w_shape
-    else:
-        co, ci, kh, kw = w_shape
+    """``(kh, kw, cin_per_group, cout)`` of a 2-D kernel: HWIO for NHWC, OIHW for NCHW."""
+    (kh, kw), ci, co = kernel_parts(w_shape, layout)
     return kh, kw, ci, co
+
+
+# ----------------------------------------------------------------------------- validation
+def normalize_tuple(value, name: str, rank: int, *, minimum: int = 1) -> Tuple[int, ...]:
+    """An int or ``rank`` ints -> a ``rank``-tuple; every entry must be ``>= minimum``."""
+    if _checks.is_int(value):
+        out = (int(value),) * rank
+    elif isinstance(value, (tuple, list)) and len(value) == rank and all(_checks.is_int(v) for v in value):
+        out = tuple(int(v) for v in value)
+    else:
+        what = "a pair of ints" if rank == 2 else f"{rank} ints"
+        raise TypeError(f"{name} must be an int or {what}, got {value!r}")
+    if min(out) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    return out
+
+
+def normalize_pair(value, name: str, *, minimum: int = 1) -> Pair:
+    """An int or a pair of ints -> ``(h, w)``; every entry must be ``>= minimum``."""
+    return normalize_tuple(value, name, 2, minimum=minimum)
 
 
 # ----------------------------------------------------------------------------- formulas
@@ -86,15 +143,17 @@ def effective_size(f: int, d: int = 1) -> int:
     return d * (f - 1) + 1
 
 
-def tap_pad_config(offset: Pair, stride: Pair, out_hw: Pair, grid_hw: Pair):
-    """The ``lax.pad`` config (NHWC) that scatters a strided tap back into its grid.
+def tap_pad_config(offset: Sequence[int], stride: Sequence[int], out_sizes: Sequence[int],
+                   grid_sizes: Sequence[int]):
+    """The ``lax.pad`` config (channels-last) that scatters a strided tap back into its grid.
 
     A tap reads ``grid[offset + p*stride]`` for output pixel ``p`` (per spatial axis); padding its
-    ``out_hw`` values by this config puts each at that position in a ``grid_hw`` array, zeros
+    ``out_sizes`` values by this config puts each at that position in a ``grid_sizes`` array, zeros
     elsewhere (interior padding ``stride - 1``): the transpose of the read.
     """
     return ((0, 0, 0),) + tuple(
-        (offset[a], grid_hw[a] - offset[a] - (out_hw[a] - 1) * stride[a] - 1, stride[a] - 1) for a in range(2)
+        (offset[a], grid_sizes[a] - offset[a] - (out_sizes[a] - 1) * stride[a] - 1, stride[a] - 1)
+        for a in range(len(offset))
     ) + ((0, 0, 0),)
 
 
@@ -110,68 +169,62 @@ def same_padding(w1: int, f: int, s: int = 1, d: int = 1) -> Pair:
     return (total // 2, total - total // 2)
 
 
-def normalize_padding(padding, in_hw: Pair, window: Pair, stride: Pair, dilation: Pair) -> Padding:
-    """Any accepted padding spelling -> explicit ``((top, bottom), (left, right))``.
+def _padding_rule(rank: int) -> str:
+    if rank == 2:
+        return "'VALID', 'SAME', an int, a pair or ((top, bottom), (left, right))"
+    return f"'VALID', 'SAME', an int, {rank} ints or {rank} (low, high) pairs"
 
-    Accepted: ``"VALID"``, ``"SAME"`` (case-insensitive), an int ``p`` (p on every
-    side), a pair ``(ph, pw)`` (symmetric per dimension) or explicit
-    ``((top, bottom), (left, right))``. Pads must be non-negative.
+
+def normalize_padding(padding, in_sizes: Sequence[int], window: Sequence[int], stride: Sequence[int],
+                      dilation: Sequence[int]) -> Padding:
+    """Any accepted padding spelling -> explicit ``((lo, hi), ...)``, one pair per spatial dimension.
+
+    Accepted: ``"VALID"``, ``"SAME"`` (case-insensitive), an int ``p`` (p on every side),
+    one int per dimension (symmetric per dimension) or one ``(lo, hi)`` pair per dimension
+    (2-D: ``((top, bottom), (left, right))``). Pads must be non-negative.
     """
+    rank = len(in_sizes)
     if isinstance(padding, str):
         mode = padding.upper()
         if mode == "VALID":
-            return ((0, 0), (0, 0))
+            return ((0, 0),) * rank
         if mode == "SAME":
-            return tuple(same_padding(in_hw[i], window[i], stride[i], dilation[i]) for i in range(2))
-        raise ValueError(f"padding must be 'VALID', 'SAME', an int, a pair or ((top, bottom), (left, right)), got {padding!r}")
+            return tuple(same_padding(in_sizes[i], window[i], stride[i], dilation[i]) for i in range(rank))
+        raise ValueError(f"padding must be {_padding_rule(rank)}, got {padding!r}")
+    seq = isinstance(padding, (tuple, list)) and len(padding) == rank
     if _checks.is_int(padding):
-        p = int(padding)
-        pads = ((p, p), (p, p))
-    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_checks.is_int(v) for v in padding):
-        pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
-    elif (
-        isinstance(padding, (tuple, list))
-        and len(padding) == 2
-        and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_checks.is_int(v) for v in p) for p in padding)
-    ):
+        pads = ((int(padding),) * 2,) * rank
+    elif seq and all(_checks.is_int(v) for v in padding):
+        pads = tuple((int(v),) * 2 for v in padding)
+    elif seq and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_checks.is_int(v) for v in p)
+                     for p in padding):
         pads = tuple((int(p[0]), int(p[1])) for p in padding)
     else:
-        raise TypeError(f"padding must be 'VALID', 'SAME', an int, a pair or ((top, bottom), (left, right)), got {padding!r}")
+        raise TypeError(f"padding must be {_padding_rule(rank)}, got {padding!r}")
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"padding must be non-negative, got {padding!r}")
     return pads
 
 
-def conv_output_hw(in_hw: Pair, window: Pair, stride: Pair, pads: Padding, dilation: Pair) -> Pair:
-    return tuple(output_size(in_hw[i], window[i], stride[i], sum(pads[i]), dilation[i]) for i in range(2))
+def conv_output_hw(in_sizes: Sequence[int], window: Sequence[int], stride: Sequence[int], pads: Padding,
+                   dilation: Sequence[int]) -> Tuple[int, ...]:
+    """Output spatial sizes, one per dimension (the name is 2-D's; every rank works)."""
+    return tuple(output_size(in_sizes[i], window[i], stride[i], sum(pads[i]), dilation[i])
+                 for i in range(len(in_sizes)))
 
 
-def check_nonempty(out_hw: Pair, in_hw: Pair, window: Pair, dilation: Pair, pads: Padding, what: str) -> None:
-    if min(out_hw) < 1:
+def check_nonempty(out_sizes, in_sizes, window, dilation, pads: Padding, what: str) -> None:
+    if min(out_sizes) < 1:
         raise ValueError(
-            f"{what} is larger than the padded input: input {in_hw} with padding {pads} "
+            f"{what} is larger than the padded input: input {tuple(in_sizes)} with padding {pads} "
             f"cannot hold a window of effective size "
-            f"{tuple(effective_size(window[i], dilation[i]) for i in range(2))} (output would be {out_hw})"
+            f"{tuple(effective_size(window[i], dilation[i]) for i in range(len(window)))} "
+            f"(output would be {tuple(out_sizes)})"
         )
 
 
-def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1, groups=1, layout="NHWC"):
-    """Output shape of ``ops.conv2d`` from the formulas, validating every argument.
-
-    Args:
-      x_shape: (n, h, w, c) for NHWC or (n, c, h, w) for NCHW.
-      w_shape: (kh, kw, c/groups, cout) HWIO for NHWC or (cout, c/groups, kh, kw) OIHW for NCHW.
-    Returns:
-      The output shape in the same layout; its channel count is the number of kernels.
-    """
-    layout = normalize_layout(layout)
-    check_rank4(x_shape, "x")
-    check_rank4(w_shape, "w")
-    stride = normalize_pair(stride, "stride")
-    dilation = normalize_pair(dilation, "dilation")
-    groups = _checks.positive_int(groups, "groups")
-    kh, kw, ci, co = kernel_dims(w_shape, layout)
-    c = channel_dim(x_shape, layout)
+def check_groups(c: int, ci: int, co: int, groups: int) -> None:
+    """``groups`` divides both channel counts and the kernel holds ``c/groups`` inputs per group."""
     if c % groups:
         raise ValueError(f"groups={groups} must divide the input channels ({c})")
     if co % groups:
@@ -181,33 +234,54 @@ def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1
             f"w has {ci} input channels per group but x has {c} channels with groups={groups} "
             f"(w's input-channel dimension must equal channels/groups = {c // groups})"
         )
-    in_hw = spatial_dims(x_shape, layout)
-    pads = normalize_padding(padding, in_hw, (kh, kw), stride, dilation)
-    out_hw = conv_output_hw(in_hw, (kh, kw), stride, pads, dilation)
-    check_nonempty(out_hw, in_hw, (kh, kw), dilation, pads, "the kernel")
-    return make_shape(x_shape[0], out_hw, co, layout)
 
 
-def pool_output_shape(x_shape, window, *, stride=None, padding="VALID", dilation=1, layout="NHWC"):
-    """Output shape of a 2-D pooling (``W2 = floor((W1 + P - F_eff)/S) + 1``); channels unchanged.
+def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None):
+    """Output shape of ``ops.conv2d`` / ``ops.conv`` from the formulas, validating every argument.
 
-    ``stride=None`` means stride = window (non-overlapping windows).
+    Args:
+      x_shape: (n, *spatial, c) channels-last or (n, c, *spatial) channels-first.
+      w_shape: (*kernel, c/groups, cout) channels-last or (cout, c/groups, *kernel) channels-first.
+      layout: any of ``ALL_LAYOUTS`` (its rank must match ``x_shape``), or None: channels-last.
+    Returns:
+      The output shape in the same layout; its channel count is the number of kernels.
     """
-    layout = normalize_layout(layout)
-    check_rank4(x_shape, "x")
-    window = normalize_pair(window, "window")
-    stride = window if stride is None else normalize_pair(stride, "stride")
-    dilation = normalize_pair(dilation, "dilation")
-    in_hw = spatial_dims(x_shape, layout)
-    pads = normalize_padding(padding, in_hw, window, stride, dilation)
-    out_hw = conv_output_hw(in_hw, window, stride, pads, dilation)
-    check_nonempty(out_hw, in_hw, window, dilation, pads, "the window")
-    return make_shape(x_shape[0], out_hw, channel_dim(x_shape, layout), layout)
+    layout = normalize_layout(layout, len(x_shape))
+    check_rank(x_shape, layout, "x")
+    check_rank(w_shape, layout, "w")
+    rank = layout_rank(layout)
+    stride = normalize_tuple(stride, "stride", rank)
+    dilation = normalize_tuple(dilation, "dilation", rank)
+    groups = _checks.positive_int(groups, "groups")
+    window, ci, co = kernel_parts(w_shape, layout)
+    check_groups(channel_dim(x_shape, layout), ci, co, groups)
+    in_sizes = spatial_dims(x_shape, layout)
+    pads = normalize_padding(padding, in_sizes, window, stride, dilation)
+    out_sizes = conv_output_hw(in_sizes, window, stride, pads, dilation)
+    check_nonempty(out_sizes, in_sizes, window, dilation, pads, "the kernel")
+    return make_shape(x_shape[0], out_sizes, co, layout)
+
+
+def pool_output_shape(x_shape, window, *, stride=None, padding="VALID", dilation=1, layout=None):
+    """Output shape of a pooling (``W2 = floor((W1 + P - F_eff)/S) + 1``); channels unchanged.
+
+    ``stride=None`` means stride = window (non-overlapping windows). Any rank, as ``conv_output_shape``.
+    """
+    layout = normalize_layout(layout, len(x_shape))
+    rank = layout_rank(layout)
+    window = normalize_tuple(window, "window", rank)
+    stride = window if stride is None else normalize_tuple(stride, "stride", rank)
+    dilation = normalize_tuple(dilation, "dilation", rank)
+    in_sizes = spatial_dims(x_shape, layout)
+    pads = normalize_padding(padding, in_sizes, window, stride, dilation)
+    out_sizes = conv_output_hw(in_sizes, window, stride, pads, dilation)
+    check_nonempty(out_sizes, in_sizes, window, dilation, pads, "the window")
+    return make_shape(x_shape[0], out_sizes, channel_dim(x_shape, layout), layout)
 
 
 # ----------------------------------------------------------------------------- counts
 def conv_param_count(kh: int, kw: int, cin: int, cout: int, groups: int = 1, bias: bool = True) -> int:
-    """``kh*kw*(cin/groups)*cout + cout`` (the bias term only if ``bias``)."""
+    """``kh*kw*(cin/groups)*cout + cout`` (the bias term only if ``bias``); 1-D: kw=1, 3-D: kh=kd*kh."""
     return kh * kw * (cin // groups) * cout + (cout if bias else 0)
 
 
@@ -216,19 +290,19 @@ def dense_param_count(n_in: int, n_out: int, bias: bool = True) -> int:
 
 
 def conv_flops(out_shape, w_shape, layout: str = "NHWC", bias: bool = True) -> int:
-    """FLOPs of one forward conv: 2 per multiply-add, ``kh*kw*cin/groups`` per output element, + bias."""
-    kh, kw, ci, _ = kernel_dims(w_shape, layout)
+    """FLOPs of one forward conv: 2 per multiply-add, ``prod(kernel)*cin/groups`` per output element, + bias."""
+    window, ci, _ = kernel_parts(w_shape, layout)
     n_out = math.prod(out_shape)
-    return 2 * n_out * kh * kw * ci + (n_out if bias else 0)
+    return 2 * n_out * math.prod(window) * ci + (n_out if bias else 0)
 
 
 def dense_flops(batch: int, n_in: int, n_out: int, bias: bool = True) -> int:
     return 2 * batch * n_in * n_out + (batch * n_out if bias else 0)
 
 
-def pool_flops(out_shape, window: Pair) -> int:
-    """Comparisons/additions of a pooling: ``window_h*window_w - 1`` per output element."""
-    return math.prod(out_shape) * (window[0] * window[1] - 1)
+def pool_flops(out_shape, window: Sequence[int]) -> int:
+    """Comparisons/additions of a pooling: ``prod(window) - 1`` per output element."""
+    return math.prod(out_shape) * (math.prod(window) - 1)
 
 
 def receptive_field(layers: Iterable[Tuple[int, int, int]]) -> Tuple[int, int]:
