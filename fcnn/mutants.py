@@ -13,8 +13,9 @@ with one realistic mistake, almost always in a hand-written backward rule (a ``c
     conv_channels_not_swapped     conv2d      dX: (cg, cout) reshaped, not transposed      cg, dg not both 1
     conv_groups_interleaved       conv2d      dX: cin ordered c*g + k, not k*cg + c        groups > 1, cg > 1
     conv_bias_first_example       conv2d      db sums dZ of the first example only        batch > 1
-    conv_same_pad_at_start        conv2d      FORWARD: SAME's odd pad at the top/left      SAME, odd total pad
-                                              (PyTorch's place), backward by autodiff
+    conv_same_pad_ignores_stride  conv2d      FORWARD: SAME padded by the stride-1 rule    SAME, stride > 1,
+                                              (F_eff - 1: PyTorch's padding=k//2 idiom),    (H-1) % stride != 0
+                                              backward by autodiff
     pool_overwrite                max_pool2d  overlapping windows overwrite, not add        stride < window
     pool_ties_all_as_first        max_pool2d  policy "all" claimed as "first"             tied maxima
     pool_grad_to_padding          max_pool2d  scatter cropped at 0, not at the top/left pad top/left padding
@@ -132,14 +133,23 @@ def _db_first_example(dz):
     return jnp.sum(dz[0], axis=(0, 1))  # forgot the batch axis: (oh, ow, cout) -> (cout,)
 
 
-def _conv_same_at_start(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layout="NHWC",
-                        precision=None):
-    """Forward with SAME's odd extra pad before, not after (PyTorch's side); autodiff backward."""
+def _conv_same_ignores_stride(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layout="NHWC",
+                              precision=None):
+    """Forward with SAME padded as if the stride were 1; autodiff backward.
+
+    The stride-1 SAME pad is F_eff - 1 in total, split (lo, hi) = (T // 2, T - T // 2): for an odd
+    kernel the symmetric ``padding=k//2`` (``d*(k-1)//2``) of PyTorch code, the usual port of a
+    TensorFlow/XLA "SAME" layer. At stride s it gives SAME's output size, ceil(H / s), but pads
+    more than SAME's ``(ceil(H/s) - 1)*s + F_eff - H`` whenever ``(H - 1) % s != 0`` (stride 2 on
+    an even size), and every output reads the input shifted by the difference of the start pads
+    (one row/column for stride 2). This misalignment is why timm has ``Conv2dSame``/``pad_same``
+    (it pads symmetrically only when the stride is 1 and d*(k-1) is even: ``is_static_pad`` in
+    timm/layers/padding.py).
+    """
     if isinstance(padding, str) and padding.upper() == "SAME":
         kh, kw, _, _ = shapes.kernel_dims(jnp.shape(w), layout)
-        s, d = shapes.normalize_pair(stride, "stride"), shapes.normalize_pair(dilation, "dilation")
-        pads = shapes.normalize_padding("SAME", shapes.spatial_dims(jnp.shape(x), layout), (kh, kw), s, d)
-        padding = tuple((hi, lo) for lo, hi in pads)
+        d = shapes.normalize_pair(dilation, "dilation")
+        padding = shapes.normalize_padding("SAME", shapes.spatial_dims(jnp.shape(x), layout), (kh, kw), (1, 1), d)
     return conv_ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
                            precision=precision, impl="lax")
 
@@ -196,8 +206,9 @@ def _registry() -> Dict[str, Mutant]:
          "groups > 1 with cin/groups > 1", _conv_mutant(backward_input=swapped(_kernel_interleaved))),
         ("conv_bias_first_example", "conv2d", "db sums dZ over the first example only", "batch > 1 with bias",
          _conv_mutant(backward_bias=_db_first_example)),
-        ("conv_same_pad_at_start", "conv2d", "forward puts SAME's odd extra pad first (PyTorch's side)",
-         "SAME with an odd total pad", _conv_same_at_start),
+        ("conv_same_pad_ignores_stride", "conv2d",
+         "forward pads SAME by the stride-1 rule (F_eff - 1 in total, the padding=k//2 idiom)",
+         "SAME with stride > 1 and (H - 1) % stride != 0", _conv_same_ignores_stride),
         ("pool_overwrite", "max_pool2d", "overlapping windows overwrite each other's gradient",
          "stride < window", make_max_pool(accumulate=False)),
         ("pool_ties_all_as_first", "max_pool2d", "every tied maximum gets the gradient (policy 'all')",

@@ -12,8 +12,8 @@ implementation in the chosen dtype (float32 with ``precision="highest"``) agains
 (skipped on tied inputs, where max pooling has no derivative, and for whole models) and
 ``second_order``. The quick sweep holds the configurations that expose every mutant in
 ``fcnn.mutants`` (stride > 1, stride != dilation, asymmetric and top/left padding, groups with
-cin/groups > 1, batch 2 with bias, SAME with an odd pad, overlapping pool windows, ties). The full
-sweep adds the conv grid (``conv_grid``: the one definition of it, which tests/test_conv.py runs
+cin/groups > 1, batch 2 with bias, SAME at stride 2 on an even size, overlapping pool windows,
+ties). The full sweep adds the conv grid (``conv_grid``: the one definition of it, which tests/test_conv.py runs
 too; about 300 cases) and the pool grid.
 """
 from __future__ import annotations

@@ -27,7 +27,8 @@ EXPECT = {
     # db does not depend on x or w: no cross term for the second order to see
     "conv_bias_first_example": ("basic", "s2_same", {"vjp", "fd_projection", "jacobian"}),
     # a wrong forward with its own exact gradient: finite differences agree with it
-    "conv_same_pad_at_start": ("s2_same", "nchw_d2", {"forward", "vjp"}),
+    # (depthwise: stride 2 along W = 7, where (W - 1) % 2 == 0 and the stride-1 pad is SAME's)
+    "conv_same_pad_ignores_stride": ("s2_same", "depthwise", {"forward", "vjp"}),
     "pool_overwrite": ("overlap3", "tiled2", {"vjp", "fd_projection", "jacobian"}),
     "pool_ties_all_as_first": ("ties_overlap", "overlap3", {"vjp", "fd_projection"}),
     "pool_grad_to_padding": ("pad_tl", "overlap3", {"vjp", "fd_projection", "jacobian"}),
@@ -119,6 +120,20 @@ def test_command_exits_nonzero_for_a_mutant(name, capsys):
     assert f"| {name} |" in out and "| FAIL |" in out
 
 
+def test_same_pad_ignoring_stride_shifts_only_misaligned_sizes():
+    """Kernel [1, 0, 0] picks each window's first cell, so the output shows where the windows start.
+    SAME, stride 2: H = 6 pads (0, 1) (total (3-1)*2 + 3 - 6 = 1) and reads rows 0, 2, 4 -> 1, 3, 5;
+    the stride-1 rule pads (1, 1) and reads padding, 2, 4 -> 0, 2, 4. H = 7: both pad (1, 1)."""
+    m = mutants.get_mutant("conv_same_pad_ignores_stride").fn
+    w = jnp.array([1.0, 0.0, 0.0]).reshape(3, 1, 1, 1)
+    x6 = jnp.arange(1.0, 7.0).reshape(1, 6, 1, 1)
+    np.testing.assert_array_equal(np.ravel(m(x6, w, stride=(2, 1), padding="SAME")), [0, 2, 4])
+    np.testing.assert_array_equal(np.ravel(mutants.conv_ops.conv2d(x6, w, stride=(2, 1), padding="SAME")), [1, 3, 5])
+    x7 = jnp.arange(1.0, 8.0).reshape(1, 7, 1, 1)
+    np.testing.assert_array_equal(np.ravel(m(x7, w, stride=(2, 1), padding="SAME")), [0, 2, 4, 6])
+    np.testing.assert_array_equal(np.ravel(m(x6, w, padding="SAME")), [0, 1, 2, 3, 4, 5])  # stride 1: SAME itself
+
+
 def test_get_mutant_names_the_choices():
     with pytest.raises(ValueError, match="conv_kernel_not_rotated"):
         mutants.get_mutant("nope")
@@ -130,4 +145,4 @@ def test_quick_sweep_catches_every_mutant():
     assert [e["name"] for e in matrix if not e["caught_by"]] == []
     rows = {e["name"]: e for e in matrix}
     assert rows["conv_groups_interleaved"]["caught_by"] == ["groups2_d2"]  # the one case with cin/groups > 1
-    assert rows["conv_same_pad_at_start"]["fd_projection"].startswith("0/")
+    assert rows["conv_same_pad_ignores_stride"]["fd_projection"].startswith("0/")
