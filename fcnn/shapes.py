@@ -246,8 +246,10 @@ def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1
     Returns:
       The output shape in the same layout; its channel count is the number of kernels.
     """
+    if layout is None and len(x_shape) != len(w_shape):
+        raise ValueError(f"x and w must have the same rank (batch and channels + spatial dims; kernel: spatial + "
+                         f"in + out), got x {tuple(x_shape)} and w {tuple(w_shape)}")
     layout = normalize_layout(layout, len(x_shape))
-    check_rank(x_shape, layout, "x")
     check_rank(w_shape, layout, "w")
     rank = layout_rank(layout)
     stride = normalize_tuple(stride, "stride", rank)
