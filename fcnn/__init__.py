@@ -38,6 +38,7 @@ from fcnn.layers import (
     Softplus,
     Tanh,
 )
+from fcnn.norms import GroupNorm, InstanceNorm, LayerNorm
 from fcnn.losses import accuracy, l2_penalty, mse, softmax_cross_entropy
 from fcnn.models import MODELS, example_net, get_model, lenet5, small_resnet, small_vgg
 from fcnn.optim import make_optimizer
@@ -54,7 +55,7 @@ __all__ = [
     # layers
     "Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
     "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
-    "Gelu", "Elu", "LeakyRelu", "Silu", "Softplus",
+    "Gelu", "Elu", "LeakyRelu", "Silu", "Softplus", "LayerNorm", "GroupNorm", "InstanceNorm",
     # combinators
     "serial", "residual", "branches",
     # models and inspection

@@ -1,4 +1,4 @@
-"""Layers: Conv2D, Dense, pooling, Flatten, Dropout, BatchNorm (activations in fcnn.activations).
+"""Layers: Conv2D, Dense, pooling, Flatten, Dropout (activations in fcnn.activations, norms in fcnn.norms).
 
 Every constructor returns a ``Layer(init, apply)`` (contract in ``fcnn.types``)::
 
@@ -14,20 +14,20 @@ Layers never call ``jit``.
 
 dtypes: params are created in ``param_dtype`` (float32 by default). ``Conv2D`` and
 ``Dense`` cast their params to ``x.dtype`` inside ``apply`` (so float32 master params
-serve float64 or bfloat16 inputs: mixed precision); ``BatchNorm`` computes its statistics
-in at least float32 and returns ``x.dtype``.
+serve float64 or bfloat16 inputs: mixed precision). ``BatchNorm`` lives in ``fcnn.norms`` and is
+re-exported here (``fcnn.layers.BatchNorm`` keeps working).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from fcnn import _checks
 from fcnn import init as initializers
 from fcnn import ops, shapes
 from fcnn.activations import (Activation, Elu, Gelu, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,  # noqa: F401
                               Silu, Softmax, Softplus, Tanh)
+from fcnn.norms import BatchNorm  # noqa: F401  (re-exported: fcnn.layers.BatchNorm)
 from fcnn.types import (InputShapeError, Layer, LayerInfo, check_key, check_shape, describe, init_text, input_mismatch,
                         numel, shape_text)
 
@@ -364,82 +364,3 @@ def Dropout(drop_rate) -> Layer:
 
     return describe(Layer(init, apply), LayerInfo("Dropout", "dropout", f"p={drop_rate}",
                                                   flops=lambda i, o: numel(o)))
-
-
-# ----------------------------------------------------------------------------- BatchNorm
-def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", param_dtype=jnp.float32) -> Layer:
-    """Batch normalisation per channel: ``y = (x - mean) / sqrt(var + epsilon) * scale + offset``.
-
-    ``train=True`` normalises with the statistics of the batch (mean and *biased* variance
-    over every axis but the channel one) and returns the state updated by
-    ``running = momentum * running + (1 - momentum) * batch``. ``train=False`` uses the
-    running statistics and returns the state unchanged. With ``axis_name`` (inside
-    ``pmap``/``shard_map``) the mean and then the variance around the global mean are
-    averaged with ``lax.pmean``, so with equal per-device batches they equal the statistics
-    of the global batch.
-
-    Args:
-      momentum: in [0, 1]; weight of the old running statistics.
-      epsilon: > 0, added to the variance.
-      layout: channel axis: NHWC -> last, NCHW -> 1; a rank-2 input (n, c) uses the last axis.
-    Params: {"scale": (c,) ones, "offset": (c,) zeros}. State: {"mean": (c,) zeros, "var": (c,) ones}
-    in float32 (at least).
-    """
-    momentum = _checks.float_in_range(momentum, "momentum", 0, 1, closed_high=True)
-    epsilon = _checks.positive_float(epsilon, "epsilon")
-    if axis_name is not None and not isinstance(axis_name, (str, tuple)):
-        raise TypeError(f"axis_name must be None, a str or a tuple of names, got {axis_name!r}")
-    layout = shapes.normalize_layout(layout)
-    param_dtype = _check_param_dtype(param_dtype)
-    stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
-
-    def channel_axis(rank):
-        return 1 if (rank == 4 and layout == "NCHW") else rank - 1
-
-    seen = {}  # init's last in_shape, only to word apply's errors
-
-    def init(key, in_shape):
-        in_shape = check_shape(in_shape)
-        if len(in_shape) not in (2, 4):
-            raise ValueError(f"in_shape of BatchNorm must be (n, c) or rank 4, got {in_shape}")
-        seen["in"] = in_shape
-        c = in_shape[channel_axis(len(in_shape))]
-        params = {"scale": jnp.ones((c,), param_dtype), "offset": jnp.zeros((c,), param_dtype)}
-        state = {"mean": jnp.zeros((c,), stat_dtype), "var": jnp.ones((c,), stat_dtype)}
-        return in_shape, params, state
-
-    def check_input(x, c):
-        shape = jnp.shape(x)
-        if len(shape) in (2, 4) and shape[channel_axis(len(shape))] == c:
-            return
-        expected = {2: f"(n, {c})", 4: _image_text(c, layout)}.get(len(shape), f"(n, {c}) or {_image_text(c, layout)}")
-        expected = init_text(seen, lambda s: s[channel_axis(len(s))] == c, expected)
-        where = "the last axis" if layout == "NHWC" else "axis 1 (the last at rank 2)"
-        raise input_mismatch("BatchNorm", shape, expected, f"x must have rank 2 or 4 with the statistics' {c} "
-                             f"channels on {where}", rank_ok=len(shape) in (2, 4))
-
-    def apply(params, state, x, *, key=None, train=False):
-        check_input(x, jnp.shape(params["scale"])[0])
-        ca = channel_axis(x.ndim)
-        axes = tuple(a for a in range(x.ndim) if a != ca)
-        bshape = [1] * x.ndim
-        bshape[ca] = x.shape[ca]  # broadcast (c,) against x
-        xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        if train:
-            mean = jnp.mean(xs, axis=axes)
-            if axis_name is not None:
-                mean = lax.pmean(mean, axis_name)
-            var = jnp.mean(jnp.square(xs - jnp.reshape(mean, bshape)), axis=axes)
-            if axis_name is not None:
-                var = lax.pmean(var, axis_name)
-            state = {"mean": momentum * state["mean"] + (1 - momentum) * mean.astype(stat_dtype),
-                     "var": momentum * state["var"] + (1 - momentum) * var.astype(stat_dtype)}
-        else:
-            mean, var = state["mean"].astype(xs.dtype), state["var"].astype(xs.dtype)
-        inv = lax.rsqrt(var + epsilon) * params["scale"].astype(xs.dtype)
-        y = (xs - jnp.reshape(mean, bshape)) * jnp.reshape(inv, bshape) + jnp.reshape(
-            params["offset"].astype(xs.dtype), bshape)
-        return y.astype(x.dtype), state
-
-    return describe(Layer(init, apply), LayerInfo("BatchNorm", "norm", f"m={momentum}",
-                                                  flops=lambda i, o: 4 * numel(o)))

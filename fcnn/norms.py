@@ -1,0 +1,289 @@
+"""Normalisation layers: BatchNorm, LayerNorm, GroupNorm, InstanceNorm.
+
+Each layer computes ``y = (x - mean) / sqrt(var + epsilon) * scale + offset`` with the
+*biased* variance (divided by the count m, not m - 1) and a per-channel affine transform
+(``scale`` ones, ``offset`` zeros, shape (c,); ``affine=False`` leaves them out). They differ
+only in the axes the statistics run over, for an input (n, *spatial, c) in channels-last
+layout (or (n, c, *spatial) channels-first):
+
+    layer               statistics over                       per           kept as state
+    BatchNorm           n and every spatial axis              channel       running mean, var
+    LayerNorm           every channel and spatial axis        example       nothing
+    GroupNorm(g)        the c/g channels of a group, spatial  example, group  nothing
+    InstanceNorm        every spatial axis                    example, channel  nothing
+
+So ``LayerNorm = GroupNorm(1)`` and ``InstanceNorm = GroupNorm(c)`` (Wu & He 2018, Fig. 2);
+only BatchNorm mixes the examples of a batch and keeps state.
+
+Layouts: ``layout`` names where the channel axis is: the channels-last names ``NWC``, ``NHWC``,
+``NDHWC`` put it last, the channels-first names ``NCW``, ``NCHW``, ``NCDHW`` at axis 1; the
+rank comes from ``in_shape`` (1-3 spatial dims: rank 3-5), so ``layout="NHWC"`` serves an
+(n, w, c) or (n, d, h, w, c) input too. BatchNorm, LayerNorm and GroupNorm also take (n, c)
+(features on the last axis whatever the layout). Under the layer contract (``fcnn.types``)
+``init`` needs only the shape; ``apply`` checks its input against the params (the channel
+count of ``scale`` or of the running statistics) and raises ``InputShapeError`` naming the
+layer and both shapes. Statistics are computed in at least float32; ``y`` has ``x.dtype``.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn import _checks, shapes
+from fcnn.types import Layer, LayerInfo, check_shape, describe, init_text, input_mismatch, numel
+
+__all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm"]
+
+IMAGE_RANKS = (3, 4, 5)  # (n, w, c), (n, h, w, c), (n, d, h, w, c) and their channels-first forms
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def _check_param_dtype(dtype):
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError(f"param_dtype must be a floating dtype, got {dtype!r}")
+    return jnp.dtype(dtype)
+
+
+def _channels_last(layout) -> bool:
+    return shapes.is_channels_last(_checks.choice(layout, shapes.ALL_LAYOUTS, "layout"))
+
+
+def _channel_axis(rank: int, last: bool) -> int:
+    return rank - 1 if (last or rank == 2) else 1
+
+
+def _shape_text(c, last: bool, ranks) -> str:
+    """How an input the params fit is written when init's own shape is unknown: ``(n, 4) or (n, ..., 4)``."""
+    image = f"(n, ..., {c})" if last else f"(n, {c}, ...)"
+    return f"(n, {c}) or {image}" if 2 in ranks else image
+
+
+def _rank_text(ranks) -> str:
+    return " or ".join(map(str, ranks))
+
+
+def _init_shape(name, in_shape, ranks, seen):
+    in_shape = check_shape(in_shape)
+    if len(in_shape) not in ranks:
+        forms = ("(n, c) or " if 2 in ranks else "") + "rank 3-5 (1-3 spatial dims and a channel axis)"
+        raise ValueError(f"in_shape of {name} must be {forms}, got {in_shape}")
+    seen["in"] = in_shape
+    return in_shape
+
+
+def _check_input(name, x, c, last, ranks, seen, fits=None):
+    """``x`` of a rank in ``ranks`` with ``c`` channels (``c=None``: any; ``fits(channels)``: an
+    extra rule, e.g. groups dividing them), else ``InputShapeError`` naming ``name`` and both shapes."""
+    shape = jnp.shape(x)
+
+    def agrees(s):
+        ch = s[_channel_axis(len(s), last)] if len(s) in ranks else None
+        return ch is not None and (c is None or ch == c) and (fits is None or fits(ch))
+
+    if agrees(shape):
+        return
+    where = "on the last axis" if last else "on axis 1 (the last at rank 2)"
+    what = f"{c} channels" if c is not None else "channels"
+    rule = f"x must have rank {_rank_text(ranks)} with the params' {what} {where}"
+    if fits is not None and len(shape) in ranks and (c is None or shape[_channel_axis(len(shape), last)] == c):
+        rule = fits.rule
+    expected = init_text(seen, agrees, _shape_text("c" if c is None else c, last, ranks))
+    raise input_mismatch(name, shape, expected, rule, rank_ok=len(shape) in ranks)
+
+
+def _affine(params, y, ca, dtype):
+    """``y * scale + offset`` with (c,) params broadcast along channel axis ``ca``; identity without params."""
+    if not params:
+        return y
+    bshape = [1] * y.ndim
+    bshape[ca] = y.shape[ca]
+    return (y * jnp.reshape(params["scale"].astype(dtype), bshape)
+            + jnp.reshape(params["offset"].astype(dtype), bshape))
+
+
+def _affine_params(c, affine, dtype):
+    return {"scale": jnp.ones((c,), dtype), "offset": jnp.zeros((c,), dtype)} if affine else {}
+
+
+def _params_channels(params, state):
+    """The channel count the params (or BatchNorm's statistics) fix, or None (affine=False, no state)."""
+    for tree, key in ((params, "scale"), (state, "mean")):
+        if key in tree:
+            return jnp.shape(tree[key])[0]
+    return None
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+def _batch_stats(xs, axes, bshape, axis_name, unbiased):
+    """Per-channel batch mean and biased variance over ``axes`` (averaged over ``axis_name``), and the
+    variance the running average keeps: the same, or ``var * m / (m - 1)`` with ``unbiased``."""
+    mean = jnp.mean(xs, axis=axes)
+    if axis_name is not None:
+        mean = lax.pmean(mean, axis_name)
+    var = jnp.mean(jnp.square(xs - jnp.reshape(mean, bshape)), axis=axes)
+    if axis_name is not None:
+        var = lax.pmean(var, axis_name)
+    if not unbiased:
+        return mean, var, var
+    m = numel([xs.shape[a] for a in axes])  # values per channel on this device
+    if axis_name is not None:
+        m = m * lax.psum(1, axis_name)
+    return mean, var, var * (m / jnp.maximum(m - 1, 1))
+
+
+def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affine=True,
+              unbiased_running_var=False, param_dtype=jnp.float32) -> Layer:
+    """Batch normalisation per channel: ``y = (x - mean) / sqrt(var + epsilon) * scale + offset``.
+
+    ``train=True`` normalises with the statistics of the batch (mean and *biased* variance
+    over every axis but the channel one, m values per channel) and returns the state updated by
+    ``running = momentum * running + (1 - momentum) * batch``; with ``unbiased_running_var``
+    the variance that enters the running average is the unbiased ``var * m / (m - 1)``, as
+    PyTorch keeps it (the batch is still normalised by the biased one; pytorch#60528,
+    timm#815). ``train=False`` uses the running statistics and returns the state unchanged.
+    With ``axis_name`` (inside ``pmap``/``shard_map``) the mean and then the variance around
+    the global mean are averaged with ``lax.pmean`` (m counts the global batch), so with
+    equal per-device batches they equal the statistics of the global batch.
+
+    Porting from PyTorch (``torch.nn.BatchNorm2d`` documents ``x_new = (1 - momentum) * x
+    + momentum * x_t``, default 0.1, running_var unbiased):
+
+        PyTorch                          fcnn
+        momentum=0.1 (default)           momentum=0.9 (default)
+        momentum=p                       momentum=1 - p
+        eps                              epsilon
+        weight, bias                     params["scale"], params["offset"]
+        running_mean, running_var        state["mean"], state["var"]
+        running_var unbiased             unbiased_running_var=True (default False: biased)
+        affine=False                     affine=False
+
+    Args:
+      momentum: in [0, 1]; weight of the old running statistics.
+      epsilon: > 0, added to the variance.
+      layout: where the channel axis is (module docstring): last for NHWC (and NWC, NDHWC),
+        1 for NCHW (NCW, NCDHW); an (n, c) input uses the last axis.
+      affine: learn the per-channel ``scale`` and ``offset``.
+      unbiased_running_var: keep ``var * m / (m - 1)`` in the running variance (m >= 2).
+    Params: {"scale": (c,) ones, "offset": (c,) zeros} ({} without affine).
+    State: {"mean": (c,) zeros, "var": (c,) ones} in float32 (at least).
+    """
+    momentum = _checks.float_in_range(momentum, "momentum", 0, 1, closed_high=True)
+    epsilon = _checks.positive_float(epsilon, "epsilon")
+    if axis_name is not None and not isinstance(axis_name, (str, tuple)):
+        raise TypeError(f"axis_name must be None, a str or a tuple of names, got {axis_name!r}")
+    last = _channels_last(layout)
+    affine = _checks.boolean(affine, "affine")
+    unbiased = _checks.boolean(unbiased_running_var, "unbiased_running_var")
+    param_dtype = _check_param_dtype(param_dtype)
+    stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
+    ranks = (2,) + IMAGE_RANKS
+    seen = {}  # init's last in_shape, only to word apply's errors
+
+    def init(key, in_shape):
+        in_shape = _init_shape("BatchNorm", in_shape, ranks, seen)
+        c = in_shape[_channel_axis(len(in_shape), last)]
+        if unbiased and numel(in_shape) // c < 2 and axis_name is None:
+            raise ValueError(f"unbiased_running_var needs at least 2 values per channel, in_shape {in_shape} has 1")
+        state = {"mean": jnp.zeros((c,), stat_dtype), "var": jnp.ones((c,), stat_dtype)}
+        return in_shape, _affine_params(c, affine, param_dtype), state
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_input("BatchNorm", x, jnp.shape(state["mean"])[0], last, ranks, seen)
+        ca = _channel_axis(x.ndim, last)
+        axes = tuple(a for a in range(x.ndim) if a != ca)
+        bshape = [1] * x.ndim
+        bshape[ca] = x.shape[ca]  # broadcast (c,) against x
+        xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if train:
+            mean, var, kept = _batch_stats(xs, axes, bshape, axis_name, unbiased)
+            state = {"mean": momentum * state["mean"] + (1 - momentum) * mean.astype(stat_dtype),
+                     "var": momentum * state["var"] + (1 - momentum) * kept.astype(stat_dtype)}
+        else:
+            mean, var = state["mean"].astype(xs.dtype), state["var"].astype(xs.dtype)
+        y = (xs - jnp.reshape(mean, bshape)) * jnp.reshape(lax.rsqrt(var + epsilon), bshape)
+        return _affine(params, y, ca, xs.dtype).astype(x.dtype), state
+
+    detail = f"m={momentum}" + (" unbiased" if unbiased else "")
+    return describe(Layer(init, apply), LayerInfo("BatchNorm", "norm", detail, flops=lambda i, o: 4 * numel(o)))
+
+
+# ----------------------------------------------------------------------------- per-example norms
+class _Divides:
+    """The rule GroupNorm's groups add to the input check: they divide the channels."""
+
+    def __init__(self, groups):
+        self.groups = groups
+        self.rule = f"num_groups={groups} must divide the channels"
+
+    def __call__(self, channels):
+        return channels % self.groups == 0
+
+
+def _group_norm(name, groups, epsilon, layout, affine, param_dtype, ranks, detail) -> Layer:
+    """Statistics per example over (the channels of one group, every spatial axis); ``groups=None``:
+    one group per channel (InstanceNorm)."""
+    epsilon = _checks.positive_float(epsilon, "epsilon")
+    last = _channels_last(layout)
+    affine = _checks.boolean(affine, "affine")
+    param_dtype = _check_param_dtype(param_dtype)
+    fits = None if groups in (None, 1) else _Divides(groups)
+    seen = {}  # init's last in_shape, only to word apply's errors
+
+    def init(key, in_shape):
+        in_shape = _init_shape(name, in_shape, ranks, seen)
+        c = in_shape[_channel_axis(len(in_shape), last)]
+        if fits is not None and not fits(c):
+            raise ValueError(f"num_groups={groups} must divide the channels ({c}) of in_shape {in_shape}")
+        return in_shape, _affine_params(c, affine, param_dtype), {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        _check_input(name, x, _params_channels(params, state), last, ranks, seen, fits)
+        ca = _channel_axis(x.ndim, last)
+        c = x.shape[ca]
+        g = c if groups is None else groups
+        xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        # split the channel axis into (g, c/g): (n, *sp, g, c/g) channels-last, (n, g, c/g, *sp) first
+        xg = jnp.reshape(xs, x.shape[:ca] + (g, c // g) + x.shape[ca + 1:])
+        axes = tuple(a for a in range(1, xg.ndim) if a != ca)  # all but the batch and the group axis
+        mean = jnp.mean(xg, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+        y = jnp.reshape((xg - mean) * lax.rsqrt(var + epsilon), x.shape)
+        return _affine(params, y, ca, xs.dtype).astype(x.dtype), state
+
+    return describe(Layer(init, apply), LayerInfo(name, "norm", detail, flops=lambda i, o: 5 * numel(o)))
+
+
+def LayerNorm(*, epsilon=1e-5, layout="NHWC", affine=True, param_dtype=jnp.float32) -> Layer:
+    """Layer normalisation (Ba et al. 2016): per example, statistics over every channel and
+    spatial axis; on an (n, features) input over the features (``torch.nn.LayerNorm(features)``).
+
+    The affine ``scale``/``offset`` are per channel, (c,) (= ``GroupNorm(1)``); PyTorch's
+    ``nn.LayerNorm([c, h, w])`` learns one per element instead (equal at initialisation).
+    Params: {"scale": (c,), "offset": (c,)} ({} without affine). State: {}.
+    """
+    return _group_norm("LayerNorm", 1, epsilon, layout, affine, param_dtype, (2,) + IMAGE_RANKS, "")
+
+
+def GroupNorm(num_groups, *, epsilon=1e-5, layout="NHWC", affine=True, param_dtype=jnp.float32) -> Layer:
+    """Group normalisation (Wu & He 2018; ``torch.nn.GroupNorm``): the c channels split into
+    ``num_groups`` consecutive groups of c/num_groups; per example and group, statistics over
+    the group's channels and every spatial axis; then a per-channel affine transform.
+
+    Args:
+      num_groups: a positive int that divides the channel count (checked at init).
+    Params: {"scale": (c,), "offset": (c,)} ({} without affine). State: {}.
+    """
+    num_groups = _checks.positive_int(num_groups, "num_groups")
+    return _group_norm("GroupNorm", num_groups, epsilon, layout, affine, param_dtype, (2,) + IMAGE_RANKS,
+                       f"g={num_groups}")
+
+
+def InstanceNorm(*, epsilon=1e-5, layout="NHWC", affine=True, param_dtype=jnp.float32) -> Layer:
+    """Instance normalisation (Ulyanov et al. 2016): per example and channel, statistics over the
+    spatial axes (= GroupNorm with one channel per group). Needs a spatial axis (rank 3-5).
+
+    PyTorch's ``nn.InstanceNorm2d`` defaults to ``affine=False`` and no running statistics;
+    fcnn's defaults to ``affine=True`` like the other norms and never keeps statistics.
+    Params: {"scale": (c,), "offset": (c,)} ({} without affine). State: {}.
+    """
+    return _group_norm("InstanceNorm", None, epsilon, layout, affine, param_dtype, IMAGE_RANKS, "")
