@@ -143,7 +143,8 @@ X, W = (1, 5, 5, 4), (3, 3, 2, 4)
 @pytest.mark.parametrize("kw, exc, match", [
     (dict(x_shape=(5, 5, 4)), ValueError, "x and w must have the same rank"),
     (dict(x_shape=(5, 5, 4), layout="NHWC"), ValueError, "x must have rank 4 to match layout='NHWC'"),
-    (dict(w_shape=(3, 3, 4)), ValueError, "w must have rank 4"),
+    (dict(w_shape=(3, 3, 4)), ValueError, "x and w must have the same rank"),
+    (dict(w_shape=(3, 3, 4), layout="NHWC"), ValueError, "w must have rank 4"),
     (dict(layout="HWC"), ValueError, "layout must be one of"),
     (dict(stride=0), ValueError, "stride must be >= 1"),
     (dict(stride=(1, 2, 3)), TypeError, "stride must be an int or a pair"),
