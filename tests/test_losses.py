@@ -107,3 +107,85 @@ def test_softmax_rows_sum_to_one(batch):
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- dense-task losses
+def _fd_check(f, *args):
+    """First-order reverse-mode gradient against central finite differences (float64)."""
+    from jax.test_util import check_grads
+    check_grads(f, args, order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-7)
+
+
+def test_pixelwise_cross_entropy_ignores_pixels_and_averages_the_rest():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 3, 4, 5)) * 2  # (n, h, w, k)
+    labels = rng.integers(0, 5, size=(2, 3, 4))
+    labels[0, 0, :] = 255
+    labels[1, 2, 1] = 255  # 5 ignored pixels, 19 kept
+    lp = _np_log_softmax(logits)
+    kept = [(-lp[i, j, k, labels[i, j, k]]) for i in range(2) for j in range(3) for k in range(4)
+            if labels[i, j, k] != 255]
+    assert len(kept) == 19
+    got = losses.pixelwise_cross_entropy(logits, jnp.asarray(labels), ignore_index=255)
+    np.testing.assert_allclose(got, np.mean(kept), rtol=1e-12)
+    _fd_check(lambda z: losses.pixelwise_cross_entropy(z, jnp.asarray(labels), ignore_index=255), logits)
+    assert float(losses.pixelwise_cross_entropy(logits, jnp.full((2, 3, 4), 255), ignore_index=255)) == 0.0
+
+
+def test_pixelwise_cross_entropy_on_rows_is_todays_softmax_cross_entropy(batch):
+    logits, labels = batch
+    a = losses.pixelwise_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+    b = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(a, b, rtol=1e-14)
+
+
+def test_binary_cross_entropy_with_logits_by_hand_and_stable():
+    # z = 0, t = 1: log 2; z = ln 3, t = 0: -log(1 - 3/4) = log 4; z = -ln 3, t = 0.5: log 4 / 2 + log(4/3) / 2
+    z = np.array([0.0, np.log(3.0), -np.log(3.0)])
+    t = np.array([1.0, 0.0, 0.5])
+    want = np.mean([np.log(2), np.log(4), 0.5 * np.log(4) + 0.5 * np.log(4 / 3)])
+    np.testing.assert_allclose(losses.binary_cross_entropy_with_logits(z, t), want, rtol=1e-12)
+    big = losses.binary_cross_entropy_with_logits(jnp.array([1000.0, -1000.0], jnp.float32), jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(big, 1000.0, rtol=1e-6)  # finite: each element loses 1000 nats
+    rng = np.random.default_rng(2)
+    targets = rng.uniform(size=(3, 4))
+    _fd_check(lambda x: losses.binary_cross_entropy_with_logits(x, targets), rng.normal(size=(3, 4)))
+
+
+def test_dice_loss_matches_numpy_and_integer_equals_one_hot():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 4, 4, 3))
+    labels = rng.integers(0, 3, size=(2, 4, 4))
+    p = np.exp(_np_log_softmax(logits))
+    t = np.eye(3)[labels]
+    dice = [(2 * (p[..., c] * t[..., c]).sum() + 1) / (p[..., c].sum() + t[..., c].sum() + 1) for c in range(3)]
+    got = losses.dice_loss(logits, jnp.asarray(labels))
+    np.testing.assert_allclose(got, 1 - np.mean(dice), rtol=1e-12)
+    np.testing.assert_allclose(losses.dice_loss(logits, t), got, rtol=1e-14)
+    _fd_check(lambda z: losses.dice_loss(z, jnp.asarray(labels), smooth=0.5), logits)
+    # a near-perfect prediction: dice -> 1 for every class, loss -> 0
+    assert float(losses.dice_loss(100.0 * (2 * t - 1), jnp.asarray(labels))) < 1e-12
+
+
+def test_l1_and_mse_on_any_shape_by_hand():
+    pred = np.array([[[1.0, -2.0]], [[0.5, 4.0]]])  # (2, 1, 2)
+    target = np.array([[[0.0, 0.0]], [[0.5, 1.0]]])
+    np.testing.assert_allclose(losses.l1(pred, target), (1 + 2 + 0 + 3) / 4, rtol=1e-14)
+    np.testing.assert_allclose(losses.mse(pred, target), (1 + 4 + 0 + 9) / 4, rtol=1e-14)
+    _fd_check(lambda x: losses.l1(x, target), pred + 0.25)  # no element at the kink |0|
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: losses.pixelwise_cross_entropy(jnp.zeros((2, 3, 4)), jnp.zeros((2, 4), jnp.int32)), ValueError,
+     r"labels must have shape \(batch, ...\)"),
+    (lambda: losses.pixelwise_cross_entropy(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3))), TypeError, "integer"),
+    (lambda: losses.pixelwise_cross_entropy(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), ignore_index=1.5),
+     TypeError, "ignore_index must be an int"),
+    (lambda: losses.dice_loss(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), smooth=-1), ValueError, "smooth"),
+    (lambda: losses.dice_loss(jnp.zeros((2, 3)), jnp.zeros((2, 2))), ValueError, "targets must have shape"),
+    (lambda: losses.l1(jnp.zeros(3), jnp.zeros(4)), ValueError, "same shape"),
+    (lambda: losses.binary_cross_entropy_with_logits(jnp.zeros(3), jnp.zeros((3, 1))), ValueError, "same shape"),
+])
+def test_dense_losses_refuse_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
