@@ -319,3 +319,89 @@ def receptive_field(layers: Iterable[Tuple[int, int, int]]) -> Tuple[int, int]:
         r += (effective_size(f, d) - 1) * j
         j *= s
     return r, j
+
+
+# ---- transposed convolution
+# conv_transpose(y, w) is the adjoint (w.r.t. its input) of conv(x, w) with the SAME kernel array; per
+# spatial dimension, with conv pads (lo, hi) and output_padding op (PyTorch's formula):
+#     out = (in - 1)*S - lo - hi + F_eff + op,    out[j] = full[j + lo]  (full: length (in-1)*S + F_eff)
+# lax/Flax strings: "VALID" = pads (0, 0), "SAME" = the pads SAME gives a conv of an in*S input, both with
+# op = max(S - F_eff, 0); so VALID gives in*S + max(F_eff - S, 0) and SAME gives in*S (jax 0.10.2, measured).
+def normalize_output_padding(output_padding, stride: Sequence[int], dilation: Sequence[int]) -> Tuple[int, ...]:
+    """An int or one int per dimension, each ``>= 0`` and ``< max(stride, dilation)`` (PyTorch's rule)."""
+    op = normalize_tuple(output_padding, "output_padding", len(stride), minimum=0)
+    for i, (o, s, d) in enumerate(zip(op, stride, dilation)):
+        if o >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than max(stride, dilation) in every dimension, "
+                             f"got {o} >= max({s}, {d}) in dimension {i}")
+    return op
+
+
+def conv_transpose_padding(padding, output_padding, in_sizes: Sequence[int], window: Sequence[int],
+                           stride: Sequence[int], dilation: Sequence[int]) -> Tuple[Padding, Tuple[int, ...]]:
+    """-> explicit conv pads ``((lo, hi), ...)`` and output_padding. Ints/pairs: the pads of the conv it
+    transposes (PyTorch's); "VALID"/"SAME" as lax (above) fix output_padding, which must then be 0."""
+    rank = len(in_sizes)
+    if isinstance(padding, str) and padding.upper() in ("VALID", "SAME"):
+        if normalize_tuple(output_padding, "output_padding", rank, minimum=0) != (0,) * rank:
+            raise ValueError(f"output_padding must be 0 with padding={padding!r} (the string fixes the output size), "
+                             f"got {output_padding!r}")
+        conv_in = tuple(n * s for n, s in zip(in_sizes, stride))  # SAME: a conv of this input gives in_sizes
+        pads = normalize_padding(padding, conv_in, window, stride, dilation)
+        return pads, tuple(max(s - effective_size(f, d), 0) for f, s, d in zip(window, stride, dilation))
+    pads = normalize_padding(padding, in_sizes, window, stride, dilation)
+    return pads, normalize_output_padding(output_padding, stride, dilation)
+
+
+def conv_transpose_output_size(w1: int, f: int, s: int = 1, p_total: int = 0, d: int = 1, output_padding: int = 0) -> int:
+    """``(W1 - 1)*S - P_total + D*(F - 1) + output_padding + 1`` (PyTorch's ConvTranspose formula)."""
+    return (w1 - 1) * s - p_total + effective_size(f, d) + output_padding
+
+
+def conv_transpose_output_shape(x_shape, w_shape, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
+                                layout=None):
+    """Output shape of ``ops.conv_transpose``, validating every argument.
+
+    Args:
+      x_shape: (n, *spatial, cout) channels-last or (n, cout, *spatial) channels-first: the channels of
+        the *output* of the convolution whose adjoint this is.
+      w_shape: that convolution's kernel, ``kernel_layout(layout)``: (*k, cin/groups, cout) or
+        (cout, cin/groups, *k) (= PyTorch's ConvTranspose weight (in_channels, out_channels/groups, *k)).
+    Returns:
+      (n, *out, cin) or (n, cin, *out) with ``out`` from ``conv_transpose_output_size``.
+    """
+    if layout is None and len(x_shape) != len(w_shape):
+        raise ValueError(f"x and w must have the same rank (batch and channels + spatial dims; kernel: spatial + "
+                         f"in + out), got x {tuple(x_shape)} and w {tuple(w_shape)}")
+    layout = normalize_layout(layout, len(x_shape))
+    check_rank(w_shape, layout, "w")
+    rank = layout_rank(layout)
+    stride = normalize_tuple(stride, "stride", rank)
+    dilation = normalize_tuple(dilation, "dilation", rank)
+    groups = _checks.positive_int(groups, "groups")
+    window, ci, co = kernel_parts(w_shape, layout)
+    if co % groups:
+        raise ValueError(f"groups={groups} must divide the output channels of w ({co}), the channels of x")
+    if channel_dim(x_shape, layout) != co:
+        raise ValueError(f"x must have as many channels as w has output channels ({co}; conv_transpose maps a "
+                         f"convolution's output channels back to its input channels), got {channel_dim(x_shape, layout)}")
+    in_sizes = spatial_dims(x_shape, layout)
+    pads, op = conv_transpose_padding(padding, output_padding, in_sizes, window, stride, dilation)
+    out = tuple(conv_transpose_output_size(in_sizes[i], window[i], stride[i], sum(pads[i]), dilation[i], op[i])
+                for i in range(rank))
+    if min(out) < 1:
+        raise ValueError(f"padding {pads} crops more than the transposed convolution produces: input {tuple(in_sizes)} "
+                         f"would give output {out}")
+    return make_shape(x_shape[0], out, ci * groups, layout)
+
+
+def conv_transpose_flops(x_shape, out_shape, w_shape, layout: str = "NHWC", bias: bool = True) -> int:
+    """FLOPs: the multiply-adds of the conv it transposes (the same products), + the bias adds."""
+    return conv_flops(x_shape, w_shape, layout, bias=False) + (math.prod(out_shape) if bias else 0)
+
+
+def conv_transpose_receptive_field(f: int, s: int = 1, d: int = 1) -> int:
+    """Most input pixels (per dimension) one output pixel sees: output ``j`` gets ``x[i] w[t]`` for
+    ``j = i*S + t*D``; the taps ``t < F`` with ``t*D`` in one class mod S: ``ceil(F / (S / gcd(S, D))))``."""
+    period = s // math.gcd(s, d)
+    return -(-f // period)
