@@ -76,8 +76,9 @@ def test_confusion_over_uneven_batches_is_the_full_set_value():
     assert np.mean([b["mean_iou"] for b in per_batch]) != pytest.approx(got["mean_iou"], abs=1e-9)
 
 
-@pytest.mark.parametrize("metric, name, data_range", [(M.PSNR(), "psnr", 1.0), (M.PSNR(2.0), "psnr", 2.0),
-                                                      (M.MeanSquaredError(), "mse", 1), (M.MeanAbsoluteError(), "mae", 1)])
+@pytest.mark.parametrize("metric, name, data_range", [
+    (M.PSNR(), "psnr", 1.0), (M.PSNR(2.0), "psnr", 2.0), (M.MeanSquaredError(), "mse", 1),
+    (M.MeanAbsoluteError(), "mae", 1)])
 def test_error_metrics_over_uneven_batches_are_the_full_set_value(metric, name, data_range):
     rng = np.random.default_rng(2)
     target = rng.uniform(size=(N, 4, 4, 1))
