@@ -405,3 +405,72 @@ def conv_transpose_receptive_field(f: int, s: int = 1, d: int = 1) -> int:
     ``j = i*S + t*D``; the taps ``t < F`` with ``t*D`` in one class mod S: ``ceil(F / (S / gcd(S, D))))``."""
     period = s // math.gcd(s, d)
     return -(-f // period)
+
+
+# ---- adaptive pooling and upsampling
+def adaptive_pool_windows(in_size: int, out_size: int) -> list[Pair]:
+    """PyTorch's adaptive-pool windows along one dimension: ``[start_i, end_i)`` for ``i < out_size`` with
+
+        start_i = floor(i * in / out),   end_i = ceil((i + 1) * in / out)
+
+    (``start_index``/``end_index`` in PyTorch's aten/src/ATen/native/AdaptivePooling.h; here in exact
+    integer arithmetic). Every window is non-empty; neighbours overlap when ``in`` is not a multiple
+    of ``out``, and ``out > in`` repeats cells. in=5, out=3: [0, 2), [1, 4), [3, 5).
+    """
+    return [((i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)) for i in range(out_size)]
+
+
+def adaptive_pool_output_shape(x_shape, output_size, *, layout=None):
+    """Output shape of an adaptive pool: ``output_size`` (an int or one per spatial dim) in place of
+    the spatial sizes, channels unchanged. The input's spatial sizes must be >= 1."""
+    layout = normalize_layout(layout, len(x_shape))
+    out_sizes = normalize_tuple(output_size, "output_size", layout_rank(layout))
+    in_sizes = spatial_dims(x_shape, layout)
+    if min(in_sizes) < 1:
+        raise ValueError(f"x must have non-empty spatial dimensions, got shape {tuple(x_shape)}")
+    return make_shape(x_shape[0], out_sizes, channel_dim(x_shape, layout), layout)
+
+
+def adaptive_pool_flops(x_shape, output_size, *, layout=None) -> int:
+    """Comparisons/additions of an adaptive pool: ``cells - 1`` per output element, summed over the
+    windows (separable: the cells of all windows are the product over dims of the window lengths' sums)."""
+    out_shape = adaptive_pool_output_shape(x_shape, output_size, layout=layout)
+    layout = normalize_layout(layout, len(x_shape))
+    in_sizes, out_sizes = spatial_dims(x_shape, layout), spatial_dims(out_shape, layout)
+    cells = math.prod(sum(e - s for s, e in adaptive_pool_windows(i, o)) for i, o in zip(in_sizes, out_sizes))
+    return x_shape[0] * channel_dim(x_shape, layout) * (cells - math.prod(out_sizes))
+
+
+def normalize_scale(scale, rank: int, name: str = "scale") -> Tuple[float, ...]:
+    """A positive finite number, or ``rank`` of them (one per spatial dim) -> ``rank`` floats."""
+    if isinstance(scale, (tuple, list)):
+        if len(scale) != rank:
+            raise ValueError(f"{name} must be a number or {rank} numbers (one per spatial dim), got {scale!r}")
+        return tuple(_checks.positive_float(s, name) for s in scale)
+    return (_checks.positive_float(scale, name),) * rank
+
+
+def upsample_output_shape(x_shape, scale, *, layout=None):
+    """Output shape of ``ops.upsample``: ``out = floor(in * scale)`` per spatial dim (PyTorch's
+    ``interpolate(scale_factor=...)``, computed in Python floats as PyTorch does); must be >= 1."""
+    layout = normalize_layout(layout, len(x_shape))
+    scales = normalize_scale(scale, layout_rank(layout))
+    in_sizes = spatial_dims(x_shape, layout)
+    out_sizes = tuple(math.floor(i * s) for i, s in zip(in_sizes, scales))
+    if min(out_sizes) < 1:
+        raise ValueError(f"scale={scale!r} gives an empty output: spatial sizes {tuple(in_sizes)} -> "
+                         f"floor(in * scale) = {out_sizes}")
+    return make_shape(x_shape[0], out_sizes, channel_dim(x_shape, layout), layout)
+
+
+def upsample_flops(x_shape, scale, *, method: str = "nearest", layout=None) -> int:
+    """FLOPs of ``ops.upsample``: 0 for "nearest" (a gather); for the linear methods 3 per element
+    (two multiplies, one add) of each separable pass, axis by axis (pass ``a`` has the output size
+    in dims ``<= a`` and the input size after)."""
+    out_shape = upsample_output_shape(x_shape, scale, layout=layout)
+    if method == "nearest":
+        return 0
+    layout = normalize_layout(layout, len(x_shape))
+    in_sizes, out_sizes = spatial_dims(x_shape, layout), spatial_dims(out_shape, layout)
+    nc = x_shape[0] * channel_dim(x_shape, layout)
+    return sum(3 * nc * math.prod(out_sizes[: a + 1]) * math.prod(in_sizes[a + 1 :]) for a in range(len(in_sizes)))
