@@ -40,7 +40,7 @@ from fcnn.layers import (
 )
 from fcnn.norms import GroupNorm, InstanceNorm, LayerNorm
 from fcnn.losses import accuracy, l2_penalty, mse, softmax_cross_entropy
-from fcnn.models import MODELS, example_net, get_model, lenet5, small_resnet, small_vgg
+from fcnn.models import MODELS, example_net, get_model, lenet5, resnet18, resnet34, small_resnet, small_vgg
 from fcnn.optim import make_optimizer
 from fcnn.summary import Summary, summary
 from fcnn.run import TrainConfig
@@ -59,7 +59,8 @@ __all__ = [
     # combinators
     "serial", "residual", "branches",
     # models and inspection
-    "lenet5", "example_net", "small_vgg", "small_resnet", "get_model", "MODELS", "summary", "Summary",
+    "lenet5", "example_net", "small_vgg", "small_resnet", "resnet18", "resnet34", "get_model", "MODELS", "summary",
+    "Summary",
     # training
     "softmax_cross_entropy", "mse", "l2_penalty", "accuracy", "make_optimizer", "make_train_step",
     "plain_train_step", "evaluate", "predict", "fit", "TrainConfig", "FitResult", "TrainingDivergedError",

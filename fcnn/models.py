@@ -21,6 +21,10 @@ model takes ``impl=`` (the ``Conv2D`` implementation), ``pool_impl=`` and ``ties
                                   Basic block: relu(conv3x3-BN-relu-conv3x3-BN + shortcut); the
                                   shortcut is the identity, or a 1x1 stride-2 conv + BN where the
                                   shape changes.
+    resnet18/34    (n, 224, 224, 3) torchvision's BasicBlock ResNets, blocks (2, 2, 2, 2) / (3, 4, 6, 3)
+                                  at 64-512 channels; stem="imagenet" (7x7 s2 conv, BN, relu, 3x3 s2
+                                  max-pool) or "cifar" (3x3 s1 conv, BN, relu; for (n, 32, 32, 3))
+                                  11,689,512 / 21,797,672 params at 1,000 classes (ImageNet stem)
 
 ``get_model(name, **opts)`` builds one by name (``MODELS``); ``input_shape(name)`` gives its
 default input shape with batch 1.
@@ -36,13 +40,14 @@ from fcnn.layers import (BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool2D, Glo
                          Relu)
 from fcnn.types import Layer
 
-__all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "MODELS", "get_model", "input_shape"]
+__all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "resnet18", "resnet34", "MODELS", "get_model",
+           "input_shape"]
 
 
-def _pool(window, pool_impl, ties):
+def _pool(window, pool_impl, ties, **kw):
     if ties is None:
         ties = "split" if pool_impl == "reference" else "first"
-    return MaxPool2D(window, impl=pool_impl, ties=ties)
+    return MaxPool2D(window, impl=pool_impl, ties=ties, **kw)
 
 
 def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None) -> Layer:
@@ -84,11 +89,11 @@ def small_vgg(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax
     )
 
 
-def _basic_block(channels: int, stride: int, project: bool, impl: str, bn) -> Layer:
+def _basic_block(channels: int, stride: int, project: bool, impl: str, bn, padding="SAME") -> Layer:
     block = serial(
-        Conv2D(channels, 3, stride=stride, padding="SAME", use_bias=False, impl=impl), bn(),
+        Conv2D(channels, 3, stride=stride, padding=padding, use_bias=False, impl=impl), bn(),
         Relu(),
-        Conv2D(channels, 3, padding="SAME", use_bias=False, impl=impl), bn(),
+        Conv2D(channels, 3, padding=padding, use_bias=False, impl=impl), bn(),
     )
     shortcut = None
     if project:
@@ -124,11 +129,53 @@ def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64),
     return serial(*layers)
 
 
+def _resnet(blocks: Sequence[int], num_classes, stem, impl, pool_impl, ties, momentum, bn_axis_name) -> Layer:
+    """torchvision's BasicBlock ResNet: a stem, four stages of ``blocks[i]`` basic blocks of 64, 128, 256,
+    512 channels (stride 2 and a 1x1 projection + BN at the first block of stages 2-4), global average
+    pool, Dense. Explicit padding 3 (stem) and 1 (3x3 convs, max-pool) as torchvision's, not SAME (whose
+    odd extra pad at stride 2 goes at the end only)."""
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    stem = _checks.choice(stem, ("imagenet", "cifar"), "stem")
+    pool = _pool(3, pool_impl, ties, stride=2, padding=1)  # validates pool_impl/ties for both stems
+    bn = functools.partial(BatchNorm, momentum=momentum, axis_name=bn_axis_name)
+    if stem == "imagenet":  # (n, 224, 224, 3) -> (n, 112, 112, 64) -> (n, 56, 56, 64)
+        layers = [Conv2D(64, 7, stride=2, padding=3, use_bias=False, impl=impl), bn(), Relu(), pool]
+    else:  # (n, 32, 32, 3) -> (n, 32, 32, 64), no max-pool
+        layers = [Conv2D(64, 3, padding=1, use_bias=False, impl=impl), bn(), Relu()]
+    for i, (c, n_blocks) in enumerate(zip((64, 128, 256, 512), blocks)):
+        for b in range(n_blocks):
+            stride = 2 if (i > 0 and b == 0) else 1
+            layers.append(_basic_block(c, stride, stride != 1, impl, bn, padding=1))
+    layers += [GlobalAvgPool2D(), Dense(num_classes)]  # (n, 512) -> (n, num_classes)
+    return serial(*layers)
+
+
+def resnet18(num_classes: int = 10, *, stem: str = "imagenet", impl: str = "lax", pool_impl: str = "lax",
+             ties: Optional[str] = None, momentum: float = 0.9, bn_axis_name: Optional[str] = None) -> Layer:
+    """ResNet-18 (He et al. 2016; torchvision.models.resnet18): blocks (2, 2, 2, 2).
+
+    ``stem="imagenet"``: 7x7 stride-2 conv 64, BN, ReLU, 3x3 stride-2 max-pool (for 224x224 inputs);
+    ``stem="cifar"``: 3x3 stride-1 conv 64, BN, ReLU, no max-pool (for 32x32 inputs). 11,689,512
+    params for 1,000 classes with the ImageNet stem (BN scale/offset counted, running stats in state).
+    ``momentum``/``bn_axis_name``: every BatchNorm's (see ``small_resnet``).
+    """
+    return _resnet((2, 2, 2, 2), num_classes, stem, impl, pool_impl, ties, momentum, bn_axis_name)
+
+
+def resnet34(num_classes: int = 10, *, stem: str = "imagenet", impl: str = "lax", pool_impl: str = "lax",
+             ties: Optional[str] = None, momentum: float = 0.9, bn_axis_name: Optional[str] = None) -> Layer:
+    """ResNet-34 (torchvision.models.resnet34): blocks (3, 4, 6, 3), stems as ``resnet18``; 21,797,672
+    params for 1,000 classes with the ImageNet stem."""
+    return _resnet((3, 4, 6, 3), num_classes, stem, impl, pool_impl, ties, momentum, bn_axis_name)
+
+
 MODELS = {
     "lenet5": (lenet5, (1, 28, 28, 1)),
     "example_net": (example_net, (1, 64, 64, 3)),
     "small_vgg": (small_vgg, (1, 32, 32, 3)),
     "small_resnet": (small_resnet, (1, 32, 32, 3)),
+    "resnet18": (resnet18, (1, 224, 224, 3)),
+    "resnet34": (resnet34, (1, 224, 224, 3)),
 }
 
 

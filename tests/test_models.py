@@ -144,7 +144,8 @@ def test_pool_impl_and_ties_propagate(lenet_small):
 
 
 def test_registry():
-    assert set(models.MODELS) == {"lenet5", "example_net", "small_vgg", "small_resnet"}
+    assert set(models.MODELS) == {"lenet5", "example_net", "small_vgg", "small_resnet", "resnet18",
+                                  "resnet34"}
     assert models.input_shape("lenet5") == (1, 28, 28, 1)
     assert models.input_shape("small_vgg", batch=8) == (8, 32, 32, 3)
     with pytest.raises(ValueError, match="name must be one of"):
@@ -153,6 +154,34 @@ def test_registry():
         models.get_model("lenet5", dropout=0.5)
     with pytest.raises(ValueError, match="widths"):
         models.small_resnet(widths=())
+
+
+# torchvision's published parameter counts (pytorch.org/vision/stable/models/generated/torchvision.models.resnet18
+# and .resnet34: ResNet18_Weights.IMAGENET1K_V1 "num_params 11689512", ResNet34_Weights.IMAGENET1K_V1 "num_params
+# 21797672"), 1,000 classes, ImageNet stem;
+# they count BatchNorm weight and bias, not running_mean/running_var (buffers: fcnn's state)
+@pytest.mark.parametrize("make, want", [(models.resnet18, 11_689_512), (models.resnet34, 21_797_672)])
+def test_resnet_parameter_counts_match_torchvision(make, want):
+    out, params, state = abstract_init(make(1000), (1, 224, 224, 3))
+    assert out == (1, 1000)
+    assert count_params(params) == want
+    # every BatchNorm keeps (mean, var) of its c channels as state and learns (scale, offset): equal counts
+    n_state = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state))
+    n_bn = sum(int(np.prod(a.shape)) for p in jax.tree_util.tree_leaves(params, is_leaf=lambda d: isinstance(d, dict) and "scale" in d)
+               if isinstance(p, dict) and "scale" in p for a in p.values())
+    assert n_state == n_bn > 0
+
+
+def test_resnet18_cifar_stem():
+    """3x3 stride-1 stem, no max-pool: 32x32 stays 32x32 into stage 1. Count by hand from the ImageNet figure:
+    11,689,512 - 7*7*3*64 (7x7 stem) + 3*3*3*64 (3x3 stem) - (512*1000 + 1000) + (512*10 + 10) = 11,173,962."""
+    out, params, _ = abstract_init(models.resnet18(10, stem="cifar"), (2, 32, 32, 3))
+    assert out == (2, 10)
+    assert count_params(params) == 11_689_512 - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64 - 513_000 + 5_130 == 11_173_962
+    with pytest.raises(ValueError, match="stem must be one of imagenet, cifar; got 'tiny'"):
+        models.resnet18(stem="tiny")
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        models.resnet34(0)
 
 
 def test_an_input_of_another_size_than_init_saw_is_refused_naming_a_layer_and_both_shapes():
