@@ -21,7 +21,8 @@ import os
 from typing import Optional, Sequence
 
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
-           "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int", "string", "path"]
+           "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int",
+           "string", "path", "function"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -142,3 +143,12 @@ def path(value, name: str, *, optional: bool = False) -> Optional[str]:
     if not isinstance(text, str) or not text:
         raise ValueError(f"{name} must be a non-empty path, got {value!r}")
     return text
+
+
+def function(value, name: str, *, optional: bool = False, hint: str = ""):
+    """``value`` if it is callable (or None with ``optional``), else ``TypeError`` naming ``name``."""
+    if value is None and optional:
+        return None
+    if not callable(value):
+        raise TypeError(f"{name} must be {_rule('callable', hint)}{' or None' if optional else ''}, got {value!r}")
+    return value

@@ -27,8 +27,7 @@ def Activation(fn: Callable, *, name: str = "Activation") -> Layer:
       fn: ``x -> y`` with ``y.shape == x.shape``; must be a pure JAX function.
       name: shown by ``summary``.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
+    _checks.function(fn, "fn")
 
     def init(key, in_shape):
         return check_shape(in_shape), {}, {}
@@ -45,8 +44,7 @@ def Lambda(fn: Callable, *, name: str = "Lambda") -> Layer:
     The output shape comes from ``jax.eval_shape(fn, ...)`` on a float32 input at init time,
     so a shape error in ``fn`` surfaces at init.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {fn!r}")
+    _checks.function(fn, "fn")
 
     def init(key, in_shape):
         in_shape = check_shape(in_shape)

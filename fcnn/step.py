@@ -39,10 +39,10 @@ import optax
 from fcnn import _checks
 from fcnn import data as data_lib
 from fcnn.losses import accuracy, l2_penalty, softmax_cross_entropy
-from fcnn.types import Array, Layer, Params, State
+from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
-__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "check_key", "num_outputs", "check_labels", "plain_train_step", "train_step_fn", "make_train_step",
-           "make_eval_step", "evaluate", "predict", "step_keys"]
+__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "num_outputs", "check_labels", "plain_train_step", "train_step_fn",
+           "make_train_step", "make_eval_step", "evaluate", "predict", "step_keys"]
 
 DTYPE_POLICIES = ("f32", "bf16")
 
@@ -54,18 +54,6 @@ def check_dtype_policy(dtype_policy: str = "f32", precision: Optional[str] = Non
                       "use dtype_policy=", DeprecationWarning, stacklevel=3)
         return _checks.choice(precision, DTYPE_POLICIES, "precision")
     return _checks.choice(dtype_policy, DTYPE_POLICIES, "dtype_policy")
-
-
-def check_key(key, steps: int = 1, name: str = "key") -> None:
-    """Refuse anything but a PRNG key (one per step for ``steps > 1``); runs at trace time."""
-    shape, dtype = tuple(getattr(key, "shape", ())), getattr(key, "dtype", None)
-    want = () if steps == 1 else (steps,)
-    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == want
-    raw = dtype == jnp.uint32 and shape == want + (2,)
-    if not (typed or raw):
-        got = type(key).__name__ if dtype is None else f"{jnp.dtype(dtype).name if not typed else dtype}{list(shape)}"
-        raise TypeError(f"{name} must be a PRNG key {'' if steps == 1 else f'per step, stacked ({steps}, 2), '}"
-                        f"(jax.random.PRNGKey(seed) or jax.random.key(seed)), got {got}")
 
 
 def num_outputs(model: Layer, params: Params, state: State, x_shape) -> int:
@@ -145,6 +133,9 @@ def plain_train_step(
     same update. ``fcnn.parallel`` builds its data-parallel steps from this function.
     Arguments as ``make_train_step``.
     """
+    check_layer(model, "model")
+    _checks.function(loss_fn, "loss_fn", hint="(logits, labels) -> scalar")
+    _checks.function(augment, "augment", optional=True, hint="(key, x) -> x")
     _checks.positive_int(steps_per_call, "steps_per_call")
     l2 = _checks.non_negative_float(l2, "l2")
     if axis_name is not None and (not isinstance(axis_name, str) or not axis_name):
@@ -163,7 +154,7 @@ def plain_train_step(
 
     def one_step(params, state, opt_state, batch, key):
         x, y = batch
-        check_key(key)
+        check_key(key, "the train step")
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         if augment is not None:
@@ -179,7 +170,7 @@ def plain_train_step(
         return new_params, new_state, new_opt_state, mean({"loss": loss, "accuracy": acc})
 
     def many_steps(params, state, opt_state, batch, keys):
-        check_key(keys, steps_per_call, "keys")
+        check_key(keys, f"the train step (steps_per_call={steps_per_call})", steps=steps_per_call)
 
         def body(carry, inputs):
             p, s, o = carry
@@ -235,6 +226,7 @@ def make_train_step(
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
     """
+    _checks.boolean(donate, "donate")
     fn = plain_train_step(model, optimizer, loss_fn, l2=l2, steps_per_call=steps_per_call,
                           dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
     return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else ())

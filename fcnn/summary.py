@@ -22,7 +22,7 @@ from typing import List, NamedTuple, Sequence, Tuple
 import jax
 
 from fcnn import shapes
-from fcnn.types import Layer, LayerInfo, Shape, check_shape, describe, layer_info, numel
+from fcnn.types import Layer, LayerInfo, Shape, check_layer, check_shape, describe, layer_info, numel
 
 # LayerInfo, describe, layer_info, numel live in fcnn.types; re-exported for older imports.
 __all__ = ["LayerInfo", "describe", "layer_info", "numel", "Row", "Summary", "summary", "count_params"]
@@ -86,16 +86,19 @@ class Summary(NamedTuple):
         return "\n".join([fmt(header), rule] + [fmt(b) for b in body] + [rule, fmt(total)])
 
 
-def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: int, rows: List[Row]):
-    """Append rows for ``layer`` (and its children); return ``(out_shape, (r, j))``."""
+def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: int, rows: List[Row], where=""):
+    """Append rows for ``layer`` (and its children); return ``(out_shape, (r, j))``.
+
+    ``where``: the position of the enclosing combinator ("3.block"), for errors."""
     info = layer_info(layer)
     label = f"{name}.{info.name}" if name else info.name
+    pos = ".".join(p for p in (where, name) if p)
     if info.kind == "serial":
         rows.append(Row(label, info.kind, info.detail, depth, (), 0, 0, *rf))
         head = len(rows) - 1
         shape, cur = tuple(in_shape), rf
         for i, child in enumerate(info.children):
-            shape, cur = _walk(child, shape, cur, str(i), depth + 1, rows)
+            shape, cur = _walk(child, shape, cur, str(i), depth + 1, rows, pos)
         rows[head] = rows[head]._replace(out_shape=shape, rf=cur[0], jump=cur[1])
         return shape, cur
     if info.kind in ("residual", "branches"):
@@ -108,7 +111,7 @@ def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: 
                 outs.append(tuple(in_shape))
                 rfs.append(rf)
                 continue
-            out, cur = _walk(child, in_shape, rf, child_name, depth + 1, rows)
+            out, cur = _walk(child, in_shape, rf, child_name, depth + 1, rows, pos)
             outs.append(out)
             rfs.append(cur)
         out_shape, _ = _abstract_init(layer, tuple(in_shape))
@@ -116,7 +119,11 @@ def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: 
         flops = info.flops(in_shape, out_shape) if info.flops else 0
         rows[head] = Row(label, info.kind, info.detail, depth, out_shape, 0, flops, *merged)
         return out_shape, merged
-    out_shape, params = _abstract_init(layer, tuple(in_shape))
+    try:
+        out_shape, params = _abstract_init(layer, tuple(in_shape))
+    except ValueError as e:  # name the layer that cannot take its input, and that input
+        who = f"layer {pos} ({info.name})" if pos else info.name
+        raise ValueError(f"{who} given inputs of shape {tuple(in_shape)}: {e}") from None
     r, j = rf
     if info.rf is not None:
         f, s, d = info.rf(tuple(in_shape))
@@ -133,17 +140,19 @@ def summary(model: Layer, in_shape: Sequence[int]) -> Summary:
     of every row's own FLOPs (for the whole batch); ``rf``/``jump`` those of the output.
     A top-level ``serial`` is unwrapped so its children are the table's rows.
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    check_layer(model, "model")
     in_shape = check_shape(in_shape)
     rows: List[Row] = []
     info = layer_info(model)
-    if info.kind == "serial":
-        shape, rf = in_shape, (1, 1)
-        for i, child in enumerate(info.children):
-            shape, rf = _walk(child, shape, rf, str(i), 0, rows)
-    else:
-        shape, rf = _walk(model, in_shape, (1, 1), "", 0, rows)
+    try:
+        if info.kind == "serial":
+            shape, rf = in_shape, (1, 1)
+            for i, child in enumerate(info.children):
+                shape, rf = _walk(child, shape, rf, str(i), 0, rows)
+        else:
+            shape, rf = _walk(model, in_shape, (1, 1), "", 0, rows)
+    except ValueError as e:
+        raise ValueError(f"in_shape {in_shape} does not fit the model: {e}") from None
     out_shape, params = _abstract_init(model, in_shape)
     assert out_shape == tuple(shape), (out_shape, shape)
     return Summary(rows, in_shape, out_shape, count_params(params), sum(r.flops for r in rows), *rf)

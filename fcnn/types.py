@@ -55,7 +55,7 @@ from fcnn import _checks
 
 __all__ = ["Array", "Shape", "Params", "State", "PRNGKey", "InitFn", "ApplyFn", "Layer", "LayerInfo",
            "describe", "layer_info", "numel", "check_shape", "is_kernel", "kernel_mask", "InputShapeError",
-           "shape_text", "init_text", "input_mismatch", "at_position", "init_context", "check_key"]
+           "shape_text", "init_text", "input_mismatch", "at_position", "init_context", "check_key", "check_layer"]
 
 Array = jax.Array
 Shape = Tuple[int, ...]
@@ -204,6 +204,8 @@ def init_context(name: str, init_shape, x_shape):
 
 _KEY_RULE = ("a PRNG key (jax.random.PRNGKey(seed): uint32 of shape {raw}; or jax.random.key(seed): a typed key "
              "of shape ())")
+_KEYS_RULE = ("a PRNG key per step, stacked (jax.random.PRNGKey per step: uint32 of shape {raw}; or typed keys "
+              "of shape ({k},))")
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,28 +219,39 @@ def _what(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def check_key(key, who: str, *, optional: bool = False):
+def check_key(key, who: str, *, optional: bool = False, steps: Optional[int] = None):
     """``key`` if it is one PRNG key, else an error naming ``key`` and the rule (at trace time).
 
     A typed key (``jax.random.key``) of shape ``()`` or a raw ``uint32`` key of the shape
     ``jax.random.PRNGKey`` makes ((2,) by default; a NumPy copy or a tracer of either is fine).
-    ``optional``: ``None`` is accepted and returned (a combinator passes it on); otherwise
-    ``None`` raises ``ValueError`` ("Dropout with train=True needs a PRNG key: ...") and
-    anything else that is not a key ``TypeError``.
+    ``steps``: a stack of that many keys instead, one per scanned step (typed ``(steps,)`` or raw
+    ``(steps, 2)``), named ``keys``. ``optional``: ``None`` is accepted and returned (a
+    combinator passes it on); otherwise ``None`` (a key not given) raises ``ValueError`` ("Dropout
+    with train=True needs a PRNG key: ...") and anything else that is not a key ``TypeError``.
     """
     raw = _raw_key_shape(str(getattr(jax.config, "jax_default_prng_impl", "")))
-    rule = _KEY_RULE.format(raw=raw)
+    lead = () if steps is None else (steps,)
+    name = "key" if steps is None else "keys"
+    rule = _KEY_RULE.format(raw=raw) if steps is None else _KEYS_RULE.format(raw=lead + raw, k=steps)
+    needs = "a PRNG key" if steps is None else "a PRNG key per step"
     if key is None:
         if optional:
             return None
-        raise ValueError(f"{who} needs a PRNG key: pass key= {rule}, got None")
+        raise ValueError(f"{who} needs {needs}: pass {name}= {rule}, got None")
     dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
     if dtype is not None and shape is not None:
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            if tuple(shape) == ():
+            if tuple(shape) == lead:
                 return key
-        elif dtype == jnp.uint32 and tuple(shape) == raw:
+        elif dtype == jnp.uint32 and tuple(shape) == lead + raw:
             return key
     if optional:
-        raise TypeError(f"{who}: key must be {rule} or None, got {_what(key)}")
-    raise TypeError(f"{who} needs a PRNG key: key must be {rule}, got {_what(key)}")
+        raise TypeError(f"{who}: {name} must be {rule} or None, got {_what(key)}")
+    raise TypeError(f"{who} needs {needs}: {name} must be {rule}, got {_what(key)}")
+
+
+def check_layer(value, name: str = "model") -> "Layer":
+    """``value`` if it is a ``Layer`` (an ``(init, apply)`` pair), else ``TypeError`` naming ``name``."""
+    if not isinstance(value, Layer):
+        raise TypeError(f"{name} must be a Layer, got {type(value).__name__}")
+    return value

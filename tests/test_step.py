@@ -168,16 +168,46 @@ def test_predict_in_batches_equals_one_call(data):
         predict(model, params, state, x, batch_size=0)
 
 
-@pytest.mark.parametrize("key,got", [(0, "int"), (None, "NoneType"), (np.zeros(3, np.uint32), "uint32[3]"),
-                                     (np.zeros(2, np.int32), "int32[2]")])
-def test_the_step_refuses_anything_but_a_prng_key(data, key, got):
+@pytest.mark.parametrize("key,exc,got", [
+    (0, TypeError, "an array of shape () and dtype int"),  # traced: jit sees a 0-d int array
+    (None, ValueError, "pass key= a PRNG key"),  # a key not given: the layers' rule (types.check_key)
+    (np.zeros(3, np.uint32), TypeError, "an array of shape (3,) and dtype uint32"),
+    (np.zeros(2, np.int32), TypeError, "an array of shape (2,) and dtype int32"),
+])
+def test_the_step_refuses_anything_but_a_prng_key(data, key, exc, got):
     model, opt = mlp(), make_optimizer("sgd", 0.1)
     x, y = data.x_train[:8], data.y_train[:8]
     p, s, o = init_trees(model, x, opt)
-    with pytest.raises(TypeError, match=r"key must be a PRNG key .*got " + re.escape(got)):
+    with pytest.raises(exc, match=r"^the train step needs a PRNG key: .*" + re.escape(got)):
         make_train_step(model, opt, donate=False)(p, s, o, (x, y), key)
     typed = make_train_step(model, opt, donate=False)(p, s, o, (x, y), jax.random.key(0))  # new-style keys work
     assert np.isfinite(float(typed[3]["loss"]))
+
+
+def test_the_scanned_step_wants_one_key_per_step(data):
+    model, opt = mlp(), make_optimizer("sgd", 0.1)
+    x, y = data.x_train[:8], data.y_train[:8]
+    p, s, o = init_trees(model, x, opt)
+    step = make_train_step(model, opt, donate=False, steps_per_call=2)
+    batch = (np.stack([x, x]), np.stack([y, y]))
+    with pytest.raises(TypeError, match=r"^the train step \(steps_per_call=2\) needs a PRNG key per step: keys must "
+                                        r"be a PRNG key per step, stacked .*uint32 of shape \(2, 2\).*typed keys of "
+                                        r"shape \(2,\)\), got an array of shape \(2,\) and dtype uint32"):
+        step(p, s, o, batch, jax.random.PRNGKey(0))  # one key where two are needed
+    for keys in (jax.random.split(jax.random.PRNGKey(0), 2), jax.random.split(jax.random.key(0), 2)):
+        assert step(p, s, o, batch, keys)[3]["loss"].shape == (2,)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(model="mlp"), TypeError, r"^model must be a Layer, got str$"),
+    (dict(loss_fn="xent"), TypeError, r"^loss_fn must be callable \(\(logits, labels\) -> scalar\), got 'xent'$"),
+    (dict(augment=3), TypeError, r"^augment must be callable \(\(key, x\) -> x\) or None, got 3$"),
+    (dict(donate="no"), TypeError, r"^donate must be a bool, got 'no'$"),
+])
+def test_make_train_step_checks_its_arguments_before_tracing(kw, exc, match):
+    kw = {"model": mlp(), "optimizer": make_optimizer("sgd", 0.1), **kw}
+    with pytest.raises(exc, match=match):
+        make_train_step(**kw)
 
 
 def test_evaluate_checks_labels_against_the_images_and_the_model(data):

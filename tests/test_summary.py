@@ -100,3 +100,20 @@ def test_bad_arguments():
         summary(lambda x: x, (1, 2))
     with pytest.raises(ValueError, match="in_shape"):
         summary(models.lenet5(), (1, 28, 28, 0))
+
+
+def test_an_input_too_small_names_in_shape_the_layer_and_its_input():
+    """LeNet-5 at 4x4: c1 (5x5, SAME) keeps 4x4, s2 halves it to 2x2, and c3's 5x5 VALID kernel does not fit
+    (the rows of the table: 0 Conv2D, 1 Tanh, 2 AvgPool2D... c3 is the first layer given a 2x2 input)."""
+    rows = summary(models.lenet5(), (1, 28, 28, 1)).rows
+    c3 = next(i for i, r in enumerate(rows) if r.kind == "conv" and r.out_shape[1:3] == (10, 10))
+    with pytest.raises(ValueError) as err:
+        summary(models.lenet5(), (1, 4, 4, 1))
+    assert str(err.value).startswith(f"in_shape (1, 4, 4, 1) does not fit the model: layer {c3} (Conv2D) given "
+                                     f"inputs of shape (1, 2, 2, 6): the kernel is larger than the padded input")
+    nested = serial(L.Conv2D(4, 3), residual(serial(L.Conv2D(4, 3, padding="SAME"), L.Conv2D(4, 5))))
+    with pytest.raises(ValueError, match=r"^in_shape \(1, 5, 5, 1\) does not fit the model: layer 1\.block\.1 "
+                                         r"\(Conv2D\) given inputs of shape \(1, 3, 3, 4\)"):
+        summary(nested, (1, 5, 5, 1))
+    with pytest.raises(ValueError, match=r"^in_shape \(1, 5, 5, 1\) does not fit the model: Conv2D given inputs"):
+        summary(L.Conv2D(4, 7), (1, 5, 5, 1))

@@ -64,6 +64,7 @@ def test_describe_and_layer_info_of_a_hand_built_layer():
 
 
 def test_metadata_goes_away_with_its_layer():
+    gc.collect()  # layers of earlier tests held only by reference cycles (a saved traceback) go first
     n = len(types._INFO)
     layer = describe(_identity_layer(), LayerInfo("Tmp", "lambda"))
     assert len(types._INFO) == n + 1
@@ -122,3 +123,23 @@ def test_check_key_accepts_one_prng_key_and_names_key_and_the_rule_otherwise():
             types.check_key(key, "serial", optional=True)
     # under jit the key is a tracer: the check reads only its dtype and shape
     assert jax.jit(lambda k: types.check_key(k, "Dropout"))(raw).shape == (2,)
+
+
+def test_check_key_with_steps_wants_a_stack_of_keys():
+    raw, typed = jax.random.split(jax.random.PRNGKey(0), 3), jax.random.split(jax.random.key(0), 3)
+    assert types.check_key(raw, "scan", steps=3) is raw and types.check_key(typed, "scan", steps=3) is typed
+    for key in (raw[0], typed[0], raw[:2], jax.random.split(jax.random.PRNGKey(0), 4)):
+        with pytest.raises(TypeError, match=r"^scan needs a PRNG key per step: keys must be a PRNG key per step, "
+                                            r"stacked \(jax.random.PRNGKey per step: uint32 of shape \(3, 2\); or "
+                                            r"typed keys of shape \(3,\)\), got an array of shape"):
+            types.check_key(key, "scan", steps=3)
+    with pytest.raises(ValueError, match=r"^scan needs a PRNG key per step: pass keys= .*got None$"):
+        types.check_key(None, "scan", steps=3)
+
+
+def test_check_layer_names_the_argument():
+    layer = types.Layer(lambda k, s: (s, {}, {}), lambda p, s, x, **kw: (x, s))
+    assert types.check_layer(layer) is layer
+    for bad in ("lenet5", (layer.init, layer.apply), None):
+        with pytest.raises(TypeError, match=rf"^net must be a Layer, got {type(bad).__name__}$"):
+            types.check_layer(bad, "net")
