@@ -1,0 +1,209 @@
+"""Winograd F(2x2,3x3) / F(4x4,3x3) (fcnn/ops/winograd.py).
+
+The transform matrices are derived again here from the Toom-Cook points in exact rational
+arithmetic; the forward and the hand-derived VJP are checked in float64 against ``conv2d``'s
+``"reference"`` implementation (the formula, tap by tap) and its autodiff over a grid of sizes
+(odd, even, non-square), paddings (VALID, SAME, int, asymmetric, larger than the kernel), groups
+(1, 2, depthwise) and batches 1-2; second order by ``jax.test_util.check_grads``.
+"""
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from fcnn import gradcheck as gc
+from fcnn import shapes
+from fcnn.ops import conv2d
+from fcnn.ops import winograd as wg
+
+INF = None  # the point at infinity: the leading coefficient
+POINTS = {2: [0, 1, -1, INF], 4: [0, 1, -1, 2, -2, INF]}  # Lavin & Gray 2015, sections 4.1-4.2
+
+
+def _vandermonde(points, n):
+    """Rows ``[p^0, ..., p^(n-1)]`` (evaluation of a degree < n polynomial at p); ``[0, ..., 0, 1]`` at infinity."""
+    return [[Fraction(0)] * (n - 1) + [Fraction(1)] if p is INF else [Fraction(p) ** k for k in range(n)]
+            for p in points]
+
+
+def _inverse(a):
+    """Exact inverse of a square Fraction matrix (Gauss-Jordan)."""
+    n = len(a)
+    m = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(a)]
+    for col in range(n):
+        piv = next(r for r in range(col, n) if m[r][col] != 0)
+        m[col], m[piv] = m[piv], m[col]
+        m[col] = [v / m[col][col] for v in m[col]]
+        for r in range(n):
+            if r != col and m[r][col] != 0:
+                m[r] = [a_ - m[r][col] * b_ for a_, b_ in zip(m[r], m[col])]
+    return [row[n:] for row in m]
+
+
+def _exact(mat):
+    """The module's float64 matrix as Fractions (its entries are k/24 at most), checked to round-trip."""
+    out = [[Fraction(v).limit_denominator(48) for v in row] for row in mat]
+    np.testing.assert_array_equal(np.array([[float(v) for v in row] for row in out]), mat)
+    return out
+
+
+def _matmul(a, b):
+    return [[sum(x * y for x, y in zip(row, col)) for col in zip(*b)] for row in a]
+
+
+@pytest.mark.parametrize("tile", wg.WINOGRAD_TILES)
+def test_matrices_are_toom_cook_for_the_papers_points(tile):
+    """Correlation is the transpose of polynomial multiplication: for s = h * g (h of degree < m,
+    g of degree < 3, s of degree < a), s = C[(V_m h) * (V_3 g)] with C = V_a^-1 (interpolation),
+    so y = M_g^T d = V_m^T [(V_3 g) * (C^T d)]: A^T = V_m^T, G = V_3, B^T = C^T, up to a diagonal
+    scaling per point that cancels (D_A D_G D_B = I)."""
+    bt, g, at = (_exact(mat) for mat in wg.winograd_matrices(tile))
+    a = tile + 2
+    pts = POINTS[tile]
+    vm, v3, va = _vandermonde(pts, tile), _vandermonde(pts, 3), _vandermonde(pts, a)
+    c_t = [list(col) for col in zip(*_inverse(va))]
+    d_a, d_g = [], []
+    for j in range(a):  # per point: the scale of A^T's column and of G's row
+        d_a.append(next(at[i][j] / vm[j][i] for i in range(tile) if vm[j][i] != 0))
+        assert [at[i][j] for i in range(tile)] == [d_a[j] * vm[j][i] for i in range(tile)]
+        d_g.append(next(g[j][k] / v3[j][k] for k in range(3) if v3[j][k] != 0))
+        assert g[j] == [d_g[j] * v for v in v3[j]]
+        assert bt[j] == [v / (d_a[j] * d_g[j]) for v in c_t[j]]
+
+
+@pytest.mark.parametrize("tile", wg.WINOGRAD_TILES)
+def test_matrices_compute_the_correlation_exactly(tile):
+    """A^T [(G g) * (B^T d)] = (sum_k d[i + k] g[k])_i on every pair of basis vectors (bilinear: all
+    inputs), in exact rational arithmetic."""
+    bt, g, at = (_exact(mat) for mat in wg.winograd_matrices(tile))
+    a = tile + 2
+    for s in range(a):
+        for k in range(3):
+            u = [row[k] for row in g]  # G e_k
+            v = [row[s] for row in bt]  # B^T e_s
+            y = _matmul(at, [[ui * vi] for ui, vi in zip(u, v)])
+            assert [r[0] for r in y] == [Fraction(int(s == i + k)) for i in range(tile)]
+
+
+# (name, x shape NHWC, cout, groups, padding)
+CASES = [
+    ("odd_same", (1, 5, 5, 3), 4, 1, "SAME"),
+    ("even_nonsquare_valid", (2, 6, 8, 2), 3, 1, "VALID"),
+    ("nonsquare_int_g2", (2, 7, 4, 4), 6, 2, 1),
+    ("depthwise_same", (1, 6, 7, 3), 3, 3, "SAME"),
+    ("depthwise_x2_asym", (2, 5, 6, 2), 4, 2, ((2, 0), (0, 3))),
+    ("pad3", (1, 4, 5, 2), 2, 1, 3),  # the backward's pads 2 - 3 crop
+    ("one_output", (1, 3, 3, 1), 1, 1, "VALID"),
+]
+
+
+def _case(name, x_shape, cout, groups, padding):
+    rng = np.random.default_rng(sum(map(ord, name)))
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal((3, 3, x_shape[3] // groups, cout))
+    pads = shapes.normalize_padding(padding, x_shape[1:3], (3, 3), (1, 1), (1, 1))
+    return x, w, pads
+
+
+def _winograd(pads, groups, tile):
+    return lambda x, w: wg.conv2d_winograd(x, w, 1, pads, 1, groups, tile=tile)
+
+
+def _reference(pads, groups):
+    return lambda x, w: conv2d(x, w, padding=pads, groups=groups, impl="reference")
+
+
+@pytest.mark.parametrize("tile", wg.WINOGRAD_TILES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_forward_and_vjp_match_the_reference_in_float64(case, tile):
+    x, w, pads = _case(*case)
+    groups = case[3]
+    z, pull = jax.vjp(_winograd(pads, groups, tile), x, w)
+    z_ref, pull_ref = jax.vjp(_reference(pads, groups), x, w)
+    assert z.shape == z_ref.shape == shapes.conv_output_shape(x.shape, w.shape, padding=pads, groups=groups)
+    assert gc.compare(z, z_ref).max_rel <= 1e-10
+    g = np.random.default_rng(1).standard_normal(z.shape)
+    for got, want in zip(pull(g), pull_ref(g)):  # the custom VJP against autodiff of the reference
+        assert got.shape == want.shape and gc.compare(got, want).max_rel <= 1e-10
+
+
+@pytest.mark.parametrize("tile, case", [(2, CASES[4]), (4, CASES[5])], ids=["F2_depthwise_asym", "F4_pad3"])
+def test_second_order_by_finite_differences(tile, case):
+    x, w, pads = _case(*case)
+    check_grads(_winograd(pads, case[3], tile), (x, w), order=2, modes=["rev"])
+
+
+def test_backward_input_is_a_winograd_convolution_with_the_rotated_kernel():
+    """dX of z = conv(x, w) with pads p is conv(dZ, rot180(w) with in/out swapped, pads 2 - p): on one
+    channel pair, correlating a unit impulse dZ with the rotated kernel writes w itself into dX."""
+    w = np.arange(1.0, 10.0).reshape(3, 3, 1, 1)
+    dz = np.zeros((1, 3, 3, 1))
+    dz[0, 1, 1, 0] = 1.0  # output pixel (1, 1) of a VALID conv of a 5x5 input reads x[1:4, 1:4]
+    dx = wg.winograd_backward_input(dz, w, pads=((0, 0), (0, 0)), groups=1)
+    want = np.zeros((5, 5))
+    want[1:4, 1:4] = w[:, :, 0, 0]
+    np.testing.assert_allclose(np.asarray(dx)[0, :, :, 0], want, rtol=0, atol=1e-12)
+
+
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs inside its equations (custom_vjp, pjit)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)
+
+
+def test_one_batched_matrix_product_over_the_tile_positions():
+    """The channel contraction is one dot_general batched over the a*a transformed tile positions;
+    the transforms are elementwise (no other dot)."""
+    x, w, pads = _case(*CASES[2])
+    for tile in wg.WINOGRAD_TILES:
+        jaxpr = jax.make_jaxpr(_winograd(pads, 2, tile))(x, w)
+        dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+        assert len(dots) == 1 and dots[0].invars[0].aval.shape[0] == (tile + 2) ** 2
+
+
+def test_float32_error_against_float64_as_documented():
+    """The module docstring's table, on a smaller layer (C_in*9 = 576): F(2,3) as accurate as direct
+    summation (<= 1e-6), F(4,3) 10-20x worse but under the 1e-5 float32 tolerance; a wrong transform
+    coefficient would give errors of order 1."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 8, 8, 64)), rng.standard_normal((3, 3, 64, 32))
+    pads = ((1, 1), (1, 1))
+    z64 = conv2d(x, w, padding="SAME", impl="lax")
+    x32, w32 = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+    err = {t: gc.compare(_winograd(pads, 1, t)(x32, w32), z64, jnp.float32).max_rel for t in wg.WINOGRAD_TILES}
+    assert err[2] <= 1e-6 and 3 * err[2] < err[4] <= 1e-5, err
+    assert wg.DEFAULT_TILE == 2
+
+
+def test_bfloat16_is_computed_in_float32_and_cast_back():
+    x, w, pads = _case(*CASES[0])
+    xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
+    z = wg.conv2d_winograd(xb, wb, 1, pads, 1, 1)
+    want = conv2d(jnp.asarray(xb, jnp.float64), jnp.asarray(wb, jnp.float64), padding=pads, impl="reference")
+    assert z.dtype == jnp.bfloat16 and gc.compare(z, want).max_rel <= 1e-2
+
+
+@pytest.mark.parametrize("w_shape, kw, match", [
+    ((5, 5, 2, 3), {}, "3x3 kernel"),
+    ((3, 1, 2, 3), {}, "3x3 kernel"),
+    ((3, 3, 2, 3), dict(stride=2), "stride 1"),
+    ((3, 3, 2, 3), dict(dilation=(1, 2)), "dilation 1"),
+    ((3, 3, 2, 3), dict(tile=3), "tile must be one of 2, 4; got 3"),
+    ((3, 3, 2, 3), dict(tile=True), "tile must be one of"),
+    ((3, 3, 1, 3), {}, "input channels per group"),
+    ((3, 3, 2, 3), dict(pads=((0, 0), (-2, 0))), "larger than the padded input"),
+])
+def test_bad_arguments_are_refused_before_computing(w_shape, kw, match):
+    args = dict(stride=1, pads=((0, 0), (0, 0)), dilation=1, groups=1)
+    args.update(kw)
+    tile = args.pop("tile", wg.DEFAULT_TILE)
+    with pytest.raises(ValueError, match=match):
+        wg.conv2d_winograd(np.zeros((1, 4, 4, 2)), np.zeros(w_shape), args["stride"], args["pads"], args["dilation"],
+                           args["groups"], tile=tile)
