@@ -132,7 +132,7 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
     _check_padding_spelling(padding, kernel, stride, dilation)
     layout = shapes.normalize_layout(layout)
     impl = _checks.choice(impl, ops.CONV_CHOICES, "impl")
-    precision = ops.conv._check_precision(precision)  # ops.conv2d's rule, at construction rather than at apply
+    precision = ops.conv_nd.check_precision(precision)  # ops.conv2d's rule, at construction rather than at apply
     use_bias = _checks.boolean(use_bias, "use_bias")
     w_init = initializers.check_initializer(w_init, "w_init")
     b_init = initializers.check_initializer(b_init, "b_init")

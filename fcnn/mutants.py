@@ -32,14 +32,16 @@ checks catch which mutant is ``fcnn.sweep.mutation_matrix``'s answer.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fcnn import _checks, shapes
-from fcnn.ops import conv as conv_ops
 from fcnn.ops import pool as pool_ops
+
+conv_ops = importlib.import_module("fcnn.ops.conv")  # the module: fcnn.ops.conv is the N-d conv function
 
 __all__ = ["Mutant", "MUTANTS", "get_mutant", "max_pool_backward", "make_max_pool", "conv_from_nhwc"]
 

@@ -3,6 +3,7 @@ maps go through the model's own conv implementation, argument errors, blank maps
 
 The detector and its data set are tests/_patterns.py's, trained once per session
 (conftest's ``trained_detector``)."""
+import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ from _patterns import CAM_LAYER, MIN_INSIDE, N_CHECK, PATCH, SIZE, blank_maps_al
 from fcnn import attribution
 from fcnn.combinators import serial
 from fcnn.layers import Conv2D, Dense, Flatten, Relu
-from fcnn.ops import conv as conv_ops
+conv_ops = importlib.import_module("fcnn.ops.conv")  # the module: fcnn.ops.conv is the N-d conv function
 
 
 def _mass_inside(ds, model, params, state, fn):

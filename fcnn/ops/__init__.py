@@ -5,6 +5,9 @@ all implementations of an op take identical arguments and are cross-checked in
 the tests (tests/test_conv.py, tests/test_pool.py).
 """
 from fcnn.ops.conv import CONV_CHOICES, CONV_IMPLS, conv2d
+# the N-d function: from here on ``fcnn.ops.conv`` names it, not the module fcnn/ops/conv.py (reach
+# that one with ``from fcnn.ops.conv import ...`` or ``importlib.import_module("fcnn.ops.conv")``)
+from fcnn.ops.conv_nd import PADDING_MODES, conv, conv1d, conv3d
 from fcnn.ops.pool import (
     POOL_CHOICES,
     POOL_IMPLS,
@@ -16,7 +19,11 @@ from fcnn.ops.pool import (
 )
 
 __all__ = [
+    "conv",
+    "conv1d",
     "conv2d",
+    "conv3d",
+    "PADDING_MODES",
     "CONV_IMPLS",
     "CONV_CHOICES",
     "max_pool2d",

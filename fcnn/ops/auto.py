@@ -6,7 +6,10 @@ VGG-sized layers, CPU and GPU); ``docs/perf_notes.md`` records the runs. The cho
 ever picks among implementations that compute the same function with the same gradient
 for the arguments given, so ``impl="auto"`` changes speed, never results beyond rounding:
 
-* conv: every implementation agrees with "lax" to rounding for every argument. Chosen:
+* conv: every implementation agrees with "lax" to rounding for every argument with finite
+  values; with a NaN or inf in x or w, "fft" makes every output it mixes non-finite (the table in
+  fcnn/ops/conv.py), so it is never chosen, and every implementation chosen below gives lax's
+  non-finite pattern (tests/test_auto.py checks the whole table). Chosen:
   "lax" (cuDNN on GPU, XLA:CPU's convolution) except on CPU with groups=1 and few input channels:
   - one input channel: "taps" (the reference forward, one multiply-add per kernel tap that XLA
     fuses into one loop, materialised, with the hand-written backward). LeNet-5's first layer
@@ -19,14 +22,15 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   6.33 / 5.86, lax everywhere 7.57 / 6.94; col2im's step gain on the second layer is small. Not chosen: "im2col"
   (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), and "custom_vjp" or
   col2im on wide layers (VGG cin 64-256: 0.90-0.96x of lax's time per op, but the VGG b8 train
-  step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere).
+  step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere). 1-D and 3-D convolutions
+  (``conv1d``/``conv3d``) were not measured: "lax".
 * max-pool: "custom_vjp" implements every tie policy; "lax" only ``ties="first"``, and its
   VJP rejects window dilation. "reference" (ties "split") is never chosen.
 
 Platforms: "cpu" and "gpu" ("cuda"/"rocm" mean "gpu"); any other (e.g. "tpu") gets the
 library defaults, "lax", since nothing was measured there.
 
-The hook in ``conv2d`` / ``max_pool2d`` (after argument validation, where shapes are known)::
+The hook in ``conv`` (and so ``conv2d``) / ``max_pool2d`` (after argument validation, where shapes are known)::
 
     if impl == "auto":
         impl = auto.select_conv_impl(jax.default_backend(), x.shape, w.shape, stride=stride,
@@ -60,23 +64,24 @@ def normalize_platform(platform: Optional[str] = None) -> str:
 
 
 def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: Sequence[int], *, stride=1,
-                     padding="VALID", dilation=1, groups: int = 1, layout: str = "NHWC") -> str:
-    """The conv2d implementation to use for these shapes on ``platform``.
+                     padding="VALID", dilation=1, groups: int = 1, layout: Optional[str] = None) -> str:
+    """The conv implementation to use for these shapes on ``platform`` (``conv``, ``conv2d``).
 
     Args:
       platform: "cpu", "gpu" (or "cuda"/"rocm"), another backend name, or None for the default backend.
-      x_shape: input shape, (n, h, w, cin) NHWC or (n, cin, h, w) NCHW.
-      w_shape: kernel shape, (kh, kw, cin/groups, cout) HWIO (NHWC) or (cout, cin/groups, kh, kw) OIHW (NCHW).
-      stride, padding, dilation, groups, layout: as in ``conv2d`` (padding does not change the choice).
+      x_shape: input shape, channels-last (n, *spatial, cin) or channels-first (n, cin, *spatial).
+      w_shape: kernel shape in ``shapes.kernel_layout(layout)`` (HWIO for NHWC, OIHW for NCHW, ...).
+      stride, padding, dilation, groups, layout: as in ``conv`` (layout None: channels-last of x's
+        rank; padding and padding_mode do not change the choice).
 
     Returns:
-      "lax", "taps" or "col2im".
+      "lax", "taps" or "col2im". Only 2-D convolutions were measured; 1-D and 3-D get "lax".
     """
     p = normalize_platform(platform)
-    layout = shapes.normalize_layout(layout)
-    _, _, cin_g, _ = shapes.kernel_dims(tuple(w_shape), layout)
-    del x_shape, stride, padding, dilation  # measured: the choice depends on the input channels only
-    if p == "cpu" and groups == 1:  # grouped convs were not measured
+    layout = shapes.normalize_layout(layout, len(x_shape))
+    _, cin_g, _ = shapes.kernel_parts(tuple(w_shape), layout)
+    del stride, padding, dilation  # measured: the choice depends on the input channels only
+    if p == "cpu" and groups == 1 and shapes.layout_rank(layout) == 2:  # grouped convs were not measured
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
         if cin_g <= CPU_COL2IM_MAX_CIN:

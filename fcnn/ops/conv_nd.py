@@ -1,0 +1,305 @@
+"""Convolution in 1, 2 or 3 spatial dimensions: the rank-generic spec, its implementations, ``conv``.
+
+The spec, channels-last (``x: (n, *S, C_in)``, ``w: (*K, cg, C_out)``; ``g`` groups of
+``cg = C_in/g`` input and ``dg = C_out/g`` output channels; ``xp`` is ``x`` padded by the resolved
+``((lo, hi), ...)``; ``p`` and ``t`` are multi-indices, products and sums taken per dimension)::
+
+    z[n, p, k*dg + o] = b[k*dg + o] + sum_{t < K, c < cg} xp[n, p*s + t*d, k*cg + c] * w[t, c, k*dg + o]
+
+for ``0 <= p < out`` with ``out = floor((S + P - F_eff) / s) + 1``, ``F_eff = d*(K-1) + 1``
+(``shapes.conv_output_shape``). Layouts: channels-last ``NWC``/``NHWC``/``NDHWC`` (the default for
+x's rank) with kernels ``WIO``/``HWIO``/``DHWIO``, channels-first ``NCW``/``NCHW``/``NCDHW`` with
+kernels ``OIW``/``OIHW``/``OIDHW`` (PyTorch's); ``shapes.kernel_layout`` names the pair.
+
+Implementations, selected by ``impl=``, in every rank with every option (all take identical
+arguments and agree to rounding on finite inputs; ``fcnn/ops/conv.py`` tabulates non-finite ones):
+
+* ``"lax"``: ``lax.conv_general_dilated``, natively in either layout.
+* ``"reference"``: the formula above, one strided slice of ``xp`` per kernel tap ``t``.
+* ``"im2col"``: the taps stacked into a patch matrix ``(n*prod(out), prod(K)*cg)`` per group, then
+  one matrix product with the kernel matrix ``(prod(K)*cg, dg)``.
+* ``"fft"``: correlation theorem, ``corr(xp, k) = irfftn(rfftn(xp) * conj(rfftn(k)))`` with the
+  zero-inserted (dilated) kernel; the valid part is subsampled by the stride.
+* ``"custom_vjp"``: forward through lax, backward hand-derived (``fcnn/ops/conv_vjp.py``).
+* ``"col2im"``: lax forward; the input gradient as im2col's transpose (``conv_backward_input_col2im``).
+* ``"taps"``: the reference forward, materialised, with col2im's backward.
+
+Non-lax implementations work channels-last and transpose channels-first arrays in and out.
+dtypes: float32, float64 and bfloat16; reference/im2col accumulate bfloat16 products in float32,
+fft computes in float32 (float64 for float64 inputs) and casts back.
+
+Padding: anything ``shapes.normalize_padding`` accepts ("VALID"; "SAME" with the odd extra pad at
+the end, as XLA and PyTorch's ``padding="same"``; an int; one int or one (lo, hi) pair per dimension).
+``padding_mode`` (PyTorch's names and semantics) says what the pad cells hold: ``"zeros"``;
+``"reflect"`` mirrors the input without repeating its edge (``[1 2 3]`` padded by 2 at the start:
+``3 2 | 1 2 3``); ``"replicate"`` repeats the edge (``1 1 | 1 2 3``); ``"circular"`` wraps around
+(``2 3 | 1 2 3``). Non-zero modes pad the input (``jnp.pad`` modes "reflect", "edge", "wrap",
+differentiable) and run a VALID convolution. As PyTorch: reflect needs every pad < the input size
+in its dimension, circular every pad <= it (``F.pad``: "Padding size should be less than the
+corresponding input dimension", "Padding value causes wrapping around more than once").
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fcnn import _checks, shapes
+from fcnn.ops import auto as _auto
+from fcnn.ops.conv_vjp import acc_dtype, conv_backward_input_col2im, fusion_barrier, lax_conv, make_custom_vjp_conv, \
+    pad_zeros
+
+__all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
+
+CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps")
+# "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
+CONV_CHOICES = CONV_IMPLS + ("auto",)
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_JNP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+# ----------------------------------------------------------------------------- arguments
+def check_precision(precision):
+    """None, a ``lax.Precision``, its name ("highest", "float32", ...) or a pair of those."""
+    if precision is None or isinstance(precision, lax.Precision):
+        return precision
+    if isinstance(precision, str):
+        try:
+            return lax.Precision(precision)
+        except ValueError:
+            pass
+    elif isinstance(precision, tuple) and len(precision) == 2:
+        return tuple(check_precision(p) for p in precision)
+    raise ValueError(f"precision must be None, a lax.Precision, its name (e.g. 'highest') or a pair, got {precision!r}")
+
+
+def check_padding_mode(padding_mode, pads, in_sizes: Sequence[int]) -> str:
+    """``padding_mode`` is one of ``PADDING_MODES`` and its pads fit the input (PyTorch's rules)."""
+    mode = _checks.choice(padding_mode, PADDING_MODES, "padding_mode")
+    if mode in ("reflect", "circular"):
+        too_big = [max(p) >= s if mode == "reflect" else max(p) > s for p, s in zip(pads, in_sizes)]
+        if any(too_big):
+            rule = "< the input size (reflection excludes the edge)" if mode == "reflect" else \
+                "<= the input size (it wraps around at most once)"
+            raise ValueError(f"padding_mode={mode!r} needs every pad {rule} in its dimension, as PyTorch; "
+                             f"got pads {tuple(pads)} for input sizes {tuple(in_sizes)}")
+    return mode
+
+
+def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_mode):
+    """Validate every argument (before any computation); return the normalised geometry."""
+    _checks.choice(impl, CONV_CHOICES, "impl")
+    shapes.conv_output_shape(jnp.shape(x), jnp.shape(w), stride=stride, padding=padding, dilation=dilation,
+                             groups=groups, layout=layout)
+    layout = shapes.normalize_layout(layout, len(jnp.shape(x)))
+    rank = shapes.layout_rank(layout)
+    stride = shapes.normalize_tuple(stride, "stride", rank)
+    dilation = shapes.normalize_tuple(dilation, "dilation", rank)
+    kernel, _, cout = shapes.kernel_parts(jnp.shape(w), layout)
+    in_sizes = shapes.spatial_dims(jnp.shape(x), layout)
+    pads = shapes.normalize_padding(padding, in_sizes, kernel, stride, dilation)
+    mode = check_padding_mode(padding_mode, pads, in_sizes)
+    if b is not None and tuple(jnp.shape(b)) != (cout,):
+        raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {tuple(jnp.shape(b))}")
+    args = (x, w) if b is None else (x, w, b)
+    dtype = jnp.result_type(*args)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"x and w must have a floating dtype (float32, float64, bfloat16, ...), got {dtype}")
+    return layout, stride, pads, dilation, mode, dtype
+
+
+def _to_channels_last(x, w, layout):
+    """Channels-first x and OI* kernel -> channels-last x and *IO kernel (identity if channels-last)."""
+    if shapes.is_channels_last(layout):
+        return x, w
+    r = x.ndim
+    return jnp.transpose(x, (0, *range(2, r), 1)), jnp.transpose(w, (*range(2, r), 1, 0))
+
+
+def _from_channels_last(z, layout):
+    return z if shapes.is_channels_last(layout) else jnp.transpose(z, (0, z.ndim - 1, *range(1, z.ndim - 1)))
+
+
+def _taps(xp, kernel: Sequence[int], out: Sequence[int], stride, dilation):
+    """Yield ``(t, tap)``: the input positions kernel tap ``t`` meets, ``tap: (n, *out, cin)``, taps in
+    row-major order. ``tap[n, p, c] = xp[n, p*s + t*d, c]`` (per dimension)."""
+    n, cin = xp.shape[0], xp.shape[-1]
+    for t in itertools.product(*map(range, kernel)):
+        start = [t[a] * dilation[a] for a in range(len(t))]
+        limit = [start[a] + (out[a] - 1) * stride[a] + 1 for a in range(len(t))]
+        yield t, lax.slice(xp, (0, *start, 0), (n, *limit, cin), (1, *stride, 1))
+
+
+# ----------------------------------------------------------------------------- implementations (channels-last)
+def _conv_reference(x, w, stride, pads, dilation, groups, precision):
+    """The formula: accumulate ``tap(t) . w[t]`` over the kernel taps, group by group."""
+    *kernel, cg, cout = w.shape
+    n, dg = x.shape[0], cout // groups
+    acc = acc_dtype(x.dtype)
+    # bf16/f16 inputs go up to f32 once here, not once per tap (XLA:CPU materialised 25 converted
+    # taps: LeNet-5 bf16 step, docs/perf_notes.md); exact, since a product of two bf16 (or f16)
+    # values is exact in f32, as with preferred_element_type=f32
+    xp = pad_zeros(x, pads).astype(acc)
+    out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
+    wg = jnp.reshape(w, (*kernel, cg, groups, dg)).astype(acc)  # (*k, cg, g, dg)
+    z = jnp.zeros((n, *out, groups, dg), acc)
+    for t, tap in _taps(xp, kernel, out, stride, dilation):
+        tap = jnp.reshape(tap, (n, *out, groups, cg))  # (n, *out, g, cg)
+        z = z + jnp.einsum("n...kc,cko->n...ko", tap, wg[t], precision=precision, preferred_element_type=acc)
+    return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
+
+
+def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
+    """Patch matrix ``(g, n*prod(out), prod(K)*cg)`` times kernel matrix ``(g, prod(K)*cg, dg)``."""
+    *kernel, cg, cout = w.shape
+    n, dg, taps = x.shape[0], cout // groups, math.prod(kernel)
+    xp = pad_zeros(x, pads)
+    out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
+    m = n * math.prod(out)
+    cols = jnp.stack([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-2)
+    # cols: (n, *out, taps, cin), taps in row-major order like w's kernel axes
+    cols = jnp.reshape(cols, (m, taps, groups, cg))  # (n*prod(out), taps, g, cg)
+    cols = jnp.transpose(cols, (2, 0, 1, 3))  # (g, m, taps, cg)
+    cols = jnp.reshape(cols, (groups, m, taps * cg))  # (g, m, taps*cg)
+    wm = jnp.reshape(w, (taps * cg, groups, dg))  # (taps*cg, g, dg)
+    z = jnp.einsum("gmt,tgo->mgo", cols, wm, precision=precision,
+                   preferred_element_type=acc_dtype(x.dtype))  # (m, g, dg)
+    return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
+
+
+def _conv_fft(x, w, stride, pads, dilation, groups, precision):
+    """Correlation theorem on the padded input; exact up to FFT rounding.
+
+    ``c[n, a, o] = sum_{u, c} xp[n, a+u, c] * kd[u, c, o]`` (``kd``: the kernel with ``d-1`` zeros
+    inserted between taps) is, for ``a <= Sp - F_eff``, the circular correlation over the padded
+    size ``Sp`` (no wrap-around there), i.e. ``irfftn(rfftn(xp) * conj(rfftn(kd)))`` summed over
+    channels per group. ``z = c[:, ::s]`` restricted to ``out``.
+    """
+    *kernel, cg, cout = w.shape
+    rank, n, dg = len(kernel), x.shape[0], cout // groups
+    out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
+    real = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    xp = pad_zeros(x.astype(real), pads)  # (n, *sp, cin)
+    sp = xp.shape[1:-1]
+    freq = (*sp[:-1], sp[-1] // 2 + 1)  # rfftn halves the last axis
+    zero = jnp.zeros((), real)
+    kd = lax.pad(w.astype(real), zero, tuple((0, 0, d - 1) for d in dilation) + ((0, 0, 0),) * 2)
+    # kd: (*F_eff, cg, cout), zero-padded at the end to sp by rfftn's s=
+    xf = jnp.fft.rfftn(xp, axes=tuple(range(1, rank + 1)))  # (n, *freq, cin)
+    kf = jnp.fft.rfftn(kd, s=sp, axes=tuple(range(rank)))  # (*freq, cg, cout)
+    xf = jnp.reshape(xf, (n, *freq, groups, cg))  # (n, *freq, g, cg)
+    kf = jnp.reshape(kf, (*freq, cg, groups, dg))  # (*freq, cg, g, dg)
+    zf = jnp.einsum("n...kc,...cko->n...ko", xf, jnp.conj(kf), precision=precision)  # (n, *freq, g, dg)
+    zf = jnp.reshape(zf, (n, *freq, cout))  # (n, *freq, cout)
+    c = jnp.fft.irfftn(zf, s=sp, axes=tuple(range(1, rank + 1)))  # (n, *sp, cout)
+    limit = [(out[a] - 1) * stride[a] + 1 for a in range(rank)]
+    z = lax.slice(c, (0,) * (rank + 2), (n, *limit, cout), (1, *stride, 1))
+    return z.astype(x.dtype)  # (n, *out, cout)
+
+
+def _conv_taps_forward(x, w, stride, pads, dilation, groups, precision):
+    """The reference forward, materialised (``fusion_barrier``): XLA:CPU otherwise re-runs the tap
+    loop inside each consumer (activation, max-pool forward and backward)."""
+    return fusion_barrier(_conv_reference(x, w, stride, pads, dilation, groups, precision))
+
+
+_CUSTOM_VJP = {  # f(x, w, b, stride, pads, dilation, groups, precision), channels-last
+    "custom_vjp": make_custom_vjp_conv(),
+    "col2im": make_custom_vjp_conv(backward_input=conv_backward_input_col2im),
+    "taps": make_custom_vjp_conv(backward_input=conv_backward_input_col2im, forward=_conv_taps_forward),
+}
+
+_IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside conv
+    "reference": _conv_reference,
+    "im2col": _conv_im2col,
+    "fft": _conv_fft,
+}
+
+
+# ----------------------------------------------------------------------------- public entry points
+def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None, impl="lax",
+         padding_mode="zeros", precision=None):
+    """Convolution ``z = w * x + b`` in 1, 2 or 3 spatial dimensions (cross-correlation; module docstring).
+
+    Args:
+      x: (n, *spatial, cin) channels-last or (n, cin, *spatial) channels-first, 1-3 spatial dims;
+        float32, float64 or bfloat16.
+      w: (*kernel, cin/groups, cout) for channels-last, (cout, cin/groups, *kernel) for channels-first.
+      b: (cout,) bias or None.
+      stride: int or one int per spatial dimension, >= 1.
+      padding: "VALID", "SAME" (odd extra pad at the end), int, one int or one (lo, hi) pair per dim.
+      dilation: kernel (rhs) dilation, int or one per spatial dimension, >= 1.
+      groups: feature groups; divides cin and cout (groups = cin: depthwise).
+      layout: None (channels-last for x's rank: NWC, NHWC, NDHWC) or one of ``shapes.ALL_LAYOUTS``
+        of x's rank (NCW, NCHW, NCDHW: channels-first).
+      impl: one of ``CONV_IMPLS`` (every one supports every option) or ``"auto"``: one per platform
+        and shape from measurements (``fcnn.ops.auto.select_conv_impl``).
+      padding_mode: "zeros", "reflect", "replicate" or "circular" (PyTorch's), what the pads hold.
+      precision: None, a ``lax.Precision`` or its name ("highest"), passed to every conv/dot/einsum.
+    Returns:
+      z: (n, *out, cout) or (n, cout, *out) in ``layout``, the dtype of ``x``/``w`` (promoted), with
+      ``out`` from ``shapes.conv_output_shape``.
+    Raises:
+      ValueError/TypeError naming the argument, before any computation.
+    """
+    layout, stride, pads, dilation, mode, dtype = _geometry(x, w, b, stride, padding, dilation, groups, layout,
+                                                            impl, padding_mode)
+    precision = check_precision(precision)
+    if impl == "auto":
+        impl = _auto.select_conv_impl(jax.default_backend(), jnp.shape(x), jnp.shape(w), stride=stride,
+                                      dilation=dilation, groups=groups, layout=layout)
+    x = jnp.asarray(x, dtype)
+    w = jnp.asarray(w, dtype)
+    b = None if b is None else jnp.asarray(b, dtype)
+    if mode != "zeros":  # pad with the mode's values, then a VALID convolution
+        widths = shapes.make_shape((0, 0), pads, (0, 0), layout)
+        x, pads = jnp.pad(x, widths, mode=_JNP_PAD_MODE[mode]), ((0, 0),) * len(pads)
+    if impl == "lax":
+        dn = (layout, shapes.kernel_layout(layout), layout)
+        z = lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                     dimension_numbers=dn, precision=precision)
+        if b is None:
+            return z
+        return z + (b if shapes.is_channels_last(layout) else jnp.reshape(b, (-1,) + (1,) * len(pads)))
+    xc, wc = _to_channels_last(x, w, layout)
+    if impl in _CUSTOM_VJP:
+        z = _CUSTOM_VJP[impl](xc, wc, b, stride, pads, dilation, groups, precision)  # (n, *out, cout)
+    else:
+        z = _IMPLS[impl](xc, wc, stride, pads, dilation, groups, precision)  # (n, *out, cout)
+        z = z if b is None else z + b
+    return _from_channels_last(z, layout)
+
+
+def ranked_layout(x, layout, rank: int, name: str) -> str:
+    """The layout of a rank-specific entry point (``conv1d``: 1): None means channels-last; x must
+    have that rank."""
+    layout = shapes.LAYOUTS_BY_RANK[rank][0] if layout is None else \
+        _checks.choice(layout, shapes.LAYOUTS_BY_RANK[rank], "layout")
+    try:
+        shapes.check_rank(jnp.shape(x), layout)
+    except ValueError as e:
+        raise ValueError(f"{e} ({name} takes {rank} spatial dimension{'s' if rank > 1 else ''})") from None
+    return layout
+
+
+def conv1d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None, impl="lax",
+           padding_mode="zeros", precision=None):
+    """``conv`` over one spatial dimension: x (n, w, cin) NWC or (n, cin, w) NCW; w (k, cin/g, cout) WIO
+    or (cout, cin/g, k) OIW. Same arguments as ``conv``; x must have rank 3."""
+    return conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                layout=ranked_layout(x, layout, 1, "conv1d"), impl=impl, padding_mode=padding_mode,
+                precision=precision)
+
+
+def conv3d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None, impl="lax",
+           padding_mode="zeros", precision=None):
+    """``conv`` over three spatial dimensions: x (n, d, h, w, cin) NDHWC or (n, cin, d, h, w) NCDHW;
+    w (kd, kh, kw, cin/g, cout) DHWIO or (cout, cin/g, kd, kh, kw) OIDHW. Same arguments as ``conv``;
+    x must have rank 5."""
+    return conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                layout=ranked_layout(x, layout, 3, "conv3d"), impl=impl, padding_mode=padding_mode,
+                precision=precision)

@@ -1,0 +1,228 @@
+"""The hand-derived convolution backward in 1, 2 or 3 spatial dimensions, and the custom-VJP builder.
+
+Everything here works channels-last (``(n, *spatial, c)`` inputs, ``(*kernel, c/groups, cout)``
+kernels); ``fcnn.ops.conv_nd`` transposes channels-first arrays in and out.
+
+Per spatial dimension (the others alike; s stride, d dilation, (lo, hi) pads, k taps,
+F_eff = d*(k-1) + 1), the forward is  z[o] = sum_t xp[o*s + t*d] w[t],  o < out.
+
+  db    = sum over n and every spatial position of dZ          (the bias is added to every pixel)
+  dW[t] = sum_o xp[t*d + o*s] dz[o]    correlation of xp with dZ: dZ is the "kernel", dilated by
+                                       the forward STRIDE; the window stride is the forward DILATION;
+                                       channels: contract over n, one (cg, dg) block per group.
+  dX    = dXp[lo : lo + size] with dXp[r] = sum_{o, t: o*s + t*d = r} dz[o] w[t]
+        = full convolution of u = dZ with s-1 zeros inserted, with the kernel (dilated by d)
+          rotated by 180 degrees in every spatial dimension and in/out channels swapped per group:
+          dXp[r] = sum_t upad[r + t*d] w[k-1-t], upad = u padded by F_eff - 1 on both sides.
+          Positions past s*(out-1) + F_eff were dropped by the stride and get zero; cropping the
+          pads (lo at the start, hi at the end) folds into upad's padding, which may go negative.
+
+``conv_backward_input_col2im`` computes the same dX as the transpose of im2col (one matrix product
+to patch gradients, then each kernel tap's slice added back into place).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Callable, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fcnn import shapes
+
+__all__ = [
+    "conv_backward_bias",
+    "conv_backward_kernel",
+    "conv_backward_input",
+    "conv_backward_input_col2im",
+    "make_custom_vjp_conv",
+    "fusion_barrier",
+    "lax_conv",
+    "pad_zeros",
+    "acc_dtype",
+]
+
+Pads = Tuple[Tuple[int, int], ...]
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def pad_zeros(x, pads: Pads):
+    """Zero-pad the spatial dims of channels-last ``x``; negative pads crop (``lax.pad`` semantics)."""
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
+
+
+def acc_dtype(dtype):
+    """Accumulate bfloat16/float16 products in float32 (what XLA does for lax.conv)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _spatial(rank: int) -> str:
+    return "DHW"[3 - rank:]
+
+
+def _dimension_numbers(rank: int):
+    """Channels-last lax dimension numbers: ("NWC", "WIO", "NWC") in 1-D ... ("NDHWC", "DHWIO", "NDHWC")."""
+    sp = _spatial(rank)
+    return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+
+
+def lax_conv(x, w, stride, pads, dilation, groups, precision):
+    """``lax.conv_general_dilated`` on channels-last ``x`` and ``w`` (any rank)."""
+    return lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                    dimension_numbers=_dimension_numbers(x.ndim - 2), precision=precision)
+
+
+# ----------------------------------------------------------------------------- the three gradients
+def conv_backward_bias(dz):
+    """``db = sum(dZ)`` over batch and space. dz: (n, *out, cout) -> (cout,)."""
+    return jnp.sum(dz, axis=tuple(range(dz.ndim - 1)))
+
+
+def conv_backward_kernel(x, dz, kernel: Sequence[int], *, stride, pads: Pads, dilation, groups: int,
+                         precision=None):
+    """``dW = xp * dZ`` (correlation; forward stride -> dilation of dZ, forward dilation -> stride).
+
+    Args:
+      x: (n, *in, cin) channels-last forward input.
+      dz: (n, *out, cout) gradient of the output.
+      kernel: the kernel's spatial sizes; stride, pads, dilation, groups: the forward's, normalised.
+    Returns:
+      dW: (*kernel, cin/groups, cout), the kernel layout of channels-last inputs (WIO, HWIO, DHWIO).
+    """
+    rank = len(kernel)
+    out = dz.shape[1:-1]
+    # keep exactly the padded positions the forward read: s*(out-1) + F_eff (drops those the stride skipped)
+    used = [stride[a] * (out[a] - 1) + shapes.effective_size(kernel[a], dilation[a]) for a in range(rank)]
+    lo_hi = [(pads[a][0], used[a] - x.shape[1 + a] - pads[a][0]) for a in range(rank)]
+    # negative pads crop x here; the rest is padding inside the conv (materialising the padded
+    # x cost 1.9x on XLA:CPU for LeNet's first layer, docs/perf_notes.md)
+    x = pad_zeros(x, tuple((min(lo, 0), min(hi, 0)) for lo, hi in lo_hi))
+    padding = [(max(lo, 0), max(hi, 0)) for lo, hi in lo_hi]
+    sp = _spatial(rank)
+    # lax batch <- channels (cin, split into `groups` contiguous blocks), lax feature <- n (contracted)
+    return lax.conv_general_dilated(x, dz, window_strides=dilation, padding=padding, rhs_dilation=stride,
+                                    batch_group_count=groups, precision=precision,
+                                    dimension_numbers=("C" + sp + "N", "I" + sp + "O", sp + "NC"))
+
+
+def conv_backward_input(dz, w, in_sizes: Sequence[int], *, stride, pads: Pads, dilation, groups: int,
+                        precision=None):
+    """``dX`` = full convolution of the stride-dilated dZ with the 180°-rotated, channel-swapped kernel.
+
+    Args:
+      dz: (n, *out, cout) gradient of the output.
+      w: (*kernel, cin/groups, cout) forward kernel (channels-last kernel layout).
+      in_sizes: spatial sizes of the forward input; stride, pads, dilation, groups: the forward's.
+    Returns:
+      dX: (n, *in_sizes, cin) channels-last.
+    """
+    *kernel, cg, cout = w.shape
+    rank, dg = len(kernel), cout // groups
+    out = dz.shape[1:-1]
+    w_t = jnp.reshape(w, (*kernel, cg, groups, dg))  # (*k, cg, g, dg)
+    w_t = jnp.transpose(w_t, (*range(rank), rank + 2, rank + 1, rank))  # (*k, dg, g, cg): in/out swapped
+    w_t = jnp.reshape(w_t, (*kernel, dg, groups * cg))[(slice(None, None, -1),) * rank]  # rotated 180°
+    config = []
+    for a in range(rank):
+        s, f_eff = stride[a], shapes.effective_size(kernel[a], dilation[a])
+        lo = f_eff - 1 - pads[a][0]  # full-convolution pad, minus the forward's low pad
+        hi = in_sizes[a] + pads[a][0] - s * out[a] + s - 1  # so that dX has in_sizes[a] positions
+        config.append((lo, hi, s - 1))  # s-1 zeros between dZ positions undo the stride
+    u = lax.pad(dz, jnp.zeros((), dz.dtype), ((0, 0, 0), *config, (0, 0, 0)))
+    return lax_conv(u, w_t, (1,) * rank, "VALID", dilation, groups, precision)
+
+
+# ----------------------------------------------------------------------------- col2im
+@jax.custom_jvp
+def fusion_barrier(x):
+    """``x``, materialised: XLA:CPU cannot fuse its producer into its consumers.
+
+    XLA:CPU fuses cheap elementwise producers into every consumer and re-runs them there, even a
+    25-tap loop read 4 times by a max-pool backward (LeNet-5 step, docs/perf_notes.md), and it
+    drops ``lax.optimization_barrier`` before fusion. A reduce_window is never fused on XLA:CPU,
+    so this is one that returns ``x``: the max of each cell and a second tap that always falls
+    in the ``-inf`` padding (window 2 along the last axis, dilated past its end). Exact, NaN
+    included; one extra pass over ``x``. Differentiation sees the identity (custom JVP).
+    """
+    c = x.shape[-1]
+    ones = (1,) * (x.ndim - 1)
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, ones + (2,), ones + (1,),
+                             ((0, 0),) * (x.ndim - 1) + ((0, c),), window_dilation=ones + (c,))
+
+
+@fusion_barrier.defjvp
+def _fusion_barrier_jvp(primals, tangents):
+    return fusion_barrier(primals[0]), tangents[0]
+
+
+def conv_backward_input_col2im(dz, w, in_sizes: Sequence[int], *, stride, pads: Pads, dilation, groups: int,
+                               precision=None):
+    """``dX`` as the transpose of im2col: patch gradients ``dZ . W^T``, then col2im.
+
+    The forward reads ``xp[n, p*s + t*d, c]`` for kernel tap ``t`` (multi-indices, per dimension),
+    so the gradient of the padded input is ``dXp = sum_t place_t(dP[..., t, :])`` with
+    ``dP[n, p, t, c] = sum_o dZ[n, p, o] w[t, c, o]`` (within each group) and ``place_t`` putting
+    position ``p`` at ``t*d + p*s`` (zero elsewhere: one ``lax.pad`` with interior padding ``s - 1``).
+    Then ``dX`` is ``dXp`` with the forward's pads cropped (a negative pad, which cropped the input,
+    gives zeros back). Same arguments and result as ``conv_backward_input``.
+    """
+    *kernel, cg, cout = w.shape
+    n, out, dg = dz.shape[0], dz.shape[1:-1], cout // groups
+    taps = math.prod(kernel)
+    acc = acc_dtype(dz.dtype)
+    if groups == 1:  # the grouped einsum below, with its unit group axis, ran 2.3x slower on XLA:CPU
+        dp = jnp.einsum("n...o,tco->n...tc", dz, jnp.reshape(w, (taps, cg, cout)), precision=precision,
+                        preferred_element_type=acc)  # (n, *out, taps, cin)
+    else:
+        dzg = jnp.reshape(dz, (n, *out, groups, dg))
+        wg = jnp.reshape(w, (taps, cg, groups, dg))
+        dp = jnp.einsum("n...ko,tcko->n...tkc", dzg, wg, precision=precision, preferred_element_type=acc)
+        dp = jnp.reshape(dp, (n, *out, taps, groups * cg))  # channel k*cg + c, as in x
+    grid = [in_sizes[a] + pads[a][0] + pads[a][1] for a in range(len(kernel))]
+    dxp = jnp.zeros((n, *grid, groups * cg), acc)
+    for index, t in enumerate(itertools.product(*map(range, kernel))):  # row-major, as w's kernel axes
+        config = shapes.tap_pad_config([t[a] * dilation[a] for a in range(len(t))], stride, out, grid)
+        dxp = dxp + lax.pad(dp[..., index, :], jnp.zeros((), acc), config)
+    # materialised: fused into its consumer (a max-pool backward reads each cell 4 times) the
+    # per-tap sum ran once per read
+    return fusion_barrier(pad_zeros(dxp, tuple((-lo, -hi) for lo, hi in pads)).astype(dz.dtype))
+
+
+# ----------------------------------------------------------------------------- the builder
+def make_custom_vjp_conv(backward_input: Callable = conv_backward_input,
+                         backward_kernel: Callable = conv_backward_kernel,
+                         backward_bias: Callable = conv_backward_bias,
+                         forward: Optional[Callable] = None) -> Callable:
+    """A channels-last conv ``f(x, w, b, stride, pads, dilation, groups, precision)`` with a custom VJP.
+
+    The forward is ``forward`` (a channels-last body with the signature of ``lax_conv``; None:
+    lax's); the backward calls the three given functions (same signatures as
+    ``conv_backward_input/kernel/bias``), so deliberately wrong variants can be swapped in for
+    mutation testing. ``b`` may be None. The backward is differentiable JAX (grad-of-grad works);
+    a ``custom_vjp`` function has no forward mode. Any rank: the spatial sizes passed to the
+    backward are ``x.shape[1:-1]`` and ``w.shape[:-2]``.
+    """
+    forward = lax_conv if forward is None else forward
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+    def f(x, w, b, stride, pads, dilation, groups, precision):
+        z = forward(x, w, stride, pads, dilation, groups, precision)
+        return z if b is None else z + b
+
+    def fwd(x, w, b, stride, pads, dilation, groups, precision):
+        return f(x, w, b, stride, pads, dilation, groups, precision), (x, w, b)
+
+    def bwd(stride, pads, dilation, groups, precision, res, dz):
+        x, w, b = res
+        geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups, precision=precision)
+        dx = backward_input(dz, w, x.shape[1:-1], **geo)
+        dw = backward_kernel(x, dz, w.shape[:-2], **geo)
+        db = None if b is None else backward_bias(dz).astype(b.dtype)
+        return dx.astype(x.dtype), dw.astype(w.dtype), db
+
+    f.defvjp(fwd, bwd)
+    return f
