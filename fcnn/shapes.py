@@ -256,6 +256,9 @@ def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1
     dilation = normalize_tuple(dilation, "dilation", rank)
     groups = _checks.positive_int(groups, "groups")
     window, ci, co = kernel_parts(w_shape, layout)
+    if min(window) < 1:
+        raise ValueError(f"w must have a kernel of size >= 1 in every spatial dimension, got kernel sizes "
+                         f"{tuple(window)} (w shape {tuple(w_shape)}, {kernel_layout(layout)})")
     check_groups(channel_dim(x_shape, layout), ci, co, groups)
     in_sizes = spatial_dims(x_shape, layout)
     pads = normalize_padding(padding, in_sizes, window, stride, dilation)

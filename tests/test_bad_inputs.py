@@ -201,8 +201,7 @@ OPS = [
     _case(lambda: ops.conv2d(_x(1, 8, 8, 3, dtype=bool), _x(3, 3, 3, 4, dtype=bool)), TypeError,
           r"x and w must have a floating dtype", "conv-bool-inputs"),
     _case(lambda: ops.conv2d(X, _x(0, 3, 3, 4)), ValueError, _all(r"\bw\b", r"kernel|window|size"),
-          "conv-kernel-height-0", xfail="a kernel of height 0 passes validation and fails when XLA lowers the conv "
-                                        "('Cannot lower jaxpr with verifier errors ... window dimension')"),
+          "conv-kernel-height-0"),
     # max_pool2d
     _case(lambda: ops.max_pool2d(X, 0), ValueError, r"window must be >= 1", "maxpool-window-0"),
     _case(lambda: ops.max_pool2d(X, None), TypeError, r"window must be an int or a pair", "maxpool-window-none"),
