@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 from fcnn import shapes  # noqa: E402
-from fcnn.ops import pool  # noqa: E402
+from fcnn.ops import pool, pool_nd  # noqa: E402
 
 X_SHAPE = (2, 6, 7, 3)  # NHWC
 WINDOWS = [(2, 2), (3, 3), (3, 2), (2, 1)]
@@ -294,10 +294,10 @@ def test_tiled_fast_path_equals_general_path(ties, shape, window):
 
 
 def test_auto_path_selection():
-    assert pool._tiles((2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1))
-    assert not pool._tiles((2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1))
-    assert not pool._tiles((2, 2), (2, 2), ((0, 1), (0, 0)), (1, 1))
-    assert not pool._tiles((2, 2), (2, 2), ((0, 0), (0, 0)), (2, 1))
+    assert pool_nd.tiles((2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1))
+    assert not pool_nd.tiles((2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    assert not pool_nd.tiles((2, 2), (2, 2), ((0, 1), (0, 0)), (1, 1))
+    assert not pool_nd.tiles((2, 2), (2, 2), ((0, 0), (0, 0)), (2, 1))
     # max_pool2d's "auto" choice traces to exactly the forced paths' programs
     x = jnp.asarray(_perm((1, 4, 6, 2)))
 
