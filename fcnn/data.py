@@ -23,20 +23,19 @@ are built in memory, the others are read from ``data_dir`` (default
 * ``synthetic``: noise images whose class is a bright square at a per-class
   location; ``Dataset.evidence`` holds the class regions for saliency checks.
 
-Batching keeps shapes fixed so a jitted step never recompiles. There is one path for
-training batches, ``epoch_chunks`` (what ``fit`` uses; ``batches`` is its one-at-a-time
-view): it drops the remainder of a shuffled epoch (a different remainder each epoch). And
-one for evaluation, ``eval_batches`` (what ``evaluate`` and ``predict`` use), which pads the last batch and returns a 0/1 weight so every example
-counts exactly once. The epoch order is ``epoch_permutation(seed, epoch, n)``, a
-pure function of its arguments (usable under ``jit``), so a resumed run sees the
-same order. Augmentation (``random_crop``, ``random_flip``, ``augment``) runs on
-device, keyed by a PRNG key.
+Batching keeps shapes fixed so a jitted step never recompiles. One path for training batches,
+``epoch_chunks`` (``fit``'s; ``batches`` is its one-at-a-time view), drops the remainder of a
+shuffled epoch (a different one each epoch); one for evaluation, ``eval_batches`` (``evaluate``'s
+and ``predict``'s), pads the last batch with a 0/1 weight so every example counts exactly once.
+The epoch order ``epoch_permutation(seed, epoch, n)`` is a pure function (usable under ``jit``),
+so a resumed run sees the same order. Augmentation (``random_crop``, ``random_flip``,
+``augment``) runs on device, keyed by a PRNG key; ``Dataset.augment`` is a dataset's own.
 """
 from __future__ import annotations
 
 import functools
 import os
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +47,8 @@ from fcnn.datafiles import (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, Missi
 from fcnn.types import Array
 
 __all__ = [
-    "Dataset", "DataError", "MissingDataError", "DATASETS", "OFFICIAL_SIZES", "official_size_note", "load", "digits", "digits_split", "synthetic",
+    "Dataset", "DataError", "MissingDataError", "DATASETS", "OFFICIAL_SIZES", "official_size_note", "load",
+    "normalized", "digits", "digits_split", "synthetic",
     "bilinear_resize", "epoch_permutation", "steps_per_epoch", "Chunk", "epoch_chunks", "batches", "eval_batches",
     "random_crop", "random_flip", "augment", "to_device",
 ]
@@ -69,6 +69,7 @@ class Dataset(NamedTuple):
     mean: np.ndarray  # (c,) float32: per-channel train mean of pixel / max_pixel
     std: np.ndarray  # (c,) float32: per-channel train std of pixel / max_pixel
     evidence: Optional[np.ndarray] = None  # synthetic only: (num_classes, h, w) bool class regions
+    augment: Optional[Callable] = None  # (key, x) -> x applied to each training batch in the step (fit)
 
 
 def default_data_dir() -> str:
@@ -117,9 +118,16 @@ def official_size_note(ds: Dataset) -> Optional[str]:
 
 
 def _finish(name, x_train, y_train, x_test, y_test, num_classes, max_value, normalize, evidence=None) -> Dataset:
-    """Scale to [0, 1], normalise with the train stats, cast to float32 (in place where possible)."""
-    x_train = np.asarray(x_train, np.float32) / np.float32(max_value)
-    x_test = np.asarray(x_test, np.float32) / np.float32(max_value)
+    """Scale to [0, 1] (dividing by ``max_value``), int32 labels, then ``normalized``."""
+    x_train, x_test = (np.asarray(x, np.float32) / np.float32(max_value) for x in (x_train, x_test))
+    return normalized(name, x_train, np.asarray(y_train, np.int32), x_test, np.asarray(y_test, np.int32),
+                      num_classes, normalize=normalize, evidence=evidence)
+
+
+def normalized(name, x_train, y_train, x_test, y_test, num_classes, *, normalize=True, evidence=None) -> Dataset:
+    """A ``Dataset`` of float32 images normalised with the train set's per-channel mean and std (in place
+    where possible; ``normalize=False``: kept, mean 0 and std 1 recorded); the targets as given."""
+    x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
     c = x_train.shape[-1]
     if normalize:
         mean = x_train.reshape(-1, c).mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -130,8 +138,7 @@ def _finish(name, x_train, y_train, x_test, y_test, num_classes, max_value, norm
             x /= std
     else:
         mean, std = np.zeros(c, np.float32), np.ones(c, np.float32)
-    return Dataset(x_train, np.asarray(y_train, np.int32), x_test, np.asarray(y_test, np.int32), num_classes,
-                   name, mean, std, evidence)
+    return Dataset(x_train, y_train, x_test, y_test, num_classes, name, mean, std, evidence)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -372,8 +379,7 @@ def batches(x, y, batch_size: int, *, seed: int, epoch: int, start: int = 0) -> 
       start: first batch to yield (resume in the middle of an epoch).
 
     Yields:
-      ``(x[idx], y[idx])`` of shapes (batch_size, ...) and (batch_size,) (``epoch_chunks``
-      one batch at a time).
+      ``(x[idx], y[idx])``, (batch_size, ...) each (``epoch_chunks`` one batch at a time).
     """
     for chunk in epoch_chunks(x, y, batch_size, seed=seed, epoch=epoch, start=start):
         yield chunk.x, chunk.y
@@ -390,13 +396,11 @@ def eval_batches(x, y, batch_size: int) -> Iterator[Tuple[Array, Optional[Array]
     ``y`` may be None (prediction without labels); the yielded ``yb`` is then None.
 
     Yields:
-      ``(xb, yb, weight)``: (batch_size, ...), (batch_size,), and float32
-      (batch_size,) with 1 for real examples and 0 for padding, so summing
-      ``weight * per_example_metric`` counts each of the n examples exactly once.
+      ``(xb, yb, weight)``: (batch_size, ...), (batch_size, ...) and float32 (batch_size,) with 1 for
+      real examples and 0 for padding: summing ``weight * per_example_metric`` counts each once.
     """
     _check_xy(x, y, batch_size)
-    x = np.asarray(x)
-    y = None if y is None else np.asarray(y)
+    x, y = np.asarray(x), (None if y is None else np.asarray(y))
     for s in range(0, len(x), batch_size):
         xb = x[s : s + batch_size]
         weight = (np.arange(batch_size) < len(xb)).astype(np.float32)
