@@ -47,7 +47,7 @@ from fcnn import _checks
 from fcnn._version import __version__
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "restore", "latest", "load_latest", "list_checkpoints",
-           "read_manifest"]
+           "checkpoint_path", "read_manifest"]
 
 FORMAT, FORMAT_VERSION = "fcnn-checkpoint", 1
 _NAME = re.compile(r"^ckpt_(\d{8,})\.npz$")
@@ -157,7 +157,7 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
     payload["__manifest__"] = np.frombuffer(manifest_bytes, np.uint8)
 
     os.makedirs(run_dir, exist_ok=True)
-    final = os.path.join(run_dir, f"ckpt_{int(step):08d}.npz")
+    final = checkpoint_path(run_dir, step)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=run_dir)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -181,6 +181,11 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
             except OSError:
                 pass
     return final
+
+
+def checkpoint_path(run_dir: str, step: int) -> str:
+    """Where the checkpoint of ``step`` lies: ``run_dir/ckpt_<step:08d>.npz``."""
+    return os.path.join(run_dir, f"ckpt_{int(step):08d}.npz")
 
 
 def list_checkpoints(run_dir: str) -> list:
@@ -298,7 +303,8 @@ def latest(run_dir: str) -> Optional[str]:
     """Path of the newest checkpoint in ``run_dir`` that verifies, or None if there is none.
 
     A corrupt newer checkpoint is skipped with a ``RuntimeWarning``; if checkpoints
-    exist but none verifies, ``CheckpointError`` is raised (never a silent restart).
+    exist but none verifies, ``CheckpointError`` is raised naming each (never a silent
+    restart; no warnings then, the error says it all).
     """
     return _newest(run_dir, lambda p: (_read(p), p)[1])
 
@@ -313,10 +319,13 @@ def _newest(run_dir, read):
     bad = []
     for p in reversed(paths):
         try:
-            return read(p)
+            found = read(p)
         except _CorruptError as e:
             bad.append(str(e))
+            continue
+        for e in bad:  # warned only when an older checkpoint is used instead; if none is, the error says it all
             warnings.warn(f"skipping corrupt checkpoint: {e}", RuntimeWarning, stacklevel=3)
+        return found
     if bad:
         raise CheckpointError(f"{run_dir}: every checkpoint is corrupt: {'; '.join(bad)}")
     return None

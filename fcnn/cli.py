@@ -129,16 +129,16 @@ def _train(args) -> int:
                              f"(the run directory is RUN_DIR, continued)")
         extra = sorted(set(given) - set(RESUME_MAY_CHANGE))
         if extra:
-            allowed = ", ".join("--" + f for f in RESUME_MAY_CHANGE)
-            raise ValueError(f"--resume takes the run's settings from RUN_DIR/config.json; only {allowed} may be "
-                             f"given with it, got {', '.join('--' + f.replace('_', '-') for f in extra)}")
+            flag = {field: flag for flag, field, _, _ in _TRAIN_OPTIONS}  # learning_rate -> --lr
+            raise ValueError(f"--resume takes the run's settings from RUN_DIR/config.json; only "
+                             f"{', '.join(flag[f] for f in RESUME_MAY_CHANGE)} may be given with it, got "
+                             f"{', '.join(flag[f] for f in extra)}")
         config = dataclasses.replace(read_config(args.resume), **given)
         run_dir = args.resume
     else:
         config = TrainConfig(**given)
-        run_dir = args.out or free_run_dir(config)
-        if not args.overwrite:
-            check_new_run_dir(run_dir)  # before loading data; with --overwrite fit checks and replaces
+        run_dir = free_run_dir(config) if args.out is None else args.out
+        check_new_run_dir(run_dir, overwrite=args.overwrite, dry_run=True)  # before loading data; fit replaces
     check_model_name(config.model)
     check_parallel(config.parallel, config.devices, config.batch_size)  # before loading data
     ds = load_data(config)

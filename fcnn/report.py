@@ -4,7 +4,9 @@ Run-directory files written by ``fcnn.train.fit`` (their layout: ``fcnn.run``):
 
     config.json     the TrainConfig (+ fcnn_version)
     metrics.jsonl   one JSON object per epoch: epoch, step, train_loss, train_accuracy,
-                    images_per_s, epoch_seconds, [test_loss, test_accuracy]
+                    images_per_s, epoch_seconds, [test_loss, test_accuracy]; and events, each
+                    with an "event" key, at the step they happened: {"event": "extended",
+                    "step", "from_epochs", "to_epochs"} when a resumed run got more epochs
     curves.png      loss and accuracy per epoch (needs matplotlib; skipped with a note)
 """
 from __future__ import annotations
@@ -111,8 +113,12 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_jsonl(path: str) -> list:
-    """The records of a JSON-lines file ([] if it does not exist); a torn last line is dropped."""
+def read_jsonl(path: str, *, events: bool = False) -> list:
+    """The records of a JSON-lines file ([] if it does not exist); a torn last line is dropped.
+
+    Records with an ``"event"`` key (metrics.jsonl's events) are left out unless ``events``,
+    so the default is what has one record per epoch.
+    """
     if not os.path.exists(path):
         return []
     out = []
@@ -122,7 +128,7 @@ def read_jsonl(path: str) -> list:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
                 break
-    return out
+    return out if events else [r for r in out if not (isinstance(r, dict) and "event" in r)]
 
 
 def write_jsonl(path: str, records) -> None:

@@ -90,6 +90,9 @@ class TrainConfig:
     eval_batch_size: int = 512
 
     def __post_init__(self):
+        for name in ("model", "dataset", "impl", "pool_impl"):  # names, checked against their lists when used
+            _checks.string(getattr(self, name), name)
+        _checks.string(self.data_dir, "data_dir", optional=True)
         for name in ("epochs", "batch_size", "steps_per_call", "keep", "eval_batch_size"):
             _checks.positive_int(getattr(self, name), name)
         _checks.optional_positive_int(self.checkpoint_every, "checkpoint_every", hint="steps")
@@ -178,7 +181,10 @@ def read_config(run_dir: str) -> TrainConfig:
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object of TrainConfig fields, got {type(d).__name__}")
     d.pop("fcnn_version", None)
-    return TrainConfig.from_dict(d)
+    try:
+        return TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as e:  # a field that breaks its rule, an unknown field: name the file
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{path}: {e}") from None
 
 
 def check_model_name(name: str) -> None:
@@ -203,6 +209,7 @@ def load_data(config: TrainConfig):
     """The ``fcnn.data.Dataset`` a config names (read from ``config.data_dir`` where file-based)."""
     from fcnn import data
 
+    _checks.choice(config.dataset, data.DATASETS, "dataset")  # named as the config field / --dataset
     return data.load(config.dataset, data_dir=config.data_dir)
 
 
@@ -250,34 +257,51 @@ def _holds_fcnn_config(run_dir: str) -> bool:
     return isinstance(d, dict) and "fcnn_version" in d
 
 
-def check_new_run_dir(run_dir: str, *, overwrite: bool = False) -> None:
+def _check_creatable(run_dir: str) -> None:
+    """A path that does not exist yet can be made: its nearest existing ancestor is a writable directory."""
+    if os.path.lexists(run_dir):
+        raise ValueError(f"run_dir {run_dir!r} is a broken symbolic link: choose a new directory")
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"run_dir {run_dir!r} cannot be created: {parent!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"run_dir {run_dir!r} cannot be created: {parent!r} is not writable")
+
+
+def check_new_run_dir(run_dir: str, *, overwrite: bool = False, dry_run: bool = False) -> None:
     """Make sure starting a run in ``run_dir`` destroys nothing; raise before any write if it would.
 
-    A path that does not exist or an empty directory is accepted. A directory that holds an
-    fcnn run (its ``config.json`` and only the files ``fit`` writes) is refused, unless
-    ``overwrite`` is True: then those files, and only those, are deleted. Anything else (a
-    file, a directory with a file fcnn did not write) is refused whatever ``overwrite`` says.
+    A path that does not exist (and can be created: under a writable directory, not under a
+    file) or an empty writable directory is accepted. A directory that holds an fcnn run (its
+    ``config.json`` and only the files ``fit`` writes) is refused, unless ``overwrite`` is True:
+    then those files, and only those, are deleted (``dry_run``: checked, nothing deleted; the CLI
+    checks before loading data, ``fit`` deletes). Anything else (a file, a directory with a file
+    fcnn did not write) is refused whatever ``overwrite`` says.
     """
-    _checks.boolean(overwrite, "overwrite")
-    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
-        raise ValueError(f"run_dir must be a non-empty path, got {run_dir!r}")
+    _checks.boolean(overwrite, "overwrite"), _checks.boolean(dry_run, "dry_run")
+    run_dir = _checks.path(run_dir, "run_dir")
     if not os.path.exists(run_dir):
+        _check_creatable(run_dir)
         return
     if not os.path.isdir(run_dir):
-        raise ValueError(f"run_dir {str(run_dir)!r} is a file, not a directory: choose a new directory")
+        raise ValueError(f"run_dir {run_dir!r} is a file, not a directory: choose a new directory")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"run_dir {run_dir!r} is not writable: a run needs to save checkpoints there")
     names = sorted(os.listdir(run_dir))
     if not names:
         return
     foreign = [n for n in names if not _RUN_FILE.match(n)]
     if foreign or not _holds_fcnn_config(run_dir):
         shown = ", ".join(repr(n) for n in (foreign or names)[:3])
-        raise ValueError(f"run_dir {str(run_dir)!r} is not empty and does not hold an fcnn run (it holds {shown}"
+        raise ValueError(f"run_dir {run_dir!r} is not empty and does not hold an fcnn run (it holds {shown}"
                          f"{', ...' if len(foreign or names) > 3 else ''}): choose a new directory")
     if not overwrite:
         what = "it already holds checkpoints" if checkpoint.list_checkpoints(run_dir) else "its checkpoints are gone"
-        raise ValueError(f"run_dir {str(run_dir)!r} holds an fcnn run ({what}): resume it (fcnn train --resume "
+        raise ValueError(f"run_dir {run_dir!r} holds an fcnn run ({what}): resume it (fcnn train --resume "
                          f"{run_dir}, fit(resume=True)) or replace it (--overwrite, fit(overwrite=True))")
-    for n in names:
+    for n in [] if dry_run else names:
         os.remove(os.path.join(run_dir, n))
 
 

@@ -154,19 +154,34 @@ class _Loop:
             check_new_run_dir(run_dir, overwrite=overwrite)
         os.makedirs(run_dir, exist_ok=True)
         check_writable(run_dir)
-        if resume:
-            like = checkpoint_tree(self.params, self.state, self.opt_state, self.train_key)
-            restored = checkpoint.load_latest(run_dir, like=like)
-            if restored is None:
-                raise FileNotFoundError(f"run_dir {run_dir!r} holds no checkpoint to resume from")
-            self.step, tree, meta = restored
-            self.params, self.state, self.opt_state, self.train_key = (tree["params"], tree["state"],
-                                                                       tree["opt_state"], tree["key"])
-            self.sums = EpochSums(*meta["epoch_sums"])
-            _check_same_run(TrainConfig.from_dict(meta["config"]), self.config)
-            self.history = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if r["step"] <= self.step]
+        lines = self.restore() if resume else []
         write_config(run_dir, self.config)
-        write_jsonl(os.path.join(run_dir, "metrics.jsonl"), self.history)
+        write_jsonl(os.path.join(run_dir, "metrics.jsonl"), lines)
+
+    def restore(self) -> list:
+        """Load the latest checkpoint; return metrics.jsonl's lines up to its step, plus an "extended"
+        event when the config asks for more epochs than the checkpoint's."""
+        like = checkpoint_tree(self.params, self.state, self.opt_state, self.train_key)
+        restored = checkpoint.load_latest(self.run_dir, like=like)
+        if restored is None:
+            raise FileNotFoundError(f"run_dir {self.run_dir!r} holds no checkpoint to resume from")
+        self.step, tree, meta = restored
+        lacks = [k for k in ("config", "epoch_sums") if k not in meta]
+        if lacks:
+            raise checkpoint.CheckpointError(f"{checkpoint.checkpoint_path(self.run_dir, self.step)} cannot be "
+                                             f"resumed: its metadata lacks {', '.join(lacks)} (not saved by fit)")
+        self.params, self.state, self.opt_state, self.train_key = (tree["params"], tree["state"], tree["opt_state"],
+                                                                   tree["key"])
+        self.sums = EpochSums(*meta["epoch_sums"])
+        saved = TrainConfig.from_dict(meta["config"])
+        _check_same_run(saved, self.config)
+        lines = read_jsonl(os.path.join(self.run_dir, "metrics.jsonl"), events=True)
+        lines = [r for r in lines if r["step"] <= self.step]  # epochs and events up to the checkpoint
+        self.history = [r for r in lines if "event" not in r]
+        if self.config.epochs > saved.epochs:
+            lines.append({"event": "extended", "step": self.step, "from_epochs": saved.epochs,
+                          "to_epochs": self.config.epochs})
+        return lines
 
     def save(self) -> None:
         if self.run_dir is None or self.saved == self.step:
@@ -288,6 +303,11 @@ def fit(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not all(hasattr(data, a) for a in ("x_train", "y_train")):
+        raise TypeError(f"data must have x_train and y_train (and x_test, y_test to evaluate), as "
+                        f"fcnn.data.Dataset has; got {type(data).__name__}")
+    run_dir = _checks.path(run_dir, "run_dir", optional=True)
+    resume, overwrite = _checks.boolean(resume, "resume"), _checks.boolean(overwrite, "overwrite")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding a checkpoint")
     if resume and overwrite:

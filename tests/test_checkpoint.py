@@ -163,9 +163,11 @@ def test_corruption_is_detected_and_names_the_file(tmp_path):
         checkpoint.restore(p1)
     assert p1 in str(e.value)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(CheckpointError, match="every checkpoint is corrupt"):
+        warnings.simplefilter("error")  # none verifies: the error names both, no warning comes first
+        with pytest.raises(CheckpointError, match="every checkpoint is corrupt") as e:
             checkpoint.latest(d)
+    assert p1 in str(e.value) and p2 in str(e.value)
+    assert checkpoint.checkpoint_path(d, 2) == p2
 
 
 def test_flipped_byte_in_the_file(tmp_path):

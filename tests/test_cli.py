@@ -159,6 +159,42 @@ def test_out_never_destroys_what_is_there(tmp_path, capsys):
     assert "--overwrite cannot be combined with --resume" in capsys.readouterr().err
 
 
+def test_an_unusable_out_is_refused_before_the_data_is_loaded(tmp_path, capsys, monkeypatch):
+    """--out below a regular file, under a directory fcnn may not write in, a broken link, an empty path, with
+    or without --overwrite: status 2, one line naming the path, and the data never loaded."""
+    def no_data(config):
+        raise AssertionError("the data was loaded before --out was checked")
+
+    monkeypatch.setattr(cli, "load_data", no_data)
+    (tmp_path / "f.txt").write_text("mine")
+    (tmp_path / "ro").mkdir()
+    os.symlink(str(tmp_path / "nowhere"), str(tmp_path / "link"))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not str(p).endswith("ro") and real_access(p, mode))
+    cases = [(tmp_path / "f.txt" / "sub", r"run_dir '.*f\.txt/sub' cannot be created: '.*f\.txt' is not a directory"),
+             (tmp_path / "ro" / "run", r"run_dir '.*ro/run' cannot be created: '.*ro' is not writable"),
+             (tmp_path / "ro", r"run_dir '.*ro' is not writable"),
+             (tmp_path / "link", r"run_dir '.*link' is a broken symbolic link"),
+             ("", r"run_dir must be a non-empty path")]
+    for out, pattern in cases:
+        for extra in ([], ["--overwrite"]):
+            assert cli.main(["train", "--epochs", "1", "--no-progress", "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("fcnn: error: ") and re.search(pattern, err[0]), err
+    assert (tmp_path / "f.txt").read_text() == "mine" and os.listdir(tmp_path / "ro") == []
+
+
+def test_resume_names_the_flags_as_the_command_spells_them(tmp_path, capsys):
+    from fcnn.run import TrainConfig, write_config
+
+    write_config(str(tmp_path), TrainConfig())
+    for flags, named in ((["--lr", "0.1"], "--lr"), (["--l2", "0.1", "--dtype-policy", "bf16"], "--dtype-policy, --l2"),
+                         (["--precision", "bf16"], "--dtype-policy")):
+        assert cli.main(["train", "--resume", str(tmp_path), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith(f"only --epochs, --parallel, --devices may be given with it, got {named}"), err
+
+
 def test_train_reads_a_self_consistent_idx_subset_and_says_how_many_images(tmp_path, capsys):
     from _formats import write_mnist
 

@@ -1,6 +1,7 @@
 """A run's definition and directory (fcnn.run): TrainConfig, config.json, keys, load_checkpoint."""
 import json
 import os
+import re
 import warnings
 
 import chex
@@ -146,3 +147,59 @@ def test_a_foreign_config_json_is_not_a_run(tmp_path):
             os.remove(tmp_path / "gone" / name)
     with pytest.raises(ValueError, match="holds an fcnn run .its checkpoints are gone."):
         run.check_new_run_dir(str(tmp_path / "gone"))
+
+
+@pytest.mark.parametrize("field, value", [("model", 3), ("dataset", None), ("impl", 1), ("pool_impl", None),
+                                          ("data_dir", 5)])
+def test_train_config_names_a_str_field_given_another_type(field, value):
+    with pytest.raises(TypeError, match=rf"^{field} must be a str{' or None' if field == 'data_dir' else ''}, "
+                                        rf"got {value!r} \({type(value).__name__}\)$"):
+        _config(**{field: value})
+    assert _config(data_dir=None).data_dir is None and _config(data_dir="~/d").data_dir == "~/d"
+
+
+def test_read_config_names_the_file_when_a_field_breaks_its_rule(tmp_path):
+    run.write_config(str(tmp_path), _config())
+    path = str(tmp_path / "config.json")
+    for edit, exc, rule in ((dict(epochs=0), ValueError, "epochs must be a positive int, got 0"),
+                            (dict(lr=0.1), ValueError, r"config has unknown fields \['lr'\]"),
+                            (dict(model=3), TypeError, r"model must be a str, got 3")):
+        json.dump(dict(json.load(open(path)), **edit), open(path, "w"))
+        with pytest.raises(exc, match=rf"^{re.escape(path)}: {rule}"):
+            run.read_config(str(tmp_path))
+        run.write_config(str(tmp_path), _config())
+    with pytest.raises(ValueError, match=r"^dataset must be one of digits, mnist, .*; got 'imagenet'$"):
+        run.load_data(_config(dataset="imagenet"))
+
+
+def test_a_path_that_cannot_become_a_run_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    (tmp_path / "f.txt").write_text("mine")
+    for below in ("sub", "a/b/c"):
+        out = str(tmp_path / "f.txt" / below)
+        with pytest.raises(ValueError, match=rf"^run_dir '{re.escape(out)}' cannot be created: "
+                                             rf"'{re.escape(str(tmp_path / 'f.txt'))}' is not a directory$"):
+            run.check_new_run_dir(out)
+    os.symlink(str(tmp_path / "nowhere"), str(tmp_path / "link"))
+    with pytest.raises(ValueError, match=r"run_dir '.*link' is a broken symbolic link"):
+        run.check_new_run_dir(str(tmp_path / "link"))
+    for bad, exc in (("", ValueError), (None, TypeError), (3, TypeError)):
+        with pytest.raises(exc, match=r"^run_dir must be a"):
+            run.check_new_run_dir(bad)
+    (tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(run.os, "access", lambda p, mode: False if p.endswith("ro") else real_access(p, mode))
+    with pytest.raises(ValueError, match=r"run_dir '.*ro' is not writable"):
+        run.check_new_run_dir(str(tmp_path / "ro"))  # an empty directory fcnn may not write in
+    with pytest.raises(ValueError, match=r"run_dir '.*ro/new/run' cannot be created: '.*ro' is not writable"):
+        run.check_new_run_dir(str(tmp_path / "ro" / "new" / "run"))
+    assert sorted(os.listdir(tmp_path)) == ["f.txt", "link", "ro"] and os.listdir(tmp_path / "ro") == []
+
+
+def test_dry_run_checks_what_overwrite_would_replace_and_deletes_nothing(tmp_path):
+    d = str(tmp_path / "r")
+    _fake_run(d)
+    run.check_new_run_dir(d, overwrite=True, dry_run=True)
+    assert len(os.listdir(d)) == 5
+    _fake_run(d, extra=("notes.txt",))
+    with pytest.raises(ValueError, match="does not hold an fcnn run"):
+        run.check_new_run_dir(d, overwrite=True, dry_run=True)

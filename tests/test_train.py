@@ -8,6 +8,7 @@ import pytest
 
 from _tiny import Data, leaves_equal, mlp
 from fcnn import data as data_lib
+from fcnn.report import read_jsonl
 from fcnn.train import EpochSums, TrainConfig, TrainingDivergedError, fit
 from fcnn.types import Layer
 
@@ -129,6 +130,16 @@ def test_a_resumed_run_may_grow_but_never_shrink(data, tmp_path):
     assert open(os.path.join(run, "config.json")).read() == config_before  # nothing rewritten
     longer = fit(mlp(), data, _config(epochs=3), run_dir=run, resume=True, verbose=False)
     assert longer.step == 36 and [r["epoch"] for r in longer.history] == [1, 2, 3]
+    # the extension is a line of metrics.jsonl at the step it happened (12 steps an epoch); readers of the
+    # per-epoch records (report.read_jsonl, viz.curves) do not see it, a second extension keeps the first
+    fit(mlp(), data, _config(epochs=4), run_dir=run, resume=True, verbose=False)
+    lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert [r.get("epoch", r.get("event")) for r in lines] == [1, 2, "extended", 3, "extended", 4]
+    assert lines[2] == {"event": "extended", "step": 24, "from_epochs": 2, "to_epochs": 3}
+    assert lines[4] == {"event": "extended", "step": 36, "from_epochs": 3, "to_epochs": 4}
+    assert [r["epoch"] for r in read_jsonl(os.path.join(run, "metrics.jsonl"))] == [1, 2, 3, 4]
+    again = fit(mlp(), data, _config(epochs=4), run_dir=run, resume=True, verbose=False)  # finished: nothing to do
+    assert again.step == 48 and len(open(os.path.join(run, "metrics.jsonl")).read().splitlines()) == 6
     replaced = fit(mlp(), data, _config(epochs=1), run_dir=run, overwrite=True, verbose=False)
     assert replaced.step == 12 and len(open(os.path.join(run, "metrics.jsonl")).read().splitlines()) == 1
 
@@ -137,10 +148,32 @@ def test_a_resumed_run_may_grow_but_never_shrink(data, tmp_path):
     (dict(max_steps=-1), "max_steps must be a positive int, got -1"),
     (dict(max_steps=0), "max_steps must be a positive int, got 0"),
     (dict(resume=True), "resume=True needs a run_dir"),
+    (dict(resume="no"), "resume must be a bool, got 'no'"),
+    (dict(overwrite=1), "overwrite must be a bool, got 1"),
+    (dict(run_dir=7), r"run_dir must be a path \(a str\) or None, got 7 \(int\)"),
 ])
 def test_fit_refuses_bad_options_before_training(data, kw, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         fit(mlp(), data, _config(epochs=1), verbose=False, **kw)
+    with pytest.raises(TypeError, match=r"^data must have x_train and y_train .*got dict$"):
+        fit(mlp(), {"x_train": data.x_train, "y_train": data.y_train}, _config(epochs=1), verbose=False)
+
+
+def test_a_checkpoint_not_saved_by_fit_is_refused_naming_it(data, tmp_path):
+    """checkpoint.save with the right trees but no epoch_sums (a hand-made or converted checkpoint)."""
+    from fcnn import checkpoint
+    from fcnn.run import checkpoint_tree, init_run, make_run_optimizer
+
+    config, run = _config(epochs=1), str(tmp_path / "run")
+    fit(mlp(), data, config, run_dir=run, verbose=False)
+    path = checkpoint.latest(run)
+    like = checkpoint_tree(*init_run(mlp(), config, (32, 8, 8, 1), make_run_optimizer(config, 12)))
+    step, tree, meta = checkpoint.restore(path, like=like)
+    del meta["epoch_sums"]
+    checkpoint.save(run, step, tree, metadata=meta)
+    with pytest.raises(checkpoint.CheckpointError, match=rf"^{path} cannot be resumed: its metadata lacks epoch_sums "
+                                                         r"\(not saved by fit\)$"):
+        fit(mlp(), data, _config(epochs=2), run_dir=run, resume=True, verbose=False)
 
 
 def test_fit_checks_the_data_before_training(data):
