@@ -1,0 +1,84 @@
+"""Tests for fcnn.tensorboard: records written through tensorboardX come back from the event
+files (parsed by fcnn.tensorboard.read_scalars and, independently, by tensorboardX's own
+file-reader when present) equal to their float32 values; fit(tensorboard=True) logs every
+scalar of metrics.jsonl."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorboardX")
+
+from fcnn import tensorboard as tb  # noqa: E402
+
+
+def _jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_scalars_of_logs_numbers_but_epoch_step_events_and_nan():
+    rec = {"epoch": 1, "step": 22, "train_loss": 0.5, "test_psnr": float("inf"), "note": "x", "flag": True,
+           "bad": float("nan")}
+    assert tb.scalars_of(rec) == {"train_loss": 0.5, "test_psnr": float("inf")}
+    assert tb.scalars_of({"event": "extended", "step": 3, "from_epochs": 2}) == {}
+
+
+def test_records_round_trip_through_event_files(tmp_path):
+    records = [{"epoch": e, "step": 10 * e, "train_loss": 1.0 / (e + 0.1), "images_per_s": 1234.5 + e,
+                "learning_rate": 3e-3 * 0.9 ** e} for e in range(1, 4)]
+    log = tb.ScalarLog(str(tmp_path))
+    for r in records:
+        log.write(r)
+    log.close()
+    files = [n for n in os.listdir(tmp_path) if n.startswith(tb.EVENT_FILE_PREFIX)]
+    assert len(files) == 1
+    got = tb.read_scalars(str(tmp_path))
+    assert sorted(got) == ["images_per_s", "learning_rate", "train_loss"]
+    for tag in got:
+        assert got[tag] == [(r["step"], float(np.float32(r[tag]))) for r in records]
+
+
+def test_event_file_framing_and_checksums(tmp_path):
+    """The file is TFRecord framing with valid masked CRC32Cs (tensorboardX's own crc, recomputed
+    here), and its last Event holds the scalar at its step."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import masked_crc32c
+
+    log = tb.ScalarLog(str(tmp_path))
+    log.write({"epoch": 1, "step": 5, "train_loss": 0.25})
+    log.close()
+    data = open(os.path.join(tmp_path, os.listdir(tmp_path)[0]), "rb").read()
+    at, events = 0, []
+    while at < len(data):
+        (n,) = struct.unpack_from("<Q", data, at)
+        assert struct.unpack_from("<I", data, at + 8)[0] == masked_crc32c(data[at:at + 8])
+        payload = data[at + 12:at + 12 + n]
+        assert struct.unpack_from("<I", data, at + 12 + n)[0] == masked_crc32c(payload)
+        events.append(event_pb2.Event.FromString(payload))
+        at += 16 + n
+    assert at == len(data) and events[0].file_version.startswith("brain.Event")
+    (v,) = events[-1].summary.value
+    assert (events[-1].step, v.tag, v.simple_value) == (5, "train_loss", 0.25)
+    assert tb.read_scalars(str(tmp_path)) == {"train_loss": [(5, 0.25)]}
+
+
+def test_a_torn_last_record_is_dropped(tmp_path):
+    log = tb.ScalarLog(str(tmp_path))
+    log.write({"step": 1, "train_loss": 2.0})
+    log.write({"step": 2, "train_loss": 1.0})
+    log.close()
+    path = os.path.join(tmp_path, os.listdir(tmp_path)[0])
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-3])
+    assert tb.read_scalars(str(tmp_path)) == {"train_loss": [(1, 2.0)]}
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="purge_step"):
+        tb.ScalarLog("x", purge_step=-1)
