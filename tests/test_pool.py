@@ -438,6 +438,53 @@ def test_real_minus_inf_beats_padding_for_the_gradient(ties, want):
     np.testing.assert_array_equal(vjp(jnp.ones_like(y))[0][0, 0, :, 0], want)
 
 
+NONFINITE_IMPLS = [("lax", "first"), ("reference", "split"), ("custom_vjp", "first")]
+
+
+def _window_grads(x, **kw):
+    """Forward and gradient (eager and jitted) of each impl on an NCHW input: pool.py's table."""
+    out = {}
+    for impl, ties in NONFINITE_IMPLS:
+        fn = lambda v, i=impl, t=ties: pool.max_pool2d(v, 2, layout="NCHW", impl=i, ties=t, **kw)  # noqa: E731
+        grad = jax.grad(lambda v, f=fn: jnp.sum(f(v)))
+        out[impl] = (np.asarray(fn(x)), np.asarray(grad(x))[0, 0], np.asarray(jax.jit(grad)(x))[0, 0])
+    return out
+
+
+def test_nonfinite_table():
+    """The rows of pool.py's non-finite table, forward and gradient per impl, eager and jitted."""
+    inf, nan = np.inf, np.nan
+    # issue 17: -inf cells next to low-side padding (window 2, stride 1, padding 1, NCHW 1x1x3x3)
+    x = jnp.array([[-inf, -inf, 1], [-inf, 2, 0], [.5, -inf, -inf]]).reshape(1, 1, 3, 3)
+    got = _window_grads(x, stride=1, padding=1)
+    for impl, (y, eager, jitted) in got.items():
+        np.testing.assert_array_equal(y, got["lax"][0], err_msg=impl)  # same forward
+        np.testing.assert_array_equal(eager, jitted, err_msg=impl)
+    assert got["custom_vjp"][1][0, 0] == 3 and got["lax"][1][0, 0] == 0  # PyTorch: 3; lax loses it
+    assert got["reference"][1][0, 0] == 0.75  # split with the padding, whose share is lost
+    np.testing.assert_array_equal(got["custom_vjp"][1] - got["lax"][1], [[3, 0, 0], [0, 0, 0], [0, 0, 0]])
+    # real -inf cells with padding after them only (high side): every impl reaches the first real one
+    row = jnp.array([-inf, -inf]).reshape(1, 1, 1, 2)
+    for pads, want_lax in [(((1, 0), (0, 0)), [0, 0]), (((0, 1), (0, 0)), [1, 0])]:
+        got = _window_grads(row, padding=pads)
+        np.testing.assert_array_equal(got["lax"][1][0], want_lax)
+        np.testing.assert_array_equal(got["custom_vjp"][1][0], [1, 0])
+        np.testing.assert_array_equal(got["reference"][1][0], [.25, .25])
+    # NaN: forward NaN everywhere; lax follows XLA's >= scan, custom_vjp the first NaN (PyTorch: the last)
+    for cells, lax_to, custom_to in [([1, nan, 3, 2], 2, 1), ([nan, 5, nan, 2], 3, 0)]:
+        got = _window_grads(jnp.array(cells, jnp.float64).reshape(1, 1, 2, 2))
+        for impl, (y, eager, jitted) in got.items():
+            assert np.isnan(y).all(), impl
+        assert np.argmax(got["lax"][1].ravel()) == lax_to and got["lax"][1].sum() == 1
+        assert np.argmax(got["custom_vjp"][1].ravel()) == custom_to and got["custom_vjp"][1].sum() == 1
+        assert np.isnan(got["reference"][1]).all() and (got["reference"][2] == 0).all()  # eager NaN, jitted 0
+    # ties at +inf: first for lax and custom_vjp, split for reference
+    got = _window_grads(jnp.array([[1, inf], [inf, 2]]).reshape(1, 1, 2, 2))
+    np.testing.assert_array_equal(got["lax"][1], [[0, 1], [0, 0]])
+    np.testing.assert_array_equal(got["custom_vjp"][1], [[0, 1], [0, 0]])
+    np.testing.assert_array_equal(got["reference"][1], [[0, .5], [.5, 0]])
+
+
 # ----------------------------------------------------------------------------- transformations and dtypes
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
 def test_dtypes_forward_and_gradient(dtype):
