@@ -28,7 +28,7 @@ dimension, ``dX`` is the full correlation of dZ with the kernel rotated by 180 d
 channels swapped per group, i.e. again a 3x3 stride-1 convolution, with pads ``(2 - lo, 2 - hi)``
 (negative pads crop): it runs through the same Winograd forward. ``dW[i, j] = sum xp[p + i, q + j]
 dZ[p, q]`` is the correlation of the padded input with dZ, computed by ``lax.conv_general_dilated``
-(batch and feature axes exchanged, as in ``conv.conv2d_backward_kernel``). The backward is
+(batch and feature axes exchanged, as in ``conv_vjp.conv_backward_kernel``). The backward is
 differentiable JAX, so grad-of-grad works (no forward mode: a ``custom_vjp``).
 
 Float32 error against float64 (random N(0, 1) input and kernel, batch 2, SAME; max |z32 - z64| /
@@ -239,7 +239,7 @@ _winograd.defvjp(_winograd_fwd, _winograd_bwd)
 def conv2d_winograd(x, w, stride, pads, dilation, groups, precision=None, *, tile: int = DEFAULT_TILE):
     """3x3 stride-1 convolution by Winograd F(tile x tile, 3 x 3), with the hand-derived VJP.
 
-    The signature of conv.py's NHWC implementations (``impl="winograd"`` of ``conv2d``).
+    The signature of conv_nd's channels-last bodies (``_IMPLS``), to register as ``impl="winograd"``.
 
     Args:
       x: (n, h, w, cin) NHWC; w: (3, 3, cin/groups, cout) HWIO.
