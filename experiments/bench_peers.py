@@ -15,7 +15,12 @@ A builder raises ImportError when its framework is not installed.
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, Callable, NamedTuple
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_resnet  # noqa: E402
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -24,7 +29,14 @@ CLASSES = 10
 LENET = dict(hw=28, cin=1, convs=[(5, 6, "SAME", True), (5, 16, "VALID", True)], dense=[120, 84], gmax=False)
 VGG = dict(hw=32, cin=3, convs=[(3, 64, "SAME", False), (3, 128, "SAME", True), (3, 256, "SAME", True),
                                 (3, 512, "SAME", True)], dense=[], gmax=True)
-NETS = {"lenet": LENET, "vgg": VGG}
+NETS = {"lenet": LENET, "vgg": VGG, "resnet18": bench_resnet.SPEC}
+# ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
+RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "linen", "torch", "torch_compile")
+
+
+def supports(framework: str, net: str) -> bool:
+    """Whether ``BUILDERS[framework]`` builds ``net`` (every framework builds lenet and vgg)."""
+    return net != "resnet18" or framework in RESNET_FRAMEWORKS
 
 
 class Bench(NamedTuple):
@@ -37,6 +49,8 @@ class Bench(NamedTuple):
 
 def forward_macs(net: str) -> int:
     """Multiply-adds of one image's forward pass (convs and dense layers)."""
+    if net == "resnet18":
+        return bench_resnet.forward_macs()
     spec = NETS[net]
     hw, cin, macs = spec["hw"], spec["cin"], 0
     for f, cout, pad, pool in spec["convs"]:
@@ -119,6 +133,8 @@ def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto",
     ``impl``/``pool_impl`` "auto" pick each layer's implementation with ``fcnn.ops.auto``
     (what ``conv2d(impl="auto")`` would do at trace time).
     """
+    if net == "resnet18":
+        return bench_resnet.build_fcnn(n, dtype_policy, k, impl=impl, unroll=unroll)
     import jax
     import jax.numpy as jnp
 
@@ -270,6 +286,8 @@ def build_stax(net, n, dtype_policy, device, k=1):
 
 # ----------------------------------------------------------------------------- flax linen
 def build_linen(net, n, dtype_policy, device, k=1):
+    if net == "resnet18":
+        return bench_resnet.build_linen(n, dtype_policy)
     import jax
     import jax.numpy as jnp
     from flax import linen as nn
@@ -454,18 +472,8 @@ def _torch_build(net, n, dtype_policy, device, compiled):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True  # as JAX's default float32 dot on GPU
         torch.backends.cudnn.allow_tf32 = True
-    mods, cin = [], spec["cin"]
-    for f, cout, pad, pool in spec["convs"]:
-        mods += [nn.Conv2d(cin, cout, f, padding=(f // 2 if pad == "SAME" else 0)), nn.ReLU()]
-        mods += [nn.MaxPool2d(2)] if pool else []
-        cin = cout
-    mods += [nn.AdaptiveMaxPool2d(1), nn.Flatten()] if spec["gmax"] else [nn.Flatten()]
-    width = _flat_dim(spec)
-    for d in spec["dense"]:
-        mods += [nn.Linear(width, d), nn.ReLU()]
-        width = d
-    mods.append(nn.Linear(width, CLASSES))
-    model = nn.Sequential(*mods).to(dev).to(memory_format=torch.channels_last)
+    model = (bench_resnet.torch_model() if net == "resnet18" else _torch_convnet(spec))
+    model = model.to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     fwd = torch.compile(model) if compiled else model
     g = torch.Generator(device=dev).manual_seed(0)
@@ -488,6 +496,23 @@ def _torch_build(net, n, dtype_policy, device, compiled):
             torch.cuda.synchronize()
 
     return Bench(step, None, (x, y), block)
+
+
+def _torch_convnet(spec):
+    from torch import nn
+
+    mods, cin = [], spec["cin"]
+    for f, cout, pad, pool in spec["convs"]:
+        mods += [nn.Conv2d(cin, cout, f, padding=(f // 2 if pad == "SAME" else 0)), nn.ReLU()]
+        mods += [nn.MaxPool2d(2)] if pool else []
+        cin = cout
+    mods += [nn.AdaptiveMaxPool2d(1), nn.Flatten()] if spec["gmax"] else [nn.Flatten()]
+    width = _flat_dim(spec)
+    for d in spec["dense"]:
+        mods += [nn.Linear(width, d), nn.ReLU()]
+        width = d
+    mods.append(nn.Linear(width, CLASSES))
+    return nn.Sequential(*mods)
 
 
 def build_torch(net, n, dtype_policy, device, k=1):

@@ -35,11 +35,12 @@ from _timing import carrying, measure  # noqa: E402
 
 FRAMEWORKS = list(bench_peers.BUILDERS)
 # (net, batch) per device; --quick shrinks everything.
-CONFIGS = {"gpu": [("lenet", 128), ("lenet", 1024), ("vgg", 512)], "cpu": [("lenet", 64), ("vgg", 16)]}
+CONFIGS = {"gpu": [("lenet", 128), ("lenet", 1024), ("vgg", 512)],
+           "cpu": [("lenet", 64), ("vgg", 16), ("resnet18", 16)]}
 QUICK_CONFIGS = [("lenet", 8), ("vgg", 2)]
-K_STEPS = {"lenet": 32, "vgg": 4}  # fcnn_k steps per dispatch (GPU); CPU uses 8 / 2
-K_STEPS_CPU = {"lenet": 8, "vgg": 2}
-K_STEPS_QUICK = {"lenet": 2, "vgg": 2}
+K_STEPS = {"lenet": 32, "vgg": 4, "resnet18": 2}  # fcnn_k steps per dispatch (GPU); CPU uses 8 / 2 / 2
+K_STEPS_CPU = {"lenet": 8, "vgg": 2, "resnet18": 2}
+K_STEPS_QUICK = {"lenet": 2, "vgg": 2, "resnet18": 2}
 
 
 def parse_args(argv=None):
@@ -95,6 +96,8 @@ def run_worker(args):
                 import torch
 
                 torch.cuda.reset_peak_memory_stats()
+            if not bench_peers.supports(fw, net):
+                raise NotImplementedError(f"{net} is written for {', '.join(bench_peers.RESNET_FRAMEWORKS)} only")
             bench = bench_peers.BUILDERS[fw](net, n, dtype, device, args.k)
             compile_s, sec, reps = time_bench(bench, args.repeats, args.target_s)
             row.update(compile_s=compile_s, ms_per_step=sec * 1e3, repeats_ms=[r * 1e3 for r in reps],
@@ -102,6 +105,8 @@ def run_worker(args):
             del bench
         except ImportError as e:
             row.update(skipped=f"not installed: {e}")
+        except NotImplementedError as e:
+            row.update(skipped=f"not written: {e}")
         except Exception as e:  # a peer failing must not stop the table
             row.update(skipped=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
         rows.append(row)

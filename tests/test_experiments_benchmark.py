@@ -150,3 +150,30 @@ def test_timing_calibrates_and_takes_turns(experiment, monkeypatch):
     assert [step(), step(), step()] == [5, 10, 15]
     with pytest.raises(ValueError, match="exactly one of target_s"):
         timing.measure(fake("a", 1e-3), repeats=1)
+
+
+def test_resnet18_macs_and_parameters_match_hand_counts_and_peers(experiment):
+    """ResNet-18 (CIFAR stem): forward MACs against a hand count per stage, and every framework's
+    network against the 11,173,962 parameters of the CIFAR ResNet-18 (pytorch-cifar's count)."""
+    import jax
+    import numpy as np
+
+    peers = experiment("bench_peers")
+    resnet = experiment("bench_resnet")
+    stage1 = 4 * 32 * 32 * 64 * 576  # four 3x3 64->64 convs at 32x32
+    later = 8 * 8 * 256 * 1152 + 3 * 8 * 8 * 256 * 2304 + 8 * 8 * 256 * 128  # stage 3 (1/4 the pixels, 4x the MACs per pixel)
+    assert later == 16 * 16 * 128 * 576 + 3 * 16 * 16 * 128 * 1152 + 16 * 16 * 128 * 64  # stage 2 costs the same
+    assert peers.forward_macs("resnet18") == 32 * 32 * 64 * 27 + stage1 + 3 * later + 512 * 10 == 555_422_720
+    _, params, state = resnet.fcnn_model("lax").init(jax.random.PRNGKey(0), (1, 32, 32, 3))
+    assert sum(np.size(a) for a in jax.tree.leaves(params)) == 11_173_962
+    torch = pytest.importorskip("torch")
+    assert sum(p.numel() for p in resnet.torch_model().parameters()) == 11_173_962
+    del torch
+
+
+def test_benchmark_skips_frameworks_without_a_resnet(experiment, tmp_path):
+    bench = experiment("benchmark")
+    rows = bench.main(["--quick", "--only", "stax", "--nets", "resnet18:2", "--dtypes", "f32",
+                       "--out", str(tmp_path / "b")])
+    assert [r["skipped"] for r in rows] == ["not written: resnet18 is written for fcnn, fcnn_lax, linen, torch, "
+                                            "torch_compile only"]
