@@ -1,13 +1,14 @@
 """fcnn.ops.auto: the measured implementation table picks what the benchmarks say, and only
 implementations that compute the same function (and gradient) as the default."""
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcnn import ops
+from fcnn import ops, shapes
 from fcnn.ops import auto
 
 LENET_C1 = ((64, 28, 28, 1), (5, 5, 1, 6))
@@ -112,3 +113,35 @@ def test_selected_pool_impl_supports_what_is_asked(ties, window, stride, dilatio
         got = _pool_grad(window, stride, dilation, ties, impl)
         want = _pool_grad(window, stride, dilation, ties, "custom_vjp")  # implements every tie policy and dilation
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_never_selects_an_impl_with_other_nonfinite_behaviour():
+    """Over auto's whole table (platforms, every rank and layout, channels 1-300, groups), the
+    chosen implementation is never fft, and a NaN or inf pixel gives it lax's non-finite pattern in
+    z and in the gradients (fcnn/ops/conv.py's table)."""
+    chosen = set()
+    for platform in ("cpu", "gpu", "tpu", None):
+        for r in (1, 2, 3):
+            for layout, cin, groups in itertools.product(shapes.LAYOUTS_BY_RANK[r], (1, 2, 3, 8, 9, 64, 300),
+                                                         (1, 2)):
+                if cin % groups:
+                    continue
+                x = shapes.make_shape(2, (9,) * r, cin, layout)
+                w = (*(3,) * r, cin // groups, 4) if shapes.is_channels_last(layout) else (4, cin // groups, *(3,) * r)
+                chosen.add(auto.select_conv_impl(platform, x, w, groups=groups, layout=layout))
+    assert chosen == {"lax", "taps", "col2im"}
+    rng = np.random.default_rng(0)
+    x, w, ct = rng.normal(size=(2, 8, 8, 1)), rng.normal(size=(3, 3, 1, 3)), rng.normal(size=(2, 8, 8, 3))
+    for bad in (np.nan, np.inf):
+        xb = x.copy()
+        xb[1, 3, 4, 0] = bad
+
+        def codes(impl):
+            z, pull = jax.vjp(lambda x, w: ops.conv2d(x, w, padding="SAME", impl=impl), xb, w)
+            return [np.where(np.isnan(a), 1, np.where(np.isinf(a), 2 + np.sign(a), 0)) for a in (z, *pull(ct))]
+
+        want = codes("lax")
+        assert np.count_nonzero(want[0]) == 27  # 3x3 window x 3 output channels
+        for impl in chosen:
+            for a, b in zip(codes(impl), want):
+                np.testing.assert_array_equal(a, b, err_msg=f"{impl} {bad}")

@@ -190,3 +190,39 @@ def test_tap_pad_config_places_each_pixel_where_the_tap_read_it():
     want = np.zeros((5, 4))
     want[1, :3], want[3, :3] = [1, 2, 3], [4, 5, 6]
     np.testing.assert_array_equal(placed, want)
+
+
+# ----------------------------------------------------------------------------- 1-D and 3-D (hand tables)
+@pytest.mark.parametrize("x_shape, w_shape, kw, expected", [
+    ((1, 100, 1), (5, 1, 8), dict(), (1, 96, 8)),  # 100 - 5 + 1
+    ((2, 4096, 16), (9, 16, 32), dict(stride=4, padding=4), (2, 1024, 32)),  # floor((4096 + 8 - 9) / 4) + 1
+    ((1, 7, 3), (3, 3, 6), dict(dilation=3), (1, 1, 6)),  # F_eff = 7
+    ((1, 10, 4), (4, 2, 6), dict(stride=3, padding="SAME", groups=2), (1, 4, 6)),  # ceil(10 / 3)
+    ((1, 3, 9), (6, 1, 2), dict(padding=((2, 0),), groups=3, layout="NCW"), (1, 6, 10)),  # 9 + 2 - 2 + 1
+    ((1, 16, 16, 16, 1), (3, 3, 3, 1, 8), dict(padding=1), (1, 16, 16, 16, 8)),
+    ((2, 9, 8, 7, 4), (3, 2, 1, 4, 5), dict(stride=(2, 3, 1)), (2, 4, 3, 7, 5)),  # 7//2+1, 7//3+1, 7
+    ((1, 5, 6, 7, 2), (3, 3, 3, 2, 2), dict(stride=2, padding="SAME"), (1, 3, 3, 4, 2)),  # ceil(5/2), ceil(6/2), ceil(7/2)
+    ((1, 4, 5, 6, 7), (8, 2, 3, 3, 3), dict(dilation=(1, 2, 1), padding=((0, 1), (2, 2), (1, 0)), groups=2,
+                                            layout="NCDHW"), (1, 8, 4, 6, 6)),  # 5+1-3+1, 6+4-5+1, 7+1-3+1
+])
+def test_conv_output_shape_1d_3d_table(x_shape, w_shape, kw, expected):
+    assert shapes.conv_output_shape(x_shape, w_shape, **kw) == expected
+
+
+def test_nd_flops_and_param_counts_by_hand():
+    # 1-D: out (2, 96, 8), kernel 5 x 1 in: 2 * 1536 * 5 = 15360 + 1536 bias = 16896
+    assert shapes.conv_flops((2, 96, 8), (5, 1, 8), "NWC") == 2 * 2 * 96 * 8 * 5 + 2 * 96 * 8 == 16896
+    # 3-D: out (1, 16, 16, 16, 8) = 32768 outputs, kernel 27 x 2 in (groups 2 of 4 channels): 2*27*2 = 108 each
+    assert shapes.conv_flops((1, 16, 16, 16, 8), (3, 3, 3, 2, 8), "NDHWC", bias=False) == 32768 * 108 == 3538944
+    # channels-first OIDHW kernel: the same count
+    assert shapes.conv_flops((1, 8, 16, 16, 16), (8, 2, 3, 3, 3), "NCDHW", bias=False) == 3538944
+    # params: 3x3x3 kernel, 4 -> 8 channels, groups 2: 27 * 2 * 8 + 8 = 440; 1-D kernel 5, 1 -> 8: 48
+    assert shapes.conv_param_count(3 * 3, 3, 4, 8, groups=2) == 440
+    assert shapes.conv_param_count(5, 1, 1, 8) == 48
+
+
+def test_zero_sized_kernel_is_refused():
+    with pytest.raises(ValueError, match=r"w must have a kernel of size >= 1 .*\(0, 3\)"):
+        shapes.conv_output_shape((1, 8, 8, 3), (0, 3, 3, 4))
+    with pytest.raises(ValueError, match=r"w must have a kernel of size >= 1"):
+        shapes.conv_output_shape((1, 3, 5, 5, 5), (4, 3, 3, 0, 3), layout="NCDHW")

@@ -19,7 +19,39 @@ exported here under their 2-D names (``conv2d_backward_input`` ...) for the muta
 Every implementation supports every option (stride, padding, padding_mode, dilation, groups,
 both layouts, precision).
 
-Non-finite inputs (NONFINITE_TABLE_PLACEHOLDER)
+Non-finite values (tests/test_conv_nd.py::test_nonfinite_table measures this; one NaN or inf
+pixel ``x[n, i, j, c]`` or kernel tap ``w[t, c, o]``, a finite output gradient). dx for a bad
+tap: lax, col2im, reference, im2col and taps make the x of channel c that tap t meets non-finite;
+custom_vjp and fft every x of channel c (their dx multiplies dZ's explicit zero padding):
+
+=============  ============================  ===============================  ================  ==================
+non-finite     impl                          z                                dx                dw
+=============  ============================  ===============================  ================  ==================
+NaN in x       lax, reference, im2col,       NaN at the outputs whose window  finite (dx does   NaN at the taps of
+               custom_vjp, col2im, taps      holds it, every output channel   not depend on x)  channel c that met
+                                             of c's group (0 * NaN = NaN)                       it, c's group
+NaN in x       fft                           NaN at EVERY output of example   finite            as above
+                                             n in c's group
+inf in x       lax ... taps (as above)       +-inf (the weight's sign) at     finite            +-inf at those taps
+                                             those outputs; NaN where the                       (NaN where +inf and
+                                             weight is 0 or +inf meets -inf                     -inf meet)
+inf in x       fft                           NaN at every output of example   finite            NaN at those taps
+                                             n in c's group
+NaN/inf in w   lax, custom_vjp, col2im       NaN/+-inf at every output o      see below         finite
+(tap t, input  (XLA skips the pads)          whose tap t reads a real pixel
+c, output o)
+NaN/inf in w   reference, im2col, taps, fft  also NaN where tap t reads       see below         finite
+               (explicit zero pads)          padding (0 * NaN); fft NaN only
+=============  ============================  ===============================  ================  ==================
+
+fft cannot match the others in general: each DFT coefficient sums every input position, and each
+output sums every coefficient, so one non-finite value reaches every output of its example and
+group (inf - inf and inf * 0 inside the transforms give NaN). Matching would need the non-finite
+positions convolved directly, a second convolution. ``impl="auto"`` never selects fft; for a
+non-finite x every implementation it selects has lax's pattern (tests/test_auto.py checks its whole
+table). A non-finite *kernel* with padding still separates the implementations that multiply
+explicit zero pads (reference, im2col, taps, fft; custom_vjp's dx) from those that skip them (lax,
+col2im): auto's "taps" (CPU, one input channel) is one of the former.
 
 Padding: anything ``shapes.normalize_padding`` accepts; "SAME" follows XLA (odd extra pad at the
 bottom/right). PyTorch's ``padding="same"`` also puts it at the end (pytorch/pytorch#45667) but
