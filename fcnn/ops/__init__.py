@@ -8,6 +8,8 @@ from fcnn.ops.conv import CONV_CHOICES, CONV_IMPLS, conv2d
 # the N-d function: from here on ``fcnn.ops.conv`` names it, not the module fcnn/ops/conv.py (reach
 # that one with ``from fcnn.ops.conv import ...`` or ``importlib.import_module("fcnn.ops.conv")``)
 from fcnn.ops.conv_nd import PADDING_MODES, conv, conv1d, conv3d
+from fcnn.ops.conv_transpose import (CONV_TRANSPOSE_IMPLS, conv_transpose, conv_transpose1d, conv_transpose2d,
+                                     conv_transpose3d)
 from fcnn.ops.pool import (
     POOL_CHOICES,
     POOL_IMPLS,
@@ -30,6 +32,7 @@ from fcnn.ops.pool import (
 from fcnn.ops.upsample import UPSAMPLE_METHODS, upsample, upsample_adjoint
 
 __all__ = [
+    "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "CONV_TRANSPOSE_IMPLS",
     "conv",
     "conv1d",
     "conv2d",
