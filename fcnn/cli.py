@@ -133,8 +133,12 @@ def _train(args) -> int:
             raise ValueError(f"--resume takes the run's settings from RUN_DIR/config.json; only "
                              f"{', '.join(flag[f] for f in RESUME_MAY_CHANGE)} may be given with it, got "
                              f"{', '.join(flag[f] for f in extra)}")
-        config = dataclasses.replace(read_config(args.resume), **given)
+        saved = read_config(args.resume)
+        config = dataclasses.replace(saved, **given)
         run_dir = args.resume
+        if config.epochs > saved.epochs:
+            print(f"fcnn train: extending {run_dir} from {saved.epochs} to {config.epochs} epochs (recorded in "
+                  f"metrics.jsonl)", flush=True)
     else:
         config = TrainConfig(**given)
         run_dir = free_run_dir(config) if args.out is None else args.out

@@ -157,6 +157,12 @@ def test_out_never_destroys_what_is_there(tmp_path, capsys):
     assert json.load(open(os.path.join(run, "config.json")))["seed"] == 4
     assert cli.main(["train", "--resume", run, "--overwrite"]) == 2
     assert "--overwrite cannot be combined with --resume" in capsys.readouterr().err
+    # extending the run (1 -> 2 epochs, from its checkpoint at step 2) is said and recorded in metrics.jsonl
+    assert cli.main(["train", "--resume", run, "--epochs", "2", "--max-steps", "3", "--no-progress"]) == 0
+    assert f"fcnn train: extending {run} from 1 to 2 epochs" in capsys.readouterr().out
+    lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert lines == [{"event": "extended", "step": 2, "from_epochs": 1, "to_epochs": 2}]
+    assert json.load(open(os.path.join(run, "config.json")))["epochs"] == 2
 
 
 def test_an_unusable_out_is_refused_before_the_data_is_loaded(tmp_path, capsys, monkeypatch):
