@@ -137,16 +137,9 @@ def check_groups(c: int, ci: int, co: int, groups: int) -> None:
         )
 
 
-def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None):
-    """Output shape of ``ops.conv2d`` / ``ops.conv`` from the formulas, validating every argument.
-
-    Args:
-      x_shape: (n, *spatial, c) channels-last or (n, c, *spatial) channels-first.
-      w_shape: (*kernel, c/groups, cout) channels-last or (cout, c/groups, *kernel) channels-first.
-      layout: any of ``ALL_LAYOUTS`` (its rank must match ``x_shape``), or None: channels-last.
-    Returns:
-      The output shape in the same layout; its channel count is the number of kernels.
-    """
+def _conv_arguments(x_shape, w_shape, stride, dilation, groups, layout):
+    """The arguments conv and transposed conv share, validated: x/w ranks and layout, stride, dilation,
+    groups, kernel sizes >= 1. Returns ``(layout, rank, stride, dilation, groups, window, ci, co)``."""
     if layout is None and len(x_shape) != len(w_shape):
         raise ValueError(f"x and w must have the same rank (batch and channels + spatial dims; kernel: spatial + "
                          f"in + out), got x {tuple(x_shape)} and w {tuple(w_shape)}")
@@ -160,6 +153,21 @@ def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1
     if min(window) < 1:
         raise ValueError(f"w must have a kernel of size >= 1 in every spatial dimension, got kernel sizes "
                          f"{tuple(window)} (w shape {tuple(w_shape)}, {kernel_layout(layout)})")
+    return layout, rank, stride, dilation, groups, window, ci, co
+
+
+def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None):
+    """Output shape of ``ops.conv2d`` / ``ops.conv`` from the formulas, validating every argument.
+
+    Args:
+      x_shape: (n, *spatial, c) channels-last or (n, c, *spatial) channels-first.
+      w_shape: (*kernel, c/groups, cout) channels-last or (cout, c/groups, *kernel) channels-first.
+      layout: any of ``ALL_LAYOUTS`` (its rank must match ``x_shape``), or None: channels-last.
+    Returns:
+      The output shape in the same layout; its channel count is the number of kernels.
+    """
+    layout, rank, stride, dilation, groups, window, ci, co = _conv_arguments(x_shape, w_shape, stride, dilation,
+                                                                             groups, layout)
     check_groups(channel_dim(x_shape, layout), ci, co, groups)
     in_sizes = spatial_dims(x_shape, layout)
     pads = normalize_padding(padding, in_sizes, window, stride, dilation)
@@ -274,16 +282,8 @@ def conv_transpose_output_shape(x_shape, w_shape, *, stride=1, padding=0, output
     Returns:
       (n, *out, cin) or (n, cin, *out) with ``out`` from ``conv_transpose_output_size``.
     """
-    if layout is None and len(x_shape) != len(w_shape):
-        raise ValueError(f"x and w must have the same rank (batch and channels + spatial dims; kernel: spatial + "
-                         f"in + out), got x {tuple(x_shape)} and w {tuple(w_shape)}")
-    layout = normalize_layout(layout, len(x_shape))
-    check_rank(w_shape, layout, "w")
-    rank = layout_rank(layout)
-    stride = normalize_tuple(stride, "stride", rank)
-    dilation = normalize_tuple(dilation, "dilation", rank)
-    groups = _checks.positive_int(groups, "groups")
-    window, ci, co = kernel_parts(w_shape, layout)
+    layout, rank, stride, dilation, groups, window, ci, co = _conv_arguments(x_shape, w_shape, stride, dilation,
+                                                                             groups, layout)
     if co % groups:
         raise ValueError(f"groups={groups} must divide the output channels of w ({co}), the channels of x")
     if channel_dim(x_shape, layout) != co:
