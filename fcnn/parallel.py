@@ -34,7 +34,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fcnn import _checks
-from fcnn.losses import softmax_cross_entropy
 from fcnn.per_example import (clip_per_example, dp_sgd_grad, model_loss, per_example_grad_norms,
                               per_example_grads)
 from fcnn.step import make_train_step, plain_train_step
@@ -124,13 +123,13 @@ def _check_batch(batch):
 # --------------------------------------------------------------------------- train steps
 #
 # Every step below is ``fcnn.step.plain_train_step`` (the single-device step) placed on
-# devices three ways; ``step_opts`` are its keyword options (l2, precision, augment,
-# steps_per_call). With steps_per_call k > 1 the batch gains a leading step axis k
+# devices three ways; ``step_opts`` are its keyword options (task, l2, dtype_policy, augment,
+# steps_per_call). The metrics' sums come back summed over the devices: the global batch's. With steps_per_call k > 1 the batch gains a leading step axis k
 # (after the device axis for pmap) and ``key`` is (k, 2), one key per step.
 
 
 def make_pmap_train_step(model: Layer, optimizer: optax.GradientTransformation,
-                         loss_fn: Callable = softmax_cross_entropy, *, axis_name: str = "batch",
+                         loss_fn: Optional[Callable] = None, *, axis_name: str = "batch",
                          devices=None, donate: bool = False, **step_opts):
     """Data-parallel train step with ``jax.pmap`` over local devices.
 
@@ -194,7 +193,7 @@ def batch_sharding(mesh: Mesh, steps_per_call: int = 1) -> NamedSharding:
 
 
 def make_sharded_train_step(model: Layer, optimizer: optax.GradientTransformation, mesh: Mesh,
-                            loss_fn: Callable = softmax_cross_entropy, *, donate: bool = False, **step_opts):
+                            loss_fn: Optional[Callable] = None, *, donate: bool = False, **step_opts):
     """Data-parallel train step by ``jit`` sharding: batch split on "data", the rest replicated.
 
     ``step(params, state, opt_state, batch, key)`` takes *global* arrays (x (N, ...), y (N,)),
@@ -217,7 +216,7 @@ def make_sharded_train_step(model: Layer, optimizer: optax.GradientTransformatio
 
 
 def make_shard_map_train_step(model: Layer, optimizer: optax.GradientTransformation, mesh: Mesh,
-                              loss_fn: Callable = softmax_cross_entropy, **step_opts):
+                              loss_fn: Optional[Callable] = None, **step_opts):
     """Data-parallel train step with ``jax.shard_map`` over mesh axis "data" and ``lax.pmean``.
 
     Same calling convention as ``make_sharded_train_step`` (global arrays). Inside, each
@@ -296,7 +295,7 @@ def check_parallel(mode: str, n_devices: Optional[int], batch_size: int) -> int:
 
 
 def data_parallel_plan(mode: str, model: Layer, optimizer: optax.GradientTransformation,
-                       loss_fn: Callable = softmax_cross_entropy, *, n_devices: Optional[int] = None,
+                       loss_fn: Optional[Callable] = None, *, n_devices: Optional[int] = None,
                        batch_size: int, **step_opts) -> Plan:
     """The placement ``fit`` uses for ``TrainConfig.parallel``.
 

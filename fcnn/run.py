@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import optax
 
-from fcnn import _checks, checkpoint
+from fcnn import _checks, checkpoint, tasks
 from fcnn._version import __version__
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
@@ -35,7 +35,7 @@ from fcnn.report import write_json
 from fcnn.step import DTYPE_POLICIES
 from fcnn.types import Layer, Params, State
 
-__all__ = ["TrainConfig", "RESUME_MAY_CHANGE", "CONFIG_FILE", "make_loss_fn", "make_run_optimizer", "split_seed",
+__all__ = ["TrainConfig", "TASK_DEFAULTS", "RESUME_MAY_CHANGE", "CONFIG_FILE", "make_loss_fn", "make_task", "make_run_optimizer", "split_seed",
            "init_run", "checkpoint_tree", "write_config", "read_config", "check_model_name", "build_model",
            "load_data", "load_checkpoint", "Run", "load_run", "free_run_dir", "check_new_run_dir",
            "check_writable"]
@@ -44,7 +44,7 @@ RESUME_MAY_CHANGE = ("epochs", "parallel", "devices")  # config fields a resumed
 CONFIG_FILE = "config.json"
 _RENAMED = {"precision": "dtype_policy"}  # config.json fields of earlier versions -> today's names
 # every file fit writes into a run directory (temp files of interrupted writes included)
-_RUN_FILE = re.compile(r"^(config\.json|metrics\.jsonl|curves\.png|ckpt_\d{8,}\.npz|\.tmp-ckpt_.*\.npz|"
+_RUN_FILE = re.compile(r"^(config\.json|metrics\.jsonl|curves\.png|ckpt_\d{8,}\.npz|\.tmp-ckpt_.*\.npz|events\.out\.tfevents\..*|"
                        r"(config\.json|metrics\.jsonl|curves\.png)\.tmp(\.png)?)$")
 
 
@@ -63,6 +63,10 @@ class TrainConfig:
     ``augment_shift``: training images are translated by up to this many pixels
     (``fcnn.data.augment(crop_padding=...)``: pad with 0 and crop, on device; 0: none). The
     defaults are the tuned ``fcnn train`` job (LeNet-5 on digits, >= 98% test accuracy).
+    ``task``: what the model is trained for (``fcnn.tasks.TASKS``; the data a config names comes
+    with that task's targets, ``fcnn.dense_data``); a task other than "classify" takes no
+    ``label_smoothing`` and no ``augment_shift`` (a shifted input would no longer fit its dense
+    target). ``TrainConfig.for_task(task, **fields)`` starts from the task's tuned job (``TASK_DEFAULTS``).
     """
 
     model: str = "lenet5"
@@ -88,8 +92,13 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None
     keep: int = 3
     eval_batch_size: int = 512
+    task: str = "classify"
 
     def __post_init__(self):
+        _checks.choice(self.task, sorted(tasks.TASKS), "task")
+        for name, v in (("label_smoothing", self.label_smoothing), ("augment_shift", self.augment_shift)):
+            if self.task != "classify" and v:
+                raise ValueError(f"{name}={v} applies to task 'classify' only; task {self.task!r} needs {name}=0")
         for name in ("model", "dataset", "impl", "pool_impl"):  # names, checked against their lists when used
             _checks.string(getattr(self, name), name)
         _checks.string(self.data_dir, "data_dir", optional=True)
@@ -107,6 +116,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_task(cls, task: str, **fields) -> "TrainConfig":
+        """The config of ``task``'s tuned job (``TASK_DEFAULTS[task]``) with ``fields`` given on top."""
+        _checks.choice(task, sorted(tasks.TASKS), "task")
+        return cls(**{**TASK_DEFAULTS.get(task, {}), "task": task, **fields})
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -127,11 +142,30 @@ class TrainConfig:
         return cls(**d)
 
 
+# each task's tuned job on the digits (TrainConfig.for_task, fcnn train --task); other fields: TrainConfig's
+TASK_DEFAULTS = {
+    "segment": dict(model="unet", augment_shift=0, epochs=12, batch_size=32),
+    "denoise": dict(model="conv_autoencoder", augment_shift=0, epochs=10, batch_size=32),
+    "reconstruct": dict(model="conv_autoencoder", augment_shift=0, epochs=10, batch_size=32),
+    "regress": dict(model="lenet5", augment_shift=0, epochs=10),
+}
+
+
 def make_loss_fn(label_smoothing: float = 0.0) -> Callable:
     """``softmax_cross_entropy`` with the given label smoothing."""
     if not label_smoothing:
         return softmax_cross_entropy
     return functools.partial(softmax_cross_entropy, label_smoothing=float(label_smoothing))
+
+
+def make_task(config: TrainConfig, num_outputs: int) -> tasks.Task:
+    """The ``Task`` a config names for a model with ``num_outputs`` outputs on its last axis:
+    classify with ``make_loss_fn(label_smoothing)`` as its loss, segment over ``num_outputs`` classes."""
+    if config.task == "classify":
+        return tasks.classify()._replace(loss=make_loss_fn(config.label_smoothing))
+    if config.task == "segment":
+        return tasks.get_task("segment", num_classes=num_outputs)
+    return tasks.get_task(config.task)
 
 
 def make_run_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
@@ -206,11 +240,12 @@ def build_model(config: TrainConfig, num_classes: int) -> Layer:
 
 
 def load_data(config: TrainConfig):
-    """The ``fcnn.data.Dataset`` a config names (read from ``config.data_dir`` where file-based)."""
-    from fcnn import data
+    """The ``fcnn.data.Dataset`` a config names with its task's targets (``fcnn.dense_data.load``; read
+    from ``config.data_dir`` where file-based)."""
+    from fcnn import data, dense_data
 
     _checks.choice(config.dataset, data.DATASETS, "dataset")  # named as the config field / --dataset
-    return data.load(config.dataset, data_dir=config.data_dir)
+    return dense_data.load(config.task, config.dataset, data_dir=config.data_dir)
 
 
 def load_checkpoint(model: Layer, config: TrainConfig, run_dir: str, in_shape):
@@ -322,8 +357,9 @@ def check_writable(run_dir: str) -> None:
 
 
 def free_run_dir(config: TrainConfig) -> str:
-    """``runs/<model>-<dataset>``, or the first ``-2``, ``-3``, ... that does not exist or is empty."""
-    base = os.path.join("runs", f"{config.model}-{config.dataset}")
+    """``runs/<model>-<dataset>[-<task>]`` (no task part for classify), or the first ``-2``, ``-3``, ... that does not exist or is empty."""
+    task = "" if config.task == "classify" else f"-{config.task}"
+    base = os.path.join("runs", f"{config.model}-{config.dataset}{task}")
     path, i = base, 1
     while os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         i += 1

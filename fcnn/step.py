@@ -2,12 +2,19 @@
 
 The train step is fcnn's one jit boundary (evaluation has its own, forward-only):
 
-    step = make_train_step(model, optimizer, loss_fn, l2=0.0, steps_per_call=k)   # jit-compiled
+    step = make_train_step(model, optimizer, task="classify", l2=0.0, steps_per_call=k)   # jit-compiled
     params, state, opt_state, metrics = step(params, state, opt_state, batch, key)
 
-    k == 1: batch = (x (n, h, w, c), y (n,)),        key = one PRNG key (2,) uint32
-    k > 1 : batch = (x (k, n, h, w, c), y (k, n)),    key = (k, 2) keys, one per step
-    metrics = {"loss": (), "accuracy": ()}   ((k,) each for k > 1; loss excludes the l2 term)
+    k == 1: batch = (x (n, ...), y (n, ...)),          key = one PRNG key (2,) uint32
+    k > 1 : batch = (x (k, n, ...), y (k, n, ...)),    key = (k, 2) keys, one per step
+    metrics = {"loss": (), "sums": {metric name: its batch sums}}   (a leading (k,) for k > 1; the
+              loss excludes the l2 term; the sums are the task's metrics' ``batch_sums`` over the
+              batch, to add up on the host and finalize: ``fcnn.metrics``)
+
+A task (``fcnn.tasks``: a name such as "classify", "segment", "denoise", or a ``Task``) says what
+the outputs are trained for: its loss and its metrics. ``task=None`` is "classify", today's
+softmax cross-entropy and accuracy; ``loss_fn`` given replaces the task's loss. ``evaluate``
+adds the metrics' sums over the whole set, the last batch padded and masked, and finalizes once.
 
 Two builders, one body: ``plain_train_step`` returns the step as a plain Python function (not
 compiled; ``fcnn.parallel`` wraps it in ``pmap`` / sharded ``jit`` / ``shard_map``, and a user
@@ -36,13 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcnn import _checks
+from fcnn import _checks, tasks
 from fcnn import data as data_lib
-from fcnn.losses import accuracy, l2_penalty, softmax_cross_entropy
+from fcnn import metrics as metrics_lib
+from fcnn.losses import l2_penalty
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
-__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "num_outputs", "check_labels", "plain_train_step", "train_step_fn",
-           "make_train_step", "make_eval_step", "evaluate", "predict", "step_keys"]
+__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
+           "plain_train_step", "train_step_fn", "make_train_step", "make_eval_step", "evaluate", "predict",
+           "step_keys"]
 
 DTYPE_POLICIES = ("f32", "bf16")
 
@@ -77,6 +86,37 @@ def check_labels(x, y, num_classes: int, name: str = "y") -> None:
     if bad.size:
         raise ValueError(f"{name} holds labels outside [0, {num_classes}) (the model has {num_classes} outputs): "
                          f"{y[bad[0]]} at index {bad[0]} ({bad.size} such labels)")
+
+
+def resolve_task(task=None, loss_fn: Optional[Callable] = None) -> tasks.Task:
+    """The ``Task`` to train or evaluate: ``tasks.get_task(task)`` ("classify" when None), with its loss
+    replaced by ``loss_fn(outputs, targets) -> scalar`` (a batch mean) when that is given."""
+    task = tasks.get_task("classify" if task is None else task)
+    if loss_fn is not None:
+        task = task._replace(loss=_checks.function(loss_fn, "loss_fn", hint="(logits, labels) -> scalar"))
+    return task
+
+
+def check_targets(task: tasks.Task, model: Layer, params: Params, state: State, x, y, name: str = "y") -> None:
+    """Targets ``y`` for inputs ``x`` checked on the host before any computation: one per input, and
+    the task's rule against the model's output shape (``task.check_targets``; classify: ``check_labels``).
+    Raises ``ValueError`` / ``TypeError`` naming ``name`` and the rule."""
+    if task.name == "classify":
+        return check_labels(x, y, num_outputs(model, params, state, np.shape(x)), name)
+    if len(y) != len(x):
+        raise ValueError(f"{name} must hold one target per input: the inputs are {len(x)}, the targets {len(y)}")
+    xs = jax.ShapeDtypeStruct((len(x),) + tuple(np.shape(x)[1:]), jnp.float32)
+    out = jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, xs)
+    try:
+        task.check_targets(out.shape, y)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+def _batch_sums(task: tasks.Task, outputs, targets, mask=None) -> dict:
+    """Every metric's ``batch_sums`` of one batch (mask None: every row real), keyed by metric name."""
+    mask = jnp.ones(outputs.shape[:1], jnp.float32) if mask is None else mask
+    return {m.name: m.batch_sums(outputs, targets, mask) for m in task.metrics}
 
 
 def _cast_floats(tree, dtype):
@@ -115,8 +155,9 @@ def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
 def plain_train_step(
     model: Layer,
     optimizer: optax.GradientTransformation,
-    loss_fn: Callable = softmax_cross_entropy,
+    loss_fn: Optional[Callable] = None,
     *,
+    task=None,
     l2: float = 0.0,
     steps_per_call: int = 1,
     dtype_policy: str = "f32",
@@ -130,11 +171,11 @@ def plain_train_step(
     With ``axis_name`` (the function then runs inside ``pmap`` / ``shard_map`` over that
     axis) the step key is folded with the device index, and the gradients, the metrics and
     the new model state are ``lax.pmean``-ed over the axis, so every device applies the
-    same update. ``fcnn.parallel`` builds its data-parallel steps from this function.
-    Arguments as ``make_train_step``.
+    same update (the metrics' sums are ``lax.psum``-ed: the global batch's sums).
+    ``fcnn.parallel`` builds its data-parallel steps from this function. Arguments as ``make_train_step``.
     """
     check_layer(model, "model")
-    _checks.function(loss_fn, "loss_fn", hint="(logits, labels) -> scalar")
+    task = resolve_task(task, loss_fn)
     _checks.function(augment, "augment", optional=True, hint="(key, x) -> x")
     _checks.positive_int(steps_per_call, "steps_per_call")
     l2 = _checks.non_negative_float(l2, "l2")
@@ -148,9 +189,9 @@ def plain_train_step(
 
     def objective(params, state, x, y, key):
         logits, new_state = _forward(model, params, state, x, key, True, dtype_policy)
-        loss = loss_fn(logits, y)
+        loss = task.loss(logits, y)
         total = loss + l2_penalty(params, l2) if l2 else loss
-        return total, (loss, accuracy(logits, y), new_state)
+        return total, (loss, logits, new_state)
 
     def one_step(params, state, opt_state, batch, key):
         x, y = batch
@@ -160,14 +201,16 @@ def plain_train_step(
         if augment is not None:
             aug_key, key = jax.random.split(key)
             x = augment(aug_key, x)
-        grads, (loss, acc, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
+        grads, (loss, logits, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
+        sums = _batch_sums(task, logits, y)
         grads = mean(grads)
         if axis_name is not None:
             new_state = _restore_dtypes(mean(new_state), state)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         new_opt_state = _restore_dtypes(new_opt_state, opt_state)
-        return new_params, new_state, new_opt_state, mean({"loss": loss, "accuracy": acc})
+        total = sums if axis_name is None else jax.lax.psum(sums, axis_name)
+        return new_params, new_state, new_opt_state, {"loss": mean(loss), "sums": total}
 
     def many_steps(params, state, opt_state, batch, keys):
         check_key(keys, f"the train step (steps_per_call={steps_per_call})", steps=steps_per_call)
@@ -195,8 +238,9 @@ def train_step_fn(*args, **kwargs) -> Callable:
 def make_train_step(
     model: Layer,
     optimizer: optax.GradientTransformation,
-    loss_fn: Callable = softmax_cross_entropy,
+    loss_fn: Optional[Callable] = None,
     *,
+    task=None,
     l2: float = 0.0,
     steps_per_call: int = 1,
     donate: bool = True,
@@ -208,9 +252,11 @@ def make_train_step(
     """Build the **jit-compiled** train step (see the module docstring for its contract).
 
     Args:
-      model: a ``Layer`` whose apply returns logits (n, k).
+      model: a ``Layer`` whose apply returns the task's outputs (classify: logits (n, k)).
       optimizer: an optax transformation (``fcnn.optim.make_optimizer``).
-      loss_fn: ``loss_fn(logits, labels) -> scalar`` batch mean.
+      loss_fn: ``loss_fn(outputs, targets) -> scalar`` batch mean (None: the task's loss).
+      task: a task name of ``fcnn.tasks.TASKS`` or a ``Task`` (None: "classify"); its metrics'
+        sums over each batch are the step's ``metrics["sums"]``.
       l2: coefficient of ``l2_penalty`` added to the objective (kernels only).
       steps_per_call: k >= 1 steps per dispatch, scanned over a stacked chunk of k batches.
       donate: donate the params / state / opt_state buffers to the outputs.
@@ -227,26 +273,27 @@ def make_train_step(
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
     """
     _checks.boolean(donate, "donate")
-    fn = plain_train_step(model, optimizer, loss_fn, l2=l2, steps_per_call=steps_per_call,
+    fn = plain_train_step(model, optimizer, loss_fn, task=task, l2=l2, steps_per_call=steps_per_call,
                           dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
     return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else ())
 
 
-def make_eval_step(model: Layer, loss_fn: Callable = softmax_cross_entropy, *, dtype_policy: str = "f32",
+def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=None, dtype_policy: str = "f32",
                    precision: Optional[str] = None):
-    """**Jit-compiled** ``eval_step(params, state, x, y, mask) -> (loss_sum, correct_sum)``.
+    """**Jit-compiled** ``eval_step(params, state, x, y, mask) -> (loss_sum, sums)``.
 
-    ``mask`` (n,) is 1.0 for real rows and 0.0 for padding, so a padded last batch
-    keeps the compiled shape. Per-example losses come from applying ``loss_fn`` to
-    one row at a time (``vmap``), so any batch-mean loss works.
+    ``mask`` (n,) is 1.0 for real rows and 0.0 for padding, so a padded last batch keeps the
+    compiled shape. Per-example losses come from applying the task's loss (or ``loss_fn``) to
+    one row at a time (``vmap``), so any batch-mean loss works; ``sums`` holds the task's
+    metrics' batch sums over the real rows (``{metric name: sums}``, to ``metrics.add_sums``).
     """
+    task = resolve_task(task, loss_fn)
     dtype_policy = check_dtype_policy(dtype_policy, precision)
 
     def eval_step(params, state, x, y, mask):
         logits, _ = _forward(model, params, state, x, None, False, dtype_policy)
-        per_example = jax.vmap(lambda l, t: loss_fn(l[None], t[None]))(logits, y)
-        correct = (jnp.argmax(logits, axis=-1) == (y if y.ndim == 1 else jnp.argmax(y, -1))).astype(jnp.float32)
-        return jnp.sum(per_example * mask), jnp.sum(correct * mask)
+        per_example = jax.vmap(lambda l, t: task.loss(l[None], t[None]))(logits, y)
+        return jnp.sum(per_example * mask), _batch_sums(task, logits, y, mask)
 
     return jax.jit(eval_step)
 
@@ -259,59 +306,74 @@ def evaluate(
     y,
     batch_size: int,
     *,
-    loss_fn: Callable = softmax_cross_entropy,
+    task=None,
+    loss_fn: Optional[Callable] = None,
     dtype_policy: str = "f32",
     eval_step=None,
     precision: Optional[str] = None,
 ) -> dict:
-    """Mean loss and accuracy over ``(x, y)`` with every example counted exactly once.
+    """Mean loss and the task's metrics over ``(x, y)``, every example counted exactly once.
+
+    The metrics come from sums over the whole set (``fcnn.metrics``): the last batch is padded
+    and its padding rows masked, so the values are the full-set values whatever ``batch_size``.
 
     Args:
-      x: (n, h, w, c) inputs; y: (n,) labels (or (n, k) one-hot).
-      batch_size: rows per compiled batch; the last batch is padded and masked
-        (``fcnn.data.eval_batches``), so one compilation serves any n.
-      eval_step: a ``make_eval_step`` result to reuse (avoids recompiling per call).
+      x: (n, ...) inputs; y: (n, ...) targets (classify: (n,) labels or (n, k) one-hot).
+      batch_size: rows per compiled batch (``fcnn.data.eval_batches``), so one compilation
+        serves any n.
+      task: a task name or ``Task`` (None: "classify"); ``loss_fn`` replaces its loss.
+      eval_step: a ``make_eval_step`` result for the same task to reuse (avoids recompiling).
 
     Returns:
-      ``{"loss": float, "accuracy": float, "n": int}``; both nan (with a ``RuntimeWarning``) when
-      an input holds nan or inf.
+      ``{"loss": float, <each of task.metric_names>: float, "n": int}`` (classify: ``accuracy``);
+      all nan (with a ``RuntimeWarning``) when an input holds nan or inf.
 
     Raises:
-      ValueError: labels that do not fit the images or the model's outputs (``check_labels``).
+      ValueError, TypeError: targets that do not fit the inputs, the model's outputs or the task
+        (``check_targets``), before any computation.
     """
+    task = resolve_task(task, loss_fn)
     _checks.positive_int(batch_size, "batch_size")
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must hold the same non-zero number of examples, got {len(x)} and {len(y)}")
-    check_labels(x, y, num_outputs(model, params, state, x.shape))
+    check_targets(task, model, params, state, x, y)
     bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1))) if np.issubdtype(x.dtype, np.floating) else 0
     if eval_step is None:
-        eval_step = make_eval_step(model, loss_fn, dtype_policy=check_dtype_policy(dtype_policy, precision))
-    loss_sum, correct = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+        eval_step = make_eval_step(model, task=task, dtype_policy=check_dtype_policy(dtype_policy, precision))
+    loss_sum, totals = jnp.zeros((), jnp.float32), None
     for xb, yb, mask in data_lib.eval_batches(x, y, batch_size):
-        l, c = eval_step(params, state, xb, yb, mask)
-        loss_sum, correct = loss_sum + l, correct + c
-    loss_sum, correct = jax.device_get((loss_sum, correct))
-    if bad:  # an accuracy over images the model could not see is no accuracy
-        warnings.warn(f"x holds {bad} of {len(x)} examples with nan or inf values: loss and accuracy are nan",
-                      RuntimeWarning, stacklevel=2)
-        return {"loss": float("nan"), "accuracy": float("nan"), "n": len(x)}
-    return {"loss": float(loss_sum) / len(x), "accuracy": float(correct) / len(x), "n": len(x)}
+        l, sums = eval_step(params, state, xb, yb, mask)
+        loss_sum, totals = loss_sum + l, metrics_lib.add_sums(totals, sums)
+    loss_sum, totals = jax.device_get((loss_sum, totals))
+    if bad:  # a metric over images the model could not see is no metric
+        warnings.warn(f"x holds {bad} of {len(x)} examples with nan or inf values: loss and "
+                      f"{', '.join(task.metric_names)} are nan", RuntimeWarning, stacklevel=2)
+        return {"loss": float("nan"), **{k: float("nan") for k in task.metric_names}, "n": len(x)}
+    values = metrics_lib.finalize_all(task.metrics, totals)
+    return {"loss": float(loss_sum) / len(x), **{k: values[k] for k in task.metric_names}, "n": len(x)}
 
 
-def predict(model: Layer, params: Params, state: State, x, *, dtype_policy: str = "f32",
+_PROBABILITIES = ("classify", "segment")  # tasks whose predictions are softmax probabilities
+
+
+def predict(model: Layer, params: Params, state: State, x, *, task=None, dtype_policy: str = "f32",
             batch_size: Optional[int] = None, precision: Optional[str] = None) -> Array:
-    """Class probabilities ``softmax(model(x))`` in eval mode. x: (n, h, w, c) -> (n, k).
+    """The model's predictions in eval mode: for "classify" and "segment" (and task None) the class
+    probabilities ``softmax(model(x))`` over the last axis (x (n, h, w, c) -> (n, k), or
+    (n, h, w, k) per pixel); for other tasks the outputs themselves.
 
     ``batch_size``: None runs all n rows in one call (not compiled, as ``model.apply``);
     an int runs one compiled forward over fixed-shape batches (``fcnn.data.eval_batches``,
     the last padded and its padding rows dropped), for test sets too large for one call.
     """
     dtype_policy = check_dtype_policy(dtype_policy, precision)
+    softmax = (task.name if isinstance(task, tasks.Task) else _checks.choice(
+        "classify" if task is None else task, sorted(tasks.TASKS), "task")) in _PROBABILITIES
 
     def probs(params, state, xb):
         logits, _ = _forward(model, params, state, jnp.asarray(xb), None, False, dtype_policy)
-        return jax.nn.softmax(logits, axis=-1)
+        return jax.nn.softmax(logits, axis=-1) if softmax else logits
 
     if batch_size is None:
         return probs(params, state, x)

@@ -24,14 +24,18 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from fcnn import _checks, checkpoint, parallel
+import jax
+
+from fcnn import _checks, checkpoint, parallel, sources, tasks
 from fcnn._version import __version__
 from fcnn import data as data_lib
+from fcnn import metrics as metrics_lib
+from fcnn.optim import make_schedule
 from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_jsonl
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, check_writable, checkpoint_tree, init_run,
-                      load_checkpoint, make_loss_fn, make_run_optimizer, write_config)
-from fcnn.step import (DTYPE_POLICIES, check_labels, evaluate, make_eval_step, make_train_step, num_outputs,
-                       plain_train_step, predict, step_keys, train_step_fn)
+                      load_checkpoint, make_loss_fn, make_run_optimizer, make_task, write_config)
+from fcnn.step import (DTYPE_POLICIES, check_targets, evaluate, make_eval_step, make_train_step, num_outputs,
+                       plain_train_step, predict, resolve_task, step_keys, train_step_fn)
 from fcnn.types import Layer, Params, State
 
 __all__ = ["fit", "FitResult", "EpochSums", "TrainingDivergedError", "CheckpointWriteError", "epoch_order",
@@ -61,19 +65,42 @@ class FitResult(NamedTuple):
     seconds: float  # wall time of this fit call
 
 
+def _host_sums(sums):
+    """A step's metric sums on the host in float64 / int64 (exact through a checkpoint's JSON)."""
+    return jax.tree.map(lambda a: np.asarray(a, np.float64 if np.issubdtype(np.asarray(a).dtype, np.floating)
+                                             else np.int64), sums)
+
+
 class EpochSums(NamedTuple):
-    """Sums of one epoch's per-step metrics so far; a checkpoint stores them as a list."""
+    """One epoch's training sums so far: the per-step losses and the task's metric sums (host float64 /
+    int64 arrays, ``fcnn.metrics``); a checkpoint stores them as a dict (``to_meta``)."""
 
     loss: float = 0.0
-    accuracy: float = 0.0
     steps: int = 0
+    sums: Optional[dict] = None  # {metric name: {key: array}}, None before the first step
 
-    def add(self, loss: float, accuracy: float) -> "EpochSums":
-        return EpochSums(self.loss + loss, self.accuracy + accuracy, self.steps + 1)
+    def add(self, loss: float, sums: dict) -> "EpochSums":
+        return EpochSums(self.loss + loss, self.steps + 1, metrics_lib.add_sums(self.sums, _host_sums(sums)))
 
-    def means(self):
-        """(mean loss, mean accuracy) over the steps summed, or (None, None) before the first."""
-        return (self.loss / self.steps, self.accuracy / self.steps) if self.steps else (None, None)
+    def values(self, task: tasks.Task):
+        """(mean loss over the steps, {metric: value over the epoch's examples}), or (None, {}) before any."""
+        if not self.steps:
+            return None, {}
+        values = metrics_lib.finalize_all(task.metrics, self.sums)
+        return self.loss / self.steps, {k: values[k] for k in task.metric_names}
+
+    def to_meta(self) -> dict:
+        return {"loss": self.loss, "steps": self.steps, "sums": jax.tree.map(lambda a: a.tolist(), self.sums)}
+
+    @classmethod
+    def from_meta(cls, meta, batch_size: int) -> "EpochSums":
+        """The sums a checkpoint holds; a list ``[loss, accuracy sum, steps]`` (classify, before tasks)
+        becomes correct / count sums over ``steps`` batches of ``batch_size``."""
+        if isinstance(meta, dict):
+            return cls(meta["loss"], meta["steps"], _host_sums(meta["sums"]) if meta["sums"] is not None else None)
+        loss, acc, steps = meta
+        sums = {"accuracy": {"correct": np.int64(round(acc * batch_size)), "count": np.int64(steps * batch_size)}}
+        return cls(loss, steps, sums if steps else None)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -90,15 +117,29 @@ def _progress_default() -> bool:
 def _add_metrics(pending, sums: EpochSums) -> EpochSums:
     """Pull pending step metrics to the host, check them, add them to the epoch sums."""
     for first, k, m in pending:
+        m = jax.device_get(m)
         loss = np.atleast_1d(np.asarray(m["loss"], np.float64))
-        acc = np.atleast_1d(np.asarray(m["accuracy"], np.float64))
         bad = np.flatnonzero(~np.isfinite(loss))
         if bad.size:
             i = int(bad[0])
             raise TrainingDivergedError(f"loss became {loss[i]} at step {first + i + 1}")
         for i in range(k):
-            sums = sums.add(float(loss[i]), float(acc[i]))
+            sums = sums.add(float(loss[i]), m["sums"] if k == 1 else jax.tree.map(lambda a: a[i], m["sums"]))
     return sums
+
+
+def _compose(*fns):
+    """``augment(key, x)`` applying each of ``fns`` (None: left out) in turn with its own key; None if none."""
+    fns = [f for f in fns if f is not None]
+    if len(fns) < 2:
+        return fns[0] if fns else None
+
+    def augment(key, x):
+        for k, f in zip(jax.random.split(key, len(fns)), fns):
+            x = f(k, x)
+        return x
+
+    return augment
 
 
 def _check_same_run(saved: TrainConfig, given: TrainConfig) -> None:
@@ -117,38 +158,68 @@ def _check_same_run(saved: TrainConfig, given: TrainConfig) -> None:
 class _Loop:
     """The state one ``fit`` call carries from step to step, and the loop over it."""
 
-    def __init__(self, model, data, config: TrainConfig, run_dir, max_steps):
+    def __init__(self, model, data, config: TrainConfig, run_dir, max_steps, task, steps_per_epoch, test_data):
         self.model, self.config, self.run_dir = model, config, run_dir
-        self.x, self.y = np.asarray(data.x_train), np.asarray(data.y_train)
-        self.x_test, self.y_test = getattr(data, "x_test", None), getattr(data, "y_test", None)
-        n, bs = len(self.x), config.batch_size
-        if self.x.ndim < 2 or n == 0:
-            raise ValueError(f"x_train must hold at least one example (n, ...), got shape {self.x.shape}")
-        if config.augment_shift and config.augment_shift >= min(self.x.shape[1:3]):
+        bs = config.batch_size
+        first, hook = self.take_data(data, steps_per_epoch, test_data)
+        if config.augment_shift and config.augment_shift >= min(first[0].shape[1:3]):
             raise ValueError(f"augment_shift={config.augment_shift} must be smaller than the images "
-                             f"({self.x.shape[1]}x{self.x.shape[2]}): a larger shift moves the whole image out of view")
-        self.spe = n // bs
-        if self.spe < 1:
-            raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {bs}")
+                             f"({first[0].shape[1]}x{first[0].shape[2]}): a larger shift moves the whole image out of view")
         total = config.epochs * self.spe
         self.last = total if max_steps is None else min(int(max_steps), total)
         self.optimizer = make_run_optimizer(config, total)
-        self.loss_fn = make_loss_fn(config.label_smoothing)
-        augment = (functools.partial(data_lib.augment, crop_padding=config.augment_shift)
-                   if config.augment_shift else None)
-        self.plan = parallel.data_parallel_plan(config.parallel, model, self.optimizer, self.loss_fn,
+        self.schedule = make_schedule(config.learning_rate, config.schedule, total)
+        augment = _compose(functools.partial(data_lib.augment, crop_padding=config.augment_shift)
+                           if config.augment_shift else None, hook)
+        self.params, self.state, self.opt_state, self.train_key = init_run(model, config, (bs,) + first[0].shape[1:],
+                                                                           self.optimizer)
+        self.task = self.pick_task(task, first[0].shape)
+        check_targets(self.task, model, self.params, self.state, *(first if self.source else (self.x, self.y)),
+                      "y_train")
+        if self.x_test is not None:
+            check_targets(self.task, model, self.params, self.state, self.x_test, self.y_test, "y_test")
+        self.plan = parallel.data_parallel_plan(config.parallel, model, self.optimizer, task=self.task,
                                                 n_devices=config.devices, batch_size=bs, l2=config.l2,
                                                 dtype_policy=config.dtype_policy, augment=augment)
-        self.params, self.state, self.opt_state, self.train_key = init_run(model, config, (bs,) + self.x.shape[1:],
-                                                                           self.optimizer)
-        k = num_outputs(model, self.params, self.state, self.x.shape)
-        check_labels(self.x, self.y, k, "y_train")
-        if self.x_test is not None:
-            check_labels(self.x_test, self.y_test, k, "y_test")
-        self.step, self.sums, self.history, self.test = 0, EpochSums(), [], None
+        self.step, self.sums, self.history, self.test, self.first, self.log = 0, EpochSums(), [], None, first, None
 
-    def open_run_dir(self, resume: bool, overwrite: bool) -> None:
-        """Restore the latest checkpoint (``resume``), or make sure a new run destroys nothing; write config.json."""
+    def take_data(self, data, steps_per_epoch, test_data):
+        """Arrays (``data.x_train``, ...) or a batch source; set the epoch's size and the test set.
+        Returns the first training batch (shapes and the target check) and the data's augment hook."""
+        bs = self.config.batch_size
+        if not hasattr(data, "x_train"):  # a batch source (seed, epoch, start_step) -> batches
+            self.source, self.spe = data, sources.check_steps_per_epoch(steps_per_epoch)
+            self.x_test, self.y_test = (None, None) if test_data is None else test_data
+            return sources.first_batch(data, self.config.seed, bs), None
+        if steps_per_epoch is not None or test_data is not None:
+            raise ValueError("steps_per_epoch and test_data are for a batch source; arrays bring their own "
+                             "(n // batch_size steps, data.x_test / y_test)")
+        self.source = None
+        self.x, self.y = np.asarray(data.x_train), np.asarray(data.y_train)
+        self.x_test, self.y_test = getattr(data, "x_test", None), getattr(data, "y_test", None)
+        n = len(self.x)
+        if self.x.ndim < 2 or n == 0:
+            raise ValueError(f"x_train must hold at least one example (n, ...), got shape {self.x.shape}")
+        self.spe = n // bs
+        if self.spe < 1:
+            raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {bs}")
+        return (self.x[:bs], self.y[:bs]), _checks.function(getattr(data, "augment", None), "data.augment",
+                                                            optional=True, hint="(key, x) -> x")
+
+    def pick_task(self, task, x_shape) -> tasks.Task:
+        """``task`` (a ``Task``, or a name that must be ``config.task``), else the config's task."""
+        if task is None or isinstance(task, str):
+            if task is not None and task != self.config.task:
+                raise ValueError(f"task={task!r} differs from config.task={self.config.task!r}: the config "
+                                 f"records the run's task (TrainConfig(task=...))")
+            return make_task(self.config, num_outputs(self.model, self.params, self.state, x_shape))
+        if self.config.label_smoothing:
+            raise ValueError("label_smoothing applies to the config's own task; a Task given to fit brings its loss")
+        return resolve_task(task)
+
+    def open_run_dir(self, resume: bool, overwrite: bool, tensorboard: bool) -> None:
+        """Restore the latest checkpoint (``resume``), or make sure a new run destroys nothing; write config.json;
+        open the TensorBoard log (``tensorboard``) at the step the run starts from."""
         run_dir = self.run_dir
         if not resume:
             check_new_run_dir(run_dir, overwrite=overwrite)
@@ -157,6 +228,10 @@ class _Loop:
         lines = self.restore() if resume else []
         write_config(run_dir, self.config)
         write_jsonl(os.path.join(run_dir, "metrics.jsonl"), lines)
+        if tensorboard:
+            from fcnn.tensorboard import ScalarLog
+
+            self.log = ScalarLog(run_dir, purge_step=self.step or None)
 
     def restore(self) -> list:
         """Load the latest checkpoint; return metrics.jsonl's lines up to its step, plus an "extended"
@@ -172,7 +247,7 @@ class _Loop:
                                              f"resumed: its metadata lacks {', '.join(lacks)} (not saved by fit)")
         self.params, self.state, self.opt_state, self.train_key = (tree["params"], tree["state"], tree["opt_state"],
                                                                    tree["key"])
-        self.sums = EpochSums(*meta["epoch_sums"])
+        self.sums = EpochSums.from_meta(meta["epoch_sums"], self.config.batch_size)
         saved = TrainConfig.from_dict(meta["config"])
         _check_same_run(saved, self.config)
         lines = read_jsonl(os.path.join(self.run_dir, "metrics.jsonl"), events=True)
@@ -188,7 +263,7 @@ class _Loop:
             return
         self.saved = self.step
         meta = {"config": self.config.to_dict(), "fcnn_version": __version__,
-                "epoch_sums": list(self.sums), "epoch": self.step // self.spe, "step_in_epoch": self.step % self.spe}
+                "epoch_sums": self.sums.to_meta(), "epoch": self.step // self.spe, "step_in_epoch": self.step % self.spe}
         tree = checkpoint_tree(*self.plan.get((self.params, self.state, self.opt_state)), self.train_key)
         try:
             checkpoint.save(self.run_dir, self.step, tree, keep=self.config.keep, metadata=meta)
@@ -201,7 +276,7 @@ class _Loop:
 
     def evaluate(self, eval_step) -> dict:
         return evaluate(self.model, *self.plan.get((self.params, self.state)), self.x_test, self.y_test,
-                        self.config.eval_batch_size, eval_step=eval_step)
+                        self.config.eval_batch_size, task=self.task, eval_step=eval_step)
 
     def run(self, show: bool, verbose: bool) -> None:
         config, plan = self.config, self.plan
@@ -210,7 +285,7 @@ class _Loop:
         steps = {1: plan.make_step(1)}
         if config.steps_per_call > 1:
             steps[config.steps_per_call] = plan.make_step(config.steps_per_call)
-        eval_step = make_eval_step(self.model, self.loss_fn, dtype_policy=config.dtype_policy)
+        eval_step = make_eval_step(self.model, task=self.task, dtype_policy=config.dtype_policy)
         while self.step < self.last:
             if not self.run_epoch(steps, show):  # stopped by max_steps inside an epoch
                 self.save()
@@ -228,8 +303,7 @@ class _Loop:
         self.t0, pending, self.n_img = time.perf_counter(), [], 0
         end = min(self.spe, start + self.last - self.step)
         every = config.checkpoint_every
-        for b, k, xb, yb in data_lib.epoch_chunks(self.x, self.y, bs, seed=config.seed, epoch=epoch, start=start,
-                                                  stop=end, steps_per_call=config.steps_per_call):
+        for b, k, xb, yb in self.chunks(epoch, start, end):
             self.params, self.state, self.opt_state, m = steps[k](
                 self.params, self.state, self.opt_state, plan.batch(xb, yb, k), keys[b] if k == 1 else keys[b : b + k])
             pending.append((self.step, k, plan.metrics(m)))
@@ -237,26 +311,39 @@ class _Loop:
             due = every is not None and self.step // every > (self.step - k) // every
             if due or b + k == end or sum(p[1] for p in pending) >= 10:
                 self.sums, pending = _add_metrics(pending, self.sums), []
-                self.bar.update(b + k, *self.sums.means(), self.n_img / (time.perf_counter() - self.t0))
+                self.bar.update(b + k, *self.sums.values(self.task), self.n_img / (time.perf_counter() - self.t0))
             if due and b + k < self.spe:
                 self.save()
         self.bar.close()
         return end == self.spe
 
+    def chunks(self, epoch: int, start: int, stop: int):
+        """The epoch's batches ``start .. stop - 1`` in chunks of ``steps_per_call`` (arrays or a source)."""
+        config = self.config
+        if self.source is None:
+            return data_lib.epoch_chunks(self.x, self.y, config.batch_size, seed=config.seed, epoch=epoch, start=start,
+                                         stop=stop, steps_per_call=config.steps_per_call)
+        return sources.source_chunks(self.source, seed=config.seed, epoch=epoch, start=start, stop=stop,
+                                     steps_per_call=config.steps_per_call, like=self.first)
+
     def end_epoch(self, eval_step, verbose: bool) -> None:
         seconds = time.perf_counter() - self.t0
-        loss, acc = self.sums.means()
-        record = {"epoch": self.step // self.spe, "step": self.step, "train_loss": loss, "train_accuracy": acc,
-                  "images_per_s": self.n_img / seconds, "epoch_seconds": seconds}
+        loss, values = self.sums.values(self.task)
+        lr = self.schedule(self.step - 1) if callable(self.schedule) else self.schedule
+        record = {"epoch": self.step // self.spe, "step": self.step, "train_loss": loss,
+                  **{f"train_{k}": v for k, v in values.items()},
+                  "images_per_s": self.n_img / seconds, "epoch_seconds": seconds, "learning_rate": float(lr)}
         if self.x_test is not None:
             self.test = self.evaluate(eval_step)
-            record.update(test_loss=self.test["loss"], test_accuracy=self.test["accuracy"])
+            record.update({f"test_{k}": v for k, v in self.test.items() if k != "n"})
         self.history.append(record)
         self.sums = EpochSums()
         if verbose:
-            self.bar.write(epoch_line(record, self.config.epochs))
+            self.bar.write(epoch_line(record, self.config.epochs, self.task.metric_names))
         if self.run_dir is not None:
             append_jsonl(os.path.join(self.run_dir, "metrics.jsonl"), record)
+            if self.log is not None:
+                self.log.write(record)
         self.save()
 
 
@@ -265,28 +352,39 @@ def fit(
     data,
     config: TrainConfig,
     *,
+    task=None,
     run_dir: Optional[str] = None,
     resume: bool = False,
     overwrite: bool = False,
     max_steps: Optional[int] = None,
     progress: Optional[bool] = None,
     verbose: bool = True,
+    tensorboard: bool = False,
+    steps_per_epoch: Optional[int] = None,
+    test_data=None,
 ) -> FitResult:
-    """Train ``model`` on ``data`` as ``config`` says; resumable and bitwise reproducible.
+    """Train ``model`` on ``data`` for ``config.task`` as ``config`` says; resumable and bitwise reproducible.
 
     Each epoch visits ``n // batch_size`` fixed-shape batches in the order
     ``data.epoch_permutation(seed, epoch, n)`` (``data.epoch_chunks``; the remainder is
-    dropped, a different one each epoch). With ``run_dir`` it writes ``config.json``,
-    ``metrics.jsonl`` (one JSON line per epoch), ``curves.png`` and checkpoints (every
-    ``checkpoint_every`` steps and at each epoch end, and at the last step) holding params,
+    dropped, a different one each epoch), or a batch source's ``steps_per_epoch`` batches. With
+    ``run_dir`` it writes ``config.json``, ``metrics.jsonl`` (one JSON line per epoch: train and
+    test loss and the task's metrics, learning rate, images/s), ``curves.png`` and checkpoints
+    (every ``checkpoint_every`` steps and at each epoch end, and at the last step) holding params,
     model state, optimizer state, the RNG key, the step and the partial epoch sums.
     ``resume=True`` restores the latest checkpoint and continues at the same step of the
     same epoch order, so an interrupted run ends bitwise equal to an uninterrupted one (on CPU).
 
     Args:
       model: the ``Layer`` to train.
-      data: has ``x_train`` (n, h, w, c), ``y_train`` (n,), optional ``x_test``, ``y_test``.
-      config: a ``TrainConfig``.
+      data: arrays: has ``x_train`` (n, ...), ``y_train`` (n, ...), optional ``x_test``, ``y_test``
+        and ``augment`` (``(key, x) -> x`` applied to each training batch inside the step, after
+        ``config.augment_shift``'s shift); or a batch source ``source(seed, epoch, start_step) ->
+        iterable of (x, y)`` (``fcnn.sources``) with ``steps_per_epoch`` and optional
+        ``test_data=(x_test, y_test)``.
+      config: a ``TrainConfig``; ``config.task`` names the task (its loss and metrics).
+      task: a ``fcnn.tasks.Task`` to train instead of the config's (a user's own loss and metrics),
+        or the config's task name; None: ``run.make_task(config, outputs)``.
       run_dir: directory for logs and checkpoints (None: nothing is written).
       resume: continue from the latest checkpoint in ``run_dir`` (with the same config; ``epochs``
         may grow, ``parallel`` and ``devices`` may change).
@@ -296,35 +394,46 @@ def fit(
       max_steps: stop after this global step (a checkpoint is saved there); None: all epochs.
       progress: show a tqdm bar (default: stderr is a TTY and $CI is unset).
       verbose: print a line per epoch and the final summary table.
+      tensorboard: also write every scalar of metrics.jsonl as TensorBoard events in ``run_dir``
+        (``fcnn.tensorboard``; needs tensorboardX).
 
     Raises:
       TrainingDivergedError: the loss became nan or inf ("loss became nan at step 37",
         steps counted from 1).
+      ValueError, TypeError: targets that do not fit the model's outputs or the task, before training.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not all(hasattr(data, a) for a in ("x_train", "y_train")):
+    if not (all(hasattr(data, a) for a in ("x_train", "y_train")) or callable(data)):
         raise TypeError(f"data must have x_train and y_train (and x_test, y_test to evaluate), as "
-                        f"fcnn.data.Dataset has; got {type(data).__name__}")
+                        f"fcnn.data.Dataset has, or be a batch source (seed, epoch, start_step) -> (x, y) batches; "
+                        f"got {type(data).__name__}")
     run_dir = _checks.path(run_dir, "run_dir", optional=True)
     resume, overwrite = _checks.boolean(resume, "resume"), _checks.boolean(overwrite, "overwrite")
+    if _checks.boolean(tensorboard, "tensorboard") and run_dir is None:
+        raise ValueError("tensorboard=True writes its event files into run_dir: give one")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding a checkpoint")
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other: continue the run or replace it")
     if max_steps is not None:
         _checks.positive_int(max_steps, "max_steps")
-    loop = _Loop(model, data, config, run_dir, max_steps)
+    loop = _Loop(model, data, config, run_dir, max_steps, task, steps_per_epoch, test_data)
     if run_dir is not None:
-        loop.open_run_dir(resume, overwrite)
+        loop.open_run_dir(resume, overwrite, tensorboard)
     t_fit = time.perf_counter()
-    loop.run(_progress_default() if progress is None else bool(progress), verbose)
+    try:
+        loop.run(_progress_default() if progress is None else bool(progress), verbose)
+    finally:
+        if loop.log is not None:
+            loop.log.close()
     seconds = time.perf_counter() - t_fit
+    names = loop.task.metric_names
     if run_dir is not None and loop.history:
-        note = plot_curves(loop.history, os.path.join(run_dir, "curves.png"))
+        note = plot_curves(loop.history, os.path.join(run_dir, "curves.png"), names)
         if note and verbose:
             print(note)
     if verbose and loop.history:
-        print(summary_table(loop.history, loop.step, seconds, loop.test))
+        print(summary_table(loop.history, loop.step, seconds, loop.test, names))
     return FitResult(*loop.plan.get((loop.params, loop.state, loop.opt_state)), loop.step, loop.history, loop.test,
                      seconds)

@@ -44,11 +44,14 @@ def test_jsonl_round_trip_and_a_torn_last_line_is_dropped(tmp_path):
 
 def test_epoch_bar_shows_the_running_means(capsys):
     bar = report.EpochBar(0, 2, 10, 0, enabled=True)
-    bar.update(4, 0.25, 0.5, 100.0)
+    bar.update(4, 0.25, {"accuracy": 0.5}, 100.0)
     assert bar._bar.n == 4 and set(bar._bar.postfix.split(", ")) == {"loss=0.2500", "acc=0.5000", "img_s=100"}
+    bar.update(6, 0.125, {"mean_iou": 0.75, "psnr": 12.5}, 50.0)  # a task's metrics, each by its name
+    assert bar._bar.n == 6 and set(bar._bar.postfix.split(", ")) == {"loss=0.1250", "mean_iou=0.7500",
+                                                                      "psnr=12.5000", "img_s=50"}
     bar.close()
     off = report.EpochBar(0, 2, 10, 0, enabled=False)
-    off.update(4, None, None, 1.0)
+    off.update(4, None, {}, 1.0)
     off.write("a line")
     assert capsys.readouterr().out == "a line\n"
 
@@ -59,3 +62,15 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert report.plot_curves([RECORD, dict(RECORD, epoch=4)], path) is None
     png = open(path, "rb").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_lines_and_tables_show_a_tasks_metrics():
+    rec = {"epoch": 2, "step": 90, "train_loss": 0.5, "train_mean_iou": 0.71234, "train_foreground_iou": 0.6,
+           "images_per_s": 1234.0, "epoch_seconds": 3.25, "test_loss": 0.625, "test_mean_iou": 0.8125,
+           "test_foreground_iou": 0.75}
+    line = report.epoch_line(rec, 12, ("mean_iou", "foreground_iou"))
+    assert line == ("epoch   2/12  step     90  loss 0.5000  mean_iou 0.7123  foreground_iou 0.6000  "
+                    "test_loss 0.6250  test_mean_iou 0.8125  test_foreground_iou 0.7500  1234 img/s  3.2s")
+    table = report.summary_table([rec], 90, 7.0, {"loss": 0.625, "mean_iou": 0.8125, "n": 359}, ("mean_iou",))
+    assert "| train mean iou | 0.7123 |" in table and "| test mean iou  | 0.8125 |" in table
+    assert "accuracy" not in table

@@ -115,10 +115,21 @@ def test_fit_traces_the_train_step_once_per_shape(data):
         fit(_counted(mlp(), 1), data, _config(epochs=1, steps_per_call=5), verbose=False)
 
 
-def test_epoch_sums_add_and_round_trip_through_a_checkpoint_list():
-    s = EpochSums().add(2.0, 0.5).add(1.0, 1.0)
-    assert s == EpochSums(3.0, 1.5, 2) and s.means() == (1.5, 0.75)
-    assert EpochSums(*list(s)) == s and EpochSums().means() == (None, None)
+def test_epoch_sums_add_and_round_trip_through_a_checkpoint():
+    """Sums of counts, not means of batch means: 30/32 and 2/8 correct is 32/40, not (0.9375 + 0.25) / 2;
+    the checkpoint's JSON keeps them exactly; a list of before tasks (loss, accuracy sum, steps) converts."""
+    from fcnn import tasks
+
+    task = tasks.classify()
+    step = lambda c, n: {"accuracy": {"correct": np.int32(c), "count": np.int32(n)}}  # noqa: E731
+    s = EpochSums().add(2.0, step(30, 32)).add(1.0, step(2, 8))
+    assert s.values(task) == (1.5, {"accuracy": 32 / 40}) and EpochSums().values(task) == (None, {})
+    back = EpochSums.from_meta(json.loads(json.dumps(s.to_meta())), 32)
+    assert back.values(task) == s.values(task) and back.sums["accuracy"]["correct"].dtype == np.int64
+    old = EpochSums.from_meta([3.0, 1.5, 2], 32)  # two batches of 32 with accuracies 0.5 and 1.0
+    assert old.values(task) == (1.5, {"accuracy": 0.75}) and old.sums["accuracy"]["count"] == 64
+    f = EpochSums().add(0.5, {"psnr": {"sq": np.float32(0.1), "count": np.int32(3)}})
+    assert EpochSums.from_meta(json.loads(json.dumps(f.to_meta())), 1) == f  # float64 through JSON, exact
 
 
 def test_a_resumed_run_may_grow_but_never_shrink(data, tmp_path):
