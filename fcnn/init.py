@@ -58,7 +58,8 @@ def fans(shape: Sequence[int], *, kind: str = "dense", layout: str = "NHWC", gro
 
     Args:
       shape: a dense weight ``(n_in, n_out)``, or a conv kernel ``(kh, kw, cin/groups, cout)``
-        (HWIO, layout "NHWC") or ``(cout, cin/groups, kh, kw)`` (OIHW, layout "NCHW").
+        (HWIO, layout "NHWC") or ``(cout, cin/groups, kh, kw)`` (OIHW, layout "NCHW"); 1-D/3-D
+        kernels likewise (WIO/DHWIO channels-last, OIW/OIDHW channels-first; kh*kw below is prod(kernel)).
       kind: "dense" or "conv".
       groups: conv groups. Each output channel sees ``kh*kw*cin/groups`` inputs and each input
         channel feeds the ``cout/groups`` kernels of its group at ``kh*kw`` positions.
@@ -71,16 +72,16 @@ def fans(shape: Sequence[int], *, kind: str = "dense", layout: str = "NHWC", gro
         if len(shape) != 2:
             raise ValueError(f"shape of a dense weight must be (n_in, n_out), got {tuple(shape)}")
         return int(shape[0]), int(shape[1])
-    if len(shape) != 4:
-        raise ValueError(f"shape of a conv kernel must have rank 4, got {tuple(shape)}")
+    if len(shape) not in (3, 4, 5):
+        raise ValueError(f"shape of a conv kernel must have rank 4 (2-D), 3 (1-D) or 5 (3-D), got {tuple(shape)}")
     groups = _checks.positive_int(groups, "groups")
-    if shapes.normalize_layout(layout) == "NHWC":
-        kh, kw, ci, co = shape
-    else:
-        co, ci, kh, kw = shape
+    # 1-D/3-D kernels take their rank's layout name (NWC/NCW, NDHWC/NCDHW); any channels-last name works
+    layout = shapes.LAYOUTS_BY_RANK[len(shape) - 2][0 if shapes.is_channels_last(
+        _checks.choice(layout, shapes.ALL_LAYOUTS, "layout")) else 1]
+    window, ci, co = shapes.kernel_parts(shape, layout)
     if co % groups:
         raise ValueError(f"groups={groups} must divide the output channels ({co})")
-    return kh * kw * ci, kh * kw * (co // groups)
+    return math.prod(window) * ci, math.prod(window) * (co // groups)
 
 
 def _normal(std: float):

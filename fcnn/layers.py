@@ -27,87 +27,25 @@ from fcnn import init as initializers
 from fcnn import ops, shapes
 from fcnn.activations import (Activation, Elu, Gelu, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,  # noqa: F401
                               Silu, Softmax, Softplus, Tanh)
+from fcnn.layers_nd import avg_pool_layer, check_param_dtype, conv_layer, global_pool, max_pool_layer
 from fcnn.norms import BatchNorm  # noqa: F401  (re-exported: fcnn.layers.BatchNorm)
-from fcnn.types import (InputShapeError, Layer, LayerInfo, check_key, check_shape, describe, init_text, input_mismatch,
-                        numel, shape_text)
+from fcnn.types import (Layer, LayerInfo, check_key, check_shape, describe, init_text, input_mismatch, numel)
 
 __all__ = ["Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
            "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
            "Gelu", "Elu", "LeakyRelu", "Silu", "Softplus"]
 
 
-# ----------------------------------------------------------------------------- validation helpers
-def _check_param_dtype(dtype):
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"param_dtype must be a floating dtype, got {dtype!r}")
-    return jnp.dtype(dtype)
-
-
-def _check_padding_spelling(padding, window, stride, dilation):
-    # SAME needs the input size; a dummy one is enough to validate the spelling now.
-    shapes.normalize_padding(padding, (1, 1), window, stride, dilation)
-
-
-def _rank4(in_shape, layout: str):
-    in_shape = check_shape(in_shape)
-    shapes.check_rank4(in_shape, "in_shape")
-    return in_shape
-
-
-def _h(shape, layout):
-    return shapes.spatial_dims(shape, layout)[0]
-
-
-# ----------------------------------------------------------------------------- apply-time input checks
-def _image_text(c, layout) -> str:
-    """An init shape known only up to its batch and spatial dims: ``(n, h, w, c)`` in ``layout``."""
-    return f"(n, h, w, {c})" if layout == "NHWC" else f"(n, {c}, h, w)"
-
-
-def _check_image(name, x, layout, seen, channels=None, why=""):
-    """``x`` of rank 4 (with ``channels`` channels if given), else ``InputShapeError`` naming ``name``;
-    ``seen``: the layer's record of init's in_shape (``types.init_text``)."""
-    shape = jnp.shape(x)
-
-    def agrees(s):
-        return len(s) == 4 and (channels is None or shapes.channel_dim(s, layout) == channels)
-
-    if agrees(shape):
-        return
-    plural = "" if channels == 1 else "s"
-    rule = f"x must have rank 4 ({layout})" + ("" if channels is None else f" with {channels} channel{plural}{why}")
-    expected = init_text(seen, agrees, _image_text("c" if channels is None else channels, layout))
-    raise input_mismatch(name, shape, expected, rule + "; height and width may differ", rank_ok=len(shape) == 4)
-
-
-def _check_fits(name, x, output_shape):
-    """``output_shape()`` (a ``shapes`` formula on ``x.shape``); its ValueError re-raised naming ``name``."""
-    try:
-        output_shape()
-    except ValueError as err:
-        raise InputShapeError(f"{name}: apply got inputs of shape {shape_text(jnp.shape(x))}, too small "
-                              f"for it: {err}") from None
-
-
-def _check_conv_input(x, w_shape, seen, **conv):
-    """Conv2D's input: rank 4 with the kernel's input channels x groups, large enough for the kernel."""
-    layout, groups = conv["layout"], conv["groups"]
-    cin = (w_shape[2] if layout == "NHWC" else w_shape[1]) * groups
-    why = f" (the kernel's {cin // groups} input channels x groups={groups})" if groups > 1 else ""
-    _check_image("Conv2D", x, layout, seen, cin, why)
-    _check_fits("Conv2D", x, lambda: shapes.conv_output_shape(jnp.shape(x), w_shape, **conv))
-
-
 # ----------------------------------------------------------------------------- Conv2D
 def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, groups=1, use_bias=True,
-           layout="NHWC", impl="lax", precision=None, w_init=initializers.he_normal(),
+           layout="NHWC", impl="lax", padding_mode="zeros", precision=None, w_init=initializers.he_normal(),
            b_init=initializers.zeros, param_dtype=jnp.float32) -> Layer:
-    """2-D convolution layer ``Z = W * A_prev + b`` (``ops.conv2d``).
+    """2-D convolution layer ``Z = W * A_prev + b`` (``ops.conv2d``); ``layers_nd.conv_layer`` at rank 2.
 
     Args:
       out_channels: number of kernels = output channels.
       kernel: int or (kh, kw).
-      stride, padding, dilation, groups, layout, impl: as in ``ops.conv2d``.
+      stride, padding, dilation, groups, layout, impl, padding_mode: as in ``ops.conv2d``.
       precision: ``lax.Precision`` for the conv's dot products (None, a ``lax.Precision``, its
         name such as "highest", or a pair; as in ``ops.conv2d``); not the training dtype
         policy (that is ``param_dtype`` here and the dtype of ``x``).
@@ -122,62 +60,9 @@ def Conv2D(out_channels, kernel, *, stride=1, padding="VALID", dilation=1, group
       x (n, h, w, cin) -> (n, oh, ow, out_channels) in NHWC (NCHW likewise), oh from
       ``shapes.conv_output_shape``.
     """
-    out_channels = _checks.positive_int(out_channels, "out_channels")
-    kernel = shapes.normalize_pair(kernel, "kernel")
-    stride = shapes.normalize_pair(stride, "stride")
-    dilation = shapes.normalize_pair(dilation, "dilation")
-    groups = _checks.positive_int(groups, "groups")
-    if out_channels % groups:
-        raise ValueError(f"groups={groups} must divide out_channels={out_channels}")
-    _check_padding_spelling(padding, kernel, stride, dilation)
-    layout = shapes.normalize_layout(layout)
-    impl = _checks.choice(impl, ops.CONV_CHOICES, "impl")
-    precision = ops.conv_nd.check_precision(precision)  # ops.conv2d's rule, at construction rather than at apply
-    use_bias = _checks.boolean(use_bias, "use_bias")
-    w_init = initializers.check_initializer(w_init, "w_init")
-    b_init = initializers.check_initializer(b_init, "b_init")
-    param_dtype = _check_param_dtype(param_dtype)
-
-    def w_shape(cin):
-        kh, kw = kernel
-        if layout == "NHWC":
-            return (kh, kw, cin // groups, out_channels)
-        return (out_channels, cin // groups, kh, kw)
-
-    seen = {}  # init's last in_shape, only to word apply's errors
-
-    def init(key, in_shape):
-        key = check_key(key, "Conv2D.init")
-        seen["in"] = in_shape = _rank4(in_shape, layout)
-        cin = shapes.channel_dim(in_shape, layout)
-        if cin % groups:
-            raise ValueError(f"groups={groups} must divide the input channels ({cin}) of in_shape {in_shape}")
-        ws = w_shape(cin)
-        out_shape = shapes.conv_output_shape(in_shape, ws, stride=stride, padding=padding, dilation=dilation,
-                                             groups=groups, layout=layout)
-        fan_in, fan_out = initializers.fans(ws, kind="conv", layout=layout, groups=groups)
-        kw_, kb = jax.random.split(key)
-        params = {"w": w_init(kw_, ws, param_dtype, fan_in, fan_out)}
-        if use_bias:
-            params["b"] = b_init(kb, (out_channels,), param_dtype, fan_in, fan_out)
-        return out_shape, params, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        _check_conv_input(x, jnp.shape(params["w"]), seen, stride=stride, padding=padding, dilation=dilation,
-                          groups=groups, layout=layout)
-        w = params["w"].astype(x.dtype)
-        b = params["b"].astype(x.dtype) if use_bias else None
-        y = ops.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                       layout=layout, impl=impl, precision=precision)
-        return y, state
-
-    def flops(i, o):
-        return shapes.conv_flops(o, w_shape(shapes.channel_dim(i, layout)), layout, use_bias)
-
-    pad = padding if isinstance(padding, str) else f"pad={padding}"
-    detail = f"{out_channels}@{kernel[0]}x{kernel[1]} s{stride[0]} {pad}" + (f" g{groups}" if groups > 1 else "")
-    return describe(Layer(init, apply), LayerInfo("Conv2D", "conv", detail,
-                                                  rf=lambda i: (kernel[0], stride[0], dilation[0]), flops=flops))
+    return conv_layer("Conv2D", 2, out_channels, kernel, stride=stride, padding=padding, dilation=dilation,
+                      groups=groups, use_bias=use_bias, layout=layout, impl=impl, padding_mode=padding_mode,
+                      precision=precision, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
 
 
 # ----------------------------------------------------------------------------- Dense
@@ -192,7 +77,7 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
     use_bias = _checks.boolean(use_bias, "use_bias")
     w_init = initializers.check_initializer(w_init, "w_init")
     b_init = initializers.check_initializer(b_init, "b_init")
-    param_dtype = _check_param_dtype(param_dtype)
+    param_dtype = check_param_dtype(param_dtype)
 
     seen = {}  # init's last in_shape, only to word apply's errors
 
@@ -228,44 +113,7 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
     return describe(Layer(init, apply), LayerInfo("Dense", "dense", str(out_features), flops=flops))
 
 
-# ----------------------------------------------------------------------------- pooling
-def _window_pool(name, op, window, stride, padding, dilation, layout, **op_kw) -> Layer:
-    """A pooling layer calling ``op(x, window, ...)``; stride defaults to the window.
-
-    ``dilation=None`` for an op without a dilation argument (average pooling): 1 in the shape formulas.
-    """
-    window = shapes.normalize_pair(window, "window")
-    stride = window if stride is None else shapes.normalize_pair(stride, "stride")
-    kw = dict(stride=stride, padding=padding, **op_kw)
-    if dilation is not None:
-        kw["dilation"] = dilation = shapes.normalize_pair(dilation, "dilation")
-    dilation = dilation or (1, 1)
-    _check_padding_spelling(padding, window, stride, dilation)
-    kw["layout"] = layout = shapes.normalize_layout(layout)
-    # run the op abstractly on a tiny input so it validates its own argument combinations now
-    size = tuple(shapes.effective_size(window[i], dilation[i]) for i in range(2))
-    jax.eval_shape(lambda x: op(x, window, **{**kw, "layout": "NHWC", "padding": "VALID"}),
-                   jax.ShapeDtypeStruct((1,) + size + (1,), jnp.float32))
-
-    seen = {}  # init's last in_shape, only to word apply's errors
-
-    def init(key, in_shape):
-        seen["in"] = in_shape = _rank4(in_shape, layout)
-        return shapes.pool_output_shape(in_shape, window, stride=stride, padding=padding, dilation=dilation,
-                                        layout=layout), {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        _check_image(name, x, layout, seen)
-        _check_fits(name, x, lambda: shapes.pool_output_shape(x.shape, window, stride=stride, padding=padding,
-                                                               dilation=dilation, layout=layout))
-        return op(x, window, **kw), state
-
-    pad = padding if isinstance(padding, str) else f"pad={padding}"
-    return describe(Layer(init, apply), LayerInfo(
-        name, "pool", f"{window[0]}x{window[1]} s{stride[0]} {pad}",
-        rf=lambda i: (window[0], stride[0], dilation[0]), flops=lambda i, o: shapes.pool_flops(o, window)))
-
-
+# ----------------------------------------------------------------------------- pooling (layers_nd's cores at rank 2)
 def MaxPool2D(window, *, stride=None, padding="VALID", dilation=1, layout="NHWC", impl="lax",
               ties="first") -> Layer:
     """Max pooling per channel (``ops.max_pool2d``); stride defaults to the window.
@@ -274,45 +122,23 @@ def MaxPool2D(window, *, stride=None, padding="VALID", dilation=1, layout="NHWC"
     "split", "custom_vjp" any); a combination the op does not implement raises here.
     Shapes: (n, h, w, c) -> (n, oh, ow, c) in NHWC.
     """
-    impl = _checks.choice(impl, ops.POOL_CHOICES, "impl")
-    ties = _checks.choice(ties, ops.TIE_POLICIES, "ties")
-    return _window_pool("MaxPool2D", ops.max_pool2d, window, stride, padding, dilation, layout, impl=impl,
-                        ties=ties)
+    return max_pool_layer("MaxPool2D", 2, window, stride, padding, dilation, layout, impl, ties)
 
 
 def AvgPool2D(window, *, stride=None, padding="VALID", layout="NHWC", count_include_pad=True,
               impl="lax") -> Layer:
     """Average pooling per channel (``ops.avg_pool2d``); stride defaults to the window."""
-    count_include_pad = _checks.boolean(count_include_pad, "count_include_pad")
-    return _window_pool("AvgPool2D", ops.avg_pool2d, window, stride, padding, None, layout,
-                        count_include_pad=count_include_pad, impl=impl)
-
-
-def _global_pool(op, name, layout):
-    layout = shapes.normalize_layout(layout)
-
-    seen = {}  # init's last in_shape, only to word apply's errors
-
-    def init(key, in_shape):
-        seen["in"] = in_shape = _rank4(in_shape, layout)
-        return (in_shape[0], shapes.channel_dim(in_shape, layout)), {}, {}
-
-    def apply(params, state, x, *, key=None, train=False):
-        _check_image(name, x, layout, seen)
-        return op(x, layout=layout), state
-
-    return describe(Layer(init, apply), LayerInfo(name, "pool", "global", rf=lambda i: (_h(i, layout), 1, 1),
-                                                  flops=lambda i, o: numel(i)))
+    return avg_pool_layer("AvgPool2D", 2, window, stride, padding, layout, count_include_pad, impl)
 
 
 def GlobalAvgPool2D(*, layout="NHWC") -> Layer:
     """Mean over height and width: (n, h, w, c) NHWC or (n, c, h, w) NCHW -> (n, c)."""
-    return _global_pool(ops.global_avg_pool2d, "GlobalAvgPool2D", layout)
+    return global_pool("GlobalAvgPool2D", ops.global_avg_pool, layout, rank=2)
 
 
 def GlobalMaxPool2D(*, layout="NHWC") -> Layer:
     """Max over height and width: (n, h, w, c) NHWC or (n, c, h, w) NCHW -> (n, c)."""
-    return _global_pool(ops.global_max_pool2d, "GlobalMaxPool2D", layout)
+    return global_pool("GlobalMaxPool2D", ops.global_max_pool, layout, rank=2)
 
 
 # ----------------------------------------------------------------------------- Flatten, Dropout
@@ -337,7 +163,7 @@ def Flatten(*, layout="NHWC") -> Layer:
         return jnp.reshape(x, (x.shape[0], -1)), state
 
     def rf(i):
-        return (_h(i, layout) if len(i) == 4 else 1, 1, 1)
+        return (shapes.spatial_dims(i, layout)[0] if len(i) == 4 else 1, 1, 1)
 
     return describe(Layer(init, apply), LayerInfo("Flatten", "reshape", rf=rf, flops=lambda i, o: 0))
 
