@@ -38,6 +38,9 @@ from fcnn.layers import (
     Softplus,
     Tanh,
 )
+from fcnn.layers_nd import (AdaptiveAvgPool, AdaptiveMaxPool, AvgPool1D, AvgPool3D, Conv1D, Conv3D, GlobalAvgPool,
+                             GlobalMaxPool, MaxPool1D, MaxPool3D, SpatialDropout)
+from fcnn.decoder import ConvTranspose1D, ConvTranspose2D, ConvTranspose3D, Upsample
 from fcnn.norms import GroupNorm, InstanceNorm, LayerNorm
 from fcnn.losses import accuracy, l2_penalty, mse, softmax_cross_entropy
 from fcnn.models import MODELS, example_net, get_model, lenet5, resnet18, resnet34, small_resnet, small_vgg
@@ -56,6 +59,9 @@ __all__ = [
     "Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
     "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
     "Gelu", "Elu", "LeakyRelu", "Silu", "Softplus", "LayerNorm", "GroupNorm", "InstanceNorm",
+    "Conv1D", "Conv3D", "MaxPool1D", "MaxPool3D", "AvgPool1D", "AvgPool3D", "GlobalAvgPool", "GlobalMaxPool",
+    "AdaptiveAvgPool", "AdaptiveMaxPool", "SpatialDropout",
+    "ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D", "Upsample",
     # combinators
     "serial", "residual", "branches",
     # models and inspection

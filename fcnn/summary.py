@@ -13,11 +13,14 @@ parameter shapes, and reports per row:
 * receptive field ``r`` and jump ``j`` along H of one output pixel in input pixels:
   ``r += (F_eff - 1) * j; j *= S`` (``shapes.receptive_field``). ``residual`` and
   ``branches`` take the max over their paths. ``Flatten``/global pools see the
-  whole remaining height.
+  whole remaining height. A layer whose ``LayerInfo.rf`` returns None (transposed conv,
+  upsampling, an adaptive pool with irregular windows: ``fcnn.decoder``) has no integer
+  receptive field; its row and every row after it show "-" (``rf``/``jump`` None), and so does
+  a ``residual``/``branches`` with such a path.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 
@@ -54,8 +57,12 @@ class Row(NamedTuple):
     out_shape: Shape
     params: int  # own parameters (0 for combinators)
     flops: int  # own FLOPs (a combinator's merge only)
-    rf: int
-    jump: int
+    rf: Optional[int]  # None: undefined, "-" (module docstring)
+    jump: Optional[int]
+
+
+def _rf_text(rf, jump) -> str:
+    return "-" if rf is None else f"{rf} (j={jump})"
 
 
 class Summary(NamedTuple):
@@ -66,15 +73,15 @@ class Summary(NamedTuple):
     out_shape: Shape
     params: int
     flops: int
-    rf: int
-    jump: int
+    rf: Optional[int]
+    jump: Optional[int]
 
     def __str__(self) -> str:
         header = ("layer", "detail", "output shape", "params", "FLOPs", "RF (H)")
         body = [("  " * r.depth + r.name, r.detail, str(tuple(r.out_shape)), f"{r.params:,}",
-                 f"{r.flops:,}", f"{r.rf} (j={r.jump})") for r in self.rows]
+                 f"{r.flops:,}", _rf_text(r.rf, r.jump)) for r in self.rows]
         total = ("total", f"in {tuple(self.in_shape)}", str(tuple(self.out_shape)), f"{self.params:,}",
-                 f"{self.flops:,}", f"{self.rf} (j={self.jump})")
+                 f"{self.flops:,}", _rf_text(self.rf, self.jump))
         table = [header] + body + [total]
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
         right = (False, False, False, True, True, True)
@@ -115,7 +122,8 @@ def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: 
             outs.append(out)
             rfs.append(cur)
         out_shape, _ = _abstract_init(layer, tuple(in_shape))
-        merged = (max(r for r, _ in rfs), max(j for _, j in rfs))
+        merged = (None, None) if any(r is None for r, _ in rfs) else (max(r for r, _ in rfs),
+                                                                        max(j for _, j in rfs))
         flops = info.flops(in_shape, out_shape) if info.flops else 0
         rows[head] = Row(label, info.kind, info.detail, depth, out_shape, 0, flops, *merged)
         return out_shape, merged
@@ -125,9 +133,13 @@ def _walk(layer: Layer, in_shape: Shape, rf: Tuple[int, int], name: str, depth: 
         who = f"layer {pos} ({info.name})" if pos else info.name
         raise ValueError(f"{who} given inputs of shape {tuple(in_shape)}: {e}") from None
     r, j = rf
-    if info.rf is not None:
-        f, s, d = info.rf(tuple(in_shape))
-        r, j = r + (shapes.effective_size(f, d) - 1) * j, j * s
+    if info.rf is not None and r is not None:
+        step = info.rf(tuple(in_shape))
+        if step is None:  # no integer receptive field from here on
+            r, j = None, None
+        else:
+            f, s, d = step
+            r, j = r + (shapes.effective_size(f, d) - 1) * j, j * s
     flops = info.flops(tuple(in_shape), out_shape) if info.flops else 0
     rows.append(Row(label, info.kind, info.detail, depth, out_shape, count_params(params), flops, r, j))
     return out_shape, (r, j)

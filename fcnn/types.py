@@ -97,7 +97,7 @@ def kernel_mask(params: Params) -> Params:
 
 
 # ----------------------------------------------------------------------------- layer metadata
-RFFn = Callable[[Shape], Tuple[int, int, int]]  # in_shape -> (kernel, stride, dilation) along H
+RFFn = Callable[[Shape], Optional[Tuple[int, int, int]]]  # in_shape -> (kernel, stride, dilation) along H; None: undefined
 FlopsFn = Callable[[Shape, Shape], int]  # (in_shape, out_shape) -> FLOPs
 
 
