@@ -1,6 +1,8 @@
 """The ``fcnn`` command.
 
     fcnn train   [--model lenet5] [--dataset digits] [--epochs N] ... [--out RUN_DIR]
+    fcnn train   --task segment|denoise|reconstruct|regress   another task (its tuned defaults: run.TASK_DEFAULTS)
+    fcnn train   --tensorboard                         also write TensorBoard event files into the run dir
     fcnn train   --parallel pmap|sharding [--devices D]   data parallel over D devices (default: all)
     fcnn train   --resume RUN_DIR [--epochs N]        continue a run from its latest checkpoint
     fcnn eval    --run RUN_DIR                         rebuild the model from config.json, evaluate
@@ -21,7 +23,7 @@ from typing import List, Optional
 
 from fcnn import _checks
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, check_new_run_dir, free_run_dir,
-                      load_data, load_run, read_config)
+                      load_data, load_run, make_task, read_config)
 from fcnn.data import official_size_note
 from fcnn.step import DTYPE_POLICIES
 
@@ -58,6 +60,8 @@ def _shape(text: str):
 
 # train options: (flag, TrainConfig field, type, help); every default comes from TrainConfig
 _TRAIN_OPTIONS = [
+    ("--task", "task", str, "classify, segment, denoise, reconstruct or regress (fcnn.tasks; the other "
+                            "defaults then come from run.TASK_DEFAULTS)"),
     ("--model", "model", str, "model name from fcnn.models"),
     ("--dataset", "dataset", str, "dataset name from fcnn.data"),
     ("--data-dir", "data_dir", str, "where datasets are cached / read"),
@@ -99,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace the fcnn run --out holds (never a directory with other files)")
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this global step")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar (also off when not a TTY or $CI)")
+    tr.add_argument("--tensorboard", action="store_true",
+                    help="write every logged scalar as TensorBoard events in the run dir (needs tensorboardX)")
     tr.add_argument("--precision", dest="precision", default=None, help=argparse.SUPPRESS)  # old --dtype-policy
     ev = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint on the test set")
     ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by fcnn train")
@@ -111,8 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_test(result: dict) -> None:
-    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f}, {result['n']} examples)")
+def _print_test(result: dict, ds=None) -> None:
+    """``test <metric>: value`` for each of the task's metrics (classify: ``test accuracy: ...``)."""
+    for k, v in result.items():
+        if k not in ("loss", "n"):
+            print(f"test {k.replace('_', ' ')}: {v:.4f}  (test loss {result['loss']:.4f}, {result['n']} examples)")
+    if ds is not None and ds.name.endswith("-denoise"):
+        from fcnn.dense_data import input_psnr
+
+        print(f"noisy input psnr: {input_psnr(ds):.4f} dB (the test inputs against their clean targets)")
 
 
 def _train(args) -> int:
@@ -140,7 +153,7 @@ def _train(args) -> int:
             print(f"fcnn train: extending {run_dir} from {saved.epochs} to {config.epochs} epochs (recorded in "
                   f"metrics.jsonl)", flush=True)
     else:
-        config = TrainConfig(**given)
+        config = TrainConfig.for_task(given.pop("task", _DEFAULTS.task), **given)
         run_dir = free_run_dir(config) if args.out is None else args.out
         check_new_run_dir(run_dir, overwrite=args.overwrite, dry_run=True)  # before loading data; fit replaces
     check_model_name(config.model)
@@ -151,23 +164,25 @@ def _train(args) -> int:
     if note:
         print(note, flush=True)
     where = "" if config.parallel == "none" else f", parallel {config.parallel} over {config.devices or 'all'} devices"
+    where += "" if config.task == "classify" else f", task {config.task}"
     print(f"fcnn train: model {config.model} ({config.impl}/{config.pool_impl}), dataset {config.dataset} "
           f"({len(ds.x_train)} train / {len(ds.x_test)} test), seed {config.seed}{where}, run dir {run_dir}", flush=True)
     result = fit(model, ds, config, run_dir=run_dir, resume=args.resume is not None, overwrite=args.overwrite,
-                 max_steps=args.max_steps, progress=False if args.no_progress else None)
-    _print_test(result.test)
+                 max_steps=args.max_steps, progress=False if args.no_progress else None, tensorboard=args.tensorboard)
+    _print_test(result.test, ds)
     return 0
 
 
 def _eval(args) -> int:
-    from fcnn.run import make_loss_fn
-    from fcnn.step import evaluate
+    from fcnn.step import evaluate, num_outputs
 
     config, ds, model, params, state, step = load_run(args.run)
-    result = evaluate(model, params, state, ds.x_test, ds.y_test, config.eval_batch_size,
-                      loss_fn=make_loss_fn(config.label_smoothing), dtype_policy=config.dtype_policy)
-    print(f"run {args.run}: model {config.model}, dataset {config.dataset}, checkpoint step {step}")
-    _print_test(result)
+    task = make_task(config, num_outputs(model, params, state, ds.x_test.shape))
+    result = evaluate(model, params, state, ds.x_test, ds.y_test, config.eval_batch_size, task=task,
+                      dtype_policy=config.dtype_policy)
+    task_note = "" if config.task == "classify" else f", task {config.task}"
+    print(f"run {args.run}: model {config.model}, dataset {config.dataset}{task_note}, checkpoint step {step}")
+    _print_test(result, ds)
     return 0
 
 

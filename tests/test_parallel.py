@@ -260,6 +260,26 @@ _FIT = textwrap.dedent(r"""
                 out[f"{mode}_k{k}_shift{shift}"] = {"params": rel(r.params, ref.params), "state": rel(r.state, ref.state),
                                                     "loss": [h["train_loss"] for h in r.history],
                                                     "ref_loss": [h["train_loss"] for h in ref.history]}
+    # every task: a fully convolutional net, dense targets; equal under none / pmap / sharding
+    from fcnn.dense_data import add_noise
+    from fcnn.layers import Conv2D as C
+    dense = {"segment": (np.abs(x[..., 0]) > 0.8).astype(np.int32) + (x[..., 1] > 0).astype(np.int32),  # 3 classes
+             "denoise": x[..., :1] * 0.5, "regress": x[..., :1] - x[..., 1:]}
+    for task, t in dense.items():
+        k_out = 3 if task == "segment" else 1
+        for noise in ((False, True) if task == "denoise" else (False,)):
+            d_task = types.SimpleNamespace(x_train=x, y_train=t, x_test=x[:16], y_test=t[:16],
+                                           augment=add_noise if noise else None)
+            got = {}
+            for mode in ("none", "pmap", "sharding") if not noise else ("none", "sharding"):
+                cfg = TrainConfig(epochs=2, batch_size=16, optimizer="adam", learning_rate=0.01, augment_shift=0,
+                                  parallel=mode, task=task, steps_per_call=2 if mode == "sharding" else 1)
+                got[mode] = fit(serial(C(4, 3, padding="SAME"), Relu(), C(k_out, 3, padding="SAME")), d_task, cfg,
+                                progress=False, verbose=False)
+            for mode, r in got.items():
+                out[f"{task}_{mode}_noise{int(noise)}"] = {
+                    "params": rel(r.params, got["none"].params), "history": r.history, "test": r.test,
+                    "ref_history": got["none"].history, "ref_test": got["none"].test}
     # a pmap run stopped at step 3 and resumed with parallel="none" ends like an uninterrupted run
     d = tempfile.mkdtemp()
     run("pmap", run_dir=d, max_steps=3)
@@ -296,6 +316,24 @@ def test_fit_parallel_equals_one_device(fit_runs, mode, k):
     assert r["params"] <= 1e-6 and r["state"] <= 1e-6, r
     np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=1e-5)
     assert r["ref_loss"][1] < r["ref_loss"][0]  # it trained
+
+
+@pytest.mark.parametrize("key", ["segment_pmap_noise0", "segment_sharding_noise0", "denoise_pmap_noise0",
+                                 "denoise_sharding_noise0", "denoise_sharding_noise1", "regress_pmap_noise0",
+                                 "regress_sharding_noise0"])
+def test_fit_every_task_parallel_equals_one_device(fit_runs, key):
+    """Params, every logged train/test metric (sums psum-ed over devices) and the final test metrics
+    equal the one-device run's; sharding draws the same on-device noise as one device."""
+    r = fit_runs[key]
+    assert r["params"] <= 1e-5, r["params"]
+    for got, ref in zip(r["history"], r["ref_history"]):
+        assert set(got) == set(ref)
+        for name in ref:
+            if name not in ("images_per_s", "epoch_seconds"):
+                assert got[name] == pytest.approx(ref[name], rel=1e-4, abs=1e-6), name
+    assert r["test"] == pytest.approx(r["ref_test"], rel=1e-4)
+    assert {"segment": "test_mean_iou", "denoise": "test_psnr", "regress": "test_mae"}[key.split("_")[0]] in r["history"][0]
+    assert r["ref_history"][1]["train_loss"] < r["ref_history"][0]["train_loss"]  # it trained
 
 
 def test_fit_random_augmentation_under_parallel(fit_runs):
