@@ -19,7 +19,7 @@ import pytest
 from jax.test_util import check_grads
 
 from fcnn import shapes, sweep
-from fcnn.ops import CONV_IMPLS, conv2d
+from fcnn.ops import CONV_IMPLS, conv2d, conv_impls_for
 conv_mod = importlib.import_module("fcnn.ops.conv")  # the module (fcnn.ops.conv is the N-d function)
 
 jax.config.update("jax_enable_x64", True)
@@ -97,7 +97,14 @@ def _rel(a, ref):
     return float(np.max(np.abs(np.asarray(a, np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-300))
 
 
-def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps")):
+def _impls(c):
+    """CONV_IMPLS, and winograd where its rule admits the configuration (3x3, stride 1, dilation 1)."""
+    kernel = shapes.kernel_parts(c["w_shape"], c["layout"])[0]
+    return conv_impls_for(kernel, shapes.normalize_pair(c["stride"], "stride"),
+                          shapes.normalize_pair(c["dilation"], "dilation"))
+
+
+def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps", "winograd")):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=c["x_shape"])
     w = rng.normal(size=c["w_shape"])
@@ -109,7 +116,7 @@ def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps")):
     @jax.jit
     def run(x, w, b, ct):
         outs, vjps = {}, {}
-        for impl in CONV_IMPLS:
+        for impl in _impls(c):
             f = functools.partial(conv2d, impl=impl, **_kw(c))
             if impl in vjp_impls:
                 z, pull = jax.vjp(f, x, w, b)
@@ -121,7 +128,7 @@ def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps")):
     outs, vjps = run(x, w, b, ct)
     ref = _numpy_conv(x, w, b, **_kw(c))
     assert ref.shape == expected_shape
-    for impl in CONV_IMPLS:
+    for impl in _impls(c):
         assert outs[impl].shape == expected_shape, impl
         assert _rel(outs[impl], ref) <= TOL64, impl
         for name, g, g_ref in zip("xwb", vjps.get(impl, ()), vjps["lax"]):
@@ -147,6 +154,20 @@ def test_impls_agree_forward_and_vjp(c):
 @pytest.mark.parametrize("idx", range(len(CONFIGS)), ids=lambda i: _cfg_id(CONFIGS[i]))
 def test_impls_agree_forward_and_vjp_full_sweep(idx):
     _check_config(CONFIGS[idx], idx, vjp_impls=CONV_IMPLS)
+
+
+WINOGRAD = [c for c in CONFIGS if "winograd" in _impls(c)]  # the grid's 3x3 stride-1 dilation-1 configs
+
+
+def test_winograd_is_in_the_grid_where_its_rule_admits():
+    assert {c["layout"] for c in WINOGRAD} == set(LAYOUTS) and {c["groups"] for c in WINOGRAD} >= {1, 2, 3}
+
+
+@pytest.mark.parametrize("c", WINOGRAD[:2], ids=_cfg_id)
+def test_winograd_agrees_on_default_configs(c):
+    """Winograd's forward equals the NumPy formula and its hand-derived VJP lax's, to 1e-10 in
+    float64, beside every other impl (the rest of its grid configurations run in the slow sweep)."""
+    _check_config(c, CONFIGS.index(c))
 
 
 def test_sweep_covers_the_grid():
@@ -345,7 +366,9 @@ W = np.zeros((3, 3, 2, 4))
     (dict(padding=-1), ValueError, "padding must be non-negative"),
     (dict(padding=((1, 2, 3), (0, 0))), TypeError, "padding must be"),
     (dict(layout="NWHC"), ValueError, "layout must be one of"),
-    (dict(impl="winograd"), ValueError, "impl must be one of"),
+    (dict(impl="fast"), ValueError, "impl must be one of"),
+    (dict(impl="winograd", stride=2), ValueError, r"impl='winograd' computes only .* 3x3 kernel, stride 1 .*stride \(2, 2\)"),
+    (dict(impl="winograd", w=np.zeros((5, 5, 2, 4)), padding=2), ValueError, r"impl='winograd' .* got kernel \(5, 5\)"),
     (dict(precision="bogus"), ValueError, "precision must be"),
     (dict(b=np.zeros((3,))), ValueError, r"b must have shape \(cout,\) = \(4,\)"),
     (dict(w=np.zeros((7, 3, 2, 4))), ValueError, "kernel is larger than the padded input"),

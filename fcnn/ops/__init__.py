@@ -7,7 +7,7 @@ the tests (tests/test_conv.py, tests/test_pool.py).
 from fcnn.ops.conv import CONV_CHOICES, CONV_IMPLS, conv2d
 # the N-d function: from here on ``fcnn.ops.conv`` names it, not the module fcnn/ops/conv.py (reach
 # that one with ``from fcnn.ops.conv import ...`` or ``importlib.import_module("fcnn.ops.conv")``)
-from fcnn.ops.conv_nd import PADDING_MODES, conv, conv1d, conv3d
+from fcnn.ops.conv_nd import PADDING_MODES, RESTRICTED_IMPLS, conv, conv1d, conv3d, conv_impls_for
 from fcnn.ops.conv_transpose import (CONV_TRANSPOSE_IMPLS, conv_transpose, conv_transpose1d, conv_transpose2d,
                                      conv_transpose3d)
 from fcnn.ops.pool import (
@@ -40,6 +40,8 @@ __all__ = [
     "PADDING_MODES",
     "CONV_IMPLS",
     "CONV_CHOICES",
+    "RESTRICTED_IMPLS",
+    "conv_impls_for",
     "max_pool",
     "max_pool1d",
     "max_pool2d",

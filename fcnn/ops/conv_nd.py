@@ -23,6 +23,8 @@ arguments and agree to rounding on finite inputs; ``fcnn/ops/conv.py`` tabulates
 * ``"custom_vjp"``: forward through lax, backward hand-derived (``fcnn/ops/conv_vjp.py``).
 * ``"col2im"``: lax forward; the input gradient as im2col's transpose (``conv_backward_input_col2im``).
 * ``"taps"``: the reference forward, materialised, with col2im's backward.
+* ``"winograd"`` (restricted: 2-D 3x3, stride 1, dilation 1; ``RESTRICTED_IMPLS``): Winograd's
+  minimal filtering F(2x2, 3x3) with a hand-derived VJP (``fcnn/ops/winograd.py``).
 
 Non-lax implementations work channels-last and transpose channels-first arrays in and out.
 dtypes: float32, float64 and bfloat16; reference/im2col accumulate bfloat16 products in float32,
@@ -50,14 +52,17 @@ from jax import lax
 
 from fcnn import _checks, shapes
 from fcnn.ops import auto as _auto
+from fcnn.ops import winograd as _winograd
 from fcnn.ops.conv_vjp import acc_dtype, conv_backward_input_col2im, fusion_barrier, lax_conv, make_custom_vjp_conv, \
     pad_zeros
 
-__all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
+__all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_impls_for", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
 
 CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps")
+# Implementations of one kind of convolution only, each with the rule of what it computes.
+RESTRICTED_IMPLS = {"winograd": _winograd.supports}
 # "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
-CONV_CHOICES = CONV_IMPLS + ("auto",)
+CONV_CHOICES = CONV_IMPLS + tuple(RESTRICTED_IMPLS) + ("auto",)
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _JNP_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -103,6 +108,9 @@ def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_
     in_sizes = shapes.spatial_dims(jnp.shape(x), layout)
     pads = shapes.normalize_padding(padding, in_sizes, kernel, stride, dilation)
     mode = check_padding_mode(padding_mode, pads, in_sizes)
+    if impl in RESTRICTED_IMPLS and impl not in conv_impls_for(kernel, stride, dilation):
+        raise ValueError(f"impl={impl!r} computes only 2-D convolutions with a 3x3 kernel, stride 1 and dilation 1; "
+                         f"got kernel {tuple(kernel)}, stride {stride}, dilation {dilation}")
     if b is not None and tuple(jnp.shape(b)) != (cout,):
         raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {tuple(jnp.shape(b))}")
     args = (x, w) if b is None else (x, w, b)
@@ -217,7 +225,14 @@ _IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside 
     "reference": _conv_reference,
     "im2col": _conv_im2col,
     "fft": _conv_fft,
+    "winograd": _winograd.conv2d_winograd,
 }
+
+
+def conv_impls_for(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> tuple:
+    """Every implementation that computes this convolution: ``CONV_IMPLS`` and the restricted ones
+    whose rule admits it (``winograd``: 2-D 3x3, stride 1, dilation 1)."""
+    return CONV_IMPLS + tuple(name for name, ok in RESTRICTED_IMPLS.items() if ok(kernel, stride, dilation))
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -236,7 +251,8 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layou
       groups: feature groups; divides cin and cout (groups = cin: depthwise).
       layout: None (channels-last for x's rank: NWC, NHWC, NDHWC) or one of ``shapes.ALL_LAYOUTS``
         of x's rank (NCW, NCHW, NCDHW: channels-first).
-      impl: one of ``CONV_IMPLS`` (every one supports every option) or ``"auto"``: one per platform
+      impl: one of ``CONV_IMPLS`` (every one supports every option), ``"winograd"`` (2-D 3x3 stride 1
+        dilation 1 only; ``conv_impls_for`` says which apply) or ``"auto"``: one per platform
         and shape from measurements (``fcnn.ops.auto.select_conv_impl``).
       padding_mode: "zeros", "reflect", "replicate" or "circular" (PyTorch's), what the pads hold.
       precision: None, a ``lax.Precision`` or its name ("highest"), passed to every conv/dot/einsum.

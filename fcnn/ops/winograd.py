@@ -97,6 +97,11 @@ def winograd_matrices(tile: int = DEFAULT_TILE) -> Tuple[np.ndarray, np.ndarray,
     return tuple(np.array(mat, np.float64) for mat in _MATRICES[_check_tile(tile)])
 
 
+def supports(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> bool:
+    """Whether a convolution is one this implementation computes: 2-D, 3x3, stride 1, dilation 1."""
+    return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
 def _check(x_shape, w_shape, stride, pads: Pads, dilation, groups) -> None:
     """The rules of this implementation, and the shapes (conv2d has checked them when it calls)."""
     shapes.check_rank4(x_shape, "x")
