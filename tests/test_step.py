@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fcnn import tasks
 from _tiny import Data, init_trees, mlp
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
@@ -233,3 +234,54 @@ def test_non_finite_test_inputs_warn_and_give_nan_not_a_number(data):
     with pytest.warns(RuntimeWarning, match="2 of 20 examples with nan or inf"):
         got = evaluate(model, params, state, x, data.y_test[:20], batch_size=8)
     assert np.isnan(got["loss"]) and np.isnan(got["accuracy"]) and got["n"] == 20
+
+
+def test_evaluate_segment_metrics_are_full_set_values_on_an_uneven_last_batch():
+    """20 images in batches of 7 (the last has 6 real rows, 1 padding row): pixel accuracy and mean /
+    foreground IoU equal NumPy's over the 20 images at once (confusion counted pixel by pixel here),
+    not a mean of per-batch values; the loss is the mean of per-image losses."""
+    from fcnn.combinators import serial
+    from fcnn.layers import Conv2D
+    from fcnn.activations import Relu
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 5, 5, 2)).astype(np.float32)
+    y = rng.integers(0, 4, size=(20, 5, 5)).astype(np.int32)
+    y[:, 0, 0] = 255  # ignored pixels count nowhere
+    model = serial(Conv2D(6, 3, padding="SAME"), Relu(), Conv2D(4, 3, padding="SAME"))
+    _, params, state = model.init(jax.random.PRNGKey(0), x.shape)
+    task = tasks.segment(4, ignore_index=255)
+    got = evaluate(model, params, state, x, y, 7, task=task)
+    logits = np.asarray(model.apply(params, state, x)[0], np.float64)
+    pred = logits.argmax(-1)
+    conf = np.zeros((4, 4))
+    for t, p in zip(y.ravel(), pred.ravel()):
+        if t != 255:
+            conf[t, p] += 1
+    iou = [conf[c, c] / (conf[c].sum() + conf[:, c].sum() - conf[c, c]) for c in range(4)]
+    assert got["pixel_accuracy"] == pytest.approx(np.trace(conf) / conf.sum(), abs=1e-12)
+    assert got["mean_iou"] == pytest.approx(np.mean(iou), abs=1e-12)
+    assert got["foreground_iou"] == pytest.approx(np.mean(iou[1:]), abs=1e-12)
+    keep = y != 255
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, np.where(keep, y, 0)[..., None], -1)[..., 0]
+    per_image = (nll * keep).sum((1, 2)) / keep.sum((1, 2))
+    assert got["loss"] == pytest.approx(per_image.mean(), rel=1e-5) and got["n"] == 20
+    by_batch = [evaluate(model, params, state, x[s:s + 7], y[s:s + 7], 7, task=task)["mean_iou"] for s in (0, 7, 14)]
+    assert np.mean(by_batch) != pytest.approx(got["mean_iou"], abs=1e-6)  # the sums are what makes it exact
+
+
+def test_evaluate_psnr_and_predict_for_a_dense_task():
+    from fcnn.layers import Conv2D
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(11, 4, 4, 1)).astype(np.float32)
+    y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1).astype(np.float32)
+    model = Conv2D(1, 3, padding="SAME")
+    _, params, state = model.init(jax.random.PRNGKey(1), x.shape)
+    out = np.asarray(predict(model, params, state, x, task="denoise", batch_size=4), np.float64)
+    np.testing.assert_allclose(out, np.asarray(model.apply(params, state, x)[0]), rtol=1e-6)  # raw outputs
+    got = evaluate(model, params, state, x, y, 4, task="denoise")
+    assert got["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((out - y) ** 2)), abs=1e-4)
+    probs = predict(model, params, state, x, task="segment")  # per-pixel softmax over the last axis
+    np.testing.assert_allclose(np.asarray(probs), 1.0, rtol=1e-6)  # one class: probability 1

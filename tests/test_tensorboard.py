@@ -82,3 +82,32 @@ def test_a_torn_last_record_is_dropped(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="purge_step"):
         tb.ScalarLog("x", purge_step=-1)
+
+
+def test_fit_tensorboard_logs_every_scalar_of_metrics_jsonl(tmp_path):
+    """fit(tensorboard=True): each number of each metrics.jsonl record (loss, the task's metrics,
+    learning rate, images/s) comes back from the events at the record's step; a resumed run adds
+    a second file whose events continue the first."""
+    from _tiny import Data, mlp
+    from fcnn.train import TrainConfig, fit
+
+    cfg = TrainConfig(model="mlp", dataset="digits8", epochs=3, batch_size=64, eval_batch_size=64)
+    run = str(tmp_path / "run")
+    fit(mlp(), Data(), cfg, run_dir=run, tensorboard=True, max_steps=8, verbose=False)
+    fit(mlp(), Data(), cfg, run_dir=run, tensorboard=True, resume=True, verbose=False)
+    records = _jsonl(os.path.join(run, "metrics.jsonl"))
+    assert [r["step"] for r in records] == [6, 12, 18]
+    got = tb.read_scalars(run)
+    assert {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate", "images_per_s",
+            "epoch_seconds"} == set(got)
+    for tag, points in got.items():
+        assert points == [(r["step"], float(np.float32(r[tag]))) for r in records], tag
+    assert len([n for n in os.listdir(run) if n.startswith(tb.EVENT_FILE_PREFIX)]) == 2
+
+
+def test_fit_tensorboard_needs_a_run_dir():
+    from _tiny import Data, mlp
+    from fcnn.train import TrainConfig, fit
+
+    with pytest.raises(ValueError, match="tensorboard=True writes its event files into run_dir"):
+        fit(mlp(), Data(), TrainConfig(model="mlp", epochs=1), tensorboard=True, verbose=False)
