@@ -14,7 +14,7 @@ config and directory in ``fcnn.run``; the epoch loop in ``fcnn.train``; checkpoi
 from fcnn._version import __version__
 from fcnn import checkpoint, data, metrics, ops, shapes, tasks
 from fcnn import init  # initialisers: fcnn.init.he_normal(), ...
-from fcnn.combinators import branches, residual, serial
+from fcnn.combinators import branches, identity, residual, serial, skip_concat
 from fcnn.layers import (
     Activation,
     AvgPool2D,
@@ -43,7 +43,8 @@ from fcnn.layers_nd import (AdaptiveAvgPool, AdaptiveMaxPool, AvgPool1D, AvgPool
 from fcnn.decoder import ConvTranspose1D, ConvTranspose2D, ConvTranspose3D, Upsample
 from fcnn.norms import GroupNorm, InstanceNorm, LayerNorm
 from fcnn.losses import accuracy, l2_penalty, mse, softmax_cross_entropy
-from fcnn.models import MODELS, example_net, get_model, lenet5, resnet18, resnet34, small_resnet, small_vgg
+from fcnn.models import (MODELS, cnn1d, conv_autoencoder, example_net, get_model, lenet5, resnet18, resnet34,
+                         small_resnet, small_vgg, unet)
 from fcnn.optim import make_optimizer
 from fcnn.summary import Summary, summary
 from fcnn.run import TrainConfig
@@ -63,9 +64,10 @@ __all__ = [
     "AdaptiveAvgPool", "AdaptiveMaxPool", "SpatialDropout",
     "ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D", "Upsample",
     # combinators
-    "serial", "residual", "branches",
+    "serial", "residual", "branches", "identity", "skip_concat",
     # models and inspection
     "lenet5", "example_net", "small_vgg", "small_resnet", "resnet18", "resnet34", "get_model", "MODELS", "summary",
+    "unet", "conv_autoencoder", "cnn1d",
     "Summary",
     # training
     "softmax_cross_entropy", "mse", "l2_penalty", "accuracy", "make_optimizer", "make_train_step",

@@ -10,6 +10,8 @@
 * ``branches(l0, l1, ..., merge="concat"|"sum")``: fan-out of ``x`` to every branch, then
   concatenation along the channel axis or elementwise sum (fan-in). Params/state: tuples;
   keys split as in ``serial``.
+* ``skip_concat(block)``: ``y = concat(x, block(x))`` along the channel axis (a U-Net or DenseNet
+  skip connection): ``branches(identity(), block, merge="concat")``, params/state ``({}, block's)``.
 
 Output shapes flow through ``init`` without data; mismatched shapes raise ``ValueError``
 at init. At apply (trace time), a child's ``InputShapeError`` gets the child's position
@@ -27,7 +29,7 @@ from fcnn import _checks, shapes
 from fcnn.types import (InputShapeError, Layer, LayerInfo, at_position, check_key, describe, init_context, layer_info,
                         numel, shape_text)
 
-__all__ = ["serial", "residual", "branches"]
+__all__ = ["serial", "residual", "branches", "identity", "skip_concat"]
 
 
 def _check_layers(layers, what: str):
@@ -124,20 +126,21 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
 
     Args:
       layers: the branches, each applied to the same ``x``.
-      merge: "concat" joins the outputs along the channel axis (NHWC: last, NCHW: 1; a rank-2
-        output: last), so they must agree on every other axis; "sum" adds them, so their
-        shapes must be equal.
-      layout: which axis is the channel axis for rank-4 outputs.
+      merge: "concat" joins the outputs along the channel axis (channels-last: last; channels-first:
+        axis 1 of a rank 3-5 output; a rank-2 output: last), so they must agree on every other axis
+        (a U-Net skip: ``branches(identity, block)``); "sum" adds them, so their shapes must be equal.
+      layout: which axis is the channel axis: any of ``shapes.ALL_LAYOUTS``, read only for
+        channels-last or channels-first (the rank comes from the outputs, as in ``fcnn.norms``).
     """
     if not layers:
         raise ValueError("branches needs at least one layer")
     _check_layers(layers, "branches")
     merge = _checks.choice(merge, ("concat", "sum"), "merge")
-    layout = shapes.normalize_layout(layout)
+    first = not shapes.is_channels_last(_checks.choice(layout, shapes.ALL_LAYOUTS, "layout"))
     n = len(layers)
 
     def axis(rank):
-        return 1 if (rank == 4 and layout == "NCHW") else rank - 1
+        return 1 if (first and rank >= 3) else rank - 1
 
     def merged(outs):
         first = outs[0]
@@ -185,3 +188,21 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
 
     return describe(Layer(init, apply), LayerInfo("branches", "branches", merge, children=tuple(layers),
                                                   flops=lambda i, o: (n - 1) * numel(o) if merge == "sum" else 0))
+
+
+def identity() -> Layer:
+    """``y = x``: no params, no FLOPs (the pass-through path of ``skip_concat``)."""
+    def init(key, in_shape):
+        return tuple(in_shape), {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x, state
+
+    return describe(Layer(init, apply), LayerInfo("identity", "reshape", flops=lambda i, o: 0))
+
+
+def skip_concat(block: Layer, *, layout: str = "NHWC") -> Layer:
+    """``y = concat(x, block(x))`` along the channel axis (``layout`` as in ``branches``): the skip
+    connection of a U-Net level, whose ``block`` goes down and comes back up to x's spatial size."""
+    _check_layers((block,), "skip_concat")
+    return branches(identity(), block, merge="concat", layout=layout)

@@ -1,6 +1,7 @@
 """Reference models, built only from public layers and combinators.
 
-Every model returns a ``Layer`` whose ``apply`` gives *logits* (n, num_classes); softmax
+Every classifier returns a ``Layer`` whose ``apply`` gives *logits* (n, num_classes) (``unet``: per
+pixel, (n, h, w, num_classes); ``conv_autoencoder``: an image); softmax
 is applied by the loss (``losses.softmax_cross_entropy``) or by ``train.predict``. Every
 model takes ``impl=`` (the ``Conv2D`` implementation), ``pool_impl=`` and ``ties=`` (the
 ``MaxPool2D`` implementation and gradient tie policy), passed to each of its layers.
@@ -26,22 +27,44 @@ model takes ``impl=`` (the ``Conv2D`` implementation), ``pool_impl=`` and ``ties
                                   max-pool) or "cifar" (3x3 s1 conv, BN, relu; for (n, 32, 32, 3))
                                   11,689,512 / 21,797,672 params at 1,000 classes (ImageNet stem)
 
-``get_model(name, **opts)`` builds one by name (``MODELS``); ``input_shape(name)`` gives its
-default input shape with batch 1.
+Encoder-decoder and sequence models (any rank: ``rank=1, 2, 3`` picks Conv1D/2D/3D and their pools):
+
+    unet              (n, *S, c) -> (n, *S, num_classes) per-pixel logits. Level d (0 <= d < depth,
+                      width*2^d channels): two 3x3 SAME convs + relu, then a skip_concat around
+                      [maxpool 2 -> level d+1 -> up to width*2^d channels], then two 3x3 convs on the
+                      concatenation; the bottom level is the two convs alone; a final 1x1 conv.
+                      up: decoder="transpose" a 2x2 stride-2 ConvTranspose, "upsample" an
+                      Upsample(2, (bi/tri)linear) + 1x1 conv. Every spatial size must be a multiple
+                      of 2**depth (a 2-pool floors an odd size, which the decoder cannot give back
+                      to the skip); the first layer, ``SizeRule``, refuses other sizes at init and apply.
+    conv_autoencoder  (n, *S, c) -> (n, *S, out_channels): per width a 3x3 stride-2 conv (padding 1,
+                      ceil(S/2)) + relu; back up with 3x3 stride-2 ConvTranspose (padding 1,
+                      output_padding 1: 2x) + relu, or Upsample(2, nearest) + 3x3 SAME conv; the last
+                      layer linear. Sizes: multiples of 2**len(widths) (SizeRule).
+    cnn1d             (n, L, c) -> (n, num_classes): per width a Conv1D (kernel 5 SAME) + relu +
+                      maxpool 2, then global average pool and a Dense.
+
+``get_model(name, **opts)`` builds one by name (``MODELS``; ``unet`` is registered, per-pixel logits
+for the segment task; the autoencoder has no ``num_classes`` and cnn1d no dataset of sequences, so
+they are not); ``input_shape(name)`` gives its default input shape with batch 1.
 """
 from __future__ import annotations
 
 import functools
 from typing import Optional, Sequence
 
-from fcnn import _checks
-from fcnn.combinators import residual, serial
+import jax.numpy as jnp
+
+from fcnn import _checks, shapes
+from fcnn.combinators import residual, serial, skip_concat
+from fcnn.decoder import ConvTranspose1D, ConvTranspose2D, ConvTranspose3D, Upsample
 from fcnn.layers import (BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D,
                          Relu)
-from fcnn.types import Layer
+from fcnn.layers_nd import Conv1D, Conv3D, GlobalAvgPool, MaxPool1D, MaxPool3D
+from fcnn.types import InputShapeError, Layer, LayerInfo, check_shape, describe, shape_text
 
-__all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "resnet18", "resnet34", "MODELS", "get_model",
-           "input_shape"]
+__all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "resnet18", "resnet34", "unet", "conv_autoencoder",
+           "cnn1d", "MODELS", "get_model", "input_shape"]
 
 
 def _pool(window, pool_impl, ties, **kw):
@@ -169,6 +192,113 @@ def resnet34(num_classes: int = 10, *, stem: str = "imagenet", impl: str = "lax"
     return _resnet((3, 4, 6, 3), num_classes, stem, impl, pool_impl, ties, momentum, bn_axis_name)
 
 
+# ----------------------------------------------------------------------------- encoder-decoder, 1-D
+_BY_RANK = {1: (Conv1D, MaxPool1D, ConvTranspose1D, "linear"), 2: (Conv2D, MaxPool2D, ConvTranspose2D, "bilinear"),
+            3: (Conv3D, MaxPool3D, ConvTranspose3D, "trilinear")}
+
+
+def _size_rule(multiple: int, rank: int, why: str) -> Layer:
+    """Identity that refuses an input whose spatial sizes are not multiples of ``multiple`` (channels-last)."""
+    layout = shapes.LAYOUTS_BY_RANK[rank][0]
+
+    def bad(shape):
+        return len(shape) != rank + 2 or any(d % multiple for d in shapes.spatial_dims(shape, layout))
+
+    def rule(shape):
+        return (f"x must have rank {rank + 2} ({layout}) and every spatial size a multiple of {multiple} ({why}), "
+                f"got {shape_text(shape)}")
+
+    def init(key, in_shape):
+        in_shape = check_shape(in_shape)
+        if bad(in_shape):
+            raise ValueError(rule(in_shape))
+        return in_shape, {}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        if bad(jnp.shape(x)):
+            raise InputShapeError(f"SizeRule: {rule(jnp.shape(x))}")
+        return x, state
+
+    return describe(Layer(init, apply), LayerInfo("SizeRule", "reshape", f"sizes % {multiple} == 0",
+                                                  flops=lambda i, o: 0))
+
+
+def _decoder_options(rank, decoder):
+    return _checks.int_in_range(rank, "rank", 1, 4), _checks.choice(decoder, ("transpose", "upsample"), "decoder")
+
+
+def unet(num_classes: int = 2, *, depth: int = 2, width: int = 16, decoder: str = "transpose", rank: int = 2,
+         impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None) -> Layer:
+    """A small U-Net (Ronneberger et al. 2015; SAME convs, so no cropping): (n, *S, c) -> (n, *S, num_classes).
+
+    The module docstring gives the structure. ``depth``: number of 2x downsamplings (every spatial size
+    must be a multiple of 2**depth); ``width``: channels at the top level (doubled per level);
+    ``decoder``: "transpose" or "upsample"; ``rank``: 1, 2 or 3 spatial dims (channels-last).
+    """
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    depth = _checks.positive_int(depth, "depth")
+    width = _checks.positive_int(width, "width")
+    rank, decoder = _decoder_options(rank, decoder)
+    conv, pool, conv_t, interp = _BY_RANK[rank]
+    if ties is None:
+        ties = "split" if pool_impl == "reference" else "first"
+
+    def double(c):
+        return [conv(c, 3, padding="SAME", impl=impl), Relu(), conv(c, 3, padding="SAME", impl=impl), Relu()]
+
+    def up(c):
+        if decoder == "transpose":
+            return conv_t(c, 2, stride=2)
+        return serial(Upsample(2, method=interp), conv(c, 1, impl=impl))
+
+    def level(d):
+        c = width * 2 ** d
+        if d == depth:
+            return serial(*double(c))
+        return serial(*double(c), skip_concat(serial(pool(2, impl=pool_impl, ties=ties), level(d + 1), up(c))),
+                      *double(c))
+
+    return serial(_size_rule(2 ** depth, rank, f"unet: {depth} 2x poolings, undone by the decoder"), level(0),
+                  conv(num_classes, 1, impl=impl))
+
+
+def conv_autoencoder(out_channels: int = 1, *, widths: Sequence[int] = (16, 32), decoder: str = "transpose",
+                     rank: int = 2, impl: str = "lax") -> Layer:
+    """A convolutional autoencoder: (n, *S, c) -> (n, *S, out_channels) (module docstring).
+
+    ``widths``: channels of the stride-2 encoder convs (the last is the code); spatial sizes must be
+    multiples of 2**len(widths). The output is linear (pair it with MSE/L1: the reconstruct task).
+    """
+    out_channels = _checks.positive_int(out_channels, "out_channels")
+    if not widths or not all(_checks.is_int(w) and w > 0 for w in widths):
+        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
+    rank, decoder = _decoder_options(rank, decoder)
+    conv, _, conv_t, _ = _BY_RANK[rank]
+    layers = [_size_rule(2 ** len(widths), rank, f"conv_autoencoder: {len(widths)} stride-2 convs")]
+    for w in widths:  # S -> S/2 per conv
+        layers += [conv(w, 3, stride=2, padding=1, impl=impl), Relu()]
+    outs = list(widths[-2::-1]) + [out_channels]
+    for i, w in enumerate(outs):  # S/2 -> S per step
+        if decoder == "transpose":
+            layers.append(conv_t(w, 3, stride=2, padding=1, output_padding=1))
+        else:
+            layers += [Upsample(2), conv(w, 3, padding="SAME", impl=impl)]
+        if i < len(outs) - 1:
+            layers.append(Relu())
+    return serial(*layers)
+
+
+def cnn1d(num_classes: int = 10, *, widths: Sequence[int] = (32, 64), kernel: int = 5, impl: str = "lax") -> Layer:
+    """A 1-D CNN for sequences (n, L, c) -> (n, num_classes) logits (module docstring); L >= 2**len(widths)."""
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+    if not widths or not all(_checks.is_int(w) and w > 0 for w in widths):
+        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
+    layers = []
+    for w in widths:
+        layers += [Conv1D(w, kernel, padding="SAME", impl=impl), Relu(), MaxPool1D(2)]
+    return serial(*layers, GlobalAvgPool(), Dense(num_classes))
+
+
 MODELS = {
     "lenet5": (lenet5, (1, 28, 28, 1)),
     "example_net": (example_net, (1, 64, 64, 3)),
@@ -176,6 +306,7 @@ MODELS = {
     "small_resnet": (small_resnet, (1, 32, 32, 3)),
     "resnet18": (resnet18, (1, 224, 224, 3)),
     "resnet34": (resnet34, (1, 224, 224, 3)),
+    "unet": (unet, (1, 32, 32, 1)),
 }
 
 

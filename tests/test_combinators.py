@@ -246,3 +246,24 @@ def test_combinators_refuse_a_key_that_is_not_a_prng_key(make):
         layer.init(0, (2, 3))
     with pytest.raises(ValueError, match="Dropout with train=True needs a PRNG key"):  # None is passed on
         _apply_traced(layer, (2, 3), (2, 3), train=True)
+
+
+def test_skip_concat_equals_concatenating_by_hand_in_any_rank():
+    """skip_concat(block)(x) == concat(x, block(x)) along the channel axis; channels-first ranks 3 and 5 too."""
+    from fcnn.combinators import identity, skip_concat
+    from fcnn.layers_nd import Conv1D, Conv3D
+
+    key = jax.random.PRNGKey(1)
+    for block, shape, layout, axis in ((Conv1D(2, 3, padding="SAME"), (2, 5, 3), "NHWC", -1),
+                                       (Conv1D(2, 3, padding="SAME", layout="NCW"), (2, 3, 5), "NCW", 1),
+                                       (Conv3D(2, 1, layout="NCDHW"), (1, 3, 2, 2, 2), "NCHW", 1)):
+        layer = skip_concat(block, layout=layout)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=shape))
+        out, params, state = layer.init(key, shape)
+        y = layer.apply(params, state, x)[0]
+        by_hand = jnp.concatenate([x, block.apply(params[1], state[1], x)[0]], axis=axis)
+        assert out == y.shape == by_hand.shape and params[0] == {}
+        np.testing.assert_array_equal(y, by_hand)
+    assert identity().apply({}, {}, x)[0] is x and layer_info(identity()).flops((1, 2), (1, 2)) == 0
+    with pytest.raises(TypeError, match="skip_concat argument 0 must be a Layer"):
+        skip_concat(lambda x: x)

@@ -68,7 +68,8 @@ def test_model_init_shape_equals_apply_shape(name):
     out_shape, params, state = abstract_init(model, in_shape)
     # the exact shape and dtype apply produces, traced without running (values: the other tests)
     y = jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct(in_shape, jnp.float32))[0]
-    assert out_shape == y.shape == (2, 7) and y.dtype == jnp.float32
+    want = in_shape[:-1] + (7,) if name == "unet" else (2, 7)  # unet: per-pixel logits
+    assert out_shape == y.shape == want and y.dtype == jnp.float32
 
 
 def test_lenet5_parameters_by_hand():
@@ -145,7 +146,7 @@ def test_pool_impl_and_ties_propagate(lenet_small):
 
 def test_registry():
     assert set(models.MODELS) == {"lenet5", "example_net", "small_vgg", "small_resnet", "resnet18",
-                                  "resnet34"}
+                                  "resnet34", "unet"}
     assert models.input_shape("lenet5") == (1, 28, 28, 1)
     assert models.input_shape("small_vgg", batch=8) == (8, 32, 32, 3)
     with pytest.raises(ValueError, match="name must be one of"):
@@ -213,3 +214,59 @@ def test_a_fully_convolutional_model_takes_other_image_sizes():
         assert y.shape == (shape[0], 10)
     with pytest.raises(ValueError, match=r"BatchNorm|Conv2D"):
         jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct((2, 32, 32, 4), jnp.float32))
+
+
+# ----------------------------------------------------------------------------- unet, conv_autoencoder, cnn1d
+def test_unet_parameters_by_hand_and_shapes_in_every_rank():
+    # depth 1, width 4, 1 input channel, 2 classes (3x3 convs: 9*cin*cout + cout):
+    #   down 1->4: 40, 4->4: 148; bottom 4->8: 296, 8->8: 584; up ConvTranspose 2x2 8->4: 4*4*8 + 4 = 132;
+    #   after the concat (4 + 4 channels) 8->4: 292, 4->4: 148; final 1x1 4->2: 10
+    _, params, _ = abstract_init(models.unet(2, depth=1, width=4), (1, 8, 8, 1))
+    assert count_params(params) == 40 + 148 + 296 + 584 + 132 + 292 + 148 + 10 == 1650
+    # decoder="upsample": Upsample (no params) + 1x1 conv 8->4 (36) in place of the 132
+    _, params, _ = abstract_init(models.unet(2, depth=1, width=4, decoder="upsample"), (1, 8, 8, 1))
+    assert count_params(params) == 1650 - 132 + 36
+    for rank, size in ((1, (12,)), (2, (8, 12)), (3, (4, 8, 4))):
+        for decoder in ("transpose", "upsample"):
+            out, _, _ = abstract_init(models.unet(3, depth=2, width=2, rank=rank, decoder=decoder), (2, *size, 2))
+            assert out == (2, *size, 3)
+
+
+def test_unet_refuses_sizes_the_decoder_cannot_give_back():
+    model = models.unet(2, depth=2, width=2)
+    with pytest.raises(ValueError, match=r"every spatial size a multiple of 4 \(unet: 2 2x poolings.*\(n, 7, 8, 1\)"):
+        abstract_init(model, (1, 7, 8, 1))
+    _, params, state = abstract_init(model, (1, 8, 8, 1))
+    with pytest.raises(ValueError, match="SizeRule: x must have rank 4"):
+        jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct((1, 10, 8, 1), jnp.float32))
+    with pytest.raises(ValueError, match="decoder must be one of transpose, upsample"):
+        models.unet(decoder="bilinear")
+    with pytest.raises(ValueError, match="rank must be an int in"):
+        models.unet(rank=4)
+
+
+def test_unet_runs_and_its_skip_carries_the_input():
+    """Apply compiled on a tiny input: the output is per pixel, and it depends on the input pixel it sits on
+    through the skip (a 1-pixel change moves the logits at that pixel)."""
+    model = models.unet(2, depth=1, width=2)
+    x = np.asarray(np.random.default_rng(0).normal(size=(1, 4, 4, 1)), np.float32)
+    _, params, state = _jit(model.init, static_argnums=1)(KEY, x.shape)
+    f = _jit(lambda x: model.apply(params, state, x)[0])
+    y = np.asarray(f(x))
+    assert y.shape == (1, 4, 4, 2) and np.all(np.isfinite(y))
+    x2 = x.copy()
+    x2[0, 0, 0, 0] += 1.0
+    assert not np.allclose(np.asarray(f(x2))[0, 0, 0], y[0, 0, 0])
+
+
+def test_conv_autoencoder_and_cnn1d_by_hand():
+    # encoder 1->4 (40), 4->8 (296); decoder ConvTranspose 8->4: kernel (3, 3, 4, 8) + 4 = 292, 4->1: 36 + 1 = 37
+    out, params, _ = abstract_init(models.conv_autoencoder(1, widths=(4, 8)), (2, 12, 8, 1))
+    assert out == (2, 12, 8, 1) and count_params(params) == 40 + 296 + 292 + 37
+    out, params, _ = abstract_init(models.conv_autoencoder(3, widths=(4, 8), decoder="upsample", rank=1), (2, 12, 3))
+    assert out == (2, 12, 3) and count_params(params) == (9 * 4 + 4) + (3 * 4 * 8 + 8) + (3 * 8 * 4 + 4) + (3 * 4 * 3 + 3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        abstract_init(models.conv_autoencoder(1, widths=(4, 8)), (2, 10, 8, 1))
+    # cnn1d: Conv1D 5x3->32 (512), 5x32->64 (10,304), Dense 64->5 (325); 64 -> 32 -> 16 then global pool
+    out, params, _ = abstract_init(models.cnn1d(5), (2, 64, 3))
+    assert out == (2, 5) and count_params(params) == 512 + 10304 + 325
