@@ -46,15 +46,15 @@ def test_cpu_conv_layouts_and_groups():
 
 def test_unmeasured_platform_gets_defaults():
     assert auto.select_conv_impl("tpu", *LENET_C1) == "lax"
-    assert auto.select_pool_impl("tpu", (8, 32, 32, 16), 2) == "lax"
 
 
 def test_pool_table():
-    for p in ("cpu", "gpu"):
+    for p in ("cpu", "gpu", "tpu"):
         assert auto.select_pool_impl(p, (512, 32, 32, 128), 2) == "custom_vjp"  # tiled windows
         assert auto.select_pool_impl(p, (64, 28, 28, 6), (2, 2), stride=2) == "custom_vjp"
-        assert auto.select_pool_impl(p, (8, 32, 32, 16), 3, stride=2) == "lax"  # overlapping windows
-        assert auto.select_pool_impl(p, (8, 31, 31, 16), 2, padding=1) == "lax"
+        # overlapping windows / a low-side pad: lax's gradient differs on NaN / -inf windows
+        assert auto.select_pool_impl(p, (8, 32, 32, 16), 3, stride=2) == "custom_vjp"
+        assert auto.select_pool_impl(p, (8, 31, 31, 16), 2, padding=1) == "custom_vjp"
     # only custom_vjp implements these
     assert auto.select_pool_impl("gpu", (8, 32, 32, 16), 3, stride=2, ties="split") == "custom_vjp"
     assert auto.select_pool_impl("cpu", (8, 32, 32, 16), 2, dilation=2) == "custom_vjp"
@@ -145,3 +145,22 @@ def test_auto_never_selects_an_impl_with_other_nonfinite_behaviour():
         for impl in chosen:
             for a, b in zip(codes(impl), want):
                 np.testing.assert_array_equal(a, b, err_msg=f"{impl} {bad}")
+
+
+def test_auto_max_pool_keeps_the_nonfinite_gradient_of_custom_vjp():
+    """Issue 17's case: a window of -inf cells next to a low-side pad (lax sends its gradient into the
+    padding, dx[0, 0] = 0) and a window with two NaNs: auto's gradient is custom_vjp's, which
+    the hand-computed values pin: the -inf input cell (0, 0) collects the gradient of every window
+    whose only real cells are -inf and that it comes first in (3 windows of the 4x4 output)."""
+    ninf = -np.inf
+    x = np.array([[ninf, ninf, 1.0], [ninf, 2.0, 0.0], [0.5, ninf, ninf]]).reshape(1, 1, 3, 3)
+    grad = lambda impl: np.asarray(jax.grad(lambda x: jnp.sum(ops.max_pool2d(  # noqa: E731
+        x, 2, stride=1, padding=1, layout="NCHW", impl=impl)))(x))
+    assert grad("auto")[0, 0, 0, 0] == 3.0 and grad("lax")[0, 0, 0, 0] == 0.0
+    np.testing.assert_array_equal(grad("auto"), grad("custom_vjp"))
+    xn = np.array([[np.nan, 5.0, np.nan, 2.0]]).reshape(1, 1, 1, 4)
+    g = lambda impl: np.asarray(jax.grad(lambda x: jnp.sum(ops.max_pool2d(x, (1, 4), layout="NCHW", impl=impl)))(xn))  # noqa: E731,E501
+    np.testing.assert_array_equal(g("auto"), g("custom_vjp"))
+    assert g("auto")[0, 0, 0, 0] == 1.0  # the first NaN (PyTorch: the last; pool.py's table)
+    assert g("lax")[0, 0, 0, 3] == 1.0  # XLA's >= scan: the last cell, 2.0 (why auto never picks lax)
+

@@ -24,8 +24,9 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   col2im on wide layers (VGG cin 64-256: 0.90-0.96x of lax's time per op, but the VGG b8 train
   step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere). 1-D and 3-D convolutions
   (``conv1d``/``conv3d``) were not measured: "lax".
-* max-pool: "custom_vjp" implements every tie policy; "lax" only ``ties="first"``, and its
-  VJP rejects window dilation. "reference" (ties "split") is never chosen.
+* max-pool: "custom_vjp" always: it implements every tie policy and dilation, was measured faster
+  on tiled windows, and "lax" differs from it on NaN/-inf windows (fcnn/ops/pool.py's table).
+  "reference" (ties "split") is never chosen.
 
 Platforms: "cpu" and "gpu" ("cuda"/"rocm" mean "gpu"); any other (e.g. "tpu") gets the
 library defaults, "lax", since nothing was measured there.
@@ -91,21 +92,19 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
 
 def select_pool_impl(platform: Optional[str], x_shape: Sequence[int], window, *, stride=None, padding="VALID",
                      dilation=1, layout: str = "NHWC", ties: str = "first") -> str:
-    """The max_pool2d implementation to use on ``platform``.
+    """The max-pool implementation to use on ``platform``: "custom_vjp", for every shape.
 
-    Returns "custom_vjp" where its backward was measured faster (GPU and CPU, windows that tile the
-    input: stride == window, no padding, no dilation), and wherever "lax" cannot do what is asked
-    (ties other than "first", window dilation); "lax" otherwise.
+    It was measured faster than "lax" where windows tile the input (GPU and CPU, docs/benchmarks.md);
+    it implements every tie policy and window dilation; and where windows overlap or meet low-side
+    padding "lax" differs from it on non-finite inputs (a window of -inf cells after a low pad loses
+    its gradient into the padding; NaN windows route the gradient elsewhere: pool.py's table), which
+    ``impl="auto"`` must never do. The arguments are validated and kept for a future measured choice.
     """
-    p = normalize_platform(platform)
+    normalize_platform(platform)
     window = shapes.normalize_pair(window, "window")
     stride = window if stride is None else shapes.normalize_pair(stride, "stride")
     dilation = shapes.normalize_pair(dilation, "dilation")
-    if ties != "first" or dilation != (1, 1):
-        return "custom_vjp"
     in_hw = shapes.spatial_dims(tuple(x_shape), shapes.normalize_layout(layout))
-    pads = shapes.normalize_padding(padding, in_hw, window, stride, dilation)
-    tiles = stride == window and pads == ((0, 0), (0, 0))
-    if tiles and p in ("cpu", "gpu"):
-        return "custom_vjp"
-    return "lax"
+    shapes.normalize_padding(padding, in_hw, window, stride, dilation)
+    del ties
+    return "custom_vjp"
