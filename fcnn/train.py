@@ -347,6 +347,27 @@ class _Loop:
         self.save()
 
 
+def _check_fit_args(data, config, run_dir, resume, overwrite, max_steps, tensorboard) -> Optional[str]:
+    """``fit``'s argument rules, before anything is built; returns ``run_dir`` checked."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not (all(hasattr(data, a) for a in ("x_train", "y_train")) or callable(data)):
+        raise TypeError(f"data must have x_train and y_train (and x_test, y_test to evaluate), as "
+                        f"fcnn.data.Dataset has, or be a batch source (seed, epoch, start_step) -> (x, y) batches; "
+                        f"got {type(data).__name__}")
+    run_dir = _checks.path(run_dir, "run_dir", optional=True)
+    resume, overwrite = _checks.boolean(resume, "resume"), _checks.boolean(overwrite, "overwrite")
+    if _checks.boolean(tensorboard, "tensorboard") and run_dir is None:
+        raise ValueError("tensorboard=True writes its event files into run_dir: give one")
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs a run_dir holding a checkpoint")
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other: continue the run or replace it")
+    if max_steps is not None:
+        _checks.positive_int(max_steps, "max_steps")
+    return run_dir
+
+
 def fit(
     model: Layer,
     data,
@@ -402,22 +423,7 @@ def fit(
         steps counted from 1).
       ValueError, TypeError: targets that do not fit the model's outputs or the task, before training.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not (all(hasattr(data, a) for a in ("x_train", "y_train")) or callable(data)):
-        raise TypeError(f"data must have x_train and y_train (and x_test, y_test to evaluate), as "
-                        f"fcnn.data.Dataset has, or be a batch source (seed, epoch, start_step) -> (x, y) batches; "
-                        f"got {type(data).__name__}")
-    run_dir = _checks.path(run_dir, "run_dir", optional=True)
-    resume, overwrite = _checks.boolean(resume, "resume"), _checks.boolean(overwrite, "overwrite")
-    if _checks.boolean(tensorboard, "tensorboard") and run_dir is None:
-        raise ValueError("tensorboard=True writes its event files into run_dir: give one")
-    if resume and run_dir is None:
-        raise ValueError("resume=True needs a run_dir holding a checkpoint")
-    if resume and overwrite:
-        raise ValueError("resume=True and overwrite=True contradict each other: continue the run or replace it")
-    if max_steps is not None:
-        _checks.positive_int(max_steps, "max_steps")
+    run_dir = _check_fit_args(data, config, run_dir, resume, overwrite, max_steps, tensorboard)
     loop = _Loop(model, data, config, run_dir, max_steps, task, steps_per_epoch, test_data)
     if run_dir is not None:
         loop.open_run_dir(resume, overwrite, tensorboard)
