@@ -40,7 +40,7 @@ import pytest
 from _formats import idx_bytes, write, write_cifar_bin, write_cifar_py, write_mnist
 
 import fcnn
-from fcnn import checkpoint, cli, data, layers, losses, models, ops, optim, shapes, step
+from fcnn import checkpoint, cli, data, layers, losses, models, ops, optim, shapes, step, tasks
 from fcnn.combinators import branches, residual, serial
 from fcnn.datafiles import (IDX_IMAGES_MAGIC, DataError, MissingDataError, read_cifar_binary,
                             read_cifar_pickle, read_idx)
@@ -123,6 +123,17 @@ def _fit(config=None, **kw):
     data_over = {k[5:]: kw.pop(k) for k in list(kw) if k.startswith("data_")}
     ds = SimpleNamespace(**{**vars(t.ds), **data_over})
     return fit(t.model, ds, config or _config(), verbose=False, progress=False, **kw)
+
+
+def _seg_fit(config=None, **kw):
+    """fit of a per-pixel model (n, 6, 6, 1) -> (n, 6, 6, 3) on segment targets (n, 6, 6) in [0, 3)."""
+    t = _tiny()
+    labels = {k: (np.arange(len(getattr(t.ds, k)) * 36) % 3).reshape(-1, 6, 6).astype(np.int32)
+              for k in ("y_train", "y_test")}
+    data_over = {k[5:]: kw.pop(k) for k in list(kw) if k.startswith("data_")}
+    ds = SimpleNamespace(**{**vars(t.ds), **labels, **data_over})
+    model = layers.Conv2D(3, 3, padding="SAME", w_init=fcnn.init.zeros)
+    return fit(model, ds, config or _config(task="segment"), verbose=False, progress=False, **kw)
 
 
 def _evaluate(x=None, y=None, batch_size=4, **kw):
@@ -631,6 +642,30 @@ TRAINING = [
     _case(lambda: _fit(resume="no"), TypeError, r"resume must be a bool", "fit-resume-str"),
     _case(lambda: fit(_tiny().model, object(), _config(), verbose=False), TypeError,
           r"data must have x_train", "fit-data-object"),
+    # tasks: targets checked against the model's outputs before any computation (issue 16)
+    _case(lambda: _seg_fit(data_y_train=np.zeros((8, 5, 5), np.int32)), ValueError,
+          r"y_train: segment targets must have shape \(n, 6, 6\) \(one label per pixel\)", "fit-segment-target-shape"),
+    _case(lambda: _seg_fit(data_y_train=np.full((8, 6, 6), 3, np.int32)), ValueError,
+          r"y_train: segment labels must be in \[0, 3\); got 3 at index \(0, 0, 0\)", "fit-segment-label-too-large"),
+    _case(lambda: _seg_fit(data_y_test=-np.ones((4, 6, 6), np.int32)), ValueError,
+          r"y_test: segment labels must be in \[0, 3\); got -1", "fit-segment-test-label-negative"),
+    _case(lambda: _seg_fit(data_y_train=np.zeros((8, 6, 6), np.float32)), TypeError,
+          r"y_train: segment targets must be integer class labels, got dtype float32", "fit-segment-float-labels"),
+    _case(lambda: _seg_fit(task="denoise"), ValueError, r"task='denoise' differs from config.task='segment'",
+          "fit-task-differs"),
+    _case(lambda: _seg_fit(config=_config(task="denoise"), data_y_train=np.zeros((8, 6, 6, 1), np.float32)),
+          ValueError, r"y_train: denoise targets must have the outputs' shape \(n, 6, 6, 3\)", "fit-denoise-shape"),
+    _case(lambda: _evaluate(task="regress"), ValueError, r"y: regress targets must have the outputs' shape \(n, 3\)",
+          "evaluate-regress-shape"),
+    _case(lambda: tasks.get_task("segment", num_classes=3, metrics=["miou"]), ValueError,
+          r"metric must be one of accuracy, pixel_accuracy, mean_iou", "task-unknown-metric"),
+    _case(lambda: _config(task="detect"), ValueError, r"task must be one of classify, denoise, reconstruct",
+          "config-task-unknown"),
+    _case(lambda: _config(task="segment", augment_shift=2), ValueError,
+          r"augment_shift=2 applies to task 'classify' only; task 'segment' needs augment_shift=0",
+          "config-task-augment-shift"),
+    _case(lambda: _config(task="denoise", label_smoothing=0.1), ValueError,
+          r"label_smoothing=0.1 applies to task 'classify' only", "config-task-label-smoothing"),
     # optim
     _case(lambda: optim.make_optimizer("adamx", 1e-3), ValueError, r"optimizer must be one of", "make_optimizer-name"),
     _case(lambda: optim.make_optimizer("sgd", 0), ValueError, r"learning_rate must be a positive float, got 0",
