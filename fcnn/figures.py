@@ -123,3 +123,14 @@ def save_curves(history: List[dict], path: str) -> None:
     matplotlib_or_raise()
     _ensure_parent(path)
     plot_curves(history, path)
+
+
+def side_by_side_figure(panels: Sequence[Tuple[str, np.ndarray]], path: str, *, cmaps: Sequence[str]) -> None:
+    """Images (h, w) in one row, each with its title and colour map (e.g. input / prediction / target)."""
+    fig = figure((2.6 * len(panels), 2.8))
+    for ax, (title, img), cmap in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, cmaps):
+        ax.imshow(img, cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)

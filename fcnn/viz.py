@@ -157,7 +157,20 @@ def confusion_matrix(y_true, y_pred, num_classes: int, *, save: Optional[str] = 
 
 
 # ----------------------------------------------------------------------------- CLI
-_WHAT = ("filters", "features", "saliency", "smoothgrad", "gradcam", "occlusion", "curves", "confusion")
+_WHAT = ("filters", "features", "saliency", "smoothgrad", "gradcam", "occlusion", "curves", "confusion", "prediction")
+
+
+def prediction_panels(task: str, model, params, state, x, target) -> list:
+    """``[(title, (h, w) image)]``: input / prediction / target of one test example of a dense task
+    (segment: the arg-max class map; denoise, reconstruct: the output image, channel 0)."""
+    if task not in ("segment", "denoise", "reconstruct"):
+        raise ValueError(f"--what prediction shows a dense task's input, prediction and target (segment, denoise, "
+                         f"reconstruct); this run's task is {task!r}")
+    out = np.asarray(predict(model, params, state, np.asarray(x)[None], task=task))[0]
+    pred = out.argmax(-1) if task == "segment" else out[..., 0]
+    target = np.asarray(target)
+    return [("input", np.asarray(x)[..., 0]), ("prediction", pred),
+            ("target", target if task == "segment" else target[..., 0])]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -232,6 +245,13 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
         curves(run, save=out)
         return f"wrote {out}"
     config, ds, model, params, state, step = load_run(run) if loaded is None else loaded
+    if what == "prediction":
+        if not 0 <= index < len(ds.x_test):
+            raise ValueError(f"--index {index} is out of range: the test set has {len(ds.x_test)} images")
+        panels = prediction_panels(config.task, model, params, state, ds.x_test[index], ds.y_test[index])
+        seg = config.task == "segment"
+        figures.side_by_side_figure(panels, out, cmaps=("gray", "tab20" if seg else "gray", "tab20" if seg else "gray"))
+        return f"wrote {out} (prediction, task {config.task}, test image {index}, run {run}, checkpoint step {step})"
     children = serial_children(model, f"--what {what}")
     names = layer_names(model)
     layer = None if layer is None else _resolve_layer(names, str(layer))

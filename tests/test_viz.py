@@ -146,3 +146,31 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, args, message):
     assert err.startswith("fcnn: error: " if "invalid choice" not in message else "fcnn viz: error: "), err
     assert message in err, err
     assert not os.path.exists(out)
+
+
+def test_prediction_panels_of_dense_tasks(tmp_path):
+    """input / prediction / target: the prediction is the model's own output (segment: its arg-max
+    class per pixel), the target the test target; classify runs are refused by name."""
+    pytest.importorskip("matplotlib")
+    from fcnn import figures
+    from fcnn.layers import Conv2D
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 8, 1)).astype(np.float32)
+    model = Conv2D(3, 3, padding="SAME")
+    _, params, state = model.init(jax.random.PRNGKey(0), (1, 8, 8, 1))
+    logits = np.asarray(model.apply(params, state, x[None])[0][0])
+    target = (np.arange(64) % 3).reshape(8, 8)
+    panels = viz.prediction_panels("segment", model, params, state, x, target)
+    assert [t for t, _ in panels] == ["input", "prediction", "target"]
+    np.testing.assert_array_equal(panels[1][1], logits.argmax(-1))
+    np.testing.assert_array_equal(panels[0][1], x[..., 0]) and np.testing.assert_array_equal(panels[2][1], target)
+    one = Conv2D(1, 3, padding="SAME")
+    _, p1, s1 = one.init(jax.random.PRNGKey(1), (1, 8, 8, 1))
+    den = viz.prediction_panels("denoise", one, p1, s1, x, x)
+    np.testing.assert_allclose(den[1][1], np.asarray(one.apply(p1, s1, x[None])[0][0, ..., 0]), rtol=1e-6)
+    path = str(tmp_path / "pred.png")
+    figures.side_by_side_figure(den, path, cmaps=("gray",) * 3)
+    assert open(path, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="this run's task is 'classify'"):
+        viz.prediction_panels("classify", one, p1, s1, x, 3)
