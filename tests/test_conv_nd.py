@@ -309,9 +309,9 @@ def _codes(a):
 def test_nonfinite_table(bad, where):
     """fcnn/ops/conv.py's table, measured: one non-finite input pixel or kernel tap (SAME padding).
     A bad pixel: every impl but fft has lax's pattern, the NumPy loop's; fft is NaN on every output
-    of the pixel's example and group. A bad tap: lax, custom_vjp and col2im skip the pads (the
-    outputs where the tap meets only padding stay finite); reference, im2col, taps and fft multiply
-    the zero pads (0 * NaN = NaN), like the NumPy loop; custom_vjp's and fft's dx do the same."""
+    of the pixel's example and group. A bad tap: lax, custom_vjp, col2im, reference and taps skip the
+    pads (the outputs where the tap meets only padding stay finite); im2col and fft multiply the zero
+    pads (0 * NaN = NaN), like the NumPy loop; custom_vjp's and fft's dx do the same."""
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(2, 8, 8, 4)), rng.normal(size=(3, 3, 2, 4))
     w[0, 0, 0, 0] = 0.0  # 0 * inf = NaN in that output
@@ -337,7 +337,7 @@ def test_nonfinite_table(bad, where):
         if where == "x":
             want = lax_z if impl != "fft" else np.pad(np.ones((1, 8, 8, 2), int), ((1, 0), (0, 0), (0, 0), (0, 2)))
         else:
-            want = lax_z if impl in ("lax", "custom_vjp", "col2im") else want_z
+            want = lax_z if impl in ("lax", "custom_vjp", "col2im", "reference", "taps") else want_z
         want_dx = (want_z[0] != 0).astype(int) if where == "w" and impl in ("custom_vjp", "fft") else lax_dx
         if impl == "fft":
             want, want_dx = (want != 0).astype(int), (want_dx != 0).astype(int)  # NaN only
@@ -365,7 +365,8 @@ X1, W1 = np.zeros((1, 5, 4)), np.zeros((3, 4, 4))
      r"padding_mode='circular' needs every pad <= the input size"),
     (lambda: conv(X1, W1, stride=(1, 2)), TypeError, "stride must be an int"),
     (lambda: conv(X1, W1, padding=((1, 1), (1, 1))), TypeError, "padding must be"),
-    (lambda: conv(X1, W1, impl="winograd"), ValueError, "impl must be one of"),
+    (lambda: conv(X1, W1, impl="fast"), ValueError, "impl must be one of"),
+    (lambda: conv(X1, W1, impl="winograd"), ValueError, r"impl='winograd' computes only 2-D .* got kernel \(3,\)"),
     (lambda: conv1d(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 2, 4))), ValueError, r"x must have rank 3 .*conv1d"),
     (lambda: conv3d(np.zeros((1, 5, 5, 4)), np.zeros((3, 3, 2, 4))), ValueError, r"x must have rank 5 .*conv3d"),
     (lambda: conv3d(np.zeros((1, 3, 3, 3, 4)), np.zeros((1, 1, 1, 2, 4)), layout="NCHW"), ValueError,

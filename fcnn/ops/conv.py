@@ -37,10 +37,10 @@ inf in x       lax ... taps (as above)       +-inf (the weight's sign) at     fi
                                              weight is 0 or +inf meets -inf                     -inf meet)
 inf in x       fft                           NaN at every output of example   finite            NaN at those taps
                                              n in c's group
-NaN/inf in w   lax, custom_vjp, col2im       NaN/+-inf at every output o      see below         finite
-(tap t, input  (XLA skips the pads)          whose tap t reads a real pixel
-c, output o)
-NaN/inf in w   reference, im2col, taps, fft  also NaN where tap t reads       see below         finite
+NaN/inf in w   lax, custom_vjp, col2im,      NaN/+-inf at every output o      see below         finite
+(tap t, input  reference, taps (skip the     whose tap t reads a real pixel
+c, output o)   pads' terms)
+NaN/inf in w   im2col, fft                   also NaN where tap t reads       see below         finite
                (explicit zero pads)          padding (0 * NaN); fft NaN only
 =============  ============================  ===============================  ================  ==================
 
@@ -49,9 +49,11 @@ output sums every coefficient, so one non-finite value reaches every output of i
 group (inf - inf and inf * 0 inside the transforms give NaN). Matching would need the non-finite
 positions convolved directly, a second convolution. ``impl="auto"`` never selects fft; for a
 non-finite x every implementation it selects has lax's pattern (tests/test_auto.py checks its whole
-table). A non-finite *kernel* with padding still separates the implementations that multiply
-explicit zero pads (reference, im2col, taps, fft; custom_vjp's dx) from those that skip them (lax,
-col2im): auto's "taps" (CPU, one input channel) is one of the former.
+table). A non-finite *kernel* with padding separates the implementations that multiply explicit
+zero pads (im2col, fft; custom_vjp's dx) from those that skip the pads' terms (lax, col2im, and the
+reference and taps, whose tap loop masks the outputs where a tap reads padding): every
+implementation auto selects (lax, taps, col2im) skips them, so auto keeps lax's pattern for
+non-finite x and w.
 
 Padding: anything ``shapes.normalize_padding`` accepts; "SAME" follows XLA (odd extra pad at the
 bottom/right). PyTorch's ``padding="same"`` also puts it at the end (pytorch/pytorch#45667) but

@@ -42,12 +42,14 @@ corresponding input dimension", "Padding value causes wrapping around more than 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
@@ -142,6 +144,17 @@ def _taps(xp, kernel: Sequence[int], out: Sequence[int], stride, dilation):
         yield t, lax.slice(xp, (0, *start, 0), (n, *limit, cin), (1, *stride, 1))
 
 
+def _reads_real_pixels(t, in_sizes, out, stride, pads, dilation):
+    """Static mask ``(*out,)`` of the outputs whose tap ``t`` reads a real pixel, not padding; None if
+    all do. The reference skips the pads' terms as lax does, so a non-finite weight never meets a
+    zero pad (0 * NaN = NaN): the non-finite table in fcnn/ops/conv.py."""
+    axes = [((np.arange(o) * s + ti * d - lo >= 0) & (np.arange(o) * s + ti * d - lo < size))
+            for ti, size, o, s, (lo, _), d in zip(t, in_sizes, out, stride, pads, dilation)]
+    if all(a.all() for a in axes):
+        return None
+    return functools.reduce(np.logical_and.outer, axes) if len(axes) > 1 else axes[0]
+
+
 # ----------------------------------------------------------------------------- implementations (channels-last)
 def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     """The formula: accumulate ``tap(t) . w[t]`` over the kernel taps, group by group."""
@@ -157,7 +170,9 @@ def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     z = jnp.zeros((n, *out, groups, dg), acc)
     for t, tap in _taps(xp, kernel, out, stride, dilation):
         tap = jnp.reshape(tap, (n, *out, groups, cg))  # (n, *out, g, cg)
-        z = z + jnp.einsum("n...kc,cko->n...ko", tap, wg[t], precision=precision, preferred_element_type=acc)
+        term = jnp.einsum("n...kc,cko->n...ko", tap, wg[t], precision=precision, preferred_element_type=acc)
+        real = _reads_real_pixels(t, x.shape[1:-1], out, stride, pads, dilation)
+        z = z + (term if real is None else jnp.where(real[None, ..., None, None], term, 0))
     return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
 
 
