@@ -23,6 +23,10 @@ with one realistic mistake, almost always in a hand-written backward rule (a ``c
     avg_pool_count_mismatch       avg_pool2d  forward divides by real cells, backward by   padding with
                                               kh*kw                                         count_include_pad=False
 
+N-d and decoder mutants (``fcnn.mutants_nd``, whose docstring tabulates them): ``ct_kernel_not_rotated``
+and ``ct_output_padding_at_start`` (conv_transpose), ``upsample_whole_pixel_centres`` (upsample),
+``conv3d_depth_stride_ignored`` (conv in 3-D).
+
 The conv mutants reuse ``ops.conv``'s own pieces (``make_custom_vjp_conv2d`` with one of
 ``conv2d_backward_input/kernel/bias`` called on altered arguments), so each differs from the
 shipped rule by exactly the named mistake. The max-pool mutants are ``ops.pool``'s own custom VJP
@@ -38,7 +42,7 @@ from typing import Callable, Dict, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fcnn import _checks, shapes
+from fcnn import _checks, mutants_nd, shapes
 from fcnn.ops import pool as pool_ops
 
 conv_ops = importlib.import_module("fcnn.ops.conv")  # the module: fcnn.ops.conv is the N-d conv function
@@ -50,7 +54,7 @@ class Mutant(NamedTuple):
     """A wrong implementation of one op."""
 
     name: str
-    op: str  # "conv2d", "max_pool2d" or "avg_pool2d"
+    op: str  # "conv2d", "max_pool2d", "avg_pool2d" or an N-d/decoder op of fcnn.sweep_nd
     bug: str  # what is wrong, in one line
     shows_on: str  # which configurations expose it
     fn: Callable  # same arguments as the op (without impl)
@@ -219,7 +223,7 @@ def _registry() -> Dict[str, Mutant]:
          "top/left padding", make_max_pool(crop_at_pad=False)),
         ("avg_pool_count_mismatch", "avg_pool2d", "forward divides by real cells, backward by kh*kw",
          "padding with count_include_pad=False", _avg_count_mismatch),
-    ]
+    ] + mutants_nd.ROWS
     return {r[0]: Mutant(*r) for r in rows}
 
 

@@ -1,7 +1,8 @@
 """Sweeps of ``fcnn.gradcheck`` over the conv/pool configuration grid (GRADCHECK.md), tables, the
 mutation-catch matrix and the ``fcnn gradcheck`` command.
 
-    fcnn gradcheck --op conv2d|max_pool2d|avg_pool2d|model|all [--impl IMPL]
+    fcnn gradcheck --op conv2d|max_pool2d|avg_pool2d|model|conv|conv_transpose|upsample|adaptive_pool|all
+                   [--impl IMPL]
                    [--dtype float32|float64] [--sweep quick|full] [--csv PATH] [--md PATH]
 
 prints one row per (case, check) and exits 1 when any check fails (2 on bad arguments).
@@ -13,7 +14,7 @@ implementation in the chosen dtype (float32 with ``precision="highest"``) agains
 ``second_order``. The quick sweep holds the configurations that expose every mutant in
 ``fcnn.mutants`` (stride > 1, stride != dilation, asymmetric and top/left padding, groups with
 cin/groups > 1, batch 2 with bias, SAME at stride 2 on an even size, overlapping pool windows,
-ties). The full sweep adds the conv grid (``conv_grid``: the one definition of it, which tests/test_conv.py runs
+ties; the N-d and decoder ops' cases are ``fcnn.sweep_nd``'s). The full sweep adds the conv grid (``conv_grid``: the one definition of it, which tests/test_conv.py runs
 too; about 300 cases) and the pool grid.
 """
 from __future__ import annotations
@@ -32,14 +33,16 @@ import numpy as np
 
 from fcnn import _checks
 from fcnn import gradcheck as gc
+from fcnn import sweep_nd
 from fcnn.ops import pool
 
 __all__ = ["Case", "CHECKS", "OPS", "CONV_AXES", "conv_grid", "cases", "run_case", "run_sweep", "Row",
            "format_markdown", "format_csv", "mutation_matrix", "matrix_markdown", "cli_main"]
 
 CHECKS = ("forward", "vjp", "fd_projection", "jacobian", "second_order")
-OPS = ("conv2d", "max_pool2d", "avg_pool2d", "model")
-DEFAULT_IMPL = {"conv2d": "custom_vjp", "max_pool2d": "custom_vjp", "avg_pool2d": "lax", "model": "custom_vjp"}
+OPS = ("conv2d", "max_pool2d", "avg_pool2d", "model") + sweep_nd.ND_OPS
+DEFAULT_IMPL = {"conv2d": "custom_vjp", "max_pool2d": "custom_vjp", "avg_pool2d": "lax", "model": "custom_vjp",
+                **sweep_nd.ND_DEFAULT_IMPL}
 FD_TOL = 1e-10  # float64 finite differences of (piecewise) linear ops: exact up to rounding
 # A model is nonlinear and has ReLU/max kinks: LeNet's parameter projection with eps 1e-5 crossed a
 # kink (3% error, lax and custom_vjp alike); eps 1e-7 (1e-6 for the gradient's differences) did not.
@@ -82,7 +85,7 @@ _QUICK = [
                                                       count_include_pad=False)),
     Case("avg_pool2d", "same_nchw", (2, 3, 6, 7), dict(window=2, padding="SAME", layout="NCHW")),
     Case("model", "lenet5", (2, 28, 28, 1), dict(model="lenet5")),
-]
+] + [Case(*c) for c in sweep_nd.QUICK_ND]
 
 
 # The conv grid (GRADCHECK.md), its one definition: the full sweep runs it and tests/test_conv.py
@@ -176,6 +179,8 @@ def _init(name: str, x_shape: Tuple[int, ...]):
 
 def _arguments(case: Case, dtype):
     """Positional arguments and their names."""
+    if case.op in sweep_nd.ND_OPS:
+        return sweep_nd.arguments(case, dtype)
     if case.op == "conv2d":
         cout = case.w_shape[3] if case.opts.get("layout", "NHWC") == "NHWC" else case.w_shape[0]
         args = [gc.random_normal(1, case.x_shape, dtype), gc.random_normal(2, case.w_shape, dtype)]
@@ -192,6 +197,8 @@ def _function(case: Case, impl, ties: str) -> Callable:
     """``f(*args)`` of the case for ``impl``: an impl name or a mutant's function."""
     from fcnn import ops
 
+    if case.op in sweep_nd.ND_OPS:
+        return sweep_nd.function(case, impl)
     if case.op == "conv2d":
         fn = impl if callable(impl) else (lambda *a, **k: ops.conv2d(*a, impl=impl, **k))
         return lambda *a: fn(*a, precision="highest", **case.opts)
@@ -223,6 +230,8 @@ def _policy(impl, ties: str) -> str:
 
 def _reference_impl(case: Case, impl, ties: str) -> str:
     """The implementation the case is compared with: another impl with the same tie policy."""
+    if case.op in sweep_nd.ND_OPS:
+        return sweep_nd.reference_impl(case, impl)
     if case.op == "conv2d" or case.op == "model":
         return "reference" if impl == "lax" else "lax"
     if case.op == "avg_pool2d":
@@ -263,7 +272,7 @@ def run_case(case: Case, impl, *, dtype=jnp.float64, ties: str = "first", platfo
     g = _function(case, ref_impl, _policy(impl, ties))
     results = gc.agreement(f, g, args, names=names, tol=gc.tolerance(dtype, platform, "highest"))
     is_model, ties_in = case.op == "model", case.inputs == "ties"
-    eps = 1e-7 if is_model else (1e-2 if case.op == "max_pool2d" else 1.0)
+    eps = 1e-7 if is_model else (1e-2 if case.op == "max_pool2d" else sweep_nd.fd_eps(case))
     tol = MODEL_FD_TOL if is_model else FD_TOL
     tangent = "ones" if ties_in else "normal"
     results += gc.fd_projection(f, args, eps=eps, names=names, tangent=tangent, tol=tol)
@@ -362,7 +371,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fcnn gradcheck", description="Gradient checks over the conv/pool grid (GRADCHECK.md).")
+    p = _Parser(prog="fcnn gradcheck", description="Gradient checks over the conv/pool/decoder grid (GRADCHECK.md).")
     p.add_argument("--op", default="all", choices=OPS + ("all",))
     p.add_argument("--impl", default=None, help="implementation under test (default: custom_vjp, avg: lax)")
     p.add_argument("--dtype", default="float64", choices=("float32", "float64", "bfloat16"),

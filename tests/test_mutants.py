@@ -33,6 +33,11 @@ EXPECT = {
     "pool_ties_all_as_first": ("ties_overlap", "overlap3", {"vjp", "fd_projection"}),
     "pool_grad_to_padding": ("pad_tl", "overlap3", {"vjp", "fd_projection", "jacobian"}),
     "avg_pool_count_mismatch": ("pad_excl", "overlap3", {"vjp", "fd_projection", "jacobian"}),
+    # fcnn.mutants_nd: three wrong forwards (autodiff backward: only agreement sees them), one wrong backward
+    "ct_kernel_not_rotated": ("ct1d_s3_op2", None, {"forward", "vjp"}),
+    "ct_output_padding_at_start": ("ct1d_s3_op2", "ct3d_ncdhw_same", {"forward", "vjp"}),  # SAME k2 s2: op 0
+    "upsample_whole_pixel_centres": ("bilinear_x23", "nearest2d_x2", {"forward", "vjp"}),
+    "conv3d_depth_stride_ignored": ("c3d_s211_same", "c3d_ncdhw_s121", {"vjp", "fd_projection", "jacobian"}),
 }
 
 

@@ -111,8 +111,10 @@ def test_tie_policy_table_is_pools():
 # whole-model finite-difference check); the conv and max-pool quick sweeps check under -m slow
 # what test_conv's and test_pool's default grids (VJPs against lax, reference and NumPy routing)
 # and the per-case tests above check.
-@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow if op in ("conv2d", "max_pool2d") else ())
-                                for op in sweep.OPS])
+# The N-d and decoder ops' command runs are under -m slow too (20-30 s each); tests/test_sweep_nd.py runs
+# one case of each by default.
+@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow if op in ("conv2d", "max_pool2d")
+                                             + sweep.sweep_nd.ND_OPS else ()) for op in sweep.OPS])
 def test_quick_sweep_exits_zero_for_every_op(op, tmp_path, capsys):
     md, csv_path = tmp_path / "t.md", tmp_path / "t.csv"
     assert sweep.cli_main(["--op", op, "--md", str(md), "--csv", str(csv_path)]) == 0
