@@ -32,9 +32,10 @@ import jax.numpy as jnp
 from fcnn import _checks, ops, shapes
 from fcnn import init as initializers
 from fcnn.layers_nd import (any_rank_shape, channels_last, check_any_rank, check_fits, check_image, geometry_text,
-                            image_shape, kernel_options, kernel_params, kernel_shape, padding_text,
+                            kernel_input, kernel_options, kernel_params, kernel_shape, padding_text,
                             rank_layout)
-from fcnn.types import Layer, LayerInfo, check_key, describe
+from fcnn.ops.conv_transpose import CONV_TRANSPOSE_CHOICES
+from fcnn.types import Layer, LayerInfo, describe
 
 __all__ = ["ConvTranspose1D", "ConvTranspose2D", "ConvTranspose3D", "Upsample", "conv_transpose_layer"]
 
@@ -54,7 +55,7 @@ def conv_transpose_layer(name, rank, out_channels, kernel, *, stride=1, padding=
     kernel, stride, dilation, groups, layout = o["kernel"], o["stride"], o["dilation"], o["groups"], o["layout"]
     # the padding spelling and PyTorch's output_padding rule, with a dummy input size
     shapes.conv_transpose_padding(padding, output_padding, (1,) * rank, kernel, stride, dilation)
-    impl = _checks.choice(impl, ops.CONV_TRANSPOSE_IMPLS, "impl")
+    impl = _checks.choice(impl, CONV_TRANSPOSE_CHOICES, "impl")
     geo = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups,
                layout=layout)
     seen = {}  # init's last in_shape, only to word apply's errors
@@ -63,11 +64,7 @@ def conv_transpose_layer(name, rank, out_channels, kernel, *, stride=1, padding=
         return kernel_shape(kernel, o["out_channels"] // groups, cin, layout)
 
     def init(key, in_shape):
-        key = check_key(key, f"{name}.init")
-        seen["in"] = in_shape = image_shape(in_shape, layout)
-        cin = shapes.channel_dim(in_shape, layout)
-        if cin % groups:
-            raise ValueError(f"groups={groups} must divide the input channels ({cin}) of in_shape {in_shape}")
+        key, in_shape, cin = kernel_input(name, key, in_shape, layout, groups, seen)
         ws = w_shape(cin)
         out_shape = shapes.conv_transpose_output_shape(in_shape, ws, **geo)
         return out_shape, kernel_params(key, ws, o["out_channels"], layout, groups, o["use_bias"], o["w_init"],
@@ -115,7 +112,7 @@ def ConvTranspose2D(out_channels, kernel, *, stride=1, padding=0, output_padding
       output_padding: int or one per dim, ``< max(stride, dilation)``, extra rows at the end (0 with
         a string padding).
       layout: NHWC (kernel HWIO) or NCHW (kernel OIHW = PyTorch's weight).
-      impl: one of ``ops.CONV_TRANSPOSE_IMPLS``. precision, use_bias, w_init, b_init, param_dtype:
+      impl: one of ``ops.CONV_TRANSPOSE_IMPLS`` or "auto". precision, use_bias, w_init, b_init, param_dtype:
         as ``fcnn.layers.Conv2D``.
     Params:
       {"w": (kh, kw, out_channels/groups, cin) HWIO or (cin, out_channels/groups, kh, kw) OIHW,

@@ -61,6 +61,7 @@ from fcnn.decoder import ConvTranspose1D, ConvTranspose2D, ConvTranspose3D, Upsa
 from fcnn.layers import (BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool2D, GlobalMaxPool2D, MaxPool2D,
                          Relu)
 from fcnn.layers_nd import Conv1D, Conv3D, GlobalAvgPool, MaxPool1D, MaxPool3D
+from fcnn.ops.conv_transpose import CONV_TRANSPOSE_CHOICES
 from fcnn.types import InputShapeError, Layer, LayerInfo, check_shape, describe, shape_text
 
 __all__ = ["lenet5", "example_net", "small_vgg", "small_resnet", "resnet18", "resnet34", "unet", "conv_autoencoder",
@@ -234,6 +235,8 @@ def unet(num_classes: int = 2, *, depth: int = 2, width: int = 16, decoder: str 
     The module docstring gives the structure. ``depth``: number of 2x downsamplings (every spatial size
     must be a multiple of 2**depth); ``width``: channels at the top level (doubled per level);
     ``decoder``: "transpose" or "upsample"; ``rank``: 1, 2 or 3 spatial dims (channels-last).
+    ``impl`` also sets the transposed conv's implementation where it has one of that name (lax,
+    reference, custom_vjp, auto), else "lax".
     """
     num_classes = _checks.positive_int(num_classes, "num_classes")
     depth = _checks.positive_int(depth, "depth")
@@ -248,7 +251,7 @@ def unet(num_classes: int = 2, *, depth: int = 2, width: int = 16, decoder: str 
 
     def up(c):
         if decoder == "transpose":
-            return conv_t(c, 2, stride=2)
+            return conv_t(c, 2, stride=2, impl=impl if impl in CONV_TRANSPOSE_CHOICES else "lax")
         return serial(Upsample(2, method=interp), conv(c, 1, impl=impl))
 
     def level(d):

@@ -164,3 +164,81 @@ def test_auto_max_pool_keeps_the_nonfinite_gradient_of_custom_vjp():
     assert g("auto")[0, 0, 0, 0] == 1.0  # the first NaN (PyTorch: the last; pool.py's table)
     assert g("lax")[0, 0, 0, 3] == 1.0  # XLA's >= scan: the last cell, 2.0 (why auto never picks lax)
 
+
+
+# ----------------------------------------------------------------------------- transposed convolution
+UNET_UP = ((8, 32, 32, 64), (2, 2, 32, 64))  # bench_decoder's ct-k2s2: 64 -> 32 channels, 32x32 -> 64x64
+
+
+def test_conv_transpose_table():
+    # CPU, stride > 1: custom_vjp (fwd+bwd 0.06-0.1x lax's on every measured shape: lax's gradient of the
+    # lhs-dilated conv is slow on XLA:CPU, docs/benchmarks.md); stride 1, groups, GPU and TPU: lax
+    sel = auto.select_conv_transpose_impl
+    assert sel("cpu", *UNET_UP, stride=2) == "custom_vjp"
+    assert sel("cpu", (8, 32, 32, 64), (4, 4, 32, 64), stride=2) == "custom_vjp"
+    assert sel("cpu", (8, 2048, 64), (2, 32, 64), stride=2) == "custom_vjp"  # 1-D
+    assert sel("cpu", (4, 8, 8, 8, 64), (2, 2, 2, 32, 64), stride=(1, 2, 2)) == "custom_vjp"  # 3-D, mixed
+    assert sel("cpu", (8, 64, 32, 32), (64, 32, 2, 2), stride=2, layout="NCHW") == "custom_vjp"
+    assert sel("cpu", *UNET_UP) == "lax"  # stride 1: no lhs dilation
+    assert sel("cpu", (8, 32, 32, 64), (2, 2, 16, 64), stride=2, groups=2) == "lax"
+    for p in ("gpu", "cuda", "tpu"):
+        assert sel(p, *UNET_UP, stride=2) == "lax"
+    with pytest.raises(TypeError, match="stride must be an int or a pair"):
+        sel("cpu", *UNET_UP, stride=(2, 2, 2))
+
+
+@functools.lru_cache(maxsize=None)
+def _ct_value_and_grad(x_shape, w_shape, stride, padding, output_padding, impl):
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[-2])
+
+    def loss(x, w, b):
+        return jnp.sum(jnp.sin(ops.conv_transpose(x, w, b, stride=stride, padding=padding,
+                                                  output_padding=output_padding, impl=impl)))
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, w, b)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,output_padding", [
+    ((2, 5, 4, 6), (2, 2, 3, 6), 2, 0, 0), ((2, 5, 4, 6), (4, 4, 3, 6), 2, 1, 1),
+    ((2, 7, 4), (3, 2, 4), 3, ((1, 0),), 2), ((1, 3, 2, 3, 4), (2, 3, 2, 2, 4), (1, 2, 2), 0, 0)])
+def test_auto_conv_transpose_agrees_with_lax(x_shape, w_shape, stride, padding, output_padding):
+    """conv_transpose(impl="auto") (custom_vjp on this CPU) gives lax's value and gradients (float64)."""
+    want = _ct_value_and_grad(x_shape, w_shape, stride, padding, output_padding, "lax")
+    got = _ct_value_and_grad(x_shape, w_shape, stride, padding, output_padding, "auto")
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+
+
+def test_auto_conv_transpose_never_changes_the_nonfinite_pattern():
+    """Over the whole table (platforms, ranks, layouts, strides, groups) auto picks lax or custom_vjp,
+    and custom_vjp has lax's NaN/inf pattern in z, dx, dw and db for a non-finite pixel of x and a
+    non-finite kernel tap, with a crop (padding) and output_padding (the rows no input reaches)."""
+    chosen = set()
+    for platform in ("cpu", "gpu", "tpu", None):
+        for r in (1, 2, 3):
+            for layout, s, groups in itertools.product(shapes.LAYOUTS_BY_RANK[r], (1, 2, 3), (1, 2)):
+                x = shapes.make_shape(2, (5,) * r, 4, layout)
+                w = (*(3,) * r, 4 // groups, 4) if shapes.is_channels_last(layout) else (4, 4 // groups, *(3,) * r)
+                chosen.add(auto.select_conv_transpose_impl(platform, x, w, stride=s, groups=groups, layout=layout))
+    assert chosen == {"lax", "custom_vjp"}
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(2, 4, 5, 3)), rng.normal(size=(3, 3, 2, 3)), rng.normal(size=(2,))
+    ct = rng.normal(size=(2, 8, 10, 2))  # out = (in-1)*2 - 2 + 3 + 1
+    for bad, where in itertools.product((np.nan, np.inf, -np.inf), ("x", "w")):
+        xb, wb = x.copy(), w.copy()
+        if where == "x":
+            xb[1, 2, 3, 0] = bad
+        else:
+            wb[0, 2, 1, 2] = bad
+
+        def codes(impl):
+            z, pull = jax.vjp(lambda x, w, b: ops.conv_transpose(x, w, b, stride=2, padding=1, output_padding=1,
+                                                                 impl=impl), xb, wb, b)
+            return [np.where(np.isnan(a), 1, np.where(np.isinf(a), 2 + np.sign(a), 0)) for a in (z, *pull(ct))]
+
+        want = codes("lax")
+        assert np.count_nonzero(want[0]) > 0
+        for impl in chosen:
+            for a, c in zip(codes(impl), want):
+                np.testing.assert_array_equal(a, c, err_msg=f"{impl} {bad} in {where}")

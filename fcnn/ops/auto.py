@@ -43,7 +43,8 @@ from typing import Optional, Sequence
 
 from fcnn import shapes
 
-__all__ = ["select_conv_impl", "select_pool_impl", "normalize_platform", "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN"]
+__all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
+           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
@@ -87,6 +88,33 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
             return "taps"
         if cin_g <= CPU_COL2IM_MAX_CIN:
             return "col2im"
+    return "lax"
+
+
+def select_conv_transpose_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: Sequence[int], *,
+                               stride=1, dilation=1, groups: int = 1, layout: Optional[str] = None) -> str:
+    """The transposed-conv implementation to use on ``platform`` (``conv_transpose(impl="auto")``).
+
+    "custom_vjp" on CPU when a stride is > 1 (groups 1), else "lax". Both run the same forward (lax's
+    lhs-dilated convolution); custom_vjp's backward is a plain strided conv (dx) and a correlation (dw),
+    while autodiff of lax's lhs-dilated conv is 10-16x slower on XLA:CPU (experiments/bench_decoder.py,
+    docs/benchmarks.md: U-Net decoder shapes, 2-D k=2/s=2 and k=4/s=2/p=1, 1-D and 3-D k=2/s=2).
+    Its non-finite pattern is lax's (tests/test_auto.py). Stride 1 has no lhs dilation (lax's gradient
+    is then plain convs too), grouped and GPU transposed convs were not measured: "lax".
+
+    Args:
+      platform: as ``select_conv_impl``. x_shape: the transposed conv's input, (n, *spatial, cout)
+        channels-last or (n, cout, *spatial). w_shape: its kernel in ``shapes.kernel_layout(layout)``.
+      stride, dilation, groups, layout: as in ``conv_transpose`` (padding does not change the choice).
+    """
+    p = normalize_platform(platform)
+    layout = shapes.normalize_layout(layout, len(x_shape))
+    rank = shapes.layout_rank(layout)
+    shapes.kernel_parts(tuple(w_shape), layout)
+    stride = shapes.normalize_tuple(stride, "stride", rank)
+    shapes.normalize_tuple(dilation, "dilation", rank)
+    if p == "cpu" and groups == 1 and max(stride) > 1:
+        return "custom_vjp"
     return "lax"
 
 

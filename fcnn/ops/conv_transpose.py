@@ -72,11 +72,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.ops import auto as _auto
 from fcnn.ops.conv_nd import check_precision, conv
 
-__all__ = ["CONV_TRANSPOSE_IMPLS", "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
+__all__ = ["CONV_TRANSPOSE_IMPLS", "CONV_TRANSPOSE_CHOICES", "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 
 CONV_TRANSPOSE_IMPLS = ("lax", "reference", "conv_vjp", "custom_vjp")
+# "auto" resolves to one of CONV_TRANSPOSE_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
+CONV_TRANSPOSE_CHOICES = CONV_TRANSPOSE_IMPLS + ("auto",)
 
 
 class _Geometry(NamedTuple):
@@ -95,7 +98,7 @@ def _dimension_numbers(rank: int):
 
 def _geometry(x, w, b, stride, padding, output_padding, dilation, groups, layout, impl):
     """Validate every argument before any computation; return (layout, geometry, dtype)."""
-    _checks.choice(impl, CONV_TRANSPOSE_IMPLS, "impl")
+    _checks.choice(impl, CONV_TRANSPOSE_CHOICES, "impl")
     x_shape, w_shape = jnp.shape(x), jnp.shape(w)
     out_shape = shapes.conv_transpose_output_shape(x_shape, w_shape, stride=stride, padding=padding,
                                                    output_padding=output_padding, dilation=dilation,
@@ -246,7 +249,8 @@ def conv_transpose(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilat
       output_padding: int or one per dimension, ``< max(stride, dilation)``, added at the end
         (0 with a string padding).
       groups: divides cin and cout. layout: None (channels-last) or any of ``shapes.ALL_LAYOUTS``.
-      impl: one of ``CONV_TRANSPOSE_IMPLS``. precision: as ``ops.conv2d``.
+      impl: one of ``CONV_TRANSPOSE_IMPLS`` or "auto" (one per platform and shape from measurements:
+        ``fcnn.ops.auto.select_conv_transpose_impl``). precision: as ``ops.conv2d``.
     Returns:
       (n, *out, cin) / (n, cin, *out), ``out = (in-1)*s - lo - hi + d*(k-1) + output_padding + 1``.
     Raises:
@@ -254,6 +258,9 @@ def conv_transpose(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilat
     """
     layout, g, dtype = _geometry(x, w, b, stride, padding, output_padding, dilation, groups, layout, impl)
     precision = check_precision(precision)
+    if impl == "auto":
+        impl = _auto.select_conv_transpose_impl(jax.default_backend(), jnp.shape(x), jnp.shape(w), stride=g.stride,
+                                                dilation=g.dilation, groups=g.groups, layout=layout)
     x, w = _to_channels_last(jnp.asarray(x, dtype), jnp.asarray(w, dtype), layout)
     b = None if b is None else jnp.asarray(b, dtype)
     if impl == "custom_vjp":
