@@ -153,6 +153,17 @@ def kernel_params(key, ws, n_bias, layout, groups, use_bias, w_init, b_init, par
     return params
 
 
+def kernel_input(name, key, in_shape, layout, groups, seen):
+    """A kernel layer's init prologue: ``(key, in_shape, cin)`` checked (a PRNG key, the layout's rank,
+    ``groups`` dividing the input channels); ``seen["in"]`` records in_shape for apply's errors."""
+    key = check_key(key, f"{name}.init")
+    seen["in"] = in_shape = image_shape(in_shape, layout)
+    cin = shapes.channel_dim(in_shape, layout)
+    if cin % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({cin}) of in_shape {in_shape}")
+    return key, in_shape, cin
+
+
 def kernel_options(rank, out_channels, kernel, stride, dilation, groups, layout, precision, use_bias, w_init, b_init,
                    param_dtype) -> dict:
     """The validated arguments every kernel layer (conv, transposed conv) takes."""
@@ -186,11 +197,7 @@ def conv_layer(name, rank, out_channels, kernel, *, stride=1, padding="VALID", d
     seen = {}  # init's last in_shape, only to word apply's errors
 
     def init(key, in_shape):
-        key = check_key(key, f"{name}.init")
-        seen["in"] = in_shape = image_shape(in_shape, layout)
-        cin = shapes.channel_dim(in_shape, layout)
-        if cin % groups:
-            raise ValueError(f"groups={groups} must divide the input channels ({cin}) of in_shape {in_shape}")
+        key, in_shape, cin = kernel_input(name, key, in_shape, layout, groups, seen)
         ws = kernel_shape(kernel, cin // groups, o["out_channels"], layout)
         out_shape = shapes.conv_output_shape(in_shape, ws, **geo)
         in_sizes = shapes.spatial_dims(in_shape, layout)

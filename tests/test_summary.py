@@ -117,3 +117,18 @@ def test_an_input_too_small_names_in_shape_the_layer_and_its_input():
         summary(nested, (1, 5, 5, 1))
     with pytest.raises(ValueError, match=r"^in_shape \(1, 5, 5, 1\) does not fit the model: Conv2D given inputs"):
         summary(L.Conv2D(4, 7), (1, 5, 5, 1))
+
+
+def test_undefined_receptive_field_shows_a_dash_and_propagates():
+    """A transposed conv has no integer receptive field: its row, the rows after it and a combinator with it
+    on one path read "-" (None); a path without one keeps its numbers (hand-computed: 3x3 then 2x2 s2 pool)."""
+    from fcnn import ConvTranspose2D, skip_concat
+
+    up = serial(L.MaxPool2D(2), ConvTranspose2D(2, 2, stride=2))
+    net = serial(L.Conv2D(2, 3, padding="SAME"), skip_concat(up), L.Conv2D(1, 1))
+    s = summary(net, (1, 8, 8, 1))
+    rf = {r.name: (r.rf, r.jump) for r in s.rows}
+    assert rf["0.Conv2D"] == (3, 1) and rf["0.MaxPool2D"] == (4, 2) and rf["0.identity"] == (3, 1)
+    assert rf["1.ConvTranspose2D"] == rf["1.branches"] == rf["2.Conv2D"] == (None, None) and s.rf is None
+    assert [r.params for r in s.rows if r.params] == [9 * 2 + 2, 2 * 2 * 2 * 2 + 2, 4 * 1 + 1]
+    assert str(s).splitlines()[-1].split()[-1] == "-" and s.out_shape == (1, 8, 8, 1)
