@@ -31,7 +31,7 @@ VGG = dict(hw=32, cin=3, convs=[(3, 64, "SAME", False), (3, 128, "SAME", True), 
                                 (3, 512, "SAME", True)], dense=[], gmax=True)
 NETS = {"lenet": LENET, "vgg": VGG, "resnet18": bench_resnet.SPEC}
 # ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
-RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "linen", "torch", "torch_compile")
+RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "linen", "torch", "torch_compile")
 
 
 def supports(framework: str, net: str) -> bool:
@@ -127,14 +127,19 @@ def _jit_step(loss_fn, tx):
 
 
 # ----------------------------------------------------------------------------- fcnn
-def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto", unroll=1):
+# XLA:CPU compile option that sends convolutions back to Eigen instead of YNNPACK (docs/perf_notes.md).
+YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto", unroll=1, options=None):
     """fcnn's own train step (``make_train_step``); k > 1 runs k steps per dispatch.
 
     ``impl``/``pool_impl`` "auto" pick each layer's implementation with ``fcnn.ops.auto``
-    (what ``conv2d(impl="auto")`` would do at trace time).
+    (what ``conv2d(impl="auto")`` would do at trace time). ``options``: XLA compile options
+    for the step (``jit(...).lower(...).compile(options)``), e.g. ``YNN_OFF``.
     """
     if net == "resnet18":
-        return bench_resnet.build_fcnn(n, dtype_policy, k, impl=impl, unroll=unroll)
+        return bench_resnet.build_fcnn(n, dtype_policy, k, impl=impl, unroll=unroll, options=options)
     import jax
     import jax.numpy as jnp
 
@@ -146,13 +151,23 @@ def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto",
     _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
     opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
     train_step = make_train_step(model, opt, steps_per_call=k, dtype_policy=dtype_policy, unroll=unroll)
+    return fcnn_bench(train_step, params, state, opt.init(params), _jax_data(n, spec, k), k, options)
+
+
+def fcnn_bench(train_step, params, state, opt_state, batch, k=1, options=None):
+    """A ``Bench`` of a ``make_train_step`` step; ``options`` compiles it ahead of time with them."""
+    import jax
+    import jax.numpy as jnp
+
     key = jax.random.PRNGKey(1)
     keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
+    if options is not None:
+        train_step = train_step.lower(params, state, opt_state, batch, keys).compile(options)
 
     def step(carry, batch):
         return train_step(*carry, batch, keys)[:3]
 
-    return Bench(step, (params, state, opt.init(params)), _jax_data(n, spec, k), _jax_block, k)
+    return Bench(step, (params, state, opt_state), batch, _jax_block, k)
 
 
 def build_fcnn_unroll(net, n, dtype_policy, device, k=1):
@@ -162,6 +177,11 @@ def build_fcnn_unroll(net, n, dtype_policy, device, k=1):
     iteration; unrolled, the k steps are one straight sequence of kernels (longer compile).
     """
     return build_fcnn(net, n, dtype_policy, device, k=k, unroll=k)
+
+
+def build_fcnn_ynn_off(net, n, dtype_policy, device, k=1):
+    """fcnn's step compiled with ``YNN_OFF`` (XLA:CPU's Eigen convolutions instead of YNNPACK's)."""
+    return build_fcnn(net, n, dtype_policy, device, k, options=YNN_OFF)
 
 
 def build_fcnn_lax(net, n, dtype_policy, device, k=1):
@@ -530,6 +550,7 @@ BUILDERS = {
     "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
     "fcnn_unroll": build_fcnn_unroll,  # k steps per dispatch, scan fully unrolled
     "fcnn_lax": build_fcnn_lax,
+    "fcnn_ynn_off": build_fcnn_ynn_off,
     "lax": build_lax,
     "stax": build_stax,
     "linen": build_linen,
@@ -540,7 +561,7 @@ BUILDERS = {
     "torch_compile": build_torch_compile,
 }
 LABELS = {
-    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_unroll": "fcnn (k steps, unrolled)",
+    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_ynn_off": "fcnn, YNNPACK conv off", "fcnn_unroll": "fcnn (k steps, unrolled)",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
     "torch": "torch eager (channels_last)", "torch_compile": "torch.compile",

@@ -40,9 +40,8 @@ def fcnn_model(impl="auto"):
     return models.small_resnet(widths=SPEC["widths"], blocks_per_stage=SPEC["blocks"], impl=impl)
 
 
-def build_fcnn(n, dtype_policy, k=1, impl="auto", unroll=1):
+def build_fcnn(n, dtype_policy, k=1, impl="auto", unroll=1, options=None):
     import jax
-    import jax.numpy as jnp
 
     import bench_peers
     from fcnn.optim import make_optimizer
@@ -52,14 +51,8 @@ def build_fcnn(n, dtype_policy, k=1, impl="auto", unroll=1):
     _, params, state = model.init(jax.random.PRNGKey(0), (n, SPEC["hw"], SPEC["hw"], SPEC["cin"]))
     opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
     train_step = make_train_step(model, opt, steps_per_call=k, dtype_policy=dtype_policy, unroll=unroll)
-    key = jax.random.PRNGKey(1)
-    keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
-
-    def step(carry, batch):
-        return train_step(*carry, batch, keys)[:3]
-
-    return bench_peers.Bench(step, (params, state, opt.init(params)), bench_peers._jax_data(n, SPEC, k),
-                             bench_peers._jax_block, k)
+    return bench_peers.fcnn_bench(train_step, params, state, opt.init(params), bench_peers._jax_data(n, SPEC, k), k,
+                                  options)
 
 
 def build_linen(n, dtype_policy):

@@ -15,7 +15,10 @@ Variants (one model per variant, same init, same data, SGD momentum 0.9):
   default implementations;
 - ``user_auto``: the same step over ``models.X(impl="auto", pool_impl="auto")``;
 - ``user_auto_donate``: ``user_auto`` with ``donate_argnums=(0, 1, 2)``;
-- ``user_plain``: ``jax.jit(plain_train_step(model, opt))``, fcnn's body in the user's jit.
+- ``user_plain``: ``jax.jit(plain_train_step(model, opt))``, fcnn's body in the user's jit;
+- ``fcnn_ynn_off``, ``user_auto_ynn_off``: ``fcnn`` and ``user_auto`` compiled with the XLA:CPU
+  option ``xla_cpu_experimental_ynn_fusion_type=""`` (convolutions by Eigen, not YNNPACK;
+  ``jit(...).lower(...).compile(options)``, so both settings are timed in one process).
 
 With ``--dtype bf16`` the fcnn variants use ``dtype_policy="bf16"`` and the user variants cast
 inside the loss as a user would (params and x to bfloat16, logits back to float32), plus
@@ -39,10 +42,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import carrying, side_by_side  # noqa: E402
 
-VARIANTS = ("fcnn", "fcnn_nodonate", "user_default", "user_auto", "user_auto_donate", "user_plain")
+VARIANTS = ("fcnn", "fcnn_nodonate", "user_default", "user_auto", "user_auto_donate", "user_plain", "fcnn_ynn_off",
+            "user_auto_ynn_off")
 BF16_VARIANTS = VARIANTS + ("user_bf16_outside",)
-MODEL_NAMES = {"lenet": "lenet5", "vgg": "small_vgg"}
-INPUTS = {"lenet": (28, 28, 1), "vgg": (32, 32, 3)}
+MODEL_NAMES = {"lenet": "lenet5", "vgg": "small_vgg", "resnet18": None}  # None: bench_resnet's model
+INPUTS = {"lenet": (28, 28, 1), "vgg": (32, 32, 3), "resnet18": (32, 32, 3)}
 
 
 def parse_args(argv=None):
@@ -95,11 +99,16 @@ def build(name, args):
     from fcnn import models
     from fcnn.step import make_train_step, plain_train_step
 
+    import bench_resnet
+
     auto = dict(impl="auto", pool_impl="auto")
-    model = models.get_model(MODEL_NAMES[args.net], **({} if name == "user_default" else auto))
+    if MODEL_NAMES[args.net] is None:
+        model = bench_resnet.fcnn_model("lax" if name == "user_default" else "auto")
+    else:
+        model = models.get_model(MODEL_NAMES[args.net], **({} if name == "user_default" else auto))
     _, params, state = model.init(jax.random.PRNGKey(0), (args.batch,) + INPUTS[args.net])
     tx = bench_peers._sgd()
-    if name in ("fcnn", "fcnn_nodonate"):
+    if name in ("fcnn", "fcnn_nodonate", "fcnn_ynn_off"):
         step = make_train_step(model, tx, dtype_policy=args.dtype, donate=name == "fcnn")
     elif name == "user_plain":
         step = jax.jit(plain_train_step(model, tx, dtype_policy=args.dtype))
@@ -137,9 +146,13 @@ def main(argv=None):
     calls, hlo_rows = {}, []
     for name in names:
         step, params, state, opt_state = build(name, args)
+        options = bench_peers.YNN_OFF if name.endswith("_ynn_off") else None
+        if args.hlo or options is not None:
+            compiled = step.lower(params, state, opt_state, batch, key).compile(options)
+            step = compiled if options is not None else step
         if args.hlo:
             os.makedirs(args.hlo, exist_ok=True)
-            text = step.lower(params, state, opt_state, batch, key).compile().as_text()
+            text = compiled.as_text()
             with open(os.path.join(args.hlo, f"{args.net}_{args.dtype}_{name}.txt"), "w") as f:
                 f.write(text)
             hlo_rows.append((name, census(text)))
