@@ -36,7 +36,7 @@ from fcnn import gradcheck as gc
 from fcnn import sweep_nd
 from fcnn.ops import pool
 
-__all__ = ["Case", "CHECKS", "OPS", "CONV_AXES", "conv_grid", "cases", "run_case", "run_sweep", "Row",
+__all__ = ["Case", "CHECKS", "OPS", "CONV_AXES", "conv_grid", "cases", "computes", "run_case", "run_sweep", "Row",
            "format_markdown", "format_csv", "mutation_matrix", "matrix_markdown", "cli_main"]
 
 CHECKS = ("forward", "vjp", "fd_projection", "jacobian", "second_order")
@@ -293,11 +293,25 @@ def run_case(case: Case, impl, *, dtype=jnp.float64, ties: str = "first", platfo
     return rows
 
 
+def computes(case: Case, impl: str) -> bool:
+    """Whether implementation ``impl`` computes ``case`` (``ops.conv_impls_for`` for conv2d cases)."""
+    from fcnn import ops, shapes
+
+    if case.op != "conv2d" or impl not in ops.RESTRICTED_IMPLS:
+        return True
+    layout = case.opts.get("layout", "NHWC")
+    kernel = shapes.kernel_parts(case.w_shape, layout)[0]
+    return impl in ops.conv_impls_for(kernel, shapes.normalize_pair(case.opts.get("stride", 1), "stride"),
+                                      shapes.normalize_pair(case.opts.get("dilation", 1), "dilation"))
+
+
 def run_sweep(op: str, impl=None, *, sweep: str = "quick", dtype=jnp.float64, ties: str = "first",
               impl_name: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> List[Row]:
     """``run_case`` over ``cases(op, sweep)``; ``impl=None`` takes each op's ``DEFAULT_IMPL``."""
     rows = []
     for case in cases(op, sweep):
+        if isinstance(impl, str) and not computes(case, impl):
+            continue  # a restricted implementation (winograd) runs on the cases its rule admits
         rows += run_case(case, DEFAULT_IMPL[case.op] if impl is None else impl, dtype=dtype, ties=ties,
                          impl_name=impl_name)
         if progress is not None:

@@ -128,3 +128,14 @@ def test_command_rejects_bad_arguments(capsys):
     assert sweep.cli_main(["--op", "dense"]) == 2
     assert sweep.cli_main(["--mutant", "no_such_bug", "--op", "conv2d"]) == 2
     assert "mutant must be one of" in capsys.readouterr().err
+
+
+def test_winograd_sweeps_the_cases_its_rule_admits():
+    """impl='winograd' (3x3, stride 1, dilation 1 only) joins the gradcheck sweep on the quick conv
+    cases it computes, and every check passes there: forward and hand-derived VJP against lax, finite
+    differences, the Jacobian and second order."""
+    admitted = [c.name for c in sweep.cases("conv2d") if sweep.computes(c, "winograd")]
+    assert admitted == ["basic"]
+    rows = sweep.run_sweep("conv2d", "winograd")
+    assert {r.case for r in rows} == {"basic"} and len(rows) == len(sweep.CHECKS)
+    assert all(r.status == "pass" for r in rows), [(r.check, r.status) for r in rows]
