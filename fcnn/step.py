@@ -9,7 +9,8 @@ The train step is fcnn's one jit boundary (evaluation has its own, forward-only)
     k > 1 : batch = (x (k, n, ...), y (k, n, ...)),    key = (k, 2) keys, one per step
     metrics = {"loss": (), "sums": {metric name: its batch sums}}   (a leading (k,) for k > 1; the
               loss excludes the l2 term; the sums are the task's metrics' ``batch_sums`` over the
-              batch, to add up on the host and finalize: ``fcnn.metrics``)
+              batch, to add up on the host and finalize: ``fcnn.metrics``), and for a task with
+              an accuracy metric (classify) "accuracy": () too, the batch's accuracy
 
 A task (``fcnn.tasks``: a name such as "classify", "segment", "denoise", or a ``Task``) says what
 the outputs are trained for: its loss and its metrics. ``task=None`` is "classify", today's
@@ -210,7 +211,10 @@ def plain_train_step(
         new_params = optax.apply_updates(params, updates)
         new_opt_state = _restore_dtypes(new_opt_state, opt_state)
         total = sums if axis_name is None else jax.lax.psum(sums, axis_name)
-        return new_params, new_state, new_opt_state, {"loss": mean(loss), "sums": total}
+        metrics = {"loss": mean(loss), "sums": total}
+        if "accuracy" in total:  # classification's per-batch accuracy, as the step always returned it
+            metrics["accuracy"] = total["accuracy"]["correct"] / total["accuracy"]["count"]
+        return new_params, new_state, new_opt_state, metrics
 
     def many_steps(params, state, opt_state, batch, keys):
         check_key(keys, f"the train step (steps_per_call={steps_per_call})", steps=steps_per_call)

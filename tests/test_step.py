@@ -47,6 +47,10 @@ def test_sgd_step_with_l2_matches_hand_update(data):
         np.testing.assert_allclose(new[name], p0[name] - lr * data_grad[name], rtol=1e-5, atol=1e-7)
     # the reported loss is the data loss, without the penalty
     np.testing.assert_allclose(m["loss"], softmax_cross_entropy(model.apply(p0, {}, x)[0], y), rtol=1e-6)
+    # classify's metrics: the batch's accuracy (as the step always reported) and its sums, counted by NumPy
+    correct = int(np.sum(np.argmax(np.asarray(model.apply(p0, {}, x)[0]), -1) == np.asarray(y)))
+    assert (int(m["sums"]["accuracy"]["correct"]), int(m["sums"]["accuracy"]["count"])) == (correct, 32)
+    assert float(m["accuracy"]) == pytest.approx(correct / 32, abs=1e-7)
 
 
 @pytest.mark.parametrize("unroll", [1, 2, 4])
