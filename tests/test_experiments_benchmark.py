@@ -177,3 +177,46 @@ def test_benchmark_skips_frameworks_without_a_resnet(experiment, tmp_path):
                        "--out", str(tmp_path / "b")])
     assert [r["skipped"] for r in rows] == ["not written: resnet18 is written for fcnn, fcnn_lax, linen, torch, "
                                             "torch_compile only"]
+
+
+def test_user_step_compiles_to_make_train_steps_program(experiment):
+    """user_step_ab's claim, checked on the compiled programs: over the same (auto) layers a
+    user's own jitted step has make_train_step's convolutions and dots; the models' defaults
+    (impl="lax") compile a different program (XLA's conv for every layer)."""
+    import jax
+
+    ab = experiment("user_step_ab")
+    peers = experiment("bench_peers")
+    args = ab.parse_args(["--net", "lenet", "--batch", "2"])
+    batch = peers._jax_data(2, peers.NETS["lenet"])
+    got = {}
+    for name in ("fcnn", "user_auto", "user_default"):
+        step, params, state, opt_state = ab.build(name, args)
+        got[name] = ab.census(step.lower(params, state, opt_state, batch, jax.random.PRNGKey(1)).compile().as_text())
+    for key in ("convolution", "dot"):
+        assert got["fcnn"][key] == got["user_auto"][key], (key, got)
+    assert got["fcnn"]["aliased"] == 20 and got["user_auto"]["aliased"] == 0  # donated carry vs none
+    assert got["user_default"]["convolution"] > got["fcnn"]["convolution"]  # taps/col2im are not XLA convs
+
+
+def test_ynn_off_option_keeps_the_conv_results(experiment):
+    """bench_peers.YNN_OFF (Eigen convolutions instead of YNNPACK's) changes speed, not results:
+    the conv and its VJP agree with the default compile to float32 rounding."""
+    import jax
+    import numpy as np
+    from jax import lax
+
+    peers = experiment("bench_peers")
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 32)) * 0.1
+
+    def f(x, w):
+        y, pull = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                                dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+        return y, pull(y)
+
+    lowered = jax.jit(f).lower(x, w)
+    off = lowered.compile(peers.YNN_OFF)
+    assert "__ynn_fusion" not in off.as_text()
+    for want, got in zip(jax.tree.leaves(lowered.compile()(x, w)), jax.tree.leaves(off(x, w))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5 * np.abs(want).max())
