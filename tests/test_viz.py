@@ -174,3 +174,22 @@ def test_prediction_panels_of_dense_tasks(tmp_path):
     assert open(path, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="this run's task is 'classify'"):
         viz.prediction_panels("classify", one, p1, s1, x, 3)
+
+
+def test_class_maps_keep_one_colour_per_class(tmp_path, monkeypatch):
+    """A prediction with classes 0-1 and a target with 0-10 get the same colour scale (0, 10) when
+    ranges pin it: the colour a class gets does not depend on which classes a panel happens to hold."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    from fcnn import figures
+
+    seen, imshow = [], matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda ax, img, **kw: seen.append(imshow(ax, img, **kw).norm) or seen[-1])
+    small, full = np.eye(4, dtype=int), np.arange(16).reshape(4, 4) % 11
+    figures.side_by_side_figure([("prediction", small), ("target", full)], str(tmp_path / "p.png"),
+                                cmaps=("tab20",) * 2, ranges=((0, 10), (0, 10)))
+    assert [(n.vmin, n.vmax) for n in seen] == [(0, 10), (0, 10)] and seen[0](1) == seen[1](1)
+    seen.clear()
+    figures.side_by_side_figure([("prediction", small), ("target", full)], str(tmp_path / "q.png"), cmaps=("tab20",) * 2)
+    assert seen[0](1) != seen[1](1)  # unpinned: class 1 is the top colour of one panel, a low one of the other
