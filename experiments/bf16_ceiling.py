@@ -20,7 +20,6 @@ cannot hide. ``torch``: the same cases in PyTorch (f32, bf16), when installed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import measure  # noqa: E402
+from step_ab import publish  # noqa: E402
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 VARIANTS = {  # name -> XLA_FLAGS (None: PyTorch)
@@ -193,14 +193,9 @@ def main(argv=None):
             flags = "(PyTorch)" if VARIANTS[v] is None else f"`{VARIANTS[v]}`" if VARIANTS[v] else "(none)"
             rows.append(f"| {v} | {flags} | {case} | {med:.1f} | {best:.1f} | "
                         f"{'—' if err is None else format(err, '.1e')} |")
-    cmd = "python experiments/bf16_ceiling.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = (f"{datetime.date.today().isoformat()}, `{cmd}` on {platform.processor() or platform.machine()} "
-            f"({os.cpu_count()} cores), {args.passes} passes, dot N={args.n}, conv {CONV_X} * {CONV_W} SAME\n\n"
-            + "\n".join(rows) + "\n")
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    what = (f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores), {args.passes} passes, "
+            f"dot N={args.n}, conv {CONV_X} * {CONV_W} SAME")
+    publish("bf16_ceiling.py", argv, what, rows, args.out)
     return got
 
 

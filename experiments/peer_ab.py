@@ -16,7 +16,6 @@ pools on 2 cores), so PyTorch is compared through benchmark.py's own process. Pr
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_peers  # noqa: E402
 from _timing import carrying, side_by_side  # noqa: E402
+from step_ab import publish  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,13 +63,8 @@ def main(argv=None):
         ms = sorted(r * 1e3 for r in t.repeats_s)
         rows.append(f"| {bench_peers.LABELS[fw]} | {statistics.median(ms):.2f} | {ms[len(ms) // 4]:.2f} | {ms[0]:.2f} | "
                     f"{t.median_s / base:.2f}x |")
-    cmd = "python experiments/peer_ab.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = (f"{datetime.date.today().isoformat()}, `{cmd}`: {args.net} b{args.batch} {args.dtype}, {args.rounds} "
-            f"interleaved rounds of 3 x {args.steps} steps, one process\n\n" + "\n".join(rows + [""] + skipped) + "\n")
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    what = f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps, one process"
+    publish("peer_ab.py", argv, what, rows + [""] + skipped, args.out)
     return timed
 
 

@@ -93,17 +93,24 @@ def compile_times(args):
     return f"{args.net} b{args.batch} {args.dtype}, first call in a fresh process", rows
 
 
+def publish(script: str, argv, what: str, rows, out=None) -> str:
+    """The A/B scripts' report: "date, `command`: what", a blank line, the markdown rows; printed
+    and written to ``out`` (the command is the script with ``argv``, or the process's arguments)."""
+    cmd = f"python experiments/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = f"{datetime.date.today().isoformat()}, `{cmd}`: {what}\n\n" + "\n".join(rows) + "\n"
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    return text
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     what, rows = compile_times(args) if args.compile_processes else step_ab(args)
-    cmd = "python experiments/step_ab.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = f"{datetime.date.today().isoformat()}, `{cmd}`: {what}\n\n" + "\n".join(rows) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish("step_ab.py", argv, what, rows, args.out)
     return rows
 
 

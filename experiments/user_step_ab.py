@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import os
 import re
 import statistics
@@ -41,6 +40,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import carrying, side_by_side  # noqa: E402
+from step_ab import publish  # noqa: E402
 
 VARIANTS = ("fcnn", "fcnn_nodonate", "user_default", "user_auto", "user_auto_donate", "user_plain", "fcnn_ynn_off",
             "user_auto_ynn_off")
@@ -170,13 +170,8 @@ def main(argv=None):
         keys = list(hlo_rows[0][1])
         rows += ["", "| variant | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
         rows += [f"| {n} | " + " | ".join(str(c[k]) for k in keys) + " |" for n, c in hlo_rows]
-    cmd = "python experiments/user_step_ab.py " + " ".join(sys.argv[1:] if argv is None else argv)
     what = f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps"
-    text = f"{datetime.date.today().isoformat()}, `{cmd}`: {what}\n\n" + "\n".join(rows) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish("user_step_ab.py", argv, what, rows, args.out)
     return timed
 
 

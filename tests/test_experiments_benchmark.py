@@ -105,13 +105,13 @@ def test_step_ab_quick_rows_and_per_layer_models(experiment, tmp_path, monkeypat
         med, p25, low, n = float(c[1]), float(c[2]), float(c[3]), int(c[4])
         assert _positive(low) and low <= p25 <= med and n == 3
     assert "step_ab.py --net lenet" in out.read_text()
-    used, conv2d = [], ops.conv2d  # the per-layer names reach the layers, in order
+    used, conv = [], ops.conv  # the per-layer names reach the layers, in order (Conv2D calls ops.conv)
 
     def spy(*a, impl="lax", **kw):
         used.append(impl)
-        return conv2d(*a, impl=impl, **kw)
+        return conv(*a, impl=impl, **kw)
 
-    monkeypatch.setattr(ops, "conv2d", spy)
+    monkeypatch.setattr(ops, "conv", spy)
     model = peers.fcnn_model("lenet", ["taps", "col2im"], "auto")
     _, params, state = model.init(jax.random.PRNGKey(0), (2, 28, 28, 1))
     model.apply(params, state, jax.numpy.zeros((2, 28, 28, 1)), key=None, train=False)
