@@ -22,7 +22,8 @@ shows it. Cases (float32, channels-last):
   half-pixel centres, but it renormalises its triangle kernel at the borders: ``diff`` says
   whether it equals PyTorch's ``align_corners=False`` that fcnn follows);
 * ``conv3d``: a 16^3 volume, 16 -> 32 channels, 3x3x3 SAME, batch 8; ``conv1d``: length 4096,
-  32 -> 64 channels, kernel 5 SAME, batch 8; every ``CONV_IMPLS`` entry and ``auto``.
+  32 -> 64 channels, kernel 5 SAME, batch 8; ``conv3d-c1`` (16^3, 1 -> 16) and ``conv3d-c32``
+  (8^3, 32 -> 64); every ``CONV_IMPLS`` entry and ``auto``.
 
 Prints the device, seed, command and the markdown table; ``--out FILE`` also writes it.
 """
@@ -57,6 +58,9 @@ CASES = [
     Case("up-bilinear", "up", (8, 32, 32, 64), (), (("method", "bilinear"),)),
     Case("conv3d", "conv", (8, 16, 16, 16, 16), (3, 3, 3, 16, 32), (("padding", "SAME"),)),
     Case("conv1d", "conv", (8, 4096, 32), (5, 32, 64), (("padding", "SAME"),)),
+    # the 3-D U-Net's first layer and a deeper one: where does col2im's 3-D gain end?
+    Case("conv3d-c1", "conv", (8, 16, 16, 16, 1), (3, 3, 3, 1, 16), (("padding", "SAME"),)),
+    Case("conv3d-c32", "conv", (8, 8, 8, 8, 32), (3, 3, 3, 32, 64), (("padding", "SAME"),)),
 ]
 QUICK_CASES = [
     Case("ct-k2s2", "ct", (1, 4, 4, 4), (2, 2, 2, 4), (("stride", 2),)),
@@ -84,11 +88,10 @@ def parse_args(argv=None):
 def impls(case: Case):
     """The variant names of a case, ``lax`` (or the lax-written baseline) first."""
     from fcnn import ops
-    from fcnn.ops import conv_transpose as ct
+    from fcnn.ops.conv_transpose import CONV_TRANSPOSE_CHOICES
 
     if case.kind == "ct":
-        choices = getattr(ct, "CONV_TRANSPOSE_CHOICES", ops.CONV_TRANSPOSE_IMPLS)
-        return list(ops.CONV_TRANSPOSE_IMPLS) + (["auto"] if "auto" in choices else []) + [JAX_CT]
+        return list(CONV_TRANSPOSE_CHOICES) + [JAX_CT]
     if case.kind == "up":
         return [BASELINE[dict(case.opts)["method"]], "fcnn"]
     return list(ops.CONV_IMPLS) + ["auto"]

@@ -23,7 +23,18 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), and "custom_vjp" or
   col2im on wide layers (VGG cin 64-256: 0.90-0.96x of lax's time per op, but the VGG b8 train
   step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere). 1-D and 3-D convolutions
-  (``conv1d``/``conv3d``) were not measured: "lax".
+  (``conv1d``/``conv3d``), experiments/bench_decoder.py, batch 8, fwd+bwd: 1-D (length 4096,
+  32->64, k=5): nothing beat lax beyond the noise (col2im 0.91-1.86x, custom_vjp 0.97-1.14x, auto's
+  own row = lax 1.03-1.07x): "lax". 3-D, CPU, groups 1, as in 2-D by input channels: one input
+  channel "taps" (16^3 1->16: 0.10x lax; col2im 0.36x), 2 to ``CPU_COL2IM_MAX_CIN_3D`` = 32 "col2im"
+  (16^3 16->32: 0.72x and 0.73x in two runs; 8^3 32->64: 0.62x, auto's lax row 0.90x); wider: "lax"
+  (not measured).
+* conv_transpose: "custom_vjp" on CPU when a stride is > 1 (``select_conv_transpose_impl``): the
+  same forward as "lax"; its hand-derived backward took 0.06-0.1x of the time of lax's autodiff
+  backward on the measured U-Net decoder shapes in 1-D and 2-D. In 3-D (8^3 -> 16^3) lax's forward
+  itself (a 3-D lhs-dilated conv) is slow on XLA:CPU, so custom_vjp gains only 0.90x there; the
+  "reference" scatter took 0.03x, but auto never picks it: for a non-finite kernel tap its
+  autodiff dx has NaNs where lax's has none (tests/test_auto.py). "lax" elsewhere.
 * max-pool: "custom_vjp" always: it implements every tie policy and dilation, was measured faster
   on tiled windows, and "lax" differs from it on NaN/-inf windows (fcnn/ops/pool.py's table).
   "reference" (ties "split") is never chosen.
@@ -31,7 +42,7 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
 Platforms: "cpu" and "gpu" ("cuda"/"rocm" mean "gpu"); any other (e.g. "tpu") gets the
 library defaults, "lax", since nothing was measured there.
 
-The hook in ``conv`` (and so ``conv2d``) / ``max_pool2d`` (after argument validation, where shapes are known)::
+The hook in ``conv`` (and so ``conv2d``) / ``conv_transpose`` / ``max_pool2d`` (after argument validation, where shapes are known)::
 
     if impl == "auto":
         impl = auto.select_conv_impl(jax.default_backend(), x.shape, w.shape, stride=stride,
@@ -44,13 +55,15 @@ from typing import Optional, Sequence
 from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
-           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN"]
+           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
 CPU_TAPS_MAX_CIN = 1
 # CPU: "col2im" up to this many input channels (measured: 3 and 6 faster than lax; 64-256 even in a step).
 CPU_COL2IM_MAX_CIN = 8
+# CPU, 3-D convolutions: "col2im" up to this many input channels (measured 16 and 32, bench_decoder.py).
+CPU_COL2IM_MAX_CIN_3D = 32
 
 
 def normalize_platform(platform: Optional[str] = None) -> str:
@@ -77,16 +90,17 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
         rank; padding and padding_mode do not change the choice).
 
     Returns:
-      "lax", "taps" or "col2im". Only 2-D convolutions were measured; 1-D and 3-D get "lax".
+      "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels); 1-D convolutions get "lax".
     """
     p = normalize_platform(platform)
     layout = shapes.normalize_layout(layout, len(x_shape))
     _, cin_g, _ = shapes.kernel_parts(tuple(w_shape), layout)
     del stride, padding, dilation  # measured: the choice depends on the input channels only
-    if p == "cpu" and groups == 1 and shapes.layout_rank(layout) == 2:  # grouped convs were not measured
+    rank = shapes.layout_rank(layout)
+    if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
-        if cin_g <= CPU_COL2IM_MAX_CIN:
+        if cin_g <= (CPU_COL2IM_MAX_CIN if rank == 2 else CPU_COL2IM_MAX_CIN_3D):
             return "col2im"
     return "lax"
 
