@@ -30,7 +30,6 @@ Prints the device, seed, command and the markdown table; ``--out FILE`` also wri
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from typing import NamedTuple, Tuple
@@ -39,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from _timing import side_by_side  # noqa: E402
+from step_ab import publish  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -178,10 +178,13 @@ def _shape_text(case: Case) -> str:
 def table(rows, cases) -> str:
     head = ["case", "impl", "fwd ms", "fwd+bwd ms", "fwd+bwd min-max", "fwd / lax", "fwd+bwd / lax",
             "diff vs lax"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     shapes = [f"`{c.name}`: {_shape_text(c)}" for c in cases]
-    return "\n".join(lines) + "\n\nShapes (float32, channels-last): " + "; ".join(shapes) + ".\n"
+    return (_lines([head]) + "\n|" + "---|" * len(head) + "\n" + _lines(rows)
+            + "\n\nShapes (float32, channels-last): " + "; ".join(shapes) + ".")
+
+
+def _lines(rows) -> str:
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 def main(argv=None):
@@ -198,22 +201,15 @@ def main(argv=None):
         if unknown:
             raise SystemExit(f"--cases: unknown {unknown}; known: {[c.name for c in cases]}")
         cases = [c for c in cases if c.name in wanted]
-    cmd = "python experiments/bench_decoder.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    head = (f"{datetime.date.today().isoformat()}, `{cmd}`: {jax.devices()[0].device_kind} "
-            f"({jax.default_backend()}), jax {jax.__version__}, seed {args.seed}; median of {args.repeats} "
-            f"interleaved repeats of {args.target_s} s (lax row = 1.00; for upsample the lax-written baseline)")
-    print(head, flush=True)
+    what = (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, seed {args.seed}; "
+            f"median of {args.repeats} interleaved repeats of {args.target_s} s (lax row = 1.00; for upsample the "
+            f"lax-written baseline)")
     rows = []
     for case in cases:
         case_rows = bench_case(case, args)
-        print("\n".join("| " + " | ".join(r) + " |" for r in case_rows), flush=True)
+        print(_lines(case_rows), flush=True)
         rows += case_rows
-    text = f"{head}\n\n{table(rows, cases)}"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    return text
+    return publish("bench_decoder.py", argv, what, table(rows, cases).splitlines(), args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ warm-up; median, 25th percentile and min ms per step, and the ratio of medians t
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from _timing import carrying, side_by_side  # noqa: E402
+from step_ab import publish  # noqa: E402
 
 LR, MOMENTUM, CLASSES, DEPTH = 0.01, 0.9, 2, 2
 DN = ("NHWC", "HWIO", "NHWC")
@@ -194,18 +194,10 @@ def main(argv=None):
 
     if args.quick:
         args.batch, args.size, args.width, args.rounds, args.steps = 2, 8, 4, 2, 2
-    cmd = "python experiments/unet_vs_lax.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    head = (f"{datetime.date.today().isoformat()}, `{cmd}`: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-            f"jax {jax.__version__}; unet depth {DEPTH} width {args.width}, batch {args.batch}, "
-            f"{args.size}x{args.size}x1 float32, SGD momentum {MOMENTUM}; {args.rounds} interleaved repeats of "
-            f"{args.steps} donated steps")
-    print(head, flush=True)
-    text = f"{head}\n\n{table(run(args))}"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    return text
+    what = (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}; unet depth {DEPTH} "
+            f"width {args.width}, batch {args.batch}, {args.size}x{args.size}x1 float32, SGD momentum {MOMENTUM}; "
+            f"{args.rounds} interleaved repeats of {args.steps} donated steps")
+    return publish("unet_vs_lax.py", argv, what, table(run(args)).splitlines(), args.out)
 
 
 if __name__ == "__main__":
