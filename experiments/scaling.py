@@ -13,7 +13,7 @@ B. Data-parallel train steps: plain ``jit`` on one device (``step.make_train_ste
    (``--xla_force_host_platform_device_count=8``, set in a subprocess before JAX starts) and share
    the same cores; on a GPU machine the real local devices are used (one H100: d = 1 only).
 C. Communication per step, counted in the traced ``shard_map`` step (every ``psum``) and checked
-   against the formula P + 6 * (BatchNorm channels) + 2 metrics, per model.
+   against the formula P + 6 * (BatchNorm channels) + 3 (the loss and the metric sums), per model.
 
 Timing (experiments/_timing.py): first call = compile time (reported apart); warm-up; calls per
 repeat calibrated to ``--target-s``; the variants of a question take turns repeat by repeat (round
@@ -266,8 +266,9 @@ def comm_volume(name: str, seed: int = 0) -> dict:
     n_params = sum(int(np.size(a)) for a in jax.tree.leaves(params))
     bn_channels = sum(int(np.size(a)) for path, a in jax.tree_util.tree_flatten_with_path(state)[0]
                       if getattr(path[-1], "key", None) == "mean")
-    # per BatchNorm channel: batch mean + variance forward, their cotangents backward, running stats
-    formula = n_params + (6 * bn_channels if bn_global else 0) + 2
+    # per BatchNorm channel: batch mean + variance forward, their cotangents backward, running stats;
+    # then the loss (mean) and classification's metric sums (correct, count), psum-ed by the step
+    formula = n_params + (6 * bn_channels if bn_global else 0) + 3
     return dict(model=name, params=n_params, bn_channels=bn_channels, bn_global=bn_global, psum_ops=len(found),
                 counted_elements=sum(found), formula_elements=formula, grad_bytes=n_params * F32_BYTES,
                 ring_bytes={str(d): ring_bytes(sum(found), d) for d in (2, 4, 8)})
@@ -389,7 +390,7 @@ def render_section(tag: str, meta: dict, a_rows, b_rows, c_rows) -> str:
         out.append("### C. Communication per data-parallel step (float32)\n")
         out.append(_table(
             ["model", "params P", "gradient KB (P x 4)", "BN channels", "psum ops (traced)", "all-reduced elements",
-             "formula P + 6 BN + 2", "ring KB/device d=2", "d=4", "d=8"],
+             "formula P + 6 BN + 3", "ring KB/device d=2", "d=4", "d=8"],
             [(r["model"], f"{r['params']:,}", _kb(r["grad_bytes"]), r["bn_channels"], r["psum_ops"],
               f"{r['counted_elements']:,}", f"{r['formula_elements']:,}"
               + (" (match)" if r["formula_elements"] == r["counted_elements"] else " (DIFFERS)"),

@@ -41,17 +41,17 @@ def test_communication_volume_matches_hand_count(experiment, quick_run):
     comm = {r["model"]: r for r in raw["communication"]}
     lenet = comm["lenet5"]
     assert lenet["params"] == LENET_PARAMS and lenet["bn_channels"] == 0
-    assert lenet["counted_elements"] == LENET_PARAMS + 2  # gradient + loss and accuracy
+    assert lenet["counted_elements"] == LENET_PARAMS + 3  # gradient + loss + accuracy's sums (correct, count)
     assert lenet["grad_bytes"] == LENET_PARAMS * 4
     # ring all-reduce over 8 devices: 2 (8-1)/8 = 1.75 x the buffer per device
-    assert lenet["ring_bytes"]["8"] == (LENET_PARAMS + 2) * 4 * 1.75
+    assert lenet["ring_bytes"]["8"] == (LENET_PARAMS + 3) * 4 * 1.75
     assert experiment("scaling").ring_bytes(LENET_PARAMS, 8) == 431_942
-    assert "| lenet5 | 61,706 | 246.8 | 0 | 12 | 61,708 | 61,708 (match) | 246.8 | 370.2 | 432.0 |" in text
+    assert "| lenet5 | 61,706 | 246.8 | 0 | 12 | 61,709 | 61,709 (match) | 246.8 | 370.3 | 432.0 |" in text
     # small_resnet: widths 16, 32, 64; BatchNorms after stem (16), 2 per block (16+16, 32+32, 64+64) and the
     # two projection shortcuts (32, 64) -> 336 channels, 6 all-reduced numbers each
     res = comm["small_resnet"]
     assert res["bn_channels"] == 336
-    assert res["counted_elements"] == res["formula_elements"] == res["params"] + 6 * 336 + 2
+    assert res["counted_elements"] == res["formula_elements"] == res["params"] + 6 * 336 + 3
 
 
 def test_merge_keeps_other_platform_sections(experiment, tmp_path):
