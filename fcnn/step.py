@@ -36,6 +36,7 @@ scaling, which bf16's 8-bit exponent does not need). ``precision=`` is its depre
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Optional
 
@@ -50,7 +51,7 @@ from fcnn import metrics as metrics_lib
 from fcnn.losses import l2_penalty
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
-__all__ = ["DTYPE_POLICIES", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
+__all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
            "plain_train_step", "train_step_fn", "make_train_step", "make_eval_step", "evaluate", "predict",
            "step_keys"]
 
@@ -140,6 +141,32 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
         x = x.astype(jnp.bfloat16)
     logits, new_state = model.apply(params, state, x, key=key, train=train)
     return logits.astype(jnp.float32), _restore_dtypes(new_state, state)
+
+
+# XLA:CPU in this jaxlib routes convolutions to YNNPACK by default; clearing its fusion types sends
+# them to XLA's Eigen convolutions, which ran the train step 0.64x (VGG b16) and 0.79x (LeNet b64)
+# of the default's time on the 2-core AVX2 machine, interleaved on an idle machine (2026-12-02,
+# experiments/user_step_ab.py, docs/perf_notes.md items 28 and 30); results agree to rounding.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported() -> bool:
+    """Whether this jaxlib knows CPU_COMPILER_OPTIONS (an unknown option fails the compile)."""
+    try:
+        jax.jit(lambda v: v + 1, compiler_options=CPU_COMPILER_OPTIONS)(np.zeros((), np.float32))
+        return True
+    except Exception:  # noqa: BLE001 - jaxlib without the option: compile with its defaults
+        return False
+
+
+def compiler_options() -> Optional[dict]:
+    """The XLA options fcnn's jitted steps compile with: ``CPU_COMPILER_OPTIONS`` on CPU (when this
+    jaxlib has them), None elsewhere. A step of your own gets the same with
+    ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``."""
+    if jax.default_backend() != "cpu" or not _cpu_options_supported():
+        return None
+    return dict(CPU_COMPILER_OPTIONS)
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
@@ -279,7 +306,7 @@ def make_train_step(
     _checks.boolean(donate, "donate")
     fn = plain_train_step(model, optimizer, loss_fn, task=task, l2=l2, steps_per_call=steps_per_call,
                           dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
-    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else ())
+    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), compiler_options=compiler_options())
 
 
 def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=None, dtype_policy: str = "f32",
@@ -299,7 +326,7 @@ def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=Non
         per_example = jax.vmap(lambda l, t: task.loss(l[None], t[None]))(logits, y)
         return jnp.sum(per_example * mask), _batch_sums(task, logits, y, mask)
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, compiler_options=compiler_options())
 
 
 def evaluate(
@@ -382,6 +409,6 @@ def predict(model: Layer, params: Params, state: State, x, *, task=None, dtype_p
     if batch_size is None:
         return probs(params, state, x)
     _checks.positive_int(batch_size, "batch_size")
-    fn = jax.jit(probs)
+    fn = jax.jit(probs, compiler_options=compiler_options())
     out = [fn(params, state, xb)[: int(w.sum())] for xb, _, w in data_lib.eval_batches(x, None, batch_size)]
     return jnp.concatenate(out) if out else jnp.zeros((0,), jnp.float32)

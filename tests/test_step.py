@@ -12,7 +12,7 @@ from fcnn import tasks
 from _tiny import Data, init_trees, mlp
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
-from fcnn.step import evaluate, make_train_step, plain_train_step, predict, step_keys, train_step_fn
+from fcnn.step import compiler_options, evaluate, make_train_step, plain_train_step, predict, step_keys, train_step_fn
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,8 @@ def test_precision_is_a_deprecated_alias_of_dtype_policy(data):
 
 
 def test_plain_train_step_is_the_uncompiled_body_of_make_train_step(data):
-    """A user's own jax.jit around plain_train_step computes exactly fcnn's jitted step."""
+    """A user's own jax.jit around plain_train_step, with fcnn's compiler options, computes exactly
+    fcnn's jitted step."""
     model, opt = mlp(), make_optimizer("momentum", 0.05)
     x, y = data.x_train[:32], data.y_train[:32]
     fn = plain_train_step(model, opt)
@@ -153,7 +154,7 @@ def test_plain_train_step_is_the_uncompiled_body_of_make_train_step(data):
     p1, s1, o1 = init_trees(model, x, opt)
     p2, s2, o2 = init_trees(model, x, opt)
     a = make_train_step(model, opt)(p1, s1, o1, (x, y), jax.random.PRNGKey(4))
-    b = jax.jit(fn)(p2, s2, o2, (x, y), jax.random.PRNGKey(4))
+    b = jax.jit(fn, compiler_options=compiler_options())(p2, s2, o2, (x, y), jax.random.PRNGKey(4))
     chex.assert_trees_all_close(a, b, rtol=0, atol=0)
     with pytest.warns(DeprecationWarning, match="plain_train_step"):
         train_step_fn(model, opt)
@@ -289,3 +290,29 @@ def test_evaluate_psnr_and_predict_for_a_dense_task():
     assert got["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((out - y) ** 2)), abs=1e-4)
     probs = predict(model, params, state, x, task="segment")  # per-pixel softmax over the last axis
     np.testing.assert_allclose(np.asarray(probs), 1.0, rtol=1e-6)  # one class: probability 1
+
+
+def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default():
+    """On CPU the jitted steps compile with CPU_COMPILER_OPTIONS (XLA's Eigen convolutions and dots
+    instead of YNNPACK's: 0.64x / 0.79x the step time, docs/perf_notes.md item 30): the optimized
+    program has no YNN fusion where the default compile has one, and the new params agree with the
+    default program's to float32 rounding."""
+    from fcnn import layers
+    from fcnn.activations import Relu
+    from fcnn.combinators import serial
+    from fcnn.step import CPU_COMPILER_OPTIONS
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are for XLA:CPU")
+    assert compiler_options() == CPU_COMPILER_OPTIONS
+    model = serial(layers.Conv2D(4, 3), Relu(), layers.Flatten(), layers.Dense(10))
+    opt = make_optimizer("sgd", 0.1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 8)
+    params, state, opt_state = init_trees(model, x, opt)
+    args = (params, state, opt_state, (x, y), jax.random.PRNGKey(1))
+    ours, default = make_train_step(model, opt, donate=False), jax.jit(plain_train_step(model, opt))
+    assert "__ynn_fusion" not in ours.lower(*args).compile().as_text()
+    assert "__ynn_fusion" in default.lower(*args).compile().as_text()
+    for a, b in zip(jax.tree.leaves(ours(*args)[0]), jax.tree.leaves(default(*args)[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
