@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fcnn import _checks
 from fcnn.per_example import (clip_per_example, dp_sgd_grad, model_loss, per_example_grad_norms,
                               per_example_grads)
-from fcnn.step import compiler_options, make_train_step, plain_train_step
+from fcnn.step import make_train_step, plain_train_step
 from fcnn.types import Layer
 
 __all__ = [
@@ -206,8 +206,7 @@ def make_sharded_train_step(model: Layer, optimizer: optax.GradientTransformatio
     rep = NamedSharding(mesh, P())
     data = batch_sharding(mesh, step_opts.get("steps_per_call", 1))
     fn = jax.jit(plain_train_step(model, optimizer, loss_fn, **step_opts), donate_argnums=(0, 1, 2) if donate else (),
-                 in_shardings=(rep, rep, rep, (data, data), rep), out_shardings=(rep, rep, rep, rep),
-                 compiler_options=compiler_options())
+                 in_shardings=(rep, rep, rep, (data, data), rep), out_shardings=(rep, rep, rep, rep))
     axis = _batch_axis(step_opts)
 
     def step(params, state, opt_state, batch, key):
@@ -232,7 +231,7 @@ def make_shard_map_train_step(model: Layer, optimizer: optax.GradientTransformat
     batch_spec = P(DATA_AXIS) if axis == 0 else P(None, DATA_AXIS)
     mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch_spec, P()),
                            out_specs=(P(), P(), P(), P()), check_vma=False)
-    fn = jax.jit(mapped, compiler_options=compiler_options())
+    fn = jax.jit(mapped)
 
     def step(params, state, opt_state, batch, key):
         return fn(params, state, opt_state, _check_divisible(batch, mesh, axis), key)

@@ -161,9 +161,13 @@ def _cpu_options_supported() -> bool:
 
 
 def compiler_options() -> Optional[dict]:
-    """The XLA options fcnn's jitted steps compile with: ``CPU_COMPILER_OPTIONS`` on CPU (when this
-    jaxlib has them), None elsewhere. A step of your own gets the same with
-    ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``."""
+    """The XLA options ``make_train_step``, ``make_eval_step`` and ``predict`` compile with:
+    ``CPU_COMPILER_OPTIONS`` on CPU (when this jaxlib has them), None elsewhere. A step of your own
+    gets the same with ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``.
+
+    XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
+    traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as
+    ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
     if jax.default_backend() != "cpu" or not _cpu_options_supported():
         return None
     return dict(CPU_COMPILER_OPTIONS)
