@@ -126,6 +126,7 @@ def test_custom_vjp_conv_trains_to_the_same_accuracy_as_lax(tmp_path, capsys):
     assert abs(acc_vjp - acc_lax) <= 0.01  # same math; rounding may flip an example or two
 
 
+@pytest.mark.slow  # the whole 25-epoch quickstart job (README measures it); test_train_prints_test_accuracy_and_eval_reproduces_it trains by default
 def test_default_job_reaches_98_percent_on_digits(tmp_path, capsys):
     run = _train_acc(tmp_path, "default")
     acc = float(TEST_ACC.findall(capsys.readouterr().out)[-1])

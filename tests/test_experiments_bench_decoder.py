@@ -11,6 +11,7 @@ def _rows(text):
             if line.startswith("| ") and not line.startswith("| case")]
 
 
+@pytest.mark.slow  # every impl of every decoder op timed; the baselines' math is checked by default
 def test_quick_table_has_a_row_per_impl_and_case(experiment, tmp_path):
     bench = experiment("bench_decoder")
     out = tmp_path / "dec.md"

@@ -21,6 +21,7 @@ def test_forward_macs_match_hand_counts(experiment):
     assert peers.forward_macs("vgg") == 1769472 + 75497472 + 75497472 + 75497472 + 5120
 
 
+@pytest.mark.slow  # a fresh process per framework; bench_ops and step_ab quick tables run by default
 def test_benchmark_quick_table(experiment, tmp_path):
     bench = experiment("benchmark")
     fws = ["fcnn", "fcnn_k", "stax", "linen"]

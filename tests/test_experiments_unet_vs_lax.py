@@ -4,6 +4,7 @@ table; no timing is asserted."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fcnn import tasks
 from fcnn.models import unet
@@ -53,6 +54,7 @@ def test_lax_step_equals_make_train_step(experiment):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # the timed table; the lax net's equality with the U-Net and its step runs by default
 def test_quick_table(experiment, tmp_path):
     out = tmp_path / "unet.md"
     text = experiment("unet_vs_lax").main(["--quick", "--out", str(out), "--hlo", str(tmp_path / "hlo")])
