@@ -68,8 +68,15 @@ CASES = [  # rank, x shape (channels-last), scale, method, align_corners, layout
     (2, (1, 3, 4, 2), (2.5, 1), "nearest", False, "last"), (2, (1, 2, 2, 1), 2, "bilinear", False, "last"),
     (3, (1, 2, 3, 4, 2), 2, "trilinear", False, "last"), (3, (1, 3, 2, 2, 1), (1.5, 2, 3), "trilinear", True, "first"),
     (3, (1, 2, 3, 2, 2), (2, 1, 3), "nearest", False, "first"),
+    # long axes: in * out > upsample._MATRIX_MAX, so the adjoint takes the segment-sum path
+    (1, (1, 200, 2), 2, "linear", False, "last"), (1, (1, 300, 1), 1.5, "nearest", False, "first"),
 ]
 IDS = [f"r{c[0]}-{c[3]}-s{c[2]}-ac{int(c[4])}-{c[5]}" for c in CASES]
+
+
+def test_long_axes_take_the_segment_sum_adjoint():
+    assert all(c[1][1] * math.floor(c[1][1] * c[2]) > up._MATRIX_MAX for c in CASES[-2:])
+    assert up._whole_copies(4, 8, 2, "nearest") == 2 and up._whole_copies(4, 10, 2.5, "nearest") is None
 
 
 def _layout(rank, fam):
