@@ -188,8 +188,9 @@ def test_rank_names_are_the_generic_op():
                                rtol=1e-13)
 
 
-@pytest.mark.parametrize("shape,layout,axes", [((2, 7, 3), "NWC", (1,)), ((2, 3, 7), "NCW", (2,)),
-                                               ((1, 3, 4, 5, 2), "NDHWC", (1, 2, 3)), ((1, 2, 3, 4, 5), "NCDHW", (2, 3, 4))])
+@pytest.mark.parametrize("shape,layout,axes", [  # by default each rank once, both layout families; the rest -m slow
+    ((2, 7, 3), "NWC", (1,)), pytest.param((2, 3, 7), "NCW", (2,), marks=pytest.mark.slow),
+    pytest.param((1, 3, 4, 5, 2), "NDHWC", (1, 2, 3), marks=pytest.mark.slow), ((1, 2, 3, 4, 5), "NCDHW", (2, 3, 4))])
 def test_global_pools_any_rank(shape, layout, axes):
     x = np.random.default_rng(2).normal(size=shape)
     np.testing.assert_allclose(pool.global_avg_pool(x, layout=layout), x.mean(axis=axes), rtol=1e-13)
@@ -228,9 +229,10 @@ def test_adaptive_windows_by_hand():
     np.testing.assert_array_equal(dx[0, :, 0], [0, 11, 0, 100, 0])
 
 
-@pytest.mark.parametrize("shape,out,layout", [((2, 7, 3), (3,), "NWC"), ((2, 3, 4), (6,), "NCW"),
-                                              ((1, 5, 7, 2), (3, 4), "NHWC"), ((1, 2, 6, 5), (4, 2), "NCHW"),
-                                              ((1, 5, 4, 7, 2), (2, 3, 3), "NDHWC")])
+@pytest.mark.parametrize("shape,out,layout", [  # by default each rank once, both layout families; the rest -m slow
+    ((2, 7, 3), (3,), "NWC"), pytest.param((2, 3, 4), (6,), "NCW", marks=pytest.mark.slow),
+    pytest.param((1, 5, 7, 2), (3, 4), "NHWC", marks=pytest.mark.slow), ((1, 2, 6, 5), (4, 2), "NCHW"),
+    ((1, 5, 4, 7, 2), (2, 3, 3), "NDHWC")])
 def test_adaptive_pools_match_numpy_loop(shape, out, layout):
     x = _perm(shape, seed=5)
     xc = x if shapes.is_channels_last(layout) else np.moveaxis(x, 1, -1)
@@ -265,9 +267,12 @@ def test_check_grads_second_order_custom_vjp_nd(shape, window, stride, padding, 
     check_grads(jax.jit(fn), (x,), order=2, modes=["rev"], eps=1e-2)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
-@pytest.mark.parametrize("shape", [(3, 2, 9, 2), (3, 1, 4, 5, 4, 1)])  # a leading vmap axis
-def test_jit_vmap_grad_dtypes_nd(dtype, shape):
+@pytest.mark.parametrize("shape, dtype", [  # a leading vmap axis; by default each rank and each dtype once
+    pytest.param(shape, d, id=f"r{len(shape) - 3}-{jnp.dtype(d).name}",
+                 marks=() if (len(shape) - 3, d) in ((1, jnp.float32), (1, jnp.bfloat16), (3, jnp.float64)) else
+                 pytest.mark.slow)
+    for shape in [(3, 2, 9, 2), (3, 1, 4, 5, 4, 1)] for d in (jnp.float32, jnp.float64, jnp.bfloat16)])
+def test_jit_vmap_grad_dtypes_nd(shape, dtype):
     x64 = _perm(shape, seed=11)
     rank = len(shape) - 3
     fn = lambda v: jnp.sum(pool.max_pool(v, 2, stride=1, padding="SAME", impl="custom_vjp") ** 2)  # noqa: E731
