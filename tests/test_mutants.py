@@ -76,7 +76,8 @@ def test_unmutated_conv_builder_passes(case):
     assert {r.status for r in rows} == {"pass"}
 
 
-@pytest.mark.parametrize("case", ["pad_tl", pytest.param("dil2_same", marks=pytest.mark.slow), "ties_overlap"])
+@pytest.mark.parametrize("case", [pytest.param("pad_tl", marks=pytest.mark.slow),
+                                  pytest.param("dil2_same", marks=pytest.mark.slow), "ties_overlap"])
 def test_unmutated_pool_backward_passes(case):
     rows = sweep.run_case(_case("max_pool2d", case), mutants.make_max_pool())
     assert {r.status for r in rows} <= {"pass", "n/a"} and "pass" in {r.status for r in rows}
