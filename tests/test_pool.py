@@ -486,7 +486,8 @@ def test_nonfinite_table():
 
 
 # ----------------------------------------------------------------------------- transformations and dtypes
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow),
+                                   jnp.bfloat16])  # float64 values and gradients: the grid tests
 def test_dtypes_forward_and_gradient(dtype):
     x64 = _perm(X_SHAPE, seed=11)  # integers < 256: exact in bfloat16
     x = jnp.asarray(x64, dtype)
