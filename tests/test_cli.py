@@ -116,6 +116,7 @@ def _train_acc(tmp_path, name, *extra):
     return run
 
 
+@pytest.mark.slow  # a second training job; the conv impls' agreement is test_conv's
 def test_custom_vjp_conv_trains_to_the_same_accuracy_as_lax(tmp_path, capsys):
     short = ["--epochs", "2", "--seed", "1"]
     _train_acc(tmp_path, "lax", *short, "--impl", "lax")

@@ -47,6 +47,7 @@ def test_benchmark_quick_table(experiment, tmp_path):
     assert "| stax | lenet | 4 | bf16 |" in text
 
 
+@pytest.mark.slow  # every conv impl timed; step_ab's quick table runs by default
 def test_bench_ops_quick_table(experiment, tmp_path):
     ops_bench = experiment("bench_ops")
     from fcnn import ops

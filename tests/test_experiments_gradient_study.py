@@ -3,6 +3,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole --quick study (mutation matrix, FD curves): 20 s; fcnn gradcheck's own tests run by default
+
 
 @pytest.fixture(scope="module")
 def quick_report(experiment, tmp_path_factory):

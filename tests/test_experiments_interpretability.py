@@ -10,6 +10,8 @@ import pytest
 
 from fcnn import cli
 
+pytestmark = pytest.mark.slow  # the --quick gallery trains and draws every picture: 12 s; fcnn viz's own tests run by default
+
 NAMES = ("filters", "filters2", "features", "saliency", "smoothgrad", "gradcam", "occlusion", "curves", "confusion",
          "overview")
 

@@ -19,8 +19,10 @@ def quick_run(experiment, tmp_path_factory):
     return (out / "scaling.md").read_text(), raw
 
 
+@pytest.mark.slow  # the --quick run times every part (16 s); the communication count runs by default, below
 def test_quick_run_writes_every_table(quick_run):
     text, raw = quick_run
+    assert "| lenet5 | 61,706 | 246.8 | 0 | 13 | 61,709 | 61,709 (match) | 246.8 | 370.3 | 432.0 |" in text
     assert "Command: `python experiments/scaling.py --quick --out " in text
     assert text.count("<!-- scaling:cpu -->") == 1 and "<!-- /scaling:cpu -->" in text
     assert "| batch | batch grad ms | vmap ms | lax.map ms | Python loop ms | vmap / batch |" in text
@@ -35,18 +37,18 @@ def test_quick_run_writes_every_table(quick_run):
     assert a["loop_ms"] == pytest.approx(statistics.median(a["repeats_ms"]["loop"]) * 8 / 4)  # scaled to n
 
 
-def test_communication_volume_matches_hand_count(experiment, quick_run):
-    text, raw = quick_run
+def test_communication_volume_matches_hand_count(experiment):
+    """Counted from the traced shard_map step (shapes only, nothing compiled), as the report's part C."""
+    mod = experiment("scaling")
     assert summary(models.lenet5(), (1, 28, 28, 1)).params == LENET_PARAMS
-    comm = {r["model"]: r for r in raw["communication"]}
+    comm = {name: mod.comm_volume(name) for name in ("lenet5", "small_resnet")}
     lenet = comm["lenet5"]
     assert lenet["params"] == LENET_PARAMS and lenet["bn_channels"] == 0
     assert lenet["counted_elements"] == LENET_PARAMS + 3  # gradient + loss + accuracy's sums (correct, count)
     assert lenet["grad_bytes"] == LENET_PARAMS * 4
     # ring all-reduce over 8 devices: 2 (8-1)/8 = 1.75 x the buffer per device
     assert lenet["ring_bytes"]["8"] == (LENET_PARAMS + 3) * 4 * 1.75
-    assert experiment("scaling").ring_bytes(LENET_PARAMS, 8) == 431_942
-    assert "| lenet5 | 61,706 | 246.8 | 0 | 13 | 61,709 | 61,709 (match) | 246.8 | 370.3 | 432.0 |" in text
+    assert mod.ring_bytes(LENET_PARAMS, 8) == 431_942
     # small_resnet: widths 16, 32, 64; BatchNorms after stem (16), 2 per block (16+16, 32+32, 64+64) and the
     # two projection shortcuts (32, 64) -> 336 channels, 6 all-reduced numbers each
     res = comm["small_resnet"]

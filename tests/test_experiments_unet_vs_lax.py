@@ -21,6 +21,7 @@ def _setup(bench, width=4, size=8, n=2):
     return model, params, state, x, y
 
 
+@pytest.mark.slow  # its loss/gradient equality; the lax step's equality with make_train_step runs by default
 def test_lax_net_is_the_unet(experiment):
     bench = experiment("unet_vs_lax")
     model, params, state, x, y = _setup(bench)
