@@ -7,6 +7,7 @@ def _rows(text):
     return [line.split(" | ") for line in text.splitlines() if line.startswith("| 6x7")]
 
 
+@pytest.mark.slow  # the float32-error table over the VGG layers; tests/test_winograd.py checks the documented bounds by default
 def test_quick_error_table(experiment, tmp_path):
     out = tmp_path / "err.md"
     text = experiment("bench_winograd").main(["--quick", "--error", "--out", str(out)])

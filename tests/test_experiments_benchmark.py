@@ -154,6 +154,7 @@ def test_timing_calibrates_and_takes_turns(experiment, monkeypatch):
         timing.measure(fake("a", 1e-3), repeats=1)
 
 
+@pytest.mark.slow  # shape-only inits of three frameworks' ResNet-18; test_models checks fcnn's counts by default
 def test_resnet18_macs_and_parameters_match_hand_counts_and_peers(experiment):
     """ResNet-18 (CIFAR stem): forward MACs against a hand count per stage, and every framework's
     network against the 11,173,962 parameters of the CIFAR ResNet-18 (pytorch-cifar's count)."""

@@ -40,6 +40,7 @@ def test_lax_net_is_the_unet(experiment):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # the benchmark baseline's equality with fcnn's step
 def test_lax_step_equals_make_train_step(experiment):
     """One SGD-momentum step: the same new parameters and loss, and the confusion counts of the batch."""
     bench = experiment("unet_vs_lax")

@@ -130,12 +130,17 @@ def test_command_rejects_bad_arguments(capsys):
     assert "mutant must be one of" in capsys.readouterr().err
 
 
+def test_winograd_joins_the_sweep_on_the_cases_its_rule_admits():
+    admitted = [c.name for c in sweep.cases("conv2d") if sweep.computes(c, "winograd")]
+    assert admitted == ["basic"]
+    assert all(sweep.computes(c, "lax") for c in sweep.cases("conv2d"))
+
+
+@pytest.mark.slow  # five checks compiled for one case (6 s); test_winograd checks the same properties by default
 def test_winograd_sweeps_the_cases_its_rule_admits():
     """impl='winograd' (3x3, stride 1, dilation 1 only) joins the gradcheck sweep on the quick conv
     cases it computes, and every check passes there: forward and hand-derived VJP against lax, finite
     differences, the Jacobian and second order."""
-    admitted = [c.name for c in sweep.cases("conv2d") if sweep.computes(c, "winograd")]
-    assert admitted == ["basic"]
     rows = sweep.run_sweep("conv2d", "winograd")
     assert {r.case for r in rows} == {"basic"} and len(rows) == len(sweep.CHECKS)
     assert all(r.status == "pass" for r in rows), [(r.check, r.status) for r in rows]
