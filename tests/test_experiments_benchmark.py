@@ -91,6 +91,7 @@ def test_proto_pool_gradient_is_first_max(experiment):
     np.testing.assert_array_equal(np.asarray(ops_bench.proto_max_pool(x)), np.asarray(native(x)))
 
 
+@pytest.mark.slow  # an experiment's compiled comparison; test_step checks the step's program and compiler options by default
 def test_step_ab_quick_rows_and_per_layer_models(experiment, tmp_path, monkeypatch):
     import jax
 
@@ -184,6 +185,7 @@ def test_benchmark_skips_frameworks_without_a_resnet(experiment, tmp_path):
                                             "only"]
 
 
+@pytest.mark.slow  # an experiment's compiled comparison; test_step checks the step's program and compiler options by default
 def test_user_step_compiles_to_make_train_steps_program(experiment):
     """user_step_ab's claim, checked on the compiled programs: over the same (auto) layers a
     user's own jitted step has make_train_step's convolutions and dots; the models' defaults
@@ -204,6 +206,7 @@ def test_user_step_compiles_to_make_train_steps_program(experiment):
     assert got["user_default"]["convolution"] > got["fcnn"]["convolution"]  # taps/col2im are not XLA convs
 
 
+@pytest.mark.slow  # an experiment's compiled comparison; test_step checks the step's program and compiler options by default
 def test_ynn_off_option_keeps_the_conv_results(experiment):
     """bench_peers.YNN_OFF (Eigen convolutions instead of YNNPACK's) changes speed, not results:
     the conv and its VJP agree with the default compile to float32 rounding."""
