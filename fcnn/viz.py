@@ -38,7 +38,7 @@ from fcnn.attribution import (BlankMapWarning, default_cam_layer, grad_cam, laye
                               saliency, serial_children, smoothgrad)
 from fcnn.report import read_jsonl
 from fcnn.run import load_run
-from fcnn.step import predict
+from fcnn.step import num_outputs, predict
 from fcnn.summary import layer_info
 from fcnn.types import Layer
 
@@ -250,8 +250,8 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
             raise ValueError(f"--index {index} is out of range: the test set has {len(ds.x_test)} images")
         panels = prediction_panels(config.task, model, params, state, ds.x_test[index], ds.y_test[index])
         seg = config.task == "segment"
-        classes = (0, int(np.asarray(predict(model, params, state, ds.x_test[index][None], task="segment")).shape[-1]) - 1) \
-            if seg else None  # one colour per class in every picture
+        # one colour per class in every picture: the scale spans the model's classes (traced, not run)
+        classes = (0, num_outputs(model, params, state, np.shape(ds.x_test)) - 1) if seg else None
         figures.side_by_side_figure(panels, out, cmaps=("gray",) + ("tab20" if seg else "gray",) * 2,
                                     ranges=(None, classes, classes))
         return f"wrote {out} (prediction, task {config.task}, test image {index}, run {run}, checkpoint step {step})"
