@@ -53,6 +53,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.channels import add_channels
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
 from fcnn.ops.conv_vjp import acc_dtype, conv_backward_input_col2im, fusion_barrier, lax_conv, make_custom_vjp_conv, \
@@ -295,13 +296,13 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layou
                                      dimension_numbers=dn, precision=precision)
         if b is None:
             return z
-        return z + (b if shapes.is_channels_last(layout) else jnp.reshape(b, (-1,) + (1,) * len(pads)))
+        return add_channels(z, b, -1 if shapes.is_channels_last(layout) else 1)
     xc, wc = _to_channels_last(x, w, layout)
     if impl in _CUSTOM_VJP:
         z = _CUSTOM_VJP[impl](xc, wc, b, stride, pads, dilation, groups, precision)  # (n, *out, cout)
     else:
         z = _IMPLS[impl](xc, wc, stride, pads, dilation, groups, precision)  # (n, *out, cout)
-        z = z if b is None else z + b
+        z = z if b is None else add_channels(z, b)
     return _from_channels_last(z, layout)
 
 

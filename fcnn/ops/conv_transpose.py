@@ -72,6 +72,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.channels import add_channels, channel_sum
 from fcnn.ops import auto as _auto
 from fcnn.ops.conv_nd import check_precision, conv
 
@@ -211,7 +212,7 @@ def _kernel_gradient(dz, x, window, g: _Geometry, precision):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _ct_custom(x, w, b, g: _Geometry, precision):
     z = _ct_lax(x, w, g, precision)
-    return z if b is None else z + b
+    return z if b is None else add_channels(z, b)
 
 
 def _ct_custom_fwd(x, w, b, g, precision):
@@ -222,7 +223,7 @@ def _ct_custom_bwd(g, precision, res, dz):
     x, w, b = res
     dx = _conv_forward(dz, w, g, x.shape[1:-1], precision)  # input gradient: a forward convolution
     dw = _kernel_gradient(dz, x, w.shape[:-2], g, precision)  # kernel gradient: a correlation
-    db = None if b is None else jnp.sum(dz, axis=tuple(range(dz.ndim - 1))).astype(b.dtype)
+    db = None if b is None else channel_sum(dz).astype(b.dtype)
     return dx.astype(x.dtype), dw.astype(w.dtype), db
 
 
@@ -267,7 +268,7 @@ def conv_transpose(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilat
         z = _ct_custom(x, w, b, g, precision)
     else:
         z = _IMPLS[impl](x, w, g, precision)
-        z = z if b is None else z + b
+        z = z if b is None else add_channels(z, b)
     return z if shapes.is_channels_last(layout) else jnp.moveaxis(z, -1, 1)
 
 

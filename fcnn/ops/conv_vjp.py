@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import shapes
+from fcnn.channels import add_channels, channel_sum
 
 __all__ = [
     "conv_backward_bias",
@@ -78,8 +79,8 @@ def lax_conv(x, w, stride, pads, dilation, groups, precision):
 
 # ----------------------------------------------------------------------------- the three gradients
 def conv_backward_bias(dz):
-    """``db = sum(dZ)`` over batch and space. dz: (n, *out, cout) -> (cout,)."""
-    return jnp.sum(dz, axis=tuple(range(dz.ndim - 1)))
+    """``db = sum(dZ)`` over batch and space. dz: (n, *out, cout) -> (cout,) (``fcnn.channels``)."""
+    return channel_sum(dz)
 
 
 def conv_backward_kernel(x, dz, kernel: Sequence[int], *, stride, pads: Pads, dilation, groups: int,
@@ -211,7 +212,7 @@ def make_custom_vjp_conv(backward_input: Callable = conv_backward_input,
     @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
     def f(x, w, b, stride, pads, dilation, groups, precision):
         z = forward(x, w, stride, pads, dilation, groups, precision)
-        return z if b is None else z + b
+        return z if b is None else add_channels(z, b)
 
     def fwd(x, w, b, stride, pads, dilation, groups, precision):
         return f(x, w, b, stride, pads, dilation, groups, precision), (x, w, b)
