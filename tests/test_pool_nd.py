@@ -318,3 +318,16 @@ BAD = [
 def test_bad_input_nd(match, call):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8), (2, 9, 16), (3, 4, 6), (2, 20, 8)])  # unrolled, unrolled, cumsum (c < 8), cumsum (k > 16)
+def test_first_true_keeps_the_first_true_cell_of_each_window(shape):
+    """Against a loop over the window axis by hand; windows with no True stay all False."""
+    m = np.random.RandomState(3).rand(*shape) < 0.4
+    m[0, :, 0] = False  # a window without a maximum
+    want = np.zeros_like(m)
+    for n, c in itertools.product(range(shape[0]), range(shape[2])):
+        hits = np.flatnonzero(m[n, :, c])
+        if hits.size:
+            want[n, hits[0], c] = True
+    np.testing.assert_array_equal(np.asarray(pool_nd.first_true(jnp.asarray(m), axis=-2)), want)
