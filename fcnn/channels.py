@@ -12,8 +12,8 @@ than the same sum as a matrix-vector product: (16, 32, 32, 64) float32 took 0.90
 broadcast is an outer product with ones for the same reason: JAX differentiates it into the sum
 as a matrix product, where ``x + v`` would differentiate into the slow reduction. Both are plain
 linear JAX operations, so derivatives of every order work. Values are those of ``jnp.sum`` and of
-``x + v`` up to the order of the additions (float rounding). Other backends (GPU, TPU) get
-``jnp.sum`` and ordinary broadcasting, which their compilers reduce well.
+``x + v`` up to the order of the additions (float rounding). Other backends (GPU, TPU), and
+fewer than ``MIN_CHANNELS`` channels, get ``jnp.sum`` and ordinary broadcasting.
 """
 from __future__ import annotations
 
@@ -25,10 +25,16 @@ import jax.numpy as jnp
 __all__ = ["channel_sum", "channel_mean", "add_channels", "scale_channels", "uses_matmul"]
 
 
-def uses_matmul(dtype) -> bool:
-    """Whether channel sums and broadcasts of this dtype are written as matrix products here
-    (XLA:CPU, floating dtypes); decided at trace time from ``jax.default_backend()``."""
-    return jax.default_backend() == "cpu" and jnp.issubdtype(dtype, jnp.floating)
+MIN_CHANNELS = 8  # fewer channels: jnp.sum and broadcasting (one AVX2 float32 vector per row)
+
+
+def uses_matmul(dtype, channels: int) -> bool:
+    """Whether channel sums and broadcasts of this dtype and channel count are written as matrix
+    products here: on XLA:CPU, for floating dtypes and at least ``MIN_CHANNELS`` channels. With 6
+    channels ``ones @ x`` took 2.3x the time of ``jnp.sum`` ((64, 28, 28, 6), docs/perf_notes.md
+    item 31), with 16 channels 0.15x. Decided at trace time from ``jax.default_backend()``."""
+    return (channels >= MIN_CHANNELS and jnp.issubdtype(dtype, jnp.floating)
+            and jax.default_backend() == "cpu")
 
 
 def _split(shape, axis):
@@ -52,7 +58,7 @@ def channel_sum(x, axis: int = -1):
       (c,) sums, accumulated in float32 for narrower floats (as ``jnp.sum`` does).
     """
     x = jnp.asarray(x)
-    if not uses_matmul(x.dtype):
+    if not uses_matmul(x.dtype, x.shape[axis]):
         axis = axis % x.ndim
         return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))
     before, c, after, _ = _split(x.shape, axis)
@@ -75,7 +81,7 @@ def channel_mean(x, axis: int = -1):
 def _broadcast(v, shape, axis):
     """(c,) ``v`` broadcast to ``shape`` along ``axis``; on XLA:CPU an outer product with ones, so
     that its derivative with respect to v is a matrix product (``channel_sum``), not a reduction."""
-    if not uses_matmul(v.dtype):
+    if not uses_matmul(v.dtype, shape[axis]):
         bshape = [1] * len(shape)
         bshape[axis % len(shape)] = shape[axis]
         return jnp.reshape(v, bshape)  # broadcasting does the rest

@@ -15,10 +15,7 @@ SHAPES_AXES = [((7, 3), -1), ((2, 5, 4, 3), -1), ((2, 3, 5, 4), 1), ((3, 4), 0),
 @pytest.fixture(params=["matmul", "reduce"])
 def form(request, monkeypatch):
     """Run each test with the CPU matrix-product form and with the plain reduction form."""
-    if request.param == "reduce":
-        monkeypatch.setattr(channels, "uses_matmul", lambda dtype: False)
-    else:
-        assert channels.uses_matmul(jnp.float32)  # the suite runs on CPU
+    monkeypatch.setattr(channels, "uses_matmul", lambda dtype, c: request.param == "matmul")
     return request.param
 
 
@@ -77,9 +74,14 @@ def _primitives(jaxpr):
     return names
 
 
+def test_the_matrix_product_form_is_chosen_on_cpu_for_floats_and_at_least_8_channels():
+    assert channels.MIN_CHANNELS == 8
+    assert channels.uses_matmul(jnp.float32, 8) and channels.uses_matmul(jnp.bfloat16, 512)
+    assert not channels.uses_matmul(jnp.float32, 7) and not channels.uses_matmul(jnp.int32, 64)
+
+
 def test_on_cpu_sums_and_bias_gradients_are_matrix_products_not_reductions():
     x = jnp.ones((4, 5, 5, 8), jnp.float32)
-    assert channels.uses_matmul(x.dtype)
     sum_prims = _primitives(jax.make_jaxpr(channels.channel_sum)(x).jaxpr)
     _, vjp = jax.vjp(lambda v: channels.add_channels(x, v), jnp.ones(8, jnp.float32))
     grad_prims = _primitives(jax.make_jaxpr(vjp)(x).jaxpr)
@@ -97,7 +99,6 @@ def test_bfloat16_sums_accumulate_in_float32(form):
 
 def test_integer_arrays_use_the_plain_sum():
     x = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
-    assert not channels.uses_matmul(x.dtype)
     np.testing.assert_array_equal(channels.channel_sum(x), _np_sum(x, -1))
     np.testing.assert_array_equal(channels.add_channels(x, np.arange(4)), x + np.arange(4))
 
