@@ -44,7 +44,7 @@ def test_sum_mean_add_scale_equal_numpy_in_float64(form, shape, axis):
                                rtol=1e-15, atol=0)
 
 
-@pytest.mark.parametrize("shape, axis", [((2, 5, 4, 3), -1), ((2, 3, 5, 4), 1)])
+@pytest.mark.parametrize("shape, axis", [((2, 3, 5, 4), 1)])  # a middle axis: both matrix products
 def test_gradients_against_finite_differences_to_second_order(form, shape, axis):
     """Plain linear JAX operations: forward and reverse mode, second order included."""
     rs = np.random.RandomState(1)
