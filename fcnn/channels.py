@@ -13,7 +13,8 @@ broadcast is an outer product with ones for the same reason: JAX differentiates 
 as a matrix product, where ``x + v`` would differentiate into the slow reduction. Both are plain
 linear JAX operations, so derivatives of every order work. Values are those of ``jnp.sum`` and of
 ``x + v`` up to the order of the additions (float rounding). Other backends (GPU, TPU), and
-fewer than ``MIN_CHANNELS`` channels, get ``jnp.sum`` and ordinary broadcasting.
+arrays with fewer than ``MIN_CHANNELS`` channels or ``MIN_SIZE`` elements, get ``jnp.sum`` and
+ordinary broadcasting.
 """
 from __future__ import annotations
 
@@ -26,14 +27,18 @@ __all__ = ["channel_sum", "channel_mean", "add_channels", "scale_channels", "use
 
 
 MIN_CHANNELS = 8  # fewer channels: jnp.sum and broadcasting (one AVX2 float32 vector per row)
+MIN_SIZE = 32768  # smaller arrays: jnp.sum and broadcasting (the sum takes microseconds either way)
 
 
-def uses_matmul(dtype, channels: int) -> bool:
-    """Whether channel sums and broadcasts of this dtype and channel count are written as matrix
-    products here: on XLA:CPU, for floating dtypes and at least ``MIN_CHANNELS`` channels. With 6
-    channels ``ones @ x`` took 2.3x the time of ``jnp.sum`` ((64, 28, 28, 6), docs/perf_notes.md
-    item 31), with 16 channels 0.15x. Decided at trace time from ``jax.default_backend()``."""
-    return (channels >= MIN_CHANNELS and jnp.issubdtype(dtype, jnp.floating)
+def uses_matmul(dtype, channels: int, size: int) -> bool:
+    """Whether channel sums and broadcasts are written as matrix products for an array of this
+    dtype, channel count and element count: on XLA:CPU, for floating dtypes, at least
+    ``MIN_CHANNELS`` channels and ``MIN_SIZE`` elements (docs/perf_notes.md item 31). With 6
+    channels ``ones @ x`` took 2.3x the time of ``jnp.sum`` ((64, 28, 28, 6)), with 16 channels
+    0.15x. Below 8192 elements both took the same 8 us, at 32768 0.29x (8 vs 29 us); a matrix product
+    costs compile time (a BatchNorm gradient compiled in 0.30 s instead of 0.14 s at (2, 6, 6, 8)),
+    which small arrays do not earn back. Decided at trace time from ``jax.default_backend()``."""
+    return (channels >= MIN_CHANNELS and size >= MIN_SIZE and jnp.issubdtype(dtype, jnp.floating)
             and jax.default_backend() == "cpu")
 
 
@@ -58,7 +63,7 @@ def channel_sum(x, axis: int = -1):
       (c,) sums, accumulated in float32 for narrower floats (as ``jnp.sum`` does).
     """
     x = jnp.asarray(x)
-    if not uses_matmul(x.dtype, x.shape[axis]):
+    if not uses_matmul(x.dtype, x.shape[axis], x.size):
         axis = axis % x.ndim
         return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))
     before, c, after, _ = _split(x.shape, axis)
@@ -81,7 +86,7 @@ def channel_mean(x, axis: int = -1):
 def _broadcast(v, shape, axis):
     """(c,) ``v`` broadcast to ``shape`` along ``axis``; on XLA:CPU an outer product with ones, so
     that its derivative with respect to v is a matrix product (``channel_sum``), not a reduction."""
-    if not uses_matmul(v.dtype, shape[axis]):
+    if not uses_matmul(v.dtype, shape[axis], math.prod(shape)):
         bshape = [1] * len(shape)
         bshape[axis % len(shape)] = shape[axis]
         return jnp.reshape(v, bshape)  # broadcasting does the rest

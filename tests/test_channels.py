@@ -15,7 +15,7 @@ SHAPES_AXES = [((7, 3), -1), ((2, 5, 4, 3), -1), ((2, 3, 5, 4), 1), ((3, 4), 0),
 @pytest.fixture(params=["matmul", "reduce"])
 def form(request, monkeypatch):
     """Run each test with the CPU matrix-product form and with the plain reduction form."""
-    monkeypatch.setattr(channels, "uses_matmul", lambda dtype, c: request.param == "matmul")
+    monkeypatch.setattr(channels, "uses_matmul", lambda dtype, c, size: request.param == "matmul")
     return request.param
 
 
@@ -74,14 +74,15 @@ def _primitives(jaxpr):
     return names
 
 
-def test_the_matrix_product_form_is_chosen_on_cpu_for_floats_and_at_least_8_channels():
-    assert channels.MIN_CHANNELS == 8
-    assert channels.uses_matmul(jnp.float32, 8) and channels.uses_matmul(jnp.bfloat16, 512)
-    assert not channels.uses_matmul(jnp.float32, 7) and not channels.uses_matmul(jnp.int32, 64)
+def test_the_matrix_product_form_is_chosen_on_cpu_for_floats_8_channels_and_32768_elements():
+    assert (channels.MIN_CHANNELS, channels.MIN_SIZE) == (8, 32768)
+    assert channels.uses_matmul(jnp.float32, 8, 32768) and channels.uses_matmul(jnp.bfloat16, 512, 10 ** 6)
+    assert not channels.uses_matmul(jnp.float32, 7, 10 ** 6) and not channels.uses_matmul(jnp.int32, 64, 10 ** 6)
+    assert not channels.uses_matmul(jnp.float32, 64, 32767)
 
 
 def test_on_cpu_sums_and_bias_gradients_are_matrix_products_not_reductions():
-    x = jnp.ones((4, 5, 5, 8), jnp.float32)
+    x = jnp.ones((32, 16, 8, 8), jnp.float32)  # 32768 elements, 8 channels: the matrix-product form
     sum_prims = _primitives(jax.make_jaxpr(channels.channel_sum)(x).jaxpr)
     _, vjp = jax.vjp(lambda v: channels.add_channels(x, v), jnp.ones(8, jnp.float32))
     grad_prims = _primitives(jax.make_jaxpr(vjp)(x).jaxpr)
