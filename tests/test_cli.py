@@ -80,6 +80,8 @@ def test_gradcheck_and_viz_are_handed_their_arguments(monkeypatch):
     assert seen["argv"] == ["--impl", "im2col", "-x"]
 
 
+@pytest.mark.slow  # three CLI processes (24 s); by default the property is test_train's in-process resume
+# equality plus test_checkpoint's SIGKILL during saves
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     from fcnn import checkpoint
 
