@@ -299,7 +299,8 @@ _FIT = textwrap.dedent(r"""
         return run_lib.load_run(d).params
     one = cli_params()
     out["cli_sharding"] = rel(cli_params("--parallel", "sharding", "--devices", "4"), one)
-    out["cli_pmap"] = rel(cli_params("--parallel", "pmap", "--devices", "2"), one)
+    if every:  # a third LeNet-5 compile; fit's pmap equality is in the default run above
+        out["cli_pmap"] = rel(cli_params("--parallel", "pmap", "--devices", "2"), one)
     print("RESULT " + json.dumps(out), flush=True)
 """)
 
@@ -376,7 +377,11 @@ def test_fit_resumes_a_pmap_checkpoint_on_one_device(fit_runs):
 
 def test_cli_parallel_flags_reach_fit(fit_runs):
     assert fit_runs["cli_sharding"] <= 1e-6
-    assert fit_runs["cli_pmap"] <= 1e-6
+
+
+@pytest.mark.slow
+def test_cli_pmap_flag_reaches_fit(fit_runs_every_task):
+    assert fit_runs_every_task["cli_pmap"] <= 1e-6
 
 
 @pytest.mark.parametrize("argv,message", [
