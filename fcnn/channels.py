@@ -7,8 +7,9 @@ statistics and their gradients are channel sums.
 
 On XLA:CPU these are written as matrix products with a vector of ones. XLA:CPU runs a reduction
 over the leading axes of a channels-last array (a column reduction) an order of magnitude slower
-than the same sum as a matrix-vector product: (16, 32, 32, 64) float32 took 0.90 ms as
-``jnp.sum(axis=(0, 1, 2))`` and 0.065 ms as ``ones @ x`` (docs/perf_notes.md, item 31). The
+than the same sum as a matrix-vector product: (16, 32, 32, 64) float32 took 0.69 ms as
+``jnp.sum(axis=(0, 1, 2))`` and 0.084 ms as ``ones @ x`` (``experiments/channels_ab.py``,
+docs/perf_notes.md item 31). The
 broadcast is an outer product with ones for the same reason: JAX differentiates it into the sum
 as a matrix product, where ``x + v`` would differentiate into the slow reduction. Both are plain
 linear JAX operations, so derivatives of every order work. Values are those of ``jnp.sum`` and of

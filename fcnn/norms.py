@@ -116,8 +116,9 @@ def _batch_stats(xs, ca, axis_name, unbiased):
     """Per-channel batch mean and biased variance over every axis but the channel axis ``ca``
     (averaged over ``axis_name``), and the variance the running average keeps: the same, or
     ``var * m / (m - 1)`` with ``unbiased``. Channel sums (``fcnn.channels``): on XLA:CPU a column
-    reduction costs 10x the matrix product (the BatchNorm fwd+bwd of a (16, 16, 16, 128) input
-    took 3.6 ms with ``jnp.mean``, 0.5 ms with them; docs/perf_notes.md, item 31)."""
+    reduction costs 10x the matrix product (BatchNorm + ReLU forward and backward of a
+    (16, 16, 16, 128) input took 4.0 ms with ``jnp.mean``, 0.77 ms with them; docs/perf_notes.md,
+    item 31)."""
     mean = channel_mean(xs, ca)
     if axis_name is not None:
         mean = lax.pmean(mean, axis_name)
