@@ -110,3 +110,25 @@ def test_a_vector_of_the_wrong_length_is_refused(f):
         f(np.zeros((2, 3)), np.zeros(4))
     with pytest.raises(ValueError, match=r"expected a \(2,\) vector for axis 0"):
         f(np.zeros((2, 3)), np.zeros((2, 1)), 0)
+
+
+def test_batchnorm_over_a_named_axis_equals_the_global_batch_in_both_forms(form):
+    """BatchNorm(axis_name) inside vmap over 4 "devices" of 2 examples: outputs, running statistics
+    and input gradients equal one BatchNorm over the 8 examples (pmean of channel sums)."""
+    from fcnn.norms import BatchNorm
+
+    x = np.random.RandomState(4).randn(8, 3, 3, 8) * 2 + 1
+    g = np.random.RandomState(5).randn(8, 3, 3, 8)
+    local, glob = BatchNorm(axis_name="d"), BatchNorm()
+    _, p, s = glob.init(jax.random.PRNGKey(0), x.shape)
+
+    y_ref, s_ref = glob.apply(p, s, x, train=True)
+    dx_ref = jax.grad(lambda xs: jnp.sum(glob.apply(p, s, xs, train=True)[0] * g))(x)
+    shard = lambda a: a.reshape(4, 2, 3, 3, 8)  # noqa: E731
+    y, st = jax.vmap(lambda xs: local.apply(p, s, xs, train=True), axis_name="d")(shard(x))
+    dx = jax.vmap(jax.grad(lambda xs, gs: jnp.sum(local.apply(p, s, xs, train=True)[0] * gs)),
+                  axis_name="d")(shard(x), shard(g))
+    np.testing.assert_allclose(np.reshape(y, x.shape), y_ref, rtol=1e-10, atol=1e-12)
+    for k in ("mean", "var"):
+        np.testing.assert_allclose(st[k][0], s_ref[k], rtol=1e-10)
+    np.testing.assert_allclose(np.reshape(dx, x.shape), dx_ref, rtol=1e-9, atol=1e-11)
