@@ -60,8 +60,7 @@ def _variants(part, shape):
 
     from fcnn import channels
     from fcnn.norms import BatchNorm
-    from fcnn.ops import max_pool2d
-    from fcnn.ops import pool_nd
+    from fcnn.ops import max_pool2d, pool_nd
 
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
     if part == "sum":

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 __all__ = ["channel_sum", "channel_mean", "add_channels", "scale_channels", "uses_matmul"]
 
 
-MIN_CHANNELS = 8  # fewer channels: jnp.sum and broadcasting (one AVX2 float32 vector per row)
+MIN_CHANNELS = 8  # the float32 lanes of one AVX2 vector: a narrower channels-last minor axis vectorises poorly
 MIN_SIZE = 32768  # smaller arrays: jnp.sum and broadcasting (the sum takes microseconds either way)
 
 
@@ -46,7 +46,7 @@ def uses_matmul(dtype, channels: int, size: int) -> bool:
 def _split(shape, axis):
     """(before, c, after): the element counts before the channel axis, of it, and after it."""
     axis = axis % len(shape)
-    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]), axis
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
 def _acc(dtype):
@@ -67,7 +67,7 @@ def channel_sum(x, axis: int = -1):
     if not uses_matmul(x.dtype, x.shape[axis], x.size):
         axis = axis % x.ndim
         return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))
-    before, c, after, _ = _split(x.shape, axis)
+    before, c, after = _split(x.shape, axis)
     acc = _acc(x.dtype)
     s = jnp.reshape(x, (before, c * after))
     if before > 1:  # (c * after,): the leading axes summed as ones @ x
@@ -91,10 +91,8 @@ def _broadcast(v, shape, axis):
         bshape = [1] * len(shape)
         bshape[axis % len(shape)] = shape[axis]
         return jnp.reshape(v, bshape)  # broadcasting does the rest
-    before, c, after, _ = _split(shape, axis)
-    b = jnp.reshape(v, (1, c))
-    if after > 1:  # (c, after)
-        b = jnp.matmul(jnp.reshape(v, (c, 1)), jnp.ones((1, after), v.dtype))
+    before, c, after = _split(shape, axis)
+    b = jnp.matmul(jnp.reshape(v, (c, 1)), jnp.ones((1, after), v.dtype)) if after > 1 else v  # (c, after)
     if before > 1:  # (before, c * after)
         b = jnp.matmul(jnp.ones((before, 1), v.dtype), jnp.reshape(b, (1, c * after)))
     return jnp.reshape(b, shape)

@@ -27,6 +27,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import shapes
+from fcnn.channels import MIN_CHANNELS
 
 Sizes = Tuple[int, ...]
 
@@ -124,8 +125,7 @@ def _window_axis_perm(rank: int):
     return (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
 
 
-UNROLL_FIRST_TRUE = 16  # windows up to this many cells ...
-UNROLL_MIN_CHANNELS = 8  # ... and at least this many channels (one AVX2 float32 vector): the unrolled scan
+UNROLL_FIRST_TRUE = 16  # windows up to this many cells, with at least channels.MIN_CHANNELS: the unrolled scan
 
 
 def first_true(m, axis: int = -2):
@@ -136,10 +136,11 @@ def first_true(m, axis: int = -2):
     1.1 ms instead of 2.2 at (16, 32, 32, 128) and 0.18 instead of 0.36 at (64, 10, 10, 16), but
     0.67 instead of 0.51 at (64, 28, 28, 6), where 6 channels fill no vector (docs/perf_notes.md,
     item 32). So: the unrolled OR for windows of at most ``UNROLL_FIRST_TRUE`` cells and at least
-    ``UNROLL_MIN_CHANNELS`` channels (the last axis), the cumsum otherwise. Both give the same mask.
+    ``fcnn.channels.MIN_CHANNELS`` channels (the last axis; one AVX2 float32 vector, the rule the
+    channel sums follow too), the cumsum otherwise. Both give the same mask.
     """
     k = m.shape[axis]
-    if k > UNROLL_FIRST_TRUE or m.shape[-1] < UNROLL_MIN_CHANNELS:
+    if k > UNROLL_FIRST_TRUE or m.shape[-1] < MIN_CHANNELS:
         return m & (jnp.cumsum(m.astype(jnp.int32), axis=axis) == 1)
     cells = [lax.index_in_dim(m, i, axis, keepdims=False) for i in range(k)]
     seen, kept = cells[0], [cells[0]]
