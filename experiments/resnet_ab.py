@@ -1,0 +1,167 @@
+"""Where ResNet-18's CPU train step spends its time: step ablations and per-layer convolutions
+(docs/perf_notes.md, item 33).
+
+    python experiments/resnet_ab.py --part step
+    python experiments/resnet_ab.py --part layers
+    python experiments/resnet_ab.py --part torch_layers      # PyTorch alone in its process
+
+Parts:
+
+- ``step``: ``make_train_step`` over ``models.resnet18(stem="cifar", impl="auto")`` at batch 16,
+  interleaved (``_timing.side_by_side``): ``full``; ``no_bn`` (every BatchNorm the identity);
+  ``no_bn_relu`` (BatchNorm and ReLU the identity: the convolutions, residual adds, pooling, dense
+  layer and optimizer); ``no_donate`` (the full step with ``donate=False``).
+- ``layers``: forward + both gradients of each distinct ResNet-18 conv layer (batch 16), jitted
+  with ``fcnn.step.compiler_options()``, per ``--impls`` (interleaved per layer).
+- ``torch_layers``: the same layers in PyTorch eager (channels_last, ``torch.set_num_threads``
+  = the cores), run in its own process: next to XLA:CPU's thread pool PyTorch ran 20x slower
+  (experiments/peer_ab.py).
+
+``--quick`` runs a tiny ResNet (widths 8, 16) at batch 2 for the tests. Prints, and with
+``--out`` writes, a markdown table with the command and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import carrying, side_by_side  # noqa: E402
+from step_ab import publish  # noqa: E402
+
+# (name, spatial size, cin, cout, kernel, stride): every distinct conv of ResNet-18's CIFAR stages
+LAYERS = [("s1 3x3 64", 32, 64, 64, 3, 1), ("s2 3x3 64->128", 32, 64, 128, 3, 2), ("s2 1x1 64->128", 32, 64, 128, 1, 2),
+          ("s1 3x3 128", 16, 128, 128, 3, 1), ("s2 3x3 128->256", 16, 128, 256, 3, 2),
+          ("s1 3x3 256", 8, 256, 256, 3, 1), ("s2 3x3 256->512", 8, 256, 512, 3, 2), ("s1 3x3 512", 4, 512, 512, 3, 1)]
+QUICK_LAYERS = [("s1 3x3 8", 4, 8, 8, 3, 1)]
+STEP_VARIANTS = ("full", "no_bn", "no_bn_relu", "no_donate")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", default="step", choices=["step", "layers", "torch_layers"])
+    p.add_argument("--variants", default=",".join(STEP_VARIANTS), help="for --part step")
+    p.add_argument("--impls", default="lax,col2im", help="for --part layers: fcnn conv implementations")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--target-s", type=float, default=None, help="seconds per repeat (default 1.0 step, 0.2 layers)")
+    p.add_argument("--quick", action="store_true", help="a tiny ResNet and layer, 2 repeats (for tests)")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def _model(variant, quick):
+    """ResNet-18 (CIFAR stem, impl="auto") with BatchNorm and/or ReLU replaced as ``variant`` says."""
+    from fcnn import models
+    from fcnn.combinators import identity
+
+    def gone(**_):  # takes BatchNorm's keyword arguments
+        return identity()
+
+    with contextlib.ExitStack() as stack:
+        if variant in ("no_bn", "no_bn_relu"):
+            stack.enter_context(mock.patch.object(models, "BatchNorm", gone))
+        if variant == "no_bn_relu":
+            stack.enter_context(mock.patch.object(models, "Relu", gone))
+        if quick:
+            return models.small_resnet(widths=(8, 16), impl="auto")
+        return models.resnet18(stem="cifar", impl="auto")
+
+
+def step_part(args):
+    import jax
+    import jax.numpy as jnp
+
+    from fcnn.optim import make_optimizer
+    from fcnn.step import make_train_step
+
+    names = [v for v in args.variants.split(",") if v]
+    bad = [v for v in names if v not in STEP_VARIANTS]
+    if bad:
+        raise SystemExit(f"--variants: unknown {bad}; known: {', '.join(STEP_VARIANTS)}")
+    x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, 32, 32, 3))
+    batch, key = (x, jnp.arange(args.batch) % 10), jax.random.PRNGKey(0)
+    calls = {}
+    for v in names:
+        model = _model(v, args.quick)
+        _, params, state = model.init(jax.random.PRNGKey(0), x.shape)
+        opt = make_optimizer("momentum", 0.01, momentum=0.9)
+        step = make_train_step(model, opt, donate=v != "no_donate")
+        calls[v] = carrying(lambda carry, step=step: step(*carry, batch, key)[:3], (params, state, opt.init(params)))
+    t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
+    base = t[names[0]].median_s
+    rows = [f"| variant | median ms/step | min | vs {names[0]} |", "|---|---|---|---|"]
+    rows += [f"| {v} | {r.median_s * 1e3:.1f} | {r.best_s * 1e3:.1f} | {r.median_s / base:.2f}x |" for v, r in t.items()]
+    return f"ResNet-18 (CIFAR stem) b{args.batch} f32 train step, interleaved", rows, t
+
+
+def _layer_rows(timed, impls):
+    rows = ["| layer | " + " | ".join(f"{i} ms" for i in impls) + " |", "|---|" + "---|" * len(impls)]
+    rows += [f"| {name} | " + " | ".join(f"{ts[i].median_s * 1e3:.2f}" for i in impls) + " |" for name, ts in timed.items()]
+    return rows
+
+
+def layers_part(args):
+    import jax
+    import jax.numpy as jnp
+
+    from fcnn.ops import conv2d
+    from fcnn.step import compiler_options
+
+    impls = [i for i in args.impls.split(",") if i]
+    timed = {}
+    for name, hw, cin, cout, k, s in QUICK_LAYERS if args.quick else LAYERS:
+        x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, cin))
+        w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.05
+        pad = ((1, 1), (1, 1)) if k == 3 else "VALID"
+        calls = {}
+        for impl in impls:
+            def fwd_bwd(x, w, impl=impl):
+                z, vjp = jax.vjp(lambda x, w: conv2d(x, w, stride=s, padding=pad, impl=impl), x, w)
+                return vjp(jnp.full_like(z, 0.01))
+            f = jax.jit(fwd_bwd).lower(x, w).compile(compiler_options())
+            calls[impl] = lambda f=f: f(x, w)
+        timed[name] = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
+    return f"ResNet-18 conv layers, forward + both gradients, batch {args.batch}, f32, interleaved", \
+        _layer_rows(timed, impls), timed
+
+
+def torch_layers_part(args):
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    timed = {}
+    for name, hw, cin, cout, k, s in QUICK_LAYERS if args.quick else LAYERS:
+        x = torch.randn(args.batch, cin, hw, hw).to(memory_format=torch.channels_last).requires_grad_()
+        conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=1 if k == 3 else 0, bias=False)
+        conv = conv.to(memory_format=torch.channels_last)
+
+        def call():
+            z = conv(x)
+            z.backward(torch.full_like(z, 0.01))
+
+        timed[name] = {"torch": side_by_side({"torch": call}, repeats=args.repeats, target_s=args.target_s,
+                                             block=lambda out: None)["torch"]}
+    return f"ResNet-18 conv layers in PyTorch {torch.__version__} eager (channels_last), forward + both gradients, " \
+           f"batch {args.batch}, f32", _layer_rows(timed, ["torch"]), timed
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.part != "torch_layers":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.quick:
+        args.batch, args.repeats = 2, 2
+        args.target_s = 0.01
+    if args.target_s is None:
+        args.target_s = 1.0 if args.part == "step" else 0.2
+    what, rows, timed = {"step": step_part, "layers": layers_part, "torch_layers": torch_layers_part}[args.part](args)
+    publish("resnet_ab.py", argv, what, rows, args.out)
+    return timed
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""experiments/resnet_ab.py --quick: every step variant and the per-layer part run on a tiny ResNet and
+write their tables with the command; the ablations really remove what they name; no timing is asserted."""
+import jax
+
+
+def test_quick_step_variants_and_layers_write_their_tables(experiment, tmp_path):
+    ab = experiment("resnet_ab")
+    out = tmp_path / "step.md"
+    timed = ab.main(["--part", "step", "--quick", "--out", str(out)])
+    assert list(timed) == list(ab.STEP_VARIANTS)
+    assert "`python experiments/resnet_ab.py --part step --quick --out " in out.read_text()
+    layers = ab.main(["--part", "layers", "--quick", "--impls", "lax,col2im"])
+    assert list(layers) == ["s1 3x3 8"] and set(layers["s1 3x3 8"]) == {"lax", "col2im"}
+
+
+def test_the_ablated_models_lose_exactly_what_they_name(experiment):
+    """BatchNorm is the only rsqrt (and the only state); jax.nn.relu is the only custom_jvp_call."""
+    ab = experiment("resnet_ab")
+    x = jax.numpy.ones((2, 32, 32, 3))
+    prims, states = {}, {}
+    for v in ("full", "no_bn", "no_bn_relu"):
+        model = ab._model(v, True)
+        _, p, s = model.init(jax.random.PRNGKey(0), x.shape)
+        prims[v] = {e.primitive.name for e in jax.make_jaxpr(lambda x: model.apply(p, s, x)[0])(x).jaxpr.eqns}
+        states[v] = len(jax.tree.leaves(s))
+    assert {"rsqrt", "custom_jvp_call", "conv_general_dilated"} <= prims["full"] and states["full"] > 0
+    assert "rsqrt" not in prims["no_bn"] and "custom_jvp_call" in prims["no_bn"] and states["no_bn"] == 0
+    assert "custom_jvp_call" not in prims["no_bn_relu"] and "conv_general_dilated" in prims["no_bn_relu"]
