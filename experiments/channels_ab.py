@@ -29,17 +29,29 @@ from step_ab import publish  # noqa: E402
 
 DEFAULT_SHAPES = "16x32x32x64,16x16x16x128,16x8x8x256,16x4x4x512,64x28x28x6,64x10x10x16"
 QUICK_SHAPES = "2x4x4x8"
+PARTS = ("sum", "batchnorm", "pool")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", default="sum,batchnorm,pool")
+    p.add_argument("--parts", default=",".join(PARTS))
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help="NHWC shapes, comma-separated, e.g. 16x32x32x64")
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--target-s", type=float, default=0.2)
     p.add_argument("--quick", action="store_true", help="one tiny shape, 2 repeats (for tests)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
+
+
+def parse_shapes(text):
+    """``"16x32x32x64,2x4x4x8"`` -> [(16, 32, 32, 64), (2, 4, 4, 8)]: NHWC, four positive ints each."""
+    shapes = []
+    for item in text.split(","):
+        dims = item.split("x")
+        if len(dims) != 4 or not all(d.isdigit() and int(d) > 0 for d in dims):
+            raise SystemExit(f"--shapes: {item!r} is not an NHWC shape of four positive ints like 16x32x32x64")
+        shapes.append(tuple(int(d) for d in dims))
+    return shapes
 
 
 def _bn_before(p, x):
@@ -90,7 +102,7 @@ def _variants(part, shape):
 
         cumsum = lambda m, axis=-2: m & (jnp.cumsum(m.astype(jnp.int32), axis=axis) == 1)  # noqa: E731
         return {"cumsum": pool_grad(cumsum), "first_true": pool_grad(pool_nd.first_true)}, (x,)
-    raise SystemExit(f"--parts: unknown part {part!r} (sum, batchnorm, pool)")
+    raise AssertionError(part)  # main checked the parts
 
 
 def main(argv=None):
@@ -101,11 +113,15 @@ def main(argv=None):
 
     from fcnn.step import compiler_options
 
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (QUICK_SHAPES if args.quick else args.shapes).split(",")]
+    parts = args.parts.split(",")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"--parts: unknown part {unknown[0]!r} ({', '.join(PARTS)})")
+    shapes = parse_shapes(QUICK_SHAPES if args.quick else args.shapes)
     repeats, target = (2, 0.01) if args.quick else (args.repeats, args.target_s)
     rows = ["| part | shape | before | ms | after | ms | after / before |", "|---|---|---|---|---|---|---|"]
     results = {}
-    for part in args.parts.split(","):
+    for part in parts:
         for shape in shapes:
             fs, call_args = _variants(part, shape)
             compiled = {name: jax.jit(f).lower(*call_args).compile(compiler_options()) for name, f in fs.items()}

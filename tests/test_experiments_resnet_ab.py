@@ -26,3 +26,10 @@ def test_the_ablated_models_lose_exactly_what_they_name(experiment):
     assert {"rsqrt", "custom_jvp_call", "conv_general_dilated"} <= prims["full"] and states["full"] > 0
     assert "rsqrt" not in prims["no_bn"] and "custom_jvp_call" in prims["no_bn"] and states["no_bn"] == 0
     assert "custom_jvp_call" not in prims["no_bn_relu"] and "conv_general_dilated" in prims["no_bn_relu"]
+
+
+def test_an_unknown_step_variant_is_refused(experiment):
+    import pytest
+
+    with pytest.raises(SystemExit, match=r"--variants: unknown \['fast'\]; known: full, no_bn, no_bn_relu, no_donate"):
+        experiment("resnet_ab").main(["--part", "step", "--quick", "--variants", "full,fast"])
