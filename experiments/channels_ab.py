@@ -1,5 +1,6 @@
 """Per-channel sums on XLA:CPU: a reduction over the leading axes against ``fcnn.channels``'
-matrix products, interleaved in one process (docs/perf_notes.md, items 31-32).
+matrix products, and the max-pool backward's "first" tie weights, interleaved in one process
+(docs/perf_notes.md, items 31, 32 and 35).
 
     python experiments/channels_ab.py
     python experiments/channels_ab.py --parts sum,batchnorm --shapes 16x32x32x64,16x4x4x512 --out /tmp/t.md
@@ -11,8 +12,10 @@ Parts, each timed per shape with ``_timing.side_by_side`` (variants in turns, co
 - ``batchnorm``: BatchNorm in training mode then ReLU, forward and backward (gradient with respect
   to x, scale and offset), written with ``jnp.mean`` and broadcasting (fcnn's BatchNorm before
   item 31, kept here as the "before") against ``fcnn.norms.BatchNorm``;
-- ``pool``: the max-pool backward (``impl="custom_vjp"``, window 2) with the "first" tie mask as
-  ``m & (cumsum(m) == 1)`` (before item 32) against ``pool_nd.first_true``.
+- ``pool``: the gradient of a max-pool of a ReLU, as in the networks (``impl="custom_vjp"``, window
+  2, ties "first"), with the tiled backward as it was until item 35 (``is_max``'s mask, then its
+  first True per window by an unrolled running OR at >= 8 channels, an int32 cumsum below: item
+  32) against ``pool_nd.first_max_weights`` (one argmax).
 
 Checks that each pair agrees (to float32 rounding) before timing it. Prints, and with ``--out``
 writes, one markdown table with the command and the date.
@@ -65,6 +68,26 @@ def _bn_before(p, x):
     return jax.nn.relu(y)
 
 
+def _mask_scan_tiled(x, y, g, window, ties):
+    """The tiled max-pool backward before item 35, for ties "first" (the "before" of ``pool``)."""
+    import jax.numpy as jnp
+
+    from fcnn.channels import MIN_CHANNELS
+    from fcnn.ops import pool_nd
+
+    xw, back = pool_nd.tiled_windows(x, y.shape[1:-1], window)
+    m = pool_nd.is_max(xw, y[..., None, :])
+    if m.shape[-1] < MIN_CHANNELS or m.shape[-2] > 16:
+        first = m & (jnp.cumsum(m.astype(jnp.int32), axis=-2) == 1)
+    else:
+        seen, kept = m[..., 0, :], [m[..., 0, :]]
+        for i in range(1, m.shape[-2]):
+            kept.append(m[..., i, :] & ~seen)
+            seen = seen | m[..., i, :]
+        first = jnp.stack(kept, axis=-2)
+    return back(first.astype(x.dtype) * g[..., None, :])
+
+
 def _variants(part, shape):
     """{name: f(*args)} and the args, for one part at one shape."""
     import jax
@@ -89,19 +112,18 @@ def _variants(part, shape):
         return {"jnp.mean": grad_of(_bn_before),
                 "fcnn.channels": grad_of(lambda p, x: jax.nn.relu(bn.apply(p, s, x, train=True)[0]))}, (p, x)
     if part == "pool":
-        def pool_grad(mask):
+        def pool_grad(tiled_backward):
             def f(x):
-                saved = pool_nd.first_true
-                pool_nd.first_true = mask  # read at trace time, inside this call
+                saved = pool_nd.max_pool_bwd_tiled
+                pool_nd.max_pool_bwd_tiled = tiled_backward  # read at trace time, inside this call
                 try:
-                    return jax.vjp(lambda x: max_pool2d(x, 2, impl="custom_vjp", ties="first"), x)[1](
+                    return jax.vjp(lambda x: max_pool2d(jax.nn.relu(x), 2, impl="custom_vjp", ties="first"), x)[1](
                         jnp.ones((shape[0], shape[1] // 2, shape[2] // 2, shape[3]), x.dtype))[0]
                 finally:
-                    pool_nd.first_true = saved
+                    pool_nd.max_pool_bwd_tiled = saved
             return f
 
-        cumsum = lambda m, axis=-2: m & (jnp.cumsum(m.astype(jnp.int32), axis=axis) == 1)  # noqa: E731
-        return {"cumsum": pool_grad(cumsum), "first_true": pool_grad(pool_nd.first_true)}, (x,)
+        return {"mask + scan": pool_grad(_mask_scan_tiled), "argmax": pool_grad(pool_nd.max_pool_bwd_tiled)}, (x,)
     raise AssertionError(part)  # main checked the parts
 
 

@@ -320,14 +320,22 @@ def test_bad_input_nd(match, call):
         call()
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 8), (2, 9, 16), (3, 4, 6), (2, 20, 8)])  # unrolled, unrolled, cumsum (c < 8), cumsum (k > 16)
-def test_first_true_keeps_the_first_true_cell_of_each_window(shape):
-    """Against a loop over the window axis by hand; windows with no True stay all False."""
-    m = np.random.RandomState(3).rand(*shape) < 0.4
-    m[0, :, 0] = False  # a window without a maximum
-    want = np.zeros_like(m)
+@pytest.mark.parametrize("shape", [(3, 4, 8), (2, 9, 6), (2, 20, 3)])
+def test_first_max_weights_mark_the_first_maximum_or_first_nan_of_each_window(shape):
+    """Against a loop over the window axis by hand: the first cell equal to the window's maximum,
+    or its first NaN when it holds one (the forward max propagates NaN), ties from small integers,
+    and windows of -inf."""
+    x = np.random.RandomState(3).randint(0, 3, size=shape).astype(np.float32)
+    x[0, :, 0] = -np.inf  # every cell ties at -inf
+    x[1, 1, 1] = np.nan
+    x[1, -1, 1] = np.nan  # the first NaN wins, not the later one
+    x[1, 0, 2] = np.inf
+    want = np.zeros_like(x)
     for n, c in itertools.product(range(shape[0]), range(shape[2])):
-        hits = np.flatnonzero(m[n, :, c])
-        if hits.size:
-            want[n, hits[0], c] = True
-    np.testing.assert_array_equal(np.asarray(pool_nd.first_true(jnp.asarray(m), axis=-2)), want)
+        cells = [float(v) for v in x[n, :, c]]
+        nans = [k for k, v in enumerate(cells) if v != v]
+        top = max(cells) if not nans else None
+        want[n, nans[0] if nans else cells.index(top), c] = 1.0
+    got = np.asarray(pool_nd.first_max_weights(jnp.asarray(x), axis=-2))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)

@@ -27,7 +27,6 @@ import numpy as np
 from jax import lax
 
 from fcnn import shapes
-from fcnn.channels import MIN_CHANNELS
 
 Sizes = Tuple[int, ...]
 
@@ -125,58 +124,56 @@ def _window_axis_perm(rank: int):
     return (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
 
 
-UNROLL_FIRST_TRUE = 16  # windows up to this many cells, with at least channels.MIN_CHANNELS: the unrolled scan
+def first_max_weights(xw, axis: int = -2):
+    """One-hot weights of each window's first maximum along ``axis`` (the "first" tie policy).
 
-
-def first_true(m, axis: int = -2):
-    """``m`` (..., k, c) with only the first True along ``axis`` kept (the "first" tie policy's mask).
-
-    ``m & (cumsum(m) == 1)`` compiles on XLA:CPU to an int32 convert and a reduce-window. A running
-    OR unrolled over the axis is one fused elementwise loop instead: the max-pool backward took
-    1.1 ms instead of 2.2 at (16, 32, 32, 128) and 0.18 instead of 0.36 at (64, 10, 10, 16), but
-    0.67 instead of 0.51 at (64, 28, 28, 6), where 6 channels fill no vector (docs/perf_notes.md,
-    item 32). So: the unrolled OR for windows of at most ``UNROLL_FIRST_TRUE`` cells and at least
-    ``fcnn.channels.MIN_CHANNELS`` channels (the last axis; one AVX2 float32 vector, the rule the
-    channel sums follow too), the cumsum otherwise. Both give the same mask.
+    ``argmax`` returns the first index of the maximum and, when the window holds a NaN, the first
+    NaN: exactly the first cell where ``is_max(xw, y)`` holds for the forward's ``y`` (the
+    NaN-propagating max). XLA compiles it to one variadic reduce over the window axis; the mask
+    and running scan it replaces (``is_max`` then an int32 cumsum, or an unrolled OR) compiled
+    3-4x longer on XLA:CPU and ran 1.0-3.6x slower (docs/perf_notes.md, item 35).
     """
-    k = m.shape[axis]
-    if k > UNROLL_FIRST_TRUE or m.shape[-1] < MIN_CHANNELS:
-        return m & (jnp.cumsum(m.astype(jnp.int32), axis=axis) == 1)
-    cells = [lax.index_in_dim(m, i, axis, keepdims=False) for i in range(k)]
-    seen, kept = cells[0], [cells[0]]
-    for cell in cells[1:]:
-        kept.append(cell & ~seen)
-        seen = seen | cell
-    return jnp.stack(kept, axis=axis)
+    first = jnp.argmax(xw, axis=axis, keepdims=True)
+    return (lax.broadcasted_iota(first.dtype, xw.shape, axis % xw.ndim) == first).astype(xw.dtype)
 
 
-def max_pool_bwd_tiled(x, y, g, window, ties):
-    """Reshape fast path. x: (n, *in, c); y, g: (n, *out, c) -> dx: (n, *in, c).
+def tiled_windows(x, out: Sizes, window: Sizes):
+    """The tiling windows of x as one axis: ``(xw, back)``. x: (n, *in, c); ``xw``: (n, *out,
+    prod(window), c), the window's cells in row-major order; ``back(a)`` puts an array of xw's shape
+    back at the cells it came from, (n, *in, c), with zeros in the cells no window covers.
 
-    The windows are transposed to (n, *out, prod(window), c). In 2-D, keeping the free
-    (n, oh, kh, ow, kw, c) view instead (experiments/bench_ops.py's ``proto``) is faster per op, but
-    inside XLA:CPU's LeNet-5 train step it fused badly and the step went from ~8.5 to ~14 ms
-    (docs/perf_notes.md, outcome 7); it has not been measured in a GPU step.
+    The windows are transposed next to each other. In 2-D, keeping the free (n, oh, kh, ow, kw, c)
+    view instead (experiments/bench_ops.py's ``proto``) is faster per op, but inside XLA:CPU's
+    LeNet-5 train step it fused badly and the step went from ~8.5 to ~14 ms (docs/perf_notes.md,
+    outcome 7); it has not been measured in a GPU step.
     """
     n, c, rank = x.shape[0], x.shape[-1], len(window)
-    out = y.shape[1:-1]
     covered = tuple(o * k for o, k in zip(out, window))
     split = (n, *(v for o, k in zip(out, window) for v in (o, k)), c)  # (n, o1, k1, ..., c)
     perm = _window_axis_perm(rank)
     xc = x[(slice(None),) + tuple(slice(0, e) for e in covered) + (slice(None),)]
     xw = jnp.reshape(jnp.transpose(jnp.reshape(xc, split), perm), (n, *out, math.prod(window), c))
-    m = is_max(xw, y[..., None, :])  # (n, *out, prod(window), c), row-major window axis
+    uncovered = tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered))
+
+    def back(a):
+        a = jnp.reshape(a, (n, *out, *window, c))
+        a = jnp.reshape(jnp.transpose(a, np.argsort(perm)), (n, *covered, c))  # back to (n, o1, k1, ..., c)
+        return jnp.pad(a, ((0, 0),) + uncovered + ((0, 0),))  # uncovered cells get 0
+
+    return xw, back
+
+
+def max_pool_bwd_tiled(x, y, g, window, ties):
+    """Reshape fast path (``tiled_windows``). x: (n, *in, c); y, g: (n, *out, c) -> dx: (n, *in, c)."""
+    xw, back = tiled_windows(x, y.shape[1:-1], window)
     if ties == "first":
-        wts = first_true(m, axis=-2).astype(x.dtype)
+        wts = first_max_weights(xw, axis=-2)
     elif ties == "split":
-        mf = m.astype(x.dtype)
+        mf = is_max(xw, y[..., None, :]).astype(x.dtype)
         wts = mf / jnp.maximum(jnp.sum(mf, axis=-2, keepdims=True), jnp.ones((), x.dtype))
     else:
-        wts = m.astype(x.dtype)
-    dxw = jnp.reshape(wts * g[..., None, :], (n, *out, *window, c))
-    dxc = jnp.reshape(jnp.transpose(dxw, np.argsort(perm)), (n, *covered, c))  # back to (n, o1, k1, ..., c)
-    uncovered = tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered))
-    return jnp.pad(dxc, ((0, 0),) + uncovered + ((0, 0),))  # uncovered cells get 0
+        wts = is_max(xw, y[..., None, :]).astype(x.dtype)
+    return back(wts * g[..., None, :])
 
 
 def max_pool_backward(x, y, g, window, stride, pads, dilation, *, ties: str = "first",
