@@ -1,19 +1,24 @@
 """Interleaved A/B of fcnn train steps with per-layer conv implementations, and first-step
-compile time over several fresh processes: the two measurements behind docs/perf_notes.md's
-CPU items that one side-by-side benchmark run is too noisy to settle.
+compile time and step time over rounds of fresh processes: the measurements behind
+docs/perf_notes.md's CPU items that one side-by-side benchmark run is too noisy to settle.
 
     python experiments/step_ab.py --net lenet --batch 64 --configs taps,col2im taps,lax reference,lax lax,lax
-    python experiments/step_ab.py --compile-processes 5 --frameworks fcnn,linen --net lenet --batch 64
+    python experiments/step_ab.py --processes 5 --frameworks fcnn,linen --net lenet --batch 64
+    python experiments/step_ab.py --processes 5 --frameworks fcnn,torch --net vgg --batch 16 --process-repeats 5
 
 A config names one conv implementation per conv layer ("auto" allowed); max-pool is ``auto``.
 Every config is compiled first, then timed in rounds that visit every config in turn (each
 round: a short warm-up, then 3 repeats of N steps with a block on the device; the
 ``side_by_side`` of experiments/_timing.py), so slow drifts of a shared machine hit every
 config alike. Reports the median, 25th percentile and
-minimum ms per step. ``--compile-processes P`` instead runs benchmark.py's worker P times per
-framework (a fresh process each: trace + compile + first step) and reports the median and
-range of its "compile s". Results print as a markdown table, with the command, to stdout and
-to ``--out``.
+minimum ms per step. ``--processes P`` (also spelled ``--compile-processes``) instead runs P
+rounds of benchmark.py's worker, every framework once per round in turn, each a fresh process
+(its "compile s": trace + compile + first step; its ms/step: the median of
+``--process-repeats`` repeats of ``--process-target-s`` seconds), and reports the median and
+range of both, and the median over rounds of each round's ms/step ratio to the first
+framework's. Frameworks that cannot share a process (PyTorch and XLA:CPU, experiments/peer_ab.py)
+are compared this way. Results print as a markdown table, with the command, to stdout and to
+``--out``.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from _timing import side_by_side  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--net", default="lenet", choices=["lenet", "vgg"])
+    p.add_argument("--net", default="lenet", choices=["lenet", "vgg", "resnet18"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
@@ -39,8 +44,11 @@ def parse_args(argv=None):
                    help="per conv layer impls, comma-separated, e.g. taps,col2im (or one name for all)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--steps", type=int, default=30, help="steps per timed repeat")
-    p.add_argument("--compile-processes", type=int, default=0, help="measure compile time instead, P processes")
-    p.add_argument("--frameworks", default="fcnn,linen", help="for --compile-processes (benchmark.py names)")
+    p.add_argument("--processes", "--compile-processes", type=int, default=0,
+                   help="fresh-process rounds instead (compile time, and step time with --process-repeats)")
+    p.add_argument("--frameworks", default="fcnn,linen", help="for --processes (benchmark.py names)")
+    p.add_argument("--process-repeats", type=int, default=1, help="for --processes: timed repeats per process")
+    p.add_argument("--process-target-s", type=float, default=0.5, help="for --processes: seconds per repeat")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--out", default=None, help="markdown file for the table")
     return p.parse_args(argv)
@@ -74,23 +82,36 @@ def step_ab(args):
     return f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps", rows
 
 
-def compile_times(args):
+def fresh_processes(args):
     import benchmark
 
     tmp = tempfile.mkdtemp(prefix="fcnn_step_ab_")
-    rows = ["| framework | median compile s | min | max | processes |", "|---|---|---|---|---|"]
-    for fw in args.frameworks.split(","):
-        got = []
-        for i in range(args.compile_processes):
+    frameworks = args.frameworks.split(",")
+    got = {fw: [] for fw in frameworks}  # (compile s, ms/step) per round
+    for i in range(args.processes):  # a round runs every framework once, in turn
+        for fw in frameworks:
             res = os.path.join(tmp, f"{fw}_{i}.json")
             out, err = benchmark._spawn(["--worker", fw, "--net", args.net, "--batch", str(args.batch), "--k", "1",
-                                         "--dtypes", args.dtype, "--device", args.device, "--repeats", "1",
-                                         "--target-s", "0.01"], args.device, args.timeout, res)
+                                         "--dtypes", args.dtype, "--device", args.device,
+                                         "--repeats", str(args.process_repeats),
+                                         "--target-s", str(args.process_target_s if args.process_repeats > 1 else 0.01)],
+                                        args.device, args.timeout, res)
             if out is None or "compile_s" not in out[0]:
                 raise RuntimeError(f"{fw}: {err or out[0].get('skipped')}")
-            got.append(out[0]["compile_s"])
-        rows.append(f"| {fw} | {statistics.median(got):.2f} | {min(got):.2f} | {max(got):.2f} | {len(got)} |")
-    return f"{args.net} b{args.batch} {args.dtype}, first call in a fresh process", rows
+            got[fw].append((out[0]["compile_s"], out[0]["ms_per_step"]))
+    timed = args.process_repeats > 1
+    head = "| framework | median compile s | min | max |" + (" median ms/step | min | max | ms vs "
+                                                                 f"{frameworks[0]} |" if timed else "") + " processes |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for fw in frameworks:
+        comp, ms = [c for c, _ in got[fw]], [m for _, m in got[fw]]
+        row = f"| {fw} | {statistics.median(comp):.2f} | {min(comp):.2f} | {max(comp):.2f} |"
+        if timed:
+            ratio = statistics.median(m / m0 for m, (_, m0) in zip(ms, got[frameworks[0]]))
+            row += f" {statistics.median(ms):.2f} | {min(ms):.2f} | {max(ms):.2f} | {ratio:.2f}x |"
+        rows.append(row + f" {len(comp)} |")
+    steps = (f", ms/step the median of {args.process_repeats} repeats of {args.process_target_s} s" if timed else "")
+    return f"{args.net} b{args.batch} {args.dtype}, {args.processes} rounds of fresh processes (compile s: the first call{steps})", rows
 
 
 def publish(script: str, argv, what: str, rows, out=None) -> str:
@@ -109,7 +130,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    what, rows = compile_times(args) if args.compile_processes else step_ab(args)
+    what, rows = fresh_processes(args) if args.processes else step_ab(args)
     publish("step_ab.py", argv, what, rows, args.out)
     return rows
 

@@ -123,6 +123,20 @@ def test_step_ab_quick_rows_and_per_layer_models(experiment, tmp_path, monkeypat
         peers.fcnn_model("lenet", ["taps", "col2im", "lax"], "auto")
 
 
+@pytest.mark.slow  # two fresh worker processes
+def test_step_ab_fresh_process_rounds_report_compile_step_and_ratio(experiment, tmp_path):
+    ab = experiment("step_ab")
+    rows = ab.main(["--processes", "1", "--frameworks", "fcnn,fcnn_lax", "--net", "lenet", "--batch", "2",
+                    "--process-repeats", "2", "--process-target-s", "0.01", "--out", str(tmp_path / "p.md")])
+    assert rows[0].startswith("| framework | median compile s |") and "ms vs fcnn" in rows[0]
+    body = {c[0].strip(): c for c in (r.split("|")[1:-1] for r in rows[2:])}
+    assert set(body) == {"fcnn", "fcnn_lax"}
+    ms = {fw: float(c[4]) for fw, c in body.items()}
+    assert all(_positive(float(c[1])) and _positive(m) for c, m in zip(body.values(), ms.values()))
+    assert body["fcnn"][7].strip() == "1.00x"  # one round: the ratio is that round's ms over fcnn's
+    assert float(body["fcnn_lax"][7].strip().rstrip("x")) == pytest.approx(ms["fcnn_lax"] / ms["fcnn"], rel=0.02)
+
+
 def test_timing_calibrates_and_takes_turns(experiment, monkeypatch):
     """_timing on a fake clock: each call costs a known time, so every number it reports is exact."""
     timing = experiment("_timing")
