@@ -15,7 +15,7 @@ Parts, each timed per shape with ``_timing.side_by_side`` (variants in turns, co
 - ``pool``: the gradient of a max-pool of a ReLU, as in the networks (``impl="custom_vjp"``, window
   2, ties "first"), with the tiled backward as it was until item 35 (``is_max``'s mask, then its
   first True per window by an unrolled running OR at >= 8 channels, an int32 cumsum below: item
-  32) against ``pool_nd.first_max_weights`` (one argmax).
+  32) against today's (``pool_nd.first_max_mask``: one argmax, on the windows' free view).
 
 Checks that each pair agrees (to float32 rounding) before timing it. Prints, and with ``--out``
 writes, one markdown table with the command and the date.
@@ -69,14 +69,23 @@ def _bn_before(p, x):
 
 
 def _mask_scan_tiled(x, y, g, window, ties):
-    """The tiled max-pool backward before item 35, for ties "first" (the "before" of ``pool``)."""
+    """The tiled max-pool backward before item 35, for ties "first" (the "before" of ``pool``): the
+    windows transposed next to each other, ``is_max``'s mask, its first True by a scan, and the
+    transpose back."""
+    import math
+
     import jax.numpy as jnp
+    import numpy as np
 
     from fcnn.channels import MIN_CHANNELS
     from fcnn.ops import pool_nd
 
-    xw, back = pool_nd.tiled_windows(x, y.shape[1:-1], window)
-    m = pool_nd.is_max(xw, y[..., None, :])
+    n, c, rank, out = x.shape[0], x.shape[-1], len(window), y.shape[1:-1]
+    covered = tuple(o * k for o, k in zip(out, window))
+    perm = (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)  # windows' cells together
+    xv = jnp.reshape(x[(slice(None),) + tuple(slice(0, e) for e in covered)],
+                     (n, *(v for o, k in zip(out, window) for v in (o, k)), c))
+    m = pool_nd.is_max(jnp.reshape(jnp.transpose(xv, perm), (n, *out, math.prod(window), c)), y[..., None, :])
     if m.shape[-1] < MIN_CHANNELS or m.shape[-2] > 16:
         first = m & (jnp.cumsum(m.astype(jnp.int32), axis=-2) == 1)
     else:
@@ -85,7 +94,9 @@ def _mask_scan_tiled(x, y, g, window, ties):
             kept.append(m[..., i, :] & ~seen)
             seen = seen | m[..., i, :]
         first = jnp.stack(kept, axis=-2)
-    return back(first.astype(x.dtype) * g[..., None, :])
+    dxw = jnp.reshape(first.astype(x.dtype) * g[..., None, :], (n, *out, *window, c))
+    dx = jnp.reshape(jnp.transpose(dxw, np.argsort(perm)), (n, *covered, c))
+    return jnp.pad(dx, ((0, 0),) + tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered)) + ((0, 0),))
 
 
 def _variants(part, shape):

@@ -320,22 +320,24 @@ def test_bad_input_nd(match, call):
         call()
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 8), (2, 9, 6), (2, 20, 3)])
-def test_first_max_weights_mark_the_first_maximum_or_first_nan_of_each_window(shape):
-    """Against a loop over the window axis by hand: the first cell equal to the window's maximum,
-    or its first NaN when it holds one (the forward max propagates NaN), ties from small integers,
-    and windows of -inf."""
+@pytest.mark.parametrize("shape,window", [((3, 4, 8), (4,)), ((2, 9, 6), (9,)), ((2, 3, 2, 3), (3, 2)),
+                                          ((2, 2, 3, 2, 3), (2, 3, 2))])
+def test_first_max_mask_marks_the_first_maximum_or_first_nan_of_each_window(shape, window):
+    """Against a loop by hand over each window's cells in row-major order: the first cell equal to
+    the window's maximum, or its first NaN when it holds one (the forward max propagates NaN),
+    with ties from small integers and a window of -inf. x is (n, *spatial, c) with one window per
+    spatial dimension here, viewed free as (n, 1, k1, ..., 1, kd, c)."""
     x = np.random.RandomState(3).randint(0, 3, size=shape).astype(np.float32)
-    x[0, :, 0] = -np.inf  # every cell ties at -inf
-    x[1, 1, 1] = np.nan
-    x[1, -1, 1] = np.nan  # the first NaN wins, not the later one
-    x[1, 0, 2] = np.inf
-    want = np.zeros_like(x)
-    for n, c in itertools.product(range(shape[0]), range(shape[2])):
-        cells = [float(v) for v in x[n, :, c]]
+    x[0, ..., 0] = -np.inf  # every cell ties at -inf
+    x[1, ..., 1] = 1.0
+    x.reshape(shape[0], -1, shape[-1])[1, 1, 1] = np.nan
+    x.reshape(shape[0], -1, shape[-1])[1, -1, 1] = np.nan  # the first NaN wins, not the later one
+    want = np.zeros(shape, bool)
+    for n, c in itertools.product(range(shape[0]), range(shape[-1])):
+        cells = [float(v) for v in x[n, ..., c].reshape(-1)]  # row-major window order
         nans = [k for k, v in enumerate(cells) if v != v]
-        top = max(cells) if not nans else None
-        want[n, nans[0] if nans else cells.index(top), c] = 1.0
-    got = np.asarray(pool_nd.first_max_weights(jnp.asarray(x), axis=-2))
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, want)
+        first = nans[0] if nans else cells.index(max(cells))
+        want[(n, *np.unravel_index(first, window), c)] = True
+    free = (shape[0], *(v for k in window for v in (1, k)), shape[-1])
+    got = np.asarray(pool_nd.first_max_mask(jnp.reshape(jnp.asarray(x), free), len(window)))
+    np.testing.assert_array_equal(got.reshape(shape), want)

@@ -124,56 +124,61 @@ def _window_axis_perm(rank: int):
     return (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
 
 
-def first_max_weights(xw, axis: int = -2):
-    """One-hot weights of each window's first maximum along ``axis`` (the "first" tie policy).
+def window_cells(xv, rank: int):
+    """The free view (n, o1, k1, ..., od, kd, c) with each window's cells on one axis, transposed
+    next to each other: (n, o1, ..., od, k1*...*kd, c), cells in row-major window order."""
+    n, c = xv.shape[0], xv.shape[-1]
+    out, window = xv.shape[1:-1:2], xv.shape[2:-1:2]
+    return jnp.reshape(jnp.transpose(xv, _window_axis_perm(rank)), (n, *out, math.prod(window), c))
 
-    ``argmax`` returns the first index of the maximum and, when the window holds a NaN, the first
-    NaN: exactly the first cell where ``is_max(xw, y)`` holds for the forward's ``y`` (the
-    NaN-propagating max). XLA compiles it to one variadic reduce over the window axis; the mask
-    and running scan it replaces (``is_max`` then an int32 cumsum, or an unrolled OR) compiled
-    3-4x longer on XLA:CPU and ran 1.0-3.6x slower (docs/perf_notes.md, item 35).
+
+def first_max_mask(xv, rank: int):
+    """Where each window holds its first maximum, on the free view ``xv`` (n, o1, k1, ..., od, kd, c)
+    of tiling windows: True at one cell per window, the first in row-major window order that holds
+    the maximum, or the first NaN when the window has one (the "first" tie policy).
+
+    That is ``argmax`` over the window's cells (it returns the first maximum, or the first NaN),
+    exactly the first cell ``is_max`` marks for the forward's NaN-propagating max. The argmax
+    needs the cells on one axis, so it reads them transposed next to each other; the mask is then
+    a comparison with each cell's row-major index in the free view, with no transpose back.
+    XLA compiles the argmax to one variadic reduce: the mask and running scan it replaces
+    (``is_max`` then an int32 cumsum, or an unrolled OR) compiled 3-4x longer on XLA:CPU and ran
+    1.5-3x slower (docs/perf_notes.md, item 35).
     """
-    first = jnp.argmax(xw, axis=axis, keepdims=True)
-    return (lax.broadcasted_iota(first.dtype, xw.shape, axis % xw.ndim) == first).astype(xw.dtype)
-
-
-def tiled_windows(x, out: Sizes, window: Sizes):
-    """The tiling windows of x as one axis: ``(xw, back)``. x: (n, *in, c); ``xw``: (n, *out,
-    prod(window), c), the window's cells in row-major order; ``back(a)`` puts an array of xw's shape
-    back at the cells it came from, (n, *in, c), with zeros in the cells no window covers.
-
-    The windows are transposed next to each other. In 2-D, keeping the free (n, oh, kh, ow, kw, c)
-    view instead (experiments/bench_ops.py's ``proto``) is faster per op, but inside XLA:CPU's
-    LeNet-5 train step it fused badly and the step went from ~8.5 to ~14 ms (docs/perf_notes.md,
-    outcome 7); it has not been measured in a GPU step.
-    """
-    n, c, rank = x.shape[0], x.shape[-1], len(window)
-    covered = tuple(o * k for o, k in zip(out, window))
-    split = (n, *(v for o, k in zip(out, window) for v in (o, k)), c)  # (n, o1, k1, ..., c)
-    perm = _window_axis_perm(rank)
-    xc = x[(slice(None),) + tuple(slice(0, e) for e in covered) + (slice(None),)]
-    xw = jnp.reshape(jnp.transpose(jnp.reshape(xc, split), perm), (n, *out, math.prod(window), c))
-    uncovered = tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered))
-
-    def back(a):
-        a = jnp.reshape(a, (n, *out, *window, c))
-        a = jnp.reshape(jnp.transpose(a, np.argsort(perm)), (n, *covered, c))  # back to (n, o1, k1, ..., c)
-        return jnp.pad(a, ((0, 0),) + uncovered + ((0, 0),))  # uncovered cells get 0
-
-    return xw, back
+    n, c = xv.shape[0], xv.shape[-1]
+    out, window = xv.shape[1:-1:2], xv.shape[2:-1:2]
+    first = jnp.reshape(jnp.argmax(window_cells(xv, rank), axis=-2), (n, *(v for o in out for v in (o, 1)), c))
+    cell = sum(lax.broadcasted_iota(first.dtype, xv.shape, 2 + 2 * a) * math.prod(window[a + 1:])
+               for a in range(rank))
+    return cell == first
 
 
 def max_pool_bwd_tiled(x, y, g, window, ties):
-    """Reshape fast path (``tiled_windows``). x: (n, *in, c); y, g: (n, *out, c) -> dx: (n, *in, c)."""
-    xw, back = tiled_windows(x, y.shape[1:-1], window)
+    """Reshape fast path. x: (n, *in, c); y, g: (n, *out, c) -> dx: (n, *in, c).
+
+    Works on the free view (n, o1, k1, ..., od, kd, c) of the windows, a reshape of x: each
+    window's output and gradient broadcast against its cells, and the gradient reshaped back. A
+    2-D version that transposed the windows next to each other (and back) and marked the first
+    maximum by a scan compiled and ran slower on XLA:CPU (docs/perf_notes.md, items 7 and 35).
+    """
+    n, c, rank = x.shape[0], x.shape[-1], len(window)
+    out = y.shape[1:-1]
+    covered = tuple(o * k for o, k in zip(out, window))
+    xv = jnp.reshape(x[(slice(None),) + tuple(slice(0, e) for e in covered) + (slice(None),)],
+                     (n, *(v for o, k in zip(out, window) for v in (o, k)), c))  # (n, o1, k1, ..., c)
+    per_window = (n, *(v for o in out for v in (o, 1)), c)  # (n, o1, 1, ..., c): against xv's cells
+    gv = jnp.reshape(g, per_window)
     if ties == "first":
-        wts = first_max_weights(xw, axis=-2)
-    elif ties == "split":
-        mf = is_max(xw, y[..., None, :]).astype(x.dtype)
-        wts = mf / jnp.maximum(jnp.sum(mf, axis=-2, keepdims=True), jnp.ones((), x.dtype))
+        dxv = jnp.where(first_max_mask(xv, rank), gv, jnp.zeros((), g.dtype))
     else:
-        wts = is_max(xw, y[..., None, :]).astype(x.dtype)
-    return back(wts * g[..., None, :])
+        m = is_max(xv, jnp.reshape(y, per_window)).astype(x.dtype)
+        if ties == "split":  # the count over the cells transposed together: XLA:CPU's sum over the
+            # free view's separate window axes ran 1.1-1.4x slower; a window with no maximum gets nothing
+            count = jnp.sum(is_max(window_cells(xv, rank), y[..., None, :]), axis=-2, dtype=x.dtype)
+            m = m / jnp.maximum(jnp.reshape(count, per_window), jnp.ones((), x.dtype))
+        dxv = m * gv
+    uncovered = tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered))
+    return jnp.pad(jnp.reshape(dxv, (n, *covered, c)), ((0, 0),) + uncovered + ((0, 0),))  # uncovered cells get 0
 
 
 def max_pool_backward(x, y, g, window, stride, pads, dilation, *, ties: str = "first",
