@@ -157,9 +157,10 @@ def max_pool_bwd_tiled(x, y, g, window, ties):
     """Reshape fast path. x: (n, *in, c); y, g: (n, *out, c) -> dx: (n, *in, c).
 
     Works on the free view (n, o1, k1, ..., od, kd, c) of the windows, a reshape of x: each
-    window's output and gradient broadcast against its cells, and the gradient reshaped back. A
-    2-D version that transposed the windows next to each other (and back) and marked the first
-    maximum by a scan compiled and ran slower on XLA:CPU (docs/perf_notes.md, items 7 and 35).
+    window's output and gradient broadcast against its cells, and the gradient reshaped back. The
+    version before it transposed the windows next to each other (and back) and marked the first
+    maximum by a scan: it compiled and ran slower on XLA:CPU (docs/perf_notes.md, item 35). An
+    older free-view version, with stacked tie masks, had slowed the LeNet-5 step (items 7, 9).
     """
     n, c, rank = x.shape[0], x.shape[-1], len(window)
     out = y.shape[1:-1]
