@@ -88,13 +88,13 @@ def fresh_processes(args):
     tmp = tempfile.mkdtemp(prefix="fcnn_step_ab_")
     frameworks = args.frameworks.split(",")
     got = {fw: [] for fw in frameworks}  # (compile s, ms/step) per round
+    target = str(args.process_target_s if args.process_repeats > 1 else 0.01)  # one repeat: compile time only
     for i in range(args.processes):  # a round runs every framework once, in turn
         for fw in frameworks:
             res = os.path.join(tmp, f"{fw}_{i}.json")
             out, err = benchmark._spawn(["--worker", fw, "--net", args.net, "--batch", str(args.batch), "--k", "1",
                                          "--dtypes", args.dtype, "--device", args.device,
-                                         "--repeats", str(args.process_repeats),
-                                         "--target-s", str(args.process_target_s if args.process_repeats > 1 else 0.01)],
+                                         "--repeats", str(args.process_repeats), "--target-s", target],
                                         args.device, args.timeout, res)
             if out is None or "compile_s" not in out[0]:
                 raise RuntimeError(f"{fw}: {err or out[0].get('skipped')}")
@@ -110,8 +110,9 @@ def fresh_processes(args):
             ratio = statistics.median(m / m0 for m, (_, m0) in zip(ms, got[frameworks[0]]))
             row += f" {statistics.median(ms):.2f} | {min(ms):.2f} | {max(ms):.2f} | {ratio:.2f}x |"
         rows.append(row + f" {len(comp)} |")
-    steps = (f", ms/step the median of {args.process_repeats} repeats of {args.process_target_s} s" if timed else "")
-    return f"{args.net} b{args.batch} {args.dtype}, {args.processes} rounds of fresh processes (compile s: the first call{steps})", rows
+    steps = f", ms/step the median of {args.process_repeats} repeats of {args.process_target_s} s" if timed else ""
+    what = f"{args.net} b{args.batch} {args.dtype}, {args.processes} rounds of fresh processes"
+    return what + f" (compile s: the first call{steps})", rows
 
 
 def publish(script: str, argv, what: str, rows, out=None) -> str:
