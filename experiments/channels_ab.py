@@ -72,20 +72,17 @@ def _mask_scan_tiled(x, y, g, window, ties):
     """The tiled max-pool backward before item 35, for ties "first" (the "before" of ``pool``): the
     windows transposed next to each other, ``is_max``'s mask, its first True by a scan, and the
     transpose back."""
-    import math
-
     import jax.numpy as jnp
     import numpy as np
 
     from fcnn.channels import MIN_CHANNELS
     from fcnn.ops import pool_nd
 
-    n, c, rank, out = x.shape[0], x.shape[-1], len(window), y.shape[1:-1]
+    n, c, out = x.shape[0], x.shape[-1], y.shape[1:-1]
     covered = tuple(o * k for o, k in zip(out, window))
-    perm = (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)  # windows' cells together
     xv = jnp.reshape(x[(slice(None),) + tuple(slice(0, e) for e in covered)],
                      (n, *(v for o, k in zip(out, window) for v in (o, k)), c))
-    m = pool_nd.is_max(jnp.reshape(jnp.transpose(xv, perm), (n, *out, math.prod(window), c)), y[..., None, :])
+    m = pool_nd.is_max(pool_nd.window_cells(xv), y[..., None, :])
     if m.shape[-1] < MIN_CHANNELS or m.shape[-2] > 16:
         first = m & (jnp.cumsum(m.astype(jnp.int32), axis=-2) == 1)
     else:
@@ -95,7 +92,7 @@ def _mask_scan_tiled(x, y, g, window, ties):
             seen = seen | m[..., i, :]
         first = jnp.stack(kept, axis=-2)
     dxw = jnp.reshape(first.astype(x.dtype) * g[..., None, :], (n, *out, *window, c))
-    dx = jnp.reshape(jnp.transpose(dxw, np.argsort(perm)), (n, *covered, c))
+    dx = jnp.reshape(jnp.transpose(dxw, np.argsort(pool_nd._window_axis_perm(len(window)))), (n, *covered, c))
     return jnp.pad(dx, ((0, 0),) + tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered)) + ((0, 0),))
 
 

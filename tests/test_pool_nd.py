@@ -339,5 +339,5 @@ def test_first_max_mask_marks_the_first_maximum_or_first_nan_of_each_window(shap
         first = nans[0] if nans else cells.index(max(cells))
         want[(n, *np.unravel_index(first, window), c)] = True
     free = (shape[0], *(v for k in window for v in (1, k)), shape[-1])
-    got = np.asarray(pool_nd.first_max_mask(jnp.reshape(jnp.asarray(x), free), len(window)))
+    got = np.asarray(pool_nd.first_max_mask(jnp.reshape(jnp.asarray(x), free)))
     np.testing.assert_array_equal(got.reshape(shape), want)

@@ -124,15 +124,21 @@ def _window_axis_perm(rank: int):
     return (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
 
 
-def window_cells(xv, rank: int):
+def _free_view_parts(xv):
+    """(n, out sizes, window sizes, c, the per-window shape (n, o1, 1, ..., od, 1, c)) of a free view
+    (n, o1, k1, ..., od, kd, c)."""
+    n, c, out, window = xv.shape[0], xv.shape[-1], xv.shape[1:-1:2], xv.shape[2:-1:2]
+    return n, out, window, c, (n, *(v for o in out for v in (o, 1)), c)
+
+
+def window_cells(xv):
     """The free view (n, o1, k1, ..., od, kd, c) with each window's cells on one axis, transposed
     next to each other: (n, o1, ..., od, k1*...*kd, c), cells in row-major window order."""
-    n, c = xv.shape[0], xv.shape[-1]
-    out, window = xv.shape[1:-1:2], xv.shape[2:-1:2]
-    return jnp.reshape(jnp.transpose(xv, _window_axis_perm(rank)), (n, *out, math.prod(window), c))
+    n, out, window, c, _ = _free_view_parts(xv)
+    return jnp.reshape(jnp.transpose(xv, _window_axis_perm(len(window))), (n, *out, math.prod(window), c))
 
 
-def first_max_mask(xv, rank: int):
+def first_max_mask(xv):
     """Where each window holds its first maximum, on the free view ``xv`` (n, o1, k1, ..., od, kd, c)
     of tiling windows: True at one cell per window, the first in row-major window order that holds
     the maximum, or the first NaN when the window has one (the "first" tie policy).
@@ -145,11 +151,10 @@ def first_max_mask(xv, rank: int):
     (``is_max`` then an int32 cumsum, or an unrolled OR) compiled 3-4x longer on XLA:CPU and ran
     1.5-3x slower (docs/perf_notes.md, item 35).
     """
-    n, c = xv.shape[0], xv.shape[-1]
-    out, window = xv.shape[1:-1:2], xv.shape[2:-1:2]
-    first = jnp.reshape(jnp.argmax(window_cells(xv, rank), axis=-2), (n, *(v for o in out for v in (o, 1)), c))
+    _, _, window, _, per_window = _free_view_parts(xv)
+    first = jnp.reshape(jnp.argmax(window_cells(xv), axis=-2), per_window)
     cell = sum(lax.broadcasted_iota(first.dtype, xv.shape, 2 + 2 * a) * math.prod(window[a + 1:])
-               for a in range(rank))
+               for a in range(len(window)))
     return cell == first
 
 
@@ -162,20 +167,19 @@ def max_pool_bwd_tiled(x, y, g, window, ties):
     maximum by a scan: it compiled and ran slower on XLA:CPU (docs/perf_notes.md, item 35). An
     older free-view version, with stacked tie masks, had slowed the LeNet-5 step (items 7, 9).
     """
-    n, c, rank = x.shape[0], x.shape[-1], len(window)
-    out = y.shape[1:-1]
+    n, c, out = x.shape[0], x.shape[-1], y.shape[1:-1]
     covered = tuple(o * k for o, k in zip(out, window))
     xv = jnp.reshape(x[(slice(None),) + tuple(slice(0, e) for e in covered) + (slice(None),)],
                      (n, *(v for o, k in zip(out, window) for v in (o, k)), c))  # (n, o1, k1, ..., c)
-    per_window = (n, *(v for o in out for v in (o, 1)), c)  # (n, o1, 1, ..., c): against xv's cells
+    per_window = _free_view_parts(xv)[-1]  # (n, o1, 1, ..., c): against xv's cells
     gv = jnp.reshape(g, per_window)
     if ties == "first":
-        dxv = jnp.where(first_max_mask(xv, rank), gv, jnp.zeros((), g.dtype))
+        dxv = jnp.where(first_max_mask(xv), gv, jnp.zeros((), g.dtype))
     else:
         m = is_max(xv, jnp.reshape(y, per_window)).astype(x.dtype)
         if ties == "split":  # the count over the cells transposed together: XLA:CPU's sum over the
             # free view's separate window axes ran 1.1-1.4x slower; a window with no maximum gets nothing
-            count = jnp.sum(is_max(window_cells(xv, rank), y[..., None, :]), axis=-2, dtype=x.dtype)
+            count = jnp.sum(is_max(window_cells(xv), y[..., None, :]), axis=-2, dtype=x.dtype)
             m = m / jnp.maximum(jnp.reshape(count, per_window), jnp.ones((), x.dtype))
         dxv = m * gv
     uncovered = tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered))
