@@ -54,6 +54,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_args(args) -> None:
+    """Refuse bad arguments before any compile or worker process (SystemExit naming the flag)."""
+    import bench_peers
+
+    for flag, value, low in (("--rounds", args.rounds, 1), ("--steps", args.steps, 1), ("--processes", args.processes, 0),
+                             ("--process-repeats", args.process_repeats, 1), ("--batch", args.batch, 1)):
+        if value < low:
+            raise SystemExit(f"{flag} must be an integer >= {low}, got {value}")
+    for flag, value in (("--process-target-s", args.process_target_s), ("--timeout", args.timeout)):
+        if not value > 0:
+            raise SystemExit(f"{flag} must be > 0 seconds, got {value}")
+    if not args.processes:
+        if args.net == "resnet18":
+            raise SystemExit("--net resnet18: only with --processes (the per-layer configs are for lenet and vgg)")
+        return
+    frameworks = args.frameworks.split(",")
+    known = bench_peers.RESNET_FRAMEWORKS if args.net == "resnet18" else list(bench_peers.BUILDERS)
+    bad = [fw for fw in frameworks if fw not in known]
+    if bad:
+        raise SystemExit(f"--frameworks: unknown for {args.net}: {bad}; known: {', '.join(known)}")
+
+
 def step_ab(args):
     import jax
     import numpy as np
@@ -129,6 +151,7 @@ def publish(script: str, argv, what: str, rows, out=None) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     what, rows = fresh_processes(args) if args.processes else step_ab(args)

@@ -123,6 +123,23 @@ def test_step_ab_quick_rows_and_per_layer_models(experiment, tmp_path, monkeypat
         peers.fcnn_model("lenet", ["taps", "col2im", "lax"], "auto")
 
 
+@pytest.mark.parametrize("argv,match", [
+    (["--processes", "-1"], r"--processes must be an integer >= 0, got -1"),
+    (["--processes", "2", "--process-repeats", "0"], r"--process-repeats must be an integer >= 1, got 0"),
+    (["--processes", "2", "--process-target-s", "0"], r"--process-target-s must be > 0 seconds, got 0.0"),
+    (["--rounds", "0"], r"--rounds must be an integer >= 1, got 0"),
+    (["--net", "resnet18"], r"--net resnet18: only with --processes"),
+    (["--processes", "1", "--frameworks", "fcnn,flux"], r"--frameworks: unknown for lenet: \['flux'\]"),
+    (["--processes", "1", "--net", "resnet18", "--frameworks", "fcnn,stax"], r"--frameworks: unknown for resnet18: \['stax'\]"),
+])
+def test_step_ab_refuses_bad_arguments_before_any_work(experiment, monkeypatch, argv, match):
+    ab = experiment("step_ab")
+    monkeypatch.setattr(ab, "step_ab", lambda args: pytest.fail("compiled before checking"))
+    monkeypatch.setattr(ab, "fresh_processes", lambda args: pytest.fail("spawned before checking"))
+    with pytest.raises(SystemExit, match=match):
+        ab.main(argv)
+
+
 @pytest.mark.slow  # two fresh worker processes
 def test_step_ab_fresh_process_rounds_report_compile_step_and_ratio(experiment, tmp_path):
     ab = experiment("step_ab")
