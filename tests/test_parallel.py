@@ -252,12 +252,16 @@ _FIT = textwrap.dedent(r"""
         return r
 
     out, refs = {}, {}
-    every = os.environ.get("FCNN_FIT_EVERY_TASK") == "1"  # default run: no augmentation, segment, noisy denoise
+    # the default run: pmap k=1 and sharding k=2, no augmentation, segment under pmap, noisy denoise
+    # under sharding, the pmap resume; the slow run adds the other (mode, k) pairs, augmentation,
+    # every task and mode, and the command line
+    every = os.environ.get("FCNN_FIT_EVERY_TASK") == "1"
     for shift in (0, 1) if every else (0,):
         for k in (1, 2):
             ref = refs[k, shift] = run("none", k, shift)
             # with augmentation only sharding (k 1 and 2) and pmap k=1 are compared below
-            for mode in ("pmap", "sharding") if (shift, k) != (1, 2) else ("sharding",):
+            modes = ("pmap", "sharding") if (shift, k) != (1, 2) else ("sharding",)
+            for mode in modes if every else (("pmap",) if k == 1 else ("sharding",)):
                 r = run(mode, k, shift)
                 out[f"{mode}_k{k}_shift{shift}"] = {"params": rel(r.params, ref.params), "state": rel(r.state, ref.state),
                                                     "loss": [h["train_loss"] for h in r.history],
@@ -275,7 +279,8 @@ _FIT = textwrap.dedent(r"""
             d_task = types.SimpleNamespace(x_train=x, y_train=t, x_test=x[:16], y_test=t[:16],
                                            augment=add_noise if noise else None)
             got = {}
-            for mode in ("none", "pmap", "sharding") if not noise else ("none", "sharding"):
+            modes = ("none", "pmap", "sharding") if not noise else ("none", "sharding")
+            for mode in modes if every or noise else ("none", "pmap"):
                 cfg = TrainConfig(epochs=2, batch_size=16, optimizer="adam", learning_rate=0.01, augment_shift=0,
                                   parallel=mode, task=task, steps_per_call=2 if mode == "sharding" else 1)
                 got[mode] = fit(serial(C(4, 3, padding="SAME"), Relu(), C(k_out, 3, padding="SAME")), d_task, cfg,
@@ -297,9 +302,9 @@ _FIT = textwrap.dedent(r"""
                        "--no-progress", "--out", d] + list(extra))
         assert rc == 0, rc
         return run_lib.load_run(d).params
-    one = cli_params()
-    out["cli_sharding"] = rel(cli_params("--parallel", "sharding", "--devices", "4"), one)
-    if every:  # a third LeNet-5 compile; fit's pmap equality is in the default run above
+    if every:  # three LeNet-5 compiles; fit's equalities are in the default run above
+        one = cli_params()
+        out["cli_sharding"] = rel(cli_params("--parallel", "sharding", "--devices", "4"), one)
         out["cli_pmap"] = rel(cli_params("--parallel", "pmap", "--devices", "2"), one)
     print("RESULT " + json.dumps(out), flush=True)
 """)
@@ -323,19 +328,27 @@ def fit_runs_every_task():
     return _fit_runs(True)
 
 
-@pytest.mark.parametrize("mode", ["pmap", "sharding"])
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("mode,k", [("pmap", 1), ("sharding", 2)])
 def test_fit_parallel_equals_one_device(fit_runs, mode, k):
-    r = fit_runs[f"{mode}_k{k}_shift0"]
+    _check_fit_run(fit_runs[f"{mode}_k{k}_shift0"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,k", [("pmap", 2), ("sharding", 1)])
+def test_fit_parallel_equals_one_device_other_steps_per_call(fit_runs_every_task, mode, k):
+    _check_fit_run(fit_runs_every_task[f"{mode}_k{k}_shift0"])
+
+
+def _check_fit_run(r):
     assert r["params"] <= 1e-6 and r["state"] <= 1e-6, r
     np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=1e-5)
     assert r["ref_loss"][1] < r["ref_loss"][0]  # it trained
 
 
-@pytest.mark.parametrize("key", ["segment_pmap_noise0", "segment_sharding_noise0", "denoise_sharding_noise1"])
+@pytest.mark.parametrize("key", ["segment_pmap_noise0", "denoise_sharding_noise1"])
 def test_fit_dense_tasks_parallel_equal_one_device(fit_runs, key):
-    """Segmentation under pmap and sharding, denoising with its on-device noise under sharding (the
-    default run); every task and mode in the slow run, below."""
+    """Segmentation under pmap, denoising with its on-device noise under sharding (the default run);
+    every task and mode in the slow run, below."""
     _check_task_run(fit_runs[key], key)
 
 
@@ -375,8 +388,30 @@ def test_fit_resumes_a_pmap_checkpoint_on_one_device(fit_runs):
     assert fit_runs["resume_pmap_to_none"] <= 1e-6
 
 
-def test_cli_parallel_flags_reach_fit(fit_runs):
-    assert fit_runs["cli_sharding"] <= 1e-6
+@pytest.mark.slow
+def test_cli_parallel_flags_reach_fit(fit_runs_every_task):
+    assert fit_runs_every_task["cli_sharding"] <= 1e-6
+
+
+def test_cli_parallel_flags_reach_fits_config(tmp_path, monkeypatch):
+    """The default run's check that --parallel and --devices arrive in fit's TrainConfig (one device
+    here); the 4-device command-line run that trains with them is in the slow set, above."""
+    from fcnn import cli, train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(model, data, config, **kw):
+        seen["config"] = config
+        raise Stop  # before any compile
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    with pytest.raises(Stop):
+        cli.main(["train", "--epochs", "1", "--max-steps", "1", "--no-progress", "--out", str(tmp_path / "r"),
+                  "--parallel", "sharding", "--devices", "1"])
+    assert (seen["config"].parallel, seen["config"].devices) == ("sharding", 1)
 
 
 @pytest.mark.slow
