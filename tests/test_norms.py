@@ -206,6 +206,83 @@ def test_batchnorm_bfloat16_input_and_no_affine():
     assert params == {}
 
 
+def _textbook_batch_norm(x, scale, offset, ca, eps=EPS):
+    """Ioffe & Szegedy's train-mode forward with ``jnp.mean`` / ``jnp.var`` over every axis but ``ca``,
+    left to JAX's autodiff: the reference for BatchNorm's hand-written derivative."""
+    axes = tuple(a for a in range(x.ndim) if a != ca)
+    shape = [1] * x.ndim
+    shape[ca] = x.shape[ca]
+    xhat = (x - jnp.mean(x, axes, keepdims=True)) / jnp.sqrt(jnp.var(x, axes, keepdims=True) + eps)
+    return xhat * jnp.reshape(scale, shape) + jnp.reshape(offset, shape), jnp.var(x, axes)
+
+
+def _bn_case(shape, seed):
+    rs = np.random.RandomState(seed)
+    c = shape[-1]
+    x = jnp.asarray(rs.randn(*shape) * np.linspace(0.5, 3, c) + np.linspace(-2, 4, c))
+    v, w = (jnp.asarray(rs.randn(*shape)) for _ in range(2))  # a tangent and the loss's weights
+    params = {"scale": jnp.asarray(rs.randn(c)), "offset": jnp.asarray(rs.randn(c))}
+    return x, v, w, params
+
+
+# (8, 16, 16, 16): 32768 values, so the channel sums run as matrix products on CPU (fcnn.channels)
+@pytest.mark.parametrize("layout,shape", [("NHWC", (4, 5, 5, 3)), ("NCHW", (4, 5, 5, 3)), ("NHWC", (6, 3)),
+                                          ("NHWC", (8, 16, 16, 16))])
+def test_batchnorm_derivatives_equal_autodiff_of_the_textbook_formula(layout, shape):
+    """Train-mode BatchNorm has a hand-written derivative (``norms._batch_norm_train``): its gradient,
+    forward-mode derivative, second derivative (forward over reverse) and the running variance's
+    derivative equal those of the plain formula differentiated by JAX."""
+    x, v, w, params = _bn_case(shape, len(shape) + shape[-1])
+    first = layout == "NCHW"
+    if first:
+        x, v, w = (_to_first(a) for a in (x, v, w))
+    ca = 1 if first else x.ndim - 1
+    layer = BatchNorm(layout=layout, momentum=0.25, param_dtype=jnp.float64)
+    _, _, state = layer.init(KEY, x.shape)
+    ours = lambda p, x: layer.apply(p, state, x, train=True)[0]  # noqa: E731
+    ref = lambda p, x: _textbook_batch_norm(x, p["scale"], p["offset"], ca)[0]  # noqa: E731
+
+    def loss(f):
+        return lambda p, x: jnp.sum(jnp.sin(f(p, x)) * w)
+
+    @jax.jit  # one program for every derivative of both forms
+    def derivatives(params, x, v):
+        out = {}
+        for name, f, var in (("ours", ours, lambda x: layer.apply(params, state, x, train=True)[1]["var"]),
+                             ("ref", ref, lambda x: 0.75 * _textbook_batch_norm(x, params["scale"], params["offset"],
+                                                                                ca)[1])):
+            out[name] = {"gradient": jax.grad(loss(f), (0, 1))(params, x),
+                         "jvp": jax.jvp(lambda x: f(params, x), (x,), (v,)),
+                         "Hessian-vector product": jax.jvp(lambda x: jax.grad(loss(f), 1)(params, x), (x,), (v,))[1],
+                         "running variance": jax.jvp(var, (x,), (v,))[1]}  # momentum 0.25: 0.75 of the batch's
+        return out
+
+    got = derivatives(params, x, v)
+    for what, r in got["ref"].items():
+        for u, t in zip(jax.tree.leaves(got["ours"][what]), jax.tree.leaves(r)):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(t), rtol=1e-9, atol=1e-11, err_msg=what)
+
+
+def test_batchnorm_gradient_under_axis_name_equals_the_global_batch_textbook():
+    """Under ``axis_name`` the hand-written derivative averages its channel means over the axis
+    (pmean): the gradient of a loss over 4 "devices" of 2 examples (vmap binds the axis as pmap
+    does) equals autodiff of the textbook formula over all 8."""
+    x, _, w, params = _bn_case((8, 3, 3, 4), 11)
+    layer = BatchNorm(axis_name="d", param_dtype=jnp.float64)
+    _, _, state = layer.init(KEY, (2, 3, 3, 4))
+
+    def ours(p, x):
+        y = jax.vmap(lambda xs: layer.apply(p, state, xs, train=True)[0], axis_name="d")(x.reshape(4, 2, 3, 3, 4))
+        return jnp.sum(jnp.sin(y.reshape(x.shape)) * w)
+
+    def ref(p, x):
+        return jnp.sum(jnp.sin(_textbook_batch_norm(x, p["scale"], p["offset"], 3)[0]) * w)
+
+    both = jax.jit(lambda p, x: (jax.grad(ours, (0, 1))(p, x), jax.grad(ref, (0, 1))(p, x)))
+    for u, r in zip(*map(jax.tree.leaves, both(params, x))):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(r), rtol=1e-9, atol=1e-11)
+
+
 def test_batchnorm_is_still_importable_from_layers():
     assert layers.BatchNorm is BatchNorm
 
