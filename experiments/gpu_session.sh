@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 18 still needs, as one device call (docs/perf_notes.md, items 34-39):
+# Every GPU measurement issue 18 still needs, as one device call (docs/perf_notes.md, items 34-41):
 #
 #   run(command="bash experiments/gpu_session.sh", timeout_s=540)      # the device tool
 #

@@ -45,6 +45,20 @@ def test_activations_match_numpy(name, kw, ref):
     np.testing.assert_allclose(np.asarray(y), ref(x), rtol=1e-10, atol=1e-12)
 
 
+def test_relu_edge_points_by_hand():
+    """fcnn's relu (a select) at the points where a max and a select could differ: values as
+    max(x, 0) with NaN kept, derivative 1 for x > 0 and 0 for x <= 0 (0 at x = 0, like jax.nn.relu)."""
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 3.0, np.inf, -np.inf, np.nan])
+    y = np.asarray(A.relu(x))
+    np.testing.assert_array_equal(y[:7], [0.0, 0.0, 0.0, 1e-30, 3.0, np.inf, 0.0])
+    assert np.isnan(y[7])
+    g = np.asarray(jax.vmap(jax.grad(A.relu))(x))
+    np.testing.assert_array_equal(g[:7], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: jnp.sum(A.relu(v)))(x[:7])), g[:7])
+    layer = A.Relu()
+    np.testing.assert_array_equal(np.asarray(layer.apply({}, {}, x[:7])[0]), y[:7])
+
+
 def test_generic_activation_and_lambda():
     _, _, y = _run(A.Activation(lambda x: x ** 3), jnp.arange(4.0))
     np.testing.assert_array_equal(np.asarray(y), [0, 1, 8, 27])
