@@ -78,10 +78,7 @@ def _mask_scan_tiled(x, y, g, window, ties):
     from fcnn.channels import MIN_CHANNELS
     from fcnn.ops import pool_nd
 
-    n, c, out = x.shape[0], x.shape[-1], y.shape[1:-1]
-    covered = tuple(o * k for o, k in zip(out, window))
-    xv = jnp.reshape(x[(slice(None),) + tuple(slice(0, e) for e in covered)],
-                     (n, *(v for o, k in zip(out, window) for v in (o, k)), c))
+    xv = pool_nd.free_view(x, y.shape[1:-1], window)
     m = pool_nd.is_max(pool_nd.window_cells(xv), y[..., None, :])
     if m.shape[-1] < MIN_CHANNELS or m.shape[-2] > 16:
         first = m & (jnp.cumsum(m.astype(jnp.int32), axis=-2) == 1)
@@ -91,9 +88,8 @@ def _mask_scan_tiled(x, y, g, window, ties):
             kept.append(m[..., i, :] & ~seen)
             seen = seen | m[..., i, :]
         first = jnp.stack(kept, axis=-2)
-    dxw = jnp.reshape(first.astype(x.dtype) * g[..., None, :], (n, *out, *window, c))
-    dx = jnp.reshape(jnp.transpose(dxw, np.argsort(pool_nd._window_axis_perm(len(window)))), (n, *covered, c))
-    return jnp.pad(dx, ((0, 0),) + tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered)) + ((0, 0),))
+    dxw = jnp.reshape(first.astype(x.dtype) * g[..., None, :], (x.shape[0], *y.shape[1:-1], *window, x.shape[-1]))
+    return pool_nd.from_free_view(jnp.transpose(dxw, np.argsort(pool_nd._window_axis_perm(len(window)))), x.shape)
 
 
 def _variants(part, shape):

@@ -148,18 +148,22 @@ def _batch_norm_train(xs, scale, offset, ca, axis_name, epsilon):
     BatchNorm gradient. Autodiff of the forward differentiates through the mean and the variance
     separately; ResNet-18's CPU train step took ~0.97x the time with this (docs/perf_notes.md, item 38).
     """
+    return _batch_norm_forward(xs, scale, offset, ca, axis_name, epsilon)[:3]
+
+
+def _batch_norm_forward(xs, scale, offset, ca, axis_name, epsilon):
+    """``(y, mean, var, xc, inv, xhat)``: ``_batch_norm_train``'s outputs and the intermediates its
+    derivative reads."""
     mean, xc, var = _batch_moments(xs, ca, axis_name)
-    xhat = scale_channels(xc, lax.rsqrt(var + epsilon), ca)
-    return add_channels(scale_channels(xhat, scale, ca), offset, ca), mean, var
+    inv = lax.rsqrt(var + epsilon)
+    xhat = scale_channels(xc, inv, ca)
+    return add_channels(scale_channels(xhat, scale, ca), offset, ca), mean, var, xc, inv, xhat
 
 
 @_batch_norm_train.defjvp
 def _batch_norm_train_jvp(ca, axis_name, epsilon, primals, tangents):
     (xs, scale, offset), (dx, d_scale, d_offset) = primals, tangents
-    mean, xc, var = _batch_moments(xs, ca, axis_name)
-    inv = lax.rsqrt(var + epsilon)
-    xhat = scale_channels(xc, inv, ca)
-    y = add_channels(scale_channels(xhat, scale, ca), offset, ca)
+    y, mean, var, xc, inv, xhat = _batch_norm_forward(xs, scale, offset, ca, axis_name, epsilon)
 
     def e(v):  # the per-channel mean E[v]
         return _pmean(channel_mean(v, ca), axis_name)

@@ -158,6 +158,24 @@ def first_max_mask(xv):
     return cell == first
 
 
+def free_view(x, out: Sizes, window: Sizes):
+    """The free view of tiling windows: x (n, *in, c) cut to the cells the ``out`` windows of size
+    ``window`` cover and reshaped to (n, o1, k1, ..., od, kd, c), no transpose."""
+    n, c = x.shape[0], x.shape[-1]
+    covered = tuple(o * k for o, k in zip(out, window))
+    xc = x[(slice(None),) + tuple(slice(0, e) for e in covered) + (slice(None),)]
+    return jnp.reshape(xc, (n, *(v for o, k in zip(out, window) for v in (o, k)), c))
+
+
+def from_free_view(av, in_shape):
+    """An array of a free view's shape (n, o1, k1, ..., od, kd, c) back to ``in_shape`` (n, *in, c),
+    with zeros in the cells no window covers (``free_view``'s adjoint)."""
+    n, out, window, c, _ = _free_view_parts(av)
+    covered = tuple(o * k for o, k in zip(out, window))
+    uncovered = tuple((0, s - e) for s, e in zip(in_shape[1:-1], covered))
+    return jnp.pad(jnp.reshape(av, (n, *covered, c)), ((0, 0),) + uncovered + ((0, 0),))
+
+
 def max_pool_bwd_tiled(x, y, g, window, ties):
     """Reshape fast path. x: (n, *in, c); y, g: (n, *out, c) -> dx: (n, *in, c).
 
@@ -167,10 +185,7 @@ def max_pool_bwd_tiled(x, y, g, window, ties):
     maximum by a scan: it compiled and ran slower on XLA:CPU (docs/perf_notes.md, item 35). An
     older free-view version, with stacked tie masks, had slowed the LeNet-5 step (items 7, 9).
     """
-    n, c, out = x.shape[0], x.shape[-1], y.shape[1:-1]
-    covered = tuple(o * k for o, k in zip(out, window))
-    xv = jnp.reshape(x[(slice(None),) + tuple(slice(0, e) for e in covered) + (slice(None),)],
-                     (n, *(v for o, k in zip(out, window) for v in (o, k)), c))  # (n, o1, k1, ..., c)
+    xv = free_view(x, y.shape[1:-1], window)  # (n, o1, k1, ..., c)
     per_window = _free_view_parts(xv)[-1]  # (n, o1, 1, ..., c): against xv's cells
     gv = jnp.reshape(g, per_window)
     if ties == "first":
@@ -182,8 +197,7 @@ def max_pool_bwd_tiled(x, y, g, window, ties):
             count = jnp.sum(is_max(window_cells(xv), y[..., None, :]), axis=-2, dtype=x.dtype)
             m = m / jnp.maximum(jnp.reshape(count, per_window), jnp.ones((), x.dtype))
         dxv = m * gv
-    uncovered = tuple((0, s - e) for s, e in zip(x.shape[1:-1], covered))
-    return jnp.pad(jnp.reshape(dxv, (n, *covered, c)), ((0, 0),) + uncovered + ((0, 0),))  # uncovered cells get 0
+    return from_free_view(dxv, x.shape)  # uncovered cells get 0
 
 
 def max_pool_backward(x, y, g, window, stride, pads, dilation, *, ties: str = "first",
