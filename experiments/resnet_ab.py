@@ -10,7 +10,8 @@ Parts:
 - ``step``: ``make_train_step`` over ``models.resnet18(stem="cifar", impl="auto")`` at batch 16,
   interleaved (``_timing.side_by_side``): ``full``; ``no_bn`` (every BatchNorm the identity);
   ``no_bn_relu`` (BatchNorm and ReLU the identity: the convolutions, residual adds, pooling, dense
-  layer and optimizer); ``no_donate`` (the full step with ``donate=False``).
+  layer and optimizer); ``no_donate`` (the full step with ``donate=False``); ``jax_relu`` (ReLU as
+  ``jax.nn.relu`` instead of fcnn's select, docs/perf_notes.md item 40).
 - ``layers``: forward + both gradients of each distinct ResNet-18 conv layer (batch 16), jitted
   with ``fcnn.step.compiler_options()``, per ``--impls`` (interleaved per layer).
 - ``torch_layers``: the same layers in PyTorch eager (channels_last, ``torch.set_num_threads``
@@ -37,7 +38,7 @@ LAYERS = [("s1 3x3 64", 32, 64, 64, 3, 1), ("s2 3x3 64->128", 32, 64, 128, 3, 2)
           ("s1 3x3 128", 16, 128, 128, 3, 1), ("s2 3x3 128->256", 16, 128, 256, 3, 2),
           ("s1 3x3 256", 8, 256, 256, 3, 1), ("s2 3x3 256->512", 8, 256, 512, 3, 2), ("s1 3x3 512", 4, 512, 512, 3, 1)]
 QUICK_LAYERS = [("s1 3x3 8", 4, 8, 8, 3, 1)]
-STEP_VARIANTS = ("full", "no_bn", "no_bn_relu", "no_donate")
+STEP_VARIANTS = ("full", "no_bn", "no_bn_relu", "no_donate", "jax_relu")
 
 
 def parse_args(argv=None):
@@ -66,6 +67,11 @@ def _model(variant, quick):
             stack.enter_context(mock.patch.object(models, "BatchNorm", gone))
         if variant == "no_bn_relu":
             stack.enter_context(mock.patch.object(models, "Relu", gone))
+        if variant == "jax_relu":
+            import jax
+
+            from fcnn.activations import Activation
+            stack.enter_context(mock.patch.object(models, "Relu", lambda: Activation(jax.nn.relu, name="Relu")))
         if quick:
             return models.small_resnet(widths=(8, 16), impl="auto")
         return models.resnet18(stem="cifar", impl="auto")

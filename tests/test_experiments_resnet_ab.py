@@ -22,7 +22,7 @@ def test_the_ablated_models_lose_exactly_what_they_name(experiment):
     ab = experiment("resnet_ab")
     x = jax.numpy.ones((2, 32, 32, 3))
     prims, states = {}, {}
-    for v in ("full", "no_bn", "no_bn_relu"):
+    for v in ("full", "no_bn", "no_bn_relu", "jax_relu"):
         model = ab._model(v, True)
         _, p, s = model.init(jax.random.PRNGKey(0), x.shape)
         prims[v] = {e.primitive.name for e in jax.make_jaxpr(lambda x: model.apply(p, s, x)[0])(x).jaxpr.eqns}
@@ -30,8 +30,9 @@ def test_the_ablated_models_lose_exactly_what_they_name(experiment):
     assert {"rsqrt", "le", "conv_general_dilated"} <= prims["full"] and states["full"] > 0
     assert "rsqrt" not in prims["no_bn"] and "le" in prims["no_bn"] and states["no_bn"] == 0
     assert "le" not in prims["no_bn_relu"] and "conv_general_dilated" in prims["no_bn_relu"]
+    assert "le" not in prims["jax_relu"] and "custom_jvp_call" in prims["jax_relu"] and "rsqrt" in prims["jax_relu"]
 
 
 def test_an_unknown_step_variant_is_refused(experiment):
-    with pytest.raises(SystemExit, match=r"--variants: unknown \['fast'\]; known: full, no_bn, no_bn_relu, no_donate"):
+    with pytest.raises(SystemExit, match=r"--variants: unknown \['fast'\]; known: full, no_bn, no_bn_relu, no_donate, jax_relu"):
         experiment("resnet_ab").main(["--part", "step", "--quick", "--variants", "full,fast"])
