@@ -219,6 +219,10 @@ def make_custom_vjp_conv(backward_input: Callable = conv_backward_input,
 
     def bwd(stride, pads, dilation, groups, precision, res, dz):
         x, w, b = res
+        # dZ materialised once: XLA:CPU otherwise fuses its producer (a max-pool and activation
+        # backward) into each of dX, dW and db, computing and compiling it up to three times
+        # (LeNet-5's first step compiled ~0.2 s faster, same step time; docs/perf_notes.md item 42)
+        dz = fusion_barrier(dz)
         geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups, precision=precision)
         dx = backward_input(dz, w, x.shape[1:-1], **geo)
         dw = backward_kernel(x, dz, w.shape[:-2], **geo)
