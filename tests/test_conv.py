@@ -254,6 +254,11 @@ def test_fusion_barrier_is_an_exact_identity_that_survives_xla():
     np.testing.assert_array_equal(jax.vmap(b)(y), y)
     hlo = jax.jit(lambda v: b(jnp.sin(v)) * 2.0).lower(y).compile().as_text()
     assert "reduce-window" in hlo  # still there after XLA's optimisations
+    # nor evaluated at compile time when its input is a constant (a broadcast, like the cotangent of
+    # jnp.sum(conv(...)), or a literal): XLA's constant folder took seconds on large ones
+    for make in (lambda: jnp.full((2, 3, 4), 0.5), lambda: jnp.asarray(np.asarray(y))):
+        hlo = jax.jit(lambda make=make: b(make())).lower().compile().as_text()
+        assert "reduce-window" in hlo
 
 
 def test_custom_vjp_backward_by_hand():
