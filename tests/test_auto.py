@@ -33,7 +33,42 @@ def test_cpu_conv_table():
     assert auto.select_conv_impl("cpu", *VGG_C1) == "col2im"
     assert auto.select_conv_impl("cpu", (16, 32, 32, 9), (3, 3, 9, 64)) == "lax"  # just above the bound
     assert auto.select_conv_impl("cpu", *VGG_C2) == "lax"
-    assert auto.select_conv_impl("cpu", *VGG_C4) == "lax"
+    assert auto.select_conv_impl("cpu", *VGG_C4) == "lax"  # kernel/positions 9*512/(16*64) = 4.5 < 8
+
+
+def test_cpu_conv_table_strided_and_kernel_heavy_2d():
+    # col2im where lax's dX is at its worst (perf_notes item 43, ResNet-18 b16 step 0.984x): a
+    # stride > 1 with a kernel larger than 1x1, or prod(k) * cout >= 8 * n * prod(spatial)
+    sel = auto.select_conv_impl
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), stride=2) == "col2im"
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), stride=(1, 2)) == "col2im"
+    assert sel("cpu", (16, 32, 32, 64), (1, 1, 64, 128), stride=2) == "lax"  # the 1x1 shortcut: slower
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512)) == "col2im"  # 4608 >= 8 * 256
+    assert sel("cpu", (64, 4, 4, 512), (3, 3, 512, 512)) == "lax"  # 4608 < 8 * 1024
+    assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 256)) == "lax"  # 2304 < 8 * 1024
+    assert sel("cpu", (2, 4, 4, 16), (2, 2, 16, 64)) == "col2im"  # 4 * 64 == 8 * (2 * 16): the bound itself
+    assert sel("cpu", (2, 4, 4, 16), (2, 2, 16, 63)) == "lax"  # 252, just under it
+    assert sel("cpu", (16, 512, 4, 4), (512, 512, 3, 3), layout="NCHW") == "col2im"
+    assert sel("cpu", (16, 64, 32, 32), (128, 64, 3, 3), stride=2, layout="NCHW") == "col2im"
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 256, 512), groups=2) == "lax"  # grouped: not measured
+    assert sel("cpu", (8, 8, 8, 8, 64), (3, 3, 3, 64, 64), stride=2) == "lax"  # 3-D: not measured
+    for platform in ("gpu", "tpu"):
+        assert sel(platform, (16, 4, 4, 512), (3, 3, 512, 512)) == "lax"
+        assert sel(platform, (16, 32, 32, 64), (3, 3, 64, 128), stride=2) == "lax"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_auto_strided_and_kernel_heavy_convs_agree_with_lax(stride):
+    # a small kernel-heavy layer (9 * 32 >= 8 * 2 * 4 * 4), unstrided and strided, through
+    # conv2d(impl="auto"), which passes its stride to the table: values and both gradients equal
+    # lax's in float64
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 4, 4, 16)), rng.standard_normal((3, 3, 16, 32))
+    assert auto.select_conv_impl("cpu", x.shape, w.shape, stride=stride) == "col2im"
+    vg = lambda impl: jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(ops.conv2d(  # noqa: E731
+        x, w, stride=stride, padding="SAME", impl=impl))), argnums=(0, 1))(x, w)
+    for a, b in zip(jax.tree.leaves(vg("auto")), jax.tree.leaves(vg("lax"))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
 
 
 def test_cpu_conv_table_1d_3d():

@@ -22,7 +22,18 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   6.33 / 5.86, lax everywhere 7.57 / 6.94; col2im's step gain on the second layer is small. Not chosen: "im2col"
   (even or slower in the CPU LeNet step), "fft" (far slower on wide layers), and "custom_vjp" or
   col2im on wide layers (VGG cin 64-256: 0.90-0.96x of lax's time per op, but the VGG b8 train
-  step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere). 1-D and 3-D convolutions
+  step was the same, ~90 ms, with lax, custom_vjp or col2im everywhere), except two kinds of 2-D
+  layer where lax's input gradient is at its worst:
+  - a stride > 1 (kernel larger than 1x1): lax's dX convolves the stride-dilated dZ; ResNet-18's
+    3x3 stride-2 layers at batch 16 took 0.84-0.93x of lax's time per op with col2im;
+  - a kernel with at least ``CPU_COL2IM_MIN_KERNEL_RATIO`` = 8 times as many weights per input
+    channel as the input has positions (``prod(k) * cout >= 8 * n * prod(spatial)``): XLA:CPU then
+    spends more on the rotated, in/out-swapped kernel copy it makes for lax's dX than col2im
+    spends on its patch gradients. ResNet-18's 4x4 512->512 layers at batch 16 (ratio 18):
+    0.86-0.89x per op; VGG's 8x8 256->512 at batch 16 (ratio 4.5) was 0.95x per op but 1.02x in
+    the VGG step, so the bound sits between them.
+  Both together: the ResNet-18 b16 step 0.984x (40 interleaved rounds, 95% interval
+  0.974-0.994; docs/perf_notes.md item 43). 1-D and 3-D convolutions
   (``conv1d``/``conv3d``), experiments/bench_decoder.py, batch 8, fwd+bwd: 1-D (length 4096,
   32->64, k=5): nothing beat lax beyond the noise (col2im 0.91-1.86x, custom_vjp 0.97-1.14x, auto's
   own row = lax 1.03-1.07x): "lax". 3-D, CPU, groups 1, as in 2-D by input channels: one input
@@ -50,12 +61,13 @@ The hook in ``conv`` (and so ``conv2d``) / ``conv_transpose`` / ``max_pool2d`` (
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
-           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D"]
+           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
@@ -64,6 +76,8 @@ CPU_TAPS_MAX_CIN = 1
 CPU_COL2IM_MAX_CIN = 8
 # CPU, 3-D convolutions: "col2im" up to this many input channels (measured 16 and 32, bench_decoder.py).
 CPU_COL2IM_MAX_CIN_3D = 32
+# CPU, 2-D: "col2im" also when prod(kernel) * cout >= this * n * prod(spatial) (perf_notes item 43).
+CPU_COL2IM_MIN_KERNEL_RATIO = 8
 
 
 def normalize_platform(platform: Optional[str] = None) -> str:
@@ -90,18 +104,24 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
         rank; padding and padding_mode do not change the choice).
 
     Returns:
-      "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels); 1-D convolutions get "lax".
+      "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels; 2-D also by stride and by
+      kernel size against input size); 1-D convolutions get "lax".
     """
     p = normalize_platform(platform)
     layout = shapes.normalize_layout(layout, len(x_shape))
-    _, cin_g, _ = shapes.kernel_parts(tuple(w_shape), layout)
-    del stride, padding, dilation  # measured: the choice depends on the input channels only
+    kernel, cin_g, cout = shapes.kernel_parts(tuple(w_shape), layout)
+    del padding, dilation  # measured: they do not change the choice
     rank = shapes.layout_rank(layout)
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
         if cin_g <= (CPU_COL2IM_MAX_CIN if rank == 2 else CPU_COL2IM_MAX_CIN_3D):
             return "col2im"
+        if rank == 2 and math.prod(kernel) > 1:
+            strided = max(shapes.normalize_tuple(stride, "stride", rank)) > 1
+            positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
+            if strided or math.prod(kernel) * cout >= CPU_COL2IM_MIN_KERNEL_RATIO * positions:
+                return "col2im"
     return "lax"
 
 
