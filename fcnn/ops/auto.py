@@ -2,7 +2,8 @@
 
 Every choice here is backed by a row of ``experiments/bench_ops.py``'s tables in
 ``docs/benchmarks.md`` (forward+backward time of each implementation on LeNet- and
-VGG-sized layers, CPU and GPU); ``docs/perf_notes.md`` records the runs. The choice only
+VGG-sized layers, CPU and GPU) or of ``experiments/resnet_ab.py``'s (ResNet-18's layers);
+``docs/perf_notes.md`` records the runs. The choice only
 ever picks among implementations that compute the same function with the same gradient
 for the arguments given, so ``impl="auto"`` changes speed, never results beyond rounding:
 
