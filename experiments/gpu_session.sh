@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 18 still needs, as one device call (docs/perf_notes.md, items 34-41):
+# Every GPU measurement issue 18 still needs, as one device call (docs/perf_notes.md, items 34-44):
 #
-#   run(command="bash experiments/gpu_session.sh", timeout_s=540)      # the device tool
+#   run(command="bash experiments/gpu_session.sh", timeout_s=600)      # the device tool
 #
 # It runs under the device image's python3 and packages (jax, flax, torch, pytest: no install),
 # with fcnn from the working tree on PYTHONPATH, and writes every log and table under $OUT. Each
@@ -11,7 +11,9 @@
 #   OUT=/tmp/gpu_dry DEVICE=cpu QUICK=1 bash experiments/gpu_session.sh
 #
 # Steps: (1) the tests of the paths that have run only on CPU so far: the max-pool backward's
-# argmax (pool_nd.first_max_mask) and BatchNorm's written-out derivative; (2) VGG b512 in f32 and
+# argmax (pool_nd.first_max_mask), BatchNorm's written-out derivative, and the custom-VJP convs
+# with dZ materialised once (perf_notes item 42) and fusion_barrier's constant-folding guard;
+# (2) VGG b512 in f32 and
 # bf16 against the JAX peers and torch.compile, with the bf16 matmul peak; (3) LeNet b128 with k
 # steps per dispatch. Targets: VGG >= 1.1x the fastest peer and >= 40% of the bf16 peak; LeNet
 # >= 2x the fastest peer.
@@ -39,8 +41,9 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log to $OUT
 
 (nvidia-smi || echo "no nvidia-smi") > "$OUT/nvidia-smi.txt" 2>&1
 step env 60 python3 -c "import jax, fcnn; print('jax', jax.__version__, 'fcnn', fcnn.__version__, jax.devices())"
-step tests 180 python3 -m pytest -q -p no:cacheprovider -n 0 -m "not slow" \
-  tests/test_pool.py tests/test_pool_nd.py tests/test_norms.py
+step tests 200 python3 -m pytest -q -p no:cacheprovider -n 0 -m "not slow" \
+  tests/test_pool.py tests/test_pool_nd.py tests/test_norms.py \
+  tests/test_conv.py::test_impls_agree_forward_and_vjp tests/test_conv.py::test_fusion_barrier_is_an_exact_identity_that_survives_xla
 step vgg 200 python3 experiments/benchmark.py --device "$DEVICE" --only fcnn,lax,linen,torch_compile \
   --dtypes bf16,f32 --timeout 60 --out "$OUT/vgg" "${vgg[@]}"
 step lenet 150 python3 experiments/benchmark.py --device "$DEVICE" --only fcnn_k,fcnn_unroll,lax,linen \
