@@ -73,7 +73,6 @@ def _mask_scan_tiled(x, y, g, window, ties):
     windows transposed next to each other, ``is_max``'s mask, its first True by a scan, and the
     transpose back."""
     import jax.numpy as jnp
-    import numpy as np
 
     from fcnn.channels import MIN_CHANNELS
     from fcnn.ops import pool_nd
@@ -88,8 +87,7 @@ def _mask_scan_tiled(x, y, g, window, ties):
             kept.append(m[..., i, :] & ~seen)
             seen = seen | m[..., i, :]
         first = jnp.stack(kept, axis=-2)
-    dxw = jnp.reshape(first.astype(x.dtype) * g[..., None, :], (x.shape[0], *y.shape[1:-1], *window, x.shape[-1]))
-    return pool_nd.from_free_view(jnp.transpose(dxw, np.argsort(pool_nd._window_axis_perm(len(window)))), x.shape)
+    return pool_nd.from_free_view(pool_nd.free_view_of_cells(first.astype(x.dtype) * g[..., None, :], window), x.shape)
 
 
 def _variants(part, shape):

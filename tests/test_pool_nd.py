@@ -3,6 +3,7 @@ global pools in any rank and adaptive pools, against NumPy loops written from th
 own autodiff, finite differences (``check_grads``) and hand-computed windows. The 2-D grid is in
 tests/test_pool.py."""
 import itertools
+import math
 
 import jax
 
@@ -341,3 +342,29 @@ def test_first_max_mask_marks_the_first_maximum_or_first_nan_of_each_window(shap
     free = (shape[0], *(v for k in window for v in (1, k)), shape[-1])
     got = np.asarray(pool_nd.first_max_mask(jnp.reshape(jnp.asarray(x), free)))
     np.testing.assert_array_equal(got.reshape(shape), want)
+
+
+@pytest.mark.parametrize("in_sizes,window", [((7,), (3,)), ((5, 7), (2, 3)), ((4, 5, 3), (2, 2, 3))])
+def test_free_view_window_cells_and_their_inverses_by_hand(in_sizes, window):
+    """free_view[n, o1, k1, ..., c] = x[n, o1*w1 + k1, ..., c]; window_cells puts a window's cells on
+    one axis in row-major window order; free_view_of_cells undoes window_cells; from_free_view
+    puts a free view back, zeros in the cells no window covers."""
+    n, c = 2, 3
+    x = np.arange(n * math.prod(in_sizes) * c, dtype=np.float32).reshape(n, *in_sizes, c)
+    out = tuple(s // k for s, k in zip(in_sizes, window))
+    xv = pool_nd.free_view(jnp.asarray(x), out, window)
+    cells = pool_nd.window_cells(xv)
+    assert xv.shape == (n, *(v for o, k in zip(out, window) for v in (o, k)), c)
+    assert cells.shape == (n, *out, math.prod(window), c)
+    for o in itertools.product(*map(range, out)):
+        for t, k in enumerate(itertools.product(*map(range, window))):
+            pixel = tuple(oi * wi + ki for oi, wi, ki in zip(o, window, k))
+            free_index = tuple(v for oi, ki in zip(o, k) for v in (oi, ki))
+            np.testing.assert_array_equal(np.asarray(xv)[(slice(None), *free_index)], x[(slice(None), *pixel)])
+            np.testing.assert_array_equal(np.asarray(cells)[(slice(None), *o, t)], x[(slice(None), *pixel)])
+    np.testing.assert_array_equal(np.asarray(pool_nd.free_view_of_cells(cells, window)), np.asarray(xv))
+    back = np.asarray(pool_nd.from_free_view(xv, x.shape))
+    covered = tuple(slice(0, o * k) for o, k in zip(out, window))
+    want = np.zeros_like(x)
+    want[(slice(None), *covered)] = x[(slice(None), *covered)]
+    np.testing.assert_array_equal(back, want)

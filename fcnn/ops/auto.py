@@ -118,10 +118,11 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
             return "taps"
         if cin_g <= (CPU_COL2IM_MAX_CIN if rank == 2 else CPU_COL2IM_MAX_CIN_3D):
             return "col2im"
-        if rank == 2 and math.prod(kernel) > 1:
+        taps = math.prod(kernel)
+        if rank == 2 and taps > 1:
             strided = max(shapes.normalize_tuple(stride, "stride", rank)) > 1
             positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
-            if strided or math.prod(kernel) * cout >= CPU_COL2IM_MIN_KERNEL_RATIO * positions:
+            if strided or taps * cout >= CPU_COL2IM_MIN_KERNEL_RATIO * positions:
                 return "col2im"
     return "lax"
 

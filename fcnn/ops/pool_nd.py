@@ -138,6 +138,14 @@ def window_cells(xv):
     return jnp.reshape(jnp.transpose(xv, _window_axis_perm(len(window))), (n, *out, math.prod(window), c))
 
 
+def free_view_of_cells(cells, window: Sizes):
+    """``window_cells``' inverse: (n, o1, ..., od, k1*...*kd, c) back to the free view
+    (n, o1, k1, ..., od, kd, c)."""
+    n, c, out = cells.shape[0], cells.shape[-1], cells.shape[1:-2]
+    per_axis = jnp.reshape(cells, (n, *out, *window, c))
+    return jnp.transpose(per_axis, np.argsort(_window_axis_perm(len(window))))
+
+
 def first_max_mask(xv):
     """Where each window holds its first maximum, on the free view ``xv`` (n, o1, k1, ..., od, kd, c)
     of tiling windows: True at one cell per window, the first in row-major window order that holds
