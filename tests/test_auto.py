@@ -132,6 +132,12 @@ def test_platform_default_and_errors():
         auto.select_conv_impl(3, *LENET_C1)
     with pytest.raises(ValueError, match="layout"):
         auto.select_conv_impl("cpu", *LENET_C1, layout="NWHC")
+    # the stride now counts in the CPU table, so a bad one is refused on every platform and path
+    for platform, shapes_ in (("cpu", LENET_C1), ("cpu", VGG_C4), ("gpu", VGG_C4)):
+        with pytest.raises(TypeError, match="stride must be an int or a pair"):
+            auto.select_conv_impl(platform, *shapes_, stride=(2, 2, 2))
+        with pytest.raises(ValueError, match="stride"):
+            auto.select_conv_impl(platform, *shapes_, stride=0)
 
 
 @functools.lru_cache(maxsize=None)

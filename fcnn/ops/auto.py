@@ -113,6 +113,7 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     kernel, cin_g, cout = shapes.kernel_parts(tuple(w_shape), layout)
     del padding, dilation  # measured: they do not change the choice
     rank = shapes.layout_rank(layout)
+    stride = shapes.normalize_tuple(stride, "stride", rank)
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
@@ -120,9 +121,8 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
             return "col2im"
         taps = math.prod(kernel)
         if rank == 2 and taps > 1:
-            strided = max(shapes.normalize_tuple(stride, "stride", rank)) > 1
             positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
-            if strided or taps * cout >= CPU_COL2IM_MIN_KERNEL_RATIO * positions:
+            if max(stride) > 1 or taps * cout >= CPU_COL2IM_MIN_KERNEL_RATIO * positions:
                 return "col2im"
     return "lax"
 
