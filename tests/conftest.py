@@ -12,12 +12,14 @@ benchmark worker) is then loaded, not compiled again. Keyed by the program itsel
 change a result. ``FCNN_TEST_XLA_CACHE=0`` turns it off; a ``JAX_COMPILATION_CACHE_DIR`` set
 outside is used as it is.
 
-XLA:CPU compiles the tests' programs with LLVM optimisation level 0
-(``--xla_backend_optimization_level=0``, appended to ``XLA_FLAGS`` and inherited by child
-processes; ``FCNN_TEST_XLA_OPT=1`` keeps the default): most of the suite's time is compiling
-programs that then run once, and the level changes how fast machine code is, not what it
-computes (the whole suite passes either way; no test times compiled code). Measured on the
-2-core machine, 2026-12-02: default suite 4m34s -> 3m38s wall with ``-n 2``.
+XLA:CPU compiles the tests' programs with LLVM optimisation level 0 and without its MLIR fusion
+emitters (``--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false``, appended to
+``XLA_FLAGS`` and inherited by child processes; ``FCNN_TEST_XLA_OPT=1`` keeps XLA's defaults):
+most of the suite's time is compiling programs that then run once (a profile of two conv modules:
+41 of 74 s in XLA's backend compile, ~0.1 s per program), and both flags change how fast the machine
+code is, not what it computes (the whole suite passes either way; no test times compiled code).
+Measured on the 2-core machine with ``-n 2``: level 0, 2026-12-02, 4m34s -> 3m38s wall; the
+emitters off too, 2026-12-03 (a slower day), 6m13s -> 3m42s (user time 11m28s -> 6m37s).
 
 Session fixtures: ``experiment`` loads a script of experiments/ as a module (the one loader the
 tests of experiments/ share); ``trained_detector`` is tests/_patterns.py's detector trained once
@@ -31,8 +33,10 @@ import sys
 import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # pictures are written to files, never shown
-if os.environ.get("FCNN_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+if os.environ.get("FCNN_TEST_XLA_OPT") != "1":
+    for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+        if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):  # a value set outside is kept
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 if os.environ.get("FCNN_TEST_XLA_CACHE", "1") != "0" and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     _XLA_CACHE = tempfile.mkdtemp(prefix="fcnn-tests-xla-cache-")
     atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)

@@ -1,10 +1,9 @@
 """serial / residual / branches against applying the pieces by hand.
 
-Each scenario (init, the combinator's apply and the by-hand apply) runs as one ``jax.jit`` at
-XLA's backend optimisation level 0: on CPU these tests spend their time compiling, not running,
-and one O0 program compiles several times faster than the same ops dispatched one by one (each
-eager op is compiled at the default level). Inputs come from NumPy (a jax.random draw of a new
-shape is a compile of its own).
+Each scenario (init, the combinator's apply and the by-hand apply) runs as one ``jax.jit``: on
+CPU these tests spend their time compiling, not running, and one program compiles several times
+faster than the same ops dispatched one by one (each eager op is a compile of its own). Inputs
+come from NumPy (a jax.random draw of a new shape is a compile of its own).
 """
 import re
 
@@ -20,10 +19,6 @@ from fcnn.types import layer_info
 KEY = jax.random.PRNGKey(0)
 
 
-def _jit(fn, **kw):
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kw)
-
-
 def _normal(shape, seed):
     return jnp.asarray(np.random.RandomState(seed).randn(*shape), jnp.float32)
 
@@ -36,7 +31,7 @@ def _traced(fn, *args):
         box["static"], arrays = fn(*a)
         return arrays
 
-    arrays = _jit(run)(*args)
+    arrays = jax.jit(run)(*args)
     return box["static"], arrays
 
 
@@ -63,7 +58,7 @@ def test_serial_equals_applying_layers_by_hand():
     assert not np.allclose(new_state[5]["mean"], state[5]["mean"])  # the BN state did move
 
     # eval needs no key and is deterministic
-    evaluate = _jit(lambda p, s, x: net.apply(p, s, x)[0])
+    evaluate = jax.jit(lambda p, s, x: net.apply(p, s, x)[0])
     np.testing.assert_array_equal(np.asarray(evaluate(params, state, x)), np.asarray(evaluate(params, state, x)))
 
 
@@ -72,7 +67,7 @@ def test_serial_gives_each_dropout_its_own_mask():
     _, params, state = net.init(KEY, (1000,))
     x = jnp.ones((1, 1000))
 
-    @_jit
+    @jax.jit
     def run(x):
         k0, _ = jax.random.split(jax.random.PRNGKey(3))
         m0 = L.Dropout(0.5).apply({}, {}, x, key=k0, train=True)[0] != 0

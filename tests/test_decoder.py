@@ -12,10 +12,6 @@ KEY = jax.random.PRNGKey(0)
 RNG = np.random.default_rng(0)
 
 
-def _jit(fn):
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
-
-
 # (layer, in_shape, out_shape): PyTorch's formula (in-1)*s - 2p + d*(k-1) + op + 1, worked by hand
 SHAPES = [
     # torch.nn.ConvTranspose2d docs' example: a 12x12 input downsampled by Conv2d(16, 16, 3, stride=2,
@@ -36,7 +32,7 @@ SHAPES = [
 def test_output_shapes_follow_pytorchs_formula(layer, in_shape, out_shape):
     got, params, state = layer.init(KEY, in_shape)
     assert got == out_shape
-    y = _jit(lambda x: layer.apply(params, state, x)[0])(jnp.ones(in_shape))
+    y = jax.jit(lambda x: layer.apply(params, state, x)[0])(jnp.ones(in_shape))
     assert y.shape == out_shape
 
 
@@ -139,7 +135,7 @@ def test_grad_jit_vmap_and_dtypes():
     def loss(p):
         return jnp.sum(jnp.sin(layer.apply(p, {}, x)[0]))
 
-    g = _jit(jax.grad(loss))(params)
+    g = jax.jit(jax.grad(loss))(params)
     e = np.zeros(params["w"].shape)
     e[2, 1, 0] = 1e-5
     fd = (loss({**params, "w": params["w"] + e}) - loss({**params, "w": params["w"] - e})) / 2e-5

@@ -1,7 +1,7 @@
 """Initialisers against their formulas: fans by hand, standard deviations and bounds measured.
 
-Every draw is compiled with ``_jit`` (XLA backend optimisation level 0): a ``jax.random`` draw
-of a new shape is a compile of its own, and O0 compiles it several times faster on CPU.
+Every draw is jitted: a ``jax.random`` draw of a new shape is a compile of its own, at the
+suite's fast-compile XLA options (tests/conftest.py).
 """
 import math
 
@@ -15,12 +15,8 @@ from fcnn import init as I
 KEY = jax.random.PRNGKey(0)
 
 
-def _jit(fn, **kw):
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kw)
-
-
 def _draw(initialiser, shape, dtype=jnp.float32, fan_in=1, fan_out=1):
-    return _jit(lambda k: initialiser(k, shape, dtype, fan_in, fan_out))(KEY)
+    return jax.jit(lambda k: initialiser(k, shape, dtype, fan_in, fan_out))(KEY)
 
 
 @pytest.mark.parametrize("name, std_fn", [

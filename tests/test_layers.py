@@ -2,9 +2,9 @@
 
 Initialisers are tested in test_init.py and activations in test_activations.py; the shape
 grid below covers every layer constructor ``fcnn.layers`` exports, activations included.
-What runs is compiled by ``_run`` as one ``jax.jit`` at XLA's backend optimisation level 0
-(on CPU these tests spend their time compiling: every eager op, and every ``jax.random`` draw
-of a new shape, is a compile of its own at the default level); inputs come from NumPy.
+What runs is compiled by ``_run`` as one ``jax.jit`` (on CPU these tests spend their time
+compiling: every eager op, and every ``jax.random`` draw of a new shape, is a compile of its
+own); inputs come from NumPy.
 """
 import math
 import re
@@ -23,10 +23,6 @@ from fcnn.types import InputShapeError
 KEY = jax.random.PRNGKey(0)
 
 
-def _jit(fn, **kw):
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kw)
-
-
 def _run(layer, x, *, key=None, train=False):
     """``layer.init`` then ``layer.apply``, compiled as one program: ``(out_shape, params, y, new_state)``."""
     box = {}
@@ -36,7 +32,7 @@ def _run(layer, x, *, key=None, train=False):
         y, new_state = layer.apply(params, state, x, key=key, train=train)
         return params, y, new_state
 
-    params, y, new_state = _jit(run)(jnp.asarray(x), key)
+    params, y, new_state = jax.jit(run)(jnp.asarray(x), key)
     return box["out"], params, y, new_state
 
 
@@ -66,7 +62,7 @@ def test_conv2d_passes_grouped_fans_to_initialiser():
     L.Conv2D(16, 3, groups=4, w_init=spy).init(KEY, (1, 8, 8, 32))
     assert seen["w"] == ((3, 3, 8, 16), 72, 36)
     # and the default he_normal really uses fan_in = kh*kw*cin/groups
-    _, p, _ = _jit(L.Conv2D(512, 3, groups=4).init, static_argnums=1)(KEY, (1, 8, 8, 256))
+    _, p, _ = jax.jit(L.Conv2D(512, 3, groups=4).init, static_argnums=1)(KEY, (1, 8, 8, 256))
     np.testing.assert_allclose(float(jnp.std(p["w"])), math.sqrt(2 / (9 * 64)), rtol=0.02)
 
 
@@ -309,7 +305,7 @@ def test_a_correct_input_of_another_batch_size_runs_under_jit():
     _, params, state = jax.eval_shape(lambda k: net.init(k, (2, 8, 8, 2)), KEY)
     rs = np.random.RandomState(11)
     params, state = jax.tree_util.tree_map(lambda a: rs.rand(*a.shape).astype(np.float32) + 0.5, (params, state))
-    run = _jit(lambda x, key: (net.apply(params, state, x)[0], net.apply(params, state, x, key=key, train=True)[0]))
+    run = jax.jit(lambda x, key: (net.apply(params, state, x)[0], net.apply(params, state, x, key=key, train=True)[0]))
     x = rs.randn(5, 10, 10, 2).astype(np.float32)
     y5, t5 = run(x, jax.random.PRNGKey(1))
     y2, _ = run(x[:2], jax.random.PRNGKey(1))

@@ -16,10 +16,6 @@ KEY = jax.random.PRNGKey(0)
 RNG = np.random.default_rng(0)
 
 
-def _jit(fn):
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
-
-
 def _run(layer, x, *, key=None, train=False):
     """init then apply as one compiled program: ``(out_shape, params, y)``."""
     box = {}
@@ -28,7 +24,7 @@ def _run(layer, x, *, key=None, train=False):
         box["out"], params, state = layer.init(KEY, x.shape)
         return params, layer.apply(params, state, x, key=key, train=train)[0]
 
-    params, y = _jit(run)(jnp.asarray(x), key)
+    params, y = jax.jit(run)(jnp.asarray(x), key)
     return box["out"], params, np.asarray(y)
 
 
@@ -186,7 +182,7 @@ def test_jit_vmap_grad_and_dtypes():
     def loss(p, x):
         return jnp.sum(layer.apply(p, {}, x)[0] ** 2)
 
-    g = _jit(jax.grad(loss))(params, x)
+    g = jax.jit(jax.grad(loss))(params, x)
     e = np.zeros(params["w"].shape)
     e[1, 0, 2] = 1e-4  # central differences in float64 on one kernel tap
     fd = (loss({**params, "w": params["w"] + e}, x) - loss({**params, "w": params["w"] - e}, x)) / 2e-4

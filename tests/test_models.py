@@ -1,9 +1,9 @@
 """Reference models: shapes, parameter counts, option propagation, registry.
 
-Shapes are checked by tracing (``jax.eval_shape``); what runs is compiled with ``_jit``, at
-XLA's backend optimisation level 0 (on CPU these tests spend their time compiling, and O0
-compiles a LeNet forward + backward about 4x faster), and each model's compiled forward and
-gradient is cached so the lax baseline is compiled once for every comparison.
+Shapes are checked by tracing (``jax.eval_shape``); what runs is jitted (at the suite's
+fast-compile XLA options, tests/conftest.py: these tests spend their time compiling), and each
+model's compiled forward and gradient is cached so the lax baseline is compiled once for every
+comparison.
 """
 import functools
 import re
@@ -17,10 +17,6 @@ from fcnn import models
 from fcnn.summary import count_params
 
 KEY = jax.random.PRNGKey(0)
-
-
-def _jit(fn, **kw):
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kw)
 
 
 def abstract_init(model, in_shape):
@@ -58,7 +54,7 @@ def _lenet_forward_and_grad(impl):
     def loss(p, state, x):
         return jnp.sum(model.apply(p, state, x)[0] ** 2)
 
-    return _jit(lambda p, state, x: (model.apply(p, state, x)[0], jax.grad(loss)(p, state, x)))
+    return jax.jit(lambda p, state, x: (model.apply(p, state, x)[0], jax.grad(loss)(p, state, x)))
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -98,11 +94,11 @@ def test_small_resnet_batchnorm_state_and_projection():
     assert p_full[4][0]["shortcut"][0]["w"].shape == (1, 1, 16, 32)
     assert p_full[3][0]["shortcut"] == {}  # stage 1 keeps the shape: identity
     model = models.small_resnet(widths=(4, 8))  # same structure, small enough to run fast
-    out, params, state = _jit(model.init, static_argnums=1)(KEY, (4, 8, 8, 3))
+    out, params, state = jax.jit(model.init, static_argnums=1)(KEY, (4, 8, 8, 3))
     assert out == (4, 10) and params[4][0]["shortcut"][0]["w"].shape == (1, 1, 4, 8)
     x = jnp.asarray(np.random.RandomState(2).randn(4, 8, 8, 3) * 3 + 1, jnp.float32)
 
-    @_jit
+    @jax.jit
     def train_and_eval(params, state, x):
         _, new_state = model.apply(params, state, x, train=True)
         _, same = model.apply(params, state, x, train=False)
@@ -135,7 +131,7 @@ def test_pool_impl_and_ties_propagate(lenet_small):
     x = jnp.ones((1, 12, 12, 1))  # constant input: every interior pooling window is a tie
 
     def input_grad(model):
-        return _jit(jax.grad(lambda x: jnp.sum(model.apply(params, state, x)[0])))(x)
+        return jax.jit(jax.grad(lambda x: jnp.sum(model.apply(params, state, x)[0])))(x)
 
     g_first = input_grad(models.lenet5(pool_impl="custom_vjp", ties="first"))
     g_lax = input_grad(models.lenet5())
@@ -250,8 +246,8 @@ def test_unet_runs_and_its_skip_carries_the_input():
     through the skip (a 1-pixel change moves the logits at that pixel)."""
     model = models.unet(2, depth=1, width=2)
     x = np.asarray(np.random.default_rng(0).normal(size=(1, 4, 4, 1)), np.float32)
-    _, params, state = _jit(model.init, static_argnums=1)(KEY, x.shape)
-    f = _jit(lambda x: model.apply(params, state, x)[0])
+    _, params, state = jax.jit(model.init, static_argnums=1)(KEY, x.shape)
+    f = jax.jit(lambda x: model.apply(params, state, x)[0])
     y = np.asarray(f(x))
     assert y.shape == (1, 4, 4, 2) and np.all(np.isfinite(y))
     x2 = x.copy()
