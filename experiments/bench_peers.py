@@ -12,24 +12,26 @@ torch through ``autocast``). SGD with momentum 0.9, softmax cross-entropy, rando
 labels resident on the device. Each peer is written from its documented API, the way its
 tutorials write a train step (jit or filter_jit or nnx.jit; buffers donated where the API allows).
 A builder raises ImportError when its framework is not installed.
+
+Here: fcnn's builders, the JAX peers (hand-written lax, stax, flax linen and nnx, equinox, haiku)
+and the registry (``BUILDERS``, ``LABELS``, ``RESNET_FRAMEWORKS``). The networks (``NETS``), ``Bench``,
+``forward_macs`` and the JAX helpers live in bench_common.py, the PyTorch builders in bench_torch.py;
+both are re-exported here, so every name other scripts and the tests read as ``bench_peers.X``
+(``NETS``, ``LR``, ``_jax_data``, ``build_torch``, ...) is unchanged.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_resnet  # noqa: E402
+from bench_common import (  # noqa: E402, F401  (re-exported: other scripts and the tests read them here)
+    CLASSES, LENET, LR, MOMENTUM, NETS, VGG, Bench, _ce, _flat_dim, _half, _jax_block, _jax_data, _jit_step, _sgd,
+    forward_macs,
+)
+from bench_torch import build_torch, build_torch_compile  # noqa: E402
 
-LR = 0.01
-MOMENTUM = 0.9
-CLASSES = 10
-# (kernel, cout, padding, pool after) per conv layer, then dense widths.
-LENET = dict(hw=28, cin=1, convs=[(5, 6, "SAME", True), (5, 16, "VALID", True)], dense=[120, 84], gmax=False)
-VGG = dict(hw=32, cin=3, convs=[(3, 64, "SAME", False), (3, 128, "SAME", True), (3, 256, "SAME", True),
-                                (3, 512, "SAME", True)], dense=[], gmax=True)
-NETS = {"lenet": LENET, "vgg": VGG, "resnet18": bench_resnet.SPEC}
 # ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
 RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "linen", "torch", "torch_compile")
 
@@ -37,93 +39,6 @@ RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "linen", "torch", "torc
 def supports(framework: str, net: str) -> bool:
     """Whether ``BUILDERS[framework]`` builds ``net`` (every framework builds lenet and vgg)."""
     return net != "resnet18" or framework in RESNET_FRAMEWORKS
-
-
-class Bench(NamedTuple):
-    step: Callable
-    carry: Any
-    batch: Any
-    block: Callable
-    k: int = 1
-
-
-def forward_macs(net: str) -> int:
-    """Multiply-adds of one image's forward pass (convs and dense layers)."""
-    if net == "resnet18":
-        return bench_resnet.forward_macs()
-    spec = NETS[net]
-    hw, cin, macs = spec["hw"], spec["cin"], 0
-    for f, cout, pad, pool in spec["convs"]:
-        hw = hw if pad == "SAME" else hw - f + 1
-        macs += hw * hw * cout * f * f * cin
-        cin = cout
-        hw = hw // 2 if pool else hw
-    width = cin if spec["gmax"] else hw * hw * cin
-    for d in spec["dense"] + [CLASSES]:
-        macs += width * d
-        width = d
-    return macs
-
-
-def _flat_dim(spec) -> int:
-    hw, cin = spec["hw"], spec["cin"]
-    for f, cout, pad, pool in spec["convs"]:
-        hw = hw if pad == "SAME" else hw - f + 1
-        hw, cin = (hw // 2 if pool else hw), cout
-    return cin if spec["gmax"] else hw * hw * cin
-
-
-# ----------------------------------------------------------------------------- JAX helpers
-def _jax_data(n, spec, k=1, nchw=False):
-    import jax
-    import jax.numpy as jnp
-
-    kx, ky = jax.random.split(jax.random.PRNGKey(0))
-    lead = (k, n) if k > 1 else (n,)
-    shape = (spec["cin"], spec["hw"], spec["hw"]) if nchw else (spec["hw"], spec["hw"], spec["cin"])
-    x = jax.random.normal(kx, lead + shape, jnp.float32)
-    y = jax.random.randint(ky, lead, 0, CLASSES)
-    return jax.block_until_ready((x, y))
-
-
-def _jax_block(carry):
-    import jax
-
-    jax.block_until_ready(carry)
-
-
-def _ce(logits, y):
-    import jax.numpy as jnp
-    import optax
-
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y))
-
-
-def _half(tree):
-    import jax
-    import jax.numpy as jnp
-
-    return jax.tree.map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
-def _sgd():
-    import optax
-
-    return optax.sgd(LR, momentum=MOMENTUM)
-
-
-def _jit_step(loss_fn, tx):
-    """The standard optax step over a params pytree, params and opt_state donated."""
-    import jax
-    import optax
-
-    def step(carry, batch):
-        params, opt_state = carry
-        grads = jax.grad(loss_fn)(params, *batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    return jax.jit(step, donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------- fcnn
@@ -479,70 +394,6 @@ def build_haiku(net, n, dtype_policy, device, k=1):
 
     tx = _sgd()
     return Bench(_jit_step(loss, tx), (params, tx.init(params)), data, _jax_block)
-
-
-# ----------------------------------------------------------------------------- torch
-def _torch_build(net, n, dtype_policy, device, compiled):
-    import torch
-    from torch import nn
-
-    spec = NETS[net]
-    dev = torch.device("cuda" if device == "gpu" else "cpu")
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True  # as JAX's default float32 dot on GPU
-        torch.backends.cudnn.allow_tf32 = True
-    model = (bench_resnet.torch_model() if net == "resnet18" else _torch_convnet(spec))
-    model = model.to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    fwd = torch.compile(model) if compiled else model
-    g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(n, spec["cin"], spec["hw"], spec["hw"], device=dev, generator=g).to(memory_format=torch.channels_last)
-    y = torch.randint(0, CLASSES, (n,), device=dev, generator=g)
-    bf16 = dtype_policy == "bf16"
-
-    def step(carry, batch):
-        xb, yb = batch
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = fwd(xb)
-        loss = nn.functional.cross_entropy(logits.float(), yb)
-        loss.backward()
-        opt.step()
-        return carry
-
-    def block(carry):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    return Bench(step, None, (x, y), block)
-
-
-def _torch_convnet(spec):
-    from torch import nn
-
-    mods, cin = [], spec["cin"]
-    for f, cout, pad, pool in spec["convs"]:
-        mods += [nn.Conv2d(cin, cout, f, padding=(f // 2 if pad == "SAME" else 0)), nn.ReLU()]
-        mods += [nn.MaxPool2d(2)] if pool else []
-        cin = cout
-    mods += [nn.AdaptiveMaxPool2d(1), nn.Flatten()] if spec["gmax"] else [nn.Flatten()]
-    width = _flat_dim(spec)
-    for d in spec["dense"]:
-        mods += [nn.Linear(width, d), nn.ReLU()]
-        width = d
-    mods.append(nn.Linear(width, CLASSES))
-    return nn.Sequential(*mods)
-
-
-def build_torch(net, n, dtype_policy, device, k=1):
-    """PyTorch eager, channels_last, autocast bf16."""
-    return _torch_build(net, n, dtype_policy, device, compiled=False)
-
-
-def build_torch_compile(net, n, dtype_policy, device, k=1):
-    """torch.compile of the model (default mode); optimizer step eager (foreach)."""
-    return _torch_build(net, n, dtype_policy, device, compiled=True)
 
 
 BUILDERS = {
