@@ -25,6 +25,7 @@ Writes ``--out`` (markdown: a shared introduction plus one ``<!-- scaling:TAG --
 platform; an existing file keeps its other platforms' sections) and ``--json`` (raw numbers,
 default ``scaling_TAG.json`` next to ``--out``). ``--merge FILE`` copies FILE's section(s) into
 ``--out`` and ``--render JSON`` rebuilds a section from its raw numbers, without running anything.
+The markdown (``render_section``, ``INTRO``) and the merge (``merge_into``) are in scaling_report.py.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ import functools
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -53,6 +53,7 @@ from fcnn import models, parallel  # noqa: E402
 from fcnn.step import make_train_step  # noqa: E402
 from fcnn.summary import summary  # noqa: E402
 from _timing import carrying, side_by_side  # noqa: E402  (experiments/, sys.path[0])
+from scaling_report import INTRO, _SECTION, merge_into, render_section  # noqa: E402, F401  (INTRO: re-exported)
 
 VIRTUAL_DEVICES = 8
 COMM_MODELS = ("lenet5", "small_vgg", "small_resnet")
@@ -272,152 +273,6 @@ def comm_volume(name: str, seed: int = 0) -> dict:
     return dict(model=name, params=n_params, bn_channels=bn_channels, bn_global=bn_global, psum_ops=len(found),
                 counted_elements=sum(found), formula_elements=formula, grad_bytes=n_params * F32_BYTES,
                 ring_bytes={str(d): ring_bytes(sum(found), d) for d in (2, 4, 8)})
-
-
-# ----------------------------------------------------------------------------- report
-def _table(head, rows):
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]) + "\n"
-
-
-def _kb(b):
-    return f"{b / 1e3:,.1f}"
-
-
-def _loop_cell(r):
-    scaled = r["loop_examples"] != r["batch"]
-    return f"{r['loop_ms']:.2f}" + (f" (x{r['batch'] // r['loop_examples']} of {r['loop_examples']})" if scaled else "")
-
-
-INTRO = """# Scaling: per-example gradients and data parallelism
-
-Produced by `experiments/scaling.py` (method in its docstring and in the shared PERFORMANCE.md:
-compile excluded and reported apart, warm-up, `block_until_ready`, median of repeats, all variants of
-a question timed side by side in one process). One section per platform follows; each names the
-command, date, device and JAX version that produced it, and its raw numbers are in `scaling_TAG.json`.
-
-**Reading part B.** On one GPU, and on CPU virtual devices
-(`--xla_force_host_platform_device_count`, which split the same physical cores), these tables
-measure the *overhead* of the data-parallel wrappers (pmap, jit sharding, shard_map) and of
-splitting the batch, **not speed-up**: no accelerator is added when d grows. Multi-GPU
-scaling has to be reasoned about on paper from part C.
-
-**Reading part C.** A data-parallel step all-reduces the gradient (P float32 parameters), the
-BatchNorm statistics when they are global (per channel: batch mean and variance forward, their
-cotangents backward, and the running statistics: 6 numbers) and 2 metrics. The counts below are
-taken from the traced `shard_map` step (every `psum`) and checked against that formula. A ring
-all-reduce sends and receives 2(d-1)/d times the buffer per device, so one step costs about
-`alpha * (number of all-reduces after XLA combines them) + ring bytes / link bandwidth`, against a
-compute time that shrinks at best like the per-device batch N/d. LeNet-5's 432 KB per device at
-d = 8 is microseconds of transfer at NVLink-class bandwidth, so the all-reduces' latency is what
-counts; and its per-device step is launch-bound on a GPU (a ~0.6 ms floor whatever the batch,
-PERFORMANCE.md), so splitting a batch of 256 over 8 GPUs cannot make a step much faster than one
-GPU's. Data parallelism pays off for the larger nets and batches, whose step time is compute.
-"""
-
-
-def render_section(tag: str, meta: dict, a_rows, b_rows, c_rows) -> str:
-    where = meta["device"] + (f", {meta['cpu_count']} cores" if tag == "cpu" else "")
-    out = [f"<!-- scaling:{tag} -->", f"## {tag.upper()} run ({where})\n",
-           f"Command: `{meta['command']}` (date {meta['date']}, seed {meta['seed']}, backend {meta['backend']}, "
-           f"{meta['device_count']} device(s), jax {meta['jax']}, {meta['wall_s']:.0f} s wall, 1-minute load average "
-           f"{meta['load_avg'][0]:.1f} at the start and {meta['load_avg'][1]:.1f} at the end on "
-           f"{meta['cpu_count']} cores).\n"]
-    if a_rows:
-        out.append("### A. Per-example gradients, LeNet-5 (28x28x1, float32)\n")
-        out.append(_table(
-            ["batch", "batch grad ms", "vmap ms", "lax.map ms", "Python loop ms", "vmap / batch", "loop / vmap",
-             "lax.map / vmap", "GFLOP/s batch", "GFLOP/s vmap", "vmap vs loop rel err"],
-            [(r["batch"], f"{r['batch_ms']:.3f}", f"{r['vmap_ms']:.3f}", f"{r['map_ms']:.3f}", _loop_cell(r),
-              f"{r['vmap_over_batch']:.1f}x", f"{r['loop_over_vmap']:.1f}x", f"{r['map_over_vmap']:.1f}x",
-              f"{r['batch_gflops']:.1f}", f"{r['vmap_gflops']:.1f}", f"{r['vmap_vs_loop_rel_err']:.1e}")
-             for r in a_rows]))
-        comp = a_rows[0]["compile_s"]
-        big = max(a_rows, key=lambda r: r["batch"])
-        ok = big["vmap_over_batch"] <= 8 and big["loop_over_vmap"] >= 10
-        out.append(
-            f"ms per call, median. \"Python loop\" calls a jitted single-example gradient once per example "
-            f"(inputs sliced beforehand, outputs not stacked); where marked it ran on the first m examples and "
-            f"its time is scaled by n/m. \"lax.map\" is the same loop compiled into one call. GFLOP/s count "
-            f"3 x forward FLOPs per example. Compile s at batch {a_rows[0]['batch']}: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in comp.items())
-            + ". Rel err: max |vmap - loop| / max |loop| over each leaf, for the examples the loop ran.\n\n"
-            f"Targets (issue 6, for the GPU): vmap <= 8x the batch gradient and >= 10x faster than a loop at "
-            f"batch 256. Here at batch {big['batch']}: {big['vmap_over_batch']:.1f}x and {big['loop_over_vmap']:.1f}x"
-            f" -> {'met' if ok else 'not met'}"
-            + ("" if tag == "gpu" else " (the targets are stated for the GPU; CPU numbers are for comparison)")
-            + f".\n\nPer example at batch {big['batch']}: batch gradient {big['batch_ms'] / big['batch']:.4f} ms, vmap "
-            f"{big['vmap_ms'] / big['batch']:.4f} ms, Python loop {big['loop_ms'] / big['batch']:.4f} ms; one call of "
-            f"a trivial jitted function (`a + 1` on a scalar) costs {big['noop_call_ms']:.4f} ms here. A loop pays "
-            "one call per example. "
-            + ("Here one example's gradient takes far longer than a call (XLA:CPU's few-channel convolutions are "
-               "slow, PERFORMANCE.md), so the loop loses little, and vmap's batched per-example weight gradients "
-               "need not beat it; on a GPU one example's gradient is a handful of tiny kernels, the call cost "
-               "dominates the loop, and the issue's >= 10x target applies there.\n"
-               if tag == "cpu" and big["loop_ms"] / big["batch"] > 10 * big["noop_call_ms"] else
-               "Each loop iteration is a dispatch plus the launches of a handful of tiny kernels; vmap pays "
-               "those once for the whole batch.\n"))
-    if b_rows:
-        out.append("### B. Data-parallel train step against device count (overhead, not speed-up)\n")
-        for name in dict.fromkeys(r["model"] for r in b_rows):
-            rs = [r for r in b_rows if r["model"] == name]
-            out.append(f"{name}, global batch {rs[0]['global_batch']}, SGD momentum 0.9, float32:\n")
-            out.append(_table(["variant", "devices", "ms/step", "repeats min-max", "images/s", "vs jit (time)",
-                               "compile s"],
-                              [(r["variant"], r["devices"], f"{r['ms']:.3f}",
-                                f"{min(r['repeats_ms']):.2f}-{max(r['repeats_ms']):.2f}", f"{r['images_per_s']:,.0f}",
-                                f"{r['over_jit']:.2f}x", f"{r['compile_s']:.2f}") for r in rs]))
-            spans = []
-            for d in sorted({r["devices"] for r in rs if r["variant"] != "jit"}):
-                ratios = [r["over_jit"] for r in rs if r["variant"] != "jit" and r["devices"] == d]
-                spans.append(f"d = {d}: {min(ratios):.2f}x-{max(ratios):.2f}x")
-            out.append("Step time of the three wrappers relative to plain jit, " + "; ".join(spans) + ".\n")
-        virt = meta.get("virtual_devices")
-        out.append(
-            "\"jit\" is `step.make_train_step` on one device; the others are `parallel.make_pmap_train_step`, "
-            "`make_sharded_train_step` and `make_shard_map_train_step` over the first d devices, with a "
-            "device-resident batch (no host transfer inside the timing) and no buffer donation in any "
-            "variant; \"compile s\" is the first call (trace, compile and one run). "
-            + (f"The {virt} devices are virtual CPU devices sharing this machine's {meta['cpu_count']} cores (and "
-               "whatever else runs on it). Each device's program can run on its own thread, so up to the core "
-               "count a split batch may occupy cores that one device's small-convolution program leaves idle; "
-               "past it, more devices only add per-device programs and all-reduces. Neither is the speed-up of d "
-               "real accelerators. " if virt else
-               f"With {meta['device_count']} device(s) only d <= {meta['device_count']} exists: the rows show what "
-               "each wrapper costs over plain jit. ")
-            + "This is overhead, not speed-up.\n")
-    if c_rows:
-        out.append("### C. Communication per data-parallel step (float32)\n")
-        out.append(_table(
-            ["model", "params P", "gradient KB (P x 4)", "BN channels", "psum ops (traced)", "all-reduced elements",
-             "formula P + 6 BN + 3", "ring KB/device d=2", "d=4", "d=8"],
-            [(r["model"], f"{r['params']:,}", _kb(r["grad_bytes"]), r["bn_channels"], r["psum_ops"],
-              f"{r['counted_elements']:,}", f"{r['formula_elements']:,}"
-              + (" (match)" if r["formula_elements"] == r["counted_elements"] else " (DIFFERS)"),
-              *(_kb(r["ring_bytes"][str(d)]) for d in (2, 4, 8))) for r in c_rows]))
-        out.append(
-            "Ring KB/device: what each device sends (and receives) per step, all-reduced elements x 4 bytes "
-            "x 2(d-1)/d. The psum count is before XLA combines all-reduces. Below about a megabyte per device "
-            "(lenet5, small_resnet) count the all-reduces' latency rather than the bytes. Under "
-            "`make_sharded_train_step` XLA inserts the equivalent all-reduces itself.\n")
-    out.append(f"<!-- /scaling:{tag} -->\n")
-    return "\n".join(out)
-
-
-_SECTION = re.compile(r"<!-- scaling:(\w+) -->.*?<!-- /scaling:\1 -->\n?", re.S)
-
-
-def merge_into(path: str, sections: dict) -> None:
-    """Write ``path`` as INTRO + its old platform sections, with ``sections`` ({tag: text}) replacing theirs."""
-    old = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            old = {m.group(1): m.group(0) for m in _SECTION.finditer(f.read())}
-    old.update(sections)
-    order = sorted(old, key=lambda t: (t != "cpu", t))  # CPU first, GPU appended after it
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(INTRO + "\n" + "\n".join(old[t].rstrip("\n") + "\n" for t in order))
 
 
 # ----------------------------------------------------------------------------- main
