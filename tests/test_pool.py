@@ -1,8 +1,11 @@
-"""Tests for fcnn/ops/pool.py against independent references.
+"""Tests for fcnn/ops/pool.py against independent references: the gradients.
 
-References: plain numpy loops over windows (forward, and the backward's gradient routing
-under each tie policy), JAX's own autodiff of ``lax.reduce_window``, finite differences
-(``check_grads``) and hand-computed tables. Grid from /work/shared/GRADCHECK.md.
+References: plain numpy loops over windows (the backward's gradient routing under each tie policy),
+JAX's own autodiff of ``lax.reduce_window``, finite differences (``check_grads``) and hand-computed
+tables. Here: max pool's custom_vjp over the grid, its tie policies, its tiled and general paths,
+second-order gradients, the named tie / NaN / padding tables and pool.py's non-finite table, dtypes
+and jit / vmap / grad. The forward values and the bad arguments are in tests/test_pool_forward.py;
+the grid (from /work/shared/GRADCHECK.md) and the numpy loops in tests/_pool_refs.py.
 """
 import functools
 import itertools
@@ -16,42 +19,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
-from fcnn import shapes  # noqa: E402
+from _pool_refs import (DILATIONS, GRID, GRID_ARGS, LAYOUTS, PADDINGS, STRIDES, TIE_GRID,  # noqa: E402
+                        WINDOWS, X_SHAPE, _nchw, _perm, _stride, np_avg_pool, np_max_pool, np_max_pool_grad)
+
 from fcnn.ops import pool, pool_nd  # noqa: E402
-
-X_SHAPE = (2, 6, 7, 3)  # NHWC
-WINDOWS = [(2, 2), (3, 3), (3, 2), (2, 1)]
-STRIDES = ["overlap", "window", (2, 1)]
-PADDINGS = ["VALID", "SAME", ((0, 1), (1, 0))]
-DILATIONS = [1, 2]
-LAYOUTS = ["NHWC", "NCHW"]
-
-
-def _grid_id(w, s, p, d, layout):
-    return f"w{w[0]}x{w[1]}-s{s}-p{p if isinstance(p, str) else 'expl'}-d{d}-{layout}"
-
-
-def _default(wi, si, pi, di, li):
-    """The default cover: 12 of the 144 cases in which every pair of values of two axes appears
-    (padding index (window + stride) mod 3, dilation (window + padding) mod 2, layout
-    (padding + window // 2) mod 2; ``test_default_grid_is_a_pairwise_cover`` checks it)."""
-    return pi == (wi + si) % 3 and di == (wi + pi) % 2 and li == (pi + wi // 2) % 2
-
-
-def _grid():
-    """The full GRADCHECK grid (144 cases, marked slow) plus the default cover of 12 of them."""
-    cases = []
-    for (wi, w), (si, s), (pi, p) in itertools.product(enumerate(WINDOWS), enumerate(STRIDES), enumerate(PADDINGS)):
-        for (di, d), (li, layout) in itertools.product(enumerate(DILATIONS), enumerate(LAYOUTS)):
-            marks = () if _default(wi, si, pi, di, li) else (pytest.mark.slow,)
-            cases.append(pytest.param(w, s, p, d, layout, marks=marks, id=_grid_id(w, s, p, d, layout)))
-    return cases
-
-
-GRID = _grid()
-GRID_ARGS = "window,stride,padding,dilation,layout"
-# tie-heavy inputs: the default cover, and every third case of the grid under -m slow
-TIE_GRID = [p for i, p in enumerate(GRID) if not p.marks or i % 3 == 0]
 
 
 def test_default_grid_is_a_pairwise_cover():
@@ -61,166 +32,6 @@ def test_default_grid_is_a_pairwise_cover():
     for a, b in itertools.combinations(range(5), 2):
         want = {(str(u), str(v)) for u in axes[a] for v in axes[b]}
         assert {(str(c[a]), str(c[b])) for c in default} == want, (a, b)
-
-
-def _stride(stride, window):
-    return {"overlap": 1, "window": None}.get(stride, stride) if isinstance(stride, str) else stride
-
-
-def _perm(shape, seed=0, dtype=np.float64):
-    """Tie-free input: a random permutation of 0..size-1 (exact in bfloat16 up to 256)."""
-    return np.random.default_rng(seed).permutation(int(np.prod(shape))).reshape(shape).astype(dtype)
-
-
-def _explicit_geometry(x_shape, window, stride, padding, dilation):
-    """Independent geometry for the numpy references (NHWC), written out from the formulas."""
-    kh, kw = window
-    sh, sw = window if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
-    h, w = x_shape[1:3]
-    if padding == "VALID":
-        pads = ((0, 0), (0, 0))
-    elif padding == "SAME":
-        pads = []
-        for n_in, k, s, d in ((h, kh, sh, dh), (w, kw, sw, dw)):
-            total = max((-(-n_in // s) - 1) * s + d * (k - 1) + 1 - n_in, 0)
-            pads.append((total // 2, total - total // 2))
-        pads = tuple(pads)
-    else:
-        pads = padding
-    oh = (h + sum(pads[0]) - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + sum(pads[1]) - dw * (kw - 1) - 1) // sw + 1
-    return (sh, sw), (dh, dw), pads, (oh, ow)
-
-
-def _np_windows(x, window, stride, padding, dilation):
-    """Yields (b, i, j, ch, cells) where cells lists (value, row, col) of real cells in window order."""
-    (sh, sw), (dh, dw), pads, (oh, ow) = _explicit_geometry(x.shape, window, stride, padding, dilation)
-    n, h, w, c = x.shape
-    for b, i, j, ch in itertools.product(range(n), range(oh), range(ow), range(c)):
-        cells = []
-        for a, e in itertools.product(range(window[0]), range(window[1])):
-            r, q = i * sh + a * dh - pads[0][0], j * sw + e * dw - pads[1][0]
-            if 0 <= r < h and 0 <= q < w:
-                cells.append((x[b, r, q, ch], r, q))
-        yield b, i, j, ch, cells, window[0] * window[1]
-
-
-def np_max_pool(x, window, stride, padding, dilation):
-    """Numpy loop: max of real cells, -inf if none (NHWC)."""
-    _, _, _, (oh, ow) = _explicit_geometry(x.shape, window, stride, padding, dilation)
-    y = np.full((x.shape[0], oh, ow, x.shape[3]), -np.inf)
-    for b, i, j, ch, cells, _ in _np_windows(x, window, stride, padding, dilation):
-        if cells:
-            y[b, i, j, ch] = max(v for v, _, _ in cells)
-    return y
-
-
-def np_max_pool_grad(x, g, window, stride, padding, dilation, ties="first"):
-    """Numpy hand routing of the max-pool gradient to the real maxima under a tie policy."""
-    dx = np.zeros(x.shape)
-    for b, i, j, ch, cells, _ in _np_windows(x, window, stride, padding, dilation):
-        if not cells:
-            continue
-        top = max(v for v, _, _ in cells)
-        winners = [(r, q) for v, r, q in cells if v == top]
-        if ties == "first":
-            winners = winners[:1]
-        share = g[b, i, j, ch] / (len(winners) if ties == "split" else 1)
-        for r, q in winners:
-            dx[b, r, q, ch] += share
-    return dx
-
-
-def np_avg_pool(x, window, stride, padding, count_include_pad):
-    _, _, _, (oh, ow) = _explicit_geometry(x.shape, window, stride, padding, 1)
-    y = np.zeros((x.shape[0], oh, ow, x.shape[3]))
-    for b, i, j, ch, cells, full in _np_windows(x, window, stride, padding, 1):
-        y[b, i, j, ch] = sum(v for v, _, _ in cells) / (full if count_include_pad else max(len(cells), 1))
-    return y
-
-
-def _nchw(a):
-    return np.transpose(a, (0, 3, 1, 2))
-
-
-IMPL_TIES = [("lax", "first"), ("reference", "split"), ("custom_vjp", "first")]
-
-
-# ----------------------------------------------------------------------------- forward
-@pytest.mark.parametrize(GRID_ARGS, GRID)
-def test_max_pool_forward_matches_numpy_loop(window, stride, padding, dilation, layout):
-    x = _perm(X_SHAPE)
-    s = _stride(stride, window)
-    want = np_max_pool(x, window, s, padding, dilation)
-    xin, want = (x, want) if layout == "NHWC" else (_nchw(x), _nchw(want))
-    expected_shape = shapes.pool_output_shape(xin.shape, window, stride=s, padding=padding, dilation=dilation, layout=layout)
-    assert expected_shape == want.shape
-
-    @jax.jit  # one compile for all implementations
-    def run(x):
-        return [pool.max_pool2d(x, window, stride=s, padding=padding, dilation=dilation, layout=layout,
-                                impl=impl, ties=ties) for impl, ties in IMPL_TIES]
-
-    for (impl, _), y in zip(IMPL_TIES, run(xin)):
-        assert y.shape == expected_shape, impl
-        np.testing.assert_array_equal(np.asarray(y), want, err_msg=impl)
-
-
-AVG_GRID = [pytest.param(*c, marks=() if i % 2 == 0 else (pytest.mark.slow,))
-            for i, c in enumerate(itertools.product(WINDOWS, STRIDES, PADDINGS))]
-
-
-@pytest.mark.parametrize("window,stride,padding", AVG_GRID)
-def test_avg_pool_forward_matches_numpy_loop(window, stride, padding):
-    x = np.random.default_rng(1).normal(size=X_SHAPE)
-    s = _stride(stride, window)
-    cases = list(itertools.product(("lax", "reference"), ("NHWC", "NCHW"), (True, False)))
-
-    @jax.jit  # one compile for all cases
-    def run(x):
-        return [pool.avg_pool2d(x if layout == "NHWC" else jnp.transpose(x, (0, 3, 1, 2)), window, stride=s,
-                                padding=padding, layout=layout, count_include_pad=incl, impl=impl)
-                for impl, layout, incl in cases]
-
-    for (impl, layout, incl), y in zip(cases, run(x)):
-        want = np_avg_pool(x, window, s, padding, incl)
-        w = want if layout == "NHWC" else _nchw(want)
-        xs = X_SHAPE if layout == "NHWC" else _nchw(x).shape
-        assert y.shape == shapes.pool_output_shape(xs, window, stride=s, padding=padding, layout=layout)
-        np.testing.assert_allclose(np.asarray(y), w, rtol=1e-12, atol=1e-12, err_msg=f"{impl} {layout} {incl}")
-
-
-def test_avg_pool_border_values_by_hand():
-    # x = [[0,1,2],[3,4,5],[6,7,8]], 3x3 window, stride 1, SAME padding (1 on every side).
-    x = jnp.arange(9.0).reshape(1, 3, 3, 1)
-    incl = pool.avg_pool2d(x, 3, stride=1, padding="SAME")[0, :, :, 0]
-    excl = pool.avg_pool2d(x, 3, stride=1, padding="SAME", count_include_pad=False)[0, :, :, 0]
-    # window sums: corner (0,0) 0+1+3+4 = 8, edge (0,1) 0+1+2+3+4+5 = 15, (1,0) 0+1+3+4+6+7 = 21, ...
-    sums = np.array([[8, 15, 12], [21, 36, 27], [20, 33, 24]])
-    real = np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]])  # real cells per window
-    np.testing.assert_allclose(incl, sums / 9, rtol=1e-14)
-    np.testing.assert_allclose(excl, sums / real, rtol=1e-14)
-
-
-def test_avg_pool_window_of_only_padding_is_zero_not_nan():
-    x = jnp.ones((1, 2, 2, 1))
-    y = pool.avg_pool2d(x, 2, padding=((2, 0), (0, 0)), count_include_pad=False)  # rows 0-1 padding
-    np.testing.assert_array_equal(np.asarray(y)[0, :, 0, 0], [0.0, 1.0])
-
-
-def test_global_pools_match_numpy():
-    x = np.random.default_rng(2).normal(size=X_SHAPE)
-    np.testing.assert_allclose(pool.global_avg_pool2d(x), x.mean(axis=(1, 2)), rtol=1e-13)
-    np.testing.assert_array_equal(pool.global_max_pool2d(x), x.max(axis=(1, 2)))
-    np.testing.assert_allclose(pool.global_avg_pool2d(_nchw(x), layout="NCHW"), x.mean(axis=(1, 2)), rtol=1e-13)
-    np.testing.assert_array_equal(pool.global_max_pool2d(_nchw(x), layout="NCHW"), x.max(axis=(1, 2)))
-
-
-def test_global_max_pool_gradient_goes_to_first_tied_maximum():
-    x = jnp.array([[0.0, 2.0], [2.0, 1.0]]).reshape(1, 2, 2, 1)
-    g = jax.jit(jax.grad(lambda x: jnp.sum(pool.global_max_pool2d(x))))(x)
-    np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -523,41 +334,3 @@ def test_jit_vmap_grad_compose():
     np.testing.assert_array_equal(batched, want)
     avg = jax.jit(jax.vmap(lambda x: pool.avg_pool2d(x, 2, count_include_pad=False)))(xs)
     np.testing.assert_allclose(avg, np.stack([np_avg_pool(np.asarray(x), (2, 2), None, "VALID", False) for x in xs]))
-
-
-# ----------------------------------------------------------------------------- bad input
-X = np.zeros((1, 4, 4, 1))
-BAD = [
-    ("x", lambda: pool.max_pool2d(np.zeros((4, 4, 1)), 2)),
-    ("x", lambda: pool.max_pool2d(np.zeros((1, 4, 4, 1), np.int32), 2)),
-    ("window", lambda: pool.max_pool2d(X, 0)),
-    ("window", lambda: pool.max_pool2d(X, (2, 2, 2))),
-    ("window", lambda: pool.max_pool2d(X, 5)),  # larger than the (unpadded) input
-    ("window", lambda: pool.max_pool2d(X, 3, dilation=2)),  # effective size 5 > 4
-    ("stride", lambda: pool.max_pool2d(X, 2, stride=0)),
-    ("stride", lambda: pool.max_pool2d(X, 2, stride=1.5)),
-    ("dilation", lambda: pool.max_pool2d(X, 2, dilation=-1)),
-    ("padding", lambda: pool.max_pool2d(X, 2, padding="FULL")),
-    ("padding", lambda: pool.max_pool2d(X, 2, padding=((0, -1), (0, 0)))),
-    ("layout", lambda: pool.max_pool2d(X, 2, layout="NWHC")),
-    ("impl", lambda: pool.max_pool2d(X, 2, impl="fft")),
-    ("ties", lambda: pool.max_pool2d(X, 2, impl="custom_vjp", ties="last")),
-    ("ties", lambda: pool.max_pool2d(X, 2, impl="lax", ties="split")),
-    ("ties", lambda: pool.max_pool2d(X, 2, impl="reference", ties="first")),
-    ("x", lambda: pool.avg_pool2d(np.zeros((4, 4)), 2)),
-    ("window", lambda: pool.avg_pool2d(X, 5)),
-    ("stride", lambda: pool.avg_pool2d(X, 2, stride=(1, 0))),
-    ("padding", lambda: pool.avg_pool2d(X, 2, padding="same-ish")),
-    ("layout", lambda: pool.avg_pool2d(X, 2, layout="HWC")),
-    ("impl", lambda: pool.avg_pool2d(X, 2, impl="custom_vjp")),
-    ("count_include_pad", lambda: pool.avg_pool2d(X, 2, count_include_pad="yes")),
-    ("x", lambda: pool.global_avg_pool2d(np.zeros((4, 4, 1)))),
-    ("layout", lambda: pool.global_max_pool2d(X, layout="CHW")),
-    ("x", lambda: pool.global_max_pool2d(np.zeros((1, 4, 4, 1), np.int32))),
-]
-
-
-@pytest.mark.parametrize("name,call", BAD, ids=[f"{i}-{n}" for i, (n, _) in enumerate(BAD)])
-def test_bad_input_raises_naming_the_argument(name, call):
-    with pytest.raises((ValueError, TypeError), match=name):
-        call()
