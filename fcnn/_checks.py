@@ -20,9 +20,11 @@ import numbers
 import os
 from typing import Optional, Sequence
 
+import numpy as np
+
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
            "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int",
-           "string", "path", "function"]
+           "string", "path", "function", "array_shape"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -152,3 +154,16 @@ def function(value, name: str, *, optional: bool = False, hint: str = ""):
     if not callable(value):
         raise TypeError(f"{name} must be {_rule('callable', hint)}{' or None' if optional else ''}, got {value!r}")
     return value
+
+
+def array_shape(value, name: str) -> tuple:
+    """The shape of ``value`` if it is an array (anything with a ``.shape``: a jax or NumPy array, a
+    tracer), a Python number or a nested list of them; else ``TypeError`` naming ``name``. (``None``
+    would otherwise pass JAX's ``jnp.shape`` as a scalar, with a deprecation warning, and fail later
+    with a rank error that hides the cause.)"""
+    shape = getattr(value, "shape", None)
+    if shape is not None and not callable(shape):
+        return tuple(shape)
+    if isinstance(value, (numbers.Number, list, tuple)) and not isinstance(value, bool):
+        return tuple(np.shape(value))
+    raise TypeError(f"{name} must be an array, got {value!r:.60} ({type(value).__name__})")

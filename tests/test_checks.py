@@ -82,3 +82,19 @@ def test_string_and_path_name_the_argument_and_the_rule():
         _checks.path(None, "run_dir")
     with pytest.raises(ValueError, match=r"^run_dir must be a non-empty path, got ''$"):
         _checks.path("", "run_dir")
+
+
+def test_array_shape_of_arrays_tracers_numbers_and_lists_and_refusals():
+    import jax
+    import jax.numpy as jnp
+
+    assert _checks.array_shape(np.zeros((2, 3)), "x") == (2, 3)
+    assert _checks.array_shape(jnp.zeros((4,)), "x") == (4,)
+    assert _checks.array_shape(jax.ShapeDtypeStruct((1, 5), jnp.float32), "x") == (1, 5)
+    seen = []
+    jax.eval_shape(lambda t: seen.append(_checks.array_shape(t, "x")) or t, jnp.zeros((3, 2)))  # a tracer
+    assert seen == [(3, 2)]
+    assert _checks.array_shape(2.5, "x") == () and _checks.array_shape([[1, 2], [3, 4], [5, 6]], "x") == (3, 2)
+    for bad, kind in [(None, "NoneType"), ("img.png", "str"), (True, "bool"), (object, "type")]:
+        with pytest.raises(TypeError, match=rf"^w must be an array, got .* \({kind}\)$"):
+            _checks.array_shape(bad, "w")

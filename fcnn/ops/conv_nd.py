@@ -101,21 +101,22 @@ def check_padding_mode(padding_mode, pads, in_sizes: Sequence[int]) -> str:
 def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_mode):
     """Validate every argument (before any computation); return the normalised geometry."""
     _checks.choice(impl, CONV_CHOICES, "impl")
-    shapes.conv_output_shape(jnp.shape(x), jnp.shape(w), stride=stride, padding=padding, dilation=dilation,
+    x_shape, w_shape = _checks.array_shape(x, "x"), _checks.array_shape(w, "w")
+    shapes.conv_output_shape(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation,
                              groups=groups, layout=layout)
-    layout = shapes.normalize_layout(layout, len(jnp.shape(x)))
+    layout = shapes.normalize_layout(layout, len(x_shape))
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     dilation = shapes.normalize_tuple(dilation, "dilation", rank)
-    kernel, _, cout = shapes.kernel_parts(jnp.shape(w), layout)
-    in_sizes = shapes.spatial_dims(jnp.shape(x), layout)
+    kernel, _, cout = shapes.kernel_parts(w_shape, layout)
+    in_sizes = shapes.spatial_dims(x_shape, layout)
     pads = shapes.normalize_padding(padding, in_sizes, kernel, stride, dilation)
     mode = check_padding_mode(padding_mode, pads, in_sizes)
     if impl in RESTRICTED_IMPLS and impl not in conv_impls_for(kernel, stride, dilation):
         raise ValueError(f"impl={impl!r} computes only 2-D convolutions with a 3x3 kernel, stride 1 and dilation 1; "
                          f"got kernel {tuple(kernel)}, stride {stride}, dilation {dilation}")
-    if b is not None and tuple(jnp.shape(b)) != (cout,):
-        raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {tuple(jnp.shape(b))}")
+    if b is not None and _checks.array_shape(b, "b") != (cout,):
+        raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {_checks.array_shape(b, 'b')}")
     args = (x, w) if b is None else (x, w, b)
     dtype = jnp.result_type(*args)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -312,7 +313,7 @@ def ranked_layout(x, layout, rank: int, name: str) -> str:
     layout = shapes.LAYOUTS_BY_RANK[rank][0] if layout is None else \
         _checks.choice(layout, shapes.LAYOUTS_BY_RANK[rank], "layout")
     try:
-        shapes.check_rank(jnp.shape(x), layout)
+        shapes.check_rank(_checks.array_shape(x, "x"), layout)
     except ValueError as e:
         raise ValueError(f"{e} ({name} takes {rank} spatial dimension{'s' if rank > 1 else ''})") from None
     return layout

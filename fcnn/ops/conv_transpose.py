@@ -100,7 +100,7 @@ def _dimension_numbers(rank: int):
 def _geometry(x, w, b, stride, padding, output_padding, dilation, groups, layout, impl):
     """Validate every argument before any computation; return (layout, geometry, dtype)."""
     _checks.choice(impl, CONV_TRANSPOSE_CHOICES, "impl")
-    x_shape, w_shape = jnp.shape(x), jnp.shape(w)
+    x_shape, w_shape = _checks.array_shape(x, "x"), _checks.array_shape(w, "w")
     out_shape = shapes.conv_transpose_output_shape(x_shape, w_shape, stride=stride, padding=padding,
                                                    output_padding=output_padding, dilation=dilation,
                                                    groups=groups, layout=layout)
@@ -112,9 +112,9 @@ def _geometry(x, w, b, stride, padding, output_padding, dilation, groups, layout
     pads, op = shapes.conv_transpose_padding(padding, output_padding, shapes.spatial_dims(x_shape, layout), window,
                                              stride, dilation)
     cin = shapes.channel_dim(out_shape, layout)
-    if b is not None and tuple(jnp.shape(b)) != (cin,):
+    if b is not None and _checks.array_shape(b, "b") != (cin,):
         raise ValueError(f"b must have shape (cin,) = ({cin},): one bias per output channel of conv_transpose, "
-                         f"got {tuple(jnp.shape(b))}")
+                         f"got {_checks.array_shape(b, 'b')}")
     dtype = jnp.result_type(*((x, w) if b is None else (x, w, b)))
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"x and w must have a floating dtype (float32, float64, bfloat16, ...), got {dtype}")
@@ -276,9 +276,10 @@ def _ranked(rank: int):
     """``conv_transpose`` that insists on ``rank`` spatial dimensions (the 1d/2d/3d names)."""
     def ranked(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, layout=None,
                impl="lax", precision=None):
-        if jnp.ndim(x) != rank + 2:
+        x_shape = _checks.array_shape(x, "x")
+        if len(x_shape) != rank + 2:
             raise ValueError(f"x must have rank {rank + 2} (batch, {rank} spatial dims, channels) for "
-                             f"conv_transpose{rank}d, got shape {tuple(jnp.shape(x))}")
+                             f"conv_transpose{rank}d, got shape {x_shape}")
         return conv_transpose(x, w, b, stride=stride, padding=padding, output_padding=output_padding,
                               dilation=dilation, groups=groups, layout=layout, impl=impl, precision=precision)
 

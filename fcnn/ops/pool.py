@@ -119,13 +119,13 @@ def _check_floating(x) -> None:
 def _ranked(layout, x, rank: int) -> str:
     """The layout of an op named for a rank (``max_pool2d``, ...): one of that rank's layouts, x of its rank."""
     layout = _checks.choice(layout, shapes.LAYOUTS_BY_RANK[rank], "layout")
-    shapes.check_rank(jnp.shape(x), layout, "x")
+    shapes.check_rank(_checks.array_shape(x, "x"), layout, "x")
     return layout
 
 
 def _geometry(x, window, stride, padding, dilation, layout):
     """Validates everything; returns ``(layout, window, stride, pads, dilation, out_sizes)``."""
-    layout = shapes.normalize_layout(layout, jnp.ndim(x))
+    layout = shapes.normalize_layout(layout, len(_checks.array_shape(x, "x")))
     rank = shapes.layout_rank(layout)
     window = shapes.normalize_tuple(window, "window", rank)
     stride = window if stride is None else shapes.normalize_tuple(stride, "stride", rank)
@@ -287,8 +287,9 @@ def avg_pool3d(x, window, *, stride=None, padding="VALID", layout="NDHWC", count
 # ----------------------------------------------------------------------------- global
 def _global_sizes(x, layout):
     """Validates x for a global pool; returns ``(layout, spatial sizes)``."""
-    layout = shapes.normalize_layout(layout, jnp.ndim(x))
-    sizes = shapes.spatial_dims(jnp.shape(x), layout)
+    x_shape = _checks.array_shape(x, "x")
+    layout = shapes.normalize_layout(layout, len(x_shape))
+    sizes = shapes.spatial_dims(x_shape, layout)
     _check_floating(x)
     if min(sizes) < 1:
         raise ValueError(f"x must have non-empty spatial dimensions, got shape {tuple(jnp.shape(x))}")
@@ -328,8 +329,9 @@ def global_max_pool2d(x, *, layout="NHWC"):
 # ----------------------------------------------------------------------------- adaptive
 def _adaptive_cells(x, output_size, layout):
     """Validates; returns ``(layout, cells (n, *out, L, c), inside (*out, L, 1))`` (``pool_nd.adaptive_windows``)."""
-    out_shape = shapes.adaptive_pool_output_shape(jnp.shape(x), output_size, layout=layout)
-    layout = shapes.normalize_layout(layout, jnp.ndim(x))
+    x_shape = _checks.array_shape(x, "x")
+    out_shape = shapes.adaptive_pool_output_shape(x_shape, output_size, layout=layout)
+    layout = shapes.normalize_layout(layout, len(x_shape))
     _check_floating(x)
     cells, inside = pool_nd.adaptive_windows(to_channels_last(jnp.asarray(x), layout),
                                              shapes.spatial_dims(out_shape, layout))

@@ -182,7 +182,7 @@ def upsample(x, scale, *, method="nearest", align_corners=False, layout=None):
     Returns:
       (n, *out, c) or (n, c, *out), x's dtype; its gradient is ``upsample_adjoint``.
     """
-    layout, plan, _ = _plan(jnp.shape(x), scale, method, align_corners, layout)
+    layout, plan, _ = _plan(_checks.array_shape(x, "x"), scale, method, align_corners, layout)
     _check_floating(x, "x")
     return from_channels_last(_upsample(to_channels_last(jnp.asarray(x), layout), plan), layout)
 
