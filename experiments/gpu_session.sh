@@ -42,7 +42,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, log to $OUT
 (nvidia-smi || echo "no nvidia-smi") > "$OUT/nvidia-smi.txt" 2>&1
 step env 60 python3 -c "import jax, fcnn; print('jax', jax.__version__, 'fcnn', fcnn.__version__, jax.devices())"
 step tests 200 python3 -m pytest -q -p no:cacheprovider -n 0 -m "not slow" \
-  tests/test_pool.py tests/test_pool_nd.py tests/test_norms.py \
+  tests/test_pool.py tests/test_pool_forward.py tests/test_pool_nd.py tests/test_norms.py \
   tests/test_conv.py::test_impls_agree_forward_and_vjp tests/test_conv.py::test_fusion_barrier_is_an_exact_identity_that_survives_xla
 step vgg 200 python3 experiments/benchmark.py --device "$DEVICE" --only fcnn,lax,linen,torch_compile \
   --dtypes bf16,f32 --timeout 60 --out "$OUT/vgg" "${vgg[@]}"

@@ -46,10 +46,6 @@ def _vjps(fns, x, g):
     return [np.asarray(v) for v in run(x, g)]
 
 
-def _vjp(fn, x, g):
-    return _vjps([fn], x, g)[0]
-
-
 @pytest.mark.parametrize(GRID_ARGS, GRID)
 def test_custom_vjp_gradient_exact_on_tie_free_inputs(window, stride, padding, dilation, layout):
     """custom_vjp == jax.grad(lax) (no dilation) or jax.grad(reference) (dilation) == numpy routing."""

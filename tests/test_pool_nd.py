@@ -1,7 +1,7 @@
 """Tests for pooling in 1 and 3 spatial dimensions (fcnn/ops/pool.py on fcnn/ops/pool_nd.py's core),
 global pools in any rank and adaptive pools, against NumPy loops written from the formulas, JAX's
 own autodiff, finite differences (``check_grads``) and hand-computed windows. The 2-D grid is in
-tests/test_pool.py."""
+tests/_pool_refs.py, checked by tests/test_pool_forward.py (values) and tests/test_pool.py (gradients)."""
 import itertools
 import math
 

@@ -109,7 +109,7 @@ def test_tie_policy_table_is_pools():
 # ----------------------------------------------------------------------------- the command
 # The default run takes the command through the average-pool sweep and the model's (the one
 # whole-model finite-difference check); the conv and max-pool quick sweeps check under -m slow
-# what test_conv's and test_pool's default grids (VJPs against lax, reference and NumPy routing)
+# what test_conv's and test_pool(_forward)'s default grids (VJPs against lax, reference and NumPy routing)
 # and the per-case tests above check.
 # The N-d and decoder ops' command runs are under -m slow too (20-30 s each); tests/test_sweep_nd.py runs
 # one case of each by default.

@@ -2,7 +2,7 @@
 
 ``conv2d(..., impl=)`` and ``max_pool2d(..., impl=)`` select an implementation;
 all implementations of an op take identical arguments and are cross-checked in
-the tests (tests/test_conv.py, tests/test_pool.py).
+the tests (tests/test_conv.py, tests/test_pool_forward.py, tests/test_pool.py).
 """
 from fcnn.ops.conv import CONV_CHOICES, CONV_IMPLS, conv2d
 # the N-d function: from here on ``fcnn.ops.conv`` names it, not the module fcnn/ops/conv.py (reach
