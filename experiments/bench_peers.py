@@ -15,7 +15,7 @@ A builder raises ImportError when its framework is not installed.
 
 Here: fcnn's builders, the JAX peers (hand-written lax, stax, flax linen and nnx, equinox, haiku)
 and the registry (``BUILDERS``, ``LABELS``, ``RESNET_FRAMEWORKS``). The networks (``NETS``), ``Bench``,
-``forward_macs`` and the JAX helpers live in bench_common.py, the PyTorch builders in bench_torch.py;
+``forward_macs``, ``fcnn_bench`` and the JAX helpers live in bench_common.py, the PyTorch builders in bench_torch.py;
 both are re-exported here, so every name other scripts and the tests read as ``bench_peers.X``
 (``NETS``, ``LR``, ``_jax_data``, ``build_torch``, ...) is unchanged.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_resnet  # noqa: E402
 from bench_common import (  # noqa: E402, F401  (re-exported: other scripts and the tests read them here)
     CLASSES, LENET, LR, MOMENTUM, NETS, VGG, Bench, _ce, _flat_dim, _half, _jax_block, _jax_data, _jit_step, _sgd,
-    forward_macs,
+    fcnn_bench, forward_macs,
 )
 from bench_torch import build_torch, build_torch_compile  # noqa: E402
 
@@ -67,22 +67,6 @@ def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto",
     opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
     train_step = make_train_step(model, opt, steps_per_call=k, dtype_policy=dtype_policy, unroll=unroll)
     return fcnn_bench(train_step, params, state, opt.init(params), _jax_data(n, spec, k), k, options)
-
-
-def fcnn_bench(train_step, params, state, opt_state, batch, k=1, options=None):
-    """A ``Bench`` of a ``make_train_step`` step; ``options`` compiles it ahead of time with them."""
-    import jax
-    import jax.numpy as jnp
-
-    key = jax.random.PRNGKey(1)
-    keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
-    if options is not None:
-        train_step = train_step.lower(params, state, opt_state, batch, keys).compile(options)
-
-    def step(carry, batch):
-        return train_step(*carry, batch, keys)[:3]
-
-    return Bench(step, (params, state, opt_state), batch, _jax_block, k)
 
 
 def build_fcnn_unroll(net, n, dtype_policy, device, k=1):

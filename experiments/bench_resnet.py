@@ -6,30 +6,16 @@ training uses, as in the torchvision-style CIFAR ports): 32x32x3 -> conv 64@3x3,
 2-4, with a 1x1 stride-2 conv + BN projection shortcut) -> global average -> dense 10. Convs
 have no bias (BN follows). BatchNorm in training mode, running statistics carried as state.
 
-The builders have bench_peers' signature and return its ``Bench``; bench_peers dispatches
+The builders have bench_peers' signature and return bench_common's ``Bench``; bench_peers dispatches
 ``net == "resnet18"`` here. fcnn's model is ``fcnn.models.resnet18(stem="cifar")`` when that
 exists, else ``small_resnet(widths=(64, 128, 256, 512), blocks_per_stage=2)``, which is the
 same network.
 """
 from __future__ import annotations
 
-SPEC = dict(hw=32, cin=3, widths=(64, 128, 256, 512), blocks=2)
+import bench_common  # experiments/, on sys.path as for every script here
 
-
-def forward_macs() -> int:
-    """Multiply-adds of one image's forward pass (convs, 1x1 projections, the dense layer)."""
-    hw, cin = SPEC["hw"], SPEC["cin"]
-    macs = hw * hw * 64 * 9 * cin
-    cin = 64
-    for i, c in enumerate(SPEC["widths"]):
-        for b in range(SPEC["blocks"]):
-            stride = 2 if (i > 0 and b == 0) else 1
-            hw //= stride
-            macs += hw * hw * c * 9 * cin + hw * hw * c * 9 * c
-            if stride != 1 or c != cin:
-                macs += hw * hw * c * cin
-            cin = c
-    return macs + cin * 10
+SPEC = bench_common.RESNET18
 
 
 def fcnn_model(impl="auto"):
@@ -43,15 +29,14 @@ def fcnn_model(impl="auto"):
 def build_fcnn(n, dtype_policy, k=1, impl="auto", unroll=1, options=None):
     import jax
 
-    import bench_peers
     from fcnn.optim import make_optimizer
     from fcnn.step import make_train_step
 
     model = fcnn_model(impl)
     _, params, state = model.init(jax.random.PRNGKey(0), (n, SPEC["hw"], SPEC["hw"], SPEC["cin"]))
-    opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
+    opt = make_optimizer("momentum", bench_common.LR, momentum=bench_common.MOMENTUM)
     train_step = make_train_step(model, opt, steps_per_call=k, dtype_policy=dtype_policy, unroll=unroll)
-    return bench_peers.fcnn_bench(train_step, params, state, opt.init(params), bench_peers._jax_data(n, SPEC, k), k,
+    return bench_common.fcnn_bench(train_step, params, state, opt.init(params), bench_common._jax_data(n, SPEC, k), k,
                                   options)
 
 
@@ -61,7 +46,6 @@ def build_linen(n, dtype_policy):
     import optax
     from flax import linen as nn
 
-    import bench_peers
 
     dtype = jnp.bfloat16 if dtype_policy == "bf16" else jnp.float32
     norm = lambda: nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype)  # noqa: E731
@@ -87,16 +71,16 @@ def build_linen(n, dtype_policy):
             for i, c in enumerate(SPEC["widths"]):
                 for b in range(SPEC["blocks"]):
                     x = Block(c, 2 if (i > 0 and b == 0) else 1)(x)
-            return nn.Dense(bench_peers.CLASSES, dtype=dtype)(jnp.mean(x, axis=(1, 2)))
+            return nn.Dense(bench_common.CLASSES, dtype=dtype)(jnp.mean(x, axis=(1, 2)))
 
     model = Net()
-    data = bench_peers._jax_data(n, SPEC)
+    data = bench_common._jax_data(n, SPEC)
     variables = model.init(jax.random.PRNGKey(0), data[0][:1])
-    tx = bench_peers._sgd()
+    tx = bench_common._sgd()
 
     def loss(params, stats, x, y):
         logits, new = model.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
-        return bench_peers._ce(logits, y), new["batch_stats"]
+        return bench_common._ce(logits, y), new["batch_stats"]
 
     def step(carry, batch):
         params, stats, opt_state = carry
@@ -105,7 +89,7 @@ def build_linen(n, dtype_policy):
         return optax.apply_updates(params, updates), stats, opt_state
 
     carry = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
-    return bench_peers.Bench(jax.jit(step, donate_argnums=0), carry, data, bench_peers._jax_block)
+    return bench_common.Bench(jax.jit(step, donate_argnums=0), carry, data, bench_common._jax_block)
 
 
 def torch_model():
