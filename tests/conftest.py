@@ -23,14 +23,20 @@ emitters off too, 2026-12-03 (a slower day), 6m13s -> 3m42s (user time 11m28s ->
 
 Session fixtures: ``experiment`` loads a script of experiments/ as a module (the one loader the
 tests of experiments/ share); ``trained_detector`` is tests/_patterns.py's detector trained once
-for test_attribution.py and test_viz.py.
+for test_attribution.py and test_viz.py, shared by the xdist workers through a file.
 """
 import atexit
 import importlib
 import os
+import pickle
 import shutil
 import sys
 import tempfile
+
+try:
+    import fcntl  # POSIX: the workers' lock on the shared trained detector
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # pictures are written to files, never shown
 if os.environ.get("FCNN_TEST_XLA_OPT") != "1":
@@ -75,8 +81,26 @@ def experiment():
 
 
 @pytest.fixture(scope="session")
-def trained_detector():
-    """``(ds, model, params, state)``: the localisation detector of tests/_patterns.py, trained once."""
-    from _patterns import train_detector
+def trained_detector(tmp_path_factory):
+    """``(ds, model, params, state)``: the localisation detector of tests/_patterns.py, trained once
+    per run. Under pytest-xdist its two modules may land on different workers: the first worker
+    to need it trains it and saves params and state (pickled, exact) in the run's shared temporary
+    directory, under a file lock; the other waits, then loads them and rebuilds the (seeded) data
+    and model. Without ``fcntl`` (Windows) each worker trains its own."""
+    from _patterns import detector_net, pattern_data, train_detector
 
-    return train_detector()
+    if not os.environ.get("PYTEST_XDIST_WORKER") or fcntl is None:
+        return train_detector()
+    shared = tmp_path_factory.getbasetemp().parent  # one per run, above every worker's own
+    with open(shared / "trained_detector.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        saved = shared / "trained_detector.pkl"
+        if saved.exists():
+            with open(saved, "rb") as f:
+                params, state = jax.tree.map(jax.numpy.asarray, pickle.load(f))
+            return pattern_data(), detector_net(), params, state
+        ds, model, params, state = train_detector()
+        with open(saved.with_suffix(".tmp"), "wb") as f:
+            pickle.dump(jax.device_get((params, state)), f)
+        os.replace(saved.with_suffix(".tmp"), saved)
+        return ds, model, params, state
