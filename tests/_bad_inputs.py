@@ -84,24 +84,23 @@ def _put(name, payload):
     return lambda where: write(os.path.join(where, name), payload)
 
 
-def _cifar_py(edit=None):
+def _cifar(folder, writer, edit=None):
+    """A setup writing a CIFAR-10 folder (``writer``) under the test's directory, then ``edit(folder)``."""
     def setup(d):
-        where = str(d / "cifar-10-batches-py")
-        write_cifar_py(where)
+        where = str(d / folder)
+        writer(where)
         if edit is not None:
             edit(where)
         return str(d)
     return setup
+
+
+def _cifar_py(edit=None):
+    return _cifar("cifar-10-batches-py", write_cifar_py, edit)
 
 
 def _cifar_bin(edit=None):
-    def setup(d):
-        where = str(d / "cifar-10-batches-bin")
-        write_cifar_bin(where)
-        if edit is not None:
-            edit(where)
-        return str(d)
-    return setup
+    return _cifar("cifar-10-batches-bin", write_cifar_bin, edit)
 
 
 def _run_dir(d, config_text):

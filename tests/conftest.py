@@ -100,7 +100,8 @@ def trained_detector(tmp_path_factory):
                 params, state = jax.tree.map(jax.numpy.asarray, pickle.load(f))
             return pattern_data(), detector_net(), params, state
         ds, model, params, state = train_detector()
-        with open(saved.with_suffix(".tmp"), "wb") as f:
+        partial = saved.with_suffix(".tmp")
+        with open(partial, "wb") as f:
             pickle.dump(jax.device_get((params, state)), f)
-        os.replace(saved.with_suffix(".tmp"), saved)
+        os.replace(partial, saved)
         return ds, model, params, state

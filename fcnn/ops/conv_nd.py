@@ -115,8 +115,9 @@ def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_
     if impl in RESTRICTED_IMPLS and impl not in conv_impls_for(kernel, stride, dilation):
         raise ValueError(f"impl={impl!r} computes only 2-D convolutions with a 3x3 kernel, stride 1 and dilation 1; "
                          f"got kernel {tuple(kernel)}, stride {stride}, dilation {dilation}")
-    if b is not None and _checks.array_shape(b, "b") != (cout,):
-        raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {_checks.array_shape(b, 'b')}")
+    b_shape = None if b is None else _checks.array_shape(b, "b")
+    if b_shape is not None and b_shape != (cout,):
+        raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {b_shape}")
     args = (x, w) if b is None else (x, w, b)
     dtype = jnp.result_type(*args)
     if not jnp.issubdtype(dtype, jnp.floating):

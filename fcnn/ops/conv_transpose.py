@@ -112,9 +112,10 @@ def _geometry(x, w, b, stride, padding, output_padding, dilation, groups, layout
     pads, op = shapes.conv_transpose_padding(padding, output_padding, shapes.spatial_dims(x_shape, layout), window,
                                              stride, dilation)
     cin = shapes.channel_dim(out_shape, layout)
-    if b is not None and _checks.array_shape(b, "b") != (cin,):
+    b_shape = None if b is None else _checks.array_shape(b, "b")
+    if b_shape is not None and b_shape != (cin,):
         raise ValueError(f"b must have shape (cin,) = ({cin},): one bias per output channel of conv_transpose, "
-                         f"got {_checks.array_shape(b, 'b')}")
+                         f"got {b_shape}")
     dtype = jnp.result_type(*((x, w) if b is None else (x, w, b)))
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"x and w must have a floating dtype (float32, float64, bfloat16, ...), got {dtype}")

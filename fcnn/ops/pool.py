@@ -292,7 +292,7 @@ def _global_sizes(x, layout):
     sizes = shapes.spatial_dims(x_shape, layout)
     _check_floating(x)
     if min(sizes) < 1:
-        raise ValueError(f"x must have non-empty spatial dimensions, got shape {tuple(jnp.shape(x))}")
+        raise ValueError(f"x must have non-empty spatial dimensions, got shape {x_shape}")
     return layout, sizes
 
 
