@@ -84,15 +84,27 @@ def fans(shape: Sequence[int], *, kind: str = "dense", layout: str = "NHWC", gro
     return math.prod(window) * ci, math.prod(window) * (co // groups)
 
 
+def _flat(draw, key, shape, dtype, *bounds):
+    """``draw(key, shape, dtype, *bounds)`` drawn as one flat vector, then reshaped: the same values.
+
+    ``jax.random``'s draws are reshape-invariant (counters run over the row-major flat index, with
+    ``jax_threefry_partitionable`` on or off; tests/test_init.py checks it), but XLA:CPU compiles a
+    draw of a rank-4 shape far more slowly than a 1-D one: a kernel's normal draw took 0.3-1.3 s to
+    compile against 0.3-0.4 s flat, LeNet-5's init 6.4 s against 3.3 s and ResNet-18's 13.5 s against
+    6.9 s in a fresh process (docs/perf_notes.md item 49). Every shape still compiles once per process.
+    """
+    return jnp.reshape(draw(key, (math.prod(shape),), dtype, *bounds), shape)
+
+
 def _normal(std: float):
     def init(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
-        return std * jax.random.normal(key, shape, dtype)
+        return std * _flat(jax.random.normal, key, shape, dtype)
     return init
 
 
 def _uniform(limit: float):
     def init(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
-        return jax.random.uniform(key, shape, dtype, -limit, limit)
+        return _flat(jax.random.uniform, key, shape, dtype, -limit, limit)
     return init
 
 
