@@ -109,7 +109,7 @@ def fresh_processes(args):
 
     tmp = tempfile.mkdtemp(prefix="fcnn_step_ab_")
     frameworks = args.frameworks.split(",")
-    got = {fw: [] for fw in frameworks}  # (compile s, ms/step) per round
+    got = {fw: [] for fw in frameworks}  # (compile s, ms/step, build s) per round
     target = str(args.process_target_s if args.process_repeats > 1 else 0.01)  # one repeat: compile time only
     for i in range(args.processes):  # a round runs every framework once, in turn
         for fw in frameworks:
@@ -120,21 +120,22 @@ def fresh_processes(args):
                                         args.device, args.timeout, res)
             if out is None or "compile_s" not in out[0]:
                 raise RuntimeError(f"{fw}: {err or out[0].get('skipped')}")
-            got[fw].append((out[0]["compile_s"], out[0]["ms_per_step"]))
+            got[fw].append((out[0]["compile_s"], out[0]["ms_per_step"], out[0]["build_s"]))
     timed = args.process_repeats > 1
-    head = "| framework | median compile s | min | max |" + (" median ms/step | min | max | ms vs "
-                                                                 f"{frameworks[0]} |" if timed else "") + " processes |"
+    head = ("| framework | median compile s | min | max | median build s | build + compile s |"
+            + (f" median ms/step | min | max | ms vs {frameworks[0]} |" if timed else "") + " processes |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for fw in frameworks:
-        comp, ms = [c for c, _ in got[fw]], [m for _, m in got[fw]]
-        row = f"| {fw} | {statistics.median(comp):.2f} | {min(comp):.2f} | {max(comp):.2f} |"
+        comp, ms, build = ([r[i] for r in got[fw]] for i in range(3))
+        row = (f"| {fw} | {statistics.median(comp):.2f} | {min(comp):.2f} | {max(comp):.2f} | "
+               f"{statistics.median(build):.2f} | {statistics.median(c + b for c, b in zip(comp, build)):.2f} |")
         if timed:
-            ratio = statistics.median(m / m0 for m, (_, m0) in zip(ms, got[frameworks[0]]))
+            ratio = statistics.median(m / r0[1] for m, r0 in zip(ms, got[frameworks[0]]))
             row += f" {statistics.median(ms):.2f} | {min(ms):.2f} | {max(ms):.2f} | {ratio:.2f}x |"
         rows.append(row + f" {len(comp)} |")
     steps = f", ms/step the median of {args.process_repeats} repeats of {args.process_target_s} s" if timed else ""
     what = f"{args.net} b{args.batch} {args.dtype}, {args.processes} rounds of fresh processes"
-    return what + f" (compile s: the first call{steps})", rows
+    return what + f" (compile s: the first call{steps}; build s: model init, optimizer state and data)", rows
 
 
 def publish(script: str, argv, what: str, rows, out=None) -> str:

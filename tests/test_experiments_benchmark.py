@@ -148,10 +148,12 @@ def test_step_ab_fresh_process_rounds_report_compile_step_and_ratio(experiment, 
     assert rows[0].startswith("| framework | median compile s |") and "ms vs fcnn" in rows[0]
     body = {c[0].strip(): c for c in (r.split("|")[1:-1] for r in rows[2:])}
     assert set(body) == {"fcnn", "fcnn_lax"}
-    ms = {fw: float(c[4]) for fw, c in body.items()}
-    assert all(_positive(float(c[1])) and _positive(m) for c, m in zip(body.values(), ms.values()))
-    assert body["fcnn"][7].strip() == "1.00x"  # one round: the ratio is that round's ms over fcnn's
-    assert float(body["fcnn_lax"][7].strip().rstrip("x")) == pytest.approx(ms["fcnn_lax"] / ms["fcnn"], rel=0.02)
+    ms = {fw: float(c[6]) for fw, c in body.items()}
+    assert all(_positive(float(c[1])) and _positive(float(c[4])) and _positive(m) for c, m in zip(body.values(), ms.values()))
+    for c in body.values():  # one round: build + compile is that round's sum
+        assert float(c[5]) == pytest.approx(float(c[1]) + float(c[4]), abs=0.011)
+    assert body["fcnn"][9].strip() == "1.00x"  # one round: the ratio is that round's ms over fcnn's
+    assert float(body["fcnn_lax"][9].strip().rstrip("x")) == pytest.approx(ms["fcnn_lax"] / ms["fcnn"], rel=0.02)
 
 
 def test_timing_calibrates_and_takes_turns(experiment, monkeypatch):
