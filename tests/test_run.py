@@ -75,6 +75,18 @@ def test_split_seed_is_the_key_split_fit_draws_its_init_from():
     assert opt_state is None and state == {}
 
 
+@pytest.mark.parametrize("optimizer, extra", [("adam", {}), ("momentum", {"momentum": 0.9}),
+                                              ("adamw", {"weight_decay": 0.01, "schedule": "cosine"})])
+def test_init_run_gives_the_optimizers_own_state(optimizer, extra):
+    """init_run compiles ``optimizer.init``: the state is optax's eager one, values and dtypes."""
+    model, cfg = mlp(), _config(optimizer=optimizer, **extra)
+    opt = run.make_run_optimizer(cfg, 12)
+    params, _, opt_state, _ = run.init_run(model, cfg, (2, 8, 8, 1), opt)
+    expect = opt.init(params)
+    chex.assert_trees_all_equal(opt_state, expect)
+    chex.assert_trees_all_equal_dtypes(opt_state, expect)
+
+
 def test_load_checkpoint_restores_params_without_an_optimizer(tmp_path):
     """The params fit returns at step 5 are what load_checkpoint reads back, bitwise."""
     data, d = Data(), str(tmp_path / "r")
