@@ -89,9 +89,10 @@ def _flat(draw, key, shape, dtype, *bounds):
 
     ``jax.random``'s draws are reshape-invariant (counters run over the row-major flat index, with
     ``jax_threefry_partitionable`` on or off; tests/test_init.py checks it), but XLA:CPU compiles a
-    draw of a rank-4 shape far more slowly than a 1-D one: a kernel's normal draw took 0.3-1.3 s to
-    compile against 0.3-0.4 s flat, LeNet-5's init 6.4 s against 3.3 s and ResNet-18's 13.5 s against
-    6.9 s in a fresh process (docs/perf_notes.md item 49). Every shape still compiles once per process.
+    draw of a rank-4 shape far more slowly than a 1-D one: a weight's normal draw took 0.46-1.33 s to
+    compile at its shape against 0.34-0.40 s flat, and ``model.init`` in a fresh process 3.5 s instead
+    of 6.4 (LeNet-5) and 7.1 s instead of 12.0 (ResNet-18), medians of five (experiments/init_ab.py,
+    docs/perf_notes.md item 49). Every size still compiles once per process.
     """
     return jnp.reshape(draw(key, (math.prod(shape),), dtype, *bounds), shape)
 
