@@ -33,14 +33,15 @@ def _flat(tree):
 def test_per_example_grads_equal_python_loop():
     model, params, state, x, y = _setup()
     loss = per_example.model_loss(model)
-    g = per_example.per_example_grads(loss, params, state, x, y)
-    grad_one = jax.jit(jax.grad(loss))  # one example at a time, the loop the vmap replaces
+    g = jax.tree.map(np.asarray, per_example.per_example_grads(loss, params, state, x, y))  # indexed on the host
+    grad = jax.jit(jax.grad(loss))  # one example at a time, the loop the vmap replaces
+    xs, ys = np.asarray(x), np.asarray(y)
     for i in range(x.shape[0]):
-        gi = grad_one(params, state, x[i:i + 1], y[i:i + 1])
+        gi = grad(params, state, xs[i:i + 1], ys[i:i + 1])
         np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a[i], g)), _flat(gi), rtol=1e-12, atol=1e-12)
     # the mean of per-example grads is the batch gradient (eval-mode BN couples no examples)
     np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a.mean(0), g)),
-                               _flat(jax.grad(loss)(params, state, x, y)), rtol=1e-10, atol=1e-12)
+                               _flat(grad(params, state, x, y)), rtol=1e-10, atol=1e-12)
 
 
 def test_grad_norms_and_clipping():
