@@ -96,8 +96,8 @@ def test_selected_3d_conv_impl_agrees_with_lax(x_shape, w_shape):
     assert impl in ("taps", "col2im")
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-    vg = lambda impl: jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(ops.conv3d(  # noqa: E731
-        x, w, padding=1, impl=impl))), argnums=(0, 1))(x, w)
+    vg = lambda impl: jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(ops.conv3d(  # noqa: E731
+        x, w, padding=1, impl=impl))), argnums=(0, 1)))(x, w)  # jitted: one compile, not one per eager op
     for a, b in zip(jax.tree.leaves(vg(impl)), jax.tree.leaves(vg("lax"))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
 
