@@ -24,6 +24,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from step_ab import publish  # noqa: E402
+
 VARIANTS = ("flat", "shaped")
 NETS = {"lenet": ("lenet5", (64, 28, 28, 1)), "vgg": ("small_vgg", (16, 32, 32, 3)),
         "resnet18": ("resnet18", (16, 32, 32, 3))}
@@ -83,9 +86,6 @@ def main(argv=None):
     rows = ["| net | variant | median s | min | max | processes |", "|---|---|---|---|---|---|"]
     for (net, v), ts in got.items():
         rows.append(f"| {net} | {v} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} | {len(ts)} |")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from step_ab import publish
-
     publish("init_ab.py", argv, f"model.init in fresh processes, {args.rounds} rounds", rows, args.out)
     return rows
 

@@ -19,11 +19,15 @@ from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _with_devices(env, n: int) -> dict:
-    """``env`` with ``n`` virtual CPU devices added to its XLA_FLAGS, keeping the flags already there
-    (conftest's LLVM level 0 for the tests' compiles; replacing them made these subprocesses compile
-    at the default level: this module took 34 s instead of 29 s in one process)."""
-    return dict(env, XLA_FLAGS=(env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip())
+def _child_env(n: int, **extra) -> dict:
+    """The environment of a CPU subprocess with ``n`` virtual devices and this checkout on its path.
+
+    The device count is appended to XLA_FLAGS, keeping the flags already there (conftest's fast-compile
+    flags; replacing them made these subprocesses compile at XLA's defaults: this module took 34 s
+    instead of 29 s in one process)."""
+    env = os.environ
+    return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+                XLA_FLAGS=(env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip(), **extra)
 
 
 def _bn_model():
@@ -120,8 +124,7 @@ _MULTI_DEVICE = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def multi_device():
-    env = dict(_with_devices(os.environ, 8), JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = _child_env(8)
     proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -202,12 +205,11 @@ def _result(stdout):
 
 @pytest.mark.slow  # two processes plus a reference; the in-process modes run by default
 def test_two_processes_equal_one_process_with_four_devices():
-    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     one = subprocess.run([sys.executable, "-c", _MULTI_PROCESS, "single"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=_with_devices(base, 4))
+                         timeout=120, env=_child_env(4))
     assert one.returncode == 0, one.stderr[-4000:]
     coordinator = f"127.0.0.1:{_free_port()}"
-    env2 = _with_devices(base, 2)
+    env2 = _child_env(2)
     procs = [subprocess.Popen([sys.executable, "-c", _MULTI_PROCESS, "worker", coordinator, str(i)], cwd=ROOT,
                               env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = []
@@ -318,8 +320,7 @@ _FIT = textwrap.dedent(r"""
 
 
 def _fit_runs(every_task: bool):
-    env = dict(_with_devices(os.environ, 4), JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), FCNN_FIT_EVERY_TASK=str(int(every_task)))
+    env = _child_env(4, FCNN_FIT_EVERY_TASK=str(int(every_task)))
     proc = subprocess.run([sys.executable, "-c", _FIT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return _result(proc.stdout)
