@@ -201,7 +201,7 @@ def bench_step(args, dtypes, device, variants):
         for impl, pool_impl in variants:
             row = dict(net=net, batch=n, dtype=dname, impl=impl, pool_impl=pool_impl)
             try:
-                model = bench_peers.fcnn_model(net, impl=impl, pool_impl=pool_impl, device=device)
+                model = bench_peers.fcnn_model(net, impl=impl, pool_impl=pool_impl)
                 _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
                 opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
                 step = make_train_step(model, opt, dtype_policy=dname, donate=False)

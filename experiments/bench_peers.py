@@ -49,8 +49,8 @@ YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto", unroll=1, options=None):
     """fcnn's own train step (``make_train_step``); k > 1 runs k steps per dispatch.
 
-    ``impl``/``pool_impl`` "auto" pick each layer's implementation with ``fcnn.ops.auto``
-    (what ``conv2d(impl="auto")`` would do at trace time). ``options``: XLA compile options
+    ``impl``/``pool_impl`` "auto": ``fcnn.ops.auto`` picks each layer's implementation at trace
+    time (``fcnn_model``). ``options``: XLA compile options
     for the step (``jit(...).lower(...).compile(options)``), e.g. ``YNN_OFF``.
     """
     if net == "resnet18":
@@ -61,7 +61,7 @@ def build_fcnn(net, n, dtype_policy, device, k=1, impl="auto", pool_impl="auto",
     from fcnn.optim import make_optimizer
     from fcnn.step import make_train_step
 
-    model = fcnn_model(net, impl, pool_impl, device)
+    model = fcnn_model(net, impl, pool_impl)
     spec = NETS[net]
     _, params, state = model.init(jax.random.PRNGKey(0), (n, spec["hw"], spec["hw"], spec["cin"]))
     opt = make_optimizer("momentum", LR, momentum=MOMENTUM)
@@ -88,12 +88,14 @@ def build_fcnn_lax(net, n, dtype_policy, device, k=1):
     return build_fcnn(net, n, dtype_policy, device, k, impl="lax", pool_impl="lax")
 
 
-def fcnn_model(net, impl="lax", pool_impl="lax", device="cpu"):
+def fcnn_model(net, impl="lax", pool_impl="lax"):
     """The benchmark network from fcnn's layers, as ``fcnn.models`` builds it (NHWC).
 
-    ``impl``/``pool_impl``: an implementation name for every layer, or "auto" for the choice
-    of ``fcnn.ops.auto`` per layer shape on ``device``; ``impl`` may also be a sequence of
-    names (or "auto"), one per conv layer.
+    ``impl``/``pool_impl``: an implementation name for every layer, or "auto"; ``impl`` may also
+    be a sequence of names (or "auto"), one per conv layer. "auto" reaches the layer as it is, so
+    ``fcnn.ops.auto`` chooses at trace time from the real shapes, batch included (its CPU rule for
+    kernel-heavy layers weighs the kernel against batch x positions), on the backend it runs on:
+    what a user of ``impl="auto"`` gets.
     """
     from fcnn import layers, models
     from fcnn.combinators import serial
@@ -102,21 +104,13 @@ def fcnn_model(net, impl="lax", pool_impl="lax", device="cpu"):
     per_layer = [impl] * len(spec["convs"]) if isinstance(impl, str) else list(impl)
     if len(per_layer) != len(spec["convs"]):
         raise ValueError(f"impl: {net} has {len(spec['convs'])} conv layers, got {len(per_layer)} names: {impl!r}")
-    if isinstance(impl, str) and impl != "auto" and pool_impl != "auto":
+    if isinstance(impl, str):
         return (models.lenet5 if net == "lenet" else models.small_vgg)(impl=impl, pool_impl=pool_impl)
-    from fcnn.ops import auto
-
-    hw, cin, parts = spec["hw"], spec["cin"], []
+    parts = []
     for (f, cout, pad, pool), ci in zip(spec["convs"], per_layer):
-        if ci == "auto":
-            ci = auto.select_conv_impl(device, (1, hw, hw, cin), (f, f, cin, cout), padding=pad)
         parts += [layers.Conv2D(cout, f, padding=pad, impl=ci), layers.Relu()]
-        hw = hw if pad == "SAME" else hw - f + 1
         if pool:
-            pi = auto.select_pool_impl(device, (1, hw, hw, cout), 2) if pool_impl == "auto" else pool_impl
-            parts.append(layers.MaxPool2D(2, impl=pi))
-            hw //= 2
-        cin = cout
+            parts.append(layers.MaxPool2D(2, impl=pool_impl))
     parts.append(layers.GlobalMaxPool2D() if spec["gmax"] else layers.Flatten())
     for d in spec["dense"]:
         parts += [layers.Dense(d), layers.Relu()]

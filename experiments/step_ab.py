@@ -89,7 +89,7 @@ def step_ab(args):
     calls = {}
     for cfg in args.configs:
         names = cfg.split(",")
-        model = bench_peers.fcnn_model(args.net, names[0] if len(names) == 1 else names, "auto", args.device)
+        model = bench_peers.fcnn_model(args.net, names[0] if len(names) == 1 else names, "auto")
         _, params, state = model.init(jax.random.PRNGKey(0), (args.batch, spec["hw"], spec["hw"], spec["cin"]))
         opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
         step = make_train_step(model, opt, dtype_policy=args.dtype, donate=False)

@@ -123,6 +123,33 @@ def test_step_ab_quick_rows_and_per_layer_models(experiment, tmp_path, monkeypat
         peers.fcnn_model("lenet", ["taps", "col2im", "lax"], "auto")
 
 
+def test_auto_benchmark_model_chooses_at_the_real_batch(experiment, monkeypatch):
+    # the benchmark's "auto" must be what a user of impl="auto" gets: chosen at trace time from the
+    # real shapes. auto's CPU rule for kernel-heavy 2-D layers (fcnn/ops/auto.py) takes col2im when
+    # 9 * cout >= 8 * n * H * W: the VGG net's 16x16 128->256 layer (2304 against 8 * n * 256) and
+    # 8x8 256->512 layer (4608 against 8 * n * 64) are col2im at batch 1 and lax at batch 16; the
+    # 3-channel first layer is col2im at any batch. (It once resolved auto at batch 1 for every
+    # batch and so timed col2im on both at b16.)
+    import jax
+
+    from fcnn.ops import auto
+    peers = experiment("bench_peers")
+    chosen, select = [], auto.select_conv_impl
+
+    def spy(*a, **kw):
+        chosen.append(select(*a, **kw))
+        return chosen[-1]
+
+    monkeypatch.setattr(auto, "select_conv_impl", spy)
+    model = peers.fcnn_model("vgg", "auto", "auto")
+    for n, expected in ((16, ["col2im", "lax", "lax", "lax"]), (1, ["col2im", "lax", "col2im", "col2im"])):
+        _, params, state = model.init(jax.random.PRNGKey(0), (n, 32, 32, 3))
+        chosen.clear()
+        jax.eval_shape(lambda p, x: model.apply(p, state, x, key=None, train=False)[0], params,
+                       jax.ShapeDtypeStruct((n, 32, 32, 3), jax.numpy.float32))
+        assert chosen == expected, n
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--processes", "-1"], r"--processes must be an integer >= 0, got -1"),
     (["--processes", "2", "--process-repeats", "0"], r"--process-repeats must be an integer >= 1, got 0"),
