@@ -5,6 +5,7 @@ docs/perf_notes.md's CPU items that one side-by-side benchmark run is too noisy 
     python experiments/step_ab.py --net lenet --batch 64 --configs taps,col2im taps,lax reference,lax lax,lax
     python experiments/step_ab.py --processes 5 --frameworks fcnn,linen --net lenet --batch 64
     python experiments/step_ab.py --processes 5 --frameworks fcnn,torch --net vgg --batch 16 --process-repeats 5
+    python experiments/step_ab.py --compile-rounds 6 --net lenet --batch 64 --configs taps,col2im lax,col2im lax
 
 A config names one conv implementation per conv layer ("auto" allowed); max-pool is ``auto``.
 Every config is compiled first, then timed in rounds that visit every config in turn (each
@@ -17,8 +18,12 @@ rounds of benchmark.py's worker, every framework once per round in turn, each a 
 ``--process-repeats`` repeats of ``--process-target-s`` seconds), and reports the median and
 range of both, and the median over rounds of each round's ms/step ratio to the first
 framework's. Frameworks that cannot share a process (PyTorch and XLA:CPU, experiments/peer_ab.py)
-are compared this way. Results print as a markdown table, with the command, to stdout and to
-``--out``.
+are compared this way. ``--compile-rounds R`` times, in one process, what each config's first
+step costs before it runs: rounds that visit every config in turn, each clearing JAX's caches,
+building the step anew and timing its trace + lowering (``.lower``) and XLA's compile
+(``.compile``); the first round is dropped and the medians of the rest reported: tighter than
+fresh processes for an A/B of implementations (docs/perf_notes.md item 54). Results print as a
+markdown table, with the command, to stdout and to ``--out``.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import side_by_side  # noqa: E402
@@ -46,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=30, help="steps per timed repeat")
     p.add_argument("--processes", "--compile-processes", type=int, default=0,
                    help="fresh-process rounds instead (compile time, and step time with --process-repeats)")
+    p.add_argument("--compile-rounds", type=int, default=0,
+                   help="time each config's trace + lower and XLA compile instead, in this many rounds")
     p.add_argument("--frameworks", default="fcnn,linen", help="for --processes (benchmark.py names)")
     p.add_argument("--process-repeats", type=int, default=1, help="for --processes: timed repeats per process")
     p.add_argument("--process-target-s", type=float, default=0.5, help="for --processes: seconds per repeat")
@@ -59,12 +67,15 @@ def check_args(args) -> None:
     import bench_peers
 
     for flag, value, low in (("--rounds", args.rounds, 1), ("--steps", args.steps, 1), ("--processes", args.processes, 0),
+                             ("--compile-rounds", args.compile_rounds, 0),
                              ("--process-repeats", args.process_repeats, 1), ("--batch", args.batch, 1)):
         if value < low:
             raise SystemExit(f"{flag} must be an integer >= {low}, got {value}")
     for flag, value in (("--process-target-s", args.process_target_s), ("--timeout", args.timeout)):
         if not value > 0:
             raise SystemExit(f"{flag} must be > 0 seconds, got {value}")
+    if args.processes and args.compile_rounds:
+        raise SystemExit("--processes and --compile-rounds: choose one (fresh processes, or compiles in this one)")
     if not args.processes:
         if args.net == "resnet18":
             raise SystemExit("--net resnet18: only with --processes (the per-layer configs are for lenet and vgg)")
@@ -76,9 +87,10 @@ def check_args(args) -> None:
         raise SystemExit(f"--frameworks: unknown for {args.net}: {bad}; known: {', '.join(known)}")
 
 
-def step_ab(args):
+def _steps(args):
+    """Per config: ``(make, step_args)``; ``make()`` builds its ``make_train_step`` step (donate=False)
+    over the benchmark net with those per-layer implementations."""
     import jax
-    import numpy as np
 
     import bench_peers
     from fcnn.optim import make_optimizer
@@ -86,14 +98,47 @@ def step_ab(args):
 
     spec = bench_peers.NETS[args.net]
     batch = bench_peers._jax_data(args.batch, spec)
-    calls = {}
+    out = {}
     for cfg in args.configs:
         names = cfg.split(",")
         model = bench_peers.fcnn_model(args.net, names[0] if len(names) == 1 else names, "auto")
         _, params, state = model.init(jax.random.PRNGKey(0), (args.batch, spec["hw"], spec["hw"], spec["cin"]))
         opt = make_optimizer("momentum", bench_peers.LR, momentum=bench_peers.MOMENTUM)
-        step = make_train_step(model, opt, dtype_policy=args.dtype, donate=False)
-        calls[cfg] = functools.partial(step, params, state, opt.init(params), batch, jax.random.PRNGKey(1))
+        make = functools.partial(make_train_step, model, opt, dtype_policy=args.dtype, donate=False)
+        out[cfg] = (make, (params, state, opt.init(params), batch, jax.random.PRNGKey(1)))
+    return out
+
+
+def compile_ab(args):
+    """Trace + lower and XLA compile of each config's step, in interleaved rounds in this process."""
+    import jax
+
+    built = _steps(args)
+    got = {cfg: [] for cfg in built}
+    for r in range(args.compile_rounds + 1):  # round 0 pays JAX's and XLA's first-use costs: dropped
+        for cfg, (make, step_args) in built.items():
+            jax.clear_caches()
+            step = make()
+            t0 = time.perf_counter()
+            lowered = step.lower(*step_args)
+            t1 = time.perf_counter()
+            lowered.compile()
+            if r:
+                got[cfg].append((t1 - t0, time.perf_counter() - t1))
+    rows = ["| conv impls per layer | trace + lower s | XLA compile s | total s | min total s | rounds |",
+            "|---|---|---|---|---|---|"]
+    for cfg, t in got.items():
+        total = [a + b for a, b in t]
+        rows.append(f"| {cfg} | {statistics.median(a for a, _ in t):.3f} | {statistics.median(b for _, b in t):.3f} | "
+                    f"{statistics.median(total):.3f} | {min(total):.3f} | {len(t)} |")
+    return (f"{args.net} b{args.batch} {args.dtype}, the step's trace + lower and XLA compile, {args.compile_rounds} "
+            f"interleaved rounds in one process (caches cleared each time; medians)"), rows
+
+
+def step_ab(args):
+    import numpy as np
+
+    calls = {cfg: functools.partial(make(), *step_args) for cfg, (make, step_args) in _steps(args).items()}
     timed = side_by_side(calls, repeats=3 * args.rounds, per_turn=3, calls=args.steps, warmup=0,
                          turn_warmup=max(1, args.steps // 6))
     rows = ["| conv impls per layer | median ms/step | p25 | min | repeats |", "|---|---|---|---|---|"]
@@ -155,7 +200,7 @@ def main(argv=None):
     check_args(args)
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    what, rows = fresh_processes(args) if args.processes else step_ab(args)
+    what, rows = (fresh_processes if args.processes else compile_ab if args.compile_rounds else step_ab)(args)
     publish("step_ab.py", argv, what, rows, args.out)
     return rows
 

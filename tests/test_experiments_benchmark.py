@@ -158,13 +158,42 @@ def test_auto_benchmark_model_chooses_at_the_real_batch(experiment, monkeypatch)
     (["--net", "resnet18"], r"--net resnet18: only with --processes"),
     (["--processes", "1", "--frameworks", "fcnn,flux"], r"--frameworks: unknown for lenet: \['flux'\]"),
     (["--processes", "1", "--net", "resnet18", "--frameworks", "fcnn,stax"], r"--frameworks: unknown for resnet18: \['stax'\]"),
+    (["--compile-rounds", "-1"], r"--compile-rounds must be an integer >= 0, got -1"),
+    (["--processes", "2", "--compile-rounds", "1"], r"--processes and --compile-rounds: choose one"),
 ])
 def test_step_ab_refuses_bad_arguments_before_any_work(experiment, monkeypatch, argv, match):
     ab = experiment("step_ab")
     monkeypatch.setattr(ab, "step_ab", lambda args: pytest.fail("compiled before checking"))
     monkeypatch.setattr(ab, "fresh_processes", lambda args: pytest.fail("spawned before checking"))
+    monkeypatch.setattr(ab, "compile_ab", lambda args: pytest.fail("compiled before checking"))
     with pytest.raises(SystemExit, match=match):
         ab.main(argv)
+
+
+@pytest.mark.slow  # an experiment's compiled comparison (four compiles of a LeNet step)
+def test_step_ab_compile_rounds_compile_every_config_every_round(experiment, tmp_path):
+    import jax
+
+    ab = experiment("step_ab")
+    compiles, listening = [], [True]  # the train step's own program is "one_step" (fcnn/step.py)
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, fun_name="", **kw: compiles.append(fun_name) if listening[0]
+        and event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(one_step)" else None)
+    try:
+        rows = ab.main(["--compile-rounds", "1", "--net", "lenet", "--batch", "2", "--configs", "taps,col2im", "lax",
+                        "--out", str(tmp_path / "c.md")])
+    finally:
+        listening[0] = False
+    # two configs, the dropped warm-up round and one timed round: four compiles of the step, each
+    # timed round a real compile (an executable served from memory would not show here)
+    assert len(compiles) == 4
+    assert rows[0].startswith("| conv impls per layer | trace + lower s | XLA compile s | total s |")
+    body = {c[0].strip(): [float(v) for v in c[1:]] for c in (r.split("|")[1:-1] for r in rows[2:])}
+    assert set(body) == {"taps,col2im", "lax"}
+    for lower, comp, total, low, rounds in body.values():
+        assert _positive(lower) and _positive(comp) and rounds == 1
+        assert total == pytest.approx(lower + comp, abs=0.0015) and low == total  # one round: its own sum
+    assert "--compile-rounds 1" in (tmp_path / "c.md").read_text()
 
 
 @pytest.mark.slow  # two fresh worker processes
