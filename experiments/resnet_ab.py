@@ -12,9 +12,10 @@ Parts:
   ``no_bn_relu`` (BatchNorm and ReLU the identity: the convolutions, residual adds, pooling, dense
   layer and optimizer); ``no_donate`` (the full step with ``donate=False``); ``jax_relu`` (ReLU as
   ``jax.nn.relu`` instead of fcnn's select, docs/perf_notes.md item 40).
-- ``layers``: forward + both gradients of each distinct ResNet-18 conv layer (batch 16), jitted
+- ``layers``: forward + both gradients (at one random cotangent) of each distinct ResNet-18 conv
+  layer (batch 16), jitted
   with ``fcnn.step.compiler_options()``, per ``--impls`` (interleaved per layer).
-- ``torch_layers``: the same layers in PyTorch eager (channels_last, ``torch.set_num_threads``
+- ``torch_layers``: the same layers (and cotangent values) in PyTorch eager (channels_last, ``torch.set_num_threads``
   = the cores), run in its own process: next to XLA:CPU's thread pool PyTorch ran 20x slower
   (experiments/peer_ab.py).
 
@@ -123,13 +124,17 @@ def layers_part(args):
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, cin))
         w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.05
         pad = ((1, 1), (1, 1)) if k == 3 else "VALID"
+        # a random cotangent, as a train step's is: XLA simplifies a constant one (a broadcast),
+        # which once made these rows ~25% faster than in any step (docs/perf_notes.md item 55)
+        z_shape = jax.eval_shape(lambda x, w: conv2d(x, w, stride=s, padding=pad), x, w).shape
+        dz = jax.random.normal(jax.random.PRNGKey(2), z_shape) * 0.01
         calls = {}
         for impl in impls:
-            def fwd_bwd(x, w, impl=impl):
+            def fwd_bwd(x, w, dz, impl=impl):
                 z, vjp = jax.vjp(lambda x, w: conv2d(x, w, stride=s, padding=pad, impl=impl), x, w)
-                return vjp(jnp.full_like(z, 0.01))
-            f = jax.jit(fwd_bwd).lower(x, w).compile(compiler_options())
-            calls[impl] = lambda f=f: f(x, w)
+                return z, vjp(dz)
+            f = jax.jit(fwd_bwd).lower(x, w, dz).compile(compiler_options())
+            calls[impl] = lambda f=f, dz=dz: f(x, w, dz)
         timed[name] = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
     return f"ResNet-18 conv layers, forward + both gradients, batch {args.batch}, f32, interleaved", \
         _layer_rows(timed, impls), timed
@@ -145,9 +150,11 @@ def torch_layers_part(args):
         conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=1 if k == 3 else 0, bias=False)
         conv = conv.to(memory_format=torch.channels_last)
 
+        dz = torch.randn(conv(x).shape, generator=torch.Generator().manual_seed(2)) * 0.01  # as the fcnn part's
+
         def call():
             z = conv(x)
-            z.backward(torch.full_like(z, 0.01))
+            z.backward(dz.to(memory_format=torch.channels_last))
 
         timed[name] = {"torch": side_by_side({"torch": call}, repeats=args.repeats, target_s=args.target_s,
                                              block=lambda out: None)["torch"]}
