@@ -289,6 +289,21 @@ def test_jit_vmap_grad_dtypes(r, dtype):
         assert _rel(g, g_ref) <= tol * 3, impl
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bfloat16", "float32"])
+def test_taps_forward_is_the_reference_bit_for_bit(dtype):
+    """"taps" is the reference forward, materialised (in float32 for a bf16 input, then rounded
+    once): its values are the reference's own, bit for bit, in bf16 as in f32. The reference runs
+    without the materialisation or the custom VJP, in its own program."""
+    rng = np.random.default_rng(5)
+    cases = [((4, 9, 9, 1), (5, 5, 1, 6), dict(padding="SAME")),  # LeNet's first layer: one input channel
+             ((2, 7, 8, 4), (3, 3, 2, 6), dict(stride=2, dilation=(1, 2), padding="SAME", groups=2))]
+    for x_shape, w_shape, kw in cases:
+        x, w = (jnp.asarray(rng.normal(size=s), dtype) for s in (x_shape, w_shape))
+        taps, ref = (jax.jit(functools.partial(conv, impl=impl, **kw))(x, w) for impl in ("taps", "reference"))
+        assert taps.dtype == ref.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(taps, np.float32), np.asarray(ref, np.float32))
+
+
 # ----------------------------------------------------------------------------- non-finite values
 def _nonfinite_patterns(x, w, ct, **kw):
     """{impl: (z, dx, dw) as codes: 0 finite, 1 NaN, 2 +inf, 3 -inf} for every implementation."""

@@ -194,8 +194,8 @@ def conv_backward_input_col2im(dz, w, in_sizes: Sequence[int], *, stride, pads: 
         config = shapes.tap_pad_config([t[a] * dilation[a] for a in range(len(t))], stride, out, grid)
         dxp = dxp + lax.pad(dp[..., index, :], jnp.zeros((), acc), config)
     # materialised: fused into its consumer (a max-pool backward reads each cell 4 times) the
-    # per-tap sum ran once per read
-    return fusion_barrier(pad_zeros(dxp, tuple((-lo, -hi) for lo, hi in pads)).astype(dz.dtype))
+    # per-tap sum ran once per read; in the accumulation dtype, then cast (as the taps forward)
+    return fusion_barrier(pad_zeros(dxp, tuple((-lo, -hi) for lo, hi in pads))).astype(dz.dtype)
 
 
 # ----------------------------------------------------------------------------- the builder
