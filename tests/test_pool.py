@@ -104,6 +104,25 @@ def test_tiled_fast_path_equals_general_path(ties, shape, window):
     np.testing.assert_array_equal(g_t, g_g)
 
 
+@pytest.mark.parametrize("ties", ["first", "all"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_tiled_16_bit_pool_in_float32_is_bit_for_bit_the_16_bit_one(dtype, ties):
+    """A tiled pool of a 16-bit input runs in float32 and casts back; the general path runs in the
+    input's dtype. Values, gradients and dtypes agree bit for bit (ties on the rounded inputs, real
+    valued cotangents), so the float32 round trip changes speed only."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 6, 8, 3)), dtype)
+    x = x.at[0, 0, 1, 0].set(x[0, 0, 0, 0])  # a tie inside one window
+    pads = ((0, 0), (0, 0))
+    fns = [lambda x, p=p: pool._max_pool_custom(x, (2, 2), (2, 2), pads, (1, 1), ties, path=p)
+           for p in ("auto", "general")]
+    g = jnp.asarray(rng.normal(size=(2, 3, 4, 3)), dtype)
+    (y_a, dx_a), (y_g, dx_g) = (jax.jit(lambda x, g, f=f: (f(x), jax.vjp(f, x)[1](g)[0]))(x, g) for f in fns)
+    assert y_a.dtype == dx_a.dtype == dtype
+    for a, b in ((y_a, y_g), (dx_a, dx_g)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 def test_auto_path_selection():
     assert pool_nd.tiles((2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1))
     assert not pool_nd.tiles((2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1))
