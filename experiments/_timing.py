@@ -119,3 +119,34 @@ def measure(call: Callable, *, repeats: int, target_s: Optional[float] = None, c
     """``side_by_side`` of one call."""
     return side_by_side({0: call}, repeats=repeats, target_s=target_s, calls=calls, warmup=warmup, block=block,
                         block_each=block_each)[0]
+
+
+# the instruction sets that decide which CPU kernels run (docs/benchmarks.md: the same 2-core
+# sessions ran on an AVX2-only AMD EPYC and on an Intel Xeon with AVX-512 and AMX)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_description(cpuinfo: Optional[str] = None) -> str:
+    """The CPU a timing ran on, for the tables' headers: "model, N cores (flags)".
+
+    ``cpuinfo``: the text of /proc/cpuinfo (None: read it; where there is none, the platform's
+    processor name). Flags are those of ``CPU_FLAGS`` the CPU has.
+    """
+    import os
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    fields = [line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line]
+    first = {}
+    for key, value in fields:
+        first.setdefault(key.strip(), value.strip())
+    cores = sum(key.strip() == "processor" for key, _ in fields)
+    has = set(first.get("flags", "").split())
+    flags = " ".join(f for f in CPU_FLAGS if f in has)
+    name = f"{first.get('model name', platform.machine())}, {cores} core{'' if cores == 1 else 's'}"
+    return name + (f" ({flags})" if flags else "")

@@ -31,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_peers  # noqa: E402
-from _timing import carrying, measure  # noqa: E402
+from _timing import carrying, cpu_description, measure  # noqa: E402
 
 FRAMEWORKS = list(bench_peers.BUILDERS)
 # (net, batch) per device; --quick shrinks everything.
@@ -284,7 +284,7 @@ def main(argv=None):
     date = datetime.date.today().isoformat()
     cmd = "python experiments/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     head = (f"{args.device.upper()} run of {date} (`{cmd}`), peak bf16 matmul "
-            f"{_fmt(peak.get('tflops'), '.0f')} TFLOP/s on {peak.get('device', platform.processor() or 'cpu')}; "
+            f"{_fmt(peak.get('tflops'), '.0f')} TFLOP/s on {peak.get('device', 'cpu')}; host CPU {cpu_description()}; "
             f"median of {args.repeats} repeats of {args.target_s} s each.\n\n")
     text = head + table(rows, args.device, peak)
     with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -193,7 +192,7 @@ def main(argv=None):
             flags = "(PyTorch)" if VARIANTS[v] is None else f"`{VARIANTS[v]}`" if VARIANTS[v] else "(none)"
             rows.append(f"| {v} | {flags} | {case} | {med:.1f} | {best:.1f} | "
                         f"{'—' if err is None else format(err, '.1e')} |")
-    what = (f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores), {args.passes} passes, "
+    what = (f"{args.passes} passes, "
             f"dot N={args.n}, conv {CONV_X} * {CONV_W} SAME")
     publish("bf16_ceiling.py", argv, what, rows, args.out)
     return got

@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import side_by_side  # noqa: E402
+from _timing import cpu_description, side_by_side  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -184,10 +184,11 @@ def fresh_processes(args):
 
 
 def publish(script: str, argv, what: str, rows, out=None) -> str:
-    """The A/B scripts' report: "date, `command`: what", a blank line, the markdown rows; printed
-    and written to ``out`` (the command is the script with ``argv``, or the process's arguments)."""
+    """The A/B scripts' report: "date, `command`, on CPU: what", a blank line, the markdown rows;
+    printed and written to ``out`` (the command is the script with ``argv``, or the process's
+    arguments; the CPU is ``_timing.cpu_description()``, the host's for a GPU run too)."""
     cmd = f"python experiments/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = f"{datetime.date.today().isoformat()}, `{cmd}`: {what}\n\n" + "\n".join(rows) + "\n"
+    text = f"{datetime.date.today().isoformat()}, `{cmd}`, on {cpu_description()}: {what}\n\n" + "\n".join(rows) + "\n"
     print(text)
     if out:
         with open(out, "w") as f:

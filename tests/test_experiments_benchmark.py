@@ -212,6 +212,22 @@ def test_step_ab_fresh_process_rounds_report_compile_step_and_ratio(experiment, 
     assert float(body["fcnn_lax"][9].strip().rstrip("x")) == pytest.approx(ms["fcnn_lax"] / ms["fcnn"], rel=0.02)
 
 
+def test_tables_name_the_cpu_they_ran_on(experiment, monkeypatch, tmp_path):
+    timing = experiment("_timing")
+    amd = "".join(f"processor\t: {i}\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n\n"
+                  for i in range(2))
+    intel = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+             "flags\t\t: avx2 avx512f avx512bw avx512_bf16 avx512_fp16 amx_bf16 amx_tile\n\n")
+    assert timing.cpu_description(amd) == "AMD EPYC 7B13, 2 cores (avx2)"
+    assert timing.cpu_description(intel) == "Intel(R) Xeon(R) Processor, 1 core (avx2 avx512f avx512_bf16 amx_bf16)"
+    assert timing.cpu_description("processor\t: 0\n").endswith(", 1 core")  # no model name, no known flags
+    ab = experiment("step_ab")
+    monkeypatch.setattr(ab, "cpu_description", lambda: "AMD EPYC 7B13, 2 cores (avx2)")
+    text = ab.publish("step_ab.py", ["--net", "lenet"], "what", ["| a |"], str(tmp_path / "t.md"))
+    assert text.splitlines()[0].endswith("`python experiments/step_ab.py --net lenet`, on AMD EPYC 7B13, 2 cores (avx2): what")
+    assert (tmp_path / "t.md").read_text() == text
+
+
 def test_timing_calibrates_and_takes_turns(experiment, monkeypatch):
     """_timing on a fake clock: each call costs a known time, so every number it reports is exact."""
     timing = experiment("_timing")

@@ -34,7 +34,10 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
     0.86-0.89x per op; VGG's 8x8 256->512 at batch 16 (ratio 4.5) was 0.95x per op but 1.02x in
     the VGG step, so the bound sits between them.
   Both together: the ResNet-18 b16 step 0.984x (40 interleaved rounds, 95% interval
-  0.974-0.994; docs/perf_notes.md item 43). 1-D and 3-D convolutions
+  0.974-0.994; docs/perf_notes.md item 43). These were measured on an AVX2-only AMD EPYC; on an Intel
+  Xeon with AVX-512 and AMX (items 51-52), ResNet-18 with lax everywhere ran as auto (327.0 vs
+  331.4 ms) and auto's VGG b16 choice (col2im, lax, lax, lax) was the fastest of four per-layer
+  configurations (108.9 ms against 112.5-118.5), so the rules stand there too. 1-D and 3-D convolutions
   (``conv1d``/``conv3d``), experiments/bench_decoder.py, batch 8, fwd+bwd: 1-D (length 4096,
   32->64, k=5): nothing beat lax beyond the noise (col2im 0.91-1.86x, custom_vjp 0.97-1.14x, auto's
   own row = lax 1.03-1.07x): "lax". 3-D, CPU, groups 1, as in 2-D by input channels: one input
