@@ -123,6 +123,19 @@ def test_tiled_16_bit_pool_in_float32_is_bit_for_bit_the_16_bit_one(dtype, ties)
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
+def test_tiled_16_bit_pool_goes_through_float32_on_cpu_only(monkeypatch):
+    x = jnp.zeros((1, 4, 4, 2), jnp.bfloat16)
+    pads = ((0, 0), (0, 0))
+
+    def float32_values():
+        jaxpr = jax.make_jaxpr(lambda x: pool._max_pool_custom(x, (2, 2), (2, 2), pads, (1, 1), "first"))(x)
+        return sum(v.aval.dtype == jnp.float32 for e in jaxpr.eqns for v in e.outvars)
+
+    assert float32_values() > 0  # this suite runs on the CPU
+    monkeypatch.setattr(pool._auto, "normalize_platform", lambda platform=None: "gpu")
+    assert float32_values() == 0
+
+
 def test_auto_path_selection():
     assert pool_nd.tiles((2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1))
     assert not pool_nd.tiles((2, 2), (1, 1), ((0, 0), (0, 0)), (1, 1))
