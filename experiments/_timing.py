@@ -20,6 +20,8 @@ imported only when a call is first blocked on, so a script may still choose the 
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional
@@ -132,9 +134,6 @@ def cpu_description(cpuinfo: Optional[str] = None) -> str:
     ``cpuinfo``: the text of /proc/cpuinfo (None: read it; where there is none, the platform's
     processor name). Flags are those of ``CPU_FLAGS`` the CPU has.
     """
-    import os
-    import platform
-
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:

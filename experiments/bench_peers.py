@@ -100,12 +100,11 @@ def fcnn_model(net, impl="lax", pool_impl="lax"):
     from fcnn import layers, models
     from fcnn.combinators import serial
 
-    spec = NETS[net]
-    per_layer = [impl] * len(spec["convs"]) if isinstance(impl, str) else list(impl)
-    if len(per_layer) != len(spec["convs"]):
-        raise ValueError(f"impl: {net} has {len(spec['convs'])} conv layers, got {len(per_layer)} names: {impl!r}")
     if isinstance(impl, str):
         return (models.lenet5 if net == "lenet" else models.small_vgg)(impl=impl, pool_impl=pool_impl)
+    spec, per_layer = NETS[net], list(impl)
+    if len(per_layer) != len(spec["convs"]):
+        raise ValueError(f"impl: {net} has {len(spec['convs'])} conv layers, got {len(per_layer)} names: {impl!r}")
     parts = []
     for (f, cout, pad, pool), ci in zip(spec["convs"], per_layer):
         parts += [layers.Conv2D(cout, f, padding=pad, impl=ci), layers.Relu()]

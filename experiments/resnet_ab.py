@@ -111,9 +111,18 @@ def _layer_rows(timed, impls):
     return rows
 
 
+def _cotangent(batch, hw, cout, k, s):
+    """The output gradient both layer parts take, NHWC float32, the same values in both: random,
+    as a train step's is (XLA simplifies a constant one, a broadcast, which once made the fcnn rows
+    25-45% faster than in any step; docs/perf_notes.md item 55). The layers pad 1 for k=3, 0 for k=1."""
+    import numpy as np
+
+    out = (hw + 2 * (1 if k == 3 else 0) - k) // s + 1
+    return np.random.default_rng(2).standard_normal((batch, out, out, cout), dtype=np.float32) * 0.01
+
+
 def layers_part(args):
     import jax
-    import jax.numpy as jnp
 
     from fcnn.ops import conv2d
     from fcnn.step import compiler_options
@@ -124,10 +133,7 @@ def layers_part(args):
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, cin))
         w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.05
         pad = ((1, 1), (1, 1)) if k == 3 else "VALID"
-        # a random cotangent, as a train step's is: XLA simplifies a constant one (a broadcast),
-        # which once made these rows ~25% faster than in any step (docs/perf_notes.md item 55)
-        z_shape = jax.eval_shape(lambda x, w: conv2d(x, w, stride=s, padding=pad), x, w).shape
-        dz = jax.random.normal(jax.random.PRNGKey(2), z_shape) * 0.01
+        dz = jax.numpy.asarray(_cotangent(args.batch, hw, cout, k, s), x.dtype)
         calls = {}
         for impl in impls:
             def fwd_bwd(x, w, dz, impl=impl):
@@ -150,11 +156,11 @@ def torch_layers_part(args):
         conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=1 if k == 3 else 0, bias=False)
         conv = conv.to(memory_format=torch.channels_last)
 
-        dz = torch.randn(conv(x).shape, generator=torch.Generator().manual_seed(2)) * 0.01  # as the fcnn part's
+        dz = torch.from_numpy(_cotangent(args.batch, hw, cout, k, s)).permute(0, 3, 1, 2)  # NCHW, channels_last
 
         def call():
             z = conv(x)
-            z.backward(dz.to(memory_format=torch.channels_last))
+            z.backward(dz)
 
         timed[name] = {"torch": side_by_side({"torch": call}, repeats=args.repeats, target_s=args.target_s,
                                              block=lambda out: None)["torch"]}
