@@ -146,9 +146,10 @@ def _max_pool_custom(x, window, stride, pads, dilation, ties, path="auto"):
     if tiled and ties != "split" and jnp.dtype(x.dtype).itemsize == 2 and _auto.normalize_platform(None) == "cpu":
         # bf16/f16 pooled in float32 and cast back, on CPU: the max, and a tiled "first"/"all"
         # gradient (each cell in one window, its gradient g or 0), are exact in either, bit for bit
-        # ("split" scales g by 1/count, rounded differently). XLA:CPU has no 16-bit float arithmetic
-        # and wraps every op in converts: the LeNet-5 b64 bf16 step ran 5.6 instead of 6.5 ms
-        # (docs/perf_notes.md item 56). A GPU computes in 16 bits and keeps the input's dtype.
+        # ("split" scales g by 1/count, rounded differently). In the compiled bf16 step XLA:CPU ran
+        # the pool's reduce-window and masks in f32 between converts anyway; this way the LeNet-5 b64
+        # bf16 step ran 5.6 instead of 6.5 ms (docs/perf_notes.md item 56). Elsewhere (GPU,
+        # unmeasured) the input's dtype is kept.
         return _max_pool_vjp(x.astype(jnp.float32), window, stride, pads, dilation, ties, True).astype(x.dtype)
     return _max_pool_vjp(x, window, stride, pads, dilation, ties, tiled)
 
