@@ -51,7 +51,12 @@ class ScalarLog:
         except ImportError:
             raise ImportError("tensorboard=True needs tensorboardX: pip install 'fcnn[tensorboard]' "
                               "(or pip install tensorboardX)") from None
-        self._writer = SummaryWriter(logdir=run_dir, purge_step=purge_step or None, flush_secs=10)
+        # tensorboardX names the file by the second and the host only, and opens it for writing: a
+        # second log opened in the same second (a quick resume) replaced the first file. The suffix
+        # numbers this run directory's event files, so names differ and sort oldest first.
+        taken = len(glob.glob(os.path.join(run_dir, EVENT_FILE_PREFIX + "*")))
+        self._writer = SummaryWriter(logdir=run_dir, purge_step=purge_step or None, flush_secs=10,
+                                     filename_suffix=f".{taken:06d}")
 
     def write(self, record: dict) -> None:
         """Log every scalar of one record at its ``step``, and flush (an epoch's record is small)."""

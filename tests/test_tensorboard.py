@@ -79,6 +79,20 @@ def test_a_torn_last_record_is_dropped(tmp_path):
     assert tb.read_scalars(str(tmp_path)) == {"train_loss": [(1, 2.0)]}
 
 
+def test_a_second_log_in_the_same_second_keeps_the_first_file(tmp_path, monkeypatch):
+    """tensorboardX names an event file by the second and the host; two logs opened within one
+    second (a resume right after a short run) must not replace each other's file."""
+    import tensorboardX.event_file_writer as efw
+
+    monkeypatch.setattr(efw.time, "time", lambda: 1767225600.25)  # one frozen second for both
+    for step, value in ((1, 2.0), (2, 1.5)):
+        log = tb.ScalarLog(str(tmp_path), purge_step=step if step > 1 else None)
+        log.write({"step": step, "train_loss": value})
+        log.close()
+    assert len([n for n in os.listdir(tmp_path) if n.startswith(tb.EVENT_FILE_PREFIX)]) == 2
+    assert tb.read_scalars(str(tmp_path)) == {"train_loss": [(1, 2.0), (2, 1.5)]}
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="purge_step"):
         tb.ScalarLog("x", purge_step=-1)
