@@ -49,6 +49,7 @@ from fcnn import _checks, tasks
 from fcnn import data as data_lib
 from fcnn import metrics as metrics_lib
 from fcnn.losses import l2_penalty
+from fcnn.ops import auto as _auto
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
 __all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
@@ -148,13 +149,23 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
 # of the default's time on the 2-core AVX2 machine, interleaved on an idle machine (2026-12-02,
 # experiments/user_step_ab.py, docs/perf_notes.md items 28 and 30); results agree to rounding.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# On a CPU with AMX, YNNPACK keeps the matrix products (each one alone) and nothing else: XLA:CPU
+# reaches the bfloat16 AMX tiles only so (a dot of bf16 operands into f32, 4-5x its f32 dot), which
+# the "im2col_vjp" convolutions that impl="auto" picks there are built for; float32 steps ran the
+# same either way (VGG b16 98.6 vs 98.4 ms, LeNet b64 4.5 vs 4.3; docs/perf_notes.md items 53, 57).
+CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def _cpu_options() -> dict:
+    """CPU_AMX_COMPILER_OPTIONS on a CPU with AMX for bfloat16, CPU_COMPILER_OPTIONS on others."""
+    return CPU_AMX_COMPILER_OPTIONS if _auto.cpu_has_amx_bf16() else CPU_COMPILER_OPTIONS
 
 
 @functools.lru_cache(maxsize=None)
 def _cpu_options_supported() -> bool:
-    """Whether this jaxlib knows CPU_COMPILER_OPTIONS (an unknown option fails the compile)."""
+    """Whether this jaxlib knows this CPU's options (an unknown option fails the compile)."""
     try:
-        jax.jit(lambda v: v + 1, compiler_options=CPU_COMPILER_OPTIONS)(np.zeros((), np.float32))
+        jax.jit(lambda v: v + 1, compiler_options=_cpu_options())(np.zeros((), np.float32))
         return True
     except Exception:  # noqa: BLE001 - jaxlib without the option: compile with its defaults
         return False
@@ -162,7 +173,8 @@ def _cpu_options_supported() -> bool:
 
 def compiler_options() -> Optional[dict]:
     """The XLA options ``make_train_step``, ``make_eval_step`` and ``predict`` compile with:
-    ``CPU_COMPILER_OPTIONS`` on CPU (when this jaxlib has them), None elsewhere. A step of your own
+    ``CPU_COMPILER_OPTIONS`` on CPU (``CPU_AMX_COMPILER_OPTIONS`` on one with AMX; when this jaxlib
+    has them), None elsewhere. A step of your own
     gets the same with ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``.
 
     XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
@@ -170,7 +182,7 @@ def compiler_options() -> Optional[dict]:
     ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
     if jax.default_backend() != "cpu" or not _cpu_options_supported():
         return None
-    return dict(CPU_COMPILER_OPTIONS)
+    return dict(_cpu_options())
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:

@@ -36,6 +36,42 @@ def test_cpu_conv_table():
     assert auto.select_conv_impl("cpu", *VGG_C4) == "lax"  # kernel/positions 9*512/(16*64) = 4.5 < 8
 
 
+def test_cpu_with_amx_picks_im2col_vjp_for_wide_bfloat16_convs(monkeypatch):
+    # AMX, bfloat16, 2-D, groups 1, input and output channels >= 256 (perf_notes item 57: VGG's 8x8
+    # 256->512 layer faster so at batch 16, its 16x16 128->256 layer slower)
+    sel = auto.select_conv_impl
+    bf16 = jnp.bfloat16
+    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: True)
+    assert sel("cpu", *VGG_C4, dtype=bf16) == "im2col_vjp"
+    assert sel("cpu", *VGG_C4, dtype="bfloat16") == "im2col_vjp"
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512), dtype=bf16) == "im2col_vjp"  # before col2im's rule
+    assert sel("cpu", (16, 16, 16, 256), (3, 3, 256, 256), stride=2, dtype=bf16) == "im2col_vjp"
+    assert sel("cpu", (16, 512, 8, 8), (512, 256, 3, 3), layout="NCHW", dtype=bf16) == "im2col_vjp"
+    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), dtype=bf16) == "lax"  # 128 input channels
+    assert sel("cpu", (16, 16, 16, 256), (3, 3, 256, 255), dtype=bf16) == "lax"  # just under the bound
+    assert sel("cpu", *VGG_C4) == "lax"  # float32 (None): the f32 table
+    assert sel("cpu", *VGG_C4, dtype=jnp.float32) == "lax"
+    assert sel("cpu", *VGG_C4, dtype=jnp.float16) == "lax"  # AMX-FP16 is another instruction set
+    assert sel("cpu", (16, 8, 8, 512), (3, 3, 256, 512), groups=2, dtype=bf16) == "lax"  # grouped
+    assert sel("cpu", (8, 8, 8, 8, 256), (3, 3, 3, 256, 256), dtype=bf16) == "lax"  # 3-D: not measured
+    assert sel("cpu", (8, 64, 256), (3, 256, 256), dtype=bf16) == "lax"  # 1-D
+    assert sel("gpu", *VGG_C4, dtype=bf16) == "lax"
+    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
+    assert sel("cpu", *VGG_C4, dtype=bf16) == "lax"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    """Linux's cpuinfo "flags" line, as a set; an unreadable file gives none (no CPU-specific choice)."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n"
+                    "\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert auto.cpu_flags(str(info)) == {"fpu", "avx2", "amx_bf16", "amx_tile"}  # the first CPU's
+    assert auto.cpu_flags(str(tmp_path / "missing")) == frozenset()
+    no_flags = tmp_path / "cpuinfo_without_flags"
+    no_flags.write_text("processor\t: 0\n")
+    assert auto.cpu_flags(str(no_flags)) == frozenset()
+
+
 def test_cpu_conv_table_strided_and_kernel_heavy_2d():
     # col2im where lax's dX is at its worst (perf_notes item 43, ResNet-18 b16 step 0.984x): a
     # stride > 1 with a kernel larger than 1x1, or prod(k) * cout >= 8 * n * prod(spatial)
@@ -187,21 +223,24 @@ def test_selected_pool_impl_supports_what_is_asked(ties, window, stride, dilatio
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_never_selects_an_impl_with_other_nonfinite_behaviour():
-    """Over auto's whole table (platforms, every rank and layout, channels 1-300, groups), the
-    chosen implementation is never fft, and a NaN or inf pixel gives it lax's non-finite pattern in
-    z and in the gradients (fcnn/ops/conv.py's table)."""
+def test_auto_never_selects_an_impl_with_other_nonfinite_behaviour(monkeypatch):
+    """Over auto's whole table (platforms, every rank and layout, channels 1-300, groups, dtypes, a
+    CPU with and without AMX), the chosen implementation is never fft, and a NaN or inf pixel gives
+    it lax's non-finite pattern in z and in the gradients (fcnn/ops/conv.py's table; a non-finite
+    kernel: tests/test_conv_nd.py::test_nonfinite_table)."""
     chosen = set()
-    for platform in ("cpu", "gpu", "tpu", None):
+    for amx, platform, dtype in itertools.product((False, True), ("cpu", "gpu", "tpu", None), (None, jnp.bfloat16)):
+        monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda amx=amx: amx)
         for r in (1, 2, 3):
-            for layout, cin, groups in itertools.product(shapes.LAYOUTS_BY_RANK[r], (1, 2, 3, 8, 9, 64, 300),
-                                                         (1, 2)):
-                if cin % groups:
+            for layout, cin, cout, groups in itertools.product(shapes.LAYOUTS_BY_RANK[r], (1, 2, 3, 8, 9, 64, 300),
+                                                               (4, 300), (1, 2)):
+                if cin % groups or cout % groups:
                     continue
                 x = shapes.make_shape(2, (9,) * r, cin, layout)
-                w = (*(3,) * r, cin // groups, 4) if shapes.is_channels_last(layout) else (4, cin // groups, *(3,) * r)
-                chosen.add(auto.select_conv_impl(platform, x, w, groups=groups, layout=layout))
-    assert chosen == {"lax", "taps", "col2im"}
+                w = ((*(3,) * r, cin // groups, cout) if shapes.is_channels_last(layout)
+                     else (cout, cin // groups, *(3,) * r))
+                chosen.add(auto.select_conv_impl(platform, x, w, groups=groups, layout=layout, dtype=dtype))
+    assert chosen == {"lax", "taps", "col2im", "im2col_vjp"}
     rng = np.random.default_rng(0)
     x, w, ct = rng.normal(size=(2, 8, 8, 1)), rng.normal(size=(3, 3, 1, 3)), rng.normal(size=(2, 8, 8, 3))
     for bad in (np.nan, np.inf):

@@ -1,4 +1,4 @@
-"""Tests for fcnn.ops.conv: the seven implementations against each other, against a NumPy loop
+"""Tests for fcnn.ops.conv: the eight implementations against each other, against a NumPy loop
 written from the formula, and against hand-computed values; the hand-derived VJP against
 ``jax.grad`` through lax and second-order finite differences; jit/vmap/grad over dtypes; and
 every bad-input error.
@@ -104,7 +104,7 @@ def _impls(c):
                           shapes.normalize_pair(c["dilation"], "dilation"))
 
 
-def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps", "winograd")):
+def _check_config(c, seed, vjp_impls=("lax", "custom_vjp", "col2im", "taps", "im2col_vjp", "winograd")):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=c["x_shape"])
     w = rng.normal(size=c["w_shape"])
@@ -143,8 +143,8 @@ def _grouped(c):
 
 @pytest.mark.parametrize("c", DEFAULT, ids=_cfg_id)
 def test_impls_agree_forward_and_vjp(c):
-    """All seven forwards equal the NumPy formula, and the hand-derived VJPs (custom_vjp, col2im,
-    taps) equal lax's autodiff VJP, to 1e-10 relative in float64; shapes equal the formula. The
+    """Every forward equals the NumPy formula, and the hand-derived VJPs (custom_vjp, col2im,
+    taps, im2col_vjp) equal lax's autodiff VJP, to 1e-10 relative in float64; shapes equal the formula. The
     autodiff VJPs of reference, im2col and fft are compared too on the default grouped
     configurations (on every configuration in the slow sweep)."""
     _check_config(c, CONFIGS.index(c), **(dict(vjp_impls=CONV_IMPLS) if _grouped(c) else {}))

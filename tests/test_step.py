@@ -297,18 +297,20 @@ def test_evaluate_psnr_and_predict_for_a_dense_task():
     np.testing.assert_allclose(np.asarray(probs), 1.0, rtol=1e-6)  # one class: probability 1
 
 
-def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default():
+def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(monkeypatch):
     """On CPU the jitted steps compile with CPU_COMPILER_OPTIONS (XLA's Eigen convolutions and dots
     instead of YNNPACK's: 0.64x / 0.79x the step time, docs/perf_notes.md item 30): the optimized
     program has no YNN fusion where the default compile has one, and the new params agree with the
-    default program's to float32 rounding."""
+    default program's to float32 rounding. (A CPU with AMX: the next test.)"""
     from fcnn import layers
     from fcnn.activations import Relu
     from fcnn.combinators import serial
+    from fcnn.ops import auto
     from fcnn.step import CPU_COMPILER_OPTIONS
 
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA:CPU")
+    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
     assert compiler_options() == CPU_COMPILER_OPTIONS
     model = serial(layers.Conv2D(4, 3), Relu(), layers.Flatten(), layers.Dense(10))
     opt = make_optimizer("sgd", 0.1)
@@ -321,3 +323,36 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default():
     assert "__ynn_fusion" in default.lower(*args).compile().as_text()
     for a, b in zip(jax.tree.leaves(ours(*args)[0]), jax.tree.leaves(default(*args)[0])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
+    """On a CPU with AMX the steps compile with CPU_AMX_COMPILER_OPTIONS: YNNPACK takes each matrix
+    product (the form in which XLA:CPU reaches AMX, for im2col_vjp's bf16 products), XLA keeps the
+    convolutions (Eigen's); the one-step params agree with the default program's to bf16 rounding."""
+    from fcnn import layers
+    from fcnn.activations import Relu
+    from fcnn.combinators import serial
+    from fcnn.ops import auto
+    from fcnn.step import CPU_AMX_COMPILER_OPTIONS
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are for XLA:CPU")
+    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: True)
+    assert compiler_options() == CPU_AMX_COMPILER_OPTIONS
+    # the second conv (256 -> 256 channels, bf16) is im2col_vjp's three products; the first is lax's
+    model = serial(layers.Conv2D(256, 3, padding="SAME", impl="auto"), Relu(),
+                   layers.Conv2D(256, 3, padding="SAME", impl="auto"), layers.Flatten(), layers.Dense(10))
+    opt = make_optimizer("sgd", 0.1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 4, 4, 3)).astype(np.float32), rng.integers(0, 10, 2)
+    params, state, opt_state = init_trees(model, x, opt)
+    args = (params, state, opt_state, (x, y), jax.random.PRNGKey(1))
+    ours = make_train_step(model, opt, donate=False, dtype_policy="bf16")
+    text = ours.lower(*args).compile().as_text()
+    ynn = [line for line in text.splitlines() if "__ynn_fusion" in line and "ROOT" not in line]
+    assert ynn and not any("convolution(" in line for line in ynn)
+    assert "convolution(" in text  # the first conv, outside YNNPACK
+    assert text.count("conditional(") >= 2  # im2col_vjp's finite-kernel guards (forward, dx)
+    default = jax.jit(plain_train_step(model, opt, dtype_policy="bf16"))
+    for a, b in zip(jax.tree.leaves(ours(*args)[0]), jax.tree.leaves(default(*args)[0])):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)

@@ -37,7 +37,14 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   0.974-0.994; docs/perf_notes.md item 43). These were measured on an AVX2-only AMD EPYC; on an Intel
   Xeon with AVX-512 and AMX (items 51-52), ResNet-18 with lax everywhere ran as auto (327.0 vs
   331.4 ms) and auto's VGG b16 choice (col2im, lax, lax, lax) was the fastest of four per-layer
-  configurations (108.9 ms against 112.5-118.5), so the rules stand there too. 1-D and 3-D convolutions
+  configurations (108.9 ms against 112.5-118.5), so the rules stand there too.
+  On a CPU with AMX (``cpu_has_amx_bf16``: the ``amx_bf16`` flag), a bfloat16 2-D convolution with
+  groups=1 and at least ``CPU_AMX_MIN_CHANNELS`` = 256 input and output channels gets "im2col_vjp":
+  its three products take bf16 operands into f32, the one form in which XLA:CPU reaches AMX (with
+  ``fcnn.step``'s options there, YNNPACK's matmuls); its patch matrices cost memory traffic that
+  only wide layers repay. Forward + both gradients at batch 16 (perf_notes item 57): VGG's 8x8
+  256->512 11.8 ms against lax's 29.3, its 16x16 128->256 36.5 against 30.9; bf16 train steps
+  VGG b16 106.2 -> 95.5 ms, ResNet-18 b16 296.2 -> 265.5. 1-D and 3-D convolutions
   (``conv1d``/``conv3d``), experiments/bench_decoder.py, batch 8, fwd+bwd: 1-D (length 4096,
   32->64, k=5): nothing beat lax beyond the noise (col2im 0.91-1.86x, custom_vjp 0.97-1.14x, auto's
   own row = lax 1.03-1.07x): "lax". 3-D, CPU, groups 1, as in 2-D by input channels: one input
@@ -65,13 +72,14 @@ The hook in ``conv`` (and so ``conv2d``) / ``conv_transpose`` / ``max_pool2d`` (
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
 from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
-           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO"]
+           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO", "CPU_AMX_MIN_CHANNELS", "cpu_flags", "cpu_has_amx_bf16"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
@@ -82,6 +90,36 @@ CPU_COL2IM_MAX_CIN = 8
 CPU_COL2IM_MAX_CIN_3D = 32
 # CPU, 2-D: "col2im" also when prod(kernel) * cout >= this * n * prod(spatial) (perf_notes item 43).
 CPU_COL2IM_MIN_KERNEL_RATIO = 8
+# CPU with AMX, bfloat16, 2-D: "im2col_vjp" when input and output channels are both at least this
+# (VGG's 8x8 256->512 at batch 16 ran faster so, its 16x16 128->256 slower; perf_notes item 57).
+CPU_AMX_MIN_CHANNELS = 256
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
+    """The host CPU's feature flags as Linux lists them (``avx2``, ``avx512f``, ``amx_bf16``, ...);
+    empty where ``cpuinfo`` cannot be read (another OS: no CPU-specific choice is made)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this host's CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags()
+
+
+def _is_bfloat16(dtype) -> bool:
+    if dtype is None:
+        return False
+    import jax.numpy as jnp
+
+    return jnp.dtype(dtype) == jnp.bfloat16
 
 
 def normalize_platform(platform: Optional[str] = None) -> str:
@@ -97,7 +135,8 @@ def normalize_platform(platform: Optional[str] = None) -> str:
 
 
 def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: Sequence[int], *, stride=1,
-                     padding="VALID", dilation=1, groups: int = 1, layout: Optional[str] = None) -> str:
+                     padding="VALID", dilation=1, groups: int = 1, layout: Optional[str] = None,
+                     dtype=None) -> str:
     """The conv implementation to use for these shapes on ``platform`` (``conv``, ``conv2d``).
 
     Args:
@@ -106,10 +145,12 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
       w_shape: kernel shape in ``shapes.kernel_layout(layout)`` (HWIO for NHWC, OIHW for NCHW, ...).
       stride, padding, dilation, groups, layout: as in ``conv`` (layout None: channels-last of x's
         rank; padding and padding_mode do not change the choice).
+      dtype: the convolution's dtype (None: float32).
 
     Returns:
       "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels; 2-D also by stride and by
-      kernel size against input size); 1-D convolutions get "lax".
+      kernel size against input size); "im2col_vjp" for wide bfloat16 2-D convolutions on a CPU
+      with AMX; 1-D convolutions get "lax".
     """
     p = normalize_platform(platform)
     layout = shapes.normalize_layout(layout, len(x_shape))
@@ -118,6 +159,8 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
+        if rank == 2 and _is_bfloat16(dtype) and min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS and cpu_has_amx_bf16():
+            return "im2col_vjp"
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
         if cin_g <= (CPU_COL2IM_MAX_CIN if rank == 2 else CPU_COL2IM_MAX_CIN_3D):

@@ -1,4 +1,4 @@
-"""2-D convolution (cross-correlation, as in every deep-learning library) in seven implementations.
+"""2-D convolution (cross-correlation, as in every deep-learning library) in eight implementations.
 
 The spec, per output pixel (NHWC input, HWIO kernel, ``g`` groups of ``cg = C_in/g`` input and
 ``dg = C_out/g`` output channels; ``xp`` is ``x`` zero-padded by ``((top, bottom), (left, right))``)::
@@ -13,7 +13,7 @@ number of kernels. ``dilation`` is the *kernel* (rhs) dilation.
 
 ``conv2d`` is ``conv`` (``fcnn/ops/conv_nd.py``) in two spatial dimensions, with the 2-D names
 (``layout="NHWC"`` by default, rank 4 required). Its implementations, selected by ``impl=``
-(``CONV_IMPLS``: lax, reference, im2col, fft, custom_vjp, col2im, taps), are conv_nd's, one
+(``CONV_IMPLS``: lax, reference, im2col, fft, custom_vjp, col2im, taps, im2col_vjp), are conv_nd's, one
 rank-generic code for every rank; the hand-derived backward pieces are ``fcnn/ops/conv_vjp.py``'s,
 exported here under their 2-D names (``conv2d_backward_input`` ...) for the mutants and tests.
 Every implementation supports every option (stride, padding, padding_mode, dilation, groups,
@@ -21,25 +21,27 @@ both layouts, precision).
 
 Non-finite values (tests/test_conv_nd.py::test_nonfinite_table measures this; one NaN or inf
 pixel ``x[n, i, j, c]`` or kernel tap ``w[t, c, o]``, a finite output gradient). dx for a bad
-tap: lax, col2im, reference, im2col and taps make the x of channel c that tap t meets non-finite;
-custom_vjp and fft every x of channel c (their dx multiplies dZ's explicit zero padding):
+tap: lax, col2im, reference, im2col, taps and im2col_vjp make the x of channel c that tap t meets
+non-finite; custom_vjp and fft every x of channel c (their dx multiplies dZ's explicit zero padding).
+im2col_vjp's products would multiply zero pads too; for a kernel with any non-finite value it
+computes lax's forward and col2im's dx instead (one ``lax.cond`` on ``all(isfinite(w))``):
 
 =============  ============================  ===============================  ================  ==================
 non-finite     impl                          z                                dx                dw
 =============  ============================  ===============================  ================  ==================
 NaN in x       lax, reference, im2col,       NaN at the outputs whose window  finite (dx does   NaN at the taps of
-               custom_vjp, col2im, taps      holds it, every output channel   not depend on x)  channel c that met
-                                             of c's group (0 * NaN = NaN)                       it, c's group
+               custom_vjp, col2im, taps,     holds it, every output channel   not depend on x)  channel c that met
+               im2col_vjp                    of c's group (0 * NaN = NaN)                       it, c's group
 NaN in x       fft                           NaN at EVERY output of example   finite            as above
                                              n in c's group
-inf in x       lax ... taps (as above)       +-inf (the weight's sign) at     finite            +-inf at those taps
+inf in x       lax ... im2col_vjp (above)    +-inf (the weight's sign) at     finite            +-inf at those taps
                                              those outputs; NaN where the                       (NaN where +inf and
                                              weight is 0 or +inf meets -inf                     -inf meet)
 inf in x       fft                           NaN at every output of example   finite            NaN at those taps
                                              n in c's group
 NaN/inf in w   lax, custom_vjp, col2im,      NaN/+-inf at every output o      see below         finite
 (tap t, input  reference, taps (skip the     whose tap t reads a real pixel
-c, output o)   pads' terms)
+c, output o)   pads' terms), im2col_vjp
 NaN/inf in w   im2col, fft                   also NaN where tap t reads       see below         finite
                (explicit zero pads)          padding (0 * NaN); fft NaN only
 =============  ============================  ===============================  ================  ==================
@@ -52,8 +54,8 @@ non-finite x every implementation it selects has lax's pattern (tests/test_auto.
 table). A non-finite *kernel* with padding separates the implementations that multiply explicit
 zero pads (im2col, fft; custom_vjp's dx) from those that skip the pads' terms (lax, col2im, and the
 reference and taps, whose tap loop masks the outputs where a tap reads padding): every
-implementation auto selects (lax, taps, col2im) skips them, so auto keeps lax's pattern for
-non-finite x and w.
+implementation auto selects (lax, taps, col2im, im2col_vjp) skips them, so auto keeps lax's
+pattern for non-finite x and w.
 
 Padding: anything ``shapes.normalize_padding`` accepts; "SAME" follows XLA (odd extra pad at the
 bottom/right). PyTorch's ``padding="same"`` also puts it at the end (pytorch/pytorch#45667) but

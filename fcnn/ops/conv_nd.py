@@ -23,6 +23,11 @@ arguments and agree to rounding on finite inputs; ``fcnn/ops/conv.py`` tabulates
 * ``"custom_vjp"``: forward through lax, backward hand-derived (``fcnn/ops/conv_vjp.py``).
 * ``"col2im"``: lax forward; the input gradient as im2col's transpose (``conv_backward_input_col2im``).
 * ``"taps"``: the reference forward, materialised, with col2im's backward.
+* ``"im2col_vjp"``: three patch-matrix products, each ``(rows, contracted) x (contracted, columns)``:
+  im2col's forward; ``dX`` as im2col's convolution of the stride-dilated dZ with the rotated kernel
+  (``conv_backward_input``'s formula); ``dW`` as the transposed patch matrix times dZ. The form in
+  which XLA:CPU runs bfloat16 products on AMX; for a kernel with a non-finite value it computes
+  lax's forward and col2im's dX instead, so its NaN/inf pattern is lax's.
 * ``"winograd"`` (restricted: 2-D 3x3, stride 1, dilation 1; ``RESTRICTED_IMPLS``): Winograd's
   minimal filtering F(2x2, 3x3) with a hand-derived VJP (``fcnn/ops/winograd.py``).
 
@@ -56,12 +61,12 @@ from fcnn import _checks, shapes
 from fcnn.channels import add_channels
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
-from fcnn.ops.conv_vjp import acc_dtype, conv_backward_input_col2im, fusion_barrier, lax_conv, make_custom_vjp_conv, \
-    pad_zeros
+from fcnn.ops.conv_vjp import acc_dtype, conv_backward_input, conv_backward_input_col2im, fusion_barrier, lax_conv, \
+    make_custom_vjp_conv, pad_zeros
 
 __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_impls_for", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
 
-CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps")
+CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps", "im2col_vjp")
 # Implementations of one kind of convolution only, each with the rule of what it computes.
 RESTRICTED_IMPLS = {"winograd": _winograd.supports}
 # "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
@@ -179,6 +184,17 @@ def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
 
 
+def _concatenate(arrays, axis: int):
+    """``jnp.concatenate``; 16-bit floats are moved as their uint16 bits (the same values): XLA:CPU
+    ran a bfloat16 concatenate in float32 between converts, VGG's 32x32x64 patch matrix at batch 16
+    in 25 ms against 14 (docs/perf_notes.md item 57)."""
+    dtype = arrays[0].dtype
+    if jnp.dtype(dtype).itemsize != 2:
+        return jnp.concatenate(arrays, axis=axis)
+    bits = jnp.concatenate([lax.bitcast_convert_type(a, jnp.uint16) for a in arrays], axis=axis)
+    return lax.bitcast_convert_type(bits, dtype)
+
+
 def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     """Patch matrix ``(g, n*prod(out), prod(K)*cg)`` times kernel matrix ``(g, prod(K)*cg, dg)``."""
     *kernel, cg, cout = w.shape
@@ -186,8 +202,8 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     xp = pad_zeros(x, pads)
     out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
     m = n * math.prod(out)
-    cols = jnp.stack([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-2)
-    # cols: (n, *out, taps, cin), taps in row-major order like w's kernel axes
+    cols = _concatenate([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-1)
+    # cols: (n, *out, taps*cin), taps in row-major order like w's kernel axes
     cols = jnp.reshape(cols, (m, taps, groups, cg))  # (n*prod(out), taps, g, cg)
     cols = jnp.transpose(cols, (2, 0, 1, 3))  # (g, m, taps, cg)
     cols = jnp.reshape(cols, (groups, m, taps * cg))  # (g, m, taps*cg)
@@ -195,6 +211,59 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     z = jnp.einsum("gmt,tgo->mgo", cols, wm, precision=precision,
                    preferred_element_type=acc_dtype(x.dtype))  # (m, g, dg)
     return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
+
+
+def _conv_backward_kernel_patches(x, dz, kernel: Sequence[int], *, stride, pads, dilation, groups: int,
+                                  precision=None):
+    """``dW`` as one matrix product per group, ``P^T . dZ``, with the transposed patch matrix
+    ``P^T: (prod(K)*cin, n*prod(out))`` built as it is used, so that both operands are in the
+    (rows, contracted) x (contracted, columns) form XLA:CPU hands to its fast bfloat16 matmul (a
+    transposed operand, ``P.T @ dZ``, fell off it: 31-35 against 2.6 ms, docs/perf_notes.md item 53).
+    Same arguments and result as ``conv_backward_kernel``."""
+    *_, cin = x.shape
+    rank, n = len(kernel), x.shape[0]
+    out = dz.shape[1:-1]
+    cg, dg, taps, m = cin // groups, dz.shape[-1] // groups, math.prod(kernel), n * math.prod(out)
+    xt = jnp.transpose(x, (rank + 1, 0, *range(1, rank + 1)))  # (cin, n, *in)
+    xt = lax.pad(xt, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0)) + tuple((lo, hi, 0) for lo, hi in pads))
+    cols = []
+    for t in itertools.product(*map(range, kernel)):  # row-major, as w's kernel axes
+        start = [t[a] * dilation[a] for a in range(rank)]
+        limit = [start[a] + (out[a] - 1) * stride[a] + 1 for a in range(rank)]
+        cols.append(lax.slice(xt, (0, 0, *start), (cin, n, *limit), (1, 1, *stride)))  # (cin, n, *out)
+    pt = jnp.reshape(_concatenate(cols, axis=0), (taps, groups, cg, m))  # row t*cin + k*cg + c
+    dzm = jnp.reshape(dz, (m, groups, dg))
+    acc = acc_dtype(x.dtype)
+    if groups == 1:  # one plain matrix product; the grouped einsum's unit axis may hide it from XLA
+        dw = lax.dot(jnp.reshape(pt, (taps * cg, m)), dzm[:, 0], precision=precision, preferred_element_type=acc)
+    else:
+        dw = jnp.einsum("tkcm,mko->tcko", pt, dzm, precision=precision, preferred_element_type=acc)
+    return jnp.reshape(dw, (*kernel, cg, groups * dg))
+
+
+def _if_finite(w, fast, safe, *args):
+    """``fast(*args)`` when every value of the kernel ``w`` is finite, else ``safe(*args)`` (one
+    ``lax.cond``: only the branch taken runs)."""
+    return lax.cond(jnp.all(jnp.isfinite(w)), fast, safe, *args)
+
+
+def _conv_im2col_finite_kernel(x, w, stride, pads, dilation, groups, precision):
+    """im2col's forward, or lax's where they differ: with padding and a non-finite kernel (im2col
+    multiplies the zero pads, 0 * NaN = NaN; lax skips them)."""
+    geo = (stride, pads, dilation, groups, precision)
+    if all(lo == hi == 0 for lo, hi in pads):
+        return _conv_im2col(x, w, *geo)
+    return _if_finite(w, lambda x, w: _conv_im2col(x, w, *geo), lambda x, w: lax_conv(x, w, *geo), x, w)
+
+
+def _conv_backward_input_patches(dz, w, in_sizes, *, stride, pads, dilation, groups, precision=None):
+    """``dX`` as im2col's convolution of the stride-dilated dZ with the rotated kernel (a patch matrix
+    times a kernel matrix, like the forward); col2im's ``dX`` for a non-finite kernel, which has lax's
+    non-finite pattern (the full convolution multiplies dZ's zero padding)."""
+    geo = dict(in_sizes=in_sizes, stride=stride, pads=pads, dilation=dilation, groups=groups, precision=precision)
+    fast = functools.partial(conv_backward_input, conv=_conv_im2col, **geo)
+    safe = functools.partial(conv_backward_input_col2im, **geo)
+    return _if_finite(w, fast, safe, dz, w)
 
 
 def _conv_fft(x, w, stride, pads, dilation, groups, precision):
@@ -242,6 +311,8 @@ _CUSTOM_VJP = {  # f(x, w, b, stride, pads, dilation, groups, precision), channe
     "custom_vjp": make_custom_vjp_conv(),
     "col2im": make_custom_vjp_conv(backward_input=conv_backward_input_col2im),
     "taps": make_custom_vjp_conv(backward_input=conv_backward_input_col2im, forward=_conv_taps_forward),
+    "im2col_vjp": make_custom_vjp_conv(forward=_conv_im2col_finite_kernel, backward_input=_conv_backward_input_patches,
+                                       backward_kernel=_conv_backward_kernel_patches),
 }
 
 _IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside conv
@@ -290,7 +361,7 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layou
     precision = check_precision(precision)
     if impl == "auto":
         impl = _auto.select_conv_impl(jax.default_backend(), jnp.shape(x), jnp.shape(w), stride=stride,
-                                      dilation=dilation, groups=groups, layout=layout)
+                                      dilation=dilation, groups=groups, layout=layout, dtype=dtype)
     x = jnp.asarray(x, dtype)
     w = jnp.asarray(w, dtype)
     b = None if b is None else jnp.asarray(b, dtype)

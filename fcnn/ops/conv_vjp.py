@@ -111,13 +111,15 @@ def conv_backward_kernel(x, dz, kernel: Sequence[int], *, stride, pads: Pads, di
 
 
 def conv_backward_input(dz, w, in_sizes: Sequence[int], *, stride, pads: Pads, dilation, groups: int,
-                        precision=None):
+                        precision=None, conv: Callable = lax_conv):
     """``dX`` = full convolution of the stride-dilated dZ with the 180°-rotated, channel-swapped kernel.
 
     Args:
       dz: (n, *out, cout) gradient of the output.
       w: (*kernel, cin/groups, cout) forward kernel (channels-last kernel layout).
       in_sizes: spatial sizes of the forward input; stride, pads, dilation, groups: the forward's.
+      conv: the channels-last convolution body that computes it (``lax_conv``'s signature; "VALID"
+        given as zero pads).
     Returns:
       dX: (n, *in_sizes, cin) channels-last.
     """
@@ -134,7 +136,7 @@ def conv_backward_input(dz, w, in_sizes: Sequence[int], *, stride, pads: Pads, d
         hi = in_sizes[a] + pads[a][0] - s * out[a] + s - 1  # so that dX has in_sizes[a] positions
         config.append((lo, hi, s - 1))  # s-1 zeros between dZ positions undo the stride
     u = lax.pad(dz, jnp.zeros((), dz.dtype), ((0, 0, 0), *config, (0, 0, 0)))
-    return lax_conv(u, w_t, (1,) * rank, "VALID", dilation, groups, precision)
+    return conv(u, w_t, (1,) * rank, ((0, 0),) * rank, dilation, groups, precision)
 
 
 # ----------------------------------------------------------------------------- col2im
