@@ -182,6 +182,10 @@ def conv_backward_input_col2im(dz, w, in_sizes: Sequence[int], *, stride, pads: 
     n, out, dg = dz.shape[0], dz.shape[1:-1], cout // groups
     taps = math.prod(kernel)
     acc = acc_dtype(dz.dtype)
+    # in the accumulation dtype (exact: a product of two bf16 values is exact in f32): a bf16 product
+    # into a wide f32 patch gradient is the form YNNPACK's matmul, on where the CPU has AMX
+    # (fcnn.step), runs slowest (LeNet-5 b64 bf16 step 5.53 against 4.84 ms; perf_notes item 57)
+    dtype, dz, w = dz.dtype, dz.astype(acc), w.astype(acc)
     if groups == 1:  # the grouped einsum below, with its unit group axis, ran 2.3x slower on XLA:CPU
         dp = jnp.einsum("n...o,tco->n...tc", dz, jnp.reshape(w, (taps, cg, cout)), precision=precision,
                         preferred_element_type=acc)  # (n, *out, taps, cin)
@@ -197,7 +201,7 @@ def conv_backward_input_col2im(dz, w, in_sizes: Sequence[int], *, stride, pads: 
         dxp = dxp + lax.pad(dp[..., index, :], jnp.zeros((), acc), config)
     # materialised: fused into its consumer (a max-pool backward reads each cell 4 times) the
     # per-tap sum ran once per read; in the accumulation dtype, then cast (as the taps forward)
-    return fusion_barrier(pad_zeros(dxp, tuple((-lo, -hi) for lo, hi in pads))).astype(dz.dtype)
+    return fusion_barrier(pad_zeros(dxp, tuple((-lo, -hi) for lo, hi in pads))).astype(dtype)
 
 
 # ----------------------------------------------------------------------------- the builder
