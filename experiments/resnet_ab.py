@@ -4,6 +4,7 @@
     python experiments/resnet_ab.py --part step
     python experiments/resnet_ab.py --part layers
     python experiments/resnet_ab.py --part torch_layers      # PyTorch alone in its process
+    python experiments/resnet_ab.py --part layers --layer-set vgg --dtype bf16 --impls lax,im2col_vjp
 
 Parts:
 
@@ -13,8 +14,9 @@ Parts:
   layer and optimizer); ``no_donate`` (the full step with ``donate=False``); ``jax_relu`` (ReLU as
   ``jax.nn.relu`` instead of fcnn's select, docs/perf_notes.md item 40).
 - ``layers``: forward + both gradients (at one random cotangent) of each distinct ResNet-18 conv
-  layer (batch 16), jitted
-  with ``fcnn.step.compiler_options()``, per ``--impls`` (interleaved per layer).
+  layer (batch 16; ``--layer-set vgg``: the VGG net's four), jitted
+  with ``fcnn.step.compiler_options()``, per ``--impls`` (interleaved per layer); ``--dtype bf16``
+  casts x, w and the cotangent to bfloat16 (docs/perf_notes.md item 57).
 - ``torch_layers``: the same layers (and cotangent values) in PyTorch eager (channels_last, ``torch.set_num_threads``
   = the cores), run in its own process: next to XLA:CPU's thread pool PyTorch ran 20x slower
   (experiments/peer_ab.py).
@@ -38,6 +40,9 @@ from step_ab import publish  # noqa: E402
 LAYERS = [("s1 3x3 64", 32, 64, 64, 3, 1), ("s2 3x3 64->128", 32, 64, 128, 3, 2), ("s2 1x1 64->128", 32, 64, 128, 1, 2),
           ("s1 3x3 128", 16, 128, 128, 3, 1), ("s2 3x3 128->256", 16, 128, 256, 3, 2),
           ("s1 3x3 256", 8, 256, 256, 3, 1), ("s2 3x3 256->512", 8, 256, 512, 3, 2), ("s1 3x3 512", 4, 512, 512, 3, 1)]
+# the VGG net's four convs (experiments/bench_common.py), for --layer-set vgg
+VGG_LAYERS = [("vgg 3x3 3->64", 32, 3, 64, 3, 1), ("vgg 3x3 64->128", 32, 64, 128, 3, 1),
+              ("vgg 3x3 128->256", 16, 128, 256, 3, 1), ("vgg 3x3 256->512", 8, 256, 512, 3, 1)]
 QUICK_LAYERS = [("s1 3x3 8", 4, 8, 8, 3, 1)]
 STEP_VARIANTS = ("full", "no_bn", "no_bn_relu", "no_donate", "jax_relu")
 
@@ -47,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--part", default="step", choices=["step", "layers", "torch_layers"])
     p.add_argument("--variants", default=",".join(STEP_VARIANTS), help="for --part step")
     p.add_argument("--impls", default="lax,col2im", help="for --part layers: fcnn conv implementations")
+    p.add_argument("--layer-set", default="resnet18", choices=["resnet18", "vgg"], help="for the layer parts")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="for the layer parts: x, w and dZ")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--target-s", type=float, default=None, help="seconds per repeat (default 1.0 step, 0.2 layers)")
@@ -121,6 +128,16 @@ def _cotangent(batch, hw, cout, k, s):
     return np.random.default_rng(2).standard_normal((batch, out, out, cout), dtype=np.float32) * 0.01
 
 
+def _layers(args):
+    """The (name, spatial size, cin, cout, kernel, stride) rows the layer parts time."""
+    return QUICK_LAYERS if args.quick else VGG_LAYERS if args.layer_set == "vgg" else LAYERS
+
+
+def _layers_title(args, who):
+    net = "VGG" if args.layer_set == "vgg" and not args.quick else "ResNet-18"
+    return f"{net} conv layers{who}, forward + both gradients, batch {args.batch}, {args.dtype}"
+
+
 def layers_part(args):
     import jax
 
@@ -128,12 +145,13 @@ def layers_part(args):
     from fcnn.step import compiler_options
 
     impls = [i for i in args.impls.split(",") if i]
+    dtype = jax.numpy.bfloat16 if args.dtype == "bf16" else jax.numpy.float32
     timed = {}
-    for name, hw, cin, cout, k, s in QUICK_LAYERS if args.quick else LAYERS:
-        x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, cin))
-        w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.05
+    for name, hw, cin, cout, k, s in _layers(args):
+        x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, cin)).astype(dtype)
+        w = (jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.05).astype(dtype)
         pad = ((1, 1), (1, 1)) if k == 3 else "VALID"
-        dz = jax.numpy.asarray(_cotangent(args.batch, hw, cout, k, s), x.dtype)
+        dz = jax.numpy.asarray(_cotangent(args.batch, hw, cout, k, s), dtype)
         calls = {}
         for impl in impls:
             def fwd_bwd(x, w, dz, impl=impl):
@@ -142,21 +160,21 @@ def layers_part(args):
             f = jax.jit(fwd_bwd).lower(x, w, dz).compile(compiler_options())
             calls[impl] = lambda f=f, dz=dz: f(x, w, dz)
         timed[name] = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
-    return f"ResNet-18 conv layers, forward + both gradients, batch {args.batch}, f32, interleaved", \
-        _layer_rows(timed, impls), timed
+    return _layers_title(args, "") + ", interleaved", _layer_rows(timed, impls), timed
 
 
 def torch_layers_part(args):
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     timed = {}
-    for name, hw, cin, cout, k, s in QUICK_LAYERS if args.quick else LAYERS:
-        x = torch.randn(args.batch, cin, hw, hw).to(memory_format=torch.channels_last).requires_grad_()
+    for name, hw, cin, cout, k, s in _layers(args):
+        x = torch.randn(args.batch, cin, hw, hw).to(dtype, memory_format=torch.channels_last).requires_grad_()
         conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=1 if k == 3 else 0, bias=False)
-        conv = conv.to(memory_format=torch.channels_last)
-
-        dz = torch.from_numpy(_cotangent(args.batch, hw, cout, k, s)).permute(0, 3, 1, 2)  # NCHW, channels_last
+        conv = conv.to(dtype, memory_format=torch.channels_last)
+        # NCHW view of the NHWC values: channels_last
+        dz = torch.from_numpy(_cotangent(args.batch, hw, cout, k, s)).permute(0, 3, 1, 2).to(dtype)
 
         def call():
             z = conv(x)
@@ -164,8 +182,8 @@ def torch_layers_part(args):
 
         timed[name] = {"torch": side_by_side({"torch": call}, repeats=args.repeats, target_s=args.target_s,
                                              block=lambda out: None)["torch"]}
-    return f"ResNet-18 conv layers in PyTorch {torch.__version__} eager (channels_last), forward + both gradients, " \
-           f"batch {args.batch}, f32", _layer_rows(timed, ["torch"]), timed
+    return _layers_title(args, f" in PyTorch {torch.__version__} eager (channels_last)"), \
+        _layer_rows(timed, ["torch"]), timed
 
 
 def main(argv=None):

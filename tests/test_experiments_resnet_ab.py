@@ -17,6 +17,35 @@ def test_quick_step_and_layers_write_their_tables(experiment, tmp_path):
     assert list(layers) == ["s1 3x3 8"] and set(layers["s1 3x3 8"]) == {"lax", "col2im"}
 
 
+def test_the_vgg_layer_set_is_the_benchmarked_vgg_net(experiment):
+    """--layer-set vgg times the convs of bench_common.VGG: their sizes, channels and kernels, walked
+    through its pools by hand (SAME convs keep the size; a pool after the conv halves it)."""
+    bench_common = experiment("bench_common")
+    ab = experiment("resnet_ab")
+    hw, cin, want = bench_common.VGG["hw"], bench_common.VGG["cin"], []
+    for f, cout, pad, pool in bench_common.VGG["convs"]:
+        assert pad == "SAME"
+        want.append((hw, cin, cout, f, 1))
+        hw, cin = (hw // 2 if pool else hw), cout
+    assert [row[1:] for row in ab.VGG_LAYERS] == want
+    assert [row[1:] for row in ab._layers(ab.parse_args(["--layer-set", "vgg"]))] == want
+
+
+def test_quick_bf16_layers_take_bfloat16(experiment, monkeypatch):
+    """--dtype bf16 gives the timed conv bfloat16 x, w and cotangent (the layer part's title says so)."""
+    import fcnn.ops
+
+    ab = experiment("resnet_ab")
+    seen = []
+    real = fcnn.ops.conv2d
+    monkeypatch.setattr(fcnn.ops, "conv2d", lambda x, w, **kw: seen.append((x.dtype, w.dtype)) or real(x, w, **kw))
+    what, rows, timed = ab.layers_part(ab.parse_args(["--part", "layers", "--quick", "--dtype", "bf16",
+                                                      "--impls", "im2col_vjp", "--repeats", "1", "--target-s", "0.01"]))
+    assert what.startswith("ResNet-18 conv layers, forward + both gradients, batch 16, bf16")
+    bf16 = jax.numpy.dtype(jax.numpy.bfloat16)
+    assert set(seen) == {(bf16, bf16)} and list(timed) == ["s1 3x3 8"]
+
+
 def test_the_ablated_models_lose_exactly_what_they_name(experiment):
     """BatchNorm is the only rsqrt (and the only state); fcnn's relu, a select on x <= 0, is the only `le`."""
     ab = experiment("resnet_ab")
