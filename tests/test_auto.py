@@ -37,18 +37,23 @@ def test_cpu_conv_table():
 
 
 def test_cpu_with_amx_picks_im2col_vjp_for_wide_bfloat16_convs(monkeypatch):
-    # AMX, bfloat16, 2-D, groups 1, input and output channels >= 256 (perf_notes item 57: VGG's 8x8
-    # 256->512 layer faster so at batch 16, its 16x16 128->256 layer slower)
+    # AMX, bfloat16, 2-D, groups 1, input and output channels >= 64 (1x1), 128 (stride 1), 256
+    # (strided) (perf_notes item 57, resnet_ab.py's bf16 layer tables)
     sel = auto.select_conv_impl
     bf16 = jnp.bfloat16
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: True)
     assert sel("cpu", *VGG_C4, dtype=bf16) == "im2col_vjp"
     assert sel("cpu", *VGG_C4, dtype="bfloat16") == "im2col_vjp"
     assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512), dtype=bf16) == "im2col_vjp"  # before col2im's rule
-    assert sel("cpu", (16, 16, 16, 256), (3, 3, 256, 256), stride=2, dtype=bf16) == "im2col_vjp"
+    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), dtype=bf16) == "im2col_vjp"  # VGG's third
+    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 128), dtype=bf16) == "im2col_vjp"  # ResNet-18's stage 2
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), dtype=bf16) == "lax"  # VGG's second: 64 < 128
+    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 127), dtype=bf16) == "lax"  # just under the bound
+    assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 512), stride=2, dtype=bf16) == "im2col_vjp"  # strided: 256
+    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), stride=2, dtype=bf16) == "col2im"  # strided, 128
+    assert sel("cpu", (16, 32, 32, 64), (1, 1, 64, 128), stride=2, dtype=bf16) == "im2col_vjp"  # 1x1: 64
+    assert sel("cpu", (16, 32, 32, 63), (1, 1, 63, 128), stride=2, dtype=bf16) == "lax"  # just under
     assert sel("cpu", (16, 512, 8, 8), (512, 256, 3, 3), layout="NCHW", dtype=bf16) == "im2col_vjp"
-    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), dtype=bf16) == "lax"  # 128 input channels
-    assert sel("cpu", (16, 16, 16, 256), (3, 3, 256, 255), dtype=bf16) == "lax"  # just under the bound
     assert sel("cpu", *VGG_C4) == "lax"  # float32 (None): the f32 table
     assert sel("cpu", *VGG_C4, dtype=jnp.float32) == "lax"
     assert sel("cpu", *VGG_C4, dtype=jnp.float16) == "lax"  # AMX-FP16 is another instruction set

@@ -39,12 +39,13 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   331.4 ms) and auto's VGG b16 choice (col2im, lax, lax, lax) was the fastest of four per-layer
   configurations (108.9 ms against 112.5-118.5), so the rules stand there too.
   On a CPU with AMX (``cpu_has_amx_bf16``: the ``amx_bf16`` flag), a bfloat16 2-D convolution with
-  groups=1 and at least ``CPU_AMX_MIN_CHANNELS`` = 256 input and output channels gets "im2col_vjp":
-  its three products take bf16 operands into f32, the one form in which XLA:CPU reaches AMX (with
-  ``fcnn.step``'s options there, YNNPACK's matmuls); its patch matrices cost memory traffic that
-  only wide layers repay. Forward + both gradients at batch 16 (perf_notes item 57): VGG's 8x8
-  256->512 11.8 ms against lax's 29.3, its 16x16 128->256 36.5 against 30.9; bf16 train steps
-  VGG b16 106.2 -> 95.5 ms, ResNet-18 b16 296.2 -> 265.5. 1-D and 3-D convolutions
+  groups=1 and enough input and output channels (``CPU_AMX_MIN_CHANNELS``: 64 for a 1x1 kernel,
+  128 for a larger one at stride 1, 256 for a strided one) gets "im2col_vjp": its three products
+  take bf16 operands into f32, the one form in which XLA:CPU reaches AMX (with ``fcnn.step``'s
+  options there, YNNPACK's matmuls); its patch matrices cost memory traffic that only wide layers
+  repay. Forward + both gradients at batch 16 (``experiments/resnet_ab.py --part layers --dtype
+  bf16``, perf_notes item 57): VGG's 8x8 256->512 10.3 ms against lax's 26.2, ResNet-18's 3x3
+  512 at 4x4 7.4 against 17.0, VGG's 32x32 64->128 50.9 against 40.7 (not chosen). 1-D and 3-D convolutions
   (``conv1d``/``conv3d``), experiments/bench_decoder.py, batch 8, fwd+bwd: 1-D (length 4096,
   32->64, k=5): nothing beat lax beyond the noise (col2im 0.91-1.86x, custom_vjp 0.97-1.14x, auto's
   own row = lax 1.03-1.07x): "lax". 3-D, CPU, groups 1, as in 2-D by input channels: one input
@@ -90,9 +91,13 @@ CPU_COL2IM_MAX_CIN = 8
 CPU_COL2IM_MAX_CIN_3D = 32
 # CPU, 2-D: "col2im" also when prod(kernel) * cout >= this * n * prod(spatial) (perf_notes item 43).
 CPU_COL2IM_MIN_KERNEL_RATIO = 8
-# CPU with AMX, bfloat16, 2-D: "im2col_vjp" when input and output channels are both at least this
-# (VGG's 8x8 256->512 at batch 16 ran faster so, its 16x16 128->256 slower; perf_notes item 57).
-CPU_AMX_MIN_CHANNELS = 256
+# CPU with AMX, bfloat16, 2-D, groups 1: "im2col_vjp" when input and output channels are both at
+# least this, by kind of kernel: its patch matrices grow with the taps, and for a stride its dX
+# convolves the stride-dilated dZ (forward + both gradients at batch 16, perf_notes item 57:
+# ResNet-18's 1x1 stride-2 64->128 1.66 vs 2.76 ms; 3x3 stride 1 at 128 channels 8.1 vs 15.5, VGG's
+# 128->256 26.5 vs 28.1, at 64 (VGG's 64->128) 50.9 vs 40.7; 3x3 stride 2 256->512 6.4 vs 8.1,
+# 128->256 18.6 vs 8.1).
+CPU_AMX_MIN_CHANNELS = {"1x1": 64, "stride 1": 128, "strided": 256}
 
 
 @functools.lru_cache(maxsize=None)
@@ -159,8 +164,10 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
-        if rank == 2 and _is_bfloat16(dtype) and min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS and cpu_has_amx_bf16():
-            return "im2col_vjp"
+        if rank == 2 and _is_bfloat16(dtype) and cpu_has_amx_bf16():
+            kind = "1x1" if math.prod(kernel) == 1 else "stride 1" if max(stride) == 1 else "strided"
+            if min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS[kind]:
+                return "im2col_vjp"
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
         if cin_g <= (CPU_COL2IM_MAX_CIN if rank == 2 else CPU_COL2IM_MAX_CIN_3D):

@@ -204,6 +204,12 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     m = n * math.prod(out)
     cols = _concatenate([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-1)
     # cols: (n, *out, taps*cin), taps in row-major order like w's kernel axes
+    if groups == 1:  # one plain matrix product: the grouped einsum's unit batch axis cost XLA:CPU
+        # transposes and kept the product off YNNPACK's AMX matmul (VGG 32x32 64->128 bf16 forward
+        # 31.9 against 16.0 ms, docs/perf_notes.md item 57)
+        z = lax.dot(jnp.reshape(cols, (m, taps * cg)), jnp.reshape(w, (taps * cg, cout)), precision=precision,
+                    preferred_element_type=acc_dtype(x.dtype))
+        return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)
     cols = jnp.reshape(cols, (m, taps, groups, cg))  # (n*prod(out), taps, g, cg)
     cols = jnp.transpose(cols, (2, 0, 1, 3))  # (g, m, taps, cg)
     cols = jnp.reshape(cols, (groups, m, taps * cg))  # (g, m, taps*cg)
