@@ -53,3 +53,14 @@ def test_im2col_vjp_runs_its_three_products_for_a_finite_kernel():
         np.testing.assert_array_equal(g, want, err_msg=name)
     assert not np.array_equal(fast[1], safe_dx)
     np.testing.assert_allclose(fast[1], safe_dx, rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_vjp_second_order_against_finite_differences():
+    """Its backward (the finite-kernel branch of each lax.cond) is differentiable JAX: grad of grad
+    agrees with finite differences (float64, jax.test_util.check_grads, reverse mode)."""
+    from jax.test_util import check_grads
+
+    rng = np.random.default_rng(8)
+    x, w, b = rng.normal(size=(2, 7, 6, 3)), rng.normal(size=(3, 2, 3, 4)), rng.normal(size=(4,))
+    f = jax.jit(lambda x, w, b: conv(x, w, b, stride=(2, 1), padding=((1, 1), (0, 1)), impl="im2col_vjp"))
+    check_grads(f, (x, w, b), order=2, modes=["rev"])  # float64: tests/conftest.py enables x64
