@@ -52,7 +52,7 @@ from fcnn.losses import l2_penalty
 from fcnn.ops import auto as _auto
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
-__all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
+__all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
            "plain_train_step", "train_step_fn", "make_train_step", "make_eval_step", "evaluate", "predict",
            "step_keys"]
 

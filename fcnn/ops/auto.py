@@ -80,7 +80,8 @@ from typing import Optional, Sequence
 from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
-           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO", "CPU_AMX_MIN_CHANNELS", "cpu_flags", "cpu_has_amx_bf16"]
+           "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO",
+           "CPU_AMX_MIN_CHANNELS", "cpu_flags", "cpu_has_amx_bf16"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
