@@ -109,6 +109,13 @@ def _dw_stride_ignored(x, dz, kernel_hw, *, stride, **geom):
     return conv_ops.conv2d_backward_kernel(x, dz, kernel_hw, stride=(1, 1), **geom)
 
 
+def _dw_patches_channel_major(x, dz, kernel_hw, **geom):
+    """im2col_vjp's dW with the transposed patch matrix's rows read channel-major (c*taps + t)."""
+    dw = conv_ops.conv2d_backward_kernel_patches(x, dz, kernel_hw, **geom)  # (kh, kw, cg, cout)
+    kh, kw, cg, cout = dw.shape
+    return jnp.reshape(jnp.transpose(jnp.reshape(dw, (kh * kw, cg, cout)), (1, 0, 2)), (kh, kw, cg, cout))
+
+
 def _dx_with_swapped_kernel(make_kernel):
     """A dX whose in/out-swapped kernel (kh, kw, dg, cin) is ``make_kernel(w, groups)`` (before the
     180-degree rotation), computed by ``conv2d_backward_input`` on the pre-image of that kernel."""
@@ -210,6 +217,9 @@ def _registry() -> Dict[str, Mutant]:
          "cin/groups or cout/groups > 1", _conv_mutant(backward_input=swapped(_kernel_reshaped))),
         ("conv_groups_interleaved", "conv2d", "dX orders input channels c*groups + k instead of k*cg + c",
          "groups > 1 with cin/groups > 1", _conv_mutant(backward_input=swapped(_kernel_interleaved))),
+        ("conv_patches_dw_channel_major", "conv2d",
+         "im2col_vjp's dW reads its transposed patch rows as c*taps + t instead of t*cin + c",
+         "kernel > 1x1 with cin/groups > 1", _conv_mutant(backward_kernel=_dw_patches_channel_major)),
         ("conv_bias_first_example", "conv2d", "db sums dZ over the first example only", "batch > 1 with bias",
          _conv_mutant(backward_bias=_db_first_example)),
         ("conv_same_pad_ignores_stride", "conv2d",

@@ -14,14 +14,14 @@ from fcnn.ops import conv
 def test_16_bit_concatenate_moves_the_bits():
     """im2col's patch matrices join 16-bit floats as their uint16 bits: the result is NumPy's
     concatenate bit for bit, signed zeros, infinities, subnormals and NaN payloads included."""
-    from fcnn.ops.conv_nd import _concatenate
+    from fcnn.ops.conv_vjp import concatenate_bits
 
     for dtype in (jnp.bfloat16, jnp.float16):
         bits = np.random.default_rng(3).integers(0, 2 ** 16, size=(3, 2, 5, 7), dtype=np.uint16)
         bits[0, 0, 0, :4] = [0x0000, 0x8000, 0x7F81, 0xFFC1]  # +0, -0, NaNs with payloads
         parts = [jax.lax.bitcast_convert_type(jnp.asarray(b), dtype) for b in bits]  # three (2, 5, 7)
         for axis in (0, -1, -2):
-            got = jax.jit(functools.partial(_concatenate, axis=axis))(parts)
+            got = jax.jit(functools.partial(concatenate_bits, axis=axis))(parts)
             assert got.dtype == dtype
             want = np.concatenate([np.asarray(jax.lax.bitcast_convert_type(p, jnp.uint16)) for p in parts], axis)
             np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(got, jnp.uint16)), want)
@@ -32,8 +32,8 @@ def test_im2col_vjp_runs_its_three_products_for_a_finite_kernel():
     with the rotated kernel and its dw the transposed-patch product, bit for bit (float32). The dx
     of the other branch (col2im's, taken for a non-finite kernel: the table below) differs from it
     in rounding, so a guard that always took that branch fails here."""
-    from fcnn.ops.conv_nd import _conv_backward_kernel_patches, _conv_im2col
-    from fcnn.ops.conv_vjp import conv_backward_input, conv_backward_input_col2im
+    from fcnn.ops.conv_nd import _conv_im2col
+    from fcnn.ops.conv_vjp import conv_backward_input, conv_backward_input_col2im, conv_backward_kernel_patches
 
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, 9, 8, 16)), jnp.float32)
@@ -45,7 +45,7 @@ def test_im2col_vjp_runs_its_three_products_for_a_finite_kernel():
     def run(x, w, ct):
         z, pull = jax.vjp(lambda x, w: conv(x, w, stride=2, padding=1, impl="im2col_vjp"), x, w)
         fast = (_conv_im2col(x, w, *geo.values()), conv_backward_input(ct, w, x.shape[1:-1], conv=_conv_im2col, **geo),
-                _conv_backward_kernel_patches(x, ct, w.shape[:-2], **geo))
+                conv_backward_kernel_patches(x, ct, w.shape[:-2], **geo))
         return (z, *pull(ct)), fast, conv_backward_input_col2im(ct, w, x.shape[1:-1], **geo)
 
     got, fast, safe_dx = run(x, w, ct)

@@ -24,6 +24,8 @@ EXPECT = {
     "conv_dw_stride_ignored": ("s2_same", "basic", {"vjp", "fd_projection", "jacobian", "second_order"}),
     "conv_channels_not_swapped": ("basic", "depthwise", {"vjp", "fd_projection", "jacobian", "second_order"}),
     "conv_groups_interleaved": ("groups2_d2", "depthwise", {"vjp", "fd_projection", "jacobian", "second_order"}),
+    # one input channel per group (depthwise): c*taps + t and t*cin + c are the same row
+    "conv_patches_dw_channel_major": ("basic", "depthwise", {"vjp", "fd_projection", "jacobian", "second_order"}),
     # db does not depend on x or w: no cross term for the second order to see
     "conv_bias_first_example": ("basic", "s2_same", {"vjp", "fd_projection", "jacobian"}),
     # a wrong forward with its own exact gradient: finite differences agree with it

@@ -34,9 +34,9 @@ def _case(op, name):
 
 
 # ----------------------------------------------------------------------------- correct implementations pass
-# custom_vjp in the default run; the other implementations under -m slow: test_conv compares
-# every VJP with lax's on its default grid and checks col2im's and taps' second order.
-@pytest.mark.parametrize("impl", ["custom_vjp"] + [
+# custom_vjp and im2col_vjp in the default run; the other implementations under -m slow: test_conv
+# compares every VJP with lax's on its default grid and checks col2im's and taps' second order.
+@pytest.mark.parametrize("impl", ["custom_vjp", "im2col_vjp"] + [
     pytest.param(impl, marks=pytest.mark.slow) for impl in ("reference", "im2col", "fft", "col2im", "taps")])
 def test_conv_impls_pass_every_check(impl):
     rows = sweep.run_case(sweep.cases("conv2d")[3], impl)  # groups2_d2: groups, dilation, asymmetric pads

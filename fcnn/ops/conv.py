@@ -70,6 +70,7 @@ from fcnn.ops.conv_vjp import conv_backward_bias as conv2d_backward_bias
 from fcnn.ops.conv_vjp import conv_backward_input as conv2d_backward_input
 from fcnn.ops.conv_vjp import conv_backward_input_col2im as conv2d_backward_input_col2im
 from fcnn.ops.conv_vjp import conv_backward_kernel as conv2d_backward_kernel
+from fcnn.ops.conv_vjp import conv_backward_kernel_patches as conv2d_backward_kernel_patches
 from fcnn.ops.conv_vjp import fusion_barrier as _fusion_barrier
 from fcnn.ops.conv_vjp import make_custom_vjp_conv as make_custom_vjp_conv2d
 
@@ -79,6 +80,7 @@ __all__ = [
     "conv2d_backward_input",
     "conv2d_backward_input_col2im",
     "conv2d_backward_kernel",
+    "conv2d_backward_kernel_patches",
     "conv2d_backward_bias",
     "make_custom_vjp_conv2d",
 ]

@@ -61,8 +61,8 @@ from fcnn import _checks, shapes
 from fcnn.channels import add_channels
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
-from fcnn.ops.conv_vjp import acc_dtype, conv_backward_input, conv_backward_input_col2im, fusion_barrier, lax_conv, \
-    make_custom_vjp_conv, pad_zeros
+from fcnn.ops.conv_vjp import acc_dtype, concatenate_bits, conv_backward_input, conv_backward_input_col2im, \
+    conv_backward_kernel_patches, fusion_barrier, lax_conv, make_custom_vjp_conv, pad_zeros
 
 __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_impls_for", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
 
@@ -184,17 +184,6 @@ def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
 
 
-def _concatenate(arrays, axis: int):
-    """``jnp.concatenate``; 16-bit floats are moved as their uint16 bits (the same values): XLA:CPU
-    ran a bfloat16 concatenate in float32 between converts, VGG's 32x32x64 patch matrix at batch 16
-    in 25 ms against 14 (docs/perf_notes.md item 57)."""
-    dtype = arrays[0].dtype
-    if jnp.dtype(dtype).itemsize != 2:
-        return jnp.concatenate(arrays, axis=axis)
-    bits = jnp.concatenate([lax.bitcast_convert_type(a, jnp.uint16) for a in arrays], axis=axis)
-    return lax.bitcast_convert_type(bits, dtype)
-
-
 def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     """Patch matrix ``(g, n*prod(out), prod(K)*cg)`` times kernel matrix ``(g, prod(K)*cg, dg)``."""
     *kernel, cg, cout = w.shape
@@ -202,7 +191,7 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     xp = pad_zeros(x, pads)
     out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
     m = n * math.prod(out)
-    cols = _concatenate([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-1)
+    cols = concatenate_bits([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-1)
     # cols: (n, *out, taps*cin), taps in row-major order like w's kernel axes
     if groups == 1:  # one plain matrix product: the grouped einsum's unit batch axis cost XLA:CPU
         # transposes and kept the product off YNNPACK's AMX matmul (VGG 32x32 64->128 bf16 forward
@@ -217,34 +206,6 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     z = jnp.einsum("gmt,tgo->mgo", cols, wm, precision=precision,
                    preferred_element_type=acc_dtype(x.dtype))  # (m, g, dg)
     return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
-
-
-def _conv_backward_kernel_patches(x, dz, kernel: Sequence[int], *, stride, pads, dilation, groups: int,
-                                  precision=None):
-    """``dW`` as one matrix product per group, ``P^T . dZ``, with the transposed patch matrix
-    ``P^T: (prod(K)*cin, n*prod(out))`` built as it is used, so that both operands are in the
-    (rows, contracted) x (contracted, columns) form XLA:CPU hands to its fast bfloat16 matmul (a
-    transposed operand, ``P.T @ dZ``, fell off it: 31-35 against 2.6 ms, docs/perf_notes.md item 53).
-    Same arguments and result as ``conv_backward_kernel``."""
-    *_, cin = x.shape
-    rank, n = len(kernel), x.shape[0]
-    out = dz.shape[1:-1]
-    cg, dg, taps, m = cin // groups, dz.shape[-1] // groups, math.prod(kernel), n * math.prod(out)
-    xt = jnp.transpose(x, (rank + 1, 0, *range(1, rank + 1)))  # (cin, n, *in)
-    xt = lax.pad(xt, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0)) + tuple((lo, hi, 0) for lo, hi in pads))
-    cols = []
-    for t in itertools.product(*map(range, kernel)):  # row-major, as w's kernel axes
-        start = [t[a] * dilation[a] for a in range(rank)]
-        limit = [start[a] + (out[a] - 1) * stride[a] + 1 for a in range(rank)]
-        cols.append(lax.slice(xt, (0, 0, *start), (cin, n, *limit), (1, 1, *stride)))  # (cin, n, *out)
-    pt = jnp.reshape(_concatenate(cols, axis=0), (taps, groups, cg, m))  # row t*cin + k*cg + c
-    dzm = jnp.reshape(dz, (m, groups, dg))
-    acc = acc_dtype(x.dtype)
-    if groups == 1:  # one plain matrix product; the grouped einsum's unit axis may hide it from XLA
-        dw = lax.dot(jnp.reshape(pt, (taps * cg, m)), dzm[:, 0], precision=precision, preferred_element_type=acc)
-    else:
-        dw = jnp.einsum("tkcm,mko->tcko", pt, dzm, precision=precision, preferred_element_type=acc)
-    return jnp.reshape(dw, (*kernel, cg, groups * dg))
 
 
 def _if_finite(w, fast, safe, *args):
@@ -318,7 +279,7 @@ _CUSTOM_VJP = {  # f(x, w, b, stride, pads, dilation, groups, precision), channe
     "col2im": make_custom_vjp_conv(backward_input=conv_backward_input_col2im),
     "taps": make_custom_vjp_conv(backward_input=conv_backward_input_col2im, forward=_conv_taps_forward),
     "im2col_vjp": make_custom_vjp_conv(forward=_conv_im2col_finite_kernel, backward_input=_conv_backward_input_patches,
-                                       backward_kernel=_conv_backward_kernel_patches),
+                                       backward_kernel=conv_backward_kernel_patches),
 }
 
 _IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside conv

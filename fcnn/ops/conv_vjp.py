@@ -18,7 +18,8 @@ F_eff = d*(k-1) + 1), the forward is  z[o] = sum_t xp[o*s + t*d] w[t],  o < out.
           pads (lo at the start, hi at the end) folds into upad's padding, which may go negative.
 
 ``conv_backward_input_col2im`` computes the same dX as the transpose of im2col (one matrix product
-to patch gradients, then each kernel tap's slice added back into place).
+to patch gradients, then each kernel tap's slice added back into place); ``conv_backward_kernel_patches``
+the same dW as im2col's transposed patch matrix times dZ.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ __all__ = [
     "conv_backward_kernel",
     "conv_backward_input",
     "conv_backward_input_col2im",
+    "conv_backward_kernel_patches",
+    "concatenate_bits",
     "make_custom_vjp_conv",
     "fusion_barrier",
     "lax_conv",
@@ -77,6 +80,17 @@ def lax_conv(x, w, stride, pads, dilation, groups, precision):
                                     dimension_numbers=_dimension_numbers(x.ndim - 2), precision=precision)
 
 
+def concatenate_bits(arrays, axis: int):
+    """``jnp.concatenate``; 16-bit floats are moved as their uint16 bits (the same values): as a
+    program of its own, XLA:CPU ran a bfloat16 concatenate in float32 between converts, VGG's
+    32x32x64 patch matrix at batch 16 in 25 ms against 14 (docs/perf_notes.md item 57)."""
+    dtype = arrays[0].dtype
+    if jnp.dtype(dtype).itemsize != 2:
+        return jnp.concatenate(arrays, axis=axis)
+    bits = jnp.concatenate([lax.bitcast_convert_type(a, jnp.uint16) for a in arrays], axis=axis)
+    return lax.bitcast_convert_type(bits, dtype)
+
+
 # ----------------------------------------------------------------------------- the three gradients
 def conv_backward_bias(dz):
     """``db = sum(dZ)`` over batch and space. dz: (n, *out, cout) -> (cout,) (``fcnn.channels``)."""
@@ -108,6 +122,34 @@ def conv_backward_kernel(x, dz, kernel: Sequence[int], *, stride, pads: Pads, di
     return lax.conv_general_dilated(x, dz, window_strides=dilation, padding=padding, rhs_dilation=stride,
                                     batch_group_count=groups, precision=precision,
                                     dimension_numbers=("C" + sp + "N", "I" + sp + "O", sp + "NC"))
+
+
+def conv_backward_kernel_patches(x, dz, kernel: Sequence[int], *, stride, pads, dilation, groups: int,
+                                  precision=None):
+    """``dW`` as one matrix product per group, ``P^T . dZ`` (the conv impl "im2col_vjp"), with the
+    transposed patch matrix ``P^T: (prod(K)*cin, n*prod(out))`` built as it is used, so that both operands are in the
+    (rows, contracted) x (contracted, columns) form XLA:CPU hands to its fast bfloat16 matmul (a
+    transposed operand, ``P.T @ dZ``, fell off it: 31-35 against 2.6 ms, docs/perf_notes.md item 53).
+    Same arguments and result as ``conv_backward_kernel``."""
+    *_, cin = x.shape
+    rank, n = len(kernel), x.shape[0]
+    out = dz.shape[1:-1]
+    cg, dg, taps, m = cin // groups, dz.shape[-1] // groups, math.prod(kernel), n * math.prod(out)
+    xt = jnp.transpose(x, (rank + 1, 0, *range(1, rank + 1)))  # (cin, n, *in)
+    xt = lax.pad(xt, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0)) + tuple((lo, hi, 0) for lo, hi in pads))
+    cols = []
+    for t in itertools.product(*map(range, kernel)):  # row-major, as w's kernel axes
+        start = [t[a] * dilation[a] for a in range(rank)]
+        limit = [start[a] + (out[a] - 1) * stride[a] + 1 for a in range(rank)]
+        cols.append(lax.slice(xt, (0, 0, *start), (cin, n, *limit), (1, 1, *stride)))  # (cin, n, *out)
+    pt = jnp.reshape(concatenate_bits(cols, axis=0), (taps, groups, cg, m))  # row t*cin + k*cg + c
+    dzm = jnp.reshape(dz, (m, groups, dg))
+    acc = acc_dtype(x.dtype)
+    if groups == 1:  # one plain matrix product; the grouped einsum's unit axis may hide it from XLA
+        dw = lax.dot(jnp.reshape(pt, (taps * cg, m)), dzm[:, 0], precision=precision, preferred_element_type=acc)
+    else:
+        dw = jnp.einsum("tkcm,mko->tcko", pt, dzm, precision=precision, preferred_element_type=acc)
+    return jnp.reshape(dw, (*kernel, cg, groups * dg))
 
 
 def conv_backward_input(dz, w, in_sizes: Sequence[int], *, stride, pads: Pads, dilation, groups: int,
