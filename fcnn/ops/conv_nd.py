@@ -48,7 +48,6 @@ corresponding input dimension", "Padding value causes wrapping around more than 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from typing import Sequence
 
@@ -62,7 +61,7 @@ from fcnn.channels import add_channels
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
 from fcnn.ops.conv_vjp import acc_dtype, concatenate_bits, conv_backward_input, conv_backward_input_col2im, \
-    conv_backward_kernel_patches, fusion_barrier, lax_conv, make_custom_vjp_conv, pad_zeros
+    conv_backward_kernel_patches, fusion_barrier, lax_conv, make_custom_vjp_conv, pad_zeros, tap_windows
 
 __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_impls_for", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
 
@@ -142,16 +141,6 @@ def _from_channels_last(z, layout):
     return z if shapes.is_channels_last(layout) else jnp.transpose(z, (0, z.ndim - 1, *range(1, z.ndim - 1)))
 
 
-def _taps(xp, kernel: Sequence[int], out: Sequence[int], stride, dilation):
-    """Yield ``(t, tap)``: the input positions kernel tap ``t`` meets, ``tap: (n, *out, cin)``, taps in
-    row-major order. ``tap[n, p, c] = xp[n, p*s + t*d, c]`` (per dimension)."""
-    n, cin = xp.shape[0], xp.shape[-1]
-    for t in itertools.product(*map(range, kernel)):
-        start = [t[a] * dilation[a] for a in range(len(t))]
-        limit = [start[a] + (out[a] - 1) * stride[a] + 1 for a in range(len(t))]
-        yield t, lax.slice(xp, (0, *start, 0), (n, *limit, cin), (1, *stride, 1))
-
-
 def _reads_real_pixels(t, in_sizes, out, stride, pads, dilation):
     """Static mask ``(*out,)`` of the outputs whose tap ``t`` reads a real pixel, not padding; None if
     all do. The reference skips the pads' terms as lax does, so a non-finite weight never meets a
@@ -176,7 +165,7 @@ def _conv_reference(x, w, stride, pads, dilation, groups, precision):
     out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
     wg = jnp.reshape(w, (*kernel, cg, groups, dg)).astype(acc)  # (*k, cg, g, dg)
     z = jnp.zeros((n, *out, groups, dg), acc)
-    for t, tap in _taps(xp, kernel, out, stride, dilation):
+    for t, tap in tap_windows(xp, kernel, out, stride, dilation):
         tap = jnp.reshape(tap, (n, *out, groups, cg))  # (n, *out, g, cg)
         term = jnp.einsum("n...kc,cko->n...ko", tap, wg[t], precision=precision, preferred_element_type=acc)
         real = _reads_real_pixels(t, x.shape[1:-1], out, stride, pads, dilation)
@@ -191,7 +180,7 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     xp = pad_zeros(x, pads)
     out = shapes.conv_output_hw(x.shape[1:-1], kernel, stride, pads, dilation)
     m = n * math.prod(out)
-    cols = concatenate_bits([t for _, t in _taps(xp, kernel, out, stride, dilation)], axis=-1)
+    cols = concatenate_bits([t for _, t in tap_windows(xp, kernel, out, stride, dilation)], axis=-1)
     # cols: (n, *out, taps*cin), taps in row-major order like w's kernel axes
     if groups == 1:  # one plain matrix product: the grouped einsum's unit batch axis cost XLA:CPU
         # transposes and kept the product off YNNPACK's AMX matmul (VGG 32x32 64->128 bf16 forward

@@ -43,6 +43,7 @@ __all__ = [
     "conv_backward_input_col2im",
     "conv_backward_kernel_patches",
     "concatenate_bits",
+    "tap_windows",
     "make_custom_vjp_conv",
     "fusion_barrier",
     "lax_conv",
@@ -78,6 +79,21 @@ def lax_conv(x, w, stride, pads, dilation, groups, precision):
     """``lax.conv_general_dilated`` on channels-last ``x`` and ``w`` (any rank)."""
     return lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
                                     dimension_numbers=_dimension_numbers(x.ndim - 2), precision=precision)
+
+
+def tap_windows(xp, kernel: Sequence[int], out: Sequence[int], stride, dilation, first_axis: int = 1):
+    """Yield ``(t, window)`` per kernel tap ``t``, row-major: the input positions tap ``t`` meets,
+    ``window[..., p, ...] = xp[..., p*s + t*d, ...]`` for ``p < out`` along the spatial axes
+    ``first_axis, first_axis + 1, ...`` of the padded ``xp`` (1 for channels-last ``(n, *sp, c)``);
+    the other axes whole."""
+    for t in itertools.product(*map(range, kernel)):
+        start, limit, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+        for a, ta in enumerate(t):
+            ax = first_axis + a
+            start[ax] = ta * dilation[a]
+            limit[ax] = start[ax] + (out[a] - 1) * stride[a] + 1
+            strides[ax] = stride[a]
+        yield t, lax.slice(xp, start, limit, strides)
 
 
 def concatenate_bits(arrays, axis: int):
@@ -137,11 +153,7 @@ def conv_backward_kernel_patches(x, dz, kernel: Sequence[int], *, stride, pads, 
     cg, dg, taps, m = cin // groups, dz.shape[-1] // groups, math.prod(kernel), n * math.prod(out)
     xt = jnp.transpose(x, (rank + 1, 0, *range(1, rank + 1)))  # (cin, n, *in)
     xt = lax.pad(xt, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0)) + tuple((lo, hi, 0) for lo, hi in pads))
-    cols = []
-    for t in itertools.product(*map(range, kernel)):  # row-major, as w's kernel axes
-        start = [t[a] * dilation[a] for a in range(rank)]
-        limit = [start[a] + (out[a] - 1) * stride[a] + 1 for a in range(rank)]
-        cols.append(lax.slice(xt, (0, 0, *start), (cin, n, *limit), (1, 1, *stride)))  # (cin, n, *out)
+    cols = [window for _, window in tap_windows(xt, kernel, out, stride, dilation, first_axis=2)]  # (cin, n, *out)
     pt = jnp.reshape(concatenate_bits(cols, axis=0), (taps, groups, cg, m))  # row t*cin + k*cg + c
     dzm = jnp.reshape(dz, (m, groups, dg))
     acc = acc_dtype(x.dtype)
