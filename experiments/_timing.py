@@ -132,8 +132,11 @@ def cpu_description(cpuinfo: Optional[str] = None) -> str:
     """The CPU a timing ran on, for the tables' headers: "model, N cores (flags)".
 
     ``cpuinfo``: the text of /proc/cpuinfo (None: read it; where there is none, the platform's
-    processor name). Flags are those of ``CPU_FLAGS`` the CPU has.
+    processor name). Flags are those of ``CPU_FLAGS`` the CPU has (read by ``fcnn.ops.auto``, which
+    chooses by them; imported here, after a script has chosen its platform).
     """
+    from fcnn.ops.auto import parse_cpu_flags
+
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
@@ -145,7 +148,7 @@ def cpu_description(cpuinfo: Optional[str] = None) -> str:
     for key, value in fields:
         first.setdefault(key.strip(), value.strip())
     cores = sum(key.strip() == "processor" for key, _ in fields)
-    has = set(first.get("flags", "").split())
+    has = parse_cpu_flags(cpuinfo)
     flags = " ".join(f for f in CPU_FLAGS if f in has)
     name = f"{first.get('model name', platform.machine())}, {cores} core{'' if cores == 1 else 's'}"
     return name + (f" ({flags})" if flags else "")

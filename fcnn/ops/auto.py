@@ -81,7 +81,7 @@ from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
            "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO",
-           "CPU_AMX_MIN_CHANNELS", "cpu_flags", "cpu_has_amx_bf16"]
+           "CPU_AMX_MIN_CHANNELS", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
@@ -101,18 +101,24 @@ CPU_COL2IM_MIN_KERNEL_RATIO = 8
 CPU_AMX_MIN_CHANNELS = {"1x1": 64, "stride 1": 128, "strided": 256}
 
 
+def parse_cpu_flags(cpuinfo_text: str) -> frozenset:
+    """The feature flags of the first CPU in the text of Linux's /proc/cpuinfo (``avx2``,
+    ``avx512f``, ``amx_bf16``, ...); empty if it lists none."""
+    for line in cpuinfo_text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
-    """The host CPU's feature flags as Linux lists them (``avx2``, ``avx512f``, ``amx_bf16``, ...);
-    empty where ``cpuinfo`` cannot be read (another OS: no CPU-specific choice is made)."""
+    """The host CPU's feature flags (``parse_cpu_flags`` of the file ``cpuinfo``); empty where it
+    cannot be read (another OS: no CPU-specific choice is made)."""
     try:
         with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+            return parse_cpu_flags(f.read())
     except OSError:
-        pass
-    return frozenset()
+        return frozenset()
 
 
 def cpu_has_amx_bf16() -> bool:
