@@ -162,10 +162,10 @@ def _cpu_options() -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_options_supported() -> bool:
-    """Whether this jaxlib knows this CPU's options (an unknown option fails the compile)."""
+def _options_supported(options: tuple) -> bool:
+    """Whether this jaxlib knows these options, ``tuple(dict.items())`` (an unknown option fails the compile)."""
     try:
-        jax.jit(lambda v: v + 1, compiler_options=_cpu_options())(np.zeros((), np.float32))
+        jax.jit(lambda v: v + 1, compiler_options=dict(options))(np.zeros((), np.float32))
         return True
     except Exception:  # noqa: BLE001 - jaxlib without the option: compile with its defaults
         return False
@@ -180,9 +180,10 @@ def compiler_options() -> Optional[dict]:
     XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
     traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as
     ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
-    if jax.default_backend() != "cpu" or not _cpu_options_supported():
+    options = _cpu_options()
+    if jax.default_backend() != "cpu" or not _options_supported(tuple(options.items())):
         return None
-    return dict(_cpu_options())
+    return dict(options)
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:

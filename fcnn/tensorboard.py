@@ -54,7 +54,7 @@ class ScalarLog:
         # tensorboardX names the file by the second and the host only, and opens it for writing: a
         # second log opened in the same second (a quick resume) replaced the first file. The suffix
         # numbers this run directory's event files, so names differ and sort oldest first.
-        taken = len(glob.glob(os.path.join(run_dir, EVENT_FILE_PREFIX + "*")))
+        taken = len(_event_files(run_dir))
         self._writer = SummaryWriter(logdir=run_dir, purge_step=purge_step or None, flush_secs=10,
                                      filename_suffix=f".{taken:06d}")
 
@@ -66,6 +66,11 @@ class ScalarLog:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _event_files(run_dir: str) -> List[str]:
+    """The run directory's event files, oldest first (by name: the second, then ``ScalarLog``'s number)."""
+    return sorted(glob.glob(os.path.join(run_dir, EVENT_FILE_PREFIX + "*")))
 
 
 def _records(path: str):
@@ -87,7 +92,7 @@ def read_scalars(run_dir: str) -> Dict[str, List[Tuple[int, float]]]:
     from tensorboardX.proto import event_pb2
 
     out: Dict[str, List[Tuple[int, float]]] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, EVENT_FILE_PREFIX + "*"))):
+    for path in _event_files(run_dir):
         for payload in _records(path):
             event = event_pb2.Event.FromString(payload)
             for v in event.summary.value:
