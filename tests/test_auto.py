@@ -173,6 +173,9 @@ def test_platform_default_and_errors():
         auto.select_conv_impl(3, *LENET_C1)
     with pytest.raises(ValueError, match="layout"):
         auto.select_conv_impl("cpu", *LENET_C1, layout="NWHC")
+    for platform in ("cpu", "gpu"):  # a bad dtype is refused everywhere, not only where it would decide
+        with pytest.raises(TypeError, match=r"dtype must be None or a dtype .* got 'bfloat17'"):
+            auto.select_conv_impl(platform, *LENET_C1, dtype="bfloat17")
     # the stride now counts in the CPU table, so a bad one is refused on every platform and path
     for platform, shapes_ in (("cpu", LENET_C1), ("cpu", VGG_C4), ("gpu", VGG_C4)):
         with pytest.raises(TypeError, match="stride must be an int or a pair"):

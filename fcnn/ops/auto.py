@@ -127,11 +127,15 @@ def cpu_has_amx_bf16() -> bool:
 
 
 def _is_bfloat16(dtype) -> bool:
+    """Whether ``dtype`` (None: float32) is bfloat16; TypeError naming ``dtype`` if it is not one."""
     if dtype is None:
         return False
     import jax.numpy as jnp
 
-    return jnp.dtype(dtype) == jnp.bfloat16
+    try:
+        return jnp.dtype(dtype) == jnp.bfloat16
+    except TypeError:
+        raise TypeError(f"dtype must be None or a dtype such as jnp.bfloat16 or 'float32', got {dtype!r}") from None
 
 
 def normalize_platform(platform: Optional[str] = None) -> str:
@@ -165,13 +169,14 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
       with AMX; 1-D convolutions get "lax".
     """
     p = normalize_platform(platform)
+    bf16 = _is_bfloat16(dtype)  # checked on every platform, before the shapes
     layout = shapes.normalize_layout(layout, len(x_shape))
     kernel, cin_g, cout = shapes.kernel_parts(tuple(w_shape), layout)
     del padding, dilation  # measured: they do not change the choice
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
-        if rank == 2 and _is_bfloat16(dtype) and cpu_has_amx_bf16():
+        if rank == 2 and bf16 and cpu_has_amx_bf16():
             kind = "1x1" if math.prod(kernel) == 1 else "stride 1" if max(stride) == 1 else "strided"
             if min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS[kind]:
                 return "im2col_vjp"
