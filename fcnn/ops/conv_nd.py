@@ -29,7 +29,8 @@ arguments and agree to rounding on finite inputs; ``fcnn/ops/conv.py`` tabulates
   which XLA:CPU runs bfloat16 products on AMX; for a kernel with a non-finite value it computes
   lax's forward and col2im's dX instead, so its NaN/inf pattern is lax's.
 * ``"winograd"`` (restricted: 2-D 3x3, stride 1, dilation 1; ``RESTRICTED_IMPLS``): Winograd's
-  minimal filtering F(2x2, 3x3) with a hand-derived VJP (``fcnn/ops/winograd.py``).
+  minimal filtering F(2x2, 3x3) with a hand-derived VJP (``fcnn/ops/winograd.py``); lax's forward
+  and col2im's dX where an operand is not finite, so its NaN/inf pattern is lax's too.
 
 Non-lax implementations work channels-last and transpose channels-first arrays in and out.
 dtypes: float32, float64 and bfloat16; reference/im2col accumulate bfloat16 products in float32,

@@ -21,15 +21,26 @@ with ``P = n * tiles``::
 
 The transforms are constant-coefficient multiply-adds on strided slices (XLA fuses them; no dot,
 so they run in full precision on every platform); the ``a*a`` products are one batched einsum,
-which XLA:CPU runs as GEMMs. bfloat16/float16 inputs are computed in float32 and cast back.
+which XLA:CPU runs as GEMMs. bfloat16/float16 inputs: the transforms in float32, F(2x2, 3x3)'s
+products with operands rounded to the input's dtype and accumulated in float32 (as a 16-bit lax
+conv multiplies), one plain matrix product per tile position for groups 1 (the form XLA:CPU runs on
+AMX; ``impl="auto"`` picks this implementation for such layers there, docs/perf_notes.md item 58);
+F(4x4, 3x3)'s products stay in float32. The result is cast back.
 
 Backward (``jax.custom_vjp``, hand-derived): for a 3x3 stride-1 convolution with pads (lo, hi) per
 dimension, ``dX`` is the full correlation of dZ with the kernel rotated by 180 degrees and in/out
 channels swapped per group, i.e. again a 3x3 stride-1 convolution, with pads ``(2 - lo, 2 - hi)``
 (negative pads crop): it runs through the same Winograd forward. ``dW[i, j] = sum xp[p + i, q + j]
 dZ[p, q]`` is the correlation of the padded input with dZ, computed by ``lax.conv_general_dilated``
-(batch and feature axes exchanged, as in ``conv_vjp.conv_backward_kernel``). The backward is
+(batch and feature axes exchanged, as in ``conv_vjp.conv_backward_kernel``); for 16-bit inputs as
+the transposed patch matrix times dZ (``conv_vjp.conv_backward_kernel_patches``: the bfloat16
+conv with exchanged axes took seconds per VGG step on XLA:CPU, item 58). The backward is
 differentiable JAX, so grad-of-grad works (no forward mode: a ``custom_vjp``).
+
+Non-finite values: a transform mixes every value of its tile (inf - inf = NaN) and the tiles read
+explicit zero pads, so where x or w holds a NaN or inf the forward is lax's, and where dZ or w does,
+dX is col2im's (one ``lax.cond`` each on ``all(isfinite(...))``): NaN and inf then land where
+lax's do in float64 (tests/test_winograd.py; in bfloat16 where im2col_vjp's do).
 
 Float32 error against float64 (random N(0, 1) input and kernel, batch 2, SAME; max |z32 - z64| /
 max |z64|, ``gradcheck.compare``'s max_rel; CPU, 2026-12-02,
@@ -60,6 +71,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.ops import conv_vjp
 
 __all__ = ["WINOGRAD_TILES", "DEFAULT_TILE", "winograd_matrices", "conv2d_winograd", "winograd_backward_input",
            "winograd_backward_kernel"]
@@ -156,33 +168,57 @@ def _kernel_transform(w, g):
     return jnp.stack([u for row in rows for u in _combine(g, [row[j] for j in range(3)])])
 
 
+def _tile_products(vs, u, groups: int, precision, acc):
+    """``M[t] = V[t] . U[t]`` for the ``a*a`` tile positions t: (p, cout) each.
+
+    Operands of 16 bits stay 16-bit, accumulated in float32, one plain matrix product per position
+    (groups 1): the one form in which XLA:CPU reaches AMX (docs/perf_notes.md items 53 and 58); a
+    batched product fell off it. Wider operands: one einsum batched over the positions, which
+    XLA:CPU ran faster in float32 than a product per position (item 58)."""
+    cin, cout = vs[0].shape[-1], u.shape[-1]
+    p = vs[0].size // cin
+    if groups == 1 and jnp.dtype(vs[0].dtype).itemsize == 2:
+        return [lax.dot(jnp.reshape(v, (p, cin)), u[t], precision=precision, preferred_element_type=acc)
+                for t, v in enumerate(vs)]
+    if groups == 1:
+        return list(jnp.einsum("tpc,tco->tpo", jnp.reshape(jnp.stack(vs), (len(vs), p, cin)), u, precision=precision,
+                               preferred_element_type=acc))
+    v = jnp.reshape(jnp.stack(vs), (len(vs), p, groups, cin // groups))
+    mm = jnp.einsum("tpkc,tcko->tpko", v, jnp.reshape(u, (len(vs), cin // groups, groups, cout // groups)),
+                    precision=precision, preferred_element_type=acc)  # (a*a, p, g, dg)
+    return list(jnp.reshape(mm, (len(vs), p, cout)))
+
+
+def _output_tiles(ms, at, n: int, tiles: Pair):
+    """``A^T M A`` per tile, laid out as pixels: (n, th*m, tw*m, cout) from the ``a*a`` products."""
+    (th, tw), m, a = tiles, len(at), len(at[0])
+    mm = [[jnp.reshape(ms[xi * a + nu], (n, th, tw, -1)) for nu in range(a)] for xi in range(a)]
+    rows = [[_combine([row], [mm[xi][nu] for xi in range(a)])[0] for nu in range(a)] for row in at]  # (A^T M)[i]
+    y = [[_combine([col], rows[i])[0] for col in at] for i in range(m)]  # y[i][j]: pixel (t*m + i, u*m + j)
+    y = jnp.stack([jnp.stack(y[i], axis=3) for i in range(m)], axis=2)  # (n, th, i, tw, j, cout)
+    return jnp.reshape(y, (n, th * m, tw * m, y.shape[-1]))
+
+
 def _forward(x, w, pads: Pads, groups: int, precision, tile: int):
-    """The Winograd convolution of NHWC ``x`` with HWIO 3x3 ``w``, stride 1: (n, oh, ow, cout)."""
+    """The Winograd convolution of NHWC ``x`` with HWIO 3x3 ``w``, stride 1: (n, oh, ow, cout).
+
+    The transforms run in float32 (float64 for float64); F(2, 3)'s tile-position products take
+    operands of the input's dtype (16-bit ones rounded to it, as a 16-bit lax conv multiplies) and
+    accumulate in float32. F(4, 3)'s products stay in float32 for 16-bit inputs: its transforms'
+    larger coefficients made bfloat16 operands 6-8e-2 off float64 (F(2, 3): 5e-3, lax 2.5e-3;
+    tests/test_winograd.py)."""
     bt, g, at = _MATRICES[tile]
-    m, a = tile, tile + 2
-    n, _, _, cin = x.shape
-    cg, cout = w.shape[2], w.shape[3]
+    m = tile
+    n = x.shape[0]
     acc = jnp.promote_types(x.dtype, jnp.float32)
     xp = _pad_hw(x.astype(acc), pads)
     oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
     th, tw = -(-oh // m), -(-ow // m)
     xp = _pad_hw(xp, ((0, th * m + 2 - xp.shape[1]), (0, tw * m + 2 - xp.shape[2])))  # whole tiles
-    v = jnp.stack(_input_tiles(xp, bt, m, (th, tw)))  # (a*a, n, th, tw, cin)
-    u = _kernel_transform(w.astype(acc), g)  # (a*a, cg, cout)
-    p = n * th * tw
-    if groups == 1:
-        mm = jnp.einsum("tpc,tco->tpo", jnp.reshape(v, (a * a, p, cin)), u, precision=precision,
-                        preferred_element_type=acc)  # (a*a, p, cout)
-    else:
-        dg = cout // groups
-        mm = jnp.einsum("tpkc,tcko->tpko", jnp.reshape(v, (a * a, p, groups, cg)),
-                        jnp.reshape(u, (a * a, cg, groups, dg)), precision=precision,
-                        preferred_element_type=acc)  # (a*a, p, g, dg)
-    mm = jnp.reshape(mm, (a, a, n, th, tw, cout))  # (xi, nu, n, th, tw, cout)
-    rows = _combine(at, [mm[xi] for xi in range(a)])  # m arrays (a, n, th, tw, cout)
-    y = jnp.stack([yy for row in rows for yy in _combine(at, [row[nu] for nu in range(a)])], axis=3)
-    y = jnp.reshape(y, (n, th, tw, m, m, cout))  # (n, th, tw, i, j, cout)
-    y = jnp.reshape(jnp.transpose(y, (0, 1, 3, 2, 4, 5)), (n, th * m, tw * m, cout))  # pixel (t*m + i, u*m + j)
+    operand = x.dtype if tile == 2 else acc  # F(4, 3) in bfloat16 operands: 6-8e-2 relative error
+    vs = [v.astype(operand) for v in _input_tiles(xp, bt, m, (th, tw))]  # a*a of (n, th, tw, cin)
+    u = _kernel_transform(w.astype(acc), g).astype(operand)  # (a*a, cg, cout)
+    y = _output_tiles(_tile_products(vs, u, groups, precision, acc), at, n, (th, tw))
     return y[:, :oh, :ow].astype(x.dtype)  # (n, oh, ow, cout)
 
 
@@ -213,12 +249,22 @@ def winograd_backward_kernel(x, dz, *, pads: Pads, groups: int, precision=None):
 
     One ``lax.conv_general_dilated``: the padded input with channels as the batch axis and the
     examples as features, dZ as the (oh, ow) kernel with examples as its input features;
-    ``batch_group_count`` keeps the groups apart. x: (n, h, w, cin); dz: (n, oh, ow, cout).
-    Returns (3, 3, cin/groups, cout) HWIO.
+    ``batch_group_count`` keeps the groups apart. For 16-bit inputs instead the transposed patch
+    matrix times dZ (``conv_vjp.conv_backward_kernel_patches``, 16-bit operands accumulated in
+    float32: on a CPU with AMX, VGG's 16x16 128->256 layer's forward + both gradients took 11.0
+    against 17.9 ms with the conv, docs/perf_notes.md item 58).
+    x: (n, h, w, cin); dz: (n, oh, ow, cout). Returns (3, 3, cin/groups, cout) HWIO.
     """
+    if jnp.dtype(x.dtype).itemsize == 2:
+        return conv_vjp.conv_backward_kernel_patches(x, dz, (3, 3), stride=(1, 1), pads=pads, dilation=(1, 1),
+                                                     groups=groups, precision=precision)
     xp = _pad_hw(x, pads)  # (n, oh + 2, ow + 2, cin)
     return lax.conv_general_dilated(xp, dz, (1, 1), "VALID", batch_group_count=groups, precision=precision,
                                     dimension_numbers=("CHWN", "IHWO", "HWNC"))  # (3, 3, cg, cout)
+
+
+def _all_finite(*arrays):
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in arrays])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -232,7 +278,12 @@ def _winograd_fwd(x, w, pads, groups, precision, tile):
 
 def _winograd_bwd(pads, groups, precision, tile, res, dz):
     x, w = res
-    dx = winograd_backward_input(dz, w, pads=pads, groups=groups, precision=precision, tile=tile)
+    dx = lax.cond(_all_finite(dz, w),
+                  lambda dz, w: winograd_backward_input(dz, w, pads=pads, groups=groups, precision=precision, tile=tile),
+                  lambda dz, w: conv_vjp.conv_backward_input_col2im(dz, w, x.shape[1:3], stride=(1, 1), pads=pads,
+                                                                    dilation=(1, 1), groups=groups,
+                                                                    precision=precision).astype(dz.dtype),
+                  dz, w)
     dw = winograd_backward_kernel(x, dz, pads=pads, groups=groups, precision=precision)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -261,4 +312,5 @@ def conv2d_winograd(x, w, stride, pads, dilation, groups, precision=None, *, til
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     _check(jnp.shape(x), jnp.shape(w), stride, pads, dilation, groups)
     tile = _check_tile(tile)
-    return _winograd(x, w, pads, groups, precision, tile)
+    return lax.cond(_all_finite(x, w), lambda x, w: _winograd(x, w, pads, groups, precision, tile),
+                    lambda x, w: conv_vjp.lax_conv(x, w, (1, 1), pads, (1, 1), groups, precision), x, w)
