@@ -36,7 +36,7 @@ def test_cpu_conv_table():
     assert auto.select_conv_impl("cpu", *VGG_C4) == "lax"  # kernel/positions 9*512/(16*64) = 4.5 < 8
 
 
-def test_cpu_with_amx_picks_im2col_vjp_for_wide_bfloat16_convs(monkeypatch):
+def test_cpu_with_amx_picks_im2col_vjp_or_winograd_for_wide_bfloat16_convs(monkeypatch):
     # AMX, bfloat16, 2-D, groups 1, input and output channels >= 64 (1x1), 128 (stride 1), 256
     # (strided) (perf_notes item 57, resnet_ab.py's bf16 layer tables)
     sel = auto.select_conv_impl
@@ -47,8 +47,14 @@ def test_cpu_with_amx_picks_im2col_vjp_for_wide_bfloat16_convs(monkeypatch):
     assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512), dtype=bf16) == "im2col_vjp"  # before col2im's rule
     assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), dtype=bf16) == "im2col_vjp"  # VGG's third
     assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 128), dtype=bf16) == "im2col_vjp"  # ResNet-18's stage 2
-    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), dtype=bf16) == "lax"  # VGG's second: 64 < 128
-    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 127), dtype=bf16) == "lax"  # just under the bound
+    # under those bounds, 3x3 stride 1 with both channel counts >= 64: winograd (perf_notes item 58)
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), dtype=bf16) == "winograd"  # VGG's second: 64 < 128
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 64), dtype=bf16) == "winograd"  # ResNet-18's stage 1
+    assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 127), dtype=bf16) == "winograd"  # just under im2col_vjp's
+    assert sel("cpu", (16, 32, 32, 63), (3, 3, 63, 128), dtype=bf16) == "lax"  # just under winograd's
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), dilation=2, dtype=bf16) == "lax"  # not Winograd's conv
+    assert sel("cpu", (16, 32, 32, 64), (5, 5, 64, 128), dtype=bf16) == "lax"
+    assert sel("cpu", (16, 64, 32, 32), (128, 64, 3, 3), layout="NCHW", dtype=bf16) == "winograd"
     assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 512), stride=2, dtype=bf16) == "im2col_vjp"  # strided: 256
     assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), stride=2, dtype=bf16) == "col2im"  # strided, 128
     assert sel("cpu", (16, 32, 32, 64), (1, 1, 64, 128), stride=2, dtype=bf16) == "im2col_vjp"  # 1x1: 64
@@ -248,7 +254,7 @@ def test_auto_never_selects_an_impl_with_other_nonfinite_behaviour(monkeypatch):
                 w = ((*(3,) * r, cin // groups, cout) if shapes.is_channels_last(layout)
                      else (cout, cin // groups, *(3,) * r))
                 chosen.add(auto.select_conv_impl(platform, x, w, groups=groups, layout=layout, dtype=dtype))
-    assert chosen == {"lax", "taps", "col2im", "im2col_vjp"}
+    assert chosen == {"lax", "taps", "col2im", "im2col_vjp", "winograd"}
     rng = np.random.default_rng(0)
     x, w, ct = rng.normal(size=(2, 8, 8, 1)), rng.normal(size=(3, 3, 1, 3)), rng.normal(size=(2, 8, 8, 3))
     for bad in (np.nan, np.inf):

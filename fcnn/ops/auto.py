@@ -99,6 +99,10 @@ CPU_COL2IM_MIN_KERNEL_RATIO = 8
 # 128->256 26.5 vs 28.1, at 64 (VGG's 64->128) 50.9 vs 40.7; 3x3 stride 2 256->512 6.4 vs 8.1,
 # 128->256 18.6 vs 8.1).
 CPU_AMX_MIN_CHANNELS = {"1x1": 64, "stride 1": 128, "strided": 256}
+# Below that, a 3x3 stride-1 layer with both channel counts at least this gets "winograd" (F(2x2, 3x3),
+# its tile products AMX matmuls, perf_notes item 58: VGG's 64->128 layer in the b16 step, 77.7 against
+# 83.3 ms with lax there).
+CPU_AMX_WINOGRAD_MIN_CHANNELS = 64
 
 
 def parse_cpu_flags(cpuinfo_text: str) -> frozenset:
@@ -166,20 +170,25 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     Returns:
       "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels; 2-D also by stride and by
       kernel size against input size); "im2col_vjp" for wide bfloat16 2-D convolutions on a CPU
-      with AMX; 1-D convolutions get "lax".
+      with AMX, "winograd" for its 3x3 stride-1 ones of 64 to 127 channels; 1-D convolutions get "lax".
     """
     p = normalize_platform(platform)
     bf16 = _is_bfloat16(dtype)  # checked on every platform, before the shapes
     layout = shapes.normalize_layout(layout, len(x_shape))
     kernel, cin_g, cout = shapes.kernel_parts(tuple(w_shape), layout)
-    del padding, dilation  # measured: they do not change the choice
+    del padding  # measured: it does not change the choice
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
         if rank == 2 and bf16 and cpu_has_amx_bf16():
+            from fcnn.ops import winograd
+
             kind = "1x1" if math.prod(kernel) == 1 else "stride 1" if max(stride) == 1 else "strided"
             if min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS[kind]:
                 return "im2col_vjp"
+            dilation = shapes.normalize_tuple(dilation, "dilation", rank)
+            if min(cin_g, cout) >= CPU_AMX_WINOGRAD_MIN_CHANNELS and winograd.supports(kernel, stride, dilation):
+                return "winograd"
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"
         if cin_g <= (CPU_COL2IM_MAX_CIN if rank == 2 else CPU_COL2IM_MAX_CIN_3D):

@@ -54,7 +54,7 @@ non-finite x every implementation it selects has lax's pattern (tests/test_auto.
 table). A non-finite *kernel* with padding separates the implementations that multiply explicit
 zero pads (im2col, fft; custom_vjp's dx) from those that skip the pads' terms (lax, col2im, and the
 reference and taps, whose tap loop masks the outputs where a tap reads padding): every
-implementation auto selects (lax, taps, col2im, im2col_vjp) skips them, so auto keeps lax's
+implementation auto selects (lax, taps, col2im, im2col_vjp, winograd) skips them, so auto keeps lax's
 pattern for non-finite x and w.
 
 Padding: anything ``shapes.normalize_padding`` accepts; "SAME" follows XLA (odd extra pad at the
