@@ -27,6 +27,20 @@ def test_16_bit_concatenate_moves_the_bits():
             np.testing.assert_array_equal(np.asarray(jax.lax.bitcast_convert_type(got, jnp.uint16)), want)
 
 
+def test_all_finite_is_false_for_any_nan_or_inf_in_any_argument():
+    """The guards' predicate, over dtypes and positions: one NaN, inf or -inf anywhere in any argument."""
+    from fcnn.ops.conv_vjp import all_finite
+
+    fn = jax.jit(all_finite)
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64):
+        for bad in (np.nan, np.inf, -np.inf, None):
+            for which in (0, 1):
+                a = [np.ones((4, 5)), np.full(3, 65504.0)]  # float16's largest finite value
+                if bad is not None:
+                    a[which][(2, 3) if which == 0 else (1,)] = bad
+                assert bool(fn(*(jnp.asarray(v, dtype) for v in a))) == (bad is None), (dtype, bad, which)
+
+
 def test_im2col_vjp_runs_its_three_products_for_a_finite_kernel():
     """With a finite kernel im2col_vjp's z is im2col's, its dx im2col's convolution of the dilated dZ
     with the rotated kernel and its dw the transposed-patch product, bit for bit (float32). The dx

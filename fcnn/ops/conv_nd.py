@@ -61,8 +61,9 @@ from fcnn import _checks, shapes
 from fcnn.channels import add_channels
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
-from fcnn.ops.conv_vjp import acc_dtype, concatenate_bits, conv_backward_input, conv_backward_input_col2im, \
-    conv_backward_kernel_patches, fusion_barrier, lax_conv, make_custom_vjp_conv, pad_zeros, tap_windows
+from fcnn.ops.conv_vjp import acc_dtype, all_finite, concatenate_bits, conv_backward_input, \
+    conv_backward_input_col2im, conv_backward_kernel_patches, fusion_barrier, lax_conv, make_custom_vjp_conv, pad_zeros, \
+    tap_windows
 
 __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_impls_for", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
 
@@ -201,7 +202,7 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
 def _if_finite(w, fast, safe, *args):
     """``fast(*args)`` when every value of the kernel ``w`` is finite, else ``safe(*args)`` (one
     ``lax.cond``: only the branch taken runs)."""
-    return lax.cond(jnp.all(jnp.isfinite(w)), fast, safe, *args)
+    return lax.cond(all_finite(w), fast, safe, *args)
 
 
 def _conv_im2col_finite_kernel(x, w, stride, pads, dilation, groups, precision):

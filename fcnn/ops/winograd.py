@@ -263,10 +263,6 @@ def winograd_backward_kernel(x, dz, *, pads: Pads, groups: int, precision=None):
                                     dimension_numbers=("CHWN", "IHWO", "HWNC"))  # (3, 3, cg, cout)
 
 
-def _all_finite(*arrays):
-    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in arrays])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _winograd(x, w, pads, groups, precision, tile):
     return _forward(x, w, pads, groups, precision, tile)
@@ -278,7 +274,7 @@ def _winograd_fwd(x, w, pads, groups, precision, tile):
 
 def _winograd_bwd(pads, groups, precision, tile, res, dz):
     x, w = res
-    dx = lax.cond(_all_finite(dz, w),
+    dx = lax.cond(conv_vjp.all_finite(dz, w),
                   lambda dz, w: winograd_backward_input(dz, w, pads=pads, groups=groups, precision=precision, tile=tile),
                   lambda dz, w: conv_vjp.conv_backward_input_col2im(dz, w, x.shape[1:3], stride=(1, 1), pads=pads,
                                                                     dilation=(1, 1), groups=groups,
@@ -312,5 +308,5 @@ def conv2d_winograd(x, w, stride, pads, dilation, groups, precision=None, *, til
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     _check(jnp.shape(x), jnp.shape(w), stride, pads, dilation, groups)
     tile = _check_tile(tile)
-    return lax.cond(_all_finite(x, w), lambda x, w: _winograd(x, w, pads, groups, precision, tile),
+    return lax.cond(conv_vjp.all_finite(x, w), lambda x, w: _winograd(x, w, pads, groups, precision, tile),
                     lambda x, w: conv_vjp.lax_conv(x, w, (1, 1), pads, (1, 1), groups, precision), x, w)
