@@ -47,11 +47,12 @@ def test_cpu_with_amx_picks_im2col_vjp_or_winograd_for_wide_bfloat16_convs(monke
     assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512), dtype=bf16) == "im2col_vjp"  # before col2im's rule
     assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 256), dtype=bf16) == "im2col_vjp"  # VGG's third
     assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 128), dtype=bf16) == "im2col_vjp"  # ResNet-18's stage 2
-    # under those bounds, 3x3 stride 1 with both channel counts >= 64: winograd (perf_notes item 58)
+    # under those bounds, 3x3 stride 1 with channel counts >= 64 and >= 128: winograd (perf_notes item 58)
     assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), dtype=bf16) == "winograd"  # VGG's second: 64 < 128
-    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 64), dtype=bf16) == "winograd"  # ResNet-18's stage 1
     assert sel("cpu", (16, 16, 16, 128), (3, 3, 128, 127), dtype=bf16) == "winograd"  # just under im2col_vjp's
-    assert sel("cpu", (16, 32, 32, 63), (3, 3, 63, 128), dtype=bf16) == "lax"  # just under winograd's
+    assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 64), dtype=bf16) == "lax"  # ResNet-18's stage 1: 64 < 128
+    assert sel("cpu", (16, 32, 32, 127), (3, 3, 127, 64), dtype=bf16) == "lax"  # the larger just under 128
+    assert sel("cpu", (16, 32, 32, 63), (3, 3, 63, 128), dtype=bf16) == "lax"  # the smaller just under 64
     assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), dilation=2, dtype=bf16) == "lax"  # not Winograd's conv
     assert sel("cpu", (16, 32, 32, 64), (5, 5, 64, 128), dtype=bf16) == "lax"
     assert sel("cpu", (16, 64, 32, 32), (128, 64, 3, 3), layout="NCHW", dtype=bf16) == "winograd"

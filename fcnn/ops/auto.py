@@ -99,10 +99,11 @@ CPU_COL2IM_MIN_KERNEL_RATIO = 8
 # 128->256 26.5 vs 28.1, at 64 (VGG's 64->128) 50.9 vs 40.7; 3x3 stride 2 256->512 6.4 vs 8.1,
 # 128->256 18.6 vs 8.1).
 CPU_AMX_MIN_CHANNELS = {"1x1": 64, "stride 1": 128, "strided": 256}
-# Below that, a 3x3 stride-1 layer with both channel counts at least this gets "winograd" (F(2x2, 3x3),
-# its tile products AMX matmuls, perf_notes item 58: VGG's 64->128 layer in the b16 step, 77.7 against
-# 83.3 ms with lax there).
-CPU_AMX_WINOGRAD_MIN_CHANNELS = 64
+# Below that, a 3x3 stride-1 layer gets "winograd" (F(2x2, 3x3), its tile products AMX matmuls) when
+# the smaller channel count is at least the first and the larger at least the second of these
+# (perf_notes item 58, bf16 b16 steps in fresh processes: VGG with its 64->128 layer on Winograd 77.8
+# against 84.0 ms; ResNet-18 with its 64->64 ones 242.5 against 240.2, no gain for 2.1 s more compile).
+CPU_AMX_WINOGRAD_MIN_CHANNELS = (64, 128)
 
 
 def parse_cpu_flags(cpuinfo_text: str) -> frozenset:
@@ -170,7 +171,7 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     Returns:
       "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels; 2-D also by stride and by
       kernel size against input size); "im2col_vjp" for wide bfloat16 2-D convolutions on a CPU
-      with AMX, "winograd" for its 3x3 stride-1 ones of 64 to 127 channels; 1-D convolutions get "lax".
+      with AMX, "winograd" for its 3x3 stride-1 ones of 64-127 and 128+ channels; 1-D convolutions get "lax".
     """
     p = normalize_platform(platform)
     bf16 = _is_bfloat16(dtype)  # checked on every platform, before the shapes
@@ -187,7 +188,9 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
             if min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS[kind]:
                 return "im2col_vjp"
             dilation = shapes.normalize_tuple(dilation, "dilation", rank)
-            if min(cin_g, cout) >= CPU_AMX_WINOGRAD_MIN_CHANNELS and winograd.supports(kernel, stride, dilation):
+            smaller, larger = CPU_AMX_WINOGRAD_MIN_CHANNELS
+            if (min(cin_g, cout) >= smaller and max(cin_g, cout) >= larger
+                    and winograd.supports(kernel, stride, dilation)):
                 return "winograd"
         if cin_g <= CPU_TAPS_MAX_CIN:
             return "taps"

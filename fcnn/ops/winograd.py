@@ -24,7 +24,7 @@ so they run in full precision on every platform); the ``a*a`` products are one b
 which XLA:CPU runs as GEMMs. bfloat16/float16 inputs: the transforms in float32, F(2x2, 3x3)'s
 products with operands rounded to the input's dtype and accumulated in float32 (as a 16-bit lax
 conv multiplies), one plain matrix product per tile position for groups 1 (the form XLA:CPU runs on
-AMX; ``impl="auto"`` picks this implementation for such layers there, docs/perf_notes.md item 58);
+AMX; ``impl="auto"`` picks this implementation for some such layers there, docs/perf_notes.md item 58);
 F(4x4, 3x3)'s products stay in float32. The result is cast back.
 
 Backward (``jax.custom_vjp``, hand-derived): for a 3x3 stride-1 convolution with pads (lo, hi) per
