@@ -118,13 +118,18 @@ def _layer_rows(timed, impls):
     return rows
 
 
+def _pad(k):
+    """Both layer parts' padding on each side: 1 for k=3, 0 for k=1 (the layers ResNet-18 has)."""
+    return k // 2
+
+
 def _cotangent(batch, hw, cout, k, s):
     """The output gradient both layer parts take, NHWC float32, the same values in both: random,
     as a train step's is (XLA simplifies a constant one, a broadcast, which once made the fcnn rows
-    25-45% faster than in any step; docs/perf_notes.md item 55). The layers pad 1 for k=3, 0 for k=1."""
+    25-45% faster than in any step; docs/perf_notes.md item 55)."""
     import numpy as np
 
-    out = (hw + 2 * (1 if k == 3 else 0) - k) // s + 1
+    out = (hw + 2 * _pad(k) - k) // s + 1
     return np.random.default_rng(2).standard_normal((batch, out, out, cout), dtype=np.float32) * 0.01
 
 
@@ -150,7 +155,7 @@ def layers_part(args):
     for name, hw, cin, cout, k, s in _layers(args):
         x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, hw, hw, cin)).astype(dtype)
         w = (jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.05).astype(dtype)
-        pad = ((1, 1), (1, 1)) if k == 3 else "VALID"
+        pad = _pad(k)
         dz = jax.numpy.asarray(_cotangent(args.batch, hw, cout, k, s), dtype)
         calls = {}
         for impl in impls:
@@ -171,7 +176,7 @@ def torch_layers_part(args):
     timed = {}
     for name, hw, cin, cout, k, s in _layers(args):
         x = torch.randn(args.batch, cin, hw, hw).to(dtype, memory_format=torch.channels_last).requires_grad_()
-        conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=1 if k == 3 else 0, bias=False)
+        conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=_pad(k), bias=False)
         conv = conv.to(dtype, memory_format=torch.channels_last)
         # NCHW view of the NHWC values: channels_last
         dz = torch.from_numpy(_cotangent(args.batch, hw, cout, k, s)).permute(0, 3, 1, 2).to(dtype)
