@@ -180,10 +180,10 @@ def compiler_options() -> Optional[dict]:
     XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
     traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as
     ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
-    options = _cpu_options()
-    if jax.default_backend() != "cpu" or not _options_supported(tuple(options.items())):
+    if jax.default_backend() != "cpu":
         return None
-    return dict(options)
+    options = _cpu_options()
+    return dict(options) if _options_supported(tuple(options.items())) else None
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:

@@ -45,7 +45,11 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   options there, YNNPACK's matmuls); its patch matrices cost memory traffic that only wide layers
   repay. Forward + both gradients at batch 16 (``experiments/resnet_ab.py --part layers --dtype
   bf16``, perf_notes item 57): VGG's 8x8 256->512 10.3 ms against lax's 26.2, ResNet-18's 3x3
-  512 at 4x4 7.4 against 17.0, VGG's 32x32 64->128 50.9 against 40.7 (not chosen). 1-D and 3-D convolutions
+  512 at 4x4 7.4 against 17.0, VGG's 32x32 64->128 50.9 against 40.7 (not chosen). That layer, a 3x3
+  stride-1 one under im2col_vjp's bound with channel counts of at least 64 and 128
+  (``CPU_AMX_WINOGRAD_MIN_CHANNELS``), gets "winograd", whose tile products are that AMX matmul:
+  the VGG b16 bf16 step 77.8 against 84.0 ms in fresh processes (perf_notes item 58; ResNet-18's
+  64->64 layers did not gain). 1-D and 3-D convolutions
   (``conv1d``/``conv3d``), experiments/bench_decoder.py, batch 8, fwd+bwd: 1-D (length 4096,
   32->64, k=5): nothing beat lax beyond the noise (col2im 0.91-1.86x, custom_vjp 0.97-1.14x, auto's
   own row = lax 1.03-1.07x): "lax". 3-D, CPU, groups 1, as in 2-D by input channels: one input
@@ -81,7 +85,7 @@ from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
            "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO",
-           "CPU_AMX_MIN_CHANNELS", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16"]
+           "CPU_AMX_MIN_CHANNELS", "CPU_AMX_WINOGRAD_MIN_CHANNELS", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).

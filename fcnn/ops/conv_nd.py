@@ -61,9 +61,9 @@ from fcnn import _checks, shapes
 from fcnn.channels import add_channels
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
-from fcnn.ops.conv_vjp import acc_dtype, all_finite, concatenate_bits, conv_backward_input, \
-    conv_backward_input_col2im, conv_backward_kernel_patches, fusion_barrier, lax_conv, make_custom_vjp_conv, pad_zeros, \
-    tap_windows
+from fcnn.ops.conv_vjp import (acc_dtype, concatenate_bits, conv_backward_input, conv_backward_input_col2im,
+                                conv_backward_kernel_patches, fusion_barrier, if_finite, lax_conv, make_custom_vjp_conv,
+                                pad_zeros, tap_windows)
 
 __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_impls_for", "CONV_CHOICES", "PADDING_MODES", "check_precision"]
 
@@ -199,19 +199,13 @@ def _conv_im2col(x, w, stride, pads, dilation, groups, precision):
     return jnp.reshape(z, (n, *out, cout)).astype(x.dtype)  # (n, *out, cout)
 
 
-def _if_finite(w, fast, safe, *args):
-    """``fast(*args)`` when every value of the kernel ``w`` is finite, else ``safe(*args)`` (one
-    ``lax.cond``: only the branch taken runs)."""
-    return lax.cond(all_finite(w), fast, safe, *args)
-
-
 def _conv_im2col_finite_kernel(x, w, stride, pads, dilation, groups, precision):
     """im2col's forward, or lax's where they differ: with padding and a non-finite kernel (im2col
     multiplies the zero pads, 0 * NaN = NaN; lax skips them)."""
     geo = (stride, pads, dilation, groups, precision)
     if all(lo == hi == 0 for lo, hi in pads):
         return _conv_im2col(x, w, *geo)
-    return _if_finite(w, lambda x, w: _conv_im2col(x, w, *geo), lambda x, w: lax_conv(x, w, *geo), x, w)
+    return if_finite((w,), lambda x, w: _conv_im2col(x, w, *geo), lambda x, w: lax_conv(x, w, *geo), x, w)
 
 
 def _conv_backward_input_patches(dz, w, in_sizes, *, stride, pads, dilation, groups, precision=None):
@@ -221,7 +215,7 @@ def _conv_backward_input_patches(dz, w, in_sizes, *, stride, pads, dilation, gro
     geo = dict(in_sizes=in_sizes, stride=stride, pads=pads, dilation=dilation, groups=groups, precision=precision)
     fast = functools.partial(conv_backward_input, conv=_conv_im2col, **geo)
     safe = functools.partial(conv_backward_input_col2im, **geo)
-    return _if_finite(w, fast, safe, dz, w)
+    return if_finite((w,), fast, safe, dz, w)
 
 
 def _conv_fft(x, w, stride, pads, dilation, groups, precision):

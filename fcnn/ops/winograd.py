@@ -274,12 +274,11 @@ def _winograd_fwd(x, w, pads, groups, precision, tile):
 
 def _winograd_bwd(pads, groups, precision, tile, res, dz):
     x, w = res
-    dx = lax.cond(conv_vjp.all_finite(dz, w),
-                  lambda dz, w: winograd_backward_input(dz, w, pads=pads, groups=groups, precision=precision, tile=tile),
-                  lambda dz, w: conv_vjp.conv_backward_input_col2im(dz, w, x.shape[1:3], stride=(1, 1), pads=pads,
-                                                                    dilation=(1, 1), groups=groups,
-                                                                    precision=precision).astype(dz.dtype),
-                  dz, w)
+    dx = conv_vjp.if_finite(
+        (dz, w), lambda dz, w: winograd_backward_input(dz, w, pads=pads, groups=groups, precision=precision, tile=tile),
+        lambda dz, w: conv_vjp.conv_backward_input_col2im(dz, w, x.shape[1:3], stride=(1, 1), pads=pads,
+                                                          dilation=(1, 1), groups=groups, precision=precision),
+        dz, w)
     dw = winograd_backward_kernel(x, dz, pads=pads, groups=groups, precision=precision)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
@@ -308,5 +307,5 @@ def conv2d_winograd(x, w, stride, pads, dilation, groups, precision=None, *, til
     pads = tuple((int(lo), int(hi)) for lo, hi in pads)
     _check(jnp.shape(x), jnp.shape(w), stride, pads, dilation, groups)
     tile = _check_tile(tile)
-    return lax.cond(conv_vjp.all_finite(x, w), lambda x, w: _winograd(x, w, pads, groups, precision, tile),
-                    lambda x, w: conv_vjp.lax_conv(x, w, (1, 1), pads, (1, 1), groups, precision), x, w)
+    return conv_vjp.if_finite((x, w), lambda x, w: _winograd(x, w, pads, groups, precision, tile),
+                              lambda x, w: conv_vjp.lax_conv(x, w, (1, 1), pads, (1, 1), groups, precision), x, w)
