@@ -189,6 +189,11 @@ def test_platform_default_and_errors():
             auto.select_conv_impl(platform, *shapes_, stride=(2, 2, 2))
         with pytest.raises(ValueError, match="stride"):
             auto.select_conv_impl(platform, *shapes_, stride=0)
+        # dilation decides Winograd on a CPU with AMX; a bad one is refused wherever auto runs
+        with pytest.raises(TypeError, match="dilation must be an int or a pair"):
+            auto.select_conv_impl(platform, *shapes_, dilation=(1, 1, 1))
+        with pytest.raises(ValueError, match="dilation must be >= 1"):
+            auto.select_conv_impl(platform, *shapes_, dilation=0, dtype=jnp.bfloat16)
 
 
 @functools.lru_cache(maxsize=None)

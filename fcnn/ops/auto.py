@@ -184,6 +184,7 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     del padding  # measured: it does not change the choice
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
+    dilation = shapes.normalize_tuple(dilation, "dilation", rank)  # checked on every platform, as stride
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
         if rank == 2 and bf16 and cpu_has_amx_bf16():
             from fcnn.ops import winograd
@@ -191,7 +192,6 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
             kind = "1x1" if math.prod(kernel) == 1 else "stride 1" if max(stride) == 1 else "strided"
             if min(cin_g, cout) >= CPU_AMX_MIN_CHANNELS[kind]:
                 return "im2col_vjp"
-            dilation = shapes.normalize_tuple(dilation, "dilation", rank)
             smaller, larger = CPU_AMX_WINOGRAD_MIN_CHANNELS
             if (min(cin_g, cout) >= smaller and max(cin_g, cout) >= larger
                     and winograd.supports(kernel, stride, dilation)):
