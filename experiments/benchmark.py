@@ -130,10 +130,13 @@ def _env(device):
     return env
 
 
-def _spawn(cmd_args, device, timeout, result):
+def _spawn(cmd_args, device, timeout, result, extra_env=None):
+    """Run a worker (this script with ``cmd_args``) in a fresh process, with ``_env(device)`` updated
+    by ``extra_env``; returns ``(its result JSON, None)`` or ``(None, why not)``."""
     cmd = [sys.executable, os.path.abspath(__file__)] + cmd_args + ["--result", result]
     try:
-        proc = subprocess.run(cmd, env=_env(device), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env={**_env(device), **(extra_env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:.0f} s"
     if proc.returncode != 0 or not os.path.exists(result):

@@ -18,7 +18,9 @@ rounds of benchmark.py's worker, every framework once per round in turn, each a 
 ``--process-repeats`` repeats of ``--process-target-s`` seconds), and reports the median and
 range of both, and the median over rounds of each round's ms/step ratio to the first
 framework's. Frameworks that cannot share a process (PyTorch and XLA:CPU, experiments/peer_ab.py)
-are compared this way. ``--compile-rounds R`` times, in one process, what each config's first
+are compared this way; ``--tunables V1 V2 ...`` runs each framework once per glibc ``GLIBC_TUNABLES``
+value in every round ("default": the caller's environment), one row per pair (the allocator
+settings of docs/perf_notes.md item 59). ``--compile-rounds R`` times, in one process, what each config's first
 step costs before it runs: rounds that visit every config in turn, each clearing JAX's caches,
 building the step anew and timing its trace + lowering (``.lower``) and XLA's compile
 (``.compile``); the first round is dropped and the medians of the rest reported: tighter than
@@ -57,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--frameworks", default="fcnn,linen", help="for --processes (benchmark.py names)")
     p.add_argument("--process-repeats", type=int, default=1, help="for --processes: timed repeats per process")
     p.add_argument("--process-target-s", type=float, default=0.5, help="for --processes: seconds per repeat")
+    p.add_argument("--tunables", nargs="*", default=None,
+                   help="for --processes: run every framework once per GLIBC_TUNABLES value in each round "
+                        "(\"default\": unset), e.g. default glibc.malloc.hugetlb=1")
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--out", default=None, help="markdown file for the table")
     return p.parse_args(argv)
@@ -74,6 +79,8 @@ def check_args(args) -> None:
     for flag, value in (("--process-target-s", args.process_target_s), ("--timeout", args.timeout)):
         if not value > 0:
             raise SystemExit(f"{flag} must be > 0 seconds, got {value}")
+    if args.tunables is not None and not (args.processes and args.tunables):
+        raise SystemExit("--tunables: give one or more GLIBC_TUNABLES values (\"default\": unset), with --processes")
     if args.processes and args.compile_rounds:
         raise SystemExit("--processes and --compile-rounds: choose one (fresh processes, or compiles in this one)")
     if not args.processes:
@@ -149,33 +156,45 @@ def step_ab(args):
     return f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps", rows
 
 
+def _variants(args):
+    """``--processes``' rows: ``(label, framework, extra environment)`` per framework, and per
+    ``--tunables`` value when given (label "framework, GLIBC_TUNABLES value")."""
+    frameworks = args.frameworks.split(",")
+    if args.tunables is None:
+        return [(fw, fw, {}) for fw in frameworks]
+    return [(f"{fw}, {t}", fw, {} if t == "default" else {"GLIBC_TUNABLES": t})
+            for fw in frameworks for t in args.tunables]
+
+
 def fresh_processes(args):
     import benchmark
 
     tmp = tempfile.mkdtemp(prefix="fcnn_step_ab_")
-    frameworks = args.frameworks.split(",")
-    got = {fw: [] for fw in frameworks}  # (compile s, ms/step, build s) per round
+    variants = _variants(args)
+    got = {label: [] for label, _, _ in variants}  # (compile s, ms/step, build s) per round
     target = str(args.process_target_s if args.process_repeats > 1 else 0.01)  # one repeat: compile time only
-    for i in range(args.processes):  # a round runs every framework once, in turn
-        for fw in frameworks:
-            res = os.path.join(tmp, f"{fw}_{i}.json")
+    for i in range(args.processes):  # a round runs every variant once, in turn
+        for j, (label, fw, env) in enumerate(variants):
+            res = os.path.join(tmp, f"{j}_{i}.json")
             out, err = benchmark._spawn(["--worker", fw, "--net", args.net, "--batch", str(args.batch), "--k", "1",
                                          "--dtypes", args.dtype, "--device", args.device,
                                          "--repeats", str(args.process_repeats), "--target-s", target],
-                                        args.device, args.timeout, res)
+                                        args.device, args.timeout, res, extra_env=env)
             if out is None or "compile_s" not in out[0]:
-                raise RuntimeError(f"{fw}: {err or out[0].get('skipped')}")
-            got[fw].append((out[0]["compile_s"], out[0]["ms_per_step"], out[0]["build_s"]))
+                raise RuntimeError(f"{label}: {err or out[0].get('skipped')}")
+            got[label].append((out[0]["compile_s"], out[0]["ms_per_step"], out[0]["build_s"]))
     timed = args.process_repeats > 1
-    head = ("| framework | median compile s | min | max | median build s | build + compile s |"
-            + (f" median ms/step | min | max | ms vs {frameworks[0]} |" if timed else "") + " processes |")
+    first = variants[0][0]
+    head = (f"| {'framework' if args.tunables is None else 'framework, GLIBC_TUNABLES'} | median compile s | min | max "
+            "| median build s | build + compile s |"
+            + (f" median ms/step | min | max | ms vs {first} |" if timed else "") + " processes |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for fw in frameworks:
-        comp, ms, build = ([r[i] for r in got[fw]] for i in range(3))
-        row = (f"| {fw} | {statistics.median(comp):.2f} | {min(comp):.2f} | {max(comp):.2f} | "
+    for label, _, _ in variants:
+        comp, ms, build = ([r[i] for r in got[label]] for i in range(3))
+        row = (f"| {label} | {statistics.median(comp):.2f} | {min(comp):.2f} | {max(comp):.2f} | "
                f"{statistics.median(build):.2f} | {statistics.median(c + b for c, b in zip(comp, build)):.2f} |")
         if timed:
-            ratio = statistics.median(m / r0[1] for m, r0 in zip(ms, got[frameworks[0]]))
+            ratio = statistics.median(m / r0[1] for m, r0 in zip(ms, got[first]))
             row += f" {statistics.median(ms):.2f} | {min(ms):.2f} | {max(ms):.2f} | {ratio:.2f}x |"
         rows.append(row + f" {len(comp)} |")
     steps = f", ms/step the median of {args.process_repeats} repeats of {args.process_target_s} s" if timed else ""

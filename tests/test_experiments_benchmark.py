@@ -160,6 +160,8 @@ def test_auto_benchmark_model_chooses_at_the_real_batch(experiment, monkeypatch)
     (["--processes", "1", "--net", "resnet18", "--frameworks", "fcnn,stax"], r"--frameworks: unknown for resnet18: \['stax'\]"),
     (["--compile-rounds", "-1"], r"--compile-rounds must be an integer >= 0, got -1"),
     (["--processes", "2", "--compile-rounds", "1"], r"--processes and --compile-rounds: choose one"),
+    (["--tunables", "glibc.malloc.hugetlb=1"], r"--tunables: give one or more GLIBC_TUNABLES values .* with --processes"),
+    (["--processes", "1", "--tunables"], r"--tunables: give one or more GLIBC_TUNABLES values"),
 ])
 def test_step_ab_refuses_bad_arguments_before_any_work(experiment, monkeypatch, argv, match):
     ab = experiment("step_ab")
@@ -210,6 +212,35 @@ def test_step_ab_fresh_process_rounds_report_compile_step_and_ratio(experiment, 
         assert float(c[5]) == pytest.approx(float(c[1]) + float(c[4]), abs=0.011)
     assert body["fcnn"][9].strip() == "1.00x"  # one round: the ratio is that round's ms over fcnn's
     assert float(body["fcnn_lax"][9].strip().rstrip("x")) == pytest.approx(ms["fcnn_lax"] / ms["fcnn"], rel=0.02)
+
+
+def test_step_ab_tunables_run_each_framework_under_each_glibc_setting(experiment, monkeypatch):
+    """--tunables: every round spawns each framework once per value, with GLIBC_TUNABLES set to it
+    in the worker's environment ("default": left as it is), and one row per pair."""
+    import subprocess
+
+    ab, bench = experiment("step_ab"), experiment("benchmark")
+    spawned, envs = [], []
+
+    def fake_run(cmd, env, **kw):  # benchmark._spawn's worker: writes a result like the real one
+        fw = cmd[cmd.index("--worker") + 1]
+        ms = {"fcnn": 10.0, "torch": 20.0}[fw] / (2 if env.get("GLIBC_TUNABLES") == "glibc.malloc.hugetlb=1" else 1)
+        spawned.append(fw)
+        envs.append(env.get("GLIBC_TUNABLES"))
+        with open(cmd[cmd.index("--result") + 1], "w") as f:
+            json.dump([{"compile_s": 1.0, "ms_per_step": ms, "build_s": 2.0}], f)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")  # the caller's own: kept for "default"
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    rows = ab.main(["--processes", "2", "--frameworks", "fcnn,torch", "--process-repeats", "2",
+                    "--tunables", "default", "glibc.malloc.hugetlb=1"])
+    assert spawned == ["fcnn", "fcnn", "torch", "torch"] * 2
+    assert envs == ["glibc.malloc.arena_max=4", "glibc.malloc.hugetlb=1"] * 4
+    assert rows[0].startswith("| framework, GLIBC_TUNABLES |") and "ms vs fcnn, default" in rows[0]
+    ratio = {c[0].strip(): c[9].strip() for c in (r.split("|")[1:-1] for r in rows[2:])}
+    assert ratio == {"fcnn, default": "1.00x", "fcnn, glibc.malloc.hugetlb=1": "0.50x",
+                     "torch, default": "2.00x", "torch, glibc.malloc.hugetlb=1": "1.00x"}
 
 
 def test_tables_name_the_cpu_they_ran_on(experiment, monkeypatch, tmp_path):
