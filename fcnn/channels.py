@@ -24,6 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fcnn.dtypes import acc_dtype
+
 __all__ = ["channel_sum", "channel_mean", "add_channels", "scale_channels", "uses_matmul"]
 
 
@@ -49,11 +51,6 @@ def _split(shape, axis):
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
-def _acc(dtype):
-    """The accumulation dtype of a sum: float32 for narrower floats, else the dtype itself."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def channel_sum(x, axis: int = -1):
     """Sum of ``x`` over every axis but ``axis``: (..., c, ...) -> (c,), in x's dtype.
 
@@ -68,7 +65,7 @@ def channel_sum(x, axis: int = -1):
         axis = axis % x.ndim
         return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a != axis))
     before, c, after = _split(x.shape, axis)
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     s = jnp.reshape(x, (before, c * after))
     if before > 1:  # (c * after,): the leading axes summed as ones @ x
         s = jnp.matmul(jnp.ones((before,), x.dtype), s, preferred_element_type=acc)

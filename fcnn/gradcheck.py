@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcnn import _checks
+from fcnn.dtypes import half_float
 
 __all__ = [
     "Result", "Errors", "compare", "ulp_distance", "tolerance", "agreement", "fd_projection",
@@ -141,7 +142,7 @@ def tolerance(dtype, platform: str = "cpu", precision: Optional[str] = "highest"
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float64:
         return 1e-10
-    if dtype == jnp.bfloat16 or dtype == jnp.float16:
+    if half_float(dtype):
         return 2e-2
     if platform == "cpu":
         return 1e-5

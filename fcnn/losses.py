@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from fcnn import _checks
+from fcnn.dtypes import acc_dtype, half_float
 from fcnn.types import Array, Params, is_kernel
 
 __all__ = ["softmax_cross_entropy", "pixelwise_cross_entropy", "binary_cross_entropy_with_logits", "dice_loss",
@@ -134,7 +135,7 @@ def binary_cross_entropy_with_logits(logits: Array, targets: Array) -> Array:
 def _float(logits: Array) -> Array:
     """``logits`` as an array, bf16/f16 upcast to float32 (losses are reduced in at least float32)."""
     logits = jnp.asarray(logits)
-    return logits.astype(jnp.float32) if logits.dtype in (jnp.bfloat16, jnp.float16) else logits
+    return logits.astype(acc_dtype(logits.dtype)) if half_float(logits.dtype) else logits
 
 
 def _dense_labels(logits, labels, name="labels") -> None:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcnn import _checks
+from fcnn.dtypes import acc_dtype
 
 __all__ = ["Metric", "Accuracy", "Confusion", "PSNR", "MeanSquaredError", "MeanAbsoluteError", "add_sums",
            "finalize_all", "confusion_counts", "iou_from_confusion"]
@@ -162,7 +163,7 @@ def _error_sums(kind: str):
             raise ValueError(f"outputs and targets must have the same shape, got {jnp.shape(outputs)} and "
                              f"{jnp.shape(targets)}")
         o = jnp.asarray(outputs)
-        dtype = jnp.promote_types(o.dtype, jnp.float32)
+        dtype = acc_dtype(o.dtype)
         diff = o.astype(dtype) - jnp.asarray(targets).astype(dtype)
         err = jnp.square(diff) if kind == "sq" else jnp.abs(diff)
         real = jnp.broadcast_to(_row_mask(mask, o.shape[0], o.ndim) > 0, o.shape)

@@ -34,6 +34,7 @@ from jax import lax
 
 from fcnn import _checks, shapes
 from fcnn.channels import add_channels, channel_mean, scale_channels
+from fcnn.dtypes import acc_dtype
 from fcnn.types import Layer, LayerInfo, check_shape, describe, init_text, input_mismatch, numel
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm"]
@@ -231,7 +232,7 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
     affine = _checks.boolean(affine, "affine")
     unbiased = _checks.boolean(unbiased_running_var, "unbiased_running_var")
     param_dtype = _check_param_dtype(param_dtype)
-    stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
+    stat_dtype = acc_dtype(param_dtype)
     ranks = (2,) + IMAGE_RANKS
     seen = {}  # init's last in_shape, only to word apply's errors
 
@@ -246,7 +247,7 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
     def apply(params, state, x, *, key=None, train=False):
         _check_input("BatchNorm", x, jnp.shape(state["mean"])[0], last, ranks, seen)
         ca = _channel_axis(x.ndim, last)
-        xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        xs = x.astype(acc_dtype(x.dtype))
         if train:
             c = xs.shape[ca]
             scale, offset = ((params["scale"].astype(xs.dtype), params["offset"].astype(xs.dtype)) if params
@@ -298,7 +299,7 @@ def _group_norm(name, groups, epsilon, layout, affine, param_dtype, ranks, detai
         ca = _channel_axis(x.ndim, last)
         c = x.shape[ca]
         g = c if groups is None else groups
-        xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        xs = x.astype(acc_dtype(x.dtype))
         # split the channel axis into (g, c/g): (n, *sp, g, c/g) channels-last, (n, g, c/g, *sp) first
         xg = jnp.reshape(xs, x.shape[:ca] + (g, c // g) + x.shape[ca + 1:])
         axes = tuple(a for a in range(1, xg.ndim) if a != ca)  # all but the batch and the group axis

@@ -59,9 +59,10 @@ from jax import lax
 
 from fcnn import _checks, shapes
 from fcnn.channels import add_channels
+from fcnn.dtypes import acc_dtype
 from fcnn.ops import auto as _auto
 from fcnn.ops import winograd as _winograd
-from fcnn.ops.conv_vjp import (acc_dtype, concatenate_bits, conv_backward_input, conv_backward_input_col2im,
+from fcnn.ops.conv_vjp import (concatenate_bits, conv_backward_input, conv_backward_input_col2im,
                                 conv_backward_kernel_patches, fusion_barrier, if_finite, lax_conv, make_custom_vjp_conv,
                                 pad_zeros, tap_windows)
 

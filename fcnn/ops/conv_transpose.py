@@ -73,6 +73,7 @@ from jax import lax
 
 from fcnn import _checks, shapes
 from fcnn.channels import add_channels, channel_sum
+from fcnn.dtypes import acc_dtype
 from fcnn.ops import auto as _auto
 from fcnn.ops.conv_nd import check_precision, conv
 
@@ -156,7 +157,7 @@ def _ct_reference(x, w, g: _Geometry, precision):
     n, *in_sizes, cout = x.shape
     *window, cg, _ = w.shape
     groups, dg = g.groups, cout // g.groups
-    acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 products accumulate in float32
+    acc = acc_dtype(x.dtype)  # bfloat16 products accumulate in float32
     full_sizes = [(i - 1) * s + shapes.effective_size(k, d) for i, k, s, d in zip(in_sizes, window, g.stride, g.dilation)]
     xg = jnp.reshape(x.astype(acc), (n, *in_sizes, groups, dg))  # (n, *in, g, dg)
     wg = jnp.reshape(w.astype(acc), (*window, cg, groups, dg))  # (*k, cg, g, dg)

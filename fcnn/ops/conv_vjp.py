@@ -35,6 +35,7 @@ from jax import lax
 
 from fcnn import shapes
 from fcnn.channels import add_channels, channel_sum
+from fcnn.dtypes import acc_dtype, half_float
 
 __all__ = [
     "conv_backward_bias",
@@ -50,7 +51,6 @@ __all__ = [
     "fusion_barrier",
     "lax_conv",
     "pad_zeros",
-    "acc_dtype",
 ]
 
 Pads = Tuple[Tuple[int, int], ...]
@@ -60,11 +60,6 @@ Pads = Tuple[Tuple[int, int], ...]
 def pad_zeros(x, pads: Pads):
     """Zero-pad the spatial dims of channels-last ``x``; negative pads crop (``lax.pad`` semantics)."""
     return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
-
-
-def acc_dtype(dtype):
-    """Accumulate bfloat16/float16 products in float32 (what XLA does for lax.conv)."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _spatial(rank: int) -> str:
@@ -118,7 +113,7 @@ def concatenate_bits(arrays, axis: int):
     program of its own, XLA:CPU ran a bfloat16 concatenate in float32 between converts, VGG's
     32x32x64 patch matrix at batch 16 in 25 ms against 14 (docs/perf_notes.md item 57)."""
     dtype = arrays[0].dtype
-    if jnp.dtype(dtype).itemsize != 2:
+    if not half_float(dtype):
         return jnp.concatenate(arrays, axis=axis)
     bits = jnp.concatenate([lax.bitcast_convert_type(a, jnp.uint16) for a in arrays], axis=axis)
     return lax.bitcast_convert_type(bits, dtype)

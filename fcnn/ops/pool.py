@@ -85,6 +85,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.dtypes import half_float
 from fcnn.ops import auto as _auto
 from fcnn.ops import pool_nd
 from fcnn.ops.pool_nd import from_channels_last, to_channels_last
@@ -143,7 +144,7 @@ def _max_pool_custom(x, window, stride, pads, dilation, ties, path="auto"):
     if path == "tiled" and not pool_nd.tiles(window, stride, pads, dilation):
         raise ValueError("path='tiled' needs stride == window, no padding and no dilation")
     tiled = path == "tiled" or (path == "auto" and pool_nd.tiles(window, stride, pads, dilation))
-    if tiled and ties != "split" and jnp.dtype(x.dtype).itemsize == 2 and _auto.normalize_platform(None) == "cpu":
+    if tiled and ties != "split" and half_float(x.dtype) and _auto.normalize_platform(None) == "cpu":
         # bf16/f16 pooled in float32 and cast back, on CPU: the max, and a tiled "first"/"all"
         # gradient (each cell in one window, its gradient g or 0), are exact in either, bit for bit
         # ("split" scales g by 1/count, rounded differently). In the compiled bf16 step XLA:CPU ran

@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.dtypes import acc_dtype
 from fcnn.ops.pool_nd import from_channels_last, to_channels_last
 
 UPSAMPLE_METHODS = ("nearest", "linear", "bilinear", "trilinear")
@@ -115,7 +116,7 @@ def _adjoint(g, plan):
             np.add.at(m, (np.arange(n_out), i0), w0)
             if i1 is not None:
                 np.add.at(m, (np.arange(n_out), i1), w1)
-            acc = jnp.promote_types(g.dtype, jnp.float32)  # bf16 gradients summed in f32
+            acc = acc_dtype(g.dtype)  # bf16 gradients summed in f32
             dx = lax.dot_general(g, jnp.asarray(m, g.dtype), (((1 + a,), (0,)), ((), ())),
                                  precision=lax.Precision.HIGHEST, preferred_element_type=acc)  # (n, ..., in)
             g = jnp.moveaxis(dx.astype(g.dtype), -1, 1 + a)

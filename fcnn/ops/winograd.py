@@ -71,6 +71,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
+from fcnn.dtypes import acc_dtype, half_float
 from fcnn.ops import conv_vjp
 
 __all__ = ["WINOGRAD_TILES", "DEFAULT_TILE", "winograd_matrices", "conv2d_winograd", "winograd_backward_input",
@@ -177,7 +178,7 @@ def _tile_products(vs, u, groups: int, precision, acc):
     XLA:CPU ran faster in float32 than a product per position (item 58)."""
     cin, cout = vs[0].shape[-1], u.shape[-1]
     p = vs[0].size // cin
-    if groups == 1 and jnp.dtype(vs[0].dtype).itemsize == 2:
+    if groups == 1 and half_float(vs[0].dtype):
         return [lax.dot(jnp.reshape(v, (p, cin)), u[t], precision=precision, preferred_element_type=acc)
                 for t, v in enumerate(vs)]
     if groups == 1:
@@ -210,7 +211,7 @@ def _forward(x, w, pads: Pads, groups: int, precision, tile: int):
     bt, g, at = _MATRICES[tile]
     m = tile
     n = x.shape[0]
-    acc = jnp.promote_types(x.dtype, jnp.float32)
+    acc = acc_dtype(x.dtype)
     xp = _pad_hw(x.astype(acc), pads)
     oh, ow = xp.shape[1] - 2, xp.shape[2] - 2
     th, tw = -(-oh // m), -(-ow // m)
@@ -255,7 +256,7 @@ def winograd_backward_kernel(x, dz, *, pads: Pads, groups: int, precision=None):
     against 17.9 ms with the conv, docs/perf_notes.md item 58).
     x: (n, h, w, cin); dz: (n, oh, ow, cout). Returns (3, 3, cin/groups, cout) HWIO.
     """
-    if jnp.dtype(x.dtype).itemsize == 2:
+    if half_float(x.dtype):
         return conv_vjp.conv_backward_kernel_patches(x, dz, (3, 3), stride=(1, 1), pads=pads, dilation=(1, 1),
                                                      groups=groups, precision=precision)
     xp = _pad_hw(x, pads)  # (n, oh + 2, ow + 2, cin)
