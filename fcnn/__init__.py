@@ -12,7 +12,7 @@ config and directory in ``fcnn.run``; the epoch loop in ``fcnn.train``; checkpoi
 ``fcnn.checkpoint``. The README's layout section lists every module with its one concern.
 """
 from fcnn._version import __version__
-from fcnn import checkpoint, data, metrics, ops, shapes, tasks
+from fcnn import checkpoint, data, metrics, ops, runtime, shapes, tasks
 from fcnn import init  # initialisers: fcnn.init.he_normal(), ...
 from fcnn.combinators import branches, identity, residual, serial, skip_concat
 from fcnn.layers import (
@@ -73,5 +73,5 @@ __all__ = [
     "softmax_cross_entropy", "mse", "l2_penalty", "accuracy", "make_optimizer", "make_train_step",
     "plain_train_step", "evaluate", "predict", "fit", "TrainConfig", "FitResult", "TrainingDivergedError",
     # modules
-    "ops", "shapes", "init", "data", "checkpoint", "metrics", "tasks",
+    "ops", "shapes", "init", "data", "checkpoint", "metrics", "tasks", "runtime",
 ]
