@@ -33,7 +33,7 @@ from bench_common import (  # noqa: E402, F401  (re-exported: other scripts and 
 from bench_torch import build_torch, build_torch_compile  # noqa: E402
 
 # ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
-RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "linen", "torch", "torch_compile")
+RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_keep", "linen", "torch", "torch_compile", "torch_keep")
 
 
 def supports(framework: str, net: str) -> bool:
@@ -373,8 +373,22 @@ def build_haiku(net, n, dtype_policy, device, k=1):
     return Bench(_jit_step(loss, tx), (params, tx.init(params)), data, _jax_block)
 
 
+def _kept_memory(build):
+    """``build`` in a process that first called ``fcnn.runtime.keep_cpu_memory()`` (as ``fcnn train``
+    does); for PyTorch, whose eager ops allocate on the calling thread, its glibc thresholds are what
+    count (docs/perf_notes.md item 59). The worker's first JAX work: one builder per process."""
+    def builder(*args, **kwargs):
+        from fcnn.runtime import keep_cpu_memory
+
+        keep_cpu_memory()
+        return build(*args, **kwargs)
+
+    return builder
+
+
 BUILDERS = {
     "fcnn": build_fcnn,
+    "fcnn_keep": _kept_memory(build_fcnn),
     "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
     "fcnn_unroll": build_fcnn_unroll,  # k steps per dispatch, scan fully unrolled
     "fcnn_lax": build_fcnn_lax,
@@ -387,10 +401,12 @@ BUILDERS = {
     "haiku": build_haiku,
     "torch": build_torch,
     "torch_compile": build_torch_compile,
+    "torch_keep": _kept_memory(build_torch),
 }
 LABELS = {
     "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_ynn_off": "fcnn, YNNPACK conv off", "fcnn_unroll": "fcnn (k steps, unrolled)",
+    "fcnn_keep": "fcnn, keep_cpu_memory()",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
-    "torch": "torch eager (channels_last)", "torch_compile": "torch.compile",
+    "torch": "torch eager (channels_last)", "torch_compile": "torch.compile", "torch_keep": "torch eager, keep_cpu_memory()",
 }

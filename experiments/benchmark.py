@@ -207,7 +207,7 @@ def summary(rows):
     keys = sorted({(r["net"], r["batch"], r["dtype"]) for r in rows}, key=lambda t: (t[0], t[1], t[2]))
     for key in keys:
         got = {r["framework"]: r for r in rows if (r["net"], r["batch"], r["dtype"]) == key and "ms_per_step" in r}
-        peers = {f: r for f, r in got.items() if not f.startswith("fcnn")}
+        peers = {f: r for f, r in got.items() if not f.startswith("fcnn") and f not in KEPT}
         mine = [got[f]["ms_per_step"] for f in ("fcnn", "fcnn_k", "fcnn_unroll") if f in got]
         if not peers or not mine:
             continue
@@ -217,7 +217,25 @@ def summary(rows):
         out.append(f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(got.get('fcnn', {}).get('ms_per_step'), '.3f')} | "
                    f"{_fmt(got.get('fcnn_k', {}).get('ms_per_step'), '.3f')} | {bench_peers.LABELS[best]} | "
                    f"{peers[best]['ms_per_step']:.3f} | {peers[best]['ms_per_step'] / min(mine):.2f}x | {comp} |")
-    return out
+    return out + kept_summary(rows)
+
+
+KEPT = ("fcnn_keep", "torch_keep")  # kept memory (fcnn.runtime): compared with each other only
+
+
+def kept_summary(rows):
+    """Per (net, batch, dtype) with both: fcnn against PyTorch, each in a process that called
+    ``keep_cpu_memory()`` (the rows above keep glibc's and JAX's defaults)."""
+    out = []
+    for key in sorted({(r["net"], r["batch"], r["dtype"]) for r in rows}):
+        got = {r["framework"]: r["ms_per_step"] for r in rows
+               if (r["net"], r["batch"], r["dtype"]) == key and "ms_per_step" in r and r["framework"] in KEPT}
+        if len(got) == 2:
+            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {got['fcnn_keep']:.3f} | {got['torch_keep']:.3f} | "
+                       f"{got['torch_keep'] / got['fcnn_keep']:.2f}x |")
+    head = ["", "Both with `fcnn.runtime.keep_cpu_memory()` (docs/perf_notes.md item 59):", "",
+            "| net | batch | dtype | fcnn, kept ms | torch eager, kept ms | speed-up |", "|" + "---|" * 6]
+    return head + out if out else []
 
 
 def splice_docs(path, device, text):

@@ -364,3 +364,27 @@ def test_ynn_off_option_keeps_the_conv_results(experiment):
     assert "__ynn_fusion" not in off.as_text()
     for want, got in zip(jax.tree.leaves(lowered.compile()(x, w)), jax.tree.leaves(off(x, w))):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5 * np.abs(want).max())
+
+
+def test_kept_memory_rows_are_compared_with_each_other_only(experiment):
+    """The summary's fastest peer is never a kept-memory row (fcnn's default row against PyTorch's
+    default), and the kept pair gets its own line: PyTorch's ms over fcnn's."""
+    bench = experiment("benchmark")
+    rows = [dict(framework=fw, net="vgg", batch=16, dtype="f32", ms_per_step=ms, compile_s=1.0)
+            for fw, ms in (("fcnn", 90.0), ("torch", 80.0), ("fcnn_keep", 80.0), ("torch_keep", 72.0), ("linen", 200.0))]
+    lines = bench.summary(rows)
+    assert "| vgg | 16 | f32 | 90.000 | — | torch eager (channels_last) | 80.000 | 0.89x |" in lines[2]
+    assert lines[-1] == "| vgg | 16 | f32 | 80.000 | 72.000 | 0.90x |"
+    assert bench.summary([r for r in rows if r["framework"] != "torch_keep"])[-1].startswith("| vgg | 16 | f32 | 90")
+
+
+def test_kept_memory_builders_call_keep_first(experiment, monkeypatch):
+    peers = experiment("bench_peers")
+    import fcnn.runtime
+
+    calls = []
+    monkeypatch.setattr(fcnn.runtime, "keep_cpu_memory", lambda: calls.append("keep"))
+    builder = peers._kept_memory(lambda *a, **kw: calls.append(("build", a, kw)) or "bench")
+    assert builder("vgg", 16, "f32", "cpu", 1) == "bench"
+    assert calls == ["keep", ("build", ("vgg", 16, "f32", "cpu", 1), {})]
+    assert {"fcnn_keep", "torch_keep"} <= set(peers.BUILDERS) and {"fcnn_keep", "torch_keep"} <= set(peers.RESNET_FRAMEWORKS)
