@@ -376,7 +376,8 @@ def build_haiku(net, n, dtype_policy, device, k=1):
 def _kept_memory(build):
     """``build`` in a process that first called ``fcnn.runtime.keep_cpu_memory()`` (as ``fcnn train``
     does); for PyTorch, whose eager ops allocate on the calling thread, its glibc thresholds are what
-    count (docs/perf_notes.md item 59). The worker's first JAX work: one builder per process."""
+    count (docs/perf_notes.md item 59). It runs before the worker's first JAX work; a worker that
+    builds again (its second dtype) calls it again, which keeps the settings."""
     def builder(*args, **kwargs):
         from fcnn.runtime import keep_cpu_memory
 

@@ -200,13 +200,20 @@ def table(rows, device, peak):
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _timed_by_config(rows):
+    """``{(net, batch, dtype): {framework: row}}`` over the rows that timed a step, keys sorted."""
+    out = {}
+    for r in rows:
+        if "ms_per_step" in r:
+            out.setdefault((r["net"], r["batch"], r["dtype"]), {})[r["framework"]] = r
+    return dict(sorted(out.items()))
+
+
 def summary(rows):
     """Per (net, batch, dtype): fcnn's best against the fastest peer, and compile time against linen's."""
     out = ["| net | batch | dtype | fcnn ms (1 step) | fcnn ms (k steps) | fastest peer | its ms | speed-up | "
            "compile fcnn / linen |", "|" + "---|" * 9]
-    keys = sorted({(r["net"], r["batch"], r["dtype"]) for r in rows}, key=lambda t: (t[0], t[1], t[2]))
-    for key in keys:
-        got = {r["framework"]: r for r in rows if (r["net"], r["batch"], r["dtype"]) == key and "ms_per_step" in r}
+    for key, got in _timed_by_config(rows).items():
         peers = {f: r for f, r in got.items() if not f.startswith("fcnn") and f not in KEPT}
         mine = [got[f]["ms_per_step"] for f in ("fcnn", "fcnn_k", "fcnn_unroll") if f in got]
         if not peers or not mine:
@@ -227,12 +234,10 @@ def kept_summary(rows):
     """Per (net, batch, dtype) with both: fcnn against PyTorch, each in a process that called
     ``keep_cpu_memory()`` (the rows above keep glibc's and JAX's defaults)."""
     out = []
-    for key in sorted({(r["net"], r["batch"], r["dtype"]) for r in rows}):
-        got = {r["framework"]: r["ms_per_step"] for r in rows
-               if (r["net"], r["batch"], r["dtype"]) == key and "ms_per_step" in r and r["framework"] in KEPT}
-        if len(got) == 2:
-            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {got['fcnn_keep']:.3f} | {got['torch_keep']:.3f} | "
-                       f"{got['torch_keep'] / got['fcnn_keep']:.2f}x |")
+    for key, got in _timed_by_config(rows).items():
+        if all(f in got for f in KEPT):
+            fcnn_ms, torch_ms = (got[f]["ms_per_step"] for f in KEPT)
+            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {fcnn_ms:.3f} | {torch_ms:.3f} | {torch_ms / fcnn_ms:.2f}x |")
     head = ["", "Both with `fcnn.runtime.keep_cpu_memory()` (docs/perf_notes.md item 59):", "",
             "| net | batch | dtype | fcnn, kept ms | torch eager, kept ms | speed-up |", "|" + "---|" * 6]
     return head + out if out else []

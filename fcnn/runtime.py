@@ -17,7 +17,7 @@ JAX reads the dispatch flag when its CPU client starts, so call it before the fi
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import platform
 from typing import Optional
 
@@ -32,12 +32,12 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, gl
 _ASYNC_FLAG = "jax_cpu_enable_async_dispatch"
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
-    """The C library, when it is glibc (``mallopt`` with glibc's parameters), else None."""
+    """The process's own symbols, glibc's ``mallopt`` among them, when the C library is glibc, else None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
+    return ctypes.CDLL(None)
 
 
 def async_dispatch() -> bool:
