@@ -92,21 +92,27 @@ def build_linen(n, dtype_policy):
     return bench_common.Bench(jax.jit(step, donate_argnums=0), carry, data, bench_common._jax_block)
 
 
-def torch_model():
+def torch_model(norm=None, relu=None):
+    """PyTorch's ResNet-18 (CIFAR stem). ``norm(c)`` and ``relu()`` build each BatchNorm and ReLU module
+    (None: ``nn.BatchNorm2d`` and ``nn.ReLU``); resnet_ab.py's ablations pass ``nn.Identity`` ones."""
     from torch import nn
+
+    norm = nn.BatchNorm2d if norm is None else norm
+    relu = nn.ReLU if relu is None else relu
 
     class Block(nn.Module):
         def __init__(self, cin, c, stride):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(cin, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                      nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
-            self.short = (nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+            self.body = nn.Sequential(nn.Conv2d(cin, c, 3, stride, 1, bias=False), norm(c), relu(),
+                                      nn.Conv2d(c, c, 3, 1, 1, bias=False), norm(c))
+            self.short = (nn.Sequential(nn.Conv2d(cin, c, 1, stride, bias=False), norm(c))
                           if stride != 1 or cin != c else nn.Identity())
+            self.out = relu()
 
         def forward(self, x):
-            return (self.body(x) + self.short(x)).relu()
+            return self.out(self.body(x) + self.short(x))
 
-    mods, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+    mods, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), norm(64), relu()], 64
     for i, c in enumerate(SPEC["widths"]):
         for b in range(SPEC["blocks"]):
             mods.append(Block(cin, c, 2 if (i > 0 and b == 0) else 1))

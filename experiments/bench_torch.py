@@ -12,7 +12,8 @@ import bench_resnet  # experiments/, on sys.path as for every script here
 from bench_common import CLASSES, LR, MOMENTUM, NETS, Bench, _flat_dim
 
 
-def _torch_build(net, n, dtype_policy, device, compiled):
+def _torch_build(net, n, dtype_policy, device, compiled, model=None):
+    """The PyTorch step of ``net`` (``model``: this module instead of the net's own, same input)."""
     import torch
     from torch import nn
 
@@ -22,7 +23,8 @@ def _torch_build(net, n, dtype_policy, device, compiled):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True  # as JAX's default float32 dot on GPU
         torch.backends.cudnn.allow_tf32 = True
-    model = (bench_resnet.torch_model() if net == "resnet18" else _torch_convnet(spec))
+    if model is None:
+        model = bench_resnet.torch_model() if net == "resnet18" else _torch_convnet(spec)
     model = model.to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     fwd = torch.compile(model) if compiled else model

@@ -4,6 +4,7 @@
     python experiments/resnet_ab.py --part step
     python experiments/resnet_ab.py --part layers
     python experiments/resnet_ab.py --part torch_layers      # PyTorch alone in its process
+    python experiments/resnet_ab.py --part torch_step        # PyTorch's step, the same ablations
     python experiments/resnet_ab.py --part layers --layer-set vgg --dtype bf16 --impls lax,im2col_vjp
 
 Parts:
@@ -17,10 +18,14 @@ Parts:
   layer (batch 16; ``--layer-set vgg``: the VGG net's four), jitted
   with ``fcnn.step.compiler_options()``, per ``--impls`` (interleaved per layer); ``--dtype bf16``
   casts x, w and the cotangent to bfloat16 (docs/perf_notes.md item 57).
+- ``torch_step``: PyTorch's ResNet-18 step as benchmark.py times it (bench_torch, channels_last,
+  SGD momentum) with the ablations ``full``, ``no_bn`` and ``no_bn_relu`` (``nn.Identity`` modules for
+  BatchNorm / ReLU), interleaved, in its own process (docs/perf_notes.md item 61).
 - ``torch_layers``: the same layers (and cotangent values) in PyTorch eager (channels_last, ``torch.set_num_threads``
   = the cores), run in its own process: next to XLA:CPU's thread pool PyTorch ran 20x slower
   (experiments/peer_ab.py).
 
+``--keep`` calls ``fcnn.runtime.keep_cpu_memory()`` first (both frameworks: docs/perf_notes.md item 59).
 ``--quick`` runs a tiny ResNet (widths 8, 16) at batch 2 for the tests. Prints, and with
 ``--out`` writes, a markdown table with the command and the date.
 """
@@ -45,12 +50,15 @@ VGG_LAYERS = [("vgg 3x3 3->64", 32, 3, 64, 3, 1), ("vgg 3x3 64->128", 32, 64, 12
               ("vgg 3x3 128->256", 16, 128, 256, 3, 1), ("vgg 3x3 256->512", 8, 256, 512, 3, 1)]
 QUICK_LAYERS = [("s1 3x3 8", 4, 8, 8, 3, 1)]
 STEP_VARIANTS = ("full", "no_bn", "no_bn_relu", "no_donate", "jax_relu")
+TORCH_STEP_VARIANTS = ("full", "no_bn", "no_bn_relu")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", default="step", choices=["step", "layers", "torch_layers"])
-    p.add_argument("--variants", default=",".join(STEP_VARIANTS), help="for --part step")
+    p.add_argument("--part", default="step", choices=["step", "layers", "torch_layers", "torch_step"])
+    p.add_argument("--variants", default=None,
+                   help=f"for --part step ({','.join(STEP_VARIANTS)}) and torch_step ({','.join(TORCH_STEP_VARIANTS)})")
+    p.add_argument("--keep", action="store_true", help="fcnn.runtime.keep_cpu_memory() first")
     p.add_argument("--impls", default="lax,col2im", help="for --part layers: fcnn conv implementations")
     p.add_argument("--layer-set", default="resnet18", choices=["resnet18", "vgg"], help="for the layer parts")
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="for the layer parts: x, w and dZ")
@@ -85,6 +93,22 @@ def _model(variant, quick):
         return models.resnet18(stem="cifar", impl="auto")
 
 
+def _variants(args, known):
+    """The --variants names (default: every one of ``known``), refused by name if unknown."""
+    names = list(known) if args.variants is None else [v for v in args.variants.split(",") if v]
+    bad = [v for v in names if v not in known]
+    if bad:
+        raise SystemExit(f"--variants: unknown {bad}; known: {', '.join(known)}")
+    return names
+
+
+def _step_rows(names, timed):
+    base = timed[names[0]].median_s
+    rows = [f"| variant | median ms/step | min | vs {names[0]} |", "|---|---|---|---|"]
+    return rows + [f"| {v} | {r.median_s * 1e3:.1f} | {r.best_s * 1e3:.1f} | {r.median_s / base:.2f}x |"
+                   for v, r in timed.items()]
+
+
 def step_part(args):
     import jax
     import jax.numpy as jnp
@@ -92,10 +116,7 @@ def step_part(args):
     from fcnn.optim import make_optimizer
     from fcnn.step import make_train_step
 
-    names = [v for v in args.variants.split(",") if v]
-    bad = [v for v in names if v not in STEP_VARIANTS]
-    if bad:
-        raise SystemExit(f"--variants: unknown {bad}; known: {', '.join(STEP_VARIANTS)}")
+    names = _variants(args, STEP_VARIANTS)
     x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, 32, 32, 3))
     batch, key = (x, jnp.arange(args.batch) % 10), jax.random.PRNGKey(0)
     calls = {}
@@ -106,10 +127,31 @@ def step_part(args):
         step = make_train_step(model, opt, donate=v != "no_donate")
         calls[v] = carrying(lambda carry, step=step: step(*carry, batch, key)[:3], (params, state, opt.init(params)))
     t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
-    base = t[names[0]].median_s
-    rows = [f"| variant | median ms/step | min | vs {names[0]} |", "|---|---|---|---|"]
-    rows += [f"| {v} | {r.median_s * 1e3:.1f} | {r.best_s * 1e3:.1f} | {r.median_s / base:.2f}x |" for v, r in t.items()]
-    return f"ResNet-18 (CIFAR stem) b{args.batch} f32 train step, interleaved", rows, t
+    return f"ResNet-18 (CIFAR stem) b{args.batch} f32 train step, interleaved", _step_rows(names, t), t
+
+
+def _torch_model(variant):
+    """bench_resnet's PyTorch ResNet-18 with BatchNorm and/or ReLU as ``nn.Identity``, as ``variant`` says."""
+    import bench_resnet
+    from torch import nn
+
+    norm = (lambda c: nn.Identity()) if variant in ("no_bn", "no_bn_relu") else None
+    return bench_resnet.torch_model(norm=norm, relu=nn.Identity if variant == "no_bn_relu" else None)
+
+
+def torch_step_part(args):
+    import bench_torch
+    import torch
+
+    names = _variants(args, TORCH_STEP_VARIANTS)
+    torch.set_num_threads(os.cpu_count() or 1)
+    calls = {}
+    for v in names:
+        bench = bench_torch._torch_build("resnet18", args.batch, "f32", "cpu", False, model=_torch_model(v))
+        calls[v] = lambda bench=bench: bench.step(None, bench.batch)
+    t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, block=lambda out: None)
+    return (f"ResNet-18 (CIFAR stem) b{args.batch} f32 train step in PyTorch {torch.__version__} eager "
+            f"(channels_last), interleaved"), _step_rows(names, t), t
 
 
 def _layer_rows(timed, impls):
@@ -193,14 +235,21 @@ def torch_layers_part(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.part != "torch_layers":
+    if args.part not in ("step", "torch_step") and args.variants is not None:
+        raise SystemExit("--variants: for --part step or torch_step only")
+    if not args.part.startswith("torch"):
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.keep:
+        from fcnn.runtime import keep_cpu_memory
+
+        keep_cpu_memory()
     if args.quick:
         args.batch, args.repeats = 2, 2
         args.target_s = 0.01
     if args.target_s is None:
-        args.target_s = 1.0 if args.part == "step" else 0.2
-    what, rows, timed = {"step": step_part, "layers": layers_part, "torch_layers": torch_layers_part}[args.part](args)
+        args.target_s = 1.0 if args.part.endswith("step") else 0.2
+    parts = {"step": step_part, "layers": layers_part, "torch_layers": torch_layers_part, "torch_step": torch_step_part}
+    what, rows, timed = parts[args.part](args)
     publish("resnet_ab.py", argv, what, rows, args.out)
     return timed
 

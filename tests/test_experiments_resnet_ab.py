@@ -65,3 +65,42 @@ def test_the_ablated_models_lose_exactly_what_they_name(experiment):
 def test_an_unknown_step_variant_is_refused(experiment):
     with pytest.raises(SystemExit, match=r"--variants: unknown \['fast'\]; known: full, no_bn, no_bn_relu, no_donate, jax_relu"):
         experiment("resnet_ab").main(["--part", "step", "--quick", "--variants", "full,fast"])
+
+
+def test_the_torch_ablations_lose_exactly_what_they_name(experiment):
+    """PyTorch's ResNet-18 (CIFAR stem) has 20 BatchNorms (stem, two per block, three projections) and 17
+    ReLUs (stem, two per block); the ablations keep its 20 convs (as many as BatchNorms) and drop those modules only."""
+    torch = pytest.importorskip("torch")
+    ab = experiment("resnet_ab")
+
+    def count(model, kind):
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    nn = torch.nn
+    got = {v: ab._torch_model(v) for v in ab.TORCH_STEP_VARIANTS}
+    assert [count(got[v], nn.Conv2d) for v in got] == [20, 20, 20]
+    assert [count(got[v], nn.BatchNorm2d) for v in got] == [20, 0, 0]
+    assert [count(got[v], nn.ReLU) for v in got] == [17, 17, 0]
+    # without BatchNorm and ReLU the net is linear in its input (up to the dense layer's bias)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        f = got["no_bn_relu"]
+        assert torch.allclose(f(2 * x) - f(torch.zeros_like(x)), 2 * (f(x) - f(torch.zeros_like(x))), atol=1e-4)
+
+
+def test_torch_step_variants_and_keep_are_refused_where_they_do_not_apply(experiment):
+    ab = experiment("resnet_ab")
+    with pytest.raises(SystemExit, match=r"--variants: unknown \['no_donate'\]; known: full, no_bn, no_bn_relu"):
+        ab.main(["--part", "torch_step", "--quick", "--variants", "full,no_donate"])
+    with pytest.raises(SystemExit, match=r"--variants: for --part step or torch_step only"):
+        ab.main(["--part", "layers", "--quick", "--variants", "full"])
+
+
+@pytest.mark.slow  # three PyTorch ResNet-18 steps at batch 2
+def test_quick_torch_step_writes_its_table(experiment, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "torch_step.md"
+    timed = experiment("resnet_ab").main(["--part", "torch_step", "--quick", "--out", str(out)])
+    assert list(timed) == ["full", "no_bn", "no_bn_relu"]
+    text = out.read_text()
+    assert "`python experiments/resnet_ab.py --part torch_step --quick --out " in text and "| no_bn_relu | " in text
