@@ -101,7 +101,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, lay
       groups: feature groups; divides cin and cout (groups = cin: depthwise).
       layout: "NHWC" or "NCHW".
       impl: one of ``CONV_IMPLS``; all support every option above. ``"winograd"``: 3x3 stride-1
-        dilation-1 kernels only (``ops.conv_impls_for``). ``"auto"`` picks one per
+        dilation-1 kernels only; ``"onednn"``: where oneDNN is available (``fcnn/ops/onednn.py``;
+        ``ops.conv_impls_for`` says which apply). ``"auto"`` picks one per
         platform and shape from measurements (``fcnn.ops.auto.select_conv_impl``).
       precision: None, a ``lax.Precision`` or its name ("highest"), passed to every conv/dot/einsum.
       padding_mode: "zeros", "reflect", "replicate" or "circular" (PyTorch's): what the pads hold.

@@ -31,6 +31,9 @@ arguments and agree to rounding on finite inputs; ``fcnn/ops/conv.py`` tabulates
 * ``"winograd"`` (restricted: 2-D 3x3, stride 1, dilation 1; ``RESTRICTED_IMPLS``): Winograd's
   minimal filtering F(2x2, 3x3) with a hand-derived VJP (``fcnn/ops/winograd.py``); lax's forward
   and col2im's dX where an operand is not finite, so its NaN/inf pattern is lax's too.
+* ``"onednn"`` (restricted: 2-D, where oneDNN is available; ``fcnn/ops/onednn.py``): oneDNN's
+  convolution kernels (PyTorch's on CPU) for the forward and both gradients, as XLA custom calls;
+  float32 and bfloat16 with groups 1 (lax for the rest); lax's NaN/inf pattern (guards as above).
 
 Non-lax implementations work channels-last and transpose channels-first arrays in and out.
 dtypes: float32, float64 and bfloat16; reference/im2col accumulate bfloat16 products in float32,
@@ -61,6 +64,7 @@ from fcnn import _checks, shapes
 from fcnn.channels import add_channels
 from fcnn.dtypes import acc_dtype
 from fcnn.ops import auto as _auto
+from fcnn.ops import onednn as _onednn
 from fcnn.ops import winograd as _winograd
 from fcnn.ops.conv_vjp import (concatenate_bits, conv_backward_input, conv_backward_input_col2im,
                                 conv_backward_kernel_patches, fusion_barrier, if_finite, lax_conv, make_custom_vjp_conv,
@@ -70,7 +74,7 @@ __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_i
 
 CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps", "im2col_vjp")
 # Implementations of one kind of convolution only, each with the rule of what it computes.
-RESTRICTED_IMPLS = {"winograd": _winograd.supports}
+RESTRICTED_IMPLS = {"winograd": _winograd.supports, "onednn": _onednn.supports}
 # "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
 CONV_CHOICES = CONV_IMPLS + tuple(RESTRICTED_IMPLS) + ("auto",)
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -120,8 +124,7 @@ def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_
     pads = shapes.normalize_padding(padding, in_sizes, kernel, stride, dilation)
     mode = check_padding_mode(padding_mode, pads, in_sizes)
     if impl in RESTRICTED_IMPLS and impl not in conv_impls_for(kernel, stride, dilation):
-        raise ValueError(f"impl={impl!r} computes only 2-D convolutions with a 3x3 kernel, stride 1 and dilation 1; "
-                         f"got kernel {tuple(kernel)}, stride {stride}, dilation {dilation}")
+        raise ValueError(_restriction(impl, kernel, stride, dilation))
     b_shape = None if b is None else _checks.array_shape(b, "b")
     if b_shape is not None and b_shape != (cout,):
         raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {b_shape}")
@@ -130,6 +133,15 @@ def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"x and w must have a floating dtype (float32, float64, bfloat16, ...), got {dtype}")
     return layout, stride, pads, dilation, mode, dtype
+
+
+def _restriction(impl, kernel, stride, dilation) -> str:
+    """Why restricted implementation ``impl`` does not compute this convolution."""
+    if impl == "onednn" and len(kernel) == 2:
+        return f"impl='onednn' needs oneDNN, which is not available here: {_onednn.unavailable_reason()}"
+    rule = ("2-D convolutions" if impl == "onednn" else
+            "2-D convolutions with a 3x3 kernel, stride 1 and dilation 1")
+    return f"impl={impl!r} computes only {rule}; got kernel {tuple(kernel)}, stride {stride}, dilation {dilation}"
 
 
 def _to_channels_last(x, w, layout):
@@ -273,12 +285,14 @@ _IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside 
     "im2col": _conv_im2col,
     "fft": _conv_fft,
     "winograd": _winograd.conv2d_winograd,
+    "onednn": _onednn.conv,
 }
 
 
 def conv_impls_for(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> tuple:
     """Every implementation that computes this convolution: ``CONV_IMPLS`` and the restricted ones
-    whose rule admits it (``winograd``: 2-D 3x3, stride 1, dilation 1)."""
+    whose rule admits it (``winograd``: 2-D 3x3, stride 1, dilation 1; ``onednn``: 2-D, where oneDNN
+    is available)."""
     return CONV_IMPLS + tuple(name for name, ok in RESTRICTED_IMPLS.items() if ok(kernel, stride, dilation))
 
 

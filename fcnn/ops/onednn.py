@@ -1,0 +1,261 @@
+"""The conv impl "onednn": oneDNN's 2-D convolutions called from XLA programs through ``jax.ffi``.
+
+XLA:CPU's own convolutions are Eigen's: on a CPU with AVX-512 they took 1.2-1.5x the time of the
+oneDNN kernels PyTorch runs for the same layers, and for bfloat16 they compute in float32 (no AMX);
+no XLA option reaches oneDNN's convolutions in this jaxlib (docs/perf_notes.md items 53, 59, 61).
+This implementation calls oneDNN (the ``onednn-cpu-gomp`` wheel, GNU OpenMP threads) for the forward
+and both gradients, each an XLA custom call to a handler in ``onednn_conv.cc``:
+
+    forward           z  = x * w                (NHWC x, HWIO w)
+    backward_data     dX = the adjoint in x of the forward, given dZ and w
+    backward_weights  dW = the adjoint in w, given x and dZ (float32: 16-bit products accumulate in f32)
+
+The gradient of each is a combination of the three (they are adjoints of one bilinear map: for a
+cotangent ``g`` of dX, ``d(dZ) = forward(g, w)`` and ``dw = backward_weights(g, dZ)``; for ``G`` of
+dW, ``dx = backward_data(dZ, G)`` and ``d(dZ) = forward(x, G)``), so gradients of gradients work as
+for the other custom-VJP implementations (no forward mode).
+
+What it computes: 2-D, groups 1, float32 or bfloat16, any stride, padding ("zeros") and dilation.
+Anything else (float64, float16, groups > 1) is computed by lax, forward and both gradients: the
+float64 checks of the other implementations are lax's here, and this one is checked in float32 and
+bfloat16 against float64 references (tests/test_onednn.py). oneDNN skips the padded taps that
+XLA's convolution multiplies (0 * inf = NaN): a kernel with a non-finite value takes lax's forward and
+input gradient instead (one ``lax.cond``, ``conv_vjp.if_finite``), so z and dX have lax's NaN/inf
+pattern (conv.py's table; without the guard both differ at the borders). A non-finite output gradient
+is outside that table: XLA's own dW multiplies padded taps by it in a plain program and skips them
+inside a ``lax.cond``, as oneDNN does.
+
+Availability: the handlers are compiled on first use with the system C++ compiler (``$CXX`` or
+``g++``) against jaxlib's FFI headers and the oneDNN wheels (``pip install "fcnn[onednn]"``), into
+``$FCNN_CACHE_DIR`` (default ``~/.cache/fcnn``), once per source / jax / oneDNN combination; a failed
+step makes ``available()`` False with the reason (``unavailable_reason()``), never an error at
+import. ``FCNN_ONEDNN=0`` turns it off (``impl="auto"`` then keeps XLA's convolutions). CPU only:
+the custom calls are registered for the "cpu" platform.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcnn.ops.conv_vjp import conv_backward_input, if_finite, lax_conv
+
+__all__ = ["available", "unavailable_reason", "supports", "computes", "kernels", "conv", "SOURCE", "TARGETS",
+           "WHEELS"]
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+# the three XLA FFI handlers of SOURCE, by role
+TARGETS = {"forward": "FcnnOnednnConvForward", "backward_data": "FcnnOnednnConvBackwardData",
+           "backward_weights": "FcnnOnednnConvBackwardWeights"}
+# the library and its headers (the "onednn" extra): (distribution, file located in it)
+WHEELS = (("onednn-cpu-gomp", "libdnnl.so"), ("onednn-devel-cpu-gomp", "dnnl.hpp"))
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+Geometry = Tuple[tuple, tuple, tuple, tuple]  # stride, pads, dilation, input spatial sizes
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FCNN_CACHE_DIR") or Path.home() / ".cache" / "fcnn")
+
+
+def _wheel_file(dist: str, name: str) -> Optional[Path]:
+    """The installed file ``name`` of distribution ``dist`` (None if either is missing)."""
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == name:
+            path = Path(f.locate()).resolve()
+            return path if path.exists() else None
+    return None
+
+
+def _build(out: Path, compiler: str, include: Path, libdir: Path) -> Optional[str]:
+    """Compile SOURCE into ``out`` (written under another name, then renamed: a concurrent build or a
+    crash never leaves a partial library there). Returns None, or what went wrong."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
+    os.close(fd)
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", tmp,
+           f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()
+            return f"compiling {SOURCE.name} failed ({' '.join(cmd)}): {' | '.join(errors[:5])[:800]}"
+        os.replace(tmp, out)
+        return None
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"compiling {SOURCE.name} failed: {e}"
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> Tuple[Optional[ctypes.CDLL], str]:
+    """(the handlers' library, registered with jax.ffi; "") or (None, why not). Once per process."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None, f"oneDNN's wheels are for Linux x86_64, this is {platform.system()} {platform.machine()}"
+    found = {dist: _wheel_file(dist, name) for dist, name in WHEELS}
+    missing = [dist for dist, path in found.items() if path is None]
+    if missing:
+        return None, f"the oneDNN wheels are not installed ({', '.join(missing)}): pip install \"fcnn[onednn]\""
+    lib, header = found["onednn-cpu-gomp"], found["onednn-devel-cpu-gomp"]
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        return None, "no C++ compiler to build the oneDNN handlers (set $CXX, or install g++)"
+    versions = [jax.__version__] + [importlib.metadata.version(dist) for dist, _ in WHEELS]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, str(lib), *versions]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"libfcnn_onednn-{key}.so"
+    if not out.exists():
+        error = _build(out, compiler, header.parent, lib.parent)
+        if error:
+            return None, error
+    try:
+        handlers = ctypes.CDLL(str(out))
+        for target in TARGETS.values():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handlers, target)), platform="cpu")
+    except (OSError, AttributeError) as e:
+        return None, f"loading {out} failed: {e}"
+    handlers.fcnn_onednn_kernels.restype = ctypes.c_char_p
+    return handlers, ""
+
+
+def available() -> bool:
+    """Whether impl="onednn" runs oneDNN here (builds the handlers on the first call; see the module
+    docstring). False when ``FCNN_ONEDNN=0``."""
+    return os.environ.get("FCNN_ONEDNN", "1") != "0" and _load()[0] is not None
+
+
+def unavailable_reason() -> str:
+    """Why ``available()`` is False ("" when it is True)."""
+    if os.environ.get("FCNN_ONEDNN", "1") == "0":
+        return "turned off by FCNN_ONEDNN=0"
+    return _load()[1]
+
+
+def supports(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> bool:
+    """Whether impl="onednn" applies to a convolution of this geometry: 2-D, on the CPU backend, and
+    oneDNN available."""
+    del stride, dilation  # every stride and dilation
+    return len(kernel) == 2 and jax.default_backend() == "cpu" and available()
+
+
+def computes(dtype, groups: int) -> bool:
+    """Whether oneDNN (not lax) computes a convolution of this dtype and group count."""
+    return groups == 1 and jnp.dtype(dtype) in DTYPES
+
+
+def kernels() -> list:
+    """The oneDNN kernels picked so far in this process, one "<role and geometry> -> <kernel>" line each
+    (e.g. ``brgconv:avx512_core_amx``); [] when unavailable."""
+    handlers = _load()[0]
+    return handlers.fcnn_onednn_kernels().decode().splitlines() if handlers is not None else []
+
+
+# ----------------------------------------------------------------------------- the three calls
+def _call(role: str, shape, dtype, a, b, geo: Geometry):
+    if _load()[0] is None:  # registers the handlers on first use
+        raise RuntimeError(f"impl='onednn' is not available here: {_load()[1]}")
+    stride, pads, dilation, _ = geo
+    (plh, phh), (plw, phw) = pads
+    attrs = dict(sh=stride[0], sw=stride[1], plh=plh, phh=phh, plw=plw, phw=phw, dh=dilation[0], dw=dilation[1])
+    call = jax.ffi.ffi_call(TARGETS[role], jax.ShapeDtypeStruct(shape, dtype), vmap_method="sequential")
+    return call(a, b, **{k: np.int64(v) for k, v in attrs.items()})
+
+
+def _lax_forward(x, w, geo):
+    stride, pads, dilation, _ = geo
+    return lax_conv(x, w, stride, pads, dilation, 1, None)
+
+
+def _forward_call(x, w, geo):
+    out = jax.eval_shape(lambda: _lax_forward(x, w, geo)).shape
+    return _call("forward", out, x.dtype, x, w, geo)
+
+
+def _backward_data_call(dz, w, geo):
+    *_, in_sizes = geo
+    return _call("backward_data", (dz.shape[0], *in_sizes, w.shape[2]), dz.dtype, dz, w, geo)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _forward(x, w, geo):
+    return if_finite((w,), lambda x, w: _forward_call(x, w, geo), lambda x, w: _lax_forward(x, w, geo), x, w)
+
+
+def _forward_fwd(x, w, geo):
+    return _forward(x, w, geo), (x, w)
+
+
+def _forward_bwd(geo, res, dz):
+    x, w = res
+    dz = dz.astype(x.dtype)
+    return _backward_data(dz, w, geo), _backward_weights(x, dz, geo, w.shape).astype(w.dtype)
+
+
+_forward.defvjp(_forward_fwd, _forward_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _backward_data(dz, w, geo):
+    stride, pads, dilation, in_sizes = geo
+    safe = lambda dz, w: conv_backward_input(dz, w, in_sizes, stride=stride, pads=pads, dilation=dilation,  # noqa: E731
+                                             groups=1)
+    return if_finite((w,), lambda dz, w: _backward_data_call(dz, w, geo), safe, dz, w)
+
+
+def _backward_data_fwd(dz, w, geo):
+    return _backward_data(dz, w, geo), (dz, w)
+
+
+def _backward_data_bwd(geo, res, g):
+    dz, w = res
+    g = g.astype(dz.dtype)
+    return _forward(g, w, geo), _backward_weights(g, dz, geo, w.shape).astype(w.dtype)
+
+
+_backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _backward_weights(x, dz, geo, w_shape):
+    # unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
+    # multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
+    return _call("backward_weights", w_shape, jnp.float32, x, dz, geo)
+
+
+def _backward_weights_fwd(x, dz, geo, w_shape):
+    return _backward_weights(x, dz, geo, w_shape), (x, dz)
+
+
+def _backward_weights_bwd(geo, w_shape, res, g):
+    x, dz = res
+    g = g.astype(x.dtype)
+    return _backward_data(dz, g, geo), _forward(x, g, geo)
+
+
+_backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
+
+
+def conv(x, w, stride, pads, dilation, groups, precision):
+    """The channels-last body (``conv_vjp.lax_conv``'s signature): oneDNN for 2-D float32/bfloat16
+    groups-1 convolutions, lax for the rest (module docstring). Call ``available()`` first."""
+    if x.ndim != 4 or not computes(x.dtype, groups) or x.dtype != w.dtype:
+        return lax_conv(x, w, stride, pads, dilation, groups, precision)
+    geo = (tuple(stride), tuple(tuple(p) for p in pads), tuple(dilation), tuple(x.shape[1:3]))
+    return _forward(x, w, geo)

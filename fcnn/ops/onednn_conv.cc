@@ -1,0 +1,206 @@
+// oneDNN's 2-D convolutions as XLA FFI handlers: the conv impl "onednn" (fcnn/ops/onednn.py builds
+// this file on first use and registers the three handlers with jax.ffi).
+//
+// Layouts: x and dX NHWC, w and dW HWIO, z and dZ NHWC (fcnn's channels-last); groups 1. Each
+// handler takes the forward's geometry as attributes: strides (sh, sw), pads (plh, phh, plw, phw)
+// and dilations (dh, dw; fcnn's, 1 = dense: oneDNN counts the gaps, so it gets d - 1). float32 or
+// bfloat16 x / w / dZ; z and dX in the input dtype, dW always float32 (bf16 products accumulate in
+// f32). oneDNN picks its own weight layout ("any"); the HWIO kernel is reordered into it per call.
+// Primitive descriptors and primitives are built once per geometry and dtype and cached.
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Geometry {
+  memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
+  memory::data_type dtype;
+  std::string Key(char kind) const {
+    std::string k(1, kind);
+    for (const memory::dims* v : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r})
+      for (auto d : *v) k += "," + std::to_string(d);
+    return k + "|" + std::to_string(static_cast<int>(dtype));
+  }
+};
+
+// x_like: NHWC (n, h, w, cin); w_like: HWIO (kh, kw, cin, cout); z_like: NHWC (n, oh, ow, cout)
+Geometry MakeGeometry(const ffi::AnyBuffer& x_like, const ffi::AnyBuffer& w_like, const ffi::AnyBuffer& z_like,
+                      ffi::DataType dtype, int64_t sh, int64_t sw, int64_t plh, int64_t phh, int64_t plw,
+                      int64_t phw, int64_t dh, int64_t dw) {
+  auto x = x_like.dimensions();
+  auto w = w_like.dimensions();
+  auto z = z_like.dimensions();
+  Geometry g;
+  g.src = {x[0], x[3], x[1], x[2]};
+  g.weights = {w[3], w[2], w[0], w[1]};
+  g.dst = {z[0], z[3], z[1], z[2]};
+  g.strides = {sh, sw};
+  g.dilates = {dh - 1, dw - 1};
+  g.pad_l = {plh, plw};
+  g.pad_r = {phh, phw};
+  g.dtype = dtype == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+  return g;
+}
+
+memory::desc Plain(const memory::dims& dims, memory::data_type dtype, tag t) { return memory::desc(dims, dtype, t); }
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      Plain(g.src, g.dtype, tag::nhwc), Plain(g.weights, g.dtype, tag::any), Plain(g.dst, g.dtype, tag::nhwc),
+      g.strides, g.dilates, g.pad_l, g.pad_r);
+}
+
+struct Forward {
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::convolution_forward conv;
+  dnnl::reorder weights_in;
+};
+struct BackwardData {
+  dnnl::convolution_backward_data::primitive_desc pd;
+  dnnl::convolution_backward_data conv;
+  dnnl::reorder weights_in;
+};
+struct BackwardWeights {
+  dnnl::convolution_backward_weights::primitive_desc pd;
+  dnnl::convolution_backward_weights conv;
+  dnnl::reorder weights_out;
+};
+
+std::mutex cache_mutex;
+template <class T>
+std::unordered_map<std::string, std::shared_ptr<T>>& Cache() {
+  static std::unordered_map<std::string, std::shared_ptr<T>> cache;
+  return cache;
+}
+
+template <class T, class Make>
+std::shared_ptr<T> Cached(const std::string& key, Make make) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto& cache = Cache<T>();
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto entry = std::make_shared<T>(make());
+  cache[key] = entry;
+  return entry;
+}
+
+template <class F>
+ffi::Error Guarded(F body) {
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> z, int64_t sh, int64_t sw,
+                       int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
+  return Guarded([&] {
+    Geometry g = MakeGeometry(x, w, *z, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    auto user_w = Plain(g.weights, g.dtype, tag::hwio);
+    auto e = Cached<Forward>(g.Key('f'), [&] {
+      auto pd = ForwardDesc(g);
+      return Forward{pd, dnnl::convolution_forward(pd),
+                     dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user_w, Engine(), pd.weights_desc()))};
+    });
+    dnnl::stream s(Engine());
+    memory w_user(user_w, Engine(), w.untyped_data());
+    memory w_conv(e->pd.weights_desc(), Engine());
+    e->weights_in.execute(s, w_user, w_conv);
+    e->conv.execute(s, {{DNNL_ARG_SRC, memory(e->pd.src_desc(), Engine(), x.untyped_data())},
+                        {DNNL_ARG_WEIGHTS, w_conv},
+                        {DNNL_ARG_DST, memory(e->pd.dst_desc(), Engine(), z->untyped_data())}});
+    s.wait();
+  });
+}
+
+ffi::Error BackwardDataImpl(ffi::AnyBuffer dz, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t sh,
+                            int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
+  return Guarded([&] {
+    Geometry g = MakeGeometry(*dx, w, dz, dz.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    auto user_w = Plain(g.weights, g.dtype, tag::hwio);
+    auto e = Cached<BackwardData>(g.Key('d'), [&] {
+      auto pd = dnnl::convolution_backward_data::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, g.dtype, tag::nhwc),
+          Plain(g.weights, g.dtype, tag::any), Plain(g.dst, g.dtype, tag::nhwc), g.strides, g.dilates, g.pad_l,
+          g.pad_r, ForwardDesc(g));
+      return BackwardData{pd, dnnl::convolution_backward_data(pd),
+                          dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user_w, Engine(), pd.weights_desc()))};
+    });
+    dnnl::stream s(Engine());
+    memory w_user(user_w, Engine(), w.untyped_data());
+    memory w_conv(e->pd.weights_desc(), Engine());
+    e->weights_in.execute(s, w_user, w_conv);
+    e->conv.execute(s, {{DNNL_ARG_DIFF_DST, memory(e->pd.diff_dst_desc(), Engine(), dz.untyped_data())},
+                        {DNNL_ARG_WEIGHTS, w_conv},
+                        {DNNL_ARG_DIFF_SRC, memory(e->pd.diff_src_desc(), Engine(), dx->untyped_data())}});
+    s.wait();
+  });
+}
+
+ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out, int64_t sh,
+                               int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
+                               int64_t dw) {
+  return Guarded([&] {
+    Geometry g = MakeGeometry(x, *dw_out, dz, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    auto user_dw = Plain(g.weights, memory::data_type::f32, tag::hwio);
+    auto e = Cached<BackwardWeights>(g.Key('w'), [&] {
+      auto pd = dnnl::convolution_backward_weights::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, g.dtype, tag::nhwc),
+          Plain(g.weights, memory::data_type::f32, tag::any), Plain(g.dst, g.dtype, tag::nhwc), g.strides,
+          g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
+      return BackwardWeights{pd, dnnl::convolution_backward_weights(pd),
+                             dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(), user_dw))};
+    });
+    dnnl::stream s(Engine());
+    memory dw_conv(e->pd.diff_weights_desc(), Engine());
+    e->conv.execute(s, {{DNNL_ARG_SRC, memory(e->pd.src_desc(), Engine(), x.untyped_data())},
+                        {DNNL_ARG_DIFF_DST, memory(e->pd.diff_dst_desc(), Engine(), dz.untyped_data())},
+                        {DNNL_ARG_DIFF_WEIGHTS, dw_conv}});
+    memory dw_user(user_dw, Engine(), dw_out->untyped_data());
+    e->weights_out.execute(s, dw_conv, dw_user);
+    s.wait();
+  });
+}
+
+}  // namespace
+
+#define FCNN_CONV_BINDING                                                                                   \
+  ffi::Ffi::Bind()                                                                                          \
+      .Arg<ffi::AnyBuffer>()                                                                                \
+      .Arg<ffi::AnyBuffer>()                                                                                \
+      .Ret<ffi::AnyBuffer>()                                                                                \
+      .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("plh").Attr<int64_t>("phh")                    \
+      .Attr<int64_t>("plw").Attr<int64_t>("phw").Attr<int64_t>("dh").Attr<int64_t>("dw")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvForward, ForwardImpl, FCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardData, BackwardDataImpl, FCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardWeights, BackwardWeightsImpl, FCNN_CONV_BINDING);
+
+// The oneDNN kernels chosen so far, one line per cached primitive ("<key> -> <impl>"), for tests and notes.
+extern "C" const char* fcnn_onednn_kernels() {
+  static std::string text;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  text.clear();
+  for (auto& kv : Cache<Forward>()) text += kv.first + " -> " + kv.second->pd.impl_info_str() + "\n";
+  for (auto& kv : Cache<BackwardData>()) text += kv.first + " -> " + kv.second->pd.impl_info_str() + "\n";
+  for (auto& kv : Cache<BackwardWeights>()) text += kv.first + " -> " + kv.second->pd.impl_info_str() + "\n";
+  return text.c_str();
+}

@@ -1,0 +1,188 @@
+"""fcnn.ops.onednn: oneDNN's convolutions (impl="onednn") against float64 references, their three
+adjoint identities, gradients of gradients, vmap, lax's non-finite pattern, the lax fallback for what
+oneDNN does not compute, and the build / availability rules. Skipped where oneDNN is not available
+(``pip install "fcnn[onednn]"`` and a C++ compiler); the availability rules run everywhere."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcnn import ops
+from fcnn.ops import onednn
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"oneDNN unavailable: {onednn.unavailable_reason()}")
+
+# (x shape NHWC, kernel, cout, stride, padding, dilation): SAME, strided with asymmetric pads, dilated, 1x1
+# strided, 5x5 VALID, one input channel, a wide one
+GEOMETRIES = [((2, 9, 9, 3), 3, 5, 1, "SAME", 1), ((2, 8, 7, 4), 3, 6, 2, ((1, 0), (2, 1)), 1),
+              ((1, 10, 10, 2), 3, 3, 1, ((0, 2), (1, 0)), 2), ((2, 7, 7, 5), 1, 4, 2, "VALID", 1),
+              ((2, 12, 12, 6), 5, 16, 1, "VALID", 1), ((3, 8, 8, 1), 5, 6, 1, "SAME", 1),
+              ((2, 6, 6, 64), 3, 32, 1, 1, 1)]
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def _problem(geometry, dtype, seed=0):
+    x_shape, k, cout, stride, padding, dilation = geometry
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=x_shape), dtype)
+    w = jnp.asarray(rng.normal(size=(k, k, x_shape[-1], cout)), dtype)
+    conv = lambda impl: (lambda x, w: ops.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,  # noqa: E731
+                                                 impl=impl))
+    z = jax.eval_shape(conv("lax"), x, w)
+    dz = jnp.asarray(rng.normal(size=z.shape), dtype)
+    return x, w, dz, conv
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 3e-6), (jnp.bfloat16, 1.2e-2)])
+def test_forward_and_both_gradients_match_float64(geometry, dtype, tol):
+    """z, dX and dW against lax in float64 on the same (rounded) values: float32 to float32 rounding,
+    bfloat16 to its output rounding (2^-8 relative; dW is float32 accumulated, then rounded)."""
+    x, w, dz, conv = _problem(geometry, dtype)
+    got_z, pull = jax.vjp(conv("onednn"), x, w)
+    got = (got_z, *pull(dz))
+    f64 = [jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, dz)]
+    want_z, want_pull = jax.vjp(conv("lax"), f64[0], f64[1])
+    for name, a, b in zip(("z", "dx", "dw"), got, (want_z, *want_pull(f64[2]))):
+        assert a.dtype == dtype, name
+        assert _rel(a, b) < tol, (name, _rel(a, b))
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4])
+def test_the_three_calls_are_adjoints(geometry):
+    """<dZ, forward(x, w)> = <backward_data(dZ, w), x> = <backward_weights(x, dZ), w>: oneDNN's two
+    backward kernels checked against its forward, not against another implementation."""
+    x, w, dz, conv = _problem(geometry, jnp.float32, seed=1)
+    z, pull = jax.vjp(conv("onednn"), x, w)
+    dx, dw = pull(dz)
+    inner = [float(jnp.vdot(dz, z)), float(jnp.vdot(dx, x)), float(jnp.vdot(dw, w))]
+    scale = float(jnp.vdot(jnp.abs(dz), jnp.abs(z)))
+    assert abs(inner[0] - inner[1]) < 1e-5 * scale and abs(inner[0] - inner[2]) < 1e-5 * scale, inner
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[2]])
+def test_gradients_of_gradients_match_lax(geometry):
+    """A Hessian-vector product through both gradients (the VJPs of the backward calls are the three
+    calls again), against lax's autodiff in float64."""
+    x, w, _, conv = _problem(geometry, jnp.float32, seed=2)
+    v = jnp.asarray(np.random.default_rng(3).normal(size=w.shape), jnp.float32)
+
+    def hvp(impl, x, w, v):
+        inner = lambda x: jnp.vdot(jax.grad(lambda w: jnp.sum(jnp.sin(conv(impl)(x, w))))(w), v)  # noqa: E731
+        return jax.grad(inner)(x)
+
+    want = hvp("lax", *(jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, v)))
+    assert _rel(jax.jit(hvp, static_argnums=0)("onednn", x, w, v), want) < 1e-5
+
+
+@needs_onednn
+def test_vmap_jit_layout_and_bias():
+    """Under vmap (one call per example), in a jitted function, channels-first, with a bias."""
+    rng = np.random.default_rng(4)
+    xs = jnp.asarray(rng.normal(size=(3, 2, 4, 6, 6)), jnp.float32)  # (vmapped, n, c, h, w)
+    w = jnp.asarray(rng.normal(size=(5, 4, 3, 3)), jnp.float32)  # OIHW
+    b = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
+    f = lambda impl: jax.jit(jax.vmap(lambda x: ops.conv2d(x, w, b, padding="SAME", layout="NCHW", impl=impl)))  # noqa: E731
+    assert _rel(f("onednn")(xs), f("lax")(xs)) < 3e-6
+
+
+@needs_onednn
+@pytest.mark.parametrize("where", ["x", "w at a border tap"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_values_give_lax_pattern(where, bad):
+    """A NaN or inf pixel or kernel tap (fcnn/ops/conv.py's table, a finite output gradient): z, dX and
+    dW have lax's NaN/inf pattern (a non-finite kernel takes lax's forward and dX: oneDNN's dX would
+    skip the padded taps that lax's multiplies)."""
+    rng = np.random.default_rng(5)
+    x, w, dz = rng.normal(size=(2, 6, 6, 2)), rng.normal(size=(3, 3, 2, 3)), rng.normal(size=(2, 6, 6, 3))
+    {"x": x, "w at a border tap": w}[where][(0, 0, 1, 0) if where != "x" else (1, 2, 3, 0)] = bad
+
+    def codes(impl):
+        args = [jnp.asarray(a, jnp.float32) for a in (x, w, dz)]
+        z, pull = jax.vjp(lambda x, w: ops.conv2d(x, w, padding="SAME", impl=impl), *args[:2])
+        return [np.where(np.isnan(a), 1, np.where(np.isinf(a), 2 + np.sign(a), 0)) for a in (z, *pull(args[2]))]
+
+    want = codes("lax")
+    assert any(np.count_nonzero(c) for c in want)
+    for name, a, b in zip(("z", "dx", "dw"), codes("onednn"), want):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@needs_onednn
+def test_what_onednn_does_not_compute_is_lax():
+    """float64, float16 and grouped convolutions are lax's, bit for bit (forward and gradients)."""
+    rng = np.random.default_rng(6)
+    for dtype, groups in ((jnp.float64, 1), (jnp.float16, 1), (jnp.float32, 2)):
+        x = jnp.asarray(rng.normal(size=(2, 6, 6, 4)), dtype)
+        w = jnp.asarray(rng.normal(size=(3, 3, 4 // groups, 6)), dtype)
+        f = lambda impl: jax.value_and_grad(  # noqa: E731
+            lambda x, w: jnp.sum(ops.conv2d(x, w, padding=1, groups=groups, impl=impl).astype(jnp.float32)),
+            argnums=(0, 1))(x, w)
+        for a, b in zip(jax.tree.leaves(f("onednn")), jax.tree.leaves(f("lax"))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not onednn.computes(jnp.float64, 1) and not onednn.computes(jnp.float32, 2)
+    assert onednn.computes(jnp.bfloat16, 1) and onednn.computes("float32", 1)
+
+
+@needs_onednn
+def test_kernels_name_what_onednn_ran():
+    x, w, dz, conv = _problem(GEOMETRIES[0], jnp.float32)
+    jax.vjp(conv("onednn"), x, w)[1](dz)
+    lines = onednn.kernels()
+    roles = {line[0] for line in lines}
+    assert roles == {"f", "d", "w"} and all(" -> " in line for line in lines)
+
+
+def test_restricted_to_2d_and_refused_by_name_where_unavailable(monkeypatch):
+    """1-D and 3-D convolutions are refused; where oneDNN is unavailable impl="onednn" says why, and
+    conv_impls_for leaves it out."""
+    x1, w1 = jnp.ones((1, 8, 2)), jnp.ones((3, 2, 2))
+    with pytest.raises(ValueError, match=r"impl='onednn' computes only 2-D convolutions; got kernel \(3,\)"):
+        ops.conv1d(x1, w1, impl="onednn")
+    monkeypatch.setenv("FCNN_ONEDNN", "0")
+    assert not onednn.available() and onednn.unavailable_reason() == "turned off by FCNN_ONEDNN=0"
+    assert "onednn" not in ops.conv_impls_for((3, 3), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match=r"impl='onednn' needs oneDNN, which is not available here: turned off by FCNN_ONEDNN=0"):
+        ops.conv2d(jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2)), impl="onednn")
+
+
+def test_missing_wheels_are_named_with_the_install_line(monkeypatch):
+    monkeypatch.setattr(onednn, "_wheel_file", lambda dist, name: None)
+    handlers, why = onednn._load.__wrapped__()
+    assert handlers is None
+    assert why == ('the oneDNN wheels are not installed (onednn-cpu-gomp, onednn-devel-cpu-gomp): '
+                   'pip install "fcnn[onednn]"')
+
+
+def test_a_failed_build_is_named_and_leaves_nothing(monkeypatch, tmp_path):
+    if any(onednn._wheel_file(d, n) is None for d, n in onednn.WHEELS):
+        pytest.skip("the oneDNN wheels are not installed")
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.setenv("FCNN_CACHE_DIR", str(tmp_path / "cache"))
+    handlers, why = onednn._load.__wrapped__()
+    assert handlers is None and why.startswith("compiling onednn_conv.cc failed: ") and "no-such-c++" in why
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@needs_onednn
+def test_a_fresh_cache_builds_the_handlers_once(tmp_path):
+    """A new FCNN_CACHE_DIR gets one library, built under a temporary name and renamed (no partial file
+    left); a second process loads it without building."""
+    env = dict(os.environ, FCNN_CACHE_DIR=str(tmp_path))
+    probe = "from fcnn.ops import onednn; print(onednn.available(), onednn.unavailable_reason())"
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
+        assert out.stdout.strip() == "True", out.stderr[-2000:]
+        assert [p.name for p in tmp_path.iterdir() if p.suffix == ".so"] == [p.name for p in tmp_path.iterdir()]
+        assert len(list(tmp_path.iterdir())) == 1
