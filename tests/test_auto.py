@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 
 from fcnn import ops, shapes
-from fcnn.ops import auto
+from fcnn.ops import auto, onednn
 
 LENET_C1 = ((64, 28, 28, 1), (5, 5, 1, 6))
 LENET_C2 = ((64, 14, 14, 6), (5, 5, 6, 16))
 VGG_C1 = ((16, 32, 32, 3), (3, 3, 3, 64))
 VGG_C2 = ((16, 32, 32, 64), (3, 3, 64, 128))
 VGG_C4 = ((16, 8, 8, 256), (3, 3, 256, 512))
+
+
+@pytest.fixture(autouse=True)
+def _xla_table(monkeypatch):
+    """The tables below are XLA's: oneDNN's rule is test_cpu_with_onednn_picks_it_except_for_kernel_heavy_convs's."""
+    monkeypatch.setenv("FCNN_ONEDNN", "0")
 
 
 @pytest.mark.parametrize("platform", ["gpu", "cuda", "rocm", "GPU"])
@@ -70,6 +76,37 @@ def test_cpu_with_amx_picks_im2col_vjp_or_winograd_for_wide_bfloat16_convs(monke
     assert sel("gpu", *VGG_C4, dtype=bf16) == "lax"
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
     assert sel("cpu", *VGG_C4, dtype=bf16) == "lax"
+
+
+def test_cpu_with_onednn_picks_it_except_for_kernel_heavy_convs(monkeypatch):
+    """Where oneDNN is available, every 2-D groups-1 float32/bfloat16 CPU conv goes to it, before the
+    taps, col2im and AMX rules, except kernel-heavy ones: prod(k) * cout >= 8 * n * prod(spatial), or
+    >= 4 times at a stride (perf_notes item 62)."""
+    sel = auto.select_conv_impl
+    bf16 = jnp.bfloat16
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    for amx in (False, True):
+        monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda amx=amx: amx)
+        for dtype in (None, jnp.float32, bf16, "bfloat16"):
+            for x, w in (LENET_C1, LENET_C2, VGG_C1, VGG_C2, VGG_C4):  # VGG_C4: 4.5 < 8 at stride 1
+                assert sel("cpu", x, w, dtype=dtype) == "onednn"
+            assert sel("cpu", (16, 64, 32, 32), (128, 64, 3, 3), layout="NCHW", dtype=dtype) == "onednn"
+            assert sel("cpu", (16, 32, 32, 64), (1, 1, 64, 128), stride=2, dtype=dtype) == "onednn"
+            assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), stride=2, dilation=2, dtype=dtype) == "onednn"
+    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512)) == "col2im"  # 18 >= 8: the rules above
+    assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 512), stride=2) == "col2im"  # strided, 4.5 >= 4
+    assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 455), stride=2) == "onednn"  # strided, 3.99 < 4
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 227)) == "onednn"  # 7.98 < 8
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 228)) == "col2im"  # 8.02
+    assert sel("cpu", *VGG_C4, dtype=jnp.float64) == "lax"  # oneDNN computes float32 and bfloat16 only
+    assert sel("cpu", *VGG_C4, dtype=jnp.float16) == "lax"
+    assert sel("cpu", (16, 8, 8, 512), (3, 3, 256, 512), groups=2) == "lax"  # grouped
+    assert sel("cpu", (8, 8, 8, 8, 16), (3, 3, 3, 16, 16)) == "col2im"  # 3-D: XLA's table
+    assert sel("cpu", (8, 64, 256), (3, 256, 256)) == "lax"  # 1-D
+    assert sel("gpu", *VGG_C4) == "lax"
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    assert sel("cpu", *VGG_C2) == "lax"
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -142,12 +142,19 @@ def test_auto_benchmark_model_chooses_at_the_real_batch(experiment, monkeypatch)
 
     monkeypatch.setattr(auto, "select_conv_impl", spy)
     model = peers.fcnn_model("vgg", "auto", "auto")
-    for n, expected in ((16, ["col2im", "lax", "lax", "lax"]), (1, ["col2im", "lax", "col2im", "col2im"])):
-        _, params, state = model.init(jax.random.PRNGKey(0), (n, 32, 32, 3))
-        chosen.clear()
-        jax.eval_shape(lambda p, x: model.apply(p, state, x, key=None, train=False)[0], params,
-                       jax.ShapeDtypeStruct((n, 32, 32, 3), jax.numpy.float32))
-        assert chosen == expected, n
+    # with oneDNN available, its kernel-heavy bound (8) moves the same two layers at batch 1
+    from fcnn.ops import onednn
+    tables = {False: ((16, ["col2im", "lax", "lax", "lax"]), (1, ["col2im", "lax", "col2im", "col2im"])),
+              True: ((16, ["onednn"] * 4), (1, ["onednn", "onednn", "col2im", "col2im"]))}
+    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
+    for with_onednn, rows in tables.items():
+        monkeypatch.setattr(onednn, "available", lambda on=with_onednn: on)
+        for n, expected in rows:
+            _, params, state = model.init(jax.random.PRNGKey(0), (n, 32, 32, 3))
+            chosen.clear()
+            jax.eval_shape(lambda p, x: model.apply(p, state, x, key=None, train=False)[0], params,
+                           jax.ShapeDtypeStruct((n, 32, 32, 3), jax.numpy.float32))
+            assert chosen == expected, (n, with_onednn)
 
 
 @pytest.mark.parametrize("argv,match", [

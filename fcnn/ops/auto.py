@@ -56,6 +56,15 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   channel "taps" (16^3 1->16: 0.10x lax; col2im 0.36x), 2 to ``CPU_COL2IM_MAX_CIN_3D`` = 32 "col2im"
   (16^3 16->32: 0.72x and 0.73x in two runs; 8^3 32->64: 0.62x, auto's lax row 0.90x); wider: "lax"
   (not measured).
+  Where oneDNN is available (``fcnn.ops.onednn``: the ``fcnn[onednn]`` extra, a C++ compiler; not
+  with ``FCNN_ONEDNN=0``), every 2-D groups-1 float32 or bfloat16 CPU convolution goes to "onednn"
+  before the rules above, except kernel-heavy ones (``CPU_ONEDNN_MAX_KERNEL_RATIO``: prod(k) * cout
+  >= 8 * n * prod(spatial), or >= 4 at a stride), which keep them. Forward + both gradients at batch
+  16 on the AVX-512/AMX Xeon (perf_notes item 62), f32: VGG's 64->128 20.5 ms against lax's 30.1,
+  ResNet-18's 3x3 64 9.0 against 14.3, LeNet-5's two layers at b64 1.39 / 1.10 against taps' 1.63 and
+  col2im's 1.58; bf16 (oneDNN on AMX): VGG's 64->128 3.1 against 28.1, ResNet-18's 3x3 128 2.5 against
+  im2col_vjp's 7.4; kept off: ResNet-18's 4x4 3x3 512 (ratio 18; f32 20.1 against col2im's 14.8, bf16
+  12.7 against im2col_vjp's 7.2) and 8x8 stride-2 256->512 (ratio 4.5; f32 10.2 against 7.7).
 * conv_transpose: "custom_vjp" on CPU when a stride is > 1 (``select_conv_transpose_impl``): the
   same forward as "lax"; its hand-derived backward took 0.06-0.1x of the time of lax's autodiff
   backward on the measured U-Net decoder shapes in 1-D and 2-D. In 3-D (8^3 -> 16^3) lax's forward
@@ -85,7 +94,7 @@ from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
            "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO",
-           "CPU_AMX_MIN_CHANNELS", "CPU_AMX_WINOGRAD_MIN_CHANNELS", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16"]
+           "CPU_AMX_MIN_CHANNELS", "CPU_AMX_WINOGRAD_MIN_CHANNELS", "CPU_ONEDNN_MAX_KERNEL_RATIO", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
@@ -108,6 +117,12 @@ CPU_AMX_MIN_CHANNELS = {"1x1": 64, "stride 1": 128, "strided": 256}
 # (perf_notes item 58, bf16 b16 steps in fresh processes: VGG with its 64->128 layer on Winograd 77.8
 # against 84.0 ms; ResNet-18 with its 64->64 ones 242.5 against 240.2, no gain for 2.1 s more compile).
 CPU_AMX_WINOGRAD_MIN_CHANNELS = (64, 128)
+# CPU where oneDNN is available (fcnn/ops/onednn.py), 2-D, groups 1, float32 or bfloat16: "onednn",
+# except for kernel-heavy layers: prod(kernel) * cout >= the first of these times n * prod(spatial),
+# or the second at a stride > 1, keep the choice above (forward + both gradients, perf_notes item 62:
+# ResNet-18's 4x4 3x3 512 f32 20.1 against col2im's 14.8 ms, its 8x8 stride-2 256->512 10.2 against
+# 7.7, while VGG's 8x8 stride-1 256->512 took 21.1 against lax's 24.4).
+CPU_ONEDNN_MAX_KERNEL_RATIO = (8, 4)
 
 
 def parse_cpu_flags(cpuinfo_text: str) -> frozenset:
@@ -186,6 +201,8 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     stride = shapes.normalize_tuple(stride, "stride", rank)
     dilation = shapes.normalize_tuple(dilation, "dilation", rank)  # checked on every platform, as stride
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
+        if rank == 2 and _onednn_takes(x_shape, kernel, cout, stride, layout, dtype):
+            return "onednn"
         if rank == 2 and bf16 and cpu_has_amx_bf16():
             from fcnn.ops import winograd
 
@@ -206,6 +223,20 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
             if max(stride) > 1 or taps * cout >= CPU_COL2IM_MIN_KERNEL_RATIO * positions:
                 return "col2im"
     return "lax"
+
+
+def _onednn_takes(x_shape, kernel, cout, stride, layout, dtype) -> bool:
+    """Whether a 2-D groups-1 CPU convolution goes to "onednn" (CPU_ONEDNN_MAX_KERNEL_RATIO)."""
+    from fcnn.ops import onednn
+
+    if not onednn.computes("float32" if dtype is None else dtype, 1):
+        return False
+    positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
+    heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
+    ratio = math.prod(kernel) * cout / positions
+    if ratio >= heavy or (max(stride) > 1 and ratio >= heavy_strided):
+        return False
+    return onednn.available()
 
 
 def select_conv_transpose_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: Sequence[int], *,
