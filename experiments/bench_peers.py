@@ -33,7 +33,8 @@ from bench_common import (  # noqa: E402, F401  (re-exported: other scripts and 
 from bench_torch import build_torch, build_torch_compile  # noqa: E402
 
 # ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
-RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_keep", "linen", "torch", "torch_compile", "torch_keep")
+RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_keep", "fcnn_xla", "linen", "torch", "torch_compile",
+                     "torch_keep")
 
 
 def supports(framework: str, net: str) -> bool:
@@ -387,8 +388,16 @@ def _kept_memory(build):
     return builder
 
 
+def build_fcnn_xla(net, n, dtype_policy, device, k=1):
+    """fcnn's step with XLA's own convolutions only: ``FCNN_ONEDNN=0`` in this worker, so
+    ``impl="auto"`` never picks "onednn" (what a user without ``fcnn[onednn]`` gets; perf_notes item 62)."""
+    os.environ["FCNN_ONEDNN"] = "0"
+    return build_fcnn(net, n, dtype_policy, device, k)
+
+
 BUILDERS = {
     "fcnn": build_fcnn,
+    "fcnn_xla": build_fcnn_xla,
     "fcnn_keep": _kept_memory(build_fcnn),
     "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
     "fcnn_unroll": build_fcnn_unroll,  # k steps per dispatch, scan fully unrolled
@@ -406,7 +415,7 @@ BUILDERS = {
 }
 LABELS = {
     "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_ynn_off": "fcnn, YNNPACK conv off", "fcnn_unroll": "fcnn (k steps, unrolled)",
-    "fcnn_keep": "fcnn, keep_cpu_memory()",
+    "fcnn_keep": "fcnn, keep_cpu_memory()", "fcnn_xla": "fcnn, XLA's convs only (no oneDNN)",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
     "torch": "torch eager (channels_last)", "torch_compile": "torch.compile", "torch_keep": "torch eager, keep_cpu_memory()",
