@@ -81,15 +81,17 @@ def test_cpu_with_amx_picks_im2col_vjp_or_winograd_for_wide_bfloat16_convs(monke
 def test_cpu_with_onednn_picks_it_except_for_kernel_heavy_convs(monkeypatch):
     """Where oneDNN is available, every 2-D groups-1 float32/bfloat16 CPU conv goes to it, before the
     taps, col2im and AMX rules, except kernel-heavy ones: prod(k) * cout >= 8 * n * prod(spatial), or
-    >= 4 times at a stride (perf_notes item 62)."""
+    >= 4 times at a stride, and bfloat16 ones with one input channel (taps; perf_notes item 62)."""
     sel = auto.select_conv_impl
     bf16 = jnp.bfloat16
     monkeypatch.setattr(onednn, "available", lambda: True)
     for amx in (False, True):
         monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda amx=amx: amx)
         for dtype in (None, jnp.float32, bf16, "bfloat16"):
-            for x, w in (LENET_C1, LENET_C2, VGG_C1, VGG_C2, VGG_C4):  # VGG_C4: 4.5 < 8 at stride 1
+            for x, w in (LENET_C2, VGG_C1, VGG_C2, VGG_C4):  # VGG_C4: 4.5 < 8 at stride 1
                 assert sel("cpu", x, w, dtype=dtype) == "onednn"
+            one_channel = "taps" if dtype in (bf16, "bfloat16") else "onednn"
+            assert sel("cpu", *LENET_C1, dtype=dtype) == one_channel
             assert sel("cpu", (16, 64, 32, 32), (128, 64, 3, 3), layout="NCHW", dtype=dtype) == "onednn"
             assert sel("cpu", (16, 32, 32, 64), (1, 1, 64, 128), stride=2, dtype=dtype) == "onednn"
             assert sel("cpu", (16, 32, 32, 64), (3, 3, 64, 128), stride=2, dilation=2, dtype=dtype) == "onednn"

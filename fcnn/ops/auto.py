@@ -59,7 +59,9 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   Where oneDNN is available (``fcnn.ops.onednn``: the ``fcnn[onednn]`` extra, a C++ compiler; not
   with ``FCNN_ONEDNN=0``), every 2-D groups-1 float32 or bfloat16 CPU convolution goes to "onednn"
   before the rules above, except kernel-heavy ones (``CPU_ONEDNN_MAX_KERNEL_RATIO``: prod(k) * cout
-  >= 8 * n * prod(spatial), or >= 4 at a stride), which keep them. Forward + both gradients at batch
+  >= 8 * n * prod(spatial), or >= 4 at a stride), which keep them, and bfloat16 ones with one input
+  channel, which keep "taps" (the LeNet-5 b64 bf16 step, interleaved: taps + onednn 3.36 ms, onednn
+  on both layers 4.35, taps + col2im 4.01; in f32 onednn on both 3.21 against 3.53 and 3.61). Forward + both gradients at batch
   16 on the AVX-512/AMX Xeon (perf_notes item 62), f32: VGG's 64->128 20.5 ms against lax's 30.1,
   ResNet-18's 3x3 64 9.0 against 14.3, LeNet-5's two layers at b64 1.39 / 1.10 against taps' 1.63 and
   col2im's 1.58; bf16 (oneDNN on AMX): VGG's 64->128 3.1 against 28.1, ResNet-18's 3x3 128 2.5 against
@@ -201,7 +203,7 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     stride = shapes.normalize_tuple(stride, "stride", rank)
     dilation = shapes.normalize_tuple(dilation, "dilation", rank)  # checked on every platform, as stride
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
-        if rank == 2 and _onednn_takes(x_shape, kernel, cout, stride, layout, dtype):
+        if rank == 2 and _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype):
             return "onednn"
         if rank == 2 and bf16 and cpu_has_amx_bf16():
             from fcnn.ops import winograd
@@ -225,11 +227,14 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     return "lax"
 
 
-def _onednn_takes(x_shape, kernel, cout, stride, layout, dtype) -> bool:
-    """Whether a 2-D groups-1 CPU convolution goes to "onednn" (CPU_ONEDNN_MAX_KERNEL_RATIO)."""
+def _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype) -> bool:
+    """Whether a 2-D groups-1 CPU convolution goes to "onednn" (CPU_ONEDNN_MAX_KERNEL_RATIO; a
+    bfloat16 one with one input channel keeps "taps")."""
     from fcnn.ops import onednn
 
     if not onednn.computes("float32" if dtype is None else dtype, 1):
+        return False
+    if _is_bfloat16(dtype) and cin_g <= CPU_TAPS_MAX_CIN:
         return False
     positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
     heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
