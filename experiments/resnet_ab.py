@@ -140,10 +140,10 @@ def _torch_model(variant):
 
 
 def torch_step_part(args):
+    names = _variants(args, TORCH_STEP_VARIANTS)  # refused before torch is needed
     import bench_torch
     import torch
 
-    names = _variants(args, TORCH_STEP_VARIANTS)
     torch.set_num_threads(os.cpu_count() or 1)
     calls = {}
     for v in names:
