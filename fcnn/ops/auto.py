@@ -67,6 +67,8 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   col2im's 1.58; bf16 (oneDNN on AMX): VGG's 64->128 3.1 against 28.1, ResNet-18's 3x3 128 2.5 against
   im2col_vjp's 7.4; kept off: ResNet-18's 4x4 3x3 512 (ratio 18; f32 20.1 against col2im's 14.8, bf16
   12.7 against im2col_vjp's 7.2) and 8x8 stride-2 256->512 (ratio 4.5; f32 10.2 against 7.7).
+  Its NaN/inf pattern is lax's (kernel guards; tests/test_onednn.py, in float32: the whole-table test
+  below runs float64 inputs, which oneDNN leaves to lax).
 * conv_transpose: "custom_vjp" on CPU when a stride is > 1 (``select_conv_transpose_impl``): the
   same forward as "lax"; its hand-derived backward took 0.06-0.1x of the time of lax's autodiff
   backward on the measured U-Net decoder shapes in 1-D and 2-D. In 3-D (8^3 -> 16^3) lax's forward
