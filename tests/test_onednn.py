@@ -87,14 +87,32 @@ def test_gradients_of_gradients_match_lax(geometry):
 
 
 @needs_onednn
-def test_vmap_jit_layout_and_bias():
-    """Under vmap (one call per example), in a jitted function, channels-first, with a bias."""
+def test_jit_layout_and_bias():
+    """In a jitted function, channels-first, with a bias: oneDNN's calls (the kernels list grows)."""
     rng = np.random.default_rng(4)
-    xs = jnp.asarray(rng.normal(size=(3, 2, 4, 6, 6)), jnp.float32)  # (vmapped, n, c, h, w)
+    x = jnp.asarray(rng.normal(size=(2, 4, 7, 7)), jnp.float32)  # NCHW
     w = jnp.asarray(rng.normal(size=(5, 4, 3, 3)), jnp.float32)  # OIHW
     b = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
-    f = lambda impl: jax.jit(jax.vmap(lambda x: ops.conv2d(x, w, b, padding="SAME", layout="NCHW", impl=impl)))  # noqa: E731
-    assert _rel(f("onednn")(xs), f("lax")(xs)) < 3e-6
+    f = lambda impl: jax.jit(lambda x: ops.conv2d(x, w, b, padding="SAME", layout="NCHW", impl=impl))  # noqa: E731
+    assert _rel(f("onednn")(x), f("lax")(x)) < 3e-6
+    assert any(line.startswith("f,2,4,7,7,5,") for line in onednn.kernels())
+
+
+@needs_onednn
+def test_under_vmap_the_calls_are_xla_batched_convolutions():
+    """vmap (per-example gradients: one example per call) runs each call as XLA's batched convolution
+    (custom_vmap): per-example dW of a vmapped grad equals lax's bit for bit, and no oneDNN call is made."""
+    rng = np.random.default_rng(7)
+    xs = jnp.asarray(rng.normal(size=(5, 1, 6, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    before = set(onednn.kernels())
+
+    def per_example(impl):
+        loss = lambda w, x: jnp.sum(jnp.sin(ops.conv2d(x, w, padding=1, impl=impl)))  # noqa: E731
+        return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(w, xs)
+
+    np.testing.assert_array_equal(np.asarray(per_example("onednn")), np.asarray(per_example("lax")))
+    assert set(onednn.kernels()) == before
 
 
 @needs_onednn
