@@ -189,7 +189,7 @@ def test_a_failed_build_is_named_and_leaves_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
     monkeypatch.setenv("FCNN_CACHE_DIR", str(tmp_path / "cache"))
     handlers, why = onednn._load.__wrapped__()
-    assert handlers is None and why.startswith("compiling onednn_conv.cc failed: ") and "no-such-c++" in why
+    assert handlers is None and why.startswith("compiling onednn_conv.cc into ") and "no-such-c++" in why
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -204,3 +204,13 @@ def test_a_fresh_cache_builds_the_handlers_once(tmp_path):
         assert out.stdout.strip() == "True", out.stderr[-2000:]
         assert [p.name for p in tmp_path.iterdir() if p.suffix == ".so"] == [p.name for p in tmp_path.iterdir()]
         assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_an_unusable_cache_dir_makes_it_unavailable_not_an_error(monkeypatch, tmp_path):
+    if any(onednn._wheel_file(d, n) is None for d, n in onednn.WHEELS):
+        pytest.skip("the oneDNN wheels are not installed")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FCNN_CACHE_DIR", str(blocker / "cache"))  # under a regular file: cannot be made
+    handlers, why = onednn._load.__wrapped__()
+    assert handlers is None and why.startswith(f"compiling onednn_conv.cc into {blocker / 'cache'} failed: ")

@@ -88,12 +88,13 @@ def _wheel_file(dist: str, name: str) -> Optional[Path]:
 def _build(out: Path, compiler: str, include: Path, libdir: Path) -> Optional[str]:
     """Compile SOURCE into ``out`` (written under another name, then renamed: a concurrent build or a
     crash never leaves a partial library there). Returns None, or what went wrong."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
-    os.close(fd)
-    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", tmp,
-           f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
+        os.close(fd)
+        cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", tmp,
+               f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()
@@ -101,9 +102,9 @@ def _build(out: Path, compiler: str, include: Path, libdir: Path) -> Optional[st
         os.replace(tmp, out)
         return None
     except (OSError, subprocess.SubprocessError) as e:
-        return f"compiling {SOURCE.name} failed: {e}"
+        return f"compiling {SOURCE.name} into {out.parent} failed: {e}"
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -120,7 +121,7 @@ def _load() -> Tuple[Optional[ctypes.CDLL], str]:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
         return None, "no C++ compiler to build the oneDNN handlers (set $CXX, or install g++)"
-    versions = [jax.__version__] + [importlib.metadata.version(dist) for dist, _ in WHEELS]
+    versions = [importlib.metadata.version(dist) for dist in ("jaxlib", *(d for d, _ in WHEELS))]
     key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, str(lib), *versions]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"libfcnn_onednn-{key}.so"
     if not out.exists():
@@ -211,7 +212,7 @@ def _batched_by_lax(call, lax_fn):
 
 
 @functools.lru_cache(maxsize=None)
-def _calls(geo: Geometry, w_shape: tuple, out_shape: tuple, x_dtype, dz_dtype):
+def _calls(geo: Geometry, w_shape: tuple, out_shape: tuple, dtype):
     """The three oneDNN calls of one geometry: (forward(x, w), backward_data(dz, w), backward_weights(x, dz))."""
     *_, in_sizes = geo
     forward = _batched_by_lax(lambda x, w: _call("forward", out_shape, x.dtype, x, w, geo),
@@ -226,7 +227,7 @@ def _calls(geo: Geometry, w_shape: tuple, out_shape: tuple, x_dtype, dz_dtype):
 
 def _calls_for(x_shape, w_shape, dtype, geo):
     out = jax.eval_shape(lambda: _lax_forward(jnp.zeros(x_shape, dtype), jnp.zeros(w_shape, dtype), geo)).shape
-    return _calls(geo, tuple(w_shape), tuple(out), jnp.dtype(dtype), jnp.dtype(dtype))
+    return _calls(geo, tuple(w_shape), tuple(out), jnp.dtype(dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
