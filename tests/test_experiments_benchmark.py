@@ -146,7 +146,7 @@ def test_auto_benchmark_model_chooses_at_the_real_batch(experiment, monkeypatch)
     from fcnn.ops import onednn
     tables = {False: ((16, ["col2im", "lax", "lax", "lax"]), (1, ["col2im", "lax", "col2im", "col2im"])),
               True: ((16, ["onednn"] * 4), (1, ["onednn", "onednn", "col2im", "col2im"]))}
-    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # f32: oneDNN's rule applies
     for with_onednn, rows in tables.items():
         monkeypatch.setattr(onednn, "available", lambda on=with_onednn: on)
         for n, expected in rows:

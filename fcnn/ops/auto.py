@@ -68,7 +68,9 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   im2col_vjp's 7.4; kept off: ResNet-18's 4x4 3x3 512 (ratio 18; f32 20.1 against col2im's 14.8, bf16
   12.7 against im2col_vjp's 7.2) and 8x8 stride-2 256->512 (ratio 4.5; f32 10.2 against 7.7).
   Its NaN/inf pattern is lax's (kernel guards; tests/test_onednn.py, in float32: the whole-table test
-  below runs float64 inputs, which oneDNN leaves to lax).
+  below runs float64 inputs, which oneDNN leaves to lax). Measured on the AVX-512/AMX Xeon only, so
+  the rule asks for its flags: float32 ``avx512f``, bfloat16 ``amx_bf16``; an AVX2-only CPU keeps the
+  table above (``impl="onednn"`` itself runs wherever oneDNN is available).
 * conv_transpose: "custom_vjp" on CPU when a stride is > 1 (``select_conv_transpose_impl``): the
   same forward as "lax"; its hand-derived backward took 0.06-0.1x of the time of lax's autodiff
   backward on the measured U-Net decoder shapes in 1-D and 2-D. In 3-D (8^3 -> 16^3) lax's forward
@@ -231,12 +233,16 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
 
 def _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype) -> bool:
     """Whether a 2-D groups-1 CPU convolution goes to "onednn" (CPU_ONEDNN_MAX_KERNEL_RATIO; a
-    bfloat16 one with one input channel keeps "taps")."""
+    bfloat16 one with one input channel keeps "taps"; only on the CPUs it was measured on: float32
+    with avx512f, bfloat16 with amx_bf16)."""
     from fcnn.ops import onednn
 
     if not onednn.computes("float32" if dtype is None else dtype, 1):
         return False
-    if _is_bfloat16(dtype) and cin_g <= CPU_TAPS_MAX_CIN:
+    bf16 = _is_bfloat16(dtype)
+    if ("amx_bf16" if bf16 else "avx512f") not in cpu_flags():  # measured there only (ONEDNN_MEASURED_ON)
+        return False
+    if bf16 and cin_g <= CPU_TAPS_MAX_CIN:
         return False
     positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
     heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
