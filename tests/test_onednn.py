@@ -214,3 +214,12 @@ def test_an_unusable_cache_dir_makes_it_unavailable_not_an_error(monkeypatch, tm
     monkeypatch.setenv("FCNN_CACHE_DIR", str(blocker / "cache"))  # under a regular file: cannot be made
     handlers, why = onednn._load.__wrapped__()
     assert handlers is None and why.startswith(f"compiling onednn_conv.cc into {blocker / 'cache'} failed: ")
+
+
+def test_another_backend_is_refused_by_name(monkeypatch):
+    """The handlers are registered for the CPU only: on another default backend impl="onednn" does not
+    apply and its error says so (conv_impls_for leaves it out)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not onednn.supports((3, 3), (1, 1), (1, 1))
+    assert onednn.refusal((3, 3), (1, 1), (1, 1)) == "impl='onednn' runs on the CPU backend only, this one is 'gpu'"
+    assert "onednn" not in ops.conv_impls_for((3, 3), (1, 1), (1, 1))

@@ -240,7 +240,7 @@ def _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype) -> bool:
     if not onednn.computes("float32" if dtype is None else dtype, 1):
         return False
     bf16 = _is_bfloat16(dtype)
-    if ("amx_bf16" if bf16 else "avx512f") not in cpu_flags():  # measured there only (ONEDNN_MEASURED_ON)
+    if ("amx_bf16" if bf16 else "avx512f") not in cpu_flags():  # measured there only
         return False
     if bf16 and cin_g <= CPU_TAPS_MAX_CIN:
         return False

@@ -75,6 +75,7 @@ __all__ = ["conv", "conv1d", "conv3d", "CONV_IMPLS", "RESTRICTED_IMPLS", "conv_i
 CONV_IMPLS = ("lax", "reference", "im2col", "fft", "custom_vjp", "col2im", "taps", "im2col_vjp")
 # Implementations of one kind of convolution only, each with the rule of what it computes.
 RESTRICTED_IMPLS = {"winograd": _winograd.supports, "onednn": _onednn.supports}
+_REFUSALS = {"winograd": _winograd.refusal, "onednn": _onednn.refusal}  # why one does not compute a conv
 # "auto" resolves to one of CONV_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
 CONV_CHOICES = CONV_IMPLS + tuple(RESTRICTED_IMPLS) + ("auto",)
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -124,7 +125,7 @@ def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_
     pads = shapes.normalize_padding(padding, in_sizes, kernel, stride, dilation)
     mode = check_padding_mode(padding_mode, pads, in_sizes)
     if impl in RESTRICTED_IMPLS and impl not in conv_impls_for(kernel, stride, dilation):
-        raise ValueError(_restriction(impl, kernel, stride, dilation))
+        raise ValueError(_REFUSALS[impl](kernel, stride, dilation))
     b_shape = None if b is None else _checks.array_shape(b, "b")
     if b_shape is not None and b_shape != (cout,):
         raise ValueError(f"b must have shape (cout,) = ({cout},) to match w, got {b_shape}")
@@ -133,15 +134,6 @@ def _geometry(x, w, b, stride, padding, dilation, groups, layout, impl, padding_
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"x and w must have a floating dtype (float32, float64, bfloat16, ...), got {dtype}")
     return layout, stride, pads, dilation, mode, dtype
-
-
-def _restriction(impl, kernel, stride, dilation) -> str:
-    """Why restricted implementation ``impl`` does not compute this convolution."""
-    if impl == "onednn" and len(kernel) == 2:
-        return f"impl='onednn' needs oneDNN, which is not available here: {_onednn.unavailable_reason()}"
-    rule = ("2-D convolutions" if impl == "onednn" else
-            "2-D convolutions with a 3x3 kernel, stride 1 and dilation 1")
-    return f"impl={impl!r} computes only {rule}; got kernel {tuple(kernel)}, stride {stride}, dilation {dilation}"
 
 
 def _to_channels_last(x, w, layout):

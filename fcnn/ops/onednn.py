@@ -52,9 +52,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
 
+from fcnn import shapes
 from fcnn.ops.conv_vjp import conv_backward_input, conv_backward_kernel, if_finite, lax_conv
 
-__all__ = ["available", "unavailable_reason", "supports", "computes", "kernels", "conv", "SOURCE", "TARGETS",
+__all__ = ["available", "unavailable_reason", "supports", "refusal", "computes", "kernels", "conv", "SOURCE", "TARGETS",
            "WHEELS"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
@@ -158,6 +159,16 @@ def supports(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[in
     return len(kernel) == 2 and jax.default_backend() == "cpu" and available()
 
 
+def refusal(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> str:
+    """The error of a convolution ``supports`` rejects: not 2-D, or oneDNN unavailable (with the reason)."""
+    if len(kernel) != 2:
+        return (f"impl='onednn' computes only 2-D convolutions; got kernel {tuple(kernel)}, stride {tuple(stride)}, "
+                f"dilation {tuple(dilation)}")
+    if jax.default_backend() != "cpu":
+        return f"impl='onednn' runs on the CPU backend only, this one is {jax.default_backend()!r}"
+    return f"impl='onednn' needs oneDNN, which is not available here: {unavailable_reason()}"
+
+
 def computes(dtype, groups: int) -> bool:
     """Whether oneDNN (not lax) computes a convolution of this dtype and group count."""
     return groups == 1 and jnp.dtype(dtype) in DTYPES
@@ -212,81 +223,72 @@ def _batched_by_lax(call, lax_fn):
 
 
 @functools.lru_cache(maxsize=None)
-def _calls(geo: Geometry, w_shape: tuple, out_shape: tuple, dtype):
+def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple):
     """The three oneDNN calls of one geometry: (forward(x, w), backward_data(dz, w), backward_weights(x, dz))."""
-    *_, in_sizes = geo
-    forward = _batched_by_lax(lambda x, w: _call("forward", out_shape, x.dtype, x, w, geo),
+    stride, pads, dilation, _ = geo
+    z_shape = shapes.conv_output_shape(x_shape, w_shape, stride=stride, padding=pads, dilation=dilation)
+    forward = _batched_by_lax(lambda x, w: _call("forward", z_shape, x.dtype, x, w, geo),
                               lambda x, w: _lax_forward(x, w, geo))
-    backward_data = _batched_by_lax(
-        lambda dz, w: _call("backward_data", (dz.shape[0], *in_sizes, w_shape[2]), dz.dtype, dz, w, geo),
-        lambda dz, w: _lax_backward_data(dz, w, geo))
+    backward_data = _batched_by_lax(lambda dz, w: _call("backward_data", x_shape, dz.dtype, dz, w, geo),
+                                    lambda dz, w: _lax_backward_data(dz, w, geo))
     backward_weights = _batched_by_lax(lambda x, dz: _call("backward_weights", w_shape, jnp.float32, x, dz, geo),
                                        lambda x, dz: _lax_backward_weights(x, dz, geo, w_shape))
     return forward, backward_data, backward_weights
 
 
-def _calls_for(x_shape, w_shape, dtype, geo):
-    out = jax.eval_shape(lambda: _lax_forward(jnp.zeros(x_shape, dtype), jnp.zeros(w_shape, dtype), geo)).shape
-    return _calls(geo, tuple(w_shape), tuple(out), jnp.dtype(dtype))
+def _adjoint_vjp(primal, nondiff_argnums=(2,)):
+    """``primal(a, b, *static)`` (one of the three bilinear calls) as a custom VJP whose residuals are
+    ``(a, b)``: returns it and a decorator that gives it its backward rule ``bwd(*static, (a, b), g)``."""
+    f = jax.custom_vjp(primal, nondiff_argnums=nondiff_argnums)
+
+    def rule(bwd):
+        f.defvjp(lambda a, b, *static: (f(a, b, *static), (a, b)), bwd)
+        return bwd
+
+    return f, rule
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _forward(x, w, geo):
-    forward = _calls_for(x.shape, w.shape, x.dtype, geo)[0]
+def _forward_primal(x, w, geo):
+    forward = _calls(geo, x.shape, w.shape)[0]
     return if_finite((w,), forward, lambda x, w: _lax_forward(x, w, geo), x, w)
 
 
-def _forward_fwd(x, w, geo):
-    return _forward(x, w, geo), (x, w)
+def _backward_data_primal(dz, w, geo):
+    x_shape = (dz.shape[0], *geo[3], w.shape[2])
+    return if_finite((w,), _calls(geo, x_shape, w.shape)[1], lambda dz, w: _lax_backward_data(dz, w, geo), dz, w)
 
 
+def _backward_weights_primal(x, dz, geo, w_shape):
+    # unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
+    # multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
+    return _calls(geo, x.shape, w_shape)[2](x, dz)
+
+
+# each call's gradient is the other two (the adjoints of one bilinear map; module docstring)
+_forward, _forward_vjp = _adjoint_vjp(_forward_primal)
+_backward_data, _backward_data_vjp = _adjoint_vjp(_backward_data_primal)
+_backward_weights, _backward_weights_vjp = _adjoint_vjp(_backward_weights_primal, (2, 3))
+
+
+@_forward_vjp
 def _forward_bwd(geo, res, dz):
     x, w = res
     dz = dz.astype(x.dtype)
     return _backward_data(dz, w, geo), _backward_weights(x, dz, geo, w.shape).astype(w.dtype)
 
 
-_forward.defvjp(_forward_fwd, _forward_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _backward_data(dz, w, geo):
-    *_, in_sizes = geo
-    backward_data = _calls_for((dz.shape[0], *in_sizes, w.shape[2]), w.shape, dz.dtype, geo)[1]
-    return if_finite((w,), backward_data, lambda dz, w: _lax_backward_data(dz, w, geo), dz, w)
-
-
-def _backward_data_fwd(dz, w, geo):
-    return _backward_data(dz, w, geo), (dz, w)
-
-
+@_backward_data_vjp
 def _backward_data_bwd(geo, res, g):
     dz, w = res
     g = g.astype(dz.dtype)
     return _forward(g, w, geo), _backward_weights(g, dz, geo, w.shape).astype(w.dtype)
 
 
-_backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _backward_weights(x, dz, geo, w_shape):
-    # unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
-    # multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
-    return _calls_for(x.shape, w_shape, x.dtype, geo)[2](x, dz)
-
-
-def _backward_weights_fwd(x, dz, geo, w_shape):
-    return _backward_weights(x, dz, geo, w_shape), (x, dz)
-
-
+@_backward_weights_vjp
 def _backward_weights_bwd(geo, w_shape, res, g):
     x, dz = res
     g = g.astype(x.dtype)
     return _backward_data(dz, g, geo), _forward(x, g, geo)
-
-
-_backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
 
 
 def conv(x, w, stride, pads, dilation, groups, precision):

@@ -66,16 +66,16 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
       g.strides, g.dilates, g.pad_l, g.pad_r);
 }
 
-struct Forward {
-  dnnl::convolution_forward::primitive_desc pd;
-  dnnl::convolution_forward conv;
+// A convolution whose kernel goes in (forward, backward data): the primitive and the reorder of the
+// HWIO kernel into its layout; and the kernel gradient's, whose result comes out of its layout.
+template <class PD, class Prim>
+struct KernelIn {
+  PD pd;
+  Prim conv;
   dnnl::reorder weights_in;
 };
-struct BackwardData {
-  dnnl::convolution_backward_data::primitive_desc pd;
-  dnnl::convolution_backward_data conv;
-  dnnl::reorder weights_in;
-};
+using Forward = KernelIn<dnnl::convolution_forward::primitive_desc, dnnl::convolution_forward>;
+using BackwardData = KernelIn<dnnl::convolution_backward_data::primitive_desc, dnnl::convolution_backward_data>;
 struct BackwardWeights {
   dnnl::convolution_backward_weights::primitive_desc pd;
   dnnl::convolution_backward_weights conv;
@@ -110,24 +110,34 @@ ffi::Error Guarded(F body) {
   return ffi::Error::Success();
 }
 
+// Runs a KernelIn convolution: ``in`` (NHWC, descriptor ``in_desc``) and the HWIO kernel ``w`` give
+// ``out``; ``make_pd`` builds its primitive descriptor the first time ``kind`` meets this geometry.
+template <class Entry, class MakePD>
+void RunKernelIn(const Geometry& g, char kind, MakePD make_pd, void* w, int in_arg, const memory::desc& in_desc,
+                 void* in, int out_arg, const memory::desc& out_desc, void* out) {
+  auto user_w = Plain(g.weights, g.dtype, tag::hwio);
+  auto e = Cached<Entry>(g.Key(kind), [&] {
+    auto pd = make_pd();
+    return Entry{pd, decltype(Entry::conv)(pd),
+                 dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user_w, Engine(), pd.weights_desc()))};
+  });
+  dnnl::stream s(Engine());
+  memory w_user(user_w, Engine(), w);
+  memory w_conv(e->pd.weights_desc(), Engine());
+  e->weights_in.execute(s, w_user, w_conv);
+  e->conv.execute(s, {{in_arg, memory(in_desc, Engine(), in)},
+                      {DNNL_ARG_WEIGHTS, w_conv},
+                      {out_arg, memory(out_desc, Engine(), out)}});
+  s.wait();
+}
+
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> z, int64_t sh, int64_t sw,
                        int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
   return Guarded([&] {
     Geometry g = MakeGeometry(x, w, *z, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
-    auto user_w = Plain(g.weights, g.dtype, tag::hwio);
-    auto e = Cached<Forward>(g.Key('f'), [&] {
-      auto pd = ForwardDesc(g);
-      return Forward{pd, dnnl::convolution_forward(pd),
-                     dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user_w, Engine(), pd.weights_desc()))};
-    });
-    dnnl::stream s(Engine());
-    memory w_user(user_w, Engine(), w.untyped_data());
-    memory w_conv(e->pd.weights_desc(), Engine());
-    e->weights_in.execute(s, w_user, w_conv);
-    e->conv.execute(s, {{DNNL_ARG_SRC, memory(e->pd.src_desc(), Engine(), x.untyped_data())},
-                        {DNNL_ARG_WEIGHTS, w_conv},
-                        {DNNL_ARG_DST, memory(e->pd.dst_desc(), Engine(), z->untyped_data())}});
-    s.wait();
+    RunKernelIn<Forward>(g, 'f', [&] { return ForwardDesc(g); }, w.untyped_data(),
+                         DNNL_ARG_SRC, Plain(g.src, g.dtype, tag::nhwc), x.untyped_data(),
+                         DNNL_ARG_DST, Plain(g.dst, g.dtype, tag::nhwc), z->untyped_data());
   });
 }
 
@@ -135,23 +145,15 @@ ffi::Error BackwardDataImpl(ffi::AnyBuffer dz, ffi::AnyBuffer w, ffi::Result<ffi
                             int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
   return Guarded([&] {
     Geometry g = MakeGeometry(*dx, w, dz, dz.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
-    auto user_w = Plain(g.weights, g.dtype, tag::hwio);
-    auto e = Cached<BackwardData>(g.Key('d'), [&] {
-      auto pd = dnnl::convolution_backward_data::primitive_desc(
+    auto make_pd = [&] {
+      return dnnl::convolution_backward_data::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, g.dtype, tag::nhwc),
           Plain(g.weights, g.dtype, tag::any), Plain(g.dst, g.dtype, tag::nhwc), g.strides, g.dilates, g.pad_l,
           g.pad_r, ForwardDesc(g));
-      return BackwardData{pd, dnnl::convolution_backward_data(pd),
-                          dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user_w, Engine(), pd.weights_desc()))};
-    });
-    dnnl::stream s(Engine());
-    memory w_user(user_w, Engine(), w.untyped_data());
-    memory w_conv(e->pd.weights_desc(), Engine());
-    e->weights_in.execute(s, w_user, w_conv);
-    e->conv.execute(s, {{DNNL_ARG_DIFF_DST, memory(e->pd.diff_dst_desc(), Engine(), dz.untyped_data())},
-                        {DNNL_ARG_WEIGHTS, w_conv},
-                        {DNNL_ARG_DIFF_SRC, memory(e->pd.diff_src_desc(), Engine(), dx->untyped_data())}});
-    s.wait();
+    };
+    RunKernelIn<BackwardData>(g, 'd', make_pd, w.untyped_data(),
+                              DNNL_ARG_DIFF_DST, Plain(g.dst, g.dtype, tag::nhwc), dz.untyped_data(),
+                              DNNL_ARG_DIFF_SRC, Plain(g.src, g.dtype, tag::nhwc), dx->untyped_data());
   });
 }
 

@@ -74,7 +74,7 @@ from fcnn import _checks, shapes
 from fcnn.dtypes import acc_dtype, half_float
 from fcnn.ops import conv_vjp
 
-__all__ = ["WINOGRAD_TILES", "DEFAULT_TILE", "winograd_matrices", "conv2d_winograd", "winograd_backward_input",
+__all__ = ["WINOGRAD_TILES", "DEFAULT_TILE", "winograd_matrices", "conv2d_winograd", "supports", "refusal", "winograd_backward_input",
            "winograd_backward_kernel"]
 
 WINOGRAD_TILES = (2, 4)  # m of F(m x m, 3 x 3)
@@ -113,6 +113,12 @@ def winograd_matrices(tile: int = DEFAULT_TILE) -> Tuple[np.ndarray, np.ndarray,
 def supports(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> bool:
     """Whether a convolution is one this implementation computes: 2-D, 3x3, stride 1, dilation 1."""
     return tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def refusal(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> str:
+    """The error of a convolution ``supports`` rejects, naming the rule and what was given."""
+    return (f"impl='winograd' computes only 2-D convolutions with a 3x3 kernel, stride 1 and dilation 1; "
+            f"got kernel {tuple(kernel)}, stride {tuple(stride)}, dilation {tuple(dilation)}")
 
 
 def _check(x_shape, w_shape, stride, pads: Pads, dilation, groups) -> None:
