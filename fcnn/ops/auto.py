@@ -62,9 +62,9 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   >= 8 * n * prod(spatial), or >= 4 at a stride), which keep them, and bfloat16 ones with one input
   channel, which keep "taps" (the LeNet-5 b64 bf16 step, interleaved: taps + onednn 3.36 ms, onednn
   on both layers 4.35, taps + col2im 4.01; in f32 onednn on both 3.21 against 3.53 and 3.61). Forward + both gradients at batch
-  16 on the AVX-512/AMX Xeon (perf_notes item 62), f32: VGG's 64->128 20.5 ms against lax's 30.1,
-  ResNet-18's 3x3 64 9.0 against 14.3, LeNet-5's two layers at b64 1.39 / 1.10 against taps' 1.63 and
-  col2im's 1.58; bf16 (oneDNN on AMX): VGG's 64->128 3.1 against 28.1, ResNet-18's 3x3 128 2.5 against
+  16 on the AVX-512/AMX Xeon (perf_notes item 62), f32: VGG's 64->128 17.5 ms against lax's 26.7,
+  ResNet-18's 3x3 64 9.4 against 15.3, LeNet-5's two layers at b64 1.39 / 1.10 against taps' 1.63 and
+  col2im's 1.58; bf16 (oneDNN on AMX): VGG's 64->128 3.1 against 26.7, ResNet-18's 3x3 128 2.3 against
   im2col_vjp's 7.4; kept off: ResNet-18's 4x4 3x3 512 (ratio 18; f32 20.1 against col2im's 14.8, bf16
   12.7 against im2col_vjp's 7.2) and 8x8 stride-2 256->512 (ratio 4.5; f32 10.2 against 7.7).
   Its NaN/inf pattern is lax's (kernel guards; tests/test_onednn.py, in float32: the whole-table test
@@ -127,7 +127,7 @@ CPU_AMX_WINOGRAD_MIN_CHANNELS = (64, 128)
 # except for kernel-heavy layers: prod(kernel) * cout >= the first of these times n * prod(spatial),
 # or the second at a stride > 1, keep the choice above (forward + both gradients, perf_notes item 62:
 # ResNet-18's 4x4 3x3 512 f32 20.1 against col2im's 14.8 ms, its 8x8 stride-2 256->512 10.2 against
-# 7.7, while VGG's 8x8 stride-1 256->512 took 21.1 against lax's 24.4).
+# 7.7, while VGG's 8x8 stride-1 256->512 took 20.8 against lax's 23.8).
 CPU_ONEDNN_MAX_KERNEL_RATIO = (8, 4)
 
 
