@@ -1,8 +1,9 @@
 """The conv impl "onednn": oneDNN's 2-D convolutions called from XLA programs through ``jax.ffi``.
 
 XLA:CPU's own convolutions are Eigen's: on a CPU with AVX-512 they took 1.18-1.45x PyTorch's time on
-the 3x3 stride-1 layers with 64-256 input channels (PyTorch runs oneDNN's kernels), and for bfloat16 they compute in float32 (no AMX);
-no XLA option reaches oneDNN's convolutions in this jaxlib (docs/perf_notes.md items 53, 59, 61).
+the 3x3 stride-1 layers with 64-256 input channels (PyTorch runs oneDNN's kernels), and for bfloat16
+they compute in float32 (no AMX); no XLA option reaches oneDNN's convolutions in this jaxlib
+(docs/perf_notes.md items 53, 59, 61).
 This implementation calls oneDNN (the ``onednn-cpu-gomp`` wheel, GNU OpenMP threads) for the forward
 and both gradients, each an XLA custom call to a handler in ``onednn_conv.cc``:
 
