@@ -34,25 +34,33 @@ def _problem(geometry, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=x_shape), dtype)
     w = jnp.asarray(rng.normal(size=(k, k, x_shape[-1], cout)), dtype)
-    conv = lambda impl: (lambda x, w: ops.conv2d(x, w, stride=stride, padding=padding, dilation=dilation,  # noqa: E731
-                                                 impl=impl))
+    conv = lambda impl: (lambda x, w, *b: ops.conv2d(x, w, *b, stride=stride, padding=padding,  # noqa: E731
+                                                     dilation=dilation, impl=impl))
     z = jax.eval_shape(conv("lax"), x, w)
     dz = jnp.asarray(rng.normal(size=z.shape), dtype)
     return x, w, dz, conv
 
 
+def _bias(w, seed=10):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=w.shape[-1:]), w.dtype)
+
+
 @needs_onednn
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 3e-6), (jnp.bfloat16, 1.2e-2)])
-def test_forward_and_both_gradients_match_float64(geometry, dtype, tol):
-    """z, dX and dW against lax in float64 on the same (rounded) values: float32 to float32 rounding,
-    bfloat16 to its output rounding (2^-8 relative; dW is float32 accumulated, then rounded)."""
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_and_gradients_match_float64(geometry, dtype, tol, bias):
+    """z, dX, dW (and dB with a bias, which oneDNN's forward adds and its kernel-gradient call sums)
+    against lax in float64 on the same (rounded) values: float32 to float32 rounding, bfloat16 to its
+    output rounding (2^-8 relative; dW and dB are float32 accumulated, then rounded)."""
     x, w, dz, conv = _problem(geometry, dtype)
-    got_z, pull = jax.vjp(conv("onednn"), x, w)
+    args = (x, w, _bias(w)) if bias else (x, w)
+    got_z, pull = jax.vjp(conv("onednn"), *args)
     got = (got_z, *pull(dz))
-    f64 = [jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, dz)]
-    want_z, want_pull = jax.vjp(conv("lax"), f64[0], f64[1])
-    for name, a, b in zip(("z", "dx", "dw"), got, (want_z, *want_pull(f64[2]))):
+    want_z, want_pull = jax.vjp(conv("lax"), *(jnp.asarray(np.asarray(a, np.float64)) for a in args))
+    want = (want_z, *want_pull(jnp.asarray(np.asarray(dz, np.float64))))
+    assert len(got) == len(want) == 3 + bias
+    for name, a, b in zip(("z", "dx", "dw", "db"), got, want):
         assert a.dtype == dtype, name
         assert _rel(a, b) < tol, (name, _rel(a, b))
 
@@ -71,54 +79,80 @@ def test_the_three_calls_are_adjoints(geometry):
 
 
 @needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES[:4])
+def test_with_a_bias_the_calls_are_adjoints_and_db_sums_dz(geometry):
+    """z = F(x, w) + b: <dZ, z> = <dX, x> + <dB, b> = <dW, w> + <dB, b>, and dB (from oneDNN's
+    kernel-gradient call) is dZ summed over batch and space (numpy, float64)."""
+    x, w, dz, conv = _problem(geometry, jnp.float32, seed=1)
+    b = _bias(w)
+    z, pull = jax.vjp(conv("onednn"), x, w, b)
+    dx, dw, db = pull(dz)
+    np.testing.assert_allclose(np.asarray(db), np.asarray(dz, np.float64).sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    bias_part = float(jnp.vdot(db, b))
+    inner = [float(jnp.vdot(dz, z)), float(jnp.vdot(dx, x)) + bias_part, float(jnp.vdot(dw, w)) + bias_part]
+    scale = float(jnp.vdot(jnp.abs(dz), jnp.abs(z)))
+    assert abs(inner[0] - inner[1]) < 1e-5 * scale and abs(inner[0] - inner[2]) < 1e-5 * scale, inner
+
+
+@needs_onednn
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[2]])
-def test_gradients_of_gradients_match_lax(geometry):
-    """A Hessian-vector product through both gradients (the VJPs of the backward calls are the three
-    calls again), against lax's autodiff in float64."""
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradients_of_gradients_match_lax(geometry, bias):
+    """A Hessian-vector product through the gradients (the VJPs of the backward calls are the calls
+    again; with a bias, the (dW, dB) call's is the biased forward), against lax's autodiff in float64."""
     x, w, _, conv = _problem(geometry, jnp.float32, seed=2)
-    v = jnp.asarray(np.random.default_rng(3).normal(size=w.shape), jnp.float32)
+    rng = np.random.default_rng(3)
+    params = (w, _bias(w)) if bias else (w,)
+    v = tuple(jnp.asarray(rng.normal(size=p.shape), jnp.float32) for p in params)
 
-    def hvp(impl, x, w, v):
-        inner = lambda x: jnp.vdot(jax.grad(lambda w: jnp.sum(jnp.sin(conv(impl)(x, w))))(w), v)  # noqa: E731
-        return jax.grad(inner)(x)
+    def hvp(impl, x, params, v):
+        grads = lambda x: jax.grad(lambda p: jnp.sum(jnp.sin(conv(impl)(x, *p))))(params)  # noqa: E731
+        return jax.grad(lambda x: sum(jnp.vdot(g, u) for g, u in zip(grads(x), v)))(x)
 
-    want = hvp("lax", *(jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, v)))
-    assert _rel(jax.jit(hvp, static_argnums=0)("onednn", x, w, v), want) < 1e-5
+    f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), t)  # noqa: E731
+    want = hvp("lax", f64(x), f64(params), f64(v))
+    assert _rel(jax.jit(hvp, static_argnums=0)("onednn", x, params, v), want) < 1e-5
 
 
 @needs_onednn
 def test_jit_layout_and_bias():
-    """In a jitted function, channels-first, with a bias: oneDNN's calls (the kernels list grows)."""
+    """In a jitted function, channels-first, with a bias: oneDNN's forward call that carries the bias
+    ("F", where "f" is the forward without one) is in the kernels list."""
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, 4, 7, 7)), jnp.float32)  # NCHW
     w = jnp.asarray(rng.normal(size=(5, 4, 3, 3)), jnp.float32)  # OIHW
     b = jnp.asarray(rng.normal(size=(5,)), jnp.float32)
     f = lambda impl: jax.jit(lambda x: ops.conv2d(x, w, b, padding="SAME", layout="NCHW", impl=impl))  # noqa: E731
     assert _rel(f("onednn")(x), f("lax")(x)) < 3e-6
-    assert any(line.startswith("f,2,4,7,7,5,") for line in onednn.kernels())
+    assert any(line.startswith("F,2,4,7,7,5,") for line in onednn.kernels())
 
 
 @needs_onednn
-def test_under_vmap_the_calls_are_xla_batched_convolutions():
+@pytest.mark.parametrize("bias", [False, True])
+def test_under_vmap_the_calls_are_xla_batched_convolutions(bias):
     """vmap (per-example gradients: one example per call) runs each call as XLA's batched convolution
-    (custom_vmap): per-example dW of a vmapped grad equals lax's bit for bit, and no oneDNN call is made."""
+    (custom_vmap): per-example dW (and dB) of a vmapped grad equals lax's bit for bit, and no oneDNN
+    call is made."""
     rng = np.random.default_rng(7)
     xs = jnp.asarray(rng.normal(size=(5, 1, 6, 6, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    params = (w, _bias(w)) if bias else (w,)
     before = set(onednn.kernels())
 
     def per_example(impl):
-        loss = lambda w, x: jnp.sum(jnp.sin(ops.conv2d(x, w, padding=1, impl=impl)))  # noqa: E731
-        return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(w, xs)
+        loss = lambda p, x: jnp.sum(jnp.sin(ops.conv2d(x, *p, padding=1, impl=impl)))  # noqa: E731
+        return jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, xs)
 
-    np.testing.assert_array_equal(np.asarray(per_example("onednn")), np.asarray(per_example("lax")))
+    for a, b in zip(per_example("onednn"), per_example("lax")):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert set(onednn.kernels()) == before
 
 
 @needs_onednn
 @pytest.mark.parametrize("where", ["x", "w at a border tap"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_nonfinite_values_give_lax_pattern(where, bad):
+@pytest.mark.parametrize("bias", [False, True])
+def test_nonfinite_values_give_lax_pattern(where, bad, bias):
     """A NaN or inf pixel or kernel tap (fcnn/ops/conv.py's table, a finite output gradient): z, dX and
     dW have lax's NaN/inf pattern (a non-finite kernel takes lax's forward and dX: oneDNN's dX would
     skip the padded taps that lax's multiplies)."""
@@ -128,7 +162,8 @@ def test_nonfinite_values_give_lax_pattern(where, bad):
 
     def codes(impl):
         args = [jnp.asarray(a, jnp.float32) for a in (x, w, dz)]
-        z, pull = jax.vjp(lambda x, w: ops.conv2d(x, w, padding="SAME", impl=impl), *args[:2])
+        b = [_bias(args[1])] if bias else []
+        z, pull = jax.vjp(lambda x, w: ops.conv2d(x, w, *b, padding="SAME", impl=impl), *args[:2])
         return [np.where(np.isnan(a), 1, np.where(np.isinf(a), 2 + np.sign(a), 0)) for a in (z, *pull(args[2]))]
 
     want = codes("lax")
@@ -155,11 +190,14 @@ def test_what_onednn_does_not_compute_is_lax():
 
 @needs_onednn
 def test_kernels_name_what_onednn_ran():
+    """One line per cached primitive, keyed by role: f/d/w without a bias, F/W (forward, kernel and
+    bias gradients) with one; backward data is the same call either way."""
     x, w, dz, conv = _problem(GEOMETRIES[0], jnp.float32)
     jax.vjp(conv("onednn"), x, w)[1](dz)
+    jax.vjp(conv("onednn"), x, w, _bias(w))[1](dz)
     lines = onednn.kernels()
     roles = {line[0] for line in lines}
-    assert roles == {"f", "d", "w"} and all(" -> " in line for line in lines)
+    assert roles == {"f", "d", "w", "F", "W"} and all(" -> " in line for line in lines)
 
 
 def test_restricted_to_2d_and_refused_by_name_where_unavailable(monkeypatch):

@@ -264,12 +264,13 @@ def _conv_taps_forward(x, w, stride, pads, dilation, groups, precision):
     return fusion_barrier(z).astype(x.dtype)
 
 
-_CUSTOM_VJP = {  # f(x, w, b, stride, pads, dilation, groups, precision), channels-last
+_CUSTOM_VJP = {  # f(x, w, b, stride, pads, dilation, groups, precision), channels-last, the bias their own
     "custom_vjp": make_custom_vjp_conv(),
     "col2im": make_custom_vjp_conv(backward_input=conv_backward_input_col2im),
     "taps": make_custom_vjp_conv(backward_input=conv_backward_input_col2im, forward=_conv_taps_forward),
     "im2col_vjp": make_custom_vjp_conv(forward=_conv_im2col_finite_kernel, backward_input=_conv_backward_input_patches,
                                        backward_kernel=conv_backward_kernel_patches),
+    "onednn": _onednn.conv,  # the bias inside oneDNN's forward and kernel-gradient calls
 }
 
 _IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside conv
@@ -277,7 +278,6 @@ _IMPLS = {  # channels-last bodies; "lax" runs natively in either layout inside 
     "im2col": _conv_im2col,
     "fft": _conv_fft,
     "winograd": _winograd.conv2d_winograd,
-    "onednn": _onednn.conv,
 }
 
 

@@ -11,9 +11,15 @@ and both gradients, each an XLA custom call to a handler in ``onednn_conv.cc``:
     backward_data     dX = the adjoint in x of the forward, given dZ and w
     backward_weights  dW = the adjoint in w, given x and dZ (float32: 16-bit products accumulate in f32)
 
+With a bias (a conv layer's), two handlers carry it: ``forward_bias`` adds the (cout,) bias inside
+oneDNN's convolution, and ``backward_weights_bias`` returns dB = sum(dZ) over batch and space
+(float32) with dW from the same pass over dZ. XLA then has no bias add and no bias-gradient
+reduction of its own to run per layer (docs/perf_notes.md item 63).
+
 The gradient of each is a combination of the three (they are adjoints of one bilinear map: for a
 cotangent ``g`` of dX, ``d(dZ) = forward(g, w)`` and ``dw = backward_weights(g, dZ)``; for ``G`` of
-dW, ``dx = backward_data(dZ, G)`` and ``d(dZ) = forward(x, G)``), so gradients of gradients work as
+dW, ``dx = backward_data(dZ, G)`` and ``d(dZ) = forward(x, G)``; with the bias, a cotangent ``(G, g)``
+of (dW, dB) gives ``d(dZ) = forward_bias(x, G, g)``), so gradients of gradients work as
 for the other custom-VJP implementations (no forward mode). Under ``vmap`` (per-example gradients) each
 call is XLA's batched convolution instead (``jax.custom_batching.custom_vmap``).
 
@@ -54,15 +60,17 @@ import numpy as np
 from jax.custom_batching import custom_vmap
 
 from fcnn import shapes
-from fcnn.ops.conv_vjp import conv_backward_input, conv_backward_kernel, if_finite, lax_conv
+from fcnn.channels import add_channels
+from fcnn.ops.conv_vjp import conv_backward_bias, conv_backward_input, conv_backward_kernel, if_finite, lax_conv
 
 __all__ = ["available", "unavailable_reason", "supports", "refusal", "computes", "kernels", "conv", "SOURCE", "TARGETS",
            "WHEELS"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
-# the three XLA FFI handlers of SOURCE, by role
+# the XLA FFI handlers of SOURCE, by role
 TARGETS = {"forward": "FcnnOnednnConvForward", "backward_data": "FcnnOnednnConvBackwardData",
-           "backward_weights": "FcnnOnednnConvBackwardWeights"}
+           "backward_weights": "FcnnOnednnConvBackwardWeights", "forward_bias": "FcnnOnednnConvForwardBias",
+           "backward_weights_bias": "FcnnOnednnConvBackwardWeightsBias"}
 # the library and its headers (the "onednn" extra): (distribution, file located in it)
 WHEELS = (("onednn-cpu-gomp", "libdnnl.so"), ("onednn-devel-cpu-gomp", "dnnl.hpp"))
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -182,20 +190,25 @@ def kernels() -> list:
     return handlers.fcnn_onednn_kernels().decode().splitlines() if handlers is not None else []
 
 
-# ----------------------------------------------------------------------------- the three calls
-def _call(role: str, shape, dtype, a, b, geo: Geometry):
+# ----------------------------------------------------------------------------- the calls
+def _call(role: str, out, geo: Geometry, *args):
+    """One oneDNN call: ``out`` a ``jax.ShapeDtypeStruct`` (or a tuple of them), ``args`` its arrays."""
     if _load()[0] is None:  # registers the handlers on first use
         raise RuntimeError(f"impl='onednn' is not available here: {_load()[1]}")
     stride, pads, dilation, _ = geo
     (plh, phh), (plw, phw) = pads
     attrs = dict(sh=stride[0], sw=stride[1], plh=plh, phh=phh, plw=plw, phw=phw, dh=dilation[0], dw=dilation[1])
-    call = jax.ffi.ffi_call(TARGETS[role], jax.ShapeDtypeStruct(shape, dtype))  # vmap: _batched_by_lax
-    return call(a, b, **{k: np.int64(v) for k, v in attrs.items()})
+    call = jax.ffi.ffi_call(TARGETS[role], out)  # vmap: _batched_by_lax
+    return call(*args, **{k: np.int64(v) for k, v in attrs.items()})
 
 
 def _lax_forward(x, w, geo):
     stride, pads, dilation, _ = geo
     return lax_conv(x, w, stride, pads, dilation, 1, None)
+
+
+def _lax_forward_bias(x, w, b, geo):
+    return add_channels(_lax_forward(x, w, geo), b)
 
 
 def _lax_backward_data(dz, w, geo):
@@ -209,66 +222,92 @@ def _lax_backward_weights(x, dz, geo, w_shape):
                                 groups=1).astype(jnp.float32)
 
 
+def _lax_backward_weights_bias(x, dz, geo, w_shape):
+    return _lax_backward_weights(x, dz, geo, w_shape), conv_backward_bias(dz.astype(jnp.float32))
+
+
 def _batched_by_lax(call, lax_fn):
-    """``call`` (one oneDNN call of two arrays) with a vmap rule that runs ``lax_fn`` batched instead:
+    """``call`` (one oneDNN call) with a vmap rule that runs ``lax_fn`` batched instead:
     per-example work (``fcnn.per_example``) is one batched XLA convolution, not one oneDNN call per
     example (LeNet-5's per-example gradients at b64: 20.9 ms with those calls, 13.5 with XLA's)."""
     call = custom_vmap(call)
 
     @call.def_vmap
-    def _rule(axis_size, in_batched, a, b):
+    def _rule(axis_size, in_batched, *args):
         del axis_size
-        return jax.vmap(lax_fn, in_axes=tuple(0 if batched else None for batched in in_batched))(a, b), True
+        out = jax.vmap(lax_fn, in_axes=tuple(0 if batched else None for batched in in_batched))(*args)
+        return out, jax.tree.map(lambda _: True, out)
 
     return call
 
 
 @functools.lru_cache(maxsize=None)
-def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple):
-    """The three oneDNN calls of one geometry: (forward(x, w), backward_data(dz, w), backward_weights(x, dz))."""
+def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple) -> dict:
+    """The oneDNN calls of one geometry, by role (``TARGETS``): forward(x, w), backward_data(dz, w),
+    backward_weights(x, dz), forward_bias(x, w, b) and backward_weights_bias(x, dz) -> (dW, dB)."""
     stride, pads, dilation, _ = geo
     z_shape = shapes.conv_output_shape(x_shape, w_shape, stride=stride, padding=pads, dilation=dilation)
-    forward = _batched_by_lax(lambda x, w: _call("forward", z_shape, x.dtype, x, w, geo),
-                              lambda x, w: _lax_forward(x, w, geo))
-    backward_data = _batched_by_lax(lambda dz, w: _call("backward_data", x_shape, dz.dtype, dz, w, geo),
-                                    lambda dz, w: _lax_backward_data(dz, w, geo))
-    backward_weights = _batched_by_lax(lambda x, dz: _call("backward_weights", w_shape, jnp.float32, x, dz, geo),
-                                       lambda x, dz: _lax_backward_weights(x, dz, geo, w_shape))
-    return forward, backward_data, backward_weights
+    dw = jax.ShapeDtypeStruct(w_shape, jnp.float32)
+    db = jax.ShapeDtypeStruct(w_shape[-1:], jnp.float32)
+
+    def out(shape):
+        return lambda *args: jax.ShapeDtypeStruct(shape, args[0].dtype)
+
+    outputs = {"forward": out(z_shape), "backward_data": out(x_shape), "backward_weights": lambda *a: dw,
+               "forward_bias": out(z_shape), "backward_weights_bias": lambda *a: (dw, db)}
+    by_lax = {"forward": lambda x, w: _lax_forward(x, w, geo),
+              "backward_data": lambda dz, w: _lax_backward_data(dz, w, geo),
+              "backward_weights": lambda x, dz: _lax_backward_weights(x, dz, geo, w_shape),
+              "forward_bias": lambda x, w, b: _lax_forward_bias(x, w, b, geo),
+              "backward_weights_bias": lambda x, dz: _lax_backward_weights_bias(x, dz, geo, w_shape)}
+    return {role: _batched_by_lax(lambda *args, role=role: _call(role, outputs[role](*args), geo, *args),
+                                  by_lax[role]) for role in TARGETS}
 
 
 def _adjoint_vjp(primal, nondiff_argnums=(2,)):
-    """``primal(a, b, *static)`` (one of the three bilinear calls) as a custom VJP whose residuals are
-    ``(a, b)``: returns it and a decorator that gives it its backward rule ``bwd(*static, (a, b), g)``."""
+    """``primal(*arrays, *static)`` (one of the calls) as a custom VJP whose residuals are its arrays:
+    returns it and a decorator that gives it its backward rule ``bwd(*static, arrays, g)``."""
     f = jax.custom_vjp(primal, nondiff_argnums=nondiff_argnums)
+    n_arrays = min(nondiff_argnums)
 
     def rule(bwd):
-        f.defvjp(lambda a, b, *static: (f(a, b, *static), (a, b)), bwd)
+        f.defvjp(lambda *args: (f(*args), args[:n_arrays]), bwd)
         return bwd
 
     return f, rule
 
 
 def _forward_primal(x, w, geo):
-    forward = _calls(geo, x.shape, w.shape)[0]
-    return if_finite((w,), forward, lambda x, w: _lax_forward(x, w, geo), x, w)
+    return if_finite((w,), _calls(geo, x.shape, w.shape)["forward"], lambda x, w: _lax_forward(x, w, geo), x, w)
+
+
+def _forward_bias_primal(x, w, b, geo):
+    return if_finite((w,), _calls(geo, x.shape, w.shape)["forward_bias"],
+                     lambda x, w, b: _lax_forward_bias(x, w, b, geo), x, w, b)
 
 
 def _backward_data_primal(dz, w, geo):
     x_shape = (dz.shape[0], *geo[3], w.shape[2])
-    return if_finite((w,), _calls(geo, x_shape, w.shape)[1], lambda dz, w: _lax_backward_data(dz, w, geo), dz, w)
+    return if_finite((w,), _calls(geo, x_shape, w.shape)["backward_data"],
+                     lambda dz, w: _lax_backward_data(dz, w, geo), dz, w)
 
 
+# unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
+# multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
 def _backward_weights_primal(x, dz, geo, w_shape):
-    # unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
-    # multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
-    return _calls(geo, x.shape, w_shape)[2](x, dz)
+    return _calls(geo, x.shape, w_shape)["backward_weights"](x, dz)
 
 
-# each call's gradient is the other two (the adjoints of one bilinear map; module docstring)
+def _backward_weights_bias_primal(x, dz, geo, w_shape):
+    return _calls(geo, x.shape, w_shape)["backward_weights_bias"](x, dz)
+
+
+# each call's gradient is made of the others (the adjoints of one bilinear map; module docstring)
 _forward, _forward_vjp = _adjoint_vjp(_forward_primal)
+_forward_bias, _forward_bias_vjp = _adjoint_vjp(_forward_bias_primal, (3,))
 _backward_data, _backward_data_vjp = _adjoint_vjp(_backward_data_primal)
 _backward_weights, _backward_weights_vjp = _adjoint_vjp(_backward_weights_primal, (2, 3))
+_backward_weights_bias, _backward_weights_bias_vjp = _adjoint_vjp(_backward_weights_bias_primal, (2, 3))
 
 
 @_forward_vjp
@@ -276,6 +315,14 @@ def _forward_bwd(geo, res, dz):
     x, w = res
     dz = dz.astype(x.dtype)
     return _backward_data(dz, w, geo), _backward_weights(x, dz, geo, w.shape).astype(w.dtype)
+
+
+@_forward_bias_vjp
+def _forward_bias_bwd(geo, res, dz):
+    x, w, b = res
+    dz = dz.astype(x.dtype)
+    dw, db = _backward_weights_bias(x, dz, geo, w.shape)
+    return _backward_data(dz, w, geo), dw.astype(w.dtype), db.astype(b.dtype)
 
 
 @_backward_data_vjp
@@ -292,10 +339,19 @@ def _backward_weights_bwd(geo, w_shape, res, g):
     return _backward_data(dz, g, geo), _forward(x, g, geo)
 
 
-def conv(x, w, stride, pads, dilation, groups, precision):
-    """The channels-last body (``conv_vjp.lax_conv``'s signature): oneDNN for 2-D float32/bfloat16
-    groups-1 convolutions, lax for the rest (module docstring). Call ``available()`` first."""
-    if x.ndim != 4 or not computes(x.dtype, groups) or x.dtype != w.dtype:
-        return lax_conv(x, w, stride, pads, dilation, groups, precision)
+@_backward_weights_bias_vjp
+def _backward_weights_bias_bwd(geo, w_shape, res, g):
+    x, dz = res
+    gw, gb = (t.astype(x.dtype) for t in g)
+    return _backward_data(dz, gw, geo), _forward_bias(x, gw, gb, geo)
+
+
+def conv(x, w, b, stride, pads, dilation, groups, precision):
+    """The channels-last body, bias included (``b``: (cout,) or None; the signature of conv_nd's
+    custom-VJP bodies): oneDNN for 2-D float32/bfloat16 groups-1 convolutions, lax for the rest
+    (module docstring). Call ``available()`` first."""
+    if x.ndim != 4 or not computes(x.dtype, groups) or x.dtype != w.dtype or (b is not None and b.dtype != x.dtype):
+        z = lax_conv(x, w, stride, pads, dilation, groups, precision)
+        return z if b is None else add_channels(z, b)
     geo = (tuple(stride), tuple(tuple(p) for p in pads), tuple(dilation), tuple(x.shape[1:3]))
-    return _forward(x, w, geo)
+    return _forward(x, w, geo) if b is None else _forward_bias(x, w, b, geo)

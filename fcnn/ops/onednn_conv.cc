@@ -6,6 +6,9 @@
 // and dilations (dh, dw; fcnn's, 1 = dense: oneDNN counts the gaps, so it gets d - 1). float32 or
 // bfloat16 x / w / dZ; z and dX in the input dtype, dW always float32 (bf16 products accumulate in
 // f32). oneDNN picks its own weight layout ("any"); the HWIO kernel is reordered into it per call.
+// Two handlers carry the layer's bias as well: the forward adds a (cout,) bias of the input dtype
+// inside the convolution (one rounding of the f32 sum), and the kernel gradient also returns
+// dB = sum of dZ over batch and space, in float32, from the same pass over dZ.
 // Primitive descriptors and primitives are built once per geometry and dtype and cached.
 #include <cstdint>
 #include <memory>
@@ -59,11 +62,18 @@ Geometry MakeGeometry(const ffi::AnyBuffer& x_like, const ffi::AnyBuffer& w_like
 
 memory::desc Plain(const memory::dims& dims, memory::data_type dtype, tag t) { return memory::desc(dims, dtype, t); }
 
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
-  return dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Plain(g.src, g.dtype, tag::nhwc), Plain(g.weights, g.dtype, tag::any), Plain(g.dst, g.dtype, tag::nhwc),
-      g.strides, g.dilates, g.pad_l, g.pad_r);
+memory::desc Bias(const Geometry& g, memory::data_type dtype) { return memory::desc({g.dst[1]}, dtype, tag::a); }
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, bool bias = false) {
+  auto src = Plain(g.src, g.dtype, tag::nhwc), weights = Plain(g.weights, g.dtype, tag::any);
+  auto dst = Plain(g.dst, g.dtype, tag::nhwc);
+  if (bias)
+    return dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
+                                                     dnnl::algorithm::convolution_direct, src, weights,
+                                                     Bias(g, g.dtype), dst, g.strides, g.dilates, g.pad_l, g.pad_r);
+  return dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
+                                                   dnnl::algorithm::convolution_direct, src, weights, dst,
+                                                   g.strides, g.dilates, g.pad_l, g.pad_r);
 }
 
 // A convolution whose kernel goes in (forward, backward data): the primitive and the reorder of the
@@ -111,10 +121,11 @@ ffi::Error Guarded(F body) {
 }
 
 // Runs a KernelIn convolution: ``in`` (NHWC, descriptor ``in_desc``) and the HWIO kernel ``w`` give
-// ``out``; ``make_pd`` builds its primitive descriptor the first time ``kind`` meets this geometry.
+// ``out`` (plus a bias when ``bias`` is not null); ``make_pd`` builds its primitive descriptor the first
+// time ``kind`` meets this geometry.
 template <class Entry, class MakePD>
 void RunKernelIn(const Geometry& g, char kind, MakePD make_pd, void* w, int in_arg, const memory::desc& in_desc,
-                 void* in, int out_arg, const memory::desc& out_desc, void* out) {
+                 void* in, int out_arg, const memory::desc& out_desc, void* out, void* bias = nullptr) {
   auto user_w = Plain(g.weights, g.dtype, tag::hwio);
   auto e = Cached<Entry>(g.Key(kind), [&] {
     auto pd = make_pd();
@@ -125,20 +136,37 @@ void RunKernelIn(const Geometry& g, char kind, MakePD make_pd, void* w, int in_a
   memory w_user(user_w, Engine(), w);
   memory w_conv(e->pd.weights_desc(), Engine());
   e->weights_in.execute(s, w_user, w_conv);
-  e->conv.execute(s, {{in_arg, memory(in_desc, Engine(), in)},
-                      {DNNL_ARG_WEIGHTS, w_conv},
-                      {out_arg, memory(out_desc, Engine(), out)}});
+  std::unordered_map<int, memory> args{{in_arg, memory(in_desc, Engine(), in)},
+                                       {DNNL_ARG_WEIGHTS, w_conv},
+                                       {out_arg, memory(out_desc, Engine(), out)}};
+  if (bias != nullptr) args.insert({DNNL_ARG_BIAS, memory(Bias(g, g.dtype), Engine(), bias)});
+  e->conv.execute(s, args);
   s.wait();
+}
+
+// z = conv(x, w) (+ b): the forward, with a bias when ``b`` is given.
+ffi::Error RunForward(ffi::AnyBuffer x, ffi::AnyBuffer w, const ffi::AnyBuffer* b, ffi::Result<ffi::AnyBuffer> z,
+                      int64_t sh, int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
+                      int64_t dw) {
+  return Guarded([&] {
+    Geometry g = MakeGeometry(x, w, *z, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    bool bias = b != nullptr;
+    RunKernelIn<Forward>(g, bias ? 'F' : 'f', [&] { return ForwardDesc(g, bias); }, w.untyped_data(),
+                         DNNL_ARG_SRC, Plain(g.src, g.dtype, tag::nhwc), x.untyped_data(),
+                         DNNL_ARG_DST, Plain(g.dst, g.dtype, tag::nhwc), z->untyped_data(),
+                         bias ? b->untyped_data() : nullptr);
+  });
 }
 
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> z, int64_t sh, int64_t sw,
                        int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
-  return Guarded([&] {
-    Geometry g = MakeGeometry(x, w, *z, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
-    RunKernelIn<Forward>(g, 'f', [&] { return ForwardDesc(g); }, w.untyped_data(),
-                         DNNL_ARG_SRC, Plain(g.src, g.dtype, tag::nhwc), x.untyped_data(),
-                         DNNL_ARG_DST, Plain(g.dst, g.dtype, tag::nhwc), z->untyped_data());
-  });
+  return RunForward(x, w, nullptr, z, sh, sw, plh, phh, plw, phw, dh, dw);
+}
+
+ffi::Error ForwardBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> z,
+                           int64_t sh, int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
+                           int64_t dw) {
+  return RunForward(x, w, &b, z, sh, sw, plh, phh, plw, phw, dh, dw);
 }
 
 ffi::Error BackwardDataImpl(ffi::AnyBuffer dz, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t sh,
@@ -157,44 +185,69 @@ ffi::Error BackwardDataImpl(ffi::AnyBuffer dz, ffi::AnyBuffer w, ffi::Result<ffi
   });
 }
 
-ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out, int64_t sh,
-                               int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
-                               int64_t dw) {
+// dW = x * dZ (HWIO, float32), and dB = sum(dZ) (float32) when ``db_out`` is given.
+ffi::Error RunBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out,
+                              ffi::Result<ffi::AnyBuffer>* db_out, int64_t sh, int64_t sw, int64_t plh, int64_t phh,
+                              int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
   return Guarded([&] {
     Geometry g = MakeGeometry(x, *dw_out, dz, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    bool bias = db_out != nullptr;
     auto user_dw = Plain(g.weights, memory::data_type::f32, tag::hwio);
-    auto e = Cached<BackwardWeights>(g.Key('w'), [&] {
-      auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, g.dtype, tag::nhwc),
-          Plain(g.weights, memory::data_type::f32, tag::any), Plain(g.dst, g.dtype, tag::nhwc), g.strides,
-          g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
+    auto e = Cached<BackwardWeights>(g.Key(bias ? 'W' : 'w'), [&] {
+      auto src = Plain(g.src, g.dtype, tag::nhwc), diff_dst = Plain(g.dst, g.dtype, tag::nhwc);
+      auto diff_weights = Plain(g.weights, memory::data_type::f32, tag::any);
+      auto pd = bias ? dnnl::convolution_backward_weights::primitive_desc(
+                           Engine(), dnnl::algorithm::convolution_direct, src, diff_weights,
+                           Bias(g, memory::data_type::f32), diff_dst, g.strides, g.dilates, g.pad_l, g.pad_r,
+                           ForwardDesc(g, true))
+                     : dnnl::convolution_backward_weights::primitive_desc(
+                           Engine(), dnnl::algorithm::convolution_direct, src, diff_weights, diff_dst, g.strides,
+                           g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
       return BackwardWeights{pd, dnnl::convolution_backward_weights(pd),
                              dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(), user_dw))};
     });
     dnnl::stream s(Engine());
     memory dw_conv(e->pd.diff_weights_desc(), Engine());
-    e->conv.execute(s, {{DNNL_ARG_SRC, memory(e->pd.src_desc(), Engine(), x.untyped_data())},
-                        {DNNL_ARG_DIFF_DST, memory(e->pd.diff_dst_desc(), Engine(), dz.untyped_data())},
-                        {DNNL_ARG_DIFF_WEIGHTS, dw_conv}});
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e->pd.src_desc(), Engine(), x.untyped_data())},
+                                         {DNNL_ARG_DIFF_DST, memory(e->pd.diff_dst_desc(), Engine(), dz.untyped_data())},
+                                         {DNNL_ARG_DIFF_WEIGHTS, dw_conv}};
+    if (bias)
+      args.insert({DNNL_ARG_DIFF_BIAS, memory(Bias(g, memory::data_type::f32), Engine(), (*db_out)->untyped_data())});
+    e->conv.execute(s, args);
     memory dw_user(user_dw, Engine(), dw_out->untyped_data());
     e->weights_out.execute(s, dw_conv, dw_user);
     s.wait();
   });
 }
 
+ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out, int64_t sh,
+                               int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
+                               int64_t dw) {
+  return RunBackwardWeights(x, dz, dw_out, nullptr, sh, sw, plh, phh, plw, phw, dh, dw);
+}
+
+ffi::Error BackwardWeightsBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out,
+                                   ffi::Result<ffi::AnyBuffer> db_out, int64_t sh, int64_t sw, int64_t plh,
+                                   int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
+  return RunBackwardWeights(x, dz, dw_out, &db_out, sh, sw, plh, phh, plw, phw, dh, dw);
+}
+
 }  // namespace
 
-#define FCNN_CONV_BINDING                                                                                   \
-  ffi::Ffi::Bind()                                                                                          \
-      .Arg<ffi::AnyBuffer>()                                                                                \
-      .Arg<ffi::AnyBuffer>()                                                                                \
-      .Ret<ffi::AnyBuffer>()                                                                                \
-      .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("plh").Attr<int64_t>("phh")                    \
-      .Attr<int64_t>("plw").Attr<int64_t>("phw").Attr<int64_t>("dh").Attr<int64_t>("dw")
+#define FCNN_CONV_ATTRS                                                                                     \
+  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("plh").Attr<int64_t>("phh")                        \
+  .Attr<int64_t>("plw").Attr<int64_t>("phw").Attr<int64_t>("dh").Attr<int64_t>("dw")
+#define FCNN_CONV_BINDING ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvForward, ForwardImpl, FCNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardData, BackwardDataImpl, FCNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardWeights, BackwardWeightsImpl, FCNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvForwardBias, ForwardBiasImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardWeightsBias, BackwardWeightsBiasImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS);
 
 // The oneDNN kernels chosen so far, one line per cached primitive ("<key> -> <impl>"), for tests and notes.
 extern "C" const char* fcnn_onednn_kernels() {
