@@ -130,10 +130,17 @@ def _jit_step(loss_fn, tx):
 
 
 def fcnn_bench(train_step, params, state, opt_state, batch, k=1, options=None):
-    """A ``Bench`` of a ``make_train_step`` step; ``options`` compiles it ahead of time with them."""
+    """A ``Bench`` of a ``make_train_step`` step; ``options`` compiles it ahead of time with them.
+
+    oneDNN's handlers (``impl="onednn"``, which auto picks on CPU) are loaded here, in the build: on a
+    machine where they are not cached yet that is their one-time C++ build (~3 s), which would
+    otherwise land in the first step's compile time."""
     import jax
     import jax.numpy as jnp
 
+    from fcnn.ops import onednn
+
+    onednn.available()
     key = jax.random.PRNGKey(1)
     keys = jnp.asarray(jax.random.split(key, k) if k > 1 else key)
     if options is not None:

@@ -1,5 +1,5 @@
 // oneDNN's 2-D convolutions as XLA FFI handlers: the conv impl "onednn" (fcnn/ops/onednn.py builds
-// this file on first use and registers the three handlers with jax.ffi).
+// this file on first use and registers its handlers with jax.ffi).
 //
 // Layouts: x and dX NHWC, w and dW HWIO, z and dZ NHWC (fcnn's channels-last); groups 1. Each
 // handler takes the forward's geometry as attributes: strides (sh, sw), pads (plh, phh, plw, phw)
