@@ -28,14 +28,15 @@ def test_16_bit_concatenate_moves_the_bits():
 
 
 def test_all_finite_is_false_for_any_nan_or_inf_in_any_argument():
-    """The guards' predicate, over dtypes and positions: one NaN, inf or -inf anywhere in any argument."""
+    """The guards' predicate, over dtypes and positions: one NaN, inf or -inf anywhere in any argument;
+    True for all-finite arguments whose plain sum would overflow (each dtype's largest value, thrice)."""
     from fcnn.ops.conv_vjp import all_finite
 
     fn = jax.jit(all_finite)
     for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64):
         for bad in (np.nan, np.inf, -np.inf, None):
             for which in (0, 1):
-                a = [np.ones((4, 5)), np.full(3, 65504.0)]  # float16's largest finite value
+                a = [np.ones((4, 5)), np.full(3, float(jnp.finfo(dtype).max))]
                 if bad is not None:
                     a[which][(2, 3) if which == 0 else (1,)] = bad
                 assert bool(fn(*(jnp.asarray(v, dtype) for v in a))) == (bad is None), (dtype, bad, which)
