@@ -159,17 +159,40 @@ def test_nonfinite_values_give_lax_pattern(where, bad, bias):
     rng = np.random.default_rng(5)
     x, w, dz = rng.normal(size=(2, 6, 6, 2)), rng.normal(size=(3, 3, 2, 3)), rng.normal(size=(2, 6, 6, 3))
     {"x": x, "w at a border tap": w}[where][(0, 0, 1, 0) if where != "x" else (1, 2, 3, 0)] = bad
+    args = [jnp.asarray(a, jnp.float32) for a in (x, w, dz)]
+    conv = lambda impl: (lambda x, w, *b: ops.conv2d(x, w, *b, padding="SAME", impl=impl))  # noqa: E731
+    _assert_same_nonfinite_pattern(conv, args, [_bias(args[1])] if bias else [])
 
-    def codes(impl):
-        args = [jnp.asarray(a, jnp.float32) for a in (x, w, dz)]
-        b = [_bias(args[1])] if bias else []
-        z, pull = jax.vjp(lambda x, w: ops.conv2d(x, w, *b, padding="SAME", impl=impl), *args[:2])
-        return [np.where(np.isnan(a), 1, np.where(np.isinf(a), 2 + np.sign(a), 0)) for a in (z, *pull(args[2]))]
 
-    want = codes("lax")
+def _codes(a):
+    """0 finite, 1 NaN, 3 +inf, 1 -inf... (NaN 1, inf 2 + sign) per element."""
+    return np.where(np.isnan(a), 1, np.where(np.isinf(a), 2 + np.sign(a), 0))
+
+
+def _assert_same_nonfinite_pattern(conv, args, bias):
+    x, w, dz = args
+    got, want = ([_codes(a) for a in (lambda z, pull: (z, *pull(dz)))(*jax.vjp(
+        lambda x, w: conv(impl)(x, w, *bias), x, w))] for impl in ("onednn", "lax"))
     assert any(np.count_nonzero(c) for c in want)
-    for name, a, b in zip(("z", "dx", "dw"), codes("onednn"), want):
+    for name, a, b in zip(("z", "dx", "dw"), got, want):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("tap", ["corner", "centre"])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_a_nonfinite_kernel_gives_lax_pattern_in_every_geometry(geometry, tap, bad):
+    """A kernel with an inf or NaN at a corner or centre tap, in every geometry (strides, asymmetric
+    pads, dilation, 1x1 and 5x5 kernels), float32 and bfloat16, with a bias: z, dX and dW have lax's
+    NaN/inf pattern. Which zeros XLA multiplies depends on the geometry (its padding at stride 1;
+    neither padding nor stride holes in JAX's strided transpose: docs/perf_notes.md item 63), so the
+    guard hands the whole forward and dX to lax rather than imitating one rule."""
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x, w, dz, conv = _problem(geometry, dtype, seed=8)
+        k = w.shape[0]
+        w = w.at[(0, 0, 0, 0) if tap == "corner" else (k // 2, k // 2, 0, w.shape[-1] - 1)].set(bad)
+        _assert_same_nonfinite_pattern(conv, (x, w, dz), [_bias(w)])
 
 
 @needs_onednn

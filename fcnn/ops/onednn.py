@@ -29,7 +29,9 @@ float64 checks of the other implementations are lax's here, and this one is chec
 bfloat16 against float64 references (tests/test_onednn.py). oneDNN skips the padded taps that
 XLA's convolution multiplies (0 * inf = NaN): a kernel with a non-finite value takes lax's forward and
 input gradient instead (one ``lax.cond``, ``conv_vjp.if_finite``), so z and dX have lax's NaN/inf
-pattern (conv.py's table; without the guard both differ at the borders). A non-finite output gradient
+pattern (conv.py's table; without the guard both differ at the borders), in every geometry tested:
+strides, asymmetric pads, dilation (which of XLA's formulations of dX gives that pattern inside the
+``lax.cond`` depends on the stride: ``_lax_backward_data``). A non-finite output gradient
 is outside that table: XLA's own dW multiplies padded taps by it in a plain program and skips them
 inside a ``lax.cond``, as oneDNN does.
 
@@ -212,8 +214,19 @@ def _lax_forward_bias(x, w, b, geo):
 
 
 def _lax_backward_data(dz, w, geo):
+    """dX as a plain lax program computes it, for the guard (a non-finite kernel) and vmap.
+
+    XLA's NaN/inf pattern for a non-finite kernel depends on where its convolution runs: inside the
+    guard's ``lax.cond`` JAX's own transpose skipped the padded taps that it multiplies in a plain
+    program at stride 1, while fcnn's ``conv_backward_input`` (the full convolution of the
+    stride-dilated dZ) multiplied them there but also multiplied the stride holes, which JAX's
+    transpose skips at a stride (jaxlib 0.10.2; tests/test_onednn.py checks seven geometries). So:
+    ``conv_backward_input`` at stride 1, JAX's transpose of the lax forward at a stride."""
     stride, pads, dilation, in_sizes = geo
-    return conv_backward_input(dz, w, in_sizes, stride=stride, pads=pads, dilation=dilation, groups=1)
+    if all(s == 1 for s in stride):
+        return conv_backward_input(dz, w, in_sizes, stride=stride, pads=pads, dilation=dilation, groups=1)
+    x = jax.ShapeDtypeStruct((dz.shape[0], *in_sizes, w.shape[2]), dz.dtype)
+    return jax.linear_transpose(lambda x: _lax_forward(x, w, geo), x)(dz)[0]
 
 
 def _lax_backward_weights(x, dz, geo, w_shape):
