@@ -54,8 +54,8 @@ non-finite x every implementation it selects has lax's pattern (tests/test_auto.
 table). A non-finite *kernel* with padding separates the implementations that multiply explicit
 zero pads (im2col, fft; custom_vjp's dx) from those that skip the pads' terms (lax, col2im, and the
 reference and taps, whose tap loop masks the outputs where a tap reads padding): every
-implementation auto selects (lax, taps, col2im, im2col_vjp, winograd) skips them, so auto keeps lax's
-pattern for non-finite x and w.
+implementation auto selects (lax, taps, col2im, im2col_vjp, winograd, and onednn through its guard:
+fcnn/ops/onednn.py) skips them, so auto keeps lax's pattern for non-finite x and w.
 
 Padding: anything ``shapes.normalize_padding`` accepts; "SAME" follows XLA (odd extra pad at the
 bottom/right). PyTorch's ``padding="same"`` also puts it at the end (pytorch/pytorch#45667) but
