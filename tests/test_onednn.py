@@ -180,18 +180,22 @@ def _assert_same_nonfinite_pattern(conv, args, bias):
 
 @needs_onednn
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("tap", ["corner", "centre"])
+@pytest.mark.parametrize("where", ["kernel corner", "kernel centre", "input"])
 @pytest.mark.parametrize("bad", [np.nan, -np.inf])
-def test_a_nonfinite_kernel_gives_lax_pattern_in_every_geometry(geometry, tap, bad):
-    """A kernel with an inf or NaN at a corner or centre tap, in every geometry (strides, asymmetric
-    pads, dilation, 1x1 and 5x5 kernels), float32 and bfloat16, with a bias: z, dX and dW have lax's
-    NaN/inf pattern. Which zeros XLA multiplies depends on the geometry (its padding at stride 1;
-    neither padding nor stride holes in JAX's strided transpose: docs/perf_notes.md item 63), so the
-    guard hands the whole forward and dX to lax rather than imitating one rule."""
+def test_nonfinite_values_give_lax_pattern_in_every_geometry(geometry, where, bad):
+    """A kernel tap (corner or centre) or an input pixel with an inf or NaN, in every geometry (strides,
+    asymmetric pads, dilation, 1x1 and 5x5 kernels), float32 and bfloat16, with a bias: z, dX and dW
+    have lax's NaN/inf pattern. Which zeros XLA multiplies for a non-finite kernel depends on the
+    geometry (its padding at stride 1; neither padding nor stride holes in JAX's strided transpose:
+    docs/perf_notes.md item 63), so the guard hands the whole forward and dX to lax rather than
+    imitating one rule."""
     for dtype in (jnp.float32, jnp.bfloat16):
         x, w, dz, conv = _problem(geometry, dtype, seed=8)
         k = w.shape[0]
-        w = w.at[(0, 0, 0, 0) if tap == "corner" else (k // 2, k // 2, 0, w.shape[-1] - 1)].set(bad)
+        if where == "input":
+            x = x.at[0, 0, 0, 0].set(bad)  # read by every geometry (a stride may skip others)
+        else:
+            w = w.at[(0, 0, 0, 0) if where == "kernel corner" else (k // 2, k // 2, 0, w.shape[-1] - 1)].set(bad)
         _assert_same_nonfinite_pattern(conv, (x, w, dz), [_bias(w)])
 
 
