@@ -2,6 +2,7 @@
 adjoint identities, gradients of gradients, vmap, lax's non-finite pattern, the lax fallback for what
 oneDNN does not compute, and the build / availability rules. Skipped where oneDNN is not available
 (``pip install "fcnn[onednn]"`` and a C++ compiler); the availability rules run everywhere."""
+import math
 import os
 import subprocess
 import sys
@@ -197,6 +198,38 @@ def test_nonfinite_values_give_lax_pattern_in_every_geometry(geometry, where, ba
         else:
             w = w.at[(0, 0, 0, 0) if where == "kernel corner" else (k // 2, k // 2, 0, w.shape[-1] - 1)].set(bad)
         _assert_same_nonfinite_pattern(conv, (x, w, dz), [_bias(w)])
+
+
+def test_small_convolutions_run_on_one_thread():
+    """The team-size rule: 1 (one OpenMP thread) below SERIAL_BELOW_MFLOP of its dtype, 0 (every core)
+    at or above it; float64 and float16 (lax's) have no bound. LeNet-5's 6->16 5x5 layer at b64 is 30.7
+    MFLOP: one thread in bf16, every core in f32 (docs/perf_notes.md item 64)."""
+    x, w, z = (64, 14, 14, 6), (5, 5, 6, 16), (64, 10, 10, 16)
+    assert onednn.threads(x, w, z, jnp.bfloat16) == 1 and onednn.threads(x, w, z, jnp.float32) == 0
+    bound = onednn.SERIAL_BELOW_MFLOP[jnp.dtype(jnp.float32)]
+    cout = bound * 1e6 / (2 * 25 * 6)  # output channels of a 1x1 output whose MFLOP are the bound
+    assert onednn.threads(x, w, (1, 1, 1, math.ceil(cout)), jnp.float32) == 0  # at or above: every core
+    assert onednn.threads(x, w, (1, 1, 1, math.floor(cout)), jnp.float32) == 1
+    assert onednn.threads(x, w, z, jnp.float64) == 0
+
+
+@needs_onednn
+@pytest.mark.parametrize("team", [1, 0])
+def test_both_team_sizes_compute_the_convolution(monkeypatch, team):
+    """The same small convolution (z, dX, dW, dB against float64 lax, bf16) on one thread and on every
+    core (the bounds forced), and the cached primitives keyed by the team size ("|t1" / "|t0")."""
+    monkeypatch.setitem(onednn.SERIAL_BELOW_MFLOP, jnp.dtype(jnp.bfloat16), 1e12 if team == 1 else 0.0)
+    onednn._calls.cache_clear()
+    x, w, dz, conv = _problem(GEOMETRIES[1], jnp.bfloat16, seed=11)
+    b = _bias(w)
+    got_z, pull = jax.vjp(conv("onednn"), x, w, b)
+    want_z, want_pull = jax.vjp(conv("lax"), *(jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, b)))
+    for name, a, ref in zip(("z", "dx", "dw", "db"), (got_z, *pull(dz)),
+                            (want_z, *want_pull(jnp.asarray(np.asarray(dz, np.float64))))):
+        assert _rel(a, ref) < 1.2e-2, (name, _rel(a, ref))
+    key = "F," + ",".join(str(d) for d in (x.shape[0], x.shape[3], *x.shape[1:3]))
+    assert any(line.startswith(key) and f"|t{team} " in line for line in onednn.kernels())
+    onednn._calls.cache_clear()
 
 
 @needs_onednn

@@ -35,8 +35,13 @@ strides, asymmetric pads, dilation (which of XLA's formulations of dX gives that
 is outside that table: XLA's own dW multiplies padded taps by it in a plain program and skips them
 inside a ``lax.cond``, as oneDNN does.
 
+Threads: oneDNN runs each call on an OpenMP team (the wheel's GNU OpenMP) of every core, except
+convolutions below ``SERIAL_BELOW_MFLOP`` (per dtype), which run on one thread (``threads``): inside
+XLA's schedule a small call's team start-up and contention cost more than the second core gives
+(LeNet-5's b64 bf16 step 2.6-2.8 against 3.0-3.4 ms; docs/perf_notes.md item 64).
+
 Availability: the handlers are compiled on first use with the system C++ compiler (``$CXX`` or
-``g++``) against jaxlib's FFI headers and the oneDNN wheels (``pip install "fcnn[onednn]"``), into
+``g++``, with ``-fopenmp`` for the team size) against jaxlib's FFI headers and the oneDNN wheels (``pip install "fcnn[onednn]"``), into
 ``$FCNN_CACHE_DIR`` (default ``~/.cache/fcnn``), once per source / jax / oneDNN combination; a failed
 step makes ``available()`` False with the reason (``unavailable_reason()``), never an error at
 import. ``FCNN_ONEDNN=0`` turns it off (``impl="auto"`` then keeps XLA's convolutions). CPU only:
@@ -48,6 +53,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.metadata
+import math
 import os
 import platform
 import shutil
@@ -65,8 +71,8 @@ from fcnn import shapes
 from fcnn.channels import add_channels
 from fcnn.ops.conv_vjp import conv_backward_bias, conv_backward_input, conv_backward_kernel, if_finite, lax_conv
 
-__all__ = ["available", "unavailable_reason", "supports", "refusal", "computes", "kernels", "conv", "SOURCE", "TARGETS",
-           "WHEELS"]
+__all__ = ["available", "unavailable_reason", "supports", "refusal", "computes", "kernels", "conv", "threads", "SOURCE",
+           "TARGETS", "WHEELS", "SERIAL_BELOW_MFLOP"]
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # the XLA FFI handlers of SOURCE, by role
@@ -78,6 +84,11 @@ WHEELS = (("onednn-cpu-gomp", "libdnnl.so"), ("onednn-devel-cpu-gomp", "dnnl.hpp
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 Geometry = Tuple[tuple, tuple, tuple, tuple]  # stride, pads, dilation, input spatial sizes
+# Convolutions below this many MFLOP (2 * multiply-adds of one call) run on one OpenMP thread instead
+# of all cores: inside XLA's schedule a second thread's start-up and contention cost a small call more
+# than it gives (docs/perf_notes.md item 64). bfloat16 runs ~5-6x float32's rate on AMX (item 62's
+# per-layer table), hence its higher bound.
+SERIAL_BELOW_MFLOP = {jnp.dtype(jnp.float32): 10.0, jnp.dtype(jnp.bfloat16): 80.0}
 
 
 def _cache_dir() -> Path:
@@ -105,7 +116,7 @@ def _build(out: Path, compiler: str, include: Path, libdir: Path) -> Optional[st
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
         os.close(fd)
-        cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", str(SOURCE), "-o", tmp,
+        cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", str(SOURCE), "-o", tmp,
                f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{libdir}", "-ldnnl", f"-Wl,-rpath,{libdir}"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
@@ -193,13 +204,22 @@ def kernels() -> list:
 
 
 # ----------------------------------------------------------------------------- the calls
-def _call(role: str, out, geo: Geometry, *args):
-    """One oneDNN call: ``out`` a ``jax.ShapeDtypeStruct`` (or a tuple of them), ``args`` its arrays."""
+def threads(x_shape, w_shape, z_shape, dtype) -> int:
+    """The OpenMP team size of a convolution's calls: 1 below ``SERIAL_BELOW_MFLOP`` for its dtype,
+    else 0 (OpenMP's default: every core). The same for its forward and both gradients."""
+    mflop = 2 * math.prod(z_shape) * math.prod(w_shape[:-1]) / 1e6
+    return 1 if mflop < SERIAL_BELOW_MFLOP.get(jnp.dtype(dtype), 0.0) else 0
+
+
+def _call(role: str, out, geo: Geometry, team: int, *args):
+    """One oneDNN call: ``out`` a ``jax.ShapeDtypeStruct`` (or a tuple of them), ``team`` its OpenMP
+    team size (``threads``), ``args`` its arrays."""
     if _load()[0] is None:  # registers the handlers on first use
         raise RuntimeError(f"impl='onednn' is not available here: {_load()[1]}")
     stride, pads, dilation, _ = geo
     (plh, phh), (plw, phw) = pads
-    attrs = dict(sh=stride[0], sw=stride[1], plh=plh, phh=phh, plw=plw, phw=phw, dh=dilation[0], dw=dilation[1])
+    attrs = dict(sh=stride[0], sw=stride[1], plh=plh, phh=phh, plw=plw, phw=phw, dh=dilation[0], dw=dilation[1],
+                 threads=team)
     call = jax.ffi.ffi_call(TARGETS[role], out)  # vmap: _batched_by_lax
     return call(*args, **{k: np.int64(v) for k, v in attrs.items()})
 
@@ -255,13 +275,14 @@ def _batched_by_lax(call, lax_fn):
 
 
 @functools.lru_cache(maxsize=None)
-def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple) -> dict:
+def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple, dtype) -> dict:
     """The oneDNN calls of one geometry, by role (``TARGETS``): forward(x, w), backward_data(dz, w),
     backward_weights(x, dz), forward_bias(x, w, b) and backward_weights_bias(x, dz) -> (dW, dB)."""
     stride, pads, dilation, _ = geo
     z_shape = shapes.conv_output_shape(x_shape, w_shape, stride=stride, padding=pads, dilation=dilation)
     dw = jax.ShapeDtypeStruct(w_shape, jnp.float32)
     db = jax.ShapeDtypeStruct(w_shape[-1:], jnp.float32)
+    team = threads(x_shape, w_shape, z_shape, dtype)
 
     def out(shape):
         return lambda *args: jax.ShapeDtypeStruct(shape, args[0].dtype)
@@ -273,7 +294,7 @@ def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple) -> dict:
               "backward_weights": lambda x, dz: _lax_backward_weights(x, dz, geo, w_shape),
               "forward_bias": lambda x, w, b: _lax_forward_bias(x, w, b, geo),
               "backward_weights_bias": lambda x, dz: _lax_backward_weights_bias(x, dz, geo, w_shape)}
-    return {role: _batched_by_lax(lambda *args, role=role: _call(role, outputs[role](*args), geo, *args),
+    return {role: _batched_by_lax(lambda *args, role=role: _call(role, outputs[role](*args), geo, team, *args),
                                   by_lax[role]) for role in TARGETS}
 
 
@@ -291,28 +312,29 @@ def _adjoint_vjp(primal, nondiff_argnums=(2,)):
 
 
 def _forward_primal(x, w, geo):
-    return if_finite((w,), _calls(geo, x.shape, w.shape)["forward"], lambda x, w: _lax_forward(x, w, geo), x, w)
+    return if_finite((w,), _calls(geo, x.shape, w.shape, x.dtype)["forward"], lambda x, w: _lax_forward(x, w, geo),
+                     x, w)
 
 
 def _forward_bias_primal(x, w, b, geo):
-    return if_finite((w,), _calls(geo, x.shape, w.shape)["forward_bias"],
+    return if_finite((w,), _calls(geo, x.shape, w.shape, x.dtype)["forward_bias"],
                      lambda x, w, b: _lax_forward_bias(x, w, b, geo), x, w, b)
 
 
 def _backward_data_primal(dz, w, geo):
     x_shape = (dz.shape[0], *geo[3], w.shape[2])
-    return if_finite((w,), _calls(geo, x_shape, w.shape)["backward_data"],
+    return if_finite((w,), _calls(geo, x_shape, w.shape, dz.dtype)["backward_data"],
                      lambda dz, w: _lax_backward_data(dz, w, geo), dz, w)
 
 
 # unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
 # multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
 def _backward_weights_primal(x, dz, geo, w_shape):
-    return _calls(geo, x.shape, w_shape)["backward_weights"](x, dz)
+    return _calls(geo, x.shape, w_shape, x.dtype)["backward_weights"](x, dz)
 
 
 def _backward_weights_bias_primal(x, dz, geo, w_shape):
-    return _calls(geo, x.shape, w_shape)["backward_weights_bias"](x, dz)
+    return _calls(geo, x.shape, w_shape, x.dtype)["backward_weights_bias"](x, dz)
 
 
 # each call's gradient is made of the others (the adjoints of one bilinear map; module docstring)

@@ -9,12 +9,17 @@
 // Two handlers carry the layer's bias as well: the forward adds a (cout,) bias of the input dtype
 // inside the convolution (one rounding of the f32 sum), and the kernel gradient also returns
 // dB = sum of dZ over batch and space, in float32, from the same pass over dZ.
-// Primitive descriptors and primitives are built once per geometry and dtype and cached.
+// Threads: every handler takes a ``threads`` attribute, the OpenMP team size its convolution runs
+// with (0: OpenMP's default, all cores); fcnn/ops/onednn.py picks 1 for small convolutions, whose
+// team start-up costs more than the second core gives back inside XLA's own schedule.
+// Primitive descriptors and primitives are built once per geometry, dtype and team size and cached.
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -33,18 +38,32 @@ dnnl::engine& Engine() {
 struct Geometry {
   memory::dims src, weights, dst, strides, dilates, pad_l, pad_r;
   memory::data_type dtype;
+  int threads;  // the OpenMP team size (0: OpenMP's default)
   std::string Key(char kind) const {
     std::string k(1, kind);
     for (const memory::dims* v : {&src, &weights, &dst, &strides, &dilates, &pad_l, &pad_r})
       for (auto d : *v) k += "," + std::to_string(d);
-    return k + "|" + std::to_string(static_cast<int>(dtype));
+    return k + "|" + std::to_string(static_cast<int>(dtype)) + "|t" + std::to_string(threads);
   }
+};
+
+// The calling thread's OpenMP team size while one handler runs (oneDNN sizes its work split by it
+// when it builds a primitive, and runs with it), restored afterwards: XLA's worker threads are shared.
+class TeamSize {
+ public:
+  explicit TeamSize(int threads) : saved_(omp_get_max_threads()) {
+    if (threads > 0) omp_set_num_threads(threads);
+  }
+  ~TeamSize() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
 };
 
 // x_like: NHWC (n, h, w, cin); w_like: HWIO (kh, kw, cin, cout); z_like: NHWC (n, oh, ow, cout)
 Geometry MakeGeometry(const ffi::AnyBuffer& x_like, const ffi::AnyBuffer& w_like, const ffi::AnyBuffer& z_like,
                       ffi::DataType dtype, int64_t sh, int64_t sw, int64_t plh, int64_t phh, int64_t plw,
-                      int64_t phw, int64_t dh, int64_t dw) {
+                      int64_t phw, int64_t dh, int64_t dw, int64_t threads) {
   auto x = x_like.dimensions();
   auto w = w_like.dimensions();
   auto z = z_like.dimensions();
@@ -57,6 +76,7 @@ Geometry MakeGeometry(const ffi::AnyBuffer& x_like, const ffi::AnyBuffer& w_like
   g.pad_l = {plh, plw};
   g.pad_r = {phh, phw};
   g.dtype = dtype == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+  g.threads = static_cast<int>(threads);
   return g;
 }
 
@@ -147,9 +167,10 @@ void RunKernelIn(const Geometry& g, char kind, MakePD make_pd, void* w, int in_a
 // z = conv(x, w) (+ b): the forward, with a bias when ``b`` is given.
 ffi::Error RunForward(ffi::AnyBuffer x, ffi::AnyBuffer w, const ffi::AnyBuffer* b, ffi::Result<ffi::AnyBuffer> z,
                       int64_t sh, int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
-                      int64_t dw) {
+                      int64_t dw, int64_t threads) {
   return Guarded([&] {
-    Geometry g = MakeGeometry(x, w, *z, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    Geometry g = MakeGeometry(x, w, *z, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw, threads);
+    TeamSize team(g.threads);
     bool bias = b != nullptr;
     RunKernelIn<Forward>(g, bias ? 'F' : 'f', [&] { return ForwardDesc(g, bias); }, w.untyped_data(),
                          DNNL_ARG_SRC, Plain(g.src, g.dtype, tag::nhwc), x.untyped_data(),
@@ -159,20 +180,23 @@ ffi::Error RunForward(ffi::AnyBuffer x, ffi::AnyBuffer w, const ffi::AnyBuffer* 
 }
 
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> z, int64_t sh, int64_t sw,
-                       int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
-  return RunForward(x, w, nullptr, z, sh, sw, plh, phh, plw, phw, dh, dw);
+                       int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw,
+                       int64_t threads) {
+  return RunForward(x, w, nullptr, z, sh, sw, plh, phh, plw, phw, dh, dw, threads);
 }
 
 ffi::Error ForwardBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> z,
                            int64_t sh, int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
-                           int64_t dw) {
-  return RunForward(x, w, &b, z, sh, sw, plh, phh, plw, phw, dh, dw);
+                           int64_t dw, int64_t threads) {
+  return RunForward(x, w, &b, z, sh, sw, plh, phh, plw, phw, dh, dw, threads);
 }
 
 ffi::Error BackwardDataImpl(ffi::AnyBuffer dz, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t sh,
-                            int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
+                            int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw,
+                            int64_t threads) {
   return Guarded([&] {
-    Geometry g = MakeGeometry(*dx, w, dz, dz.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    Geometry g = MakeGeometry(*dx, w, dz, dz.element_type(), sh, sw, plh, phh, plw, phw, dh, dw, threads);
+    TeamSize team(g.threads);
     auto make_pd = [&] {
       return dnnl::convolution_backward_data::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, g.dtype, tag::nhwc),
@@ -188,9 +212,10 @@ ffi::Error BackwardDataImpl(ffi::AnyBuffer dz, ffi::AnyBuffer w, ffi::Result<ffi
 // dW = x * dZ (HWIO, float32), and dB = sum(dZ) (float32) when ``db_out`` is given.
 ffi::Error RunBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out,
                               ffi::Result<ffi::AnyBuffer>* db_out, int64_t sh, int64_t sw, int64_t plh, int64_t phh,
-                              int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
+                              int64_t plw, int64_t phw, int64_t dh, int64_t dw, int64_t threads) {
   return Guarded([&] {
-    Geometry g = MakeGeometry(x, *dw_out, dz, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw);
+    Geometry g = MakeGeometry(x, *dw_out, dz, x.element_type(), sh, sw, plh, phh, plw, phw, dh, dw, threads);
+    TeamSize team(g.threads);
     bool bias = db_out != nullptr;
     auto user_dw = Plain(g.weights, memory::data_type::f32, tag::hwio);
     auto e = Cached<BackwardWeights>(g.Key(bias ? 'W' : 'w'), [&] {
@@ -222,21 +247,23 @@ ffi::Error RunBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<f
 
 ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out, int64_t sh,
                                int64_t sw, int64_t plh, int64_t phh, int64_t plw, int64_t phw, int64_t dh,
-                               int64_t dw) {
-  return RunBackwardWeights(x, dz, dw_out, nullptr, sh, sw, plh, phh, plw, phw, dh, dw);
+                               int64_t dw, int64_t threads) {
+  return RunBackwardWeights(x, dz, dw_out, nullptr, sh, sw, plh, phh, plw, phw, dh, dw, threads);
 }
 
 ffi::Error BackwardWeightsBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<ffi::AnyBuffer> dw_out,
                                    ffi::Result<ffi::AnyBuffer> db_out, int64_t sh, int64_t sw, int64_t plh,
-                                   int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw) {
-  return RunBackwardWeights(x, dz, dw_out, &db_out, sh, sw, plh, phh, plw, phw, dh, dw);
+                                   int64_t phh, int64_t plw, int64_t phw, int64_t dh, int64_t dw,
+                                   int64_t threads) {
+  return RunBackwardWeights(x, dz, dw_out, &db_out, sh, sw, plh, phh, plw, phw, dh, dw, threads);
 }
 
 }  // namespace
 
 #define FCNN_CONV_ATTRS                                                                                     \
   .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("plh").Attr<int64_t>("phh")                        \
-  .Attr<int64_t>("plw").Attr<int64_t>("phw").Attr<int64_t>("dh").Attr<int64_t>("dw")
+  .Attr<int64_t>("plw").Attr<int64_t>("phw").Attr<int64_t>("dh").Attr<int64_t>("dw")        \
+  .Attr<int64_t>("threads")
 #define FCNN_CONV_BINDING ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvForward, ForwardImpl, FCNN_CONV_BINDING);
