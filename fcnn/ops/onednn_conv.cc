@@ -229,12 +229,14 @@ ffi::Error RunBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Result<f
                            Engine(), dnnl::algorithm::convolution_direct, src, diff_weights, diff_dst, g.strides,
                            g.dilates, g.pad_l, g.pad_r, ForwardDesc(g));
       return BackwardWeights{pd, dnnl::convolution_backward_weights(pd),
-                             dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(), user_dw))};
+                             dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(), Engine(),
+                                                                         user_dw))};
     });
     dnnl::stream s(Engine());
     memory dw_conv(e->pd.diff_weights_desc(), Engine());
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e->pd.src_desc(), Engine(), x.untyped_data())},
-                                         {DNNL_ARG_DIFF_DST, memory(e->pd.diff_dst_desc(), Engine(), dz.untyped_data())},
+    memory src(e->pd.src_desc(), Engine(), x.untyped_data());
+    memory diff_dst(e->pd.diff_dst_desc(), Engine(), dz.untyped_data());
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
                                          {DNNL_ARG_DIFF_WEIGHTS, dw_conv}};
     if (bias)
       args.insert({DNNL_ARG_DIFF_BIAS, memory(Bias(g, memory::data_type::f32), Engine(), (*db_out)->untyped_data())});
@@ -264,7 +266,8 @@ ffi::Error BackwardWeightsBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer dz, ffi::Res
   .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("plh").Attr<int64_t>("phh")                        \
   .Attr<int64_t>("plw").Attr<int64_t>("phw").Attr<int64_t>("dh").Attr<int64_t>("dw")        \
   .Attr<int64_t>("threads")
-#define FCNN_CONV_BINDING ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS
+#define FCNN_CONV_BINDING \
+  ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvForward, ForwardImpl, FCNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardData, BackwardDataImpl, FCNN_CONV_BINDING);
