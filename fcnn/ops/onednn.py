@@ -224,13 +224,10 @@ def _call(role: str, out, geo: Geometry, team: int, *args):
     return call(*args, **{k: np.int64(v) for k, v in attrs.items()})
 
 
-def _lax_forward(x, w, geo):
+def _lax_forward(x, w, geo, b=None):
     stride, pads, dilation, _ = geo
-    return lax_conv(x, w, stride, pads, dilation, 1, None)
-
-
-def _lax_forward_bias(x, w, b, geo):
-    return add_channels(_lax_forward(x, w, geo), b)
+    z = lax_conv(x, w, stride, pads, dilation, 1, None)
+    return z if b is None else add_channels(z, b)
 
 
 def _lax_backward_data(dz, w, geo):
@@ -249,14 +246,12 @@ def _lax_backward_data(dz, w, geo):
     return jax.linear_transpose(lambda x: _lax_forward(x, w, geo), x)(dz)[0]
 
 
-def _lax_backward_weights(x, dz, geo, w_shape):
+def _lax_backward_weights(x, dz, geo, w_shape, bias=False):
+    """dW in float32, and with ``bias`` (dW, dB)."""
     stride, pads, dilation, _ = geo
-    return conv_backward_kernel(x, dz, w_shape[:2], stride=stride, pads=pads, dilation=dilation,
-                                groups=1).astype(jnp.float32)
-
-
-def _lax_backward_weights_bias(x, dz, geo, w_shape):
-    return _lax_backward_weights(x, dz, geo, w_shape), conv_backward_bias(dz.astype(jnp.float32))
+    dw = conv_backward_kernel(x, dz, w_shape[:2], stride=stride, pads=pads, dilation=dilation,
+                              groups=1).astype(jnp.float32)
+    return (dw, conv_backward_bias(dz.astype(jnp.float32))) if bias else dw
 
 
 def _batched_by_lax(call, lax_fn):
@@ -292,8 +287,8 @@ def _calls(geo: Geometry, x_shape: tuple, w_shape: tuple, dtype) -> dict:
     by_lax = {"forward": lambda x, w: _lax_forward(x, w, geo),
               "backward_data": lambda dz, w: _lax_backward_data(dz, w, geo),
               "backward_weights": lambda x, dz: _lax_backward_weights(x, dz, geo, w_shape),
-              "forward_bias": lambda x, w, b: _lax_forward_bias(x, w, b, geo),
-              "backward_weights_bias": lambda x, dz: _lax_backward_weights_bias(x, dz, geo, w_shape)}
+              "forward_bias": lambda x, w, b: _lax_forward(x, w, geo, b),
+              "backward_weights_bias": lambda x, dz: _lax_backward_weights(x, dz, geo, w_shape, bias=True)}
     return {role: _batched_by_lax(lambda *args, role=role: _call(role, outputs[role](*args), geo, team, *args),
                                   by_lax[role]) for role in TARGETS}
 
@@ -311,52 +306,38 @@ def _adjoint_vjp(primal, nondiff_argnums=(2,)):
     return f, rule
 
 
-def _forward_primal(x, w, geo):
-    return if_finite((w,), _calls(geo, x.shape, w.shape, x.dtype)["forward"], lambda x, w: _lax_forward(x, w, geo),
-                     x, w)
-
-
-def _forward_bias_primal(x, w, b, geo):
-    return if_finite((w,), _calls(geo, x.shape, w.shape, x.dtype)["forward_bias"],
-                     lambda x, w, b: _lax_forward_bias(x, w, b, geo), x, w, b)
+def _forward_primal(x, w, b, geo):
+    """z = x * w (+ b, when ``b`` is not None: the "forward_bias" call)."""
+    role, arrays = ("forward", (x, w)) if b is None else ("forward_bias", (x, w, b))
+    return if_finite((w,), _calls(geo, x.shape, w.shape, x.dtype)[role],
+                     lambda x, w, *b: _lax_forward(x, w, geo, *b), *arrays)
 
 
 def _backward_data_primal(dz, w, geo):
-    x_shape = (dz.shape[0], *geo[3], w.shape[2])
-    return if_finite((w,), _calls(geo, x_shape, w.shape, dz.dtype)["backward_data"],
+    return if_finite((w,), _calls(geo, (dz.shape[0], *geo[3], w.shape[2]), w.shape, dz.dtype)["backward_data"],
                      lambda dz, w: _lax_backward_data(dz, w, geo), dz, w)
 
 
 # unguarded: a non-finite dZ (outside conv.py's table) meets padded taps only in XLA's own dW, which
 # multiplies them (0 * NaN) in a plain program and skips them inside a lax.cond, as oneDNN does
-def _backward_weights_primal(x, dz, geo, w_shape):
-    return _calls(geo, x.shape, w_shape, x.dtype)["backward_weights"](x, dz)
-
-
-def _backward_weights_bias_primal(x, dz, geo, w_shape):
-    return _calls(geo, x.shape, w_shape, x.dtype)["backward_weights_bias"](x, dz)
+def _backward_weights_primal(x, dz, geo, w_shape, bias):
+    """dW (float32), or with ``bias`` (dW, dB) from one call ("backward_weights_bias")."""
+    return _calls(geo, x.shape, w_shape, x.dtype)["backward_weights_bias" if bias else "backward_weights"](x, dz)
 
 
 # each call's gradient is made of the others (the adjoints of one bilinear map; module docstring)
-_forward, _forward_vjp = _adjoint_vjp(_forward_primal)
-_forward_bias, _forward_bias_vjp = _adjoint_vjp(_forward_bias_primal, (3,))
+_forward, _forward_vjp = _adjoint_vjp(_forward_primal, (3,))
 _backward_data, _backward_data_vjp = _adjoint_vjp(_backward_data_primal)
-_backward_weights, _backward_weights_vjp = _adjoint_vjp(_backward_weights_primal, (2, 3))
-_backward_weights_bias, _backward_weights_bias_vjp = _adjoint_vjp(_backward_weights_bias_primal, (2, 3))
+_backward_weights, _backward_weights_vjp = _adjoint_vjp(_backward_weights_primal, (2, 3, 4))
 
 
 @_forward_vjp
 def _forward_bwd(geo, res, dz):
-    x, w = res
-    dz = dz.astype(x.dtype)
-    return _backward_data(dz, w, geo), _backward_weights(x, dz, geo, w.shape).astype(w.dtype)
-
-
-@_forward_bias_vjp
-def _forward_bias_bwd(geo, res, dz):
     x, w, b = res
     dz = dz.astype(x.dtype)
-    dw, db = _backward_weights_bias(x, dz, geo, w.shape)
+    if b is None:
+        return _backward_data(dz, w, geo), _backward_weights(x, dz, geo, w.shape, False).astype(w.dtype), None
+    dw, db = _backward_weights(x, dz, geo, w.shape, True)
     return _backward_data(dz, w, geo), dw.astype(w.dtype), db.astype(b.dtype)
 
 
@@ -364,21 +345,15 @@ def _forward_bias_bwd(geo, res, dz):
 def _backward_data_bwd(geo, res, g):
     dz, w = res
     g = g.astype(dz.dtype)
-    return _forward(g, w, geo), _backward_weights(g, dz, geo, w.shape).astype(w.dtype)
+    return _forward(g, w, None, geo), _backward_weights(g, dz, geo, w.shape, False).astype(w.dtype)
 
 
 @_backward_weights_vjp
-def _backward_weights_bwd(geo, w_shape, res, g):
+def _backward_weights_bwd(geo, w_shape, bias, res, g):
     x, dz = res
-    g = g.astype(x.dtype)
-    return _backward_data(dz, g, geo), _forward(x, g, geo)
-
-
-@_backward_weights_bias_vjp
-def _backward_weights_bias_bwd(geo, w_shape, res, g):
-    x, dz = res
-    gw, gb = (t.astype(x.dtype) for t in g)
-    return _backward_data(dz, gw, geo), _forward_bias(x, gw, gb, geo)
+    gw, gb = g if bias else (g, None)
+    gw, gb = gw.astype(x.dtype), None if gb is None else gb.astype(x.dtype)
+    return _backward_data(dz, gw, geo), _forward(x, gw, gb, geo)
 
 
 def conv(x, w, b, stride, pads, dilation, groups, precision):
@@ -389,4 +364,4 @@ def conv(x, w, b, stride, pads, dilation, groups, precision):
         z = lax_conv(x, w, stride, pads, dilation, groups, precision)
         return z if b is None else add_channels(z, b)
     geo = (tuple(stride), tuple(tuple(p) for p in pads), tuple(dilation), tuple(x.shape[1:3]))
-    return _forward(x, w, geo) if b is None else _forward_bias(x, w, b, geo)
+    return _forward(x, w, b, geo)
