@@ -80,6 +80,23 @@ def test_the_three_calls_are_adjoints(geometry):
 
 
 @needs_onednn
+def test_bf16_bias_is_added_before_the_one_rounding():
+    """In bfloat16 the bias goes into oneDNN's f32 sum, which is rounded once: z equals the float64
+    convolution plus b rounded to bf16 on >= 99% of the elements (the rest: f32 accumulation near a
+    rounding boundary), where adding b to the rounded convolution (XLA's two ops) matches < 90%
+    (about 3/4 here)."""
+    rng = np.random.default_rng(12)
+    x = jnp.asarray(rng.normal(size=(4, 8, 8, 32)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(3, 3, 32, 16)) * 0.2, jnp.bfloat16)
+    b = jnp.asarray(rng.normal(size=(16,)) * 3, jnp.bfloat16)
+    got = np.asarray(ops.conv2d(x, w, b, padding="SAME", impl="onednn"), np.float32)
+    conv64 = np.asarray(ops.conv2d(*(jnp.asarray(np.asarray(a, np.float64)) for a in (x, w)), padding="SAME"))
+    to_bf16 = lambda a: np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16), np.float32)  # noqa: E731
+    assert np.mean(got == to_bf16(conv64 + np.asarray(b, np.float64))) >= 0.99
+    assert np.mean(got == to_bf16(to_bf16(conv64) + np.asarray(b, np.float32))) < 0.9
+
+
+@needs_onednn
 @pytest.mark.parametrize("geometry", GEOMETRIES[:4])
 def test_with_a_bias_the_calls_are_adjoints_and_db_sums_dz(geometry):
     """z = F(x, w) + b: <dZ, z> = <dX, x> + <dB, b> = <dW, w> + <dB, b>, and dB (from oneDNN's
