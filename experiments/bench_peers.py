@@ -33,8 +33,8 @@ from bench_common import (  # noqa: E402, F401  (re-exported: other scripts and 
 from bench_torch import build_torch, build_torch_compile  # noqa: E402
 
 # ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
-RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_keep", "fcnn_xla", "linen", "torch", "torch_compile",
-                     "torch_keep")
+RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_one_block", "fcnn_keep", "fcnn_xla", "linen", "torch",
+                     "torch_compile", "torch_keep")
 
 
 def supports(framework: str, net: str) -> bool:
@@ -82,6 +82,16 @@ def build_fcnn_unroll(net, n, dtype_policy, device, k=1):
 def build_fcnn_ynn_off(net, n, dtype_policy, device, k=1):
     """fcnn's step compiled with ``YNN_OFF`` (XLA:CPU's Eigen convolutions instead of YNNPACK's)."""
     return build_fcnn(net, n, dtype_policy, device, k, options=YNN_OFF)
+
+
+# XLA's own default for the per-heap limit: a call's temporaries in one block (fcnn.step's
+# CPU_HEAP_OPTIONS splits them; docs/perf_notes.md item 65).
+ONE_BLOCK = {"xla_multiheap_size_constraint_per_heap": -1}
+
+
+def build_fcnn_one_block(net, n, dtype_policy, device, k=1):
+    """fcnn's step with XLA's default of one block for each call's temporaries (``ONE_BLOCK``)."""
+    return build_fcnn(net, n, dtype_policy, device, k, options=ONE_BLOCK)
 
 
 def build_fcnn_lax(net, n, dtype_policy, device, k=1):
@@ -403,6 +413,7 @@ BUILDERS = {
     "fcnn_unroll": build_fcnn_unroll,  # k steps per dispatch, scan fully unrolled
     "fcnn_lax": build_fcnn_lax,
     "fcnn_ynn_off": build_fcnn_ynn_off,
+    "fcnn_one_block": build_fcnn_one_block,
     "lax": build_lax,
     "stax": build_stax,
     "linen": build_linen,
@@ -414,7 +425,8 @@ BUILDERS = {
     "torch_keep": _kept_memory(build_torch),
 }
 LABELS = {
-    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_ynn_off": "fcnn, YNNPACK conv off", "fcnn_unroll": "fcnn (k steps, unrolled)",
+    "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_ynn_off": "fcnn, YNNPACK conv off",
+    "fcnn_one_block": "fcnn, temporaries in one block", "fcnn_unroll": "fcnn (k steps, unrolled)",
     "fcnn_keep": "fcnn, keep_cpu_memory()", "fcnn_xla": "fcnn, XLA's convs only (no oneDNN)",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",

@@ -52,7 +52,7 @@ from fcnn.losses import l2_penalty
 from fcnn.ops import auto as _auto
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
-__all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
+__all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "CPU_HEAP_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
            "plain_train_step", "train_step_fn", "make_train_step", "make_eval_step", "evaluate", "predict",
            "step_keys"]
 
@@ -154,6 +154,15 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # the "im2col_vjp" convolutions that impl="auto" picks there are built for; float32 steps ran the
 # same either way (VGG b16 98.6 vs 98.4 ms, LeNet b64 4.5 vs 4.3; docs/perf_notes.md items 53, 57).
 CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# XLA:CPU hands each call its temporaries as one block the size of the program's peak (ResNet-18 b16:
+# 100-117 MB), and glibc serves a block above 32 MiB (the most its dynamic mmap threshold rises to)
+# with fresh zeroed pages every call: 24,400 page faults a ResNet-18 b16 bf16 step. XLA's per-heap
+# limit splits the temporaries into heaps of at most this many bytes, which glibc serves from its
+# arenas: in fresh processes the VGG b16 f32 step 9,710 -> 0 faults, 68.9 -> 62.6 ms; ResNet-18 b16
+# 24,400 -> 17,000 (bf16) and 28,600 -> 15,000 (f32), 2-3% faster, as glibc still gives back a freed
+# arena heap (docs/perf_notes.md item 65; keep_cpu_memory() removes the rest). An array larger than
+# the limit keeps a heap of its own, and XLA logs a warning naming its size.
+CPU_HEAP_OPTIONS = {"xla_multiheap_size_constraint_per_heap": 30 * 2 ** 20}
 
 
 def _cpu_options() -> dict:
@@ -173,8 +182,8 @@ def _options_supported(options: tuple) -> bool:
 
 def compiler_options() -> Optional[dict]:
     """The XLA options ``make_train_step``, ``make_eval_step`` and ``predict`` compile with:
-    ``CPU_COMPILER_OPTIONS`` on CPU (``CPU_AMX_COMPILER_OPTIONS`` on one with AMX; when this jaxlib
-    has them), None elsewhere. A step of your own
+    ``CPU_COMPILER_OPTIONS`` (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with AMX) and ``CPU_HEAP_OPTIONS``
+    on CPU, each group where this jaxlib has it, None elsewhere. A step of your own
     gets the same with ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``.
 
     XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
@@ -182,8 +191,11 @@ def compiler_options() -> Optional[dict]:
     ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
     if jax.default_backend() != "cpu":
         return None
-    options = _cpu_options()
-    return dict(options) if _options_supported(tuple(options.items())) else None
+    options = {}
+    for group in (_cpu_options(), CPU_HEAP_OPTIONS):
+        if _options_supported(tuple(group.items())):
+            options.update(group)
+    return options or None
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:

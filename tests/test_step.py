@@ -306,12 +306,12 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(mo
     from fcnn.activations import Relu
     from fcnn.combinators import serial
     from fcnn.ops import auto
-    from fcnn.step import CPU_COMPILER_OPTIONS
+    from fcnn.step import CPU_COMPILER_OPTIONS, CPU_HEAP_OPTIONS
 
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA:CPU")
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
-    assert compiler_options() == CPU_COMPILER_OPTIONS
+    assert compiler_options() == {**CPU_COMPILER_OPTIONS, **CPU_HEAP_OPTIONS}
     model = serial(layers.Conv2D(4, 3), Relu(), layers.Flatten(), layers.Dense(10))
     opt = make_optimizer("sgd", 0.1)
     rng = np.random.default_rng(0)
@@ -325,6 +325,56 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(mo
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _temp_allocations(dump_dir) -> list:
+    """(size, largest value) of each temporary block in the buffer assignments XLA dumped to ``dump_dir``
+    (its ``xla_dump_to`` option): the blocks a call of the program allocates for its temporaries."""
+    blocks = []
+    for path in dump_dir.glob("*buffer-assignment.txt"):
+        for block in re.split(r"\n(?=allocation \d+:)", path.read_text()):
+            head = re.match(r"allocation \d+: size (\d+), preallocated-temp", block)
+            if head:
+                values = [int(v) for v in re.findall(r"\(size=(\d+),offset=", block)]
+                blocks.append((int(head.group(1)), max(values)))
+    return blocks
+
+
+def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatch, tmp_path):
+    """On CPU the steps compile with CPU_HEAP_OPTIONS: XLA gives a call's temporaries in heaps of at most
+    the limit instead of one block the size of the program's peak (glibc hands a block over 32 MiB out as
+    fresh pages every call, docs/perf_notes.md item 65). With the limit patched to 256 KiB, the step whose
+    temporaries XLA's defaults put in one block of more than that gets several, each within the limit or
+    holding one larger array alone, and computes the same new params bit for bit."""
+    from fcnn import layers
+    from fcnn import step as step_module
+    from fcnn.activations import Relu
+    from fcnn.combinators import serial
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the option is for XLA:CPU")
+    limit = 256 * 1024
+    monkeypatch.setattr(step_module, "CPU_HEAP_OPTIONS", {"xla_multiheap_size_constraint_per_heap": limit})
+    assert compiler_options()["xla_multiheap_size_constraint_per_heap"] == limit
+    model = serial(layers.Conv2D(8, 3, padding="SAME"), Relu(), layers.Conv2D(8, 3, padding="SAME"), Relu(),
+                   layers.Flatten(), layers.Dense(10))
+    opt = make_optimizer("sgd", 0.1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 16, 16, 1)).astype(np.float32), rng.integers(0, 10, 16)
+    params, state, opt_state = init_trees(model, x, opt)
+    args = (params, state, opt_state, (x, y), jax.random.PRNGKey(1))
+    ours = make_train_step(model, opt, donate=False)
+    others = {k: v for k, v in compiler_options().items() if k not in step_module.CPU_HEAP_OPTIONS}
+    plain = jax.jit(plain_train_step(model, opt), compiler_options=others)
+    ours.lower(*args).compile({"xla_dump_to": str(tmp_path / "ours")})
+    plain.lower(*args).compile({"xla_dump_to": str(tmp_path / "plain")})
+    (one_block, _), = _temp_allocations(tmp_path / "plain")
+    assert one_block > 2 * limit
+    heaps = _temp_allocations(tmp_path / "ours")
+    assert len(heaps) >= 2
+    assert all(size <= max(limit, largest) for size, largest in heaps)
+    for a, b in zip(jax.tree.leaves(ours(*args)[0]), jax.tree.leaves(plain(*args)[0])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
     """On a CPU with AMX the steps compile with CPU_AMX_COMPILER_OPTIONS: YNNPACK takes each matrix
     product (the form in which XLA:CPU reaches AMX, for im2col_vjp's bf16 products), XLA keeps the
@@ -333,12 +383,12 @@ def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
     from fcnn.activations import Relu
     from fcnn.combinators import serial
     from fcnn.ops import auto
-    from fcnn.step import CPU_AMX_COMPILER_OPTIONS
+    from fcnn.step import CPU_AMX_COMPILER_OPTIONS, CPU_HEAP_OPTIONS
 
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA:CPU")
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: True)
-    assert compiler_options() == CPU_AMX_COMPILER_OPTIONS
+    assert compiler_options() == {**CPU_AMX_COMPILER_OPTIONS, **CPU_HEAP_OPTIONS}
     # the second conv (256 -> 256 channels, bf16) is im2col_vjp's three products; the first is lax's
     model = serial(layers.Conv2D(256, 3, padding="SAME", impl="auto"), Relu(),
                    layers.Conv2D(256, 3, padding="SAME", impl="auto"), layers.Flatten(), layers.Dense(10))
