@@ -180,20 +180,25 @@ def _options_supported(options: tuple) -> bool:
         return False
 
 
-def compiler_options() -> Optional[dict]:
-    """The XLA options ``make_train_step``, ``make_eval_step`` and ``predict`` compile with:
-    ``CPU_COMPILER_OPTIONS`` (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with AMX) and ``CPU_HEAP_OPTIONS``
-    on CPU, each group where this jaxlib has it, None elsewhere. A step of your own
-    gets the same with ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``.
+def compiler_options(heap_limit: bool = True) -> Optional[dict]:
+    """The XLA options ``make_train_step`` compiles with: ``CPU_COMPILER_OPTIONS``
+    (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with AMX) and, with ``heap_limit``, ``CPU_HEAP_OPTIONS`` on
+    CPU, each group where this jaxlib has it; None elsewhere. A step of your own gets the same with
+    ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``. XLA logs a warning at compile
+    time for every array larger than the heap limit, and again for each heap it fills after it
+    (VGG b128 f32: 223 lines). ``make_eval_step`` and ``predict``, whose inputs are often whole
+    evaluation sets, and which hold no backward pass's stored activations, compile with
+    ``heap_limit=False``; a train step of your own compiled so is silent at any batch size.
 
     XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
     traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as
     ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
+    heap_limit = _checks.boolean(heap_limit, "heap_limit")
     if jax.default_backend() != "cpu":
         return None
     options = {}
-    for group in (_cpu_options(), CPU_HEAP_OPTIONS):
-        if _options_supported(tuple(group.items())):
+    for group in (_cpu_options(), CPU_HEAP_OPTIONS if heap_limit else {}):
+        if group and _options_supported(tuple(group.items())):
             options.update(group)
     return options or None
 
@@ -355,7 +360,7 @@ def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=Non
         per_example = jax.vmap(lambda l, t: task.loss(l[None], t[None]))(logits, y)
         return jnp.sum(per_example * mask), _batch_sums(task, logits, y, mask)
 
-    return jax.jit(eval_step, compiler_options=compiler_options())
+    return jax.jit(eval_step, compiler_options=compiler_options(heap_limit=False))
 
 
 def evaluate(
@@ -438,6 +443,6 @@ def predict(model: Layer, params: Params, state: State, x, *, task=None, dtype_p
     if batch_size is None:
         return probs(params, state, x)
     _checks.positive_int(batch_size, "batch_size")
-    fn = jax.jit(probs, compiler_options=compiler_options())
+    fn = jax.jit(probs, compiler_options=compiler_options(heap_limit=False))
     out = [fn(params, state, xb)[: int(w.sum())] for xb, _, w in data_lib.eval_batches(x, None, batch_size)]
     return jnp.concatenate(out) if out else jnp.zeros((0,), jnp.float32)

@@ -13,7 +13,8 @@ from fcnn import tasks
 from _tiny import Data, init_trees, mlp
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
-from fcnn.step import compiler_options, evaluate, make_train_step, plain_train_step, predict, step_keys, train_step_fn
+from fcnn.step import (compiler_options, evaluate, make_eval_step, make_train_step, plain_train_step, predict, step_keys,
+                       train_step_fn)
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +313,9 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(mo
         pytest.skip("the options are for XLA:CPU")
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
     assert compiler_options() == {**CPU_COMPILER_OPTIONS, **CPU_HEAP_OPTIONS}
+    assert compiler_options(heap_limit=False) == CPU_COMPILER_OPTIONS  # make_eval_step's and predict's
+    with pytest.raises(TypeError, match="heap_limit"):
+        compiler_options(heap_limit="yes")
     model = serial(layers.Conv2D(4, 3), Relu(), layers.Flatten(), layers.Dense(10))
     opt = make_optimizer("sgd", 0.1)
     rng = np.random.default_rng(0)
@@ -373,6 +377,12 @@ def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatc
     assert all(size <= max(limit, largest) for size, largest in heaps)
     for a, b in zip(jax.tree.leaves(ours(*args)[0]), jax.tree.leaves(plain(*args)[0])):
         np.testing.assert_array_equal(a, b)
+    # the eval step compiles without the limit: its temporaries stay one block (XLA's default)
+    xs = np.concatenate([x] * 8)  # a batch whose eval temporaries exceed the limit
+    make_eval_step(model).lower(params, state, xs, np.concatenate([y] * 8), np.ones(len(xs), np.float32)).compile(
+        {"xla_dump_to": str(tmp_path / "eval")})
+    (eval_block, _), = _temp_allocations(tmp_path / "eval")
+    assert eval_block > limit
 
 
 def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
