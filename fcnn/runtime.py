@@ -10,7 +10,7 @@ from glibc's main arena (no heap limit), and raises that arena's mmap and trim t
 (``mallopt``) so freed blocks are kept for the next call. Measured in fresh processes: the VGG and
 ResNet-18 b16 steps 11-22% faster, LeNet-5 unchanged; the process keeps its peak memory.
 
-Without it, fcnn's own steps already split the block (``fcnn.step.CPU_HEAP_OPTIONS``, item 65): XLA
+Without it, fcnn's train steps already split the block (``fcnn.step.CPU_HEAP_OPTIONS``, item 65): XLA
 gives the temporaries in heaps of at most 30 MiB, under glibc's ceiling, which the arenas serve and
 mostly reuse. A net whose temporaries fit one 64 MiB arena heap (VGG b16) then takes no fresh pages;
 a larger one (ResNet-18 b16, ~100 MB) still does wherever glibc gives a freed heap back, which only

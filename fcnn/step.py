@@ -159,7 +159,7 @@ CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUS
 # with fresh zeroed pages every call: 24,400 page faults a ResNet-18 b16 bf16 step. XLA's per-heap
 # limit splits the temporaries into heaps of at most this many bytes, which glibc serves from its
 # arenas: in fresh processes the VGG b16 f32 step 9,710 -> 0 faults, 68.9 -> 62.6 ms; ResNet-18 b16
-# 24,400 -> 17,000 (bf16) and 28,600 -> 15,000 (f32), 2-3% faster, as glibc still gives back a freed
+# 24,400 -> 17,000 (bf16) and 28,600 -> 15,000 (f32), 0-4% faster, as glibc still gives back a freed
 # arena heap (docs/perf_notes.md item 65; keep_cpu_memory() removes the rest). An array larger than
 # the limit keeps a heap of its own, and XLA logs a warning naming its size.
 CPU_HEAP_OPTIONS = {"xla_multiheap_size_constraint_per_heap": 30 * 2 ** 20}
@@ -197,8 +197,8 @@ def compiler_options(heap_limit: bool = True) -> Optional[dict]:
     if jax.default_backend() != "cpu":
         return None
     options = {}
-    for group in (_cpu_options(), CPU_HEAP_OPTIONS if heap_limit else {}):
-        if group and _options_supported(tuple(group.items())):
+    for group in [_cpu_options()] + ([CPU_HEAP_OPTIONS] if heap_limit else []):
+        if _options_supported(tuple(group.items())):
             options.update(group)
     return options or None
 

@@ -13,8 +13,8 @@ from fcnn import tasks
 from _tiny import Data, init_trees, mlp
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
-from fcnn.step import (compiler_options, evaluate, make_eval_step, make_train_step, plain_train_step, predict, step_keys,
-                       train_step_fn)
+from fcnn.step import (compiler_options, evaluate, make_eval_step, make_train_step, plain_train_step, predict,
+                       step_keys, train_step_fn)
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +343,7 @@ def _temp_allocations(dump_dir) -> list:
 
 
 def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatch, tmp_path):
-    """On CPU the steps compile with CPU_HEAP_OPTIONS: XLA gives a call's temporaries in heaps of at most
+    """On CPU the train steps compile with CPU_HEAP_OPTIONS: XLA gives a call's temporaries in heaps of at most
     the limit instead of one block the size of the program's peak (glibc hands a block over 32 MiB out as
     fresh pages every call, docs/perf_notes.md item 65). With the limit patched to 256 KiB, the step whose
     temporaries XLA's defaults put in one block of more than that gets several, each within the limit or
@@ -366,8 +366,7 @@ def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatc
     params, state, opt_state = init_trees(model, x, opt)
     args = (params, state, opt_state, (x, y), jax.random.PRNGKey(1))
     ours = make_train_step(model, opt, donate=False)
-    others = {k: v for k, v in compiler_options().items() if k not in step_module.CPU_HEAP_OPTIONS}
-    plain = jax.jit(plain_train_step(model, opt), compiler_options=others)
+    plain = jax.jit(plain_train_step(model, opt), compiler_options=compiler_options(heap_limit=False))
     ours.lower(*args).compile({"xla_dump_to": str(tmp_path / "ours")})
     plain.lower(*args).compile({"xla_dump_to": str(tmp_path / "plain")})
     (one_block, _), = _temp_allocations(tmp_path / "plain")
