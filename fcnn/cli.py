@@ -128,23 +128,9 @@ def _print_test(result: dict, ds=None) -> None:
         print(f"noisy input psnr: {input_psnr(ds):.4f} dB (the test inputs against their clean targets)")
 
 
-def _keep_cpu_memory() -> None:
-    """``fcnn train`` keeps XLA:CPU's per-call temporaries (``fcnn.runtime.keep_cpu_memory``); in a
-    process whose JAX already computed (``main`` called from Python) that is too late, and the run
-    goes on with JAX's and glibc's defaults: the same results, the wide steps slower."""
-    from fcnn.runtime import keep_cpu_memory
-
-    try:
-        keep_cpu_memory()
-    except RuntimeError:
-        pass
-
-
 def _train(args) -> int:
     from fcnn.parallel import check_parallel
     from fcnn.train import fit
-
-    _keep_cpu_memory()
 
     given = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS if getattr(args, field) is not None}
     if args.precision is not None:  # the deprecated spelling of --dtype-policy

@@ -1,41 +1,127 @@
-"""Process settings for fast CPU training steps: ``keep_cpu_memory()`` (opt-in; ``fcnn train`` calls it).
+"""How fcnn's steps compile and run on CPU: XLA's options (``compiler_options()``, which
+``fcnn.step``'s builders compile with) and glibc's memory settings (``keep_cpu_memory()``, which
+``make_train_step`` calls on CPU; ``FCNN_KEEP_CPU_MEMORY=0`` leaves glibc's defaults).
 
-Why (docs/perf_notes.md item 59): XLA:CPU allocates a step's temporaries as one block per call and
-frees it afterwards, on one of its worker threads. glibc's per-thread arenas grow in heaps of at
-most 64 MiB, so a larger block is ``mmap``ed fresh on every call, and blocks above glibc's dynamic
-mmap threshold (at most 32 MiB) are too: the kernel hands them out as new zeroed pages, 20,000
-page faults per VGG b16 bf16 step on a 2-core Xeon. ``keep_cpu_memory`` runs JAX's CPU
-computations on the calling thread (``jax_cpu_enable_async_dispatch=False``), whose allocations come
-from glibc's main arena (no heap limit), and raises that arena's mmap and trim thresholds
-(``mallopt``) so freed blocks are kept for the next call. Measured in fresh processes: the VGG and
-ResNet-18 b16 steps 11-22% faster, LeNet-5 unchanged; the process keeps its peak memory.
+Each option's reason is measured next to it below. Why the memory settings (docs/perf_notes.md
+items 59, 65, 66): XLA:CPU allocates a step's temporaries afresh every
+call, on one of its worker threads, and frees them afterwards. fcnn's train steps compile with
+XLA's per-heap limit (``CPU_HEAP_OPTIONS``), so the temporaries come as blocks of at most
+30 MiB, which glibc serves from the worker's arena. An arena grows in heaps of at most 64 MiB
+(glibc's ``HEAP_MAX_SIZE`` on 64-bit), and with glibc's defaults a call that frees a whole heap
+gives it back (``heap_trim`` in its malloc/arena.c: ``munmap``, or ``madvise(MADV_DONTNEED)`` for
+a heap's free top). The next call then touches new zeroed pages: ResNet-18 b16 15,000-20,000 page
+faults a step on a 2-core Xeon.
 
-Without it, fcnn's train steps already split the block (``fcnn.step.CPU_HEAP_OPTIONS``, item 65): XLA
-gives the temporaries in heaps of at most 30 MiB, under glibc's ceiling, which the arenas serve and
-mostly reuse. A net whose temporaries fit one 64 MiB arena heap (VGG b16) then takes no fresh pages;
-a larger one (ResNet-18 b16, ~100 MB) still does wherever glibc gives a freed heap back, which only
-this call prevents.
+``keep_cpu_memory`` sets two of glibc's ``mallopt`` parameters:
 
-Both settings are the process's, which is why this is a call and not an import side effect:
-JAX reads the dispatch flag when its CPU client starts, so call it before the first JAX computation;
-``mallopt`` exists only in glibc (elsewhere nothing changes and the call returns False).
+- ``M_TOP_PAD`` = 64 MiB (``ARENA_HEAP_BYTES``): ``heap_trim`` keeps this much free room, so it never
+  unmaps a free heap nor shrinks one, and the main arena keeps up to 64 MiB free at its top;
+- ``M_MMAP_THRESHOLD`` = 32 MiB (``MMAP_THRESHOLD_BYTES``): blocks up to 32 MiB come from the
+  arenas, not fresh ``mmap`` calls. This is the highest value glibc's own dynamic threshold reaches;
+  setting any parameter freezes that dynamic threshold, so it is set explicitly.
+
+Measured in fresh processes: ResNet-18 b16 bf16 0 faults a step against ~19,000, ~101-105 against
+114-127 ms; PyTorch's eager step gains as much from the same settings (its ops allocate on the
+calling thread). Blocks above 32 MiB are still ``mmap``ed and given back when freed, as glibc does by
+default: large NumPy arrays, and XLA programs compiled without the heap limit whose temporaries
+exceed 64 MiB (compile those with ``compiler_options()``). The cost is memory the process
+keeps: each arena's heaps stay mapped at their peak. The settings are the process's; calling again
+is fine, and where the C library is not glibc nothing changes.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import platform
 from typing import Optional
 
 import jax
+import numpy as np
 
 from fcnn import _checks
+from fcnn.ops import auto as _auto
 
-__all__ = ["keep_cpu_memory", "async_dispatch", "KEEP_BYTES"]
+__all__ = ["CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "CPU_HEAP_OPTIONS", "compiler_options",
+           "persistent_cache_on", "keep_cpu_memory", "keep_cpu_memory_by_default", "ARENA_HEAP_BYTES",
+           "MMAP_THRESHOLD_BYTES", "ENV_VAR"]
 
-KEEP_BYTES = 1 << 30  # blocks up to 1 GiB are kept; larger ones are still mmapped and returned
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, glibc's <malloc.h>
-_ASYNC_FLAG = "jax_cpu_enable_async_dispatch"
+ARENA_HEAP_BYTES = 64 * 2 ** 20  # glibc's HEAP_MAX_SIZE on 64-bit (2 * DEFAULT_MMAP_THRESHOLD_MAX)
+MMAP_THRESHOLD_BYTES = 32 * 2 ** 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # mallopt's parameter numbers, glibc's <malloc.h>
+ENV_VAR = "FCNN_KEEP_CPU_MEMORY"  # "0": make_train_step leaves glibc's defaults; "1" (default): it keeps
+
+
+# XLA:CPU in this jaxlib routes convolutions to YNNPACK by default; clearing its fusion types sends
+# them to XLA's Eigen convolutions, which ran the train step 0.64x (VGG b16) and 0.79x (LeNet b64)
+# of the default's time on the 2-core AVX2 machine, interleaved on an idle machine (2026-12-02,
+# experiments/user_step_ab.py, docs/perf_notes.md items 28 and 30); results agree to rounding.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# On a CPU with AMX, YNNPACK keeps the matrix products (each one alone) and nothing else: XLA:CPU
+# reaches the bfloat16 AMX tiles only so (a dot of bf16 operands into f32, 4-5x its f32 dot), which
+# the "im2col_vjp" convolutions that impl="auto" picks there are built for; float32 steps ran the
+# same either way (VGG b16 98.6 vs 98.4 ms, LeNet b64 4.5 vs 4.3; docs/perf_notes.md items 53, 57).
+CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# XLA:CPU hands each call its temporaries as one block the size of the program's peak (ResNet-18 b16:
+# 100-117 MB), and glibc serves a block above 32 MiB (the most its dynamic mmap threshold rises to)
+# with fresh zeroed pages every call: 24,400 page faults a ResNet-18 b16 bf16 step. XLA's per-heap
+# limit splits the temporaries into heaps of at most this many bytes, under MMAP_THRESHOLD_BYTES,
+# which glibc serves from its arenas: in fresh processes the VGG b16 f32 step
+# 9,710 -> 0 faults, 68.9 -> 62.6 ms (docs/perf_notes.md item 65); keep_cpu_memory(), which
+# make_train_step calls, keeps the arenas' freed heaps too (ResNet-18 b16 0 faults, item 66). An
+# array larger than the limit keeps a heap of its own, and XLA logs a warning naming its size.
+CPU_HEAP_OPTIONS = {"xla_multiheap_size_constraint_per_heap": 30 * 2 ** 20}
+
+
+def _cpu_options() -> dict:
+    """CPU_AMX_COMPILER_OPTIONS on a CPU with AMX for bfloat16, CPU_COMPILER_OPTIONS on others."""
+    return CPU_AMX_COMPILER_OPTIONS if _auto.cpu_has_amx_bf16() else CPU_COMPILER_OPTIONS
+
+
+@functools.lru_cache(maxsize=None)
+def _options_supported(options: tuple) -> bool:
+    """Whether this jaxlib knows these options, ``tuple(dict.items())`` (an unknown option fails the compile)."""
+    try:
+        jax.jit(lambda v: v + 1, compiler_options=dict(options))(np.zeros((), np.float32))
+        return True
+    except Exception:  # noqa: BLE001 - jaxlib without the option: compile with its defaults
+        return False
+
+
+def persistent_cache_on() -> bool:
+    """Whether JAX's persistent compilation cache is on (``jax_compilation_cache_dir`` set and
+    ``jax_enable_compilation_cache``), as configured now."""
+    return bool(jax.config.values.get("jax_enable_compilation_cache", True)
+                and jax.config.values.get("jax_compilation_cache_dir"))
+
+
+def compiler_options(heap_limit: bool = True) -> Optional[dict]:
+    """The XLA options ``make_train_step`` compiles with: ``CPU_COMPILER_OPTIONS``
+    (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with AMX) and, with ``heap_limit``, ``CPU_HEAP_OPTIONS`` on
+    CPU, each group where this jaxlib has it; None elsewhere. A step of your own gets the same with
+    ``jax.jit(step, compiler_options=fcnn.runtime.compiler_options())`` (``fcnn.step.compiler_options``
+    is the same function).
+
+    The heap limit is left out while JAX's persistent compilation cache is on (``persistent_cache_on``,
+    read when this is called): XLA:CPU cannot serialize a program whose temporaries come in several
+    heaps, so JAX would warn and compile the step again in every process ("Multiple temp buffer
+    allocations found"). XLA logs a warning at compile time for every array larger than the heap
+    limit, and again for each heap it fills after it (VGG b128 f32: 223 lines). ``make_eval_step`` and
+    ``predict``, whose inputs are often whole evaluation sets, and which hold no backward pass's
+    stored activations, compile with ``heap_limit=False``; a train step of your own compiled so is
+    silent at any batch size.
+
+    XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
+    traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as
+    ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
+    heap_limit = _checks.boolean(heap_limit, "heap_limit") and not persistent_cache_on()
+    if jax.default_backend() != "cpu":
+        return None
+    options = {}
+    for group in [_cpu_options()] + ([CPU_HEAP_OPTIONS] if heap_limit else []):
+        if _options_supported(tuple(group.items())):
+            options.update(group)
+    return options or None
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,38 +132,27 @@ def _glibc() -> Optional[ctypes.CDLL]:
     return ctypes.CDLL(None)
 
 
-def async_dispatch() -> bool:
-    """JAX's ``jax_cpu_enable_async_dispatch`` as it stands (True: JAX's default)."""
-    return bool(jax.config.values[_ASYNC_FLAG])
+def keep_cpu_memory() -> bool:
+    """Have glibc keep freed CPU memory of up to 32 MiB a block for the next call, instead of giving it
+    back and handing out new pages (see the module docstring). Any time, from any thread; idempotent.
 
-
-def _backend_started() -> bool:
-    from jax._src import xla_bridge  # no public spelling: whether a client (and its dispatch mode) exists
-
-    return xla_bridge.backends_are_initialized()
-
-
-def keep_cpu_memory(threshold_bytes: int = KEEP_BYTES) -> bool:
-    """Keep XLA:CPU's per-call temporaries in memory instead of new pages each call (see the module
-    docstring). Call it first thing in a script, before any JAX computation; calling it again is fine.
-
-    Args:
-      threshold_bytes: blocks up to this size are kept (glibc's ``M_MMAP_THRESHOLD`` and
-        ``M_TRIM_THRESHOLD``); at most ``2**31 - 1`` (``mallopt`` takes a C int).
     Returns:
       True when both settings are in place; False where the C library is not glibc (nothing changed).
-    Raises:
-      RuntimeError: JAX's backends already started with asynchronous CPU dispatch (too late to change).
     """
-    threshold_bytes = _checks.positive_int(threshold_bytes, "threshold_bytes")
-    if threshold_bytes > 2 ** 31 - 1:
-        raise ValueError(f"threshold_bytes must be at most 2**31 - 1 (mallopt takes a C int), got {threshold_bytes}")
     libc = _glibc()
     if libc is None:
         return False
-    if async_dispatch():
-        if _backend_started():
-            raise RuntimeError("keep_cpu_memory() must run before JAX's first computation: JAX's CPU client "
-                               f"read {_ASYNC_FLAG}=True when it started; call it first thing in the script")
-        jax.config.update(_ASYNC_FLAG, False)
-    return all(libc.mallopt(param, threshold_bytes) == 1 for param in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
+    return all(libc.mallopt(param, value) == 1
+               for param, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TOP_PAD, ARENA_HEAP_BYTES)))
+
+
+def keep_cpu_memory_by_default() -> bool:
+    """``keep_cpu_memory()`` unless the environment says ``FCNN_KEEP_CPU_MEMORY=0`` (what
+    ``make_train_step`` calls on CPU). Returns whether the settings are in place.
+
+    Raises:
+      ValueError: ``FCNN_KEEP_CPU_MEMORY`` set to anything but "0" or "1", before any setting.
+    """
+    if _checks.choice(os.environ.get(ENV_VAR, "1"), ("0", "1"), ENV_VAR) == "0":
+        return False
+    return keep_cpu_memory()

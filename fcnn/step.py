@@ -36,7 +36,6 @@ scaling, which bf16's 8-bit exponent does not need). ``precision=`` is its depre
 """
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Callable, Optional
 
@@ -45,11 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcnn import _checks, tasks
+from fcnn import _checks, runtime, tasks
 from fcnn import data as data_lib
 from fcnn import metrics as metrics_lib
 from fcnn.losses import l2_penalty
-from fcnn.ops import auto as _auto
+from fcnn.runtime import (CPU_AMX_COMPILER_OPTIONS, CPU_COMPILER_OPTIONS, CPU_HEAP_OPTIONS,  # noqa: F401 - fcnn.step's names too
+                           compiler_options)
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
 
 __all__ = ["DTYPE_POLICIES", "CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "CPU_HEAP_OPTIONS", "compiler_options", "check_dtype_policy", "num_outputs", "check_labels", "resolve_task", "check_targets",
@@ -142,65 +142,6 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
         x = x.astype(jnp.bfloat16)
     logits, new_state = model.apply(params, state, x, key=key, train=train)
     return logits.astype(jnp.float32), _restore_dtypes(new_state, state)
-
-
-# XLA:CPU in this jaxlib routes convolutions to YNNPACK by default; clearing its fusion types sends
-# them to XLA's Eigen convolutions, which ran the train step 0.64x (VGG b16) and 0.79x (LeNet b64)
-# of the default's time on the 2-core AVX2 machine, interleaved on an idle machine (2026-12-02,
-# experiments/user_step_ab.py, docs/perf_notes.md items 28 and 30); results agree to rounding.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-# On a CPU with AMX, YNNPACK keeps the matrix products (each one alone) and nothing else: XLA:CPU
-# reaches the bfloat16 AMX tiles only so (a dot of bf16 operands into f32, 4-5x its f32 dot), which
-# the "im2col_vjp" convolutions that impl="auto" picks there are built for; float32 steps ran the
-# same either way (VGG b16 98.6 vs 98.4 ms, LeNet b64 4.5 vs 4.3; docs/perf_notes.md items 53, 57).
-CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-# XLA:CPU hands each call its temporaries as one block the size of the program's peak (ResNet-18 b16:
-# 100-117 MB), and glibc serves a block above 32 MiB (the most its dynamic mmap threshold rises to)
-# with fresh zeroed pages every call: 24,400 page faults a ResNet-18 b16 bf16 step. XLA's per-heap
-# limit splits the temporaries into heaps of at most this many bytes, which glibc serves from its
-# arenas: in fresh processes the VGG b16 f32 step 9,710 -> 0 faults, 68.9 -> 62.6 ms; ResNet-18 b16
-# 24,400 -> 17,000 (bf16) and 28,600 -> 15,000 (f32), 0-4% faster, as glibc still gives back a freed
-# arena heap (docs/perf_notes.md item 65; keep_cpu_memory() removes the rest). An array larger than
-# the limit keeps a heap of its own, and XLA logs a warning naming its size.
-CPU_HEAP_OPTIONS = {"xla_multiheap_size_constraint_per_heap": 30 * 2 ** 20}
-
-
-def _cpu_options() -> dict:
-    """CPU_AMX_COMPILER_OPTIONS on a CPU with AMX for bfloat16, CPU_COMPILER_OPTIONS on others."""
-    return CPU_AMX_COMPILER_OPTIONS if _auto.cpu_has_amx_bf16() else CPU_COMPILER_OPTIONS
-
-
-@functools.lru_cache(maxsize=None)
-def _options_supported(options: tuple) -> bool:
-    """Whether this jaxlib knows these options, ``tuple(dict.items())`` (an unknown option fails the compile)."""
-    try:
-        jax.jit(lambda v: v + 1, compiler_options=dict(options))(np.zeros((), np.float32))
-        return True
-    except Exception:  # noqa: BLE001 - jaxlib without the option: compile with its defaults
-        return False
-
-
-def compiler_options(heap_limit: bool = True) -> Optional[dict]:
-    """The XLA options ``make_train_step`` compiles with: ``CPU_COMPILER_OPTIONS``
-    (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with AMX) and, with ``heap_limit``, ``CPU_HEAP_OPTIONS`` on
-    CPU, each group where this jaxlib has it; None elsewhere. A step of your own gets the same with
-    ``jax.jit(step, compiler_options=fcnn.step.compiler_options())``. XLA logs a warning at compile
-    time for every array larger than the heap limit, and again for each heap it fills after it
-    (VGG b128 f32: 223 lines). ``make_eval_step`` and ``predict``, whose inputs are often whole
-    evaluation sets, and which hold no backward pass's stored activations, compile with
-    ``heap_limit=False``; a train step of your own compiled so is silent at any batch size.
-
-    XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
-    traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as
-    ``fcnn.parallel``'s jit, sharding and shard_map steps do, which keep XLA's defaults)."""
-    heap_limit = _checks.boolean(heap_limit, "heap_limit")
-    if jax.default_backend() != "cpu":
-        return None
-    options = {}
-    for group in [_cpu_options()] + ([CPU_HEAP_OPTIONS] if heap_limit else []):
-        if _options_supported(tuple(group.items())):
-            options.update(group)
-    return options or None
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
@@ -336,8 +277,15 @@ def make_train_step(
 
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
+
+    On CPU it compiles with ``compiler_options()`` and calls ``fcnn.runtime.keep_cpu_memory()``:
+    glibc then keeps the step's freed temporaries for the next call instead of handing out new
+    pages (ResNet-18 b16 ~10% faster). That setting is the process's; ``FCNN_KEEP_CPU_MEMORY=0`` in
+    the environment leaves glibc's defaults.
     """
     _checks.boolean(donate, "donate")
+    if jax.default_backend() == "cpu":
+        runtime.keep_cpu_memory_by_default()
     fn = plain_train_step(model, optimizer, loss_fn, task=task, l2=l2, steps_per_call=steps_per_call,
                           dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
     return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), compiler_options=compiler_options())

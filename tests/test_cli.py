@@ -216,24 +216,3 @@ def test_train_reads_a_self_consistent_idx_subset_and_says_how_many_images(tmp_p
     assert "dataset mnist (8 train / 5 test)" in out
     assert "note: mnist has 8 train / 5 test images, not the official 60000 / 10000" in out
     assert TEST_ACC.search(out) and "5 examples" in out
-
-
-def test_train_keeps_cpu_memory_first_and_goes_on_when_too_late(tmp_path, monkeypatch, capsys):
-    """fcnn train calls fcnn.runtime.keep_cpu_memory before any work; in a process whose JAX already
-    computed (this one) the call refuses, and the run goes on with the defaults."""
-    import fcnn.runtime
-    import fcnn.train
-
-    order = []
-
-    def too_late():
-        order.append("keep")
-        raise RuntimeError("keep_cpu_memory() must run before JAX's first computation")
-
-    fit = fcnn.train.fit
-    monkeypatch.setattr(fcnn.runtime, "keep_cpu_memory", too_late)
-    monkeypatch.setattr(fcnn.train, "fit", lambda *a, **kw: order.append("fit") or fit(*a, **kw))
-    run = str(tmp_path / "run")
-    assert cli.main(["train", "--epochs", "1", "--max-steps", "2", "--out", run, "--no-progress"]) == 0
-    assert order == ["keep", "fit"]
-    assert TEST_ACC.findall(capsys.readouterr().out)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcnn import tasks
+from fcnn import runtime, tasks
 from _tiny import Data, init_trees, mlp
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
@@ -312,6 +312,7 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(mo
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA:CPU")
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "persistent_cache_on", lambda: False)  # this suite's cache drops the heap limit
     assert compiler_options() == {**CPU_COMPILER_OPTIONS, **CPU_HEAP_OPTIONS}
     assert compiler_options(heap_limit=False) == CPU_COMPILER_OPTIONS  # make_eval_step's and predict's
     with pytest.raises(TypeError, match="heap_limit"):
@@ -349,14 +350,14 @@ def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatc
     temporaries XLA's defaults put in one block of more than that gets several, each within the limit or
     holding one larger array alone, and computes the same new params bit for bit."""
     from fcnn import layers
-    from fcnn import step as step_module
     from fcnn.activations import Relu
     from fcnn.combinators import serial
 
     if jax.default_backend() != "cpu":
         pytest.skip("the option is for XLA:CPU")
     limit = 256 * 1024
-    monkeypatch.setattr(step_module, "CPU_HEAP_OPTIONS", {"xla_multiheap_size_constraint_per_heap": limit})
+    monkeypatch.setattr(runtime, "CPU_HEAP_OPTIONS", {"xla_multiheap_size_constraint_per_heap": limit})
+    monkeypatch.setattr(runtime, "persistent_cache_on", lambda: False)
     assert compiler_options()["xla_multiheap_size_constraint_per_heap"] == limit
     model = serial(layers.Conv2D(8, 3, padding="SAME"), Relu(), layers.Conv2D(8, 3, padding="SAME"), Relu(),
                    layers.Flatten(), layers.Dense(10))
@@ -397,6 +398,7 @@ def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA:CPU")
     monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "persistent_cache_on", lambda: False)
     assert compiler_options() == {**CPU_AMX_COMPILER_OPTIONS, **CPU_HEAP_OPTIONS}
     # the second conv (256 -> 256 channels, bf16) is im2col_vjp's three products; the first is lax's
     model = serial(layers.Conv2D(256, 3, padding="SAME", impl="auto"), Relu(),
