@@ -33,7 +33,7 @@ from bench_common import (  # noqa: E402, F401  (re-exported: other scripts and 
 from bench_torch import build_torch, build_torch_compile  # noqa: E402
 
 # ResNet-18 (CIFAR stem, experiments/bench_resnet.py) is written for these frameworks only.
-RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_one_block", "fcnn_keep", "fcnn_xla", "linen", "torch",
+RESNET_FRAMEWORKS = ("fcnn", "fcnn_lax", "fcnn_ynn_off", "fcnn_one_block", "fcnn_glibc", "fcnn_xla", "linen", "torch",
                      "torch_compile", "torch_keep")
 
 
@@ -385,10 +385,10 @@ def build_haiku(net, n, dtype_policy, device, k=1):
 
 
 def _kept_memory(build):
-    """``build`` in a process that first called ``fcnn.runtime.keep_cpu_memory()`` (as ``fcnn train``
-    does); for PyTorch, whose eager ops allocate on the calling thread, its glibc thresholds are what
-    count (docs/perf_notes.md item 59). It runs before the worker's first JAX work; a worker that
-    builds again (its second dtype) calls it again, which keeps the settings."""
+    """``build`` in a process that first called ``fcnn.runtime.keep_cpu_memory()``, whose glibc
+    settings fcnn's ``make_train_step`` makes on CPU: for PyTorch, whose eager ops allocate on the
+    calling thread, the same settings (docs/perf_notes.md items 59, 66). A worker that builds again
+    (its second dtype) calls it again, which keeps the settings."""
     def builder(*args, **kwargs):
         from fcnn.runtime import keep_cpu_memory
 
@@ -396,6 +396,13 @@ def _kept_memory(build):
         return build(*args, **kwargs)
 
     return builder
+
+
+def build_fcnn_glibc(net, n, dtype_policy, device, k=1):
+    """fcnn's step with glibc's allocator defaults: ``FCNN_KEEP_CPU_MEMORY=0`` in this worker, so
+    ``make_train_step`` does not call ``keep_cpu_memory()`` (perf_notes item 66)."""
+    os.environ["FCNN_KEEP_CPU_MEMORY"] = "0"
+    return build_fcnn(net, n, dtype_policy, device, k)
 
 
 def build_fcnn_xla(net, n, dtype_policy, device, k=1):
@@ -408,7 +415,7 @@ def build_fcnn_xla(net, n, dtype_policy, device, k=1):
 BUILDERS = {
     "fcnn": build_fcnn,
     "fcnn_xla": build_fcnn_xla,
-    "fcnn_keep": _kept_memory(build_fcnn),
+    "fcnn_glibc": build_fcnn_glibc,
     "fcnn_k": build_fcnn,  # multi-step: k steps per dispatch, reported per step
     "fcnn_unroll": build_fcnn_unroll,  # k steps per dispatch, scan fully unrolled
     "fcnn_lax": build_fcnn_lax,
@@ -427,7 +434,7 @@ BUILDERS = {
 LABELS = {
     "fcnn": "fcnn", "fcnn_k": "fcnn (k steps/dispatch)", "fcnn_lax": "fcnn, impl=lax", "fcnn_ynn_off": "fcnn, YNNPACK conv off",
     "fcnn_one_block": "fcnn, temporaries in one block", "fcnn_unroll": "fcnn (k steps, unrolled)",
-    "fcnn_keep": "fcnn, keep_cpu_memory()", "fcnn_xla": "fcnn, XLA's convs only (no oneDNN)",
+    "fcnn_glibc": "fcnn, glibc's allocator defaults", "fcnn_xla": "fcnn, XLA's convs only (no oneDNN)",
     "lax": "hand-written lax", "stax": "stax",
     "linen": "flax linen", "nnx": "flax nnx", "equinox": "equinox", "haiku": "haiku",
     "torch": "torch eager (channels_last)", "torch_compile": "torch.compile", "torch_keep": "torch eager, keep_cpu_memory()",

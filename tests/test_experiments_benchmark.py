@@ -373,16 +373,20 @@ def test_ynn_off_option_keeps_the_conv_results(experiment):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
-def test_kept_memory_rows_are_compared_with_each_other_only(experiment):
-    """The summary's fastest peer is never a kept-memory row (fcnn's default row against PyTorch's
-    default), and the kept pair gets its own line: PyTorch's ms over fcnn's."""
+def test_like_for_like_rows_are_compared_with_each_other_only(experiment):
+    """The summary's fastest peer is never PyTorch with kept memory (fcnn's default row against
+    PyTorch's default), and each like-for-like pair gets its own table: PyTorch's ms over fcnn's."""
     bench = experiment("benchmark")
     rows = [dict(framework=fw, net="vgg", batch=16, dtype="f32", ms_per_step=ms, compile_s=1.0)
-            for fw, ms in (("fcnn", 90.0), ("torch", 80.0), ("fcnn_keep", 80.0), ("torch_keep", 72.0), ("linen", 200.0))]
+            for fw, ms in (("fcnn", 90.0), ("torch", 80.0), ("fcnn_glibc", 100.0), ("torch_keep", 72.0),
+                           ("linen", 200.0))]
     lines = bench.summary(rows)
     assert "| vgg | 16 | f32 | 90.000 | — | torch eager (channels_last) | 80.000 | 0.89x |" in lines[2]
-    assert lines[-1] == "| vgg | 16 | f32 | 80.000 | 72.000 | 0.90x |"
-    assert bench.summary([r for r in rows if r["framework"] != "torch_keep"])[-1].startswith("| vgg | 16 | f32 | 90")
+    kept, glibc = (lines.index(h + ":") for _, _, h in bench.LIKE_FOR_LIKE)
+    assert lines[kept + 4] == "| vgg | 16 | f32 | 90.000 | 72.000 | 0.80x |"
+    assert lines[glibc + 4] == "| vgg | 16 | f32 | 100.000 | 80.000 | 0.80x |"
+    only_default = bench.summary([r for r in rows if r["framework"] not in ("torch_keep", "fcnn_glibc")])
+    assert not any(h + ":" in only_default for _, _, h in bench.LIKE_FOR_LIKE)
 
 
 def test_kept_memory_builders_call_keep_first(experiment, monkeypatch):
@@ -394,4 +398,11 @@ def test_kept_memory_builders_call_keep_first(experiment, monkeypatch):
     builder = peers._kept_memory(lambda *a, **kw: calls.append(("build", a, kw)) or "bench")
     assert builder("vgg", 16, "f32", "cpu", 1) == "bench"
     assert calls == ["keep", ("build", ("vgg", 16, "f32", "cpu", 1), {})]
-    assert {"fcnn_keep", "torch_keep"} <= set(peers.BUILDERS) and {"fcnn_keep", "torch_keep"} <= set(peers.RESNET_FRAMEWORKS)
+    assert {"fcnn_glibc", "torch_keep"} <= set(peers.BUILDERS) and {"fcnn_glibc", "torch_keep"} <= set(peers.RESNET_FRAMEWORKS)
+
+
+def test_the_glibc_builder_turns_fcnns_keeping_off_in_its_worker(experiment, monkeypatch):
+    peers = experiment("bench_peers")
+    monkeypatch.delenv("FCNN_KEEP_CPU_MEMORY", raising=False)
+    monkeypatch.setattr(peers, "build_fcnn", lambda *a: __import__("os").environ["FCNN_KEEP_CPU_MEMORY"])
+    assert peers.build_fcnn_glibc("vgg", 16, "f32", "cpu") == "0"
