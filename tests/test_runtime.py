@@ -97,6 +97,10 @@ def test_make_train_step_keeps_on_cpu_unless_turned_off(monkeypatch):
     monkeypatch.setenv(runtime.ENV_VAR, "0")
     make_train_step(layers.Dense(2), optax.sgd(0.1))
     assert calls == ["keep", "keep"]
+    monkeypatch.setenv(runtime.ENV_VAR, "1")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # a GPU or TPU run leaves the host's allocator alone
+    make_train_step(layers.Dense(2), optax.sgd(0.1))
+    assert calls == ["keep", "keep"]
 
 
 @pytest.mark.parametrize("bad", ["", "yes", "true", "2"])
