@@ -108,8 +108,8 @@ def compiler_options(heap_limit: bool = True) -> Optional[dict]:
     allocations found"). XLA logs a warning at compile time for every array larger than the heap
     limit, and again for each heap it fills after it (VGG b128 f32: 223 lines). ``make_eval_step`` and
     ``predict``, whose inputs are often whole evaluation sets, and which hold no backward pass's
-    stored activations, compile with ``heap_limit=False``; a train step of your own compiled so is
-    silent at any batch size.
+    stored activations, compile with ``heap_limit=False``; ``make_train_step(heap_limit=False)`` and a
+    train step of your own compiled so are silent at any batch size.
 
     XLA takes compiler options on a top-level jit only: a step from ``make_train_step`` cannot be
     traced inside another ``jax.jit`` / ``make_jaxpr``; wrap ``plain_train_step`` there (as

@@ -253,6 +253,7 @@ def make_train_step(
     dtype_policy: str = "f32",
     augment: Optional[Callable] = None,
     unroll: int = 1,
+    heap_limit: bool = True,
     precision: Optional[str] = None,
 ):
     """Build the **jit-compiled** train step (see the module docstring for its contract).
@@ -274,6 +275,9 @@ def make_train_step(
         unrolls fully: one straight kernel sequence instead of a device loop whose trip
         test syncs with the host every step (faster for launch-bound nets on a GPU, longer
         compile; see docs/benchmarks.md).
+      heap_limit: on CPU, compile with XLA's per-heap limit (``fcnn.runtime.compiler_options``):
+        False gives XLA's one block of temporaries, and no compile-time warning for arrays over
+        the limit (wide nets at batch 64 and more).
 
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
@@ -284,11 +288,12 @@ def make_train_step(
     the environment leaves glibc's defaults.
     """
     _checks.boolean(donate, "donate")
+    options = compiler_options(heap_limit=heap_limit)  # checks heap_limit
     if jax.default_backend() == "cpu":
         runtime.keep_cpu_memory_by_default()
     fn = plain_train_step(model, optimizer, loss_fn, task=task, l2=l2, steps_per_call=steps_per_call,
                           dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
-    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), compiler_options=compiler_options())
+    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), compiler_options=options)
 
 
 def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=None, dtype_policy: str = "f32",

@@ -215,6 +215,7 @@ def test_the_scanned_step_wants_one_key_per_step(data):
     (dict(loss_fn="xent"), TypeError, r"^loss_fn must be callable \(\(logits, labels\) -> scalar\), got 'xent'$"),
     (dict(augment=3), TypeError, r"^augment must be callable \(\(key, x\) -> x\) or None, got 3$"),
     (dict(donate="no"), TypeError, r"^donate must be a bool, got 'no'$"),
+    (dict(heap_limit=1), TypeError, r"^heap_limit must be a bool, got 1$"),
 ])
 def test_make_train_step_checks_its_arguments_before_tracing(kw, exc, match):
     kw = {"model": mlp(), "optimizer": make_optimizer("sgd", 0.1), **kw}
@@ -347,8 +348,9 @@ def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatc
     """On CPU the train steps compile with CPU_HEAP_OPTIONS: XLA gives a call's temporaries in heaps of at most
     the limit instead of one block the size of the program's peak (glibc hands a block over 32 MiB out as
     fresh pages every call, docs/perf_notes.md item 65). With the limit patched to 256 KiB, the step whose
-    temporaries XLA's defaults put in one block of more than that gets several, each within the limit or
-    holding one larger array alone, and computes the same new params bit for bit."""
+    temporaries XLA's defaults (``make_train_step(heap_limit=False)``) put in one block of more than that
+    gets several, each within the limit or holding one larger array alone, and computes the same new
+    params bit for bit."""
     from fcnn import layers
     from fcnn.activations import Relu
     from fcnn.combinators import serial
@@ -367,7 +369,7 @@ def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatc
     params, state, opt_state = init_trees(model, x, opt)
     args = (params, state, opt_state, (x, y), jax.random.PRNGKey(1))
     ours = make_train_step(model, opt, donate=False)
-    plain = jax.jit(plain_train_step(model, opt), compiler_options=compiler_options(heap_limit=False))
+    plain = make_train_step(model, opt, donate=False, heap_limit=False)  # XLA's default: one block
     ours.lower(*args).compile({"xla_dump_to": str(tmp_path / "ours")})
     plain.lower(*args).compile({"xla_dump_to": str(tmp_path / "plain")})
     (one_block, _), = _temp_allocations(tmp_path / "plain")
