@@ -227,8 +227,8 @@ def summary(rows):
     return out + kept_summary(rows)
 
 
-KEPT = ("torch_keep",)  # PyTorch with the glibc settings fcnn's step makes: compared like for like only
-# (fcnn's row, fcnn's ablation) and what each is compared with, like for like, under a heading
+KEPT = ("torch_keep",)  # PyTorch with the glibc settings fcnn's step makes: never the "fastest peer"
+# (fcnn row, PyTorch row, heading): pairs timed with the same glibc allocator settings, one table each
 LIKE_FOR_LIKE = (("fcnn", "torch_keep", "Both keeping freed memory (fcnn's default, PyTorch after "
                   "`fcnn.runtime.keep_cpu_memory()`; docs/perf_notes.md item 66)"),
                  ("fcnn_glibc", "torch", "Both with glibc's allocator defaults (fcnn with `FCNN_KEEP_CPU_MEMORY=0`)"))

@@ -147,12 +147,12 @@ def keep_cpu_memory() -> bool:
 
 
 def keep_cpu_memory_by_default() -> bool:
-    """``keep_cpu_memory()`` unless the environment says ``FCNN_KEEP_CPU_MEMORY=0`` (what
-    ``make_train_step`` calls on CPU). Returns whether the settings are in place.
+    """``keep_cpu_memory()`` when JAX's backend is the CPU, unless the environment says
+    ``FCNN_KEEP_CPU_MEMORY=0`` (what ``make_train_step`` calls). Returns whether the settings are in place.
 
     Raises:
       ValueError: ``FCNN_KEEP_CPU_MEMORY`` set to anything but "0" or "1", before any setting.
     """
-    if _checks.choice(os.environ.get(ENV_VAR, "1"), ("0", "1"), ENV_VAR) == "0":
+    if _checks.choice(os.environ.get(ENV_VAR, "1"), ("0", "1"), ENV_VAR) == "0" or jax.default_backend() != "cpu":
         return False
     return keep_cpu_memory()

@@ -289,8 +289,7 @@ def make_train_step(
     """
     _checks.boolean(donate, "donate")
     options = compiler_options(heap_limit=heap_limit)  # checks heap_limit
-    if jax.default_backend() == "cpu":
-        runtime.keep_cpu_memory_by_default()
+    runtime.keep_cpu_memory_by_default()
     fn = plain_train_step(model, optimizer, loss_fn, task=task, l2=l2, steps_per_call=steps_per_call,
                           dtype_policy=check_dtype_policy(dtype_policy, precision), augment=augment, unroll=unroll)
     return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), compiler_options=options)

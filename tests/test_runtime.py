@@ -45,15 +45,21 @@ print(json.dumps({"kept": kept, "faults": faults[20:]}))
 _PAGES = 1536 * 4096 * 4 // 4096  # one temporary's 4 KiB pages
 
 
-def _probe(mode, **env_extra):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_extra}
-    for name in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_",
-                 runtime.ENV_VAR, "JAX_COMPILATION_CACHE_DIR"):  # the test suite's cache would drop the heap limit
-        if name not in env_extra:
-            env.pop(name, None)
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True, text=True, timeout=300)
+def _run_json(script, *argv, **env_extra):
+    """The last stdout line of ``python -c script *argv`` as JSON, in a fresh CPU process with glibc's and
+    JAX's defaults (no allocator tunables, no fcnn switch, not this suite's compilation cache, which would
+    drop the heap limit) and ``env_extra`` on top."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_",
+                           runtime.ENV_VAR, "JAX_COMPILATION_CACHE_DIR")}
+    env.update(JAX_PLATFORMS="cpu", **env_extra)
+    out = subprocess.run([sys.executable, "-c", script, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(mode, **env_extra):
+    got = _run_json(_PROBE, mode, **env_extra)
     return got["kept"], statistics.median(got["faults"])
 
 
@@ -170,12 +176,7 @@ def test_under_the_persistent_cache_the_train_step_goes_without_the_heap_limit_a
     temporaries only), which is why. The limit is patched to 256 KiB, so this small step needs several."""
     if jax.default_backend() != "cpu":
         pytest.skip("the heap limit is for XLA:CPU")
-    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR",)}
-    env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run([sys.executable, "-c", _CACHE_PROBE, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = _run_json(_CACHE_PROBE, str(tmp_path))
     assert "xla_multiheap_size_constraint_per_heap" not in (got["options"] or {})
     assert got["ours"] == [] and len(got["stored"]) == 1
     assert any("Multiple temp buffer allocations" in w for w in got["forced"])
