@@ -12,10 +12,15 @@ gives it back (``heap_trim`` in its malloc/arena.c: ``munmap``, or ``madvise(MAD
 a heap's free top). The next call then touches new zeroed pages: ResNet-18 b16 15,000-20,000 page
 faults a step on a 2-core Xeon.
 
-``keep_cpu_memory`` sets two of glibc's ``mallopt`` parameters:
+``keep_cpu_memory`` sets three of glibc's ``mallopt`` parameters:
 
 - ``M_TOP_PAD`` = 64 MiB (``ARENA_HEAP_BYTES``): ``heap_trim`` keeps this much free room, so it never
-  unmaps a free heap nor shrinks one, and the main arena keeps up to 64 MiB free at its top;
+  unmaps a free heap of a thread's arena nor shrinks one;
+- ``M_TRIM_THRESHOLD`` = -1, which glibc reads as the largest ``size_t`` (never): the main arena, the
+  one ``sbrk`` grows, keeps its free top too. Threads share the main arena once a process has more
+  of them than glibc's arena limit (8 per core), as a JAX process on 2 cores does (17 threads after
+  ``make_train_step``); with the pad alone it kept 64 MiB and gave back the rest every call
+  (tests/test_runtime.py: four 24 MiB blocks a call, 8,192 new pages a call against 0);
 - ``M_MMAP_THRESHOLD`` = 32 MiB (``MMAP_THRESHOLD_BYTES``): blocks up to 32 MiB come from the
   arenas, not fresh ``mmap`` calls. This is the highest value glibc's own dynamic threshold reaches;
   setting any parameter freezes that dynamic threshold, so it is set explicitly.
@@ -25,8 +30,9 @@ Measured in fresh processes: ResNet-18 b16 bf16 0 faults a step against ~19,000,
 calling thread). Blocks above 32 MiB are still ``mmap``ed and given back when freed, as glibc does by
 default: large NumPy arrays, and XLA programs compiled without the heap limit whose temporaries
 exceed 64 MiB (compile those with ``compiler_options()``). The cost is memory the process
-keeps: each arena's heaps stay mapped at their peak. The settings are the process's; calling again
-is fine, and where the C library is not glibc nothing changes.
+keeps: each arena stays at its peak (``malloc_trim(0)`` still gives the free pages back on request).
+The settings are the process's; calling again is fine, and where the C library is not glibc, or
+another allocator is preloaded, nothing changes.
 """
 from __future__ import annotations
 
@@ -48,7 +54,8 @@ __all__ = ["CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "CPU_HEAP_OPTIONS
 
 ARENA_HEAP_BYTES = 64 * 2 ** 20  # glibc's HEAP_MAX_SIZE on 64-bit (2 * DEFAULT_MMAP_THRESHOLD_MAX)
 MMAP_THRESHOLD_BYTES = 32 * 2 ** 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
-_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # mallopt's parameter numbers, glibc's <malloc.h>
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers, glibc's <malloc.h>
+_NEVER = -1  # mallopt's int value, which glibc converts to size_t: the largest threshold
 ENV_VAR = "FCNN_KEEP_CPU_MEMORY"  # "0": make_train_step leaves glibc's defaults; "1" (default): it keeps
 
 
@@ -126,10 +133,17 @@ def compiler_options(heap_limit: bool = True) -> Optional[dict]:
 
 @functools.lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
-    """The process's own symbols, glibc's ``mallopt`` among them, when the C library is glibc, else None."""
+    """glibc, whose ``mallopt`` tunes the process's ``malloc``; None where the C library is another, or where
+    the process's ``malloc`` is not glibc's (a jemalloc or tcmalloc in ``LD_PRELOAD``, which glibc's
+    settings do not reach)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(None)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    address = lambda function: ctypes.cast(function, ctypes.c_void_p).value
+    return libc if address(ctypes.CDLL(None).malloc) == address(libc.malloc) else None
 
 
 def keep_cpu_memory() -> bool:
@@ -137,13 +151,15 @@ def keep_cpu_memory() -> bool:
     back and handing out new pages (see the module docstring). Any time, from any thread; idempotent.
 
     Returns:
-      True when both settings are in place; False where the C library is not glibc (nothing changed).
+      True when the three settings are in place; False where the C library is not glibc or the process's
+      ``malloc`` is not glibc's (nothing changed).
     """
     libc = _glibc()
     if libc is None:
         return False
     return all(libc.mallopt(param, value) == 1
-               for param, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TOP_PAD, ARENA_HEAP_BYTES)))
+               for param, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TOP_PAD, ARENA_HEAP_BYTES),
+                                    (_M_TRIM_THRESHOLD, _NEVER)))
 
 
 def keep_cpu_memory_by_default() -> bool:
