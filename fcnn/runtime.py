@@ -3,7 +3,7 @@
 ``make_train_step`` calls on CPU; ``FCNN_KEEP_CPU_MEMORY=0`` leaves glibc's defaults).
 
 Each option's reason is measured next to it below. Why the memory settings (docs/perf_notes.md
-items 59, 65, 66): XLA:CPU allocates a step's temporaries afresh every
+items 59, 65, 66, 67): XLA:CPU allocates a step's temporaries afresh every
 call, on one of its worker threads, and frees them afterwards. fcnn's train steps compile with
 XLA's per-heap limit (``CPU_HEAP_OPTIONS``), so the temporaries come as blocks of at most
 30 MiB, which glibc serves from the worker's arena. An arena grows in heaps of at most 64 MiB
@@ -21,18 +21,23 @@ faults a step on a 2-core Xeon.
   of them than glibc's arena limit (8 per core), as a JAX process on 2 cores does (17 threads after
   ``make_train_step``); with the pad alone it kept 64 MiB and gave back the rest every call
   (tests/test_runtime.py: four 24 MiB blocks a call, 8,192 new pages a call against 0);
-- ``M_MMAP_THRESHOLD`` = 32 MiB (``MMAP_THRESHOLD_BYTES``): blocks up to 32 MiB come from the
-  arenas, not fresh ``mmap`` calls. This is the highest value glibc's own dynamic threshold reaches;
-  setting any parameter freezes that dynamic threshold, so it is set explicitly.
+- ``M_MMAP_MAX`` = 0: no block is ``mmap``ed, so a block above 32 MiB (the highest mmap threshold
+  glibc's dynamic rule reaches, ``MMAP_THRESHOLD_BYTES``) comes from an arena and stays too, where
+  glibc's defaults map it afresh every call and unmap it when freed. A thread's arena holds a block
+  of up to one 64 MiB heap; a larger one from a worker thread glibc still maps (its fallback when no
+  heap can hold it) and unmaps when freed, which is why the steps keep the heap limit. XLA keeps an
+  array larger than the limit in a heap of its own: VGG b64, whose activations pass 30 MiB, took
+  22,500-26,600 faults a step with the first two settings only, 0-310 with all three, and 8-21% less
+  time (f32 304/289 against 330/322 ms, bf16 77.6/77.1 against 92.7/97.0; docs/perf_notes.md item 67).
 
 Measured in fresh processes: ResNet-18 b16 bf16 0 faults a step against ~19,000, ~101-105 against
 114-127 ms; PyTorch's eager step gains as much from the same settings (its ops allocate on the
-calling thread). Blocks above 32 MiB are still ``mmap``ed and given back when freed, as glibc does by
-default: large NumPy arrays, and XLA programs compiled without the heap limit whose temporaries
-exceed 64 MiB (compile those with ``compiler_options()``). The cost is memory the process
-keeps: each arena stays at its peak (``malloc_trim(0)`` still gives the free pages back on request).
-The settings are the process's; calling again is fine, and where the C library is not glibc, or
-another allocator is preloaded, nothing changes.
+calling thread). The cost is memory the process keeps: every arena stays at its peak, large blocks
+included (``fcnn train``, ResNet-18 b16: peak resident memory +7% over glibc's defaults; small_vgg
+b64 +7% over the first two settings alone), and a large array freed after the call is kept for
+reuse rather than given back (``malloc_trim(0)`` gives free pages back on request). The settings
+are the process's; calling again is fine, and where the C library is not glibc, or another allocator
+is preloaded, nothing changes.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ __all__ = ["CPU_COMPILER_OPTIONS", "CPU_AMX_COMPILER_OPTIONS", "CPU_HEAP_OPTIONS
 
 ARENA_HEAP_BYTES = 64 * 2 ** 20  # glibc's HEAP_MAX_SIZE on 64-bit (2 * DEFAULT_MMAP_THRESHOLD_MAX)
 MMAP_THRESHOLD_BYTES = 32 * 2 ** 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers, glibc's <malloc.h>
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # mallopt's parameter numbers, glibc's <malloc.h>
 _NEVER = -1  # mallopt's int value, which glibc converts to size_t: the largest threshold
 ENV_VAR = "FCNN_KEEP_CPU_MEMORY"  # "0": make_train_step leaves glibc's defaults; "1" (default): it keeps
 
@@ -76,7 +81,8 @@ CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUS
 # which glibc serves from its arenas: in fresh processes the VGG b16 f32 step
 # 9,710 -> 0 faults, 68.9 -> 62.6 ms (docs/perf_notes.md item 65); keep_cpu_memory(), which
 # make_train_step calls, keeps the arenas' freed heaps too (ResNet-18 b16 0 faults, item 66). An
-# array larger than the limit keeps a heap of its own, and XLA logs a warning naming its size.
+# array larger than the limit keeps a heap of its own, and XLA logs a warning naming its size; one
+# over 32 MiB is mmapped afresh every call under glibc's defaults, kept with keep_cpu_memory() (item 67).
 CPU_HEAP_OPTIONS = {"xla_multiheap_size_constraint_per_heap": 30 * 2 ** 20}
 
 
@@ -147,8 +153,8 @@ def _glibc() -> Optional[ctypes.CDLL]:
 
 
 def keep_cpu_memory() -> bool:
-    """Have glibc keep freed CPU memory of up to 32 MiB a block for the next call, instead of giving it
-    back and handing out new pages (see the module docstring). Any time, from any thread; idempotent.
+    """Have glibc keep freed CPU memory for the next call, instead of giving it back and handing out new
+    pages (see the module docstring). Any time, from any thread; idempotent.
 
     Returns:
       True when the three settings are in place; False where the C library is not glibc or the process's
@@ -158,8 +164,7 @@ def keep_cpu_memory() -> bool:
     if libc is None:
         return False
     return all(libc.mallopt(param, value) == 1
-               for param, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (_M_TOP_PAD, ARENA_HEAP_BYTES),
-                                    (_M_TRIM_THRESHOLD, _NEVER)))
+               for param, value in ((_M_MMAP_MAX, 0), (_M_TOP_PAD, ARENA_HEAP_BYTES), (_M_TRIM_THRESHOLD, _NEVER)))
 
 
 def keep_cpu_memory_by_default() -> bool:

@@ -31,7 +31,7 @@ if mode == "make_train_step":  # built, never called: building it on CPU is what
     from fcnn import layers
     from fcnn.step import make_train_step
     make_train_step(layers.Dense(2), optax.sgd(0.1))
-SIZE = 1536 * 4096 * 4  # 24 MiB, under glibc's mmap threshold once the first such block is freed
+SIZE = 1536 * 4096 * 4  # 24 MiB: under glibc's mmap threshold once the first such block is freed
 
 if workload == "xla":  # four 24 MiB arrays live at once, in heaps of the 30 MiB limit; threads as XLA picks them
     def four_temporaries(x):
@@ -40,14 +40,15 @@ if workload == "xla":  # four 24 MiB arrays live at once, in heaps of the 30 MiB
     f = jax.jit(four_temporaries, compiler_options=compiler_options())
     x = jnp.ones((1536, 4096), jnp.float32)
     call = lambda: f(x).block_until_ready()
-else:  # the same four blocks from glibc's malloc, in the main arena (main thread) or a thread's own arena
-    libc = ctypes.CDLL(None)
+else:  # blocks from glibc's malloc, in the main arena (main thread) or a thread's own arena: four of 24 MiB,
+    libc = ctypes.CDLL(None)  # or two of 48 MiB, over the highest mmap threshold, under one arena heap
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
+    size, count = (2 * SIZE, 2) if workload == "large" else (SIZE, 4)
     def call():
-        blocks = [libc.malloc(SIZE) for _ in range(4)]
+        blocks = [libc.malloc(size) for _ in range(count)]
         for b in blocks:
-            ctypes.memset(b, 1, SIZE)
+            ctypes.memset(b, 1, size)
         for b in blocks:
             libc.free(b)
 faults = []
@@ -56,7 +57,7 @@ def measure():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         call()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-if workload == "thread":
+if workload in ("thread", "large"):
     import threading
     worker = threading.Thread(target=measure)
     worker.start()
@@ -90,15 +91,16 @@ _GLIBC_ONLY = pytest.mark.skipif(runtime._glibc() is None, reason="mallopt is gl
 
 
 @_GLIBC_ONLY
-@pytest.mark.parametrize("arena", ["main", "thread"])
+@pytest.mark.parametrize("arena", ["main", "thread", "large"])
 def test_kept_memory_takes_no_new_pages_per_call(arena):
-    """Four 24 MiB blocks malloc'ed, written and freed each call, from the main thread (the main arena, which
-    ``sbrk`` grows and trims) or from a worker thread of a process with few threads (an arena of its own,
-    two 64 MiB heaps). glibc's defaults give freed room back and the next call takes new pages; kept
-    memory takes none, whether ``keep_cpu_memory()`` or building a ``make_train_step`` step set it,
-    and the step's switch turned off leaves the defaults."""
-    _, default = _probe("default", arena)  # the main arena gives all four back (its top), a thread's arena the
-    assert default > _PAGES  # second heap: 4 and 2 blocks' pages on the 2-core Xeon; more than one anywhere
+    """Blocks malloc'ed, written and freed each call: four of 24 MiB from the main thread (the main arena,
+    which ``sbrk`` grows and trims) or from a worker thread of a process with few threads (an arena of
+    its own, two 64 MiB heaps), and two of 48 MiB from a worker thread, over the highest mmap threshold
+    (glibc's defaults mmap each, and unmap it when freed). With the defaults the next call takes new
+    pages; kept memory takes none, whether ``keep_cpu_memory()`` or building a ``make_train_step`` step
+    set it, and the step's switch turned off leaves the defaults."""
+    _, default = _probe("default", arena)  # all four back from the main arena's top, the second heap from a
+    assert default > _PAGES  # thread's arena, both large blocks: 4, 2 and 4 blocks' pages on the 2-core Xeon
     kept, faults = _probe("keep", arena)
     assert kept == [True, True] and faults < 0.01 * _PAGES
     if arena == "main":  # a worker thread may share an arena once make_train_step has started JAX's threads
@@ -110,10 +112,11 @@ def test_kept_memory_takes_no_new_pages_per_call(arena):
 
 @_GLIBC_ONLY
 def test_kept_memory_serves_an_xla_programs_temporaries_again():
-    """XLA:CPU's temporaries in blocks under the heap limit (``compiler_options()``), on whichever worker
-    threads XLA picks: after ``keep_cpu_memory()`` a call takes no new pages. (With glibc's defaults the
-    same program took two arrays' pages a call on the 2-core Xeon, and none on CI's machine: which arenas
-    its threads free whole heaps in depends on the machine, so the contrast is the test above.)"""
+    """XLA:CPU's temporaries, four 24 MiB arrays in heaps under the limit (``compiler_options()``), on
+    whichever worker threads XLA picks: after ``keep_cpu_memory()`` a call takes no new pages. (With
+    glibc's defaults they took two arrays' pages a call on the 2-core Xeon and none on CI's machine:
+    which arenas XLA's threads free whole heaps in depends on the machine, so the contrast is the test
+    above.)"""
     kept, faults = _probe("keep", "xla")
     assert kept == [True, True] and faults < 0.01 * _PAGES
 
@@ -195,9 +198,10 @@ def test_a_preloaded_malloc_is_left_alone(tmp_path):
     assert _run_json(script) == [True, True]
 
 
-def test_the_heap_limit_is_under_the_kept_threshold():
-    """The train steps' heaps (fcnn.step.CPU_HEAP_OPTIONS) must come from the arenas: a block over the mmap
-    threshold keep_cpu_memory sets is mmapped and given back every call."""
+def test_the_heap_limit_is_under_glibcs_highest_mmap_threshold():
+    """The train steps' heaps (fcnn.step.CPU_HEAP_OPTIONS) come from the arenas under glibc's defaults too
+    (``FCNN_KEEP_CPU_MEMORY=0``): a block over the highest threshold glibc's dynamic rule reaches is
+    mmapped and given back every call."""
     limit = runtime.CPU_HEAP_OPTIONS["xla_multiheap_size_constraint_per_heap"]
     assert limit < runtime.MMAP_THRESHOLD_BYTES
 
