@@ -230,7 +230,7 @@ def summary(rows):
 KEPT = ("torch_keep",)  # PyTorch with the glibc settings fcnn's step makes: never the "fastest peer"
 # (fcnn row, PyTorch row, heading): pairs timed with the same glibc allocator settings, one table each
 LIKE_FOR_LIKE = (("fcnn", "torch_keep", "Both keeping freed memory (fcnn's default, PyTorch after "
-                  "`fcnn.runtime.keep_cpu_memory()`; docs/perf_notes.md item 66)"),
+                  "`fcnn.runtime.keep_cpu_memory()`; docs/perf_notes.md items 66, 67)"),
                  ("fcnn_glibc", "torch", "Both with glibc's allocator defaults (fcnn with `FCNN_KEEP_CPU_MEMORY=0`)"))
 
 
