@@ -27,14 +27,15 @@ faults a step on a 2-core Xeon.
   of up to one 64 MiB heap; a larger one from a worker thread glibc still maps (its fallback when no
   heap can hold it) and unmaps when freed, which is why the steps keep the heap limit. XLA keeps an
   array larger than the limit in a heap of its own: VGG b64, whose activations pass 30 MiB, took
-  22,500-26,600 faults a step with the first two settings only, 0-310 with all three, and 8-21% less
-  time (f32 304/289 against 330/322 ms, bf16 77.6/77.1 against 92.7/97.0; docs/perf_notes.md item 67).
+  22,500-26,600 faults a step with session 21's settings (the pad and a 32 MiB mmap threshold, with
+  or without the trim setting), 0-310 with these three, and 8-21% less time (f32 304/289 against
+  330/322 ms, bf16 77.6/77.1 against 92.7/97.0; docs/perf_notes.md item 67).
 
 Measured in fresh processes: ResNet-18 b16 bf16 0 faults a step against ~19,000, ~101-105 against
 114-127 ms; PyTorch's eager step gains as much from the same settings (its ops allocate on the
 calling thread). The cost is memory the process keeps: every arena stays at its peak, large blocks
 included (``fcnn train``, ResNet-18 b16: peak resident memory +7% over glibc's defaults; small_vgg
-b64 +7% over the first two settings alone), and a large array freed after the call is kept for
+b64 +7% over session 21's settings with the trim setting), and a large array freed after the call is kept for
 reuse rather than given back (``malloc_trim(0)`` gives free pages back on request). The settings
 are the process's; calling again is fine, and where the C library is not glibc, or another allocator
 is preloaded, nothing changes.
@@ -138,18 +139,24 @@ def compiler_options(heap_limit: bool = True) -> Optional[dict]:
 
 
 @functools.lru_cache(maxsize=None)
+def _libc() -> Optional[ctypes.CDLL]:
+    """glibc's library, where the C library is glibc; else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
     """glibc, whose ``mallopt`` tunes the process's ``malloc``; None where the C library is another, or where
     the process's ``malloc`` is not glibc's (a jemalloc or tcmalloc in ``LD_PRELOAD``, which glibc's
     settings do not reach)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
+    libc = _libc()
     address = lambda function: ctypes.cast(function, ctypes.c_void_p).value
-    return libc if address(ctypes.CDLL(None).malloc) == address(libc.malloc) else None
+    return libc if libc is not None and address(ctypes.CDLL(None).malloc) == address(libc.malloc) else None
 
 
 def keep_cpu_memory() -> bool:
