@@ -80,13 +80,15 @@ def test_cpu_with_amx_picks_im2col_vjp_or_winograd_for_wide_bfloat16_convs(monke
 
 def test_cpu_with_onednn_picks_it_except_for_kernel_heavy_convs(monkeypatch):
     """Where oneDNN is available, on the CPUs it was measured on (float32: avx512f, bfloat16:
-    amx_bf16), every 2-D groups-1 float32/bfloat16 CPU conv goes to it, before the taps, col2im and AMX
-    rules, except kernel-heavy ones: prod(k) * cout >= 8 * n * prod(spatial), or >= 4 times at a stride,
-    and bfloat16 ones with one input channel (taps; perf_notes item 62)."""
+    avx512_bf16), every 2-D groups-1 float32/bfloat16 CPU conv goes to it, before the taps, col2im and
+    AMX rules, except kernel-heavy ones: prod(k) * cout >= 8 * n * prod(spatial), or >= 4 times at a
+    stride (float32; bfloat16 only with AMX), and bfloat16 ones with one input channel (taps;
+    perf_notes items 62 and 68)."""
     sel = auto.select_conv_impl
     bf16 = jnp.bfloat16
     monkeypatch.setattr(onednn, "available", lambda: True)
-    monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
+    amx_xeon = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})  # the flags lscpu listed there
+    monkeypatch.setattr(auto, "cpu_flags", lambda: amx_xeon)
     for dtype in (None, jnp.float32, bf16, "bfloat16"):
         for x, w in (LENET_C2, VGG_C1, VGG_C2, VGG_C4):  # VGG_C4: 4.5 < 8 at stride 1
             assert sel("cpu", x, w, dtype=dtype) == "onednn"
@@ -107,12 +109,24 @@ def test_cpu_with_onednn_picks_it_except_for_kernel_heavy_convs(monkeypatch):
     assert sel("cpu", (8, 8, 8, 8, 16), (3, 3, 3, 16, 16)) == "col2im"  # 3-D: XLA's table
     assert sel("cpu", (8, 64, 256), (3, 256, 256)) == "lax"  # 1-D
     assert sel("gpu", *VGG_C4) == "lax"
-    # not measured elsewhere: AVX-512 without AMX keeps bf16 on XLA's table, AVX2 keeps both
+    # AVX-512 with avx512_bf16 and no AMX (Zen 4, item 68): the same, except that kernel-heavy bfloat16
+    # layers stay on oneDNN too (XLA's bf16 convolutions there were 1.1-1.7x slower)
     monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    for x, w in (LENET_C2, VGG_C1, VGG_C2, VGG_C4):
+        assert sel("cpu", x, w) == "onednn" and sel("cpu", x, w, dtype=bf16) == "onednn"
+    assert sel("cpu", *LENET_C1, dtype=bf16) == "taps"
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512)) == "col2im"  # float32: the bound holds
+    assert sel("cpu", (16, 4, 4, 512), (3, 3, 512, 512), dtype=bf16) == "onednn"
+    assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 512), stride=2) == "col2im"
+    assert sel("cpu", (16, 8, 8, 256), (3, 3, 256, 512), stride=2, dtype=bf16) == "onednn"
+    assert sel("cpu", *VGG_C4, dtype=jnp.float16) == "lax"
+    # AVX-512 without avx512_bf16 (e.g. Skylake-SP): float32 only, not measured for bf16
+    monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     assert sel("cpu", *VGG_C2) == "onednn" and sel("cpu", *VGG_C2, dtype=bf16) == "lax"
     monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2"}))
     assert [sel("cpu", x, w) for x, w in (LENET_C1, LENET_C2, VGG_C2)] == ["taps", "col2im", "lax"]
-    monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
+    assert sel("cpu", *VGG_C2, dtype=bf16) == "lax"
+    monkeypatch.setattr(auto, "cpu_flags", lambda: amx_xeon)
     monkeypatch.setattr(onednn, "available", lambda: False)
     assert sel("cpu", *VGG_C2) == "lax"
 

@@ -59,7 +59,7 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   Where oneDNN is available (``fcnn.ops.onednn``: the ``fcnn[onednn]`` extra, a C++ compiler; not
   with ``FCNN_ONEDNN=0``), every 2-D groups-1 float32 or bfloat16 CPU convolution goes to "onednn"
   before the rules above, except kernel-heavy ones (``CPU_ONEDNN_MAX_KERNEL_RATIO``: prod(k) * cout
-  >= 8 * n * prod(spatial), or >= 4 at a stride), which keep them, and bfloat16 ones with one input
+  >= 8 * n * prod(spatial), or >= 4 at a stride; bfloat16 ones only with AMX), which keep them, and bfloat16 ones with one input
   channel, which keep "taps" (the LeNet-5 b64 bf16 step, interleaved: taps + onednn 3.36 ms, onednn
   on both layers 4.35, taps + col2im 4.01; in f32 onednn on both 3.21 against 3.53 and 3.61). Forward + both gradients at batch
   16 on the AVX-512/AMX Xeon (perf_notes item 62), f32: VGG's 64->128 17.5 ms against lax's 26.7,
@@ -68,9 +68,13 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   im2col_vjp's 7.4; kept off: ResNet-18's 4x4 3x3 512 (ratio 18; f32 20.1 against col2im's 14.8, bf16
   12.7 against im2col_vjp's 7.2) and 8x8 stride-2 256->512 (ratio 4.5; f32 10.2 against 7.7).
   Its NaN/inf pattern is lax's (kernel guards; tests/test_onednn.py, in float32: the whole-table test
-  below runs float64 inputs, which oneDNN leaves to lax). Measured on the AVX-512/AMX Xeon only, so
-  the rule asks for its flags: float32 ``avx512f``, bfloat16 ``amx_bf16``; an AVX2-only CPU keeps the
-  table above (``impl="onednn"`` itself runs wherever oneDNN is available).
+  below runs float64 inputs, which oneDNN leaves to lax). Measured on the AVX-512/AMX Xeon and on an
+  AMD EPYC Zen 4 (AVX-512 with avx512_bf16, no AMX; perf_notes item 68), so the rule asks for their
+  flags: float32 ``avx512f``, bfloat16 ``avx512_bf16``; an AVX2-only CPU keeps the table above
+  (``impl="onednn"`` itself runs wherever oneDNN is available). Without AMX the kernel-heavy bound
+  holds for float32 only: a bfloat16 layer has no faster XLA path there (Zen 4, batch 16, bf16:
+  ResNet-18's 4x4 3x3 512 onednn 14.3 ms against col2im's 24.4, its 8x8 stride-2 256->512 10.8
+  against 12.2; VGG's 64->128 19.6 against lax's 44.1).
 * conv_transpose: "custom_vjp" on CPU when a stride is > 1 (``select_conv_transpose_impl``): the
   same forward as "lax"; its hand-derived backward took 0.06-0.1x of the time of lax's autodiff
   backward on the measured U-Net decoder shapes in 1-D and 2-D. In 3-D (8^3 -> 16^3) lax's forward
@@ -232,23 +236,25 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
 
 
 def _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype) -> bool:
-    """Whether a 2-D groups-1 CPU convolution goes to "onednn" (CPU_ONEDNN_MAX_KERNEL_RATIO; a
-    bfloat16 one with one input channel keeps "taps"; only on the CPUs it was measured on: float32
-    with avx512f, bfloat16 with amx_bf16)."""
+    """Whether a 2-D groups-1 CPU convolution goes to "onednn" (only on the CPUs it was measured on:
+    float32 with avx512f, bfloat16 with avx512_bf16; a bfloat16 one with one input channel keeps
+    "taps"; CPU_ONEDNN_MAX_KERNEL_RATIO's kernel-heavy ones keep the XLA rules in float32, and in
+    bfloat16 where AMX gives those rules a faster path)."""
     from fcnn.ops import onednn
 
     if not onednn.computes("float32" if dtype is None else dtype, 1):
         return False
     bf16 = _is_bfloat16(dtype)
-    if ("amx_bf16" if bf16 else "avx512f") not in cpu_flags():  # measured there only
+    if ("avx512_bf16" if bf16 else "avx512f") not in cpu_flags():  # measured there only
         return False
     if bf16 and cin_g <= CPU_TAPS_MAX_CIN:
         return False
-    positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
-    heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
-    ratio = math.prod(kernel) * cout / positions
-    if ratio >= heavy or (max(stride) > 1 and ratio >= heavy_strided):
-        return False
+    if not bf16 or cpu_has_amx_bf16():
+        positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
+        heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
+        ratio = math.prod(kernel) * cout / positions
+        if ratio >= heavy or (max(stride) > 1 and ratio >= heavy_strided):
+            return False
     return onednn.available()
 
 
