@@ -70,10 +70,14 @@ ENV_VAR = "FCNN_KEEP_CPU_MEMORY"  # "0": make_train_step leaves glibc's defaults
 # of the default's time on the 2-core AVX2 machine, interleaved on an idle machine (2026-12-02,
 # experiments/user_step_ab.py, docs/perf_notes.md items 28 and 30); results agree to rounding.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-# On a CPU with AMX, YNNPACK keeps the matrix products (each one alone) and nothing else: XLA:CPU
-# reaches the bfloat16 AMX tiles only so (a dot of bf16 operands into f32, 4-5x its f32 dot), which
-# the "im2col_vjp" convolutions that impl="auto" picks there are built for; float32 steps ran the
-# same either way (VGG b16 98.6 vs 98.4 ms, LeNet b64 4.5 vs 4.3; docs/perf_notes.md items 53, 57).
+# On a CPU with bfloat16 dot instructions (AMX tiles, or avx512_bf16), YNNPACK keeps the matrix
+# products (each one alone) and nothing else: XLA:CPU reaches those instructions only so. A dot of
+# bf16 operands into f32 ran 4-5x its f32 dot with AMX, which the "im2col_vjp" convolutions that
+# impl="auto" picks there are built for (docs/perf_notes.md items 53, 57), and 360 against 180
+# GFLOP/s (YNNPACK off) on an AMD Zen 4 with avx512_bf16, where BatchNorm's channel sums take such
+# dots: the ResNet-18 b16 bf16 step 171.8 against 188.6 ms, medians of 11 alternating fresh-process
+# pairs (item 68). Float32 steps ran the same either way (AMX Xeon: VGG b16 98.6 vs 98.4 ms, LeNet
+# b64 4.5 vs 4.3; Zen 4: ResNet-18 b16 and VGG b16 level over 3 pairs). The name is the first CPU's.
 CPU_AMX_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 # XLA:CPU hands each call its temporaries as one block the size of the program's peak (ResNet-18 b16:
 # 100-117 MB), and glibc serves a block above 32 MiB (the most its dynamic mmap threshold rises to)
@@ -88,8 +92,8 @@ CPU_HEAP_OPTIONS = {"xla_multiheap_size_constraint_per_heap": 30 * 2 ** 20}
 
 
 def _cpu_options() -> dict:
-    """CPU_AMX_COMPILER_OPTIONS on a CPU with AMX for bfloat16, CPU_COMPILER_OPTIONS on others."""
-    return CPU_AMX_COMPILER_OPTIONS if _auto.cpu_has_amx_bf16() else CPU_COMPILER_OPTIONS
+    """CPU_AMX_COMPILER_OPTIONS on a CPU with bfloat16 dot instructions, CPU_COMPILER_OPTIONS on others."""
+    return CPU_AMX_COMPILER_OPTIONS if _auto.cpu_has_bf16_dot() else CPU_COMPILER_OPTIONS
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,7 +115,7 @@ def persistent_cache_on() -> bool:
 
 def compiler_options(heap_limit: bool = True) -> Optional[dict]:
     """The XLA options ``make_train_step`` compiles with: ``CPU_COMPILER_OPTIONS``
-    (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with AMX) and, with ``heap_limit``, ``CPU_HEAP_OPTIONS`` on
+    (``CPU_AMX_COMPILER_OPTIONS`` on a CPU with bfloat16 dot instructions: ``avx512_bf16`` or AMX) and, with ``heap_limit``, ``CPU_HEAP_OPTIONS`` on
     CPU, each group where this jaxlib has it; None elsewhere. A step of your own gets the same with
     ``jax.jit(step, compiler_options=fcnn.runtime.compiler_options())`` (``fcnn.step.compiler_options``
     is the same function).

@@ -131,6 +131,13 @@ def test_cpu_with_onednn_picks_it_except_for_kernel_heavy_convs(monkeypatch):
     assert sel("cpu", *VGG_C2) == "lax"
 
 
+def test_bf16_dot_instructions_are_avx512_bf16_or_amx(monkeypatch):
+    for flags, want in (({"avx2", "avx512f"}, False), ({"avx2", "avx512f", "avx512_bf16"}, True),
+                        ({"avx2", "amx_bf16"}, True), (set(), False)):
+        monkeypatch.setattr(auto, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert auto.cpu_has_bf16_dot() is want
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     """Linux's cpuinfo "flags" line, as a set; an unreadable file gives none (no CPU-specific choice)."""
     info = tmp_path / "cpuinfo"

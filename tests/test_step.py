@@ -303,7 +303,8 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(mo
     """On CPU the jitted steps compile with CPU_COMPILER_OPTIONS (XLA's Eigen convolutions and dots
     instead of YNNPACK's: 0.64x / 0.79x the step time, docs/perf_notes.md item 30): the optimized
     program has no YNN fusion where the default compile has one, and the new params agree with the
-    default program's to float32 rounding. (A CPU with AMX: the next test.)"""
+    default program's to float32 rounding. (A CPU with bfloat16 dot instructions, avx512_bf16 or AMX,
+    gets CPU_AMX_COMPILER_OPTIONS: the next test.)"""
     from fcnn import layers
     from fcnn.activations import Relu
     from fcnn.combinators import serial
@@ -312,10 +313,14 @@ def test_cpu_steps_compile_without_ynnpack_fusions_and_agree_with_the_default(mo
 
     if jax.default_backend() != "cpu":
         pytest.skip("the options are for XLA:CPU")
-    monkeypatch.setattr(auto, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # no bf16 dot instructions
     monkeypatch.setattr(runtime, "persistent_cache_on", lambda: False)  # this suite's cache drops the heap limit
     assert compiler_options() == {**CPU_COMPILER_OPTIONS, **CPU_HEAP_OPTIONS}
     assert compiler_options(heap_limit=False) == CPU_COMPILER_OPTIONS  # make_eval_step's and predict's
+    for flags in ({"avx2", "avx512f", "avx512_bf16"}, {"avx2", "amx_bf16"}):  # bf16 dot instructions: the next test's
+        monkeypatch.setattr(auto, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert compiler_options(heap_limit=False) == runtime.CPU_AMX_COMPILER_OPTIONS
+    monkeypatch.setattr(auto, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     with pytest.raises(TypeError, match="heap_limit"):
         compiler_options(heap_limit="yes")
     model = serial(layers.Conv2D(4, 3), Relu(), layers.Flatten(), layers.Dense(10))
@@ -390,7 +395,7 @@ def test_cpu_steps_split_their_temporaries_into_heaps_under_the_limit(monkeypatc
 
 
 def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
-    """On a CPU with AMX the steps compile with CPU_AMX_COMPILER_OPTIONS: YNNPACK takes each matrix
+    """On a CPU with AMX (or avx512_bf16) the steps compile with CPU_AMX_COMPILER_OPTIONS: YNNPACK takes each matrix
     product (the form in which XLA:CPU reaches AMX, for im2col_vjp's bf16 products), XLA keeps the
     convolutions (Eigen's); the one-step params agree with the default program's to bf16 rounding."""
     from fcnn import layers

@@ -104,7 +104,8 @@ from fcnn import shapes
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
            "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO",
-           "CPU_AMX_MIN_CHANNELS", "CPU_AMX_WINOGRAD_MIN_CHANNELS", "CPU_ONEDNN_MAX_KERNEL_RATIO", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16"]
+           "CPU_AMX_MIN_CHANNELS", "CPU_AMX_WINOGRAD_MIN_CHANNELS", "CPU_ONEDNN_MAX_KERNEL_RATIO", "parse_cpu_flags", "cpu_flags", "cpu_has_amx_bf16",
+           "cpu_has_bf16_dot"]
 
 # CPU: "taps" for convs with one input channel per group (XLA:CPU runs them at a few GFLOP/s).
 # Measured: docs/benchmarks.md, "Ops ... CPU" tables (per op and LeNet-5 train step by impl).
@@ -158,6 +159,12 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
 def cpu_has_amx_bf16() -> bool:
     """Whether this host's CPU has AMX tiles for bfloat16 (Intel Sapphire Rapids and later)."""
     return "amx_bf16" in cpu_flags()
+
+
+def cpu_has_bf16_dot() -> bool:
+    """Whether this host's CPU has bfloat16 dot-product instructions: ``avx512_bf16`` (Intel Cooper
+    Lake and later, AMD Zen 4 and later) or AMX tiles (``cpu_has_amx_bf16``)."""
+    return "avx512_bf16" in cpu_flags() or cpu_has_amx_bf16()
 
 
 def _is_bfloat16(dtype) -> bool:
