@@ -61,7 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--keep", action="store_true", help="fcnn.runtime.keep_cpu_memory() first")
     p.add_argument("--impls", default="lax,col2im", help="for --part layers: fcnn conv implementations")
     p.add_argument("--layer-set", default="resnet18", choices=["resnet18", "vgg"], help="for the layer parts")
-    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="for the layer parts: x, w and dZ")
+    p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="the layer parts' x, w and dZ; the step parts' dtype policy (fcnn's dtype_policy, PyTorch's autocast)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--target-s", type=float, default=None, help="seconds per repeat (default 1.0 step, 0.2 layers)")
@@ -123,11 +123,14 @@ def step_part(args):
     for v in names:
         model = _model(v, args.quick)
         _, params, state = model.init(jax.random.PRNGKey(0), x.shape)
-        opt = make_optimizer("momentum", 0.01, momentum=0.9)
-        step = make_train_step(model, opt, donate=v != "no_donate")
+        # a learning rate of 1e-9 (fcnn refuses 0): every variant times the same finite network.
+        # Without BatchNorm the loss reaches NaN by the third step at 0.01, and oneDNN's guard then
+        # sends every conv to lax
+        opt = make_optimizer("momentum", 1e-9, momentum=0.9)
+        step = make_train_step(model, opt, donate=v != "no_donate", dtype_policy=args.dtype)
         calls[v] = carrying(lambda carry, step=step: step(*carry, batch, key)[:3], (params, state, opt.init(params)))
     t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
-    return f"ResNet-18 (CIFAR stem) b{args.batch} f32 train step, interleaved", _step_rows(names, t), t
+    return f"ResNet-18 (CIFAR stem) b{args.batch} {args.dtype} train step, interleaved", _step_rows(names, t), t
 
 
 def _torch_model(variant):
@@ -147,10 +150,10 @@ def torch_step_part(args):
     torch.set_num_threads(os.cpu_count() or 1)
     calls = {}
     for v in names:
-        bench = bench_torch._torch_build("resnet18", args.batch, "f32", "cpu", False, model=_torch_model(v))
+        bench = bench_torch._torch_build("resnet18", args.batch, args.dtype, "cpu", False, model=_torch_model(v))
         calls[v] = lambda bench=bench: bench.step(None, bench.batch)
     t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, block=lambda out: None)
-    return (f"ResNet-18 (CIFAR stem) b{args.batch} f32 train step in PyTorch {torch.__version__} eager "
+    return (f"ResNet-18 (CIFAR stem) b{args.batch} {args.dtype} train step in PyTorch {torch.__version__} eager "
             f"(channels_last), interleaved"), _step_rows(names, t), t
 
 
