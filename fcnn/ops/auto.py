@@ -74,7 +74,7 @@ for the arguments given, so ``impl="auto"`` changes speed, never results beyond 
   (``impl="onednn"`` itself runs wherever oneDNN is available). Without AMX the kernel-heavy bound
   holds for float32 only: a bfloat16 layer has no faster XLA path there (Zen 4, batch 16, bf16:
   ResNet-18's 4x4 3x3 512 onednn 14.3 ms against col2im's 24.4, its 8x8 stride-2 256->512 10.8
-  against 12.2; VGG's 64->128 19.6 against lax's 44.1).
+  against 12.2-13.4; VGG's 64->128 19.6 against lax's 44.1).
 * conv_transpose: "custom_vjp" on CPU when a stride is > 1 (``select_conv_transpose_impl``): the
   same forward as "lax"; its hand-derived backward took 0.06-0.1x of the time of lax's autodiff
   backward on the measured U-Net decoder shapes in 1-D and 2-D. In 3-D (8^3 -> 16^3) lax's forward
