@@ -338,3 +338,48 @@ def test_another_backend_is_refused_by_name(monkeypatch):
     assert not onednn.supports((3, 3), (1, 1), (1, 1))
     assert onednn.refusal((3, 3), (1, 1), (1, 1)) == "impl='onednn' runs on the CPU backend only, this one is 'gpu'"
     assert "onednn" not in ops.conv_impls_for((3, 3), (1, 1), (1, 1))
+
+
+@needs_onednn
+def test_calls_from_many_threads_at_once_agree_with_lax():
+    """oneDNN's primitives may not move between threads nor run on two at once (its scratchpad-mode
+    documentation); XLA runs the handlers on any worker thread, two layers of one geometry at once, so
+    each thread keeps its own primitives. One program with two same-geometry convs (forward and both
+    gradients, on every core: above SERIAL_BELOW_MFLOP), run from four Python threads at once, 15 times
+    each: every result equals the first run's bit for bit and lax's to float32 rounding, and every
+    thread finishes (a shared backward primitive once waited forever in its own barrier)."""
+    import threading
+
+    rng = np.random.default_rng(12)
+    x = jnp.asarray(rng.normal(size=(4, 16, 16, 32)), jnp.float32)
+    w1, w2 = (jnp.asarray(rng.normal(size=(3, 3, 32, 32)) * 0.1, jnp.float32) for _ in range(2))
+    assert onednn.threads(x.shape, w1.shape, x.shape[:3] + (32,), jnp.float32) == 0  # every core
+
+    def grads(impl):
+        loss = lambda x, w1, w2: jnp.sum(jnp.sin(ops.conv2d(x, w1, padding=1, impl=impl))  # noqa: E731
+                                         + jnp.cos(ops.conv2d(x, w2, padding=1, impl=impl)))
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+    step = grads("onednn")
+    first = [np.asarray(g) for g in step(x, w1, w2)]
+    for a, ref in zip(first, grads("lax")(x, w1, w2)):
+        assert _rel(a, ref) < 1e-5
+    results, errors = [], []
+
+    def run():
+        try:
+            for _ in range(15):
+                results.append([np.asarray(g) for g in step(x, w1, w2)])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=run, daemon=True) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in workers) and not errors, errors
+    assert len(results) == 60
+    for got in results:
+        for a, b in zip(got, first):
+            np.testing.assert_array_equal(a, b)

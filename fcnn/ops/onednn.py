@@ -198,7 +198,8 @@ def computes(dtype, groups: int) -> bool:
 
 def kernels() -> list:
     """The oneDNN kernels picked so far in this process, one "<role and geometry> -> <kernel>" line each
-    (e.g. ``brgconv:avx512_core_amx``); [] when unavailable."""
+    (e.g. ``brgconv:avx512_core_amx``; a geometry once per thread that ran it, since each thread keeps
+    its own primitives); [] when unavailable."""
     handlers = _load()[0]
     return handlers.fcnn_onednn_kernels().decode().splitlines() if handlers is not None else []
 

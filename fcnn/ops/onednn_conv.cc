@@ -12,12 +12,21 @@
 // Threads: every handler takes a ``threads`` attribute, the OpenMP team size its convolution runs
 // with (0: OpenMP's default, all cores); fcnn/ops/onednn.py picks 1 for small convolutions, whose
 // team start-up costs more than the second core gives back inside XLA's own schedule.
-// Primitive descriptors and primitives are built once per geometry, dtype and team size and cached.
+// Primitive descriptors and primitives are built once per geometry, dtype, team size and calling
+// thread, and cached. Per thread, because oneDNN's thread-safety contract asks for it (its
+// dnnl_scratchpad_mode_t documentation): with the library-managed scratchpad a primitive must run on
+// the thread that created it (the default build) and must never run on two threads at once (the
+// DNNL_ENABLE_CONCURRENT_EXEC build), while XLA runs these handlers on any of its worker threads,
+// two layers of one geometry at the same time. Shared across threads, a cached backward primitive
+// once waited forever in its own barrier (docs/perf_notes.md item 68).
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include <omp.h>
 
@@ -112,10 +121,13 @@ struct BackwardWeights {
   dnnl::reorder weights_out;
 };
 
+// The cache, keyed by the calling thread and the geometry's key (one primitive per thread: above).
 std::mutex cache_mutex;
 template <class T>
-std::unordered_map<std::string, std::shared_ptr<T>>& Cache() {
-  static std::unordered_map<std::string, std::shared_ptr<T>> cache;
+using CacheMap = std::map<std::pair<std::thread::id, std::string>, std::shared_ptr<T>>;
+template <class T>
+CacheMap<T>& Cache() {
+  static CacheMap<T> cache;
   return cache;
 }
 
@@ -123,10 +135,11 @@ template <class T, class Make>
 std::shared_ptr<T> Cached(const std::string& key, Make make) {
   std::lock_guard<std::mutex> lock(cache_mutex);
   auto& cache = Cache<T>();
-  auto it = cache.find(key);
+  auto at = std::make_pair(std::this_thread::get_id(), key);
+  auto it = cache.find(at);
   if (it != cache.end()) return it->second;
   auto entry = std::make_shared<T>(make());
-  cache[key] = entry;
+  cache[at] = entry;
   return entry;
 }
 
@@ -279,13 +292,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardWeightsBias, BackwardWeights
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() FCNN_CONV_ATTRS);
 
-// The oneDNN kernels chosen so far, one line per cached primitive ("<key> -> <impl>"), for tests and notes.
+// The oneDNN kernels chosen so far, one line per cached primitive ("<key> -> <impl>"; a key once per
+// thread that ran it), for tests and notes.
 extern "C" const char* fcnn_onednn_kernels() {
   static std::string text;
   std::lock_guard<std::mutex> lock(cache_mutex);
   text.clear();
-  for (auto& kv : Cache<Forward>()) text += kv.first + " -> " + kv.second->pd.impl_info_str() + "\n";
-  for (auto& kv : Cache<BackwardData>()) text += kv.first + " -> " + kv.second->pd.impl_info_str() + "\n";
-  for (auto& kv : Cache<BackwardWeights>()) text += kv.first + " -> " + kv.second->pd.impl_info_str() + "\n";
+  for (auto& kv : Cache<Forward>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
+  for (auto& kv : Cache<BackwardData>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
+  for (auto& kv : Cache<BackwardWeights>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
   return text.c_str();
 }
