@@ -244,7 +244,7 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
 
 def _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype) -> bool:
     """Whether a 2-D groups-1 CPU convolution goes to "onednn" (only on the CPUs it was measured on:
-    float32 with avx512f, bfloat16 with avx512_bf16; a bfloat16 one with one input channel keeps
+    float32 with avx512f, bfloat16 with bf16 dot instructions, ``cpu_has_bf16_dot``; a bfloat16 one with one input channel keeps
     "taps"; CPU_ONEDNN_MAX_KERNEL_RATIO's kernel-heavy ones keep the XLA rules in float32, and in
     bfloat16 where AMX gives those rules a faster path)."""
     from fcnn.ops import onednn
@@ -252,16 +252,16 @@ def _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype) -> bool:
     if not onednn.computes("float32" if dtype is None else dtype, 1):
         return False
     bf16 = _is_bfloat16(dtype)
-    if ("avx512_bf16" if bf16 else "avx512f") not in cpu_flags():  # measured there only
+    if not (cpu_has_bf16_dot() if bf16 else "avx512f" in cpu_flags()):  # measured there only
         return False
     if bf16 and cin_g <= CPU_TAPS_MAX_CIN:
         return False
-    if not bf16 or cpu_has_amx_bf16():
-        positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
-        heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
-        ratio = math.prod(kernel) * cout / positions
-        if ratio >= heavy or (max(stride) > 1 and ratio >= heavy_strided):
-            return False
+    positions = x_shape[0] * math.prod(shapes.spatial_dims(x_shape, layout))
+    heavy, heavy_strided = CPU_ONEDNN_MAX_KERNEL_RATIO
+    ratio = math.prod(kernel) * cout / positions
+    kernel_heavy = ratio >= heavy or (max(stride) > 1 and ratio >= heavy_strided)
+    if kernel_heavy and (not bf16 or cpu_has_amx_bf16()):  # the XLA rules have a faster path there
+        return False
     return onednn.available()
 
 

@@ -294,12 +294,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FcnnOnednnConvBackwardWeightsBias, BackwardWeights
 
 // The oneDNN kernels chosen so far, one line per cached primitive ("<key> -> <impl>"; a key once per
 // thread that ran it), for tests and notes.
+namespace {
+template <class T>
+void AppendKernels(std::string& text) {
+  for (auto& kv : Cache<T>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
+}
+}  // namespace
+
 extern "C" const char* fcnn_onednn_kernels() {
   static std::string text;
   std::lock_guard<std::mutex> lock(cache_mutex);
   text.clear();
-  for (auto& kv : Cache<Forward>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
-  for (auto& kv : Cache<BackwardData>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
-  for (auto& kv : Cache<BackwardWeights>()) text += kv.first.second + " -> " + kv.second->pd.impl_info_str() + "\n";
+  AppendKernels<Forward>(text);
+  AppendKernels<BackwardData>(text);
+  AppendKernels<BackwardWeights>(text);
   return text.c_str();
 }
