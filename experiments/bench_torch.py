@@ -12,8 +12,9 @@ import bench_resnet  # experiments/, on sys.path as for every script here
 from bench_common import CLASSES, LR, MOMENTUM, NETS, Bench, _flat_dim
 
 
-def _torch_build(net, n, dtype_policy, device, compiled, model=None):
-    """The PyTorch step of ``net`` (``model``: this module instead of the net's own, same input)."""
+def _torch_build(net, n, dtype_policy, device, compiled, model=None, lr=LR):
+    """The PyTorch step of ``net`` (``model``: this module instead of the net's own, same input; ``lr``:
+    SGD's learning rate, the benchmarks' ``LR`` unless an ablation needs another)."""
     import torch
     from torch import nn
 
@@ -26,7 +27,7 @@ def _torch_build(net, n, dtype_policy, device, compiled, model=None):
     if model is None:
         model = bench_resnet.torch_model() if net == "resnet18" else _torch_convnet(spec)
     model = model.to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM)
     fwd = torch.compile(model) if compiled else model
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(n, spec["cin"], spec["hw"], spec["hw"], device=dev, generator=g).to(memory_format=torch.channels_last)

@@ -51,6 +51,10 @@ VGG_LAYERS = [("vgg 3x3 3->64", 32, 3, 64, 3, 1), ("vgg 3x3 64->128", 32, 64, 12
 QUICK_LAYERS = [("s1 3x3 8", 4, 8, 8, 3, 1)]
 STEP_VARIANTS = ("full", "no_bn", "no_bn_relu", "no_donate", "jax_relu")
 TORCH_STEP_VARIANTS = ("full", "no_bn", "no_bn_relu")
+# Both step parts train at this learning rate (fcnn refuses 0), so every variant in either framework
+# times the same finite network: at the benchmarks' 0.01 the variants without BatchNorm reach NaN by
+# the third step, where fcnn's oneDNN guard then sends every conv to lax and PyTorch times NaN arithmetic.
+ABLATION_LR = 1e-9
 
 
 def parse_args(argv=None):
@@ -123,10 +127,7 @@ def step_part(args):
     for v in names:
         model = _model(v, args.quick)
         _, params, state = model.init(jax.random.PRNGKey(0), x.shape)
-        # a learning rate of 1e-9 (fcnn refuses 0): every variant times the same finite network.
-        # Without BatchNorm the loss reaches NaN by the third step at 0.01, and oneDNN's guard then
-        # sends every conv to lax
-        opt = make_optimizer("momentum", 1e-9, momentum=0.9)
+        opt = make_optimizer("momentum", ABLATION_LR, momentum=0.9)
         step = make_train_step(model, opt, donate=v != "no_donate", dtype_policy=args.dtype)
         calls[v] = carrying(lambda carry, step=step: step(*carry, batch, key)[:3], (params, state, opt.init(params)))
     t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
@@ -150,7 +151,8 @@ def torch_step_part(args):
     torch.set_num_threads(os.cpu_count() or 1)
     calls = {}
     for v in names:
-        bench = bench_torch._torch_build("resnet18", args.batch, args.dtype, "cpu", False, model=_torch_model(v))
+        bench = bench_torch._torch_build("resnet18", args.batch, args.dtype, "cpu", False, model=_torch_model(v),
+                                         lr=ABLATION_LR)
         calls[v] = lambda bench=bench: bench.step(None, bench.batch)
     t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, block=lambda out: None)
     return (f"ResNet-18 (CIFAR stem) b{args.batch} {args.dtype} train step in PyTorch {torch.__version__} eager "

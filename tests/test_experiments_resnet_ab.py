@@ -104,3 +104,29 @@ def test_quick_torch_step_writes_its_table(experiment, tmp_path):
     assert list(timed) == ["full", "no_bn", "no_bn_relu"]
     text = out.read_text()
     assert "`python experiments/resnet_ab.py --part torch_step --quick --out " in text and "| no_bn_relu | " in text
+
+
+def test_both_step_parts_train_at_the_ablation_learning_rate(experiment, monkeypatch):
+    """The PyTorch step moves each parameter by ``lr * grad`` on its first SGD-momentum step (the
+    momentum buffer starts as the gradient), with the ``lr`` it is given; torch_step hands it
+    ABLATION_LR, as step hands fcnn's optimizer (a 0.01 step sent the no-BatchNorm variants to NaN)."""
+    torch = pytest.importorskip("torch")
+    ab = experiment("resnet_ab")
+    bench_torch = experiment("bench_torch")
+    model = ab._torch_model("no_bn")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bench = bench_torch._torch_build("resnet18", 2, "f32", "cpu", False, model=model, lr=0.5)
+    x, y = bench.batch
+    ref = ab._torch_model("no_bn").to(memory_format=torch.channels_last)
+    ref.load_state_dict(before)
+    torch.nn.functional.cross_entropy(ref(x), y).backward()
+    bench.step(None, bench.batch)
+    grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name] - 0.5 * grads[name].grad, rtol=1e-4, atol=1e-5)
+    seen = []
+    monkeypatch.setattr(bench_torch, "_torch_build", lambda *a, lr, **kw: seen.append(lr) or bench)
+    monkeypatch.setattr(ab, "side_by_side", lambda calls, **kw: seen.append(sorted(calls)) or {})
+    monkeypatch.setattr(ab, "_step_rows", lambda names, timed: [])
+    ab.torch_step_part(ab.parse_args(["--part", "torch_step", "--quick", "--variants", "no_bn"]))
+    assert seen == [ab.ABLATION_LR, ["no_bn"]]
