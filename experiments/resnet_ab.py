@@ -21,6 +21,7 @@ Parts:
 - ``torch_step``: PyTorch's ResNet-18 step as benchmark.py times it (bench_torch, channels_last,
   SGD momentum) with the ablations ``full``, ``no_bn`` and ``no_bn_relu`` (``nn.Identity`` modules for
   BatchNorm / ReLU), interleaved, in its own process (docs/perf_notes.md item 61).
+  Both step parts train at ``ABLATION_LR`` (1e-9), not the benchmarks' 0.01.
 - ``torch_layers``: the same layers (and cotangent values) in PyTorch eager (channels_last, ``torch.set_num_threads``
   = the cores), run in its own process: next to XLA:CPU's thread pool PyTorch ran 20x slower
   (experiments/peer_ab.py).
