@@ -408,3 +408,26 @@ def test_reflect_pad_limit_is_pytorchs():
                                [1, 2, 3, 1, 2, 3, 1, 2, 3])
     with pytest.raises(ValueError, match="reflect"):
         conv(x, one, padding=3, padding_mode="reflect")
+
+
+# ----------------------------------------------------------------------------- empty operands
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_empty_operands_give_the_empty_sum_in_every_impl(rank):
+    """A batch of 0, or 0 input or output channels: every output is a sum of no products, so z is the
+    bias alone (or empty), dX and dW are zero (or empty) and dB is the cotangent summed over batch and
+    space, by hand. In every implementation of the rank and "auto", float32 (oneDNN's dtype: before,
+    it failed with an INTERNAL error at run time, col2im's gradients inside lax, auto on a 0 batch)."""
+    sp, k, ones = (5,) * rank, (3,) * rank, (1,) * rank
+    for x_shape, w_shape in [((0, *sp, 3), (*k, 3, 4)), ((2, *sp, 0), (*k, 0, 4)), ((2, *sp, 3), (*k, 3, 0))]:
+        out = (x_shape[0], *sp, w_shape[-1])  # SAME, stride 1
+        b = jnp.arange(w_shape[-1], dtype=jnp.float32) + 1
+        ct = jnp.asarray(np.random.default_rng(0).normal(size=out), jnp.float32)
+        want_db = np.asarray(ct).sum(axis=tuple(range(rank + 1)))
+        for impl in ops.conv_impls_for(k, ones, ones) + ("auto",):
+            x, w = jnp.ones(x_shape, jnp.float32), jnp.ones(w_shape, jnp.float32)
+            z, pull = jax.vjp(functools.partial(conv, padding="SAME", impl=impl), x, w, b)
+            dx, dw, db = pull(ct)
+            where = f"{impl} x{x_shape} w{w_shape}"
+            np.testing.assert_array_equal(np.asarray(z), np.broadcast_to(np.asarray(b), out), err_msg=where)
+            assert dx.shape == x_shape and dw.shape == w_shape and not np.any(dx) and not np.any(dw), where
+            np.testing.assert_allclose(np.asarray(db), want_db, rtol=1e-5, atol=1e-5, err_msg=where)

@@ -205,9 +205,12 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
       dtype: the convolution's dtype (None: float32).
 
     Returns:
+      "onednn" for 2-D groups-1 float32/bfloat16 convolutions on a CPU where oneDNN runs and was
+      measured (``_onednn_takes``, with its exceptions); else
       "lax", "taps" or "col2im" (CPU, 2-D and 3-D, by input channels; 2-D also by stride and by
       kernel size against input size); "im2col_vjp" for wide bfloat16 2-D convolutions on a CPU
-      with AMX, "winograd" for its 3x3 stride-1 ones of 64-127 and 128+ channels; 1-D convolutions get "lax".
+      with AMX, "winograd" for its 3x3 stride-1 ones of 64-127 and 128+ channels; 1-D convolutions
+      and empty operands (a zero in either shape) get "lax".
     """
     p = normalize_platform(platform)
     bf16 = _is_bfloat16(dtype)  # checked on every platform, before the shapes
@@ -217,6 +220,8 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     dilation = shapes.normalize_tuple(dilation, "dilation", rank)  # checked on every platform, as stride
+    if 0 in tuple(x_shape) or 0 in tuple(w_shape):  # nothing to compute: conv runs lax (conv_nd's docstring)
+        return "lax"
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
         if rank == 2 and _onednn_takes(x_shape, kernel, cin_g, cout, stride, layout, dtype):
             return "onednn"

@@ -36,6 +36,11 @@ arguments and agree to rounding on finite inputs; ``fcnn/ops/conv.py`` tabulates
   float32 and bfloat16 with groups 1 (lax for the rest); lax's NaN/inf pattern (guards as above).
 
 Non-lax implementations work channels-last and transpose channels-first arrays in and out.
+Empty operands: where x or w has no elements (a batch of 0, 0 input or output channels) every output
+is a sum of no products, so z is empty or the bias alone. lax computes such a call whatever ``impl``
+says: oneDNN refuses zero channels (an INTERNAL error at run time), the fusion barrier of the
+col2im-based gradients (``conv_vjp.fusion_barrier``, a reduce_window) an empty channel axis, and
+"auto"'s CPU cost rule divides by the batch.
 dtypes: float32, float64 and bfloat16; reference/im2col accumulate bfloat16 products in float32,
 fft computes in float32 (float64 for float64 inputs) and casts back.
 
@@ -312,12 +317,16 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layou
     Returns:
       z: (n, *out, cout) or (n, cout, *out) in ``layout``, the dtype of ``x``/``w`` (promoted), with
       ``out`` from ``shapes.conv_output_shape``.
+      An empty x or w (no examples, no input or output channels) is computed by lax, whatever
+      ``impl`` says: z is empty, or b alone (each output a sum of no products); gradients are lax's.
     Raises:
       ValueError/TypeError naming the argument, before any computation.
     """
     layout, stride, pads, dilation, mode, dtype = _geometry(x, w, b, stride, padding, dilation, groups, layout,
                                                             impl, padding_mode)
     precision = check_precision(precision)
+    if 0 in jnp.shape(x) or 0 in jnp.shape(w):
+        impl = "lax"  # an empty sum: every implementation's value, which several cannot form (module docstring)
     if impl == "auto":
         impl = _auto.select_conv_impl(jax.default_backend(), jnp.shape(x), jnp.shape(w), stride=stride,
                                       dilation=dilation, groups=groups, layout=layout, dtype=dtype)
