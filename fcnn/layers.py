@@ -160,7 +160,7 @@ def Flatten(*, layout="NHWC") -> Layer:
         if jnp.ndim(x) < 2:
             raise input_mismatch("Flatten", jnp.shape(x), "(n, ...)", "x must have rank >= 2: a batch dim and at "
                                  "least one more", rank_ok=False)
-        return jnp.reshape(x, (x.shape[0], -1)), state
+        return jnp.reshape(x, (x.shape[0], numel(x.shape[1:]))), state  # not -1: a batch of 0 has no quotient
 
     def rf(i):
         return (shapes.spatial_dims(i, layout)[0] if len(i) == 4 else 1, 1, 1)

@@ -68,6 +68,17 @@ def test_model_init_shape_equals_apply_shape(name):
     assert out_shape == y.shape == want and y.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_model_takes_an_empty_batch_in_eval(name):
+    """A batch of 0 gives 0 outputs of the usual shape (before, Flatten's and the global max pool's
+    reshape to (0, -1) and auto's conv cost rule raised; traced only)."""
+    model = models.get_model(name, num_classes=7)
+    in_shape = models.input_shape(name, batch=2)
+    _, params, state = abstract_init(model, in_shape)
+    y = jax.eval_shape(model.apply, params, state, jax.ShapeDtypeStruct((0,) + in_shape[1:], jnp.float32))[0]
+    assert y.shape == ((0,) + in_shape[1:-1] + (7,) if name == "unet" else (0, 7))
+
+
 def test_lenet5_parameters_by_hand():
     _, params, _ = abstract_init(models.lenet5(), (1, 28, 28, 1))
     shapes = [{k: v.shape for k, v in p.items()} for p in params if p]

@@ -77,6 +77,7 @@ padding follows XLA (extra pad at the end).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -322,7 +323,7 @@ def global_max_pool(x, *, layout=None):
     """
     layout, sizes = _global_sizes(x, layout)
     y = max_pool(x, sizes, layout=layout, impl="custom_vjp")  # (n, 1, ..., c) or (n, c, 1, ...)
-    return jnp.reshape(y, (y.shape[0], -1))  # (n, c)
+    return jnp.reshape(y, (y.shape[0], math.prod(y.shape[1:])))  # (n, c); not -1: a batch of 0 has no quotient
 
 
 def global_avg_pool2d(x, *, layout="NHWC"):
