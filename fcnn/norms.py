@@ -196,6 +196,8 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
     the variance that enters the running average is the unbiased ``var * m / (m - 1)``, as
     PyTorch keeps it (the batch is still normalised by the biased one; pytorch#60528,
     timm#815). ``train=False`` uses the running statistics and returns the state unchanged.
+    An empty batch (no values per channel) is refused with ``train=True`` (ValueError), where its
+    statistics would be 0/0 and the running ones NaN from then on; ``train=False`` takes it.
     With ``axis_name`` (inside ``pmap``/``shard_map``) the mean and then the variance around
     the global mean are averaged with ``lax.pmean`` (m counts the global batch), so with
     equal per-device batches they equal the statistics of the global batch. The train-mode
@@ -250,6 +252,10 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
         xs = x.astype(acc_dtype(x.dtype))
         if train:
             c = xs.shape[ca]
+            if c and not xs.size:
+                raise ValueError(f"BatchNorm with train=True takes the batch's statistics per channel, and x of shape "
+                                 f"{tuple(x.shape)} has no values per channel: their mean would be 0/0 and the running "
+                                 "statistics NaN. Skip the empty batch, or apply with train=False")
             scale, offset = ((params["scale"].astype(xs.dtype), params["offset"].astype(xs.dtype)) if params
                              else (jnp.ones((c,), xs.dtype), jnp.zeros((c,), xs.dtype)))
             y, mean, var = _batch_norm_train(xs, scale, offset, ca, axis_name, epsilon)

@@ -137,6 +137,19 @@ def test_batchnorm_train_normalises_and_updates_running_stats():
     np.testing.assert_allclose(np.asarray(new["var"]), 0.8 + 0.2 * var, rtol=1e-10)
 
 
+def test_batchnorm_refuses_an_empty_batch_in_training_and_takes_it_in_eval():
+    """With no values per channel the batch mean is 0/0: training refuses it (before, the running
+    statistics became NaN and stayed so); eval normalises nothing and keeps the state."""
+    bn = BatchNorm(momentum=0.8, param_dtype=jnp.float64)
+    _, p, s = bn.init(KEY, (4, 5, 5, 3))
+    with pytest.raises(ValueError, match=re.escape("x of shape (0, 5, 5, 3) has no values per channel")):
+        bn.apply(p, s, jnp.zeros((0, 5, 5, 3)), train=True)
+    y, kept = bn.apply(p, s, jnp.zeros((0, 5, 5, 3)), train=False)
+    assert y.shape == (0, 5, 5, 3)
+    np.testing.assert_array_equal(np.asarray(kept["mean"]), np.zeros(3))
+    np.testing.assert_array_equal(np.asarray(kept["var"]), np.ones(3))
+
+
 def test_batchnorm_unbiased_running_variance_by_hand():
     """One channel holding 1, 2, 3, 6 (m = 4): biased var 14/4 = 3.5, unbiased 14/3.
     PyTorch (momentum p = 0.1 <=> fcnn 0.9) keeps 0.9 * 1 + 0.1 * 14/3 = 1.3666...; the batch itself
