@@ -67,7 +67,7 @@ def per_example_grad_norms(grads: Params) -> Array:
     leaves = jax.tree.leaves(grads)
     if not leaves:
         raise ValueError("grads must have at least one leaf")
-    sq = [jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1) for g in leaves]
+    sq = [jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))) for g in leaves]  # (n,) each, n = 0 too
     return jnp.sqrt(sum(sq))
 
 
@@ -102,7 +102,10 @@ def dp_sgd_grad(loss_fn: Callable, params: Params, state: State, x: Array, y: Ar
     _checks.non_negative_float(noise_multiplier, "noise_multiplier")
     if noise_multiplier > 0 and key is None:
         raise ValueError("key is required when noise_multiplier > 0")
+    _check_xy(x, y)
     n = jnp.shape(x)[0]
+    if n == 0:
+        raise ValueError(f"x must hold at least one example: DP-SGD's gradient is a mean over them, got x {jnp.shape(x)}")
     clipped = clip_per_example(per_example_grads(loss_fn, params, state, x, y), max_norm)
     summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), clipped)
     if noise_multiplier > 0:

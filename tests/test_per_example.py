@@ -78,6 +78,19 @@ def test_dp_sgd_grad_mean_of_clipped_and_noise():
     np.testing.assert_array_equal(_flat(noisy), _flat(again))
 
 
+def test_an_empty_batch_has_empty_norms_and_no_dp_sgd_mean():
+    """0 examples: 0 per-example gradients, 0 norms and 0 clipped ones (before, the norms' reshape to
+    (0, -1) raised); DP-SGD's mean over them would be 0/0, so it is refused naming x."""
+    model, params, state, x, y = _setup()
+    loss = per_example.model_loss(model)
+    g = per_example.per_example_grads(loss, params, state, x[:0], y[:0])
+    assert all(a.shape[0] == 0 for a in jax.tree.leaves(g))
+    assert per_example.per_example_grad_norms(g).shape == (0,)
+    assert all(a.shape[0] == 0 for a in jax.tree.leaves(per_example.clip_per_example(g, 1.0)))
+    with pytest.raises(ValueError, match=r"x must hold at least one example.*\(0, 6, 6, 2\)"):
+        per_example.dp_sgd_grad(loss, params, state, x[:0], y[:0], max_norm=1.0)
+
+
 def test_bad_arguments_name_the_argument():
     model, params, state, x, y = _setup()
     loss = per_example.model_loss(model)
