@@ -198,6 +198,9 @@ def plain_train_step(
 
     def one_step(params, state, opt_state, batch, key):
         x, y = batch
+        if not jnp.shape(x)[0]:  # static under jit: refused while tracing, before any computation
+            raise ValueError(f"the batch must hold at least one example (the loss is their mean), got x of shape "
+                             f"{tuple(jnp.shape(x))}")
         check_key(key, "the train step")
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))

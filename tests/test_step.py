@@ -196,6 +196,20 @@ def test_the_step_refuses_anything_but_a_prng_key(data, key, exc, got):
     assert np.isfinite(float(typed[3]["loss"]))
 
 
+def test_the_step_refuses_an_empty_batch(data):
+    """The loss is a mean over the batch: 0 examples gave a NaN loss and accuracy (and an update from
+    zero gradients) without a word; now the step refuses them while tracing, one step or k."""
+    model, opt = mlp(), make_optimizer("sgd", 0.1)
+    x, y = data.x_train[:8], data.y_train[:8]
+    p, s, o = init_trees(model, x, opt)
+    with pytest.raises(ValueError, match=re.escape("the batch must hold at least one example (the loss is their "
+                                                   f"mean), got x of shape {(0,) + x.shape[1:]}")):
+        make_train_step(model, opt, donate=False)(p, s, o, (x[:0], y[:0]), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="the batch must hold at least one example"):
+        make_train_step(model, opt, donate=False, steps_per_call=2)(
+            p, s, o, (np.stack([x[:0]] * 2), np.stack([y[:0]] * 2)), jax.random.split(jax.random.PRNGKey(0), 2))
+
+
 def test_the_scanned_step_wants_one_key_per_step(data):
     model, opt = mlp(), make_optimizer("sgd", 0.1)
     x, y = data.x_train[:8], data.y_train[:8]
