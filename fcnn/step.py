@@ -283,7 +283,8 @@ def make_train_step(
         the limit (wide nets at batch 64 and more).
 
     Returns:
-      ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``.
+      ``step(params, state, opt_state, batch, key) -> (params, state, opt_state, metrics)``; a batch
+      of 0 examples is refused (ValueError) while the step is traced.
 
     On CPU it compiles with ``compiler_options()`` and calls ``fcnn.runtime.keep_cpu_memory()``:
     glibc then keeps the step's freed temporaries for the next call instead of handing out new
