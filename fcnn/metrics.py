@@ -23,8 +23,10 @@ batch size. The metrics:
     MeanSquaredError()  squared error, count               mse = sq / count
     MeanAbsoluteError() absolute error, count              mae = abs / count
 
-Counts are int32 (exact); error sums are in at least float32. A value with nothing to average
-(count 0, no class present) is nan.
+A batch's counts are int32 and its error sums in at least float32; ``add_sums`` adds batches on
+the host in int64 / float64 (``host_sums``), so a set's counts stay exact past 2**31 elements (an
+int32 total wrapped negative there: MSE < 0, PSNR nan). A value with nothing to average (count 0,
+no class present) is nan.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import numpy as np
 from fcnn import _checks
 from fcnn.dtypes import acc_dtype
 
-__all__ = ["Metric", "Accuracy", "Confusion", "PSNR", "MeanSquaredError", "MeanAbsoluteError", "add_sums",
+__all__ = ["Metric", "Accuracy", "Confusion", "PSNR", "MeanSquaredError", "MeanAbsoluteError", "add_sums", "host_sums",
            "finalize_all", "confusion_counts", "iou_from_confusion"]
 
 
@@ -53,9 +55,19 @@ class Metric(NamedTuple):
     names: Tuple[str, ...]
 
 
+def host_sums(sums: dict) -> dict:
+    """Sums as host arrays widened to float64 (floating leaves) or int64 (integer leaves)."""
+    def wide(a):
+        a = np.asarray(a)
+        return a.astype(np.float64 if np.issubdtype(a.dtype, np.floating) else np.int64)
+    return jax.tree.map(wide, sums)
+
+
 def add_sums(total: Optional[dict], sums: dict) -> dict:
-    """``total + sums`` leaf by leaf (``total=None``: the first batch)."""
-    return sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+    """``total + sums`` leaf by leaf on the host, in float64 / int64 (``host_sums``; ``total=None``:
+    the first batch)."""
+    sums = host_sums(sums)
+    return sums if total is None else jax.tree.map(np.add, host_sums(total), sums)
 
 
 def finalize_all(metrics, totals: dict) -> Dict[str, float]:

@@ -362,11 +362,10 @@ def evaluate(
     bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1))) if np.issubdtype(x.dtype, np.floating) else 0
     if eval_step is None:
         eval_step = make_eval_step(model, task=task, dtype_policy=check_dtype_policy(dtype_policy, precision))
-    loss_sum, totals = jnp.zeros((), jnp.float32), None
-    for xb, yb, mask in data_lib.eval_batches(x, y, batch_size):
-        l, sums = eval_step(params, state, xb, yb, mask)
-        loss_sum, totals = loss_sum + l, metrics_lib.add_sums(totals, sums)
-    loss_sum, totals = jax.device_get((loss_sum, totals))
+    batches = [eval_step(params, state, xb, yb, mask) for xb, yb, mask in data_lib.eval_batches(x, y, batch_size)]
+    loss_sum, totals = 0.0, None  # added on the host, in float64 / int64 (fcnn.metrics.add_sums)
+    for l, sums in jax.device_get(batches):
+        loss_sum, totals = loss_sum + float(l), metrics_lib.add_sums(totals, sums)
     if bad:  # a metric over images the model could not see is no metric
         warnings.warn(f"x holds {bad} of {len(x)} examples with nan or inf values: loss and "
                       f"{', '.join(task.metric_names)} are nan", RuntimeWarning, stacklevel=2)

@@ -65,12 +65,6 @@ class FitResult(NamedTuple):
     seconds: float  # wall time of this fit call
 
 
-def _host_sums(sums):
-    """A step's metric sums on the host in float64 / int64 (exact through a checkpoint's JSON)."""
-    return jax.tree.map(lambda a: np.asarray(a, np.float64 if np.issubdtype(np.asarray(a).dtype, np.floating)
-                                             else np.int64), sums)
-
-
 class EpochSums(NamedTuple):
     """One epoch's training sums so far: the per-step losses and the task's metric sums (host float64 /
     int64 arrays, ``fcnn.metrics``); a checkpoint stores them as a dict (``to_meta``)."""
@@ -80,7 +74,7 @@ class EpochSums(NamedTuple):
     sums: Optional[dict] = None  # {metric name: {key: array}}, None before the first step
 
     def add(self, loss: float, sums: dict) -> "EpochSums":
-        return EpochSums(self.loss + loss, self.steps + 1, metrics_lib.add_sums(self.sums, _host_sums(sums)))
+        return EpochSums(self.loss + loss, self.steps + 1, metrics_lib.add_sums(self.sums, sums))
 
     def values(self, task: tasks.Task):
         """(mean loss over the steps, {metric: value over the epoch's examples}), or (None, {}) before any."""
@@ -97,7 +91,7 @@ class EpochSums(NamedTuple):
         """The sums a checkpoint holds; a list ``[loss, accuracy sum, steps]`` (classify, before tasks)
         becomes correct / count sums over ``steps`` batches of ``batch_size``."""
         if isinstance(meta, dict):
-            return cls(meta["loss"], meta["steps"], _host_sums(meta["sums"]) if meta["sums"] is not None else None)
+            return cls(meta["loss"], meta["steps"], metrics_lib.host_sums(meta["sums"]) if meta["sums"] is not None else None)
         loss, acc, steps = meta
         sums = {"accuracy": {"correct": np.int64(round(acc * batch_size)), "count": np.int64(steps * batch_size)}}
         return cls(loss, steps, sums if steps else None)

@@ -90,6 +90,19 @@ def test_error_metrics_over_uneven_batches_are_the_full_set_value(metric, name, 
     assert np.mean([b[name] for b in per_batch]) != pytest.approx(want, rel=1e-6)
 
 
+def test_set_totals_stay_exact_past_int32():
+    """Two batches of 1.2e9 elements each (a 256x256x3 reconstruction set passes 2**31 elements at
+    ~11k images): int32 totals wrapped negative, so MSE came out -1.27 and PSNR nan; the host's int64
+    / float64 totals give MSE 1, PSNR 0 dB and the exact count."""
+    batch = {"sq": jnp.float32(1.2e9), "count": jnp.int32(1_200_000_000)}
+    total = M.add_sums(M.add_sums(None, batch), batch)
+    assert int(total["count"]) == 2_400_000_000 and total["count"].dtype == np.int64
+    assert M.MeanSquaredError().finalize(total)["mse"] == 1.0
+    assert M.PSNR(1.0).finalize(total)["psnr"] == 0.0
+    hits = {"correct": jnp.int32(2 ** 31 - 1), "count": jnp.int32(2 ** 31 - 1)}
+    assert M.Accuracy().finalize(M.add_sums(M.add_sums(None, hits), hits))["accuracy"] == 1.0
+
+
 def test_psnr_by_hand_and_limits():
     # MSE 0.01 with data range 1: 10 log10(1 / 0.01) = 20 dB
     assert M.PSNR().finalize({"sq": 0.04, "count": 4})["psnr"] == pytest.approx(20.0, rel=1e-14)
