@@ -93,10 +93,12 @@ def check_labels(x, y, num_classes: int, name: str = "y") -> None:
 
 def resolve_task(task=None, loss_fn: Optional[Callable] = None) -> tasks.Task:
     """The ``Task`` to train or evaluate: ``tasks.get_task(task)`` ("classify" when None), with its loss
-    replaced by ``loss_fn(outputs, targets) -> scalar`` (a batch mean) when that is given."""
+    replaced by ``loss_fn(outputs, targets) -> scalar`` (a batch mean, every example alike: no
+    ``loss_weight``) when that is given."""
     task = tasks.get_task("classify" if task is None else task)
-    if loss_fn is not None:
-        task = task._replace(loss=_checks.function(loss_fn, "loss_fn", hint="(logits, labels) -> scalar"))
+    if loss_fn is not None:  # a loss of the user's: its examples count alike (no loss_weight)
+        task = task._replace(loss=_checks.function(loss_fn, "loss_fn", hint="(logits, labels) -> scalar"),
+                             loss_weight=None)
     return task
 
 
@@ -144,6 +146,14 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
     return logits.astype(jnp.float32), _restore_dtypes(new_state, state)
 
 
+def _device_share(weight, axis_name: str):
+    """This device's ``weight`` over the devices' mean weight (0 where every weight is 0): the factor
+    that turns the ``pmean`` of per-device mean losses and gradients into their mean over the global
+    batch's loss terms, when devices hold different numbers of them (``Task.loss_weight``)."""
+    average = jax.lax.pmean(weight, axis_name)
+    return jnp.where(average > 0, weight / jnp.where(average > 0, average, 1), 0)
+
+
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
     """Keys for global steps ``start .. start+k-1``: ``fold_in(train_key, t)``, on the host.
 
@@ -174,7 +184,10 @@ def plain_train_step(
     With ``axis_name`` (the function then runs inside ``pmap`` / ``shard_map`` over that
     axis) the step key is folded with the device index, and the gradients, the metrics and
     the new model state are ``lax.pmean``-ed over the axis, so every device applies the
-    same update (the metrics' sums are ``lax.psum``-ed: the global batch's sums).
+    same update (the metrics' sums are ``lax.psum``-ed: the global batch's sums). Where the task
+    weighs its examples (``Task.loss_weight``: segment with an ignore_index), each device's loss and
+    gradients are first weighted by its share of the loss terms, so the step equals one device's
+    on the global batch.
     ``fcnn.parallel`` builds its data-parallel steps from this function. Arguments as ``make_train_step``.
     """
     check_layer(model, "model")
@@ -209,6 +222,9 @@ def plain_train_step(
             x = augment(aug_key, x)
         grads, (loss, logits, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
         sums = _batch_sums(task, logits, y)
+        if axis_name is not None and task.loss_weight is not None:
+            share = _device_share(jnp.sum(task.loss_weight(y)), axis_name)
+            grads, loss = jax.tree.map(lambda g: g * share.astype(g.dtype), grads), loss * share
         grads = mean(grads)
         if axis_name is not None:
             new_state = _restore_dtypes(mean(new_state), state)
@@ -305,8 +321,11 @@ def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=Non
 
     ``mask`` (n,) is 1.0 for real rows and 0.0 for padding, so a padded last batch keeps the
     compiled shape. Per-example losses come from applying the task's loss (or ``loss_fn``) to
-    one row at a time (``vmap``), so any batch-mean loss works; ``sums`` holds the task's
-    metrics' batch sums over the real rows (``{metric name: sums}``, to ``metrics.add_sums``).
+    one row at a time (``vmap``), so any batch-mean loss works; ``loss_sum`` adds them over the
+    real rows, each times the task's ``loss_weight`` where it has one (segment with an
+    ignore_index: the example's kept pixels), so the set's loss is ``loss_sum`` over the weights'
+    total. ``sums`` holds the task's metrics' batch sums over the real rows (``{metric name:
+    sums}``, to ``metrics.add_sums``).
     """
     task = resolve_task(task, loss_fn)
     dtype_policy = check_dtype_policy(dtype_policy, precision)
@@ -314,7 +333,8 @@ def make_eval_step(model: Layer, loss_fn: Optional[Callable] = None, *, task=Non
     def eval_step(params, state, x, y, mask):
         logits, _ = _forward(model, params, state, x, None, False, dtype_policy)
         per_example = jax.vmap(lambda l, t: task.loss(l[None], t[None]))(logits, y)
-        return jnp.sum(per_example * mask), _batch_sums(task, logits, y, mask)
+        weight = mask if task.loss_weight is None else mask * task.loss_weight(y)
+        return jnp.sum(per_example * weight), _batch_sums(task, logits, y, mask)
 
     return jax.jit(eval_step, compiler_options=compiler_options(heap_limit=False))
 
@@ -333,7 +353,9 @@ def evaluate(
     eval_step=None,
     precision: Optional[str] = None,
 ) -> dict:
-    """Mean loss and the task's metrics over ``(x, y)``, every example counted exactly once.
+    """Mean loss and the task's metrics over ``(x, y)``, every example counted exactly once (the
+    loss of a task with a ``loss_weight``, segment with an ignore_index: the mean over every kept
+    pixel of the set, as one batch of the whole set would give).
 
     The metrics come from sums over the whole set (``fcnn.metrics``): the last batch is padded
     and its padding rows masked, so the values are the full-set values whatever ``batch_size``.
@@ -371,7 +393,8 @@ def evaluate(
                       f"{', '.join(task.metric_names)} are nan", RuntimeWarning, stacklevel=2)
         return {"loss": float("nan"), **{k: float("nan") for k in task.metric_names}, "n": len(x)}
     values = metrics_lib.finalize_all(task.metrics, totals)
-    return {"loss": float(loss_sum) / len(x), **{k: values[k] for k in task.metric_names}, "n": len(x)}
+    weight = len(x) if task.loss_weight is None else float(np.sum(np.asarray(task.loss_weight(y), np.float64)))
+    return {"loss": loss_sum / max(weight, 1.0), **{k: values[k] for k in task.metric_names}, "n": len(x)}
 
 
 _PROBABILITIES = ("classify", "segment")  # tasks whose predictions are softmax probabilities

@@ -1,11 +1,15 @@
 """Tasks: what a network is trained for = a loss, metrics over the evaluation set, and a target check.
 
-    Task(name, loss, metrics, check_targets, metric_names)
+    Task(name, loss, metrics, check_targets, metric_names, loss_weight=None)
       loss(outputs, targets) -> ()                  the training loss, a mean over the batch
       metrics: tuple of fcnn.metrics.Metric         sums per batch, finalized over the whole set
       check_targets(outputs_shape, y) -> None       on the host, before any computation: raises
                                                     ValueError/TypeError naming the rule
       metric_names: the finalized values a log shows
+      loss_weight(targets) -> (n,)                  how many terms each example adds to the loss's
+                                                    mean, where examples differ (None: equal);
+                                                    a set's or a global batch's loss weights each
+                                                    example's loss by it (``fcnn.step``)
 
     built-in                          loss                               metrics (logged)
     classify()                        softmax cross-entropy              accuracy
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from fcnn import _checks, losses
@@ -41,6 +46,7 @@ class Task(NamedTuple):
     metrics: Tuple[M.Metric, ...]
     check_targets: Callable
     metric_names: Tuple[str, ...]
+    loss_weight: Optional[Callable] = None
 
 
 # ----------------------------------------------------------------------------- target checks
@@ -103,7 +109,9 @@ def classify(*, label_smoothing: float = 0.0) -> Task:
 def segment(num_classes: int, *, ignore_index: Optional[int] = None) -> Task:
     """Per-pixel softmax cross-entropy on (n, ..., k) logits against (n, ...) integer labels in
     [0, num_classes) (pixels labelled ``ignore_index`` count nowhere); confusion counts over the set
-    give pixel accuracy, mean IoU and foreground IoU (``fcnn.metrics``)."""
+    give pixel accuracy, mean IoU and foreground IoU (``fcnn.metrics``). With ``ignore_index`` the
+    loss is a mean over the kept pixels, so its ``loss_weight`` counts each example's: a set's loss
+    and a data-parallel step's are then that mean over all of them, as one batch would give."""
     num_classes = _checks.positive_int(num_classes, "num_classes")
     if ignore_index is not None and not _checks.is_int(ignore_index):
         raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
@@ -111,6 +119,10 @@ def segment(num_classes: int, *, ignore_index: Optional[int] = None) -> Task:
 
     def loss(outputs, targets):
         return losses.pixelwise_cross_entropy(outputs, targets, ignore_index=ignore_index)
+
+    def kept_pixels(targets):  # the loss averages over these: an example's mean weighs by its count
+        t = jnp.asarray(targets)
+        return jnp.sum(t != ignore_index, axis=tuple(range(1, t.ndim)), dtype=jnp.float32)
 
     def check(outputs_shape, y) -> None:
         outputs_shape = tuple(outputs_shape)
@@ -122,7 +134,7 @@ def segment(num_classes: int, *, ignore_index: Optional[int] = None) -> Task:
                              f"(one label per pixel) for outputs {outputs_shape}, got shape {_shape(y)}")
         _check_labels(y, num_classes, ignore_index, "segment")
 
-    return Task("segment", loss, (conf,), check, conf.names)
+    return Task("segment", loss, (conf,), check, conf.names, None if ignore_index is None else kept_pixels)
 
 
 def _regression_loss(loss: str) -> Callable:

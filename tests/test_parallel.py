@@ -53,7 +53,7 @@ def test_bad_arguments_name_the_argument():
 _MULTI_DEVICE = textwrap.dedent(r"""
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
-    from fcnn import parallel
+    from fcnn import parallel, tasks
     from fcnn.combinators import serial
     from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
     from fcnn.train import make_train_step
@@ -98,6 +98,28 @@ _MULTI_DEVICE = textwrap.dedent(r"""
         out[name] = {"params_rel": rel(p, ref_p), "state_rel": rel(s, ref_s), "loss": l,
                      "dtype": str(jax.tree.leaves(p)[0].dtype)}
 
+    # segmentation with an ignore_index: the devices hold different numbers of kept pixels
+    seg_task, seg = tasks.segment(3, ignore_index=255), serial(Conv2D(3, 3, padding="SAME"))
+    _, sp0, ss0 = seg.init(jax.random.PRNGKey(2), (1, 6, 6, 2))
+    sx = rng.normal(size=(N, 6, 6, 2)).astype(np.float32)
+    sy = rng.integers(0, 3, (N, 6, 6)).astype(np.int32)
+    sy[:2] = 255  # the first device's pixels all ignored
+    sy[2:5, :4] = 255
+    sopt = optax.sgd(0.5)
+    sp_ref, _, _, sm_ref = make_train_step(seg, sopt, task=seg_task, donate=False)(
+        copy(sp0), ss0, sopt.init(sp0), (sx, sy), key)
+    out["seg"] = {"moved": rel(sp0, sp_ref)}
+    for name, step, pre, post in [
+        ("pmap", parallel.make_pmap_train_step(seg, sopt, task=seg_task), rep, parallel.unreplicate),
+        ("sharded", parallel.make_sharded_train_step(seg, sopt, parallel.make_mesh(8), task=seg_task), None, None),
+        ("shard_map", parallel.make_shard_map_train_step(seg, sopt, parallel.make_mesh(8), task=seg_task), None, None),
+    ]:
+        pre, post = pre or (lambda t: t), post or (lambda t: t)
+        batch = shard((sx, sy)) if name == "pmap" else (sx, sy)
+        p, _, _, m = step(pre(copy(sp0)), pre(ss0), pre(sopt.init(sp0)), batch, key)
+        out["seg"][name] = {"params_rel": rel(post(p), sp_ref), "loss": float(np.ravel(m["loss"])[0])}
+    out["seg"]["ref_loss"] = float(sm_ref["loss"])
+
     errors = {}
     pstep = parallel.make_pmap_train_step(model("batch"), opt)
     try:
@@ -140,6 +162,16 @@ def test_data_parallel_steps_equal_single_device(multi_device, name):
     assert r["state_rel"] <= 1e-6, r  # cross-device BatchNorm stats = single-device global-batch stats
     np.testing.assert_allclose(r["loss"], multi_device["ref_loss"], rtol=1e-6)
     assert multi_device["ref_loss"][2] != multi_device["ref_loss"][0]  # params really moved
+
+
+@pytest.mark.parametrize("name", ["pmap", "sharded", "shard_map"])
+def test_data_parallel_segmentation_with_ignored_pixels_equals_single_device(multi_device, name):
+    """The loss is a mean over the kept pixels of the global batch; devices holding fewer of them
+    (one holds none) weigh less. A plain pmean of per-device means gave another loss and update."""
+    r = multi_device["seg"]
+    assert r["moved"] > 1e-2  # the step really changed the weights
+    assert r[name]["params_rel"] <= 1e-6, r
+    np.testing.assert_allclose(r[name]["loss"], r["ref_loss"], rtol=1e-6)
 
 
 def test_pmap_without_bn_axis_name_uses_local_statistics(multi_device):
