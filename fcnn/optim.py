@@ -19,7 +19,7 @@ Schedules (``total_steps`` is required for all but "constant"):
     constant       lr
     cosine         lr * (1 + cos(pi * t / T)) / 2
     warmup_cosine  linear 0 -> lr over the first 5% of T (at least 1 step), then cosine to 0
-    step           lr, x0.1 from 50% of T, x0.01 from 75% of T
+    step           lr, x0.1 from step floor(T/2), x0.01 from step floor(3T/4)
 """
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ def make_schedule(learning_rate: float, schedule: str = "constant", total_steps:
     if schedule == "warmup_cosine":
         warmup = max(1, total // 20)
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1))
-    return optax.piecewise_constant_schedule(lr, {total // 2: 0.1, (3 * total) // 4: 0.1})
+    drops = {}  # boundary step -> factor; the two coincide for T <= 2 and then multiply
+    for boundary in (total // 2, (3 * total) // 4):
+        drops[boundary] = drops.get(boundary, 1.0) * 0.1
+    return optax.piecewise_constant_schedule(lr, drops)
 
 
 def make_optimizer(

@@ -88,10 +88,15 @@ def test_schedules_by_hand():
     assert float(wc(5)) == pytest.approx(0.1)
     step = make_schedule(0.1, "step", total_steps=100)
     assert [float(step(t)) for t in (49, 50, 74, 75)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+    # tiny T, by the same rule (x0.1 from floor(T/2), x0.01 from floor(3T/4)): where the two
+    # boundaries coincide both drops apply (one was lost before: T=1 gave 0.01, T=2 0.01 at step 1)
+    for total, want in [(1, [0.001]), (2, [0.1, 0.001]), (3, [0.1, 0.01, 0.001]), (4, [0.1, 0.1, 0.01, 0.001])]:
+        tiny = make_schedule(0.1, "step", total_steps=total)
+        assert [float(tiny(t)) for t in range(total)] == pytest.approx(want), total
 
 
 def test_schedule_drives_the_update():
-    opt = make_optimizer("sgd", 0.1, schedule="step", total_steps=2)  # x0.1 from step 1
+    opt = make_optimizer("sgd", 0.1, schedule="step", total_steps=3)  # x0.1 from step floor(3/2) = 1
     u1, u2 = _two_updates(opt)
     _close(u1, _map(lambda g: -0.1 * g, G1))
     _close(u2, _map(lambda g: -0.01 * g, G2))
