@@ -203,8 +203,11 @@ def get_task(task, *, metrics: Optional[Sequence[str]] = None, **opts) -> Task:
 
 def score(task: Task, outputs, targets, *, batch_size: Optional[int] = None) -> Dict[str, float]:
     """The task's metrics over ``(outputs, targets)`` (host arrays), summed over batches of
-    ``batch_size`` rows (the last padded and masked, as an evaluation step sees them; None: one batch)."""
+    ``batch_size`` rows (the last padded and masked, as an evaluation step sees them; None: one batch).
+    Raises ValueError unless both hold the same non-zero number of rows."""
     n = len(outputs)
+    if n != len(targets) or n == 0:
+        raise ValueError(f"outputs and targets must hold the same non-zero number of rows, got {n} and {len(targets)}")
     batch_size = n if batch_size is None else _checks.positive_int(batch_size, "batch_size")
     totals = {}
     for start in range(0, n, batch_size):

@@ -127,3 +127,14 @@ def test_a_users_own_task_works_with_no_change_to_fcnn():
     assert T.score(mine, out, target, batch_size=2) == {"mae": pytest.approx(7 / 3)}
     with pytest.raises(ValueError, match="apply to a task given by name"):
         T.get_task(mine, num_classes=3)
+
+
+def test_score_refuses_no_rows_or_unequal_rows():
+    """0 rows crashed inside the batching (range step 0, or a KeyError); now a ValueError names both."""
+    task = T.classify()
+    with pytest.raises(ValueError, match="outputs and targets must hold the same non-zero number of rows, got 0 and 0"):
+        T.score(task, np.zeros((0, 3), np.float32), np.zeros(0, int))
+    with pytest.raises(ValueError, match="got 0 and 0"):
+        T.score(task, np.zeros((0, 3), np.float32), np.zeros(0, int), batch_size=4)
+    with pytest.raises(ValueError, match="got 2 and 3"):
+        T.score(task, np.zeros((2, 3), np.float32), np.zeros(3, int))
