@@ -26,6 +26,7 @@ builds one by name (a ``Task`` passes through), optionally with other metrics by
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
@@ -186,14 +187,24 @@ def _metrics_by_name(names: Sequence[str], opts: dict) -> Tuple[M.Metric, ...]:
     return tuple(built.values())
 
 
+_METRIC_OPTIONS = ("num_classes", "ignore_index", "data_range")  # what the builders in _METRICS read
+
+
 def get_task(task, *, metrics: Optional[Sequence[str]] = None, **opts) -> Task:
     """``TASKS[task](**opts)``, or ``task`` itself when it is a ``Task``; ``metrics``: names from
-    ``METRIC_NAMES`` that replace the task's own (options such as ``num_classes`` build them)."""
-    if isinstance(task, Task):
-        if opts:
-            raise ValueError(f"options {sorted(opts)} apply to a task given by name, not to a Task")
-    else:
-        task = TASKS[_checks.choice(task, sorted(TASKS), "task")](**opts)
+    ``METRIC_NAMES`` that replace the task's own, built from ``opts`` (``num_classes``,
+    ``ignore_index``, ``data_range``) whether or not the task itself takes them, e.g.
+    ``get_task("classify", metrics=["mean_iou"], num_classes=10)``."""
+    named = not isinstance(task, Task)
+    build = TASKS[_checks.choice(task, sorted(TASKS), "task")] if named else None
+    takes = set(inspect.signature(build).parameters) if named else set()
+    others = sorted(k for k in opts if k not in takes)
+    if others and (metrics is None or not set(others) <= set(_METRIC_OPTIONS)):
+        whose = f"task {task!r} takes {', '.join(sorted(takes)) or 'none'}" if named else "a Task takes none"
+        raise ValueError(f"options {others} apply to no part of this task: {whose}, and metrics= may take "
+                         f"{', '.join(_METRIC_OPTIONS)}")
+    if named:
+        task = build(**{k: v for k, v in opts.items() if k in takes})
     if metrics is None:
         return task
     if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not metrics:

@@ -112,6 +112,30 @@ def test_get_task_errors_and_metric_override():
     assert [m.name for m in seg.metrics] == ["confusion"]  # one set of confusion counts serves both
 
 
+def test_metric_options_reach_the_metrics_of_any_task():
+    """The advice "needs the task option num_classes (get_task(..., num_classes=...))" now works for a
+    task that does not take it (the option went to classify() and raised TypeError), as does
+    data_range for psnr on regress; options nothing reads are refused naming what is taken."""
+    with pytest.raises(ValueError, match=r"get_task\(\.\.\., num_classes=\.\.\.\)"):
+        T.get_task("classify", metrics=["mean_iou"])
+    cls = T.get_task("classify", metrics=["accuracy", "mean_iou"], num_classes=3)
+    outputs = np.array([[3.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 0, 0]], np.float32)
+    got = T.score(cls, outputs, np.array([0, 1, 1, 0]))
+    # by hand: predicted 0,1,2,0 against 0,1,1,0 -> IoU class 0: 2/2, class 1: 1/2, class 2: 0/1
+    assert got["accuracy"] == 0.75 and got["mean_iou"] == pytest.approx((1 + 0.5 + 0) / 3)
+    reg = T.get_task("regress", metrics=["psnr"], data_range=255.0)
+    psnr = T.score(reg, np.full((2, 3), 10.0, np.float32), np.zeros((2, 3), np.float32))["psnr"]
+    assert psnr == pytest.approx(10 * np.log10(255.0 ** 2 / 100.0))
+    with pytest.raises(ValueError, match=r"options \['num_classes'\] apply to no part of this task: task 'classify' "
+                                         "takes label_smoothing"):
+        T.get_task("classify", num_classes=3)
+    with pytest.raises(ValueError, match=r"options \['colour'\] apply to no part"):
+        T.get_task("regress", metrics=["mse"], colour=1)
+    assert T.get_task(cls, metrics=["mean_iou"], num_classes=3).metric_names == ("mean_iou",)
+    with pytest.raises(ValueError, match="a Task takes none"):
+        T.get_task(cls, num_classes=3)
+
+
 def test_a_users_own_task_works_with_no_change_to_fcnn():
     def loss(outputs, targets):
         return jnp.mean(jnp.abs(outputs - targets) ** 3)
@@ -125,7 +149,7 @@ def test_a_users_own_task_works_with_no_change_to_fcnn():
     out, target = np.array([[1.0], [2.0], [4.0]]), np.array([[0.0], [0.0], [0.0]])
     assert float(mine.loss(out, target)) == pytest.approx((1 + 8 + 64) / 3)
     assert T.score(mine, out, target, batch_size=2) == {"mae": pytest.approx(7 / 3)}
-    with pytest.raises(ValueError, match="apply to a task given by name"):
+    with pytest.raises(ValueError, match=r"options \['num_classes'\] apply to no part of this task: a Task takes none"):
         T.get_task(mine, num_classes=3)
 
 
