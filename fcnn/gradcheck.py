@@ -11,7 +11,8 @@ Every check returns a list of ``Result`` records, one per argument leaf (``"x"``
   differences, one number per argument (what ``jax.test_util.check_grads`` does in rev mode);
   its relative error ``|a-b| / max(|a|, |b|)`` does not loosen with the input size.
 * ``full_jacobian(f, args, eps)``: the whole Jacobian, column by column by central differences,
-  against the one the VJP gives row by row (PyTorch's slow ``gradcheck``); small inputs only.
+  against the one the VJP gives row by row (PyTorch's slow ``gradcheck``), plus one random
+  cotangent's row, since unit cotangents alone pass a VJP that is not linear in them; small inputs only.
 * ``second_order(f, args, eps)``: with ``L = <f(args), c>`` and ``g = grad L``, reverse-over-
   reverse ``J_g^T v`` against central differences of the gradient ``J_g v``. For a true gradient
   ``J_g`` is the (symmetric) Hessian, so this fails both when the backward rule is not
@@ -291,11 +292,14 @@ def full_jacobian(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
                   tol: float = 1e-10) -> List[Result]:
     """The Jacobian of each (array) argument by central differences, column by column, vs the VJP's.
 
-    Costs one batched forward of ``2 * size`` inputs and one batched VJP of ``out.size``
+    The VJP's rows come from the unit cotangents, plus one random cotangent ``c`` (normal, seeded)
+    compared with ``c^T J``: a VJP right on every unit cotangent yet not linear in it (merging
+    overlapping windows with ``max`` instead of ``+``, or ``|c|``) passes the rows alone.
+    Costs one batched forward of ``2 * size`` inputs and one batched VJP of ``out.size + 1``
     cotangents per argument: keep inputs to a few hundred elements.
     Returns:
-      one ``Result("jacobian", name, ...)`` per argument, errors over the whole (out, in) matrix
-      relative to its largest entry.
+      one ``Result("jacobian", name, ...)`` per argument, errors over the whole (out + 1, in)
+      matrix relative to its largest entry.
     """
     _require_x64()
     args = _to_f64(tuple(args))
@@ -304,14 +308,15 @@ def full_jacobian(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
     @jax.jit
     def run(args):
         y, pull = jax.vjp(f, *args)
-        basis = jnp.eye(y.size, dtype=y.dtype).reshape((y.size, *y.shape))  # (out, *y.shape)
-        rows = jax.vmap(pull)(basis)  # per argument: (out, *arg.shape) = J
+        c = jax.random.normal(jax.random.PRNGKey(0), (1, y.size), y.dtype)  # the random cotangent
+        basis = jnp.concatenate([jnp.eye(y.size, dtype=y.dtype), c]).reshape((y.size + 1, *y.shape))
+        rows = jax.vmap(pull)(basis)  # per argument: (out + 1, *arg.shape) = J, then c^T J
         pairs = []
         for i, (a, e) in enumerate(zip(args, epss)):
             cols = jnp.eye(a.size, dtype=a.dtype).reshape((a.size, *a.shape))  # (in, *a.shape)
             col_fd = jax.vmap(lambda t, i=i, e=e: _central(f, args, i, t, e))(cols)  # (in, *y.shape)
             j_fd = jnp.reshape(col_fd, (a.size, y.size)).T  # (out, in)
-            pairs.append((jnp.reshape(rows[i], (y.size, a.size)), j_fd))  # (out, in) each
+            pairs.append((jnp.reshape(rows[i], (y.size + 1, a.size)), jnp.concatenate([j_fd, c @ j_fd])))
         return pairs
 
     return [Result("jacobian", name, *compare(j_ad, j_fd, jnp.float64), tol)

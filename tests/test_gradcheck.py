@@ -110,6 +110,19 @@ def test_full_jacobian_reports_an_injected_error_at_its_size():
     assert res["w"].max_rel < 1e-13 and res["b"].max_rel < 1e-13
 
 
+def test_full_jacobian_fails_a_vjp_right_on_unit_cotangents_only():
+    """A VJP of |c| instead of c gives every row of J exactly (unit cotangents are >= 0) and is
+    still wrong: the random cotangent's row catches it (the unit rows alone passed it)."""
+    @jax.custom_vjp
+    def f(x, w, b):
+        return _lax_conv(x, w, b)
+
+    f.defvjp(lambda x, w, b: (_lax_conv(x, w, b), (x, w, b)), lambda res, c: jax.vjp(_lax_conv, *res)[1](jnp.abs(c)))
+    res = {r.arg: r for r in gc.full_jacobian(f, _args(), names="xwb")}
+    assert not res["x"].passed and not res["w"].passed and not res["b"].passed
+    assert all(r.passed for r in gc.full_jacobian(_lax_conv, _args(), names="xwb"))
+
+
 def test_second_order_catches_a_wrong_cross_term():
     """f(x, w) = x*w elementwise with dx = c*w + delta*c*w[::-1]: the 'gradient' has an
     asymmetric Jacobian, off by delta * v_w reversed in J_g^T v."""
