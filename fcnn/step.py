@@ -423,4 +423,7 @@ def predict(model: Layer, params: Params, state: State, x, *, task=None, dtype_p
     _checks.positive_int(batch_size, "batch_size")
     fn = jax.jit(probs, compiler_options=compiler_options(heap_limit=False))
     out = [fn(params, state, xb)[: int(w.sum())] for xb, _, w in data_lib.eval_batches(x, None, batch_size)]
-    return jnp.concatenate(out) if out else jnp.zeros((0,), jnp.float32)
+    if out:
+        return jnp.concatenate(out)
+    empty = jax.eval_shape(probs, params, state, jax.ShapeDtypeStruct(np.shape(x), jnp.float32))  # 0 rows
+    return jnp.zeros(empty.shape, empty.dtype)

@@ -178,6 +178,8 @@ def test_predict_in_batches_equals_one_call(data):
     np.testing.assert_allclose(np.asarray(whole).sum(-1), 1.0, rtol=1e-6)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         predict(model, params, state, x, batch_size=0)
+    # no rows: (0, classes) either way (in batches it was (0,))
+    assert predict(model, params, state, x[:0], batch_size=16).shape == predict(model, params, state, x[:0]).shape == (0, 10)
 
 
 @pytest.mark.parametrize("key,exc,got", [
