@@ -25,7 +25,7 @@ def mlp(hidden=32, classes=10, drop_rate=0.2):
         return (in_shape[0], classes), params, {}
 
     def apply(params, state, x, *, key=None, train=False):
-        h = jax.nn.relu(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"])
+        h = jax.nn.relu(x.reshape(x.shape[0], int(np.prod(x.shape[1:]))) @ params["w1"] + params["b1"])  # 0 rows too
         if train and drop_rate:
             keep = jax.random.bernoulli(key, 1 - drop_rate, h.shape)
             h = jnp.where(keep, h / (1 - drop_rate), 0).astype(h.dtype)
