@@ -80,7 +80,7 @@ def _viz(run, loaded, what, out_png, index=None, layer=None):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         line = viz.relay_blank_warnings(viz.render, run, what, out_png, index=0 if index is None else index,
-                                        layer=layer, loaded=loaded)
+                                        layer=layer, loaded=loaded, overwrite=True)  # this gallery's own pictures
     print(line)
     sys.stderr.write(err.getvalue())
     return "\n".join(["fcnn viz " + _cmd(argv)] + ["# " + w for w in err.getvalue().splitlines()])

@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
            "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int",
-           "string", "path", "function", "array_shape"]
+           "string", "path", "new_file", "function", "array_shape"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -144,6 +144,23 @@ def path(value, name: str, *, optional: bool = False) -> Optional[str]:
     text = os.fspath(value)
     if not isinstance(text, str) or not text:
         raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+    return text
+
+
+def new_file(value, name: str, *, overwrite: bool = False, flag: str = "overwrite=True") -> str:
+    """``value`` as the path of a file about to be written, checked before any computation: not a
+    directory, in a folder that exists and can be written, and not an existing file unless
+    ``overwrite`` (``flag`` names how to say so: ``--overwrite`` for a command)."""
+    text = path(value, name)
+    if os.path.isdir(text):
+        raise ValueError(f"{name} {text!r} is a directory; give the path of a file")
+    if os.path.lexists(text) and not boolean(overwrite, "overwrite"):
+        raise ValueError(f"{name} {text!r} exists; pass {flag} to replace it")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name} {text!r}: {folder!r} {'is not a folder' if os.path.exists(folder) else 'does not exist'}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{name} {text!r}: the folder {folder!r} is not writable")
     return text
 
 

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 _SHORT = {"accuracy": "acc"}  # the epoch line's and progress bar's short names
 
-__all__ = ["EpochBar", "epoch_line", "summary_table", "plot_curves", "read_jsonl", "write_jsonl",
+__all__ = ["progress_default", "EpochBar", "epoch_line", "summary_table", "plot_curves", "read_jsonl", "write_jsonl",
            "append_jsonl", "write_json"]
+
+
+def progress_default() -> bool:
+    """Whether long work shows a tqdm bar unless told: stderr is a terminal and $CI is unset."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 class EpochBar:

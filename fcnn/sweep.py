@@ -33,6 +33,7 @@ import numpy as np
 
 from fcnn import _checks
 from fcnn import gradcheck as gc
+from fcnn import report
 from fcnn import sweep_nd
 from fcnn.ops import pool
 
@@ -392,8 +393,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="dtype of the agreement checks (finite differences always run in float64)")
     p.add_argument("--sweep", default="quick", choices=("quick", "full"))
     p.add_argument("--ties", default="first", choices=pool.TIE_POLICIES, help="max-pool tie policy")
-    p.add_argument("--csv", default=None, help="also write the table as CSV here")
-    p.add_argument("--md", default=None, help="also write the table as markdown here")
+    p.add_argument("--csv", default=None, help="also write the table as CSV here (refused if it exists, unless "
+                                                "--overwrite)")
+    p.add_argument("--md", default=None, help="also write the table as markdown here (the same rule)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files --csv / --md if they exist")
     p.add_argument("--matrix", action="store_true", help="print the mutation-catch matrix instead")
     p.add_argument("--mutant", default=None, help=argparse.SUPPRESS)  # test a fcnn.mutants entry
     return p
@@ -413,15 +416,27 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
         matrix = mutation_matrix(sweep=args.sweep)
         print(matrix_markdown(matrix), end="")
         return 0 if all(e["caught_by"] for e in matrix) else 1
+    bar = None
     try:
+        for flag, path in (("--csv", args.csv), ("--md", args.md)):  # before the sweep, not after it
+            if path:
+                _checks.new_file(path, flag, overwrite=args.overwrite, flag="--overwrite")
         impl, name, op = args.impl, args.impl, args.op
         if args.mutant is not None:
             m = mutants.get_mutant(args.mutant)
             impl, name, op = m.fn, m.name, m.op
-        rows = run_sweep(op, impl, sweep=args.sweep, dtype=jnp.dtype(args.dtype), ties=args.ties, impl_name=name)
+        if report.progress_default():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(cases(op, args.sweep)), desc="fcnn gradcheck", unit="case", leave=False)
+        rows = run_sweep(op, impl, sweep=args.sweep, dtype=jnp.dtype(args.dtype), ties=args.ties, impl_name=name,
+                         progress=None if bar is None else lambda line: bar.update(1))
     except (ValueError, TypeError) as e:
         print(f"fcnn gradcheck: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if bar is not None:
+            bar.close()
     table = format_markdown(rows)
     print(table, end="")
     for path, text in ((args.csv, format_csv(rows)), (args.md, table)):

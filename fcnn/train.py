@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 import warnings
 from typing import Any, NamedTuple, Optional
@@ -31,7 +30,8 @@ from fcnn._version import __version__
 from fcnn import data as data_lib
 from fcnn import metrics as metrics_lib
 from fcnn.optim import make_schedule
-from fcnn.report import EpochBar, append_jsonl, epoch_line, plot_curves, read_jsonl, summary_table, write_jsonl
+from fcnn.report import (EpochBar, append_jsonl, epoch_line, plot_curves, progress_default, read_jsonl, summary_table,
+                         write_jsonl)
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, check_writable, checkpoint_tree, init_run,
                       load_checkpoint, make_loss_fn, make_run_optimizer, make_task, write_config)
 from fcnn.step import (DTYPE_POLICIES, check_targets, evaluate, make_eval_step, make_train_step, num_outputs,
@@ -102,10 +102,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     warnings.warn("fcnn.train.epoch_order is deprecated; use fcnn.data.epoch_permutation", DeprecationWarning,
                   stacklevel=2)
     return np.asarray(data_lib.epoch_permutation(seed, epoch, n))
-
-
-def _progress_default() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def _add_metrics(pending, sums: EpochSums) -> EpochSums:
@@ -423,7 +419,7 @@ def fit(
         loop.open_run_dir(resume, overwrite, tensorboard)
     t_fit = time.perf_counter()
     try:
-        loop.run(_progress_default() if progress is None else bool(progress), verbose)
+        loop.run(progress_default() if progress is None else bool(progress), verbose)
     finally:
         if loop.log is not None:
             loop.log.close()

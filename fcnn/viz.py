@@ -193,7 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, default=4, help="occlusion patch size")
     p.add_argument("--stride", type=int, default=2, help="occlusion stride")
     p.add_argument("--seed", type=int, default=0, help="smoothgrad noise seed")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--out", required=True, help="PNG file to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the file --out if it exists")
     return p
 
 
@@ -229,18 +230,21 @@ def _conv_layer(children, names, layer: Optional[int]) -> int:
 
 
 def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str] = None,
-           label: Optional[int] = None, patch: int = 4, stride: int = 2, seed: int = 0, loaded=None) -> str:
+           label: Optional[int] = None, patch: int = 4, stride: int = 2, seed: int = 0, loaded=None,
+           overwrite: bool = False) -> str:
     """Draw one ``fcnn viz`` picture of run directory ``run`` into ``out``; returns the report line.
 
     The keywords are the command's flags (``layer`` as text, like ``--layer``). ``loaded``: the
     ``fcnn.run.load_run(run)`` tuple, to draw several pictures of one run without reloading it
-    (the same code path as the command, so a picture equals the command's). Warnings
-    (``BlankMapWarning``) are raised as usual; ``cli_main`` prints them as one line each.
+    (the same code path as the command, so a picture equals the command's). ``out`` must not exist
+    unless ``overwrite`` (``--overwrite``), checked with its folder before anything is loaded.
+    Warnings (``BlankMapWarning``) are raised as usual; ``cli_main`` prints them as one line each.
     """
     if what not in _WHAT:
         raise ValueError(f"what must be one of {', '.join(_WHAT)}, got {what!r}")
     if not os.path.isdir(run):
         raise FileNotFoundError(f"--run {run!r}: no such run directory")
+    out = _checks.new_file(out, "--out", overwrite=overwrite, flag="--overwrite")
     if what == "curves":
         curves(run, save=out)
         return f"wrote {out}"
@@ -305,5 +309,5 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     """
     a = _parser().parse_args(list(argv) if argv is not None else None)
     print(relay_blank_warnings(render, a.run, a.what, a.out, index=a.index, layer=a.layer, label=a.label,
-                               patch=a.patch, stride=a.stride, seed=a.seed))
+                               patch=a.patch, stride=a.stride, seed=a.seed, overwrite=a.overwrite))
     return 0

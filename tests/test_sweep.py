@@ -130,6 +130,23 @@ def test_command_rejects_bad_arguments(capsys):
     assert "mutant must be one of" in capsys.readouterr().err
 
 
+def test_command_never_overwrites_a_table_file_without_overwrite(tmp_path, capsys, monkeypatch):
+    """An existing --csv / --md is refused before the sweep runs and kept; --overwrite replaces it.
+    Before, the file was replaced (and a bad path was found only after the whole sweep)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    real = sweep.run_sweep
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: pytest.fail("swept before checking the paths"))
+    for flag in ("--csv", "--md"):
+        assert sweep.cli_main(["--op", "avg_pool2d", flag, str(notes)]) == 2
+        assert f"{flag} '{notes}' exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert sweep.cli_main(["--op", "avg_pool2d", "--md", str(tmp_path / "no" / "t.md")]) == 2
+    assert notes.read_text() == "mine"
+    monkeypatch.setattr(sweep, "run_sweep", real)
+    assert sweep.cli_main(["--op", "avg_pool2d", "--csv", str(notes), "--overwrite"]) == 0
+    assert notes.read_text().startswith(",".join(sweep._COLUMNS))
+
+
 def test_winograd_joins_the_sweep_on_the_cases_its_rule_admits():
     admitted = [c.name for c in sweep.cases("conv2d") if sweep.computes(c, "winograd")]
     assert admitted == ["basic"]

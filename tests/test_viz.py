@@ -148,6 +148,30 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, args, message):
     assert not os.path.exists(out)
 
 
+def test_cli_never_overwrites_a_file_without_overwrite(run_dir, tmp_path, capsys, monkeypatch):
+    """An existing --out (a user's notes, the run's own config.json) is refused before the run is
+    loaded and left byte for byte; --overwrite replaces it; a folder or a missing folder is refused.
+    Before, both files were silently replaced by PNGs (the run could no longer be evaluated)."""
+    import fcnn.viz
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    config_json = os.path.join(run_dir, "config.json")
+    before = open(config_json, "rb").read()
+    monkeypatch.setattr(fcnn.viz, "load_run", lambda run: pytest.fail("loaded the run before checking --out"))
+    for out in (str(notes), config_json):
+        assert cli.main(["viz", "--run", run_dir, "--what", "filters", "--out", out]) == 2
+        assert f"--out '{out}' exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert notes.read_text() == "mine" and open(config_json, "rb").read() == before
+    assert cli.main(["viz", "--run", run_dir, "--what", "curves", "--out", str(tmp_path)]) == 2
+    assert "is a directory; give the path of a file" in capsys.readouterr().err
+    assert cli.main(["viz", "--run", run_dir, "--what", "curves", "--out", str(tmp_path / "no" / "x.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.main(["viz", "--run", run_dir, "--what", "filters", "--out", str(notes), "--overwrite"]) == 0
+    assert png(str(notes))[0] == (88, 136)  # now the picture
+
+
 def test_prediction_panels_of_dense_tasks(tmp_path):
     """input / prediction / target: the prediction is the model's own output (segment: its arg-max
     class per pixel), the target the test target; classify runs are refused by name."""
