@@ -190,10 +190,12 @@ def read_cifar_pickle(path: str, *, records: Optional[int] = None) -> Tuple[np.n
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, 3072), got {desc}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: b'labels' must be a list of ints") from None
+    raw = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
+    # ints only: a cast would truncate 1.7 to 1 and parse "1" (CIFAR's pickles hold a list of Python ints)
+    if raw is None or not (raw.size == 0 or np.issubdtype(raw.dtype, np.integer)) or raw.dtype == bool:
+        got = type(labels).__name__ if raw is None else f"{raw.dtype} values"
+        raise DataError(f"{path}: b'labels' must be a list of ints, got {got}")
+    labels = raw.astype(np.int64)
     if labels.shape != (len(data),):
         raise DataError(f"{path}: {len(data)} images but labels have shape {labels.shape}")
     _check_records(path, len(data), records)

@@ -58,6 +58,11 @@ def test_cifar_pickle_protocols(tmp_path, protocol):
     ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "must be a uint8 array"),
     ({b"labels": [0, 1]}, "lacks b'data'"),
     ([1, 2], "expected a pickled dict"),
+    # labels that only a cast makes ints: refused, not truncated (0.9 -> 0) or parsed ("1" -> 1)
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.9, 1.7]}, "b'labels' must be a list of ints, got float64"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["1", "2"]}, "b'labels' must be a list of ints, got <U1"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [True, False]}, "b'labels' must be a list of ints, got bool"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": np.array([0.0, 1.0])}, "got float64 values"),
 ])
 def test_bad_cifar_pickles(tmp_path, obj, message):
     path = _pickle_to(str(tmp_path / "test_batch"), obj)
