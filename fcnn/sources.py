@@ -58,12 +58,14 @@ def first_batch(source: Callable, seed: int, batch_size: int):
 
 
 def source_chunks(source: Callable, *, seed: int, epoch: int, start: int, stop: int, steps_per_call: int,
-                  like) -> Iterator[data_lib.Chunk]:
+                  like, check: Optional[Callable] = None) -> Iterator[data_lib.Chunk]:
     """Batches ``start .. stop - 1`` of ``source(seed, epoch, start)`` as ``fcnn.data.Chunk`` s,
     ``steps_per_call`` stacked while that many remain (the grouping of ``epoch_chunks``).
 
     ``like``: the first batch ``(x, y)``; a batch of another shape or dtype is a ``ValueError``
-    naming the epoch and batch, as is a source that runs out before ``stop``.
+    naming the epoch and batch, as is a source that runs out before ``stop``. ``check(x, y, name)``
+    (``fit``: the task's target rule, ``fcnn.step.target_checker``) runs on every batch too, so a
+    label out of range in a later batch is refused as in the first.
     """
     it = iter(source(seed, epoch, start))
     want = [(np.shape(a), np.asarray(a).dtype) for a in like]
@@ -80,6 +82,8 @@ def source_chunks(source: Callable, *, seed: int, epoch: int, start: int, stop: 
             if have != want:
                 raise ValueError(f"batch {b + i} of epoch {epoch} from the batch source has (x, y) shapes and dtypes "
                                  f"{have}, the first batch {want}: every batch must have one shape")
+            if check is not None:
+                check(*pair, f"y of batch {b + i} of epoch {epoch} from the batch source")
         xs, ys = (p[0] for p in pairs), (p[1] for p in pairs)
         xb, yb = (pairs[0] if k == 1 else (np.stack(list(xs)), np.stack(list(ys))))
         yield data_lib.Chunk(b, k, xb, yb)

@@ -106,16 +106,26 @@ def check_targets(task: tasks.Task, model: Layer, params: Params, state: State, 
     """Targets ``y`` for inputs ``x`` checked on the host before any computation: one per input, and
     the task's rule against the model's output shape (``task.check_targets``; classify: ``check_labels``).
     Raises ``ValueError`` / ``TypeError`` naming ``name`` and the rule."""
-    if task.name == "classify":
-        return check_labels(x, y, num_outputs(model, params, state, np.shape(x)), name)
-    if len(y) != len(x):
-        raise ValueError(f"{name} must hold one target per input: the inputs are {len(x)}, the targets {len(y)}")
-    xs = jax.ShapeDtypeStruct((len(x),) + tuple(np.shape(x)[1:]), jnp.float32)
-    out = jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, xs)
-    try:
-        task.check_targets(out.shape, y)
-    except (ValueError, TypeError) as e:
-        raise type(e)(f"{name}: {e}") from None
+    target_checker(task, model, params, state, np.shape(x))(x, y, name)
+
+
+def target_checker(task: tasks.Task, model: Layer, params: Params, state: State, x_shape) -> Callable:
+    """``check(x, y, name)``: ``check_targets`` for inputs shaped like ``x_shape`` past the batch axis,
+    the model's output shape traced once (a batch source's every batch is checked so)."""
+    xs = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
+    out = jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, xs).shape
+
+    def check(x, y, name: str = "y") -> None:
+        if task.name == "classify":
+            return check_labels(x, y, int(out[-1]), name)
+        if len(y) != len(x):
+            raise ValueError(f"{name} must hold one target per input: the inputs are {len(x)}, the targets {len(y)}")
+        try:
+            task.check_targets((len(x),) + tuple(out[1:]), y)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{name}: {e}") from None
+
+    return check
 
 
 def _batch_sums(task: tasks.Task, outputs, targets, mask=None) -> dict:

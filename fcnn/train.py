@@ -35,7 +35,7 @@ from fcnn.report import (EpochBar, append_jsonl, epoch_line, plot_curves, progre
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, check_new_run_dir, check_writable, checkpoint_tree, init_run,
                       load_checkpoint, make_loss_fn, make_run_optimizer, make_task, write_config)
 from fcnn.step import (DTYPE_POLICIES, check_targets, evaluate, make_eval_step, make_train_step, num_outputs,
-                       plain_train_step, predict, resolve_task, step_keys, train_step_fn)
+                       plain_train_step, predict, resolve_task, step_keys, target_checker, train_step_fn)
 from fcnn.types import Layer, Params, State
 
 __all__ = ["fit", "FitResult", "EpochSums", "TrainingDivergedError", "CheckpointWriteError", "epoch_order",
@@ -166,6 +166,7 @@ class _Loop:
         self.task = self.pick_task(task, first[0].shape)
         check_targets(self.task, model, self.params, self.state, *(first if self.source else (self.x, self.y)),
                       "y_train")
+        self.check_batch = target_checker(self.task, model, self.params, self.state, first[0].shape)
         if self.x_test is not None:
             check_targets(self.task, model, self.params, self.state, self.x_test, self.y_test, "y_test")
         self.plan = parallel.data_parallel_plan(config.parallel, model, self.optimizer, task=self.task,
@@ -314,7 +315,7 @@ class _Loop:
             return data_lib.epoch_chunks(self.x, self.y, config.batch_size, seed=config.seed, epoch=epoch, start=start,
                                          stop=stop, steps_per_call=config.steps_per_call)
         return sources.source_chunks(self.source, seed=config.seed, epoch=epoch, start=start, stop=stop,
-                                     steps_per_call=config.steps_per_call, like=self.first)
+                                     steps_per_call=config.steps_per_call, like=self.first, check=self.check_batch)
 
     def end_epoch(self, eval_step, verbose: bool) -> None:
         seconds = time.perf_counter() - self.t0

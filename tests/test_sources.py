@@ -82,3 +82,14 @@ def test_a_batch_of_another_shape_mid_epoch_is_named(data):
 
     with pytest.raises(ValueError, match="batch 2 of epoch 0 from the batch source has"):
         fit(mlp(), source, _config(), steps_per_epoch=4, verbose=False)
+
+
+def test_a_label_out_of_range_in_a_later_batch_is_named(data, tmp_path):
+    """Only the first batch's labels were checked: labels 10-17 in batch 2 trained as zero one-hot
+    rows (no loss, no gradient, counted wrong) without a word. Now batch 2 is refused by name."""
+    def source(seed, epoch, start):
+        for b in range(start, 4):
+            yield data.x_train[:32], data.y_train[:32] + (10 if b == 2 else 0)
+
+    with pytest.raises(ValueError, match=r"y of batch 2 of epoch 0 from the batch source holds labels outside \[0, 10\)"):
+        fit(mlp(), source, _config(), steps_per_epoch=4, verbose=False, run_dir=str(tmp_path / "run"))
