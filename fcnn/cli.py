@@ -24,7 +24,7 @@ from typing import List, Optional
 from fcnn import _checks
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, check_new_run_dir, free_run_dir,
                       load_data, load_run, make_task, read_config)
-from fcnn.data import official_size_note
+from fcnn.data import official_size_note, resolved_data_dir
 from fcnn.step import DTYPE_POLICIES
 
 __all__ = ["main", "build_parser", "build_model", "load_run"]
@@ -134,6 +134,8 @@ def _train(args) -> int:
 
     given = {field: getattr(args, field) for _, field, _, _ in _TRAIN_OPTIONS if getattr(args, field) is not None}
     if args.precision is not None:  # the deprecated spelling of --dtype-policy
+        if "dtype_policy" in given:
+            raise ValueError("--precision is the deprecated name of --dtype-policy: give one of them")
         given["dtype_policy"] = _checks.choice(args.precision, DTYPE_POLICIES, "precision")
         print("fcnn: warning: --precision is deprecated; use --dtype-policy", file=sys.stderr)
     if args.resume is not None:
@@ -154,6 +156,8 @@ def _train(args) -> int:
                   f"metrics.jsonl)", flush=True)
     else:
         config = TrainConfig.for_task(given.pop("task", _DEFAULTS.task), **given)
+        # the folder the data is read from, absolute: fcnn eval then reads it from any working directory
+        config = dataclasses.replace(config, data_dir=resolved_data_dir(config.dataset, config.data_dir))
         run_dir = free_run_dir(config) if args.out is None else args.out
         check_new_run_dir(run_dir, overwrite=args.overwrite, dry_run=True)  # before loading data; fit replaces
     check_model_name(config.model)

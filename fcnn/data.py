@@ -76,6 +76,16 @@ def default_data_dir() -> str:
     return os.environ.get("FCNN_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fcnn")
 
 
+def resolved_data_dir(name: str, data_dir: Optional[str] = None) -> Optional[str]:
+    """The absolute folder ``load(name, data_dir=data_dir)`` reads (``default_data_dir()`` when None),
+    or None for a dataset built in memory: what a run records, so that evaluating it later from
+    another working directory, or with another $FCNN_DATA_DIR, reads the same files."""
+    if name in ("digits", "synthetic"):
+        return None
+    data_dir = _checks.path(data_dir, "data_dir", optional=True)
+    return os.path.abspath(os.path.expanduser(data_dir) if data_dir is not None else default_data_dir())
+
+
 def load(name: str = "digits", *, data_dir: Optional[str] = None, normalize: bool = True,
          strict: bool = False) -> Dataset:
     """Load a dataset by name (see the module docstring); never downloads.
@@ -101,7 +111,7 @@ def load(name: str = "digits", *, data_dir: Optional[str] = None, normalize: boo
         return digits(normalize=normalize)
     if name == "synthetic":
         return synthetic(normalize=normalize)
-    base = os.path.expanduser(data_dir) if data_dir is not None else default_data_dir()
+    base = resolved_data_dir(name, data_dir)
     if name in ("mnist", "fashion-mnist"):
         return _load_idx_set(name, [base, os.path.join(base, name)], normalize, strict)
     return _load_cifar10(base, normalize, strict)

@@ -216,3 +216,29 @@ def test_train_reads_a_self_consistent_idx_subset_and_says_how_many_images(tmp_p
     assert "dataset mnist (8 train / 5 test)" in out
     assert "note: mnist has 8 train / 5 test images, not the official 60000 / 10000" in out
     assert TEST_ACC.search(out) and "5 examples" in out
+
+
+def test_a_run_records_its_data_folder_absolute_so_eval_reads_it_from_anywhere(tmp_path, capsys, monkeypatch):
+    """--data-dir given relative: config.json records the absolute folder, and fcnn eval run from
+    another working directory reads the same files (it read ./data there, another set, or failed)."""
+    from _formats import write_mnist
+
+    write_mnist(str(tmp_path / "data"), n_train=8, n_test=5)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", "data", "--epochs", "1", "--batch-size", "4",
+                     "--no-progress", "--out", "run"]) == 0
+    trained = TEST_ACC.search(capsys.readouterr().out).group(0)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(tmp_path / "data")
+    elsewhere = tmp_path / "elsewhere"
+    write_mnist(str(elsewhere / "data"), n_train=8, n_test=7, seed=1)  # a decoy at the same relative path
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["eval", "--run", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert TEST_ACC.search(out).group(0) == trained and "5 examples" in out
+
+
+def test_precision_and_dtype_policy_together_are_refused(tmp_path, capsys):
+    """--precision is the deprecated name of --dtype-policy; given both, it overrode the other silently."""
+    assert cli.main(["train", "--precision", "bf16", "--dtype-policy", "f32", "--out", str(tmp_path / "r")]) == 2
+    assert "--precision is the deprecated name of --dtype-policy: give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
