@@ -230,6 +230,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _error(e, 1)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as e:  # bad arguments, paths, files
         return _error(e, 2)
+    except ImportError as e:  # an optional package a flag needs (--tensorboard: tensorboardX; viz: matplotlib)
+        return _error(e, 2)
     except OSError as e:  # a run directory not writable, a disk full (train.CheckpointWriteError)
         return _error(e, 1)
 

@@ -106,7 +106,7 @@ class TrainConfig:
             _checks.positive_int(getattr(self, name), name)
         _checks.optional_positive_int(self.checkpoint_every, "checkpoint_every", hint="steps")
         _checks.non_negative_int(self.augment_shift, "augment_shift", hint="pixels")
-        _checks.non_negative_int(self.seed, "seed")
+        _checks.int_in_range(self.seed, "seed", 0, 2 ** 32)  # the epoch order's and PRNGKey's range
         _checks.non_negative_float(self.l2, "l2")
         _checks.float_in_range(self.label_smoothing, "label_smoothing", 0.0, 1.0)
         _checks.choice(self.dtype_policy, DTYPE_POLICIES, "dtype_policy")
@@ -335,9 +335,12 @@ def check_new_run_dir(run_dir: str, *, overwrite: bool = False, dry_run: bool = 
         raise ValueError(f"run_dir {run_dir!r} is not empty and does not hold an fcnn run (it holds {shown}"
                          f"{', ...' if len(foreign or names) > 3 else ''}): choose a new directory")
     if not overwrite:
-        what = "it already holds checkpoints" if checkpoint.list_checkpoints(run_dir) else "its checkpoints are gone"
-        raise ValueError(f"run_dir {run_dir!r} holds an fcnn run ({what}): resume it (fcnn train --resume "
-                         f"{run_dir}, fit(resume=True)) or replace it (--overwrite, fit(overwrite=True))")
+        if checkpoint.list_checkpoints(run_dir):
+            raise ValueError(f"run_dir {run_dir!r} holds an fcnn run (it already holds checkpoints): resume it "
+                             f"(fcnn train --resume {run_dir}, fit(resume=True)) or replace it (--overwrite, "
+                             f"fit(overwrite=True))")
+        raise ValueError(f"run_dir {run_dir!r} holds an fcnn run without checkpoints (it stopped before its first, "
+                         f"or they were deleted): nothing to resume; replace it (--overwrite, fit(overwrite=True))")
     for n in [] if dry_run else names:
         os.remove(os.path.join(run_dir, n))
 

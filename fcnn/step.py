@@ -117,6 +117,9 @@ def target_checker(task: tasks.Task, model: Layer, params: Params, state: State,
 
     def check(x, y, name: str = "y") -> None:
         if task.name == "classify":
+            if len(out) != 2:
+                raise ValueError(f"{name}: task classify needs a model whose outputs are (n, classes); this one "
+                                 f"gives {('n',) + tuple(out[1:])} (a dense task, task='segment', 'regress', ...?)")
             return check_labels(x, y, int(out[-1]), name)
         if len(y) != len(x):
             raise ValueError(f"{name} must hold one target per input: the inputs are {len(x)}, the targets {len(y)}")

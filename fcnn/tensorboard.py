@@ -39,6 +39,17 @@ def scalars_of(record: dict) -> Dict[str, float]:
             if k not in _SKIP and isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)}
 
 
+def writer_class():
+    """tensorboardX's ``SummaryWriter``, or an ImportError saying how to install it (``fit`` asks
+    before it writes anything into the run directory)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ImportError("tensorboard=True needs tensorboardX: pip install 'fcnn[tensorboard]' "
+                          "(or pip install tensorboardX)") from None
+    return SummaryWriter
+
+
 class ScalarLog:
     """A tensorboardX ``SummaryWriter`` in ``run_dir`` that logs metrics.jsonl records (module docstring)."""
 
@@ -46,11 +57,7 @@ class ScalarLog:
         run_dir = _checks.path(run_dir, "run_dir")
         if purge_step is not None:
             _checks.non_negative_int(purge_step, "purge_step")
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            raise ImportError("tensorboard=True needs tensorboardX: pip install 'fcnn[tensorboard]' "
-                              "(or pip install tensorboardX)") from None
+        SummaryWriter = writer_class()
         # tensorboardX names the file by the second and the host only, and opens it for writing: a
         # second log opened in the same second (a quick resume) replaced the first file. The suffix
         # numbers this run directory's event files, so names differ and sort oldest first.

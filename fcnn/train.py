@@ -168,6 +168,9 @@ class _Loop:
                       "y_train")
         self.check_batch = target_checker(self.task, model, self.params, self.state, first[0].shape)
         if self.x_test is not None:
+            if self.y_test is None or len(self.x_test) == 0:
+                raise ValueError(f"x_test must come with y_test and hold at least one example, got x_test of "
+                                 f"{len(self.x_test)} and y_test {'None' if self.y_test is None else len(self.y_test)}")
             check_targets(self.task, model, self.params, self.state, self.x_test, self.y_test, "y_test")
         self.plan = parallel.data_parallel_plan(config.parallel, model, self.optimizer, task=self.task,
                                                 n_devices=config.devices, batch_size=bs, l2=config.l2,
@@ -191,6 +194,9 @@ class _Loop:
         n = len(self.x)
         if self.x.ndim < 2 or n == 0:
             raise ValueError(f"x_train must hold at least one example (n, ...), got shape {self.x.shape}")
+        if not np.issubdtype(self.x.dtype, np.floating):
+            raise TypeError(f"x_train must hold floating-point inputs (float32, ...), got {self.x.dtype}: scale "
+                            f"integer pixels first (fcnn.data.normalized does, with the train set's mean and std)")
         self.spe = n // bs
         if self.spe < 1:
             raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {bs}")
@@ -350,6 +356,10 @@ def _check_fit_args(data, config, run_dir, resume, overwrite, max_steps, tensorb
     resume, overwrite = _checks.boolean(resume, "resume"), _checks.boolean(overwrite, "overwrite")
     if _checks.boolean(tensorboard, "tensorboard") and run_dir is None:
         raise ValueError("tensorboard=True writes its event files into run_dir: give one")
+    if tensorboard:
+        from fcnn.tensorboard import writer_class
+
+        writer_class()  # installed? asked before the run directory is made
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding a checkpoint")
     if resume and overwrite:

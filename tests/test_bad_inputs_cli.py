@@ -130,7 +130,7 @@ CLI = [
          "train-label-smoothing"),
     _cli(_train("--augment-shift", "-1"), 2, r"augment_shift must be a non-negative int \(pixels\), got -1",
          "train-augment-shift-negative"),
-    _cli(_train("--seed", "-3"), 2, r"seed must be a non-negative int, got -3", "train-seed"),
+    _cli(_train("--seed", "-3"), 2, r"seed must be an int in \[0, 4294967296\), got -3", "train-seed"),
     _cli(_train("--seed", "1e3"), 2, r"argument --seed: invalid int value", "train-seed-float"),
     _cli(_train("--keep", "0"), 2, r"argument --keep: must be a positive int", "train-keep"),
     _cli(_train("--checkpoint-every", "0"), 2, r"argument --checkpoint-every: must be a positive int",
@@ -173,7 +173,7 @@ CLI = [
     _cli(lambda d, run: ["train", *_SHORT, "--out", run], 2,
          r"holds an fcnn run \(it already holds checkpoints\): resume it", "train-out-holds-a-run"),
     _cli(lambda d, run: ["train", *_SHORT, "--out", _copy_run(d, run, _delete_checkpoints)], 2,
-         r"holds an fcnn run \(its checkpoints are gone\)", "train-out-run-without-checkpoints"),
+         r"holds an fcnn run without checkpoints .*: nothing to resume; replace it \(--overwrite", "train-out-run-without-checkpoints"),
     # bad data: refused after loading, before training
     _cli(_train("--dataset", "imagenet"), 2, r"(--dataset|dataset).*'imagenet'", "train-dataset-unknown"),
     _cli(lambda d, run: ["train", *_SHORT, "--dataset", "mnist", "--data-dir", str(d / "none"), "--out",

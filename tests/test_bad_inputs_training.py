@@ -101,8 +101,9 @@ TRAINING = [
     _field("checkpoint_every", "100", r"checkpoint_every must be a positive int"),
     _field("augment_shift", -1, r"augment_shift must be a non-negative int \(pixels\), got -1"),
     _field("augment_shift", 1.5, r"augment_shift must be a non-negative int"),
-    _field("seed", -1, r"seed must be a non-negative int, got -1"),
-    _field("seed", "0", r"seed must be a non-negative int"),
+    _field("seed", -1, r"seed must be an int in \[0, 4294967296\), got -1"),
+    _field("seed", 2 ** 32, r"seed must be an int in \[0, 4294967296\), got 4294967296"),
+    _field("seed", "0", r"seed must be an int in \[0, 4294967296\)"),
     _field("l2", -1.0, r"l2 must be a non-negative float, got -1.0"),
     _field("l2", NAN, r"l2 must be a non-negative float, got nan"),
     _field("l2", INF, r"l2 must be a non-negative float, got inf"),
@@ -328,7 +329,7 @@ RUN_DIRS = [
     _case(lambda d: _fit_into(d, _foreign_dir, overwrite=True), ValueError, r"run_dir '.*proj' is not empty",
           "fit-run-dir-foreign-overwrite"),
     _case(lambda d: _fit_into(d, _old_run), ValueError,
-          r"run_dir '.*run' holds an fcnn run \(its checkpoints are gone\)",
+          r"run_dir '.*run' holds an fcnn run without checkpoints",
           "fit-run-dir-old-run"),
     _case(lambda d: _fit_into(d, lambda d: str(d / "new"), overwrite="yes"), TypeError, r"overwrite must be a bool",
           "fit-overwrite-str"),
@@ -343,3 +344,47 @@ RUN_DIRS = [
 def test_fit_refuses_bad_run_directories(call, exc, pattern, tmp_path):
     with pytest.raises(exc, match=pattern):
         call(tmp_path)
+
+
+@pytest.mark.parametrize("kw, exc, pattern", [
+    (dict(data_x_test=np.zeros((0, 6, 6, 1), np.float32), data_y_test=np.zeros(0, np.int32)), ValueError,
+     r"x_test must come with y_test and hold at least one example, got x_test of 0"),
+    (dict(data_y_test=None), ValueError, r"x_test must come with y_test .* y_test None"),
+    (dict(data_x_train=np.zeros((16, 6, 6, 1), np.uint8)), TypeError,
+     r"x_train must hold floating-point inputs \(float32, ...\), got uint8"),
+], ids=["empty-test-set", "x-test-without-y-test", "uint8-x-train"])
+def test_fit_refuses_before_it_makes_the_run_directory(kw, exc, pattern, tmp_path):
+    """Each of these failed only after the run directory was made (an empty test set after a whole
+    epoch), leaving a directory that then blocked the same command; now nothing is written."""
+    run = tmp_path / "run"
+    with pytest.raises(exc, match=pattern):
+        _fit(run_dir=str(run), **kw)
+    assert not run.exists()
+
+
+def test_a_classify_run_of_a_per_pixel_model_is_refused_before_the_run_directory(tmp_path):
+    """A model with (n, h, w, k) outputs under task classify failed at its first step; now the target
+    check names the rule before anything is written."""
+    t = _tiny()
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"y_train: task classify needs a model whose outputs are \(n, classes\); "
+                                         r"this one gives \('n', 6, 6, 3\)"):
+        fit(layers.Conv2D(3, 3, padding="SAME"), t.ds, _config(), run_dir=str(run), verbose=False, progress=False)
+    assert not run.exists()
+
+
+def test_tensorboard_without_tensorboardx_is_refused_before_the_run_directory(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_tensorboardx(name, *a, **k):
+        if name.startswith("tensorboardX"):
+            raise ImportError("No module named 'tensorboardX'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboardx)
+    run = tmp_path / "run"
+    with pytest.raises(ImportError, match=r"tensorboard=True needs tensorboardX: pip install 'fcnn\[tensorboard\]'"):
+        _fit(run_dir=str(run), tensorboard=True)
+    assert not run.exists()

@@ -26,7 +26,7 @@ def _config(**kw):
     (dict(momentum=float("nan")), r"momentum must be a float in \[0, 1\), got nan"),
     (dict(optimizer="adamw", weight_decay=float("inf")), "weight_decay must be a non-negative float, got inf"),
     (dict(epochs=True), "epochs must be a positive int, got True"),
-    (dict(seed=-1), "seed must be a non-negative int, got -1"),
+    (dict(seed=-1), r"seed must be an int in \[0, 4294967296\), got -1"),
     (dict(augment_shift=-2), r"augment_shift must be a non-negative int \(pixels\), got -2"),
     (dict(checkpoint_every=0), r"checkpoint_every must be a positive int \(steps\) or None, got 0"),
     (dict(label_smoothing=1.0), r"label_smoothing must be a float in \[0.0, 1.0\), got 1.0"),
@@ -157,7 +157,7 @@ def test_a_foreign_config_json_is_not_a_run(tmp_path):
     for name in os.listdir(tmp_path / "gone"):
         if name.startswith("ckpt_"):
             os.remove(tmp_path / "gone" / name)
-    with pytest.raises(ValueError, match="holds an fcnn run .its checkpoints are gone."):
+    with pytest.raises(ValueError, match="holds an fcnn run without checkpoints"):
         run.check_new_run_dir(str(tmp_path / "gone"))
 
 
