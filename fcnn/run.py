@@ -209,10 +209,10 @@ def read_config(run_dir: str) -> TrainConfig:
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"run directory {run_dir!r} has no config.json (is it a directory written by fcnn train?)")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             d = json.load(f)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON is UTF-8: other bytes are no config
             raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object of TrainConfig fields, got {type(d).__name__}")

@@ -183,6 +183,9 @@ class _Loop:
         bs = self.config.batch_size
         if not hasattr(data, "x_train"):  # a batch source (seed, epoch, start_step) -> batches
             self.source, self.spe = data, sources.check_steps_per_epoch(steps_per_epoch)
+            if test_data is not None and not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
+                raise TypeError(f"test_data must be an (x_test, y_test) pair, got {type(test_data).__name__}"
+                                f"{f' of {len(test_data)}' if isinstance(test_data, (tuple, list)) else ''}")
             self.x_test, self.y_test = (None, None) if test_data is None else test_data
             return sources.first_batch(data, self.config.seed, bs), None
         if steps_per_epoch is not None or test_data is not None:
@@ -362,6 +365,8 @@ def _check_fit_args(data, config, run_dir, resume, overwrite, max_steps, tensorb
         writer_class()  # installed? asked before the run directory is made
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding a checkpoint")
+    if resume and not os.path.isdir(run_dir):  # before open_run_dir would make it
+        raise FileNotFoundError(f"run_dir {run_dir!r} does not exist: nothing to resume")
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other: continue the run or replace it")
     if max_steps is not None:

@@ -388,3 +388,31 @@ def test_tensorboard_without_tensorboardx_is_refused_before_the_run_directory(tm
     with pytest.raises(ImportError, match=r"tensorboard=True needs tensorboardX: pip install 'fcnn\[tensorboard\]'"):
         _fit(run_dir=str(run), tensorboard=True)
     assert not run.exists()
+
+
+def test_resume_from_a_missing_directory_makes_none(tmp_path):
+    """resume=True into a mistyped path created it (and its parents) before failing."""
+    run = tmp_path / "typo" / "sub"
+    with pytest.raises(FileNotFoundError, match=r"run_dir '.*typo/sub' does not exist: nothing to resume"):
+        _fit(run_dir=str(run), resume=True)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_source_test_data_must_be_a_pair():
+    t = _tiny()
+    x, y = np.asarray(t.ds.x_train)[:16], np.asarray(t.ds.y_train)[:16]
+
+    def source(seed, epoch, start):
+        for _ in range(start, 1):
+            yield x, y
+
+    with pytest.raises(TypeError, match="test_data must be an \\(x_test, y_test\\) pair, got tuple of 3"):
+        fit(t.model, source, _config(), steps_per_epoch=1, test_data=(x, y, y), verbose=False, progress=False)
+
+
+def test_a_config_json_that_is_not_utf8_is_named(tmp_path):
+    from fcnn.run import read_config
+
+    (tmp_path / "config.json").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        read_config(str(tmp_path))
