@@ -365,10 +365,10 @@ def _check_fit_args(data, config, run_dir, resume, overwrite, max_steps, tensorb
         writer_class()  # installed? asked before the run directory is made
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding a checkpoint")
-    if resume and not os.path.isdir(run_dir):  # before open_run_dir would make it
-        raise FileNotFoundError(f"run_dir {run_dir!r} does not exist: nothing to resume")
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other: continue the run or replace it")
+    if resume and not os.path.isdir(run_dir):  # before open_run_dir would make it
+        raise FileNotFoundError(f"run_dir {run_dir!r} does not exist: nothing to resume")
     if max_steps is not None:
         _checks.positive_int(max_steps, "max_steps")
     return run_dir
