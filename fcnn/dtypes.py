@@ -1,8 +1,10 @@
 """The two dtype rules every module shares: what a sum accumulates in, and which inputs are 16-bit.
 
 fcnn computes bfloat16 and float16 inputs in their own dtype but sums and accumulates them in
-float32 (conv products, bias and BatchNorm statistics, pooled gradients, losses), as XLA does for
-``lax.conv``; float32 and float64 stay as they are.
+float32 (conv products, bias and BatchNorm statistics, average pools' window sums, upsample's
+gradient sums, losses), as XLA does for ``lax.conv``; float32 and float64 stay as they are. One
+exception: where max-pool windows overlap, a cell adds its windows' gradients in the input's
+dtype in every implementation (as XLA's select-and-scatter, "lax"'s gradient, does).
 """
 from __future__ import annotations
 

@@ -137,3 +137,17 @@ BAD = [
 def test_bad_input_raises_naming_the_argument(name, call):
     with pytest.raises((ValueError, TypeError), match=name):
         call()
+
+
+@pytest.mark.parametrize("dtype, value, size", [(jnp.bfloat16, 1.0, 32), (jnp.float16, 100.0, 30)])
+def test_16_bit_average_pools_sum_in_float32(dtype, value, size):
+    """The mean of a constant window is that constant. In bfloat16 the window sum stopped growing at
+    256 (a 32x32 window of ones averaged 0.25); in float16 it overflowed 65504 (inf)."""
+    x = jnp.full((1, size, size, 2), value, dtype)
+    for y in (pool.avg_pool(x, size), pool.avg_pool(x, size, impl="reference"), pool.adaptive_avg_pool(x, 1),
+              pool.avg_pool(x, 4)):
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(y, np.float32), value)
+    ramp = jnp.asarray(np.arange(16 * 16).reshape(1, 16, 16, 1) / 256, dtype)  # a 16x16 window, mean by hand
+    want = np.asarray(ramp, np.float64).mean()
+    assert abs(float(pool.avg_pool(ramp, 16)[0, 0, 0, 0]) - want) <= 2 ** -8 * want  # one rounding at the end

@@ -79,6 +79,18 @@ def test_long_axes_take_the_segment_sum_adjoint():
     assert up._whole_copies(4, 8, 2, "nearest") == 2 and up._whole_copies(4, 10, 2.5, "nearest") is None
 
 
+@pytest.mark.parametrize("n", [4, 300])  # the matrix path and the segment-sum path (n * 301 > _MATRIX_MAX)
+def test_bfloat16_gradient_sums_in_float32_on_both_adjoint_paths(n):
+    """Each of n cells has ~300 copies at scale 300.5 (nearest: 300 or 301 by hand), so its gradient
+    of a sum is that count. In bfloat16 the segment-sum path added in bf16 and stopped at 256."""
+    x = jnp.ones((1, n, 1), jnp.bfloat16)
+    g = jax.grad(lambda x: up.upsample(x, 300.5).astype(jnp.float32).sum())(x)
+    want = jax.grad(lambda x: up.upsample(x, 300.5).sum())(x.astype(jnp.float32))  # float32: exact counts
+    assert g.dtype == jnp.bfloat16 and set(np.asarray(want).ravel().tolist()) <= {300.0, 301.0}
+    # summed in float32, rounded to bfloat16 once (301 is not a bf16 number: 300)
+    np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))
+
+
 def _layout(rank, fam):
     return shapes.LAYOUTS_BY_RANK[rank][0 if fam == "last" else 1]
 

@@ -86,7 +86,7 @@ import numpy as np
 from jax import lax
 
 from fcnn import _checks, shapes
-from fcnn.dtypes import half_float
+from fcnn.dtypes import acc_dtype, half_float
 from fcnn.ops import auto as _auto
 from fcnn.ops import pool_nd
 from fcnn.ops.pool_nd import from_channels_last, to_channels_last
@@ -263,16 +263,17 @@ def avg_pool(x, window, *, stride=None, padding="VALID", layout=None, count_incl
     layout, window, stride, pads, dilation, out_sizes = _geometry(x, window, stride, padding, 1, layout)
     _check_floating(x)
     x = jnp.asarray(x)
+    xs = x.astype(acc_dtype(x.dtype))  # 16-bit windows summed in float32 (a bf16 sum stops growing at 256)
     if impl == "lax":
-        sums = to_channels_last(pool_nd.lax_pool(x, 0, lax.add, window, stride, pads, dilation, layout), layout)
+        sums = to_channels_last(pool_nd.lax_pool(xs, 0, lax.add, window, stride, pads, dilation, layout), layout)
     else:
-        sums = pool_nd.window_sums_reference(to_channels_last(x, layout), window, stride, pads, out_sizes)
+        sums = pool_nd.window_sums_reference(to_channels_last(xs, layout), window, stride, pads, out_sizes)
     if count_include_pad:
         count = np.full(out_sizes, np.prod(window))
     else:
         in_sizes = shapes.spatial_dims(x.shape, layout)
         count = np.maximum(pool_nd.real_counts(in_sizes, window, stride, pads, out_sizes), 1)
-    y = sums / jnp.asarray(count[None, ..., None], x.dtype)  # (n, *out, c)
+    y = (sums / jnp.asarray(count[None, ..., None], sums.dtype)).astype(x.dtype)  # (n, *out, c)
     return from_channels_last(y, layout)
 
 
@@ -356,8 +357,9 @@ def adaptive_avg_pool(x, output_size, *, layout=None):
     The gradient is autodiff of the gather and masked sum: exact (the op is linear).
     """
     layout, cells, inside = _adaptive_cells(x, output_size, layout)
-    sums = jnp.sum(jnp.where(inside, cells, jnp.zeros((), cells.dtype)), axis=-2)  # (n, *out, c)
-    return from_channels_last(sums / jnp.asarray(inside.sum(axis=-2), cells.dtype), layout)
+    acc = acc_dtype(cells.dtype)  # 16-bit windows summed in float32
+    sums = jnp.sum(jnp.where(inside, cells, jnp.zeros((), cells.dtype)), axis=-2, dtype=acc)  # (n, *out, c)
+    return from_channels_last((sums / jnp.asarray(inside.sum(axis=-2), acc)).astype(cells.dtype), layout)
 
 
 def adaptive_max_pool(x, output_size, *, layout=None):

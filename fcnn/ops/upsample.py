@@ -121,12 +121,13 @@ def _adjoint(g, plan):
                                  precision=lax.Precision.HIGHEST, preferred_element_type=acc)  # (n, ..., in)
             g = jnp.moveaxis(dx.astype(g.dtype), -1, 1 + a)
             continue
-        ga = jnp.moveaxis(g, 1 + a, 0)  # (out, ...): output cells first
-        w0 = _weights(w0, 0, ga.ndim, g.dtype)
+        acc = acc_dtype(g.dtype)  # bf16 gradients summed in f32, as on the matrix path
+        ga = jnp.moveaxis(g, 1 + a, 0).astype(acc)  # (out, ...): output cells first
+        w0 = _weights(w0, 0, ga.ndim, acc)
         dx = jax.ops.segment_sum(w0 * ga, i0, num_segments=n_in)  # cell j gives w0[j]*g[j] to i0[j]
         if i1 is not None:
-            dx = dx + jax.ops.segment_sum(_weights(w1, 0, ga.ndim, g.dtype) * ga, i1, num_segments=n_in)
-        g = jnp.moveaxis(dx, 0, 1 + a)
+            dx = dx + jax.ops.segment_sum(_weights(w1, 0, ga.ndim, acc) * ga, i1, num_segments=n_in)
+        g = jnp.moveaxis(dx.astype(g.dtype), 0, 1 + a)
     return g
 
 
