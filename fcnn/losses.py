@@ -46,6 +46,12 @@ __all__ = ["softmax_cross_entropy", "pixelwise_cross_entropy", "binary_cross_ent
 def _check_logits(logits) -> None:
     if jnp.ndim(logits) != 2:
         raise ValueError(f"logits must have shape (batch, classes), got shape {jnp.shape(logits)}")
+    _check_classes(logits)
+
+
+def _check_classes(logits) -> None:
+    if jnp.shape(logits)[-1] < 1:
+        raise ValueError(f"logits must hold at least one class on their last axis, got shape {jnp.shape(logits)}")
 
 
 def _targets(logits: Array, labels: Array) -> Array:
@@ -91,7 +97,9 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
     if label_smoothing:
         k = logits.shape[-1]
         t = (1.0 - label_smoothing) * t + label_smoothing / k
-    return -jnp.mean(jnp.sum(t * log_softmax(logits), axis=-1))
+    lsm = log_softmax(logits)
+    # a class with no target mass adds nothing, also where its logit is -inf (a masked class: 0 * -inf = nan)
+    return -jnp.mean(jnp.sum(jnp.where(t != 0, t * lsm, 0), axis=-1))
 
 
 def _check_same_shape(predictions, targets) -> None:
@@ -142,6 +150,7 @@ def _dense_labels(logits, labels, name="labels") -> None:
     """(n, ..., k) logits and (n, ...) integer labels, else an error naming ``name`` and both shapes."""
     if jnp.ndim(logits) < 2:
         raise ValueError(f"logits must have shape (batch, ..., classes), got shape {jnp.shape(logits)}")
+    _check_classes(logits)
     if jnp.shape(labels) != jnp.shape(logits)[:-1]:
         raise ValueError(f"{name} must have shape (batch, ...) = logits' shape without the class axis "
                          f"{jnp.shape(logits)[:-1]}, got shape {jnp.shape(labels)}")
@@ -187,6 +196,7 @@ def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
     """
     smooth = _checks.non_negative_float(smooth, "smooth")
     z = _float(logits)
+    _check_classes(z)
     if jnp.shape(targets) == jnp.shape(z) and jnp.ndim(z) >= 2:
         t = jnp.asarray(targets).astype(z.dtype)
     else:

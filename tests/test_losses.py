@@ -42,6 +42,19 @@ def test_cross_entropy_is_stable_for_huge_logits():
     np.testing.assert_allclose(got, 1000.0, rtol=1e-6)
 
 
+def test_a_masked_class_at_minus_inf_adds_nothing():
+    """A class whose logit is -inf (masked) has probability 0 and no target mass: it adds nothing, as in
+    PyTorch's cross_entropy (1.3133 here by hand). 0 * -inf made the loss nan while its gradient was
+    finite, so a step reported nan and trained on; one-hot targets and the pixel-wise loss agree."""
+    logits, y = jnp.array([[0.0, -jnp.inf, 1.0]]), jnp.array([0])
+    want = np.log(1 + np.e)  # -log(e^0 / (e^0 + e^1))
+    for got in (losses.softmax_cross_entropy(logits, y), losses.softmax_cross_entropy(logits, jnp.eye(3)[y]),
+                losses.pixelwise_cross_entropy(logits, y)):
+        np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    g = jax.grad(losses.softmax_cross_entropy)(logits, y)
+    np.testing.assert_allclose(np.asarray(g), [[1 / (1 + np.e) - 1, 0.0, np.e / (1 + np.e)]], rtol=1e-6)
+
+
 def test_label_smoothing_by_hand(batch):
     logits, labels = batch
     eps, k = 0.1, 5
@@ -102,6 +115,15 @@ def test_softmax_rows_sum_to_one(batch):
         (lambda: losses.softmax_cross_entropy(jnp.zeros((3,)), jnp.zeros((3,), jnp.int32)), "logits must have shape"),
         (lambda: losses.mse(jnp.zeros(3), jnp.zeros(4)), "same shape"),
         (lambda: losses.l2_penalty({}, -1.0), "non-negative"),
+        # no class at all: refused (label smoothing divided by k = 0; the loss came out -0.0; accuracy's
+        # argmax of nothing; dice nan)
+        (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 0)), jnp.zeros((2,), jnp.int32), label_smoothing=0.1),
+         r"logits must hold at least one class on their last axis, got shape \(2, 0\)"),
+        (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 0)), jnp.zeros((2,), jnp.int32)), "at least one class"),
+        (lambda: losses.accuracy(jnp.zeros((2, 0)), jnp.zeros((2,), jnp.int32)), "at least one class"),
+        (lambda: losses.dice_loss(jnp.zeros((2, 0)), jnp.zeros((2,), jnp.int32)), "at least one class"),
+        (lambda: losses.pixelwise_cross_entropy(jnp.zeros((2, 3, 0)), jnp.zeros((2, 3), jnp.int32)),
+         "at least one class"),
     ],
 )
 def test_bad_input_names_the_argument(call, match):
