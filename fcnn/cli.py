@@ -24,7 +24,8 @@ from typing import List, Optional
 from fcnn import _checks
 from fcnn.run import (RESUME_MAY_CHANGE, TrainConfig, build_model, check_model_name, check_new_run_dir, free_run_dir,
                       load_data, load_run, make_task, read_config)
-from fcnn.data import official_size_note, resolved_data_dir
+from fcnn.data import official_size_note
+from fcnn.datafiles import resolved_data_dir
 from fcnn.step import DTYPE_POLICIES
 
 __all__ = ["main", "build_parser", "build_model", "load_run"]

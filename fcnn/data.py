@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcnn import _checks
-from fcnn.datafiles import (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, MissingDataError, check_labels,
-                            find_file, read_cifar_binary, read_cifar_pickle, read_idx)
+from fcnn.datafiles import (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, DataError, MissingDataError, check_labels,  # noqa: F401
+                            default_data_dir, find_file, read_cifar_binary, read_cifar_pickle, read_idx,
+                            resolved_data_dir)  # the data folders' rule, re-exported here
 from fcnn.types import Array
 
 __all__ = [
@@ -70,20 +71,6 @@ class Dataset(NamedTuple):
     std: np.ndarray  # (c,) float32: per-channel train std of pixel / max_pixel
     evidence: Optional[np.ndarray] = None  # synthetic only: (num_classes, h, w) bool class regions
     augment: Optional[Callable] = None  # (key, x) -> x applied to each training batch in the step (fit)
-
-
-def default_data_dir() -> str:
-    return os.environ.get("FCNN_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fcnn")
-
-
-def resolved_data_dir(name: str, data_dir: Optional[str] = None) -> Optional[str]:
-    """The absolute folder ``load(name, data_dir=data_dir)`` reads (``default_data_dir()`` when None),
-    or None for a dataset built in memory: what a run records, so that evaluating it later from
-    another working directory, or with another $FCNN_DATA_DIR, reads the same files."""
-    if name in ("digits", "synthetic"):
-        return None
-    data_dir = _checks.path(data_dir, "data_dir", optional=True)
-    return os.path.abspath(os.path.expanduser(data_dir) if data_dir is not None else default_data_dir())
 
 
 def load(name: str = "digits", *, data_dir: Optional[str] = None, normalize: bool = True,

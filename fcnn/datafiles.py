@@ -33,7 +33,27 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["DataError", "MissingDataError", "read_idx", "read_cifar_pickle", "read_cifar_binary", "find_file"]
+from fcnn import _checks
+
+__all__ = ["DataError", "MissingDataError", "read_idx", "read_cifar_pickle", "read_cifar_binary", "find_file",
+           "default_data_dir", "resolved_data_dir"]
+
+IN_MEMORY = ("digits", "synthetic")  # fcnn.data's datasets built without files
+
+
+def default_data_dir() -> str:
+    """Where file datasets are read from unless told: ``$FCNN_DATA_DIR``, else ``~/.cache/fcnn``."""
+    return os.environ.get("FCNN_DATA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fcnn")
+
+
+def resolved_data_dir(name: str, data_dir: Optional[str] = None) -> Optional[str]:
+    """The absolute folder ``fcnn.data.load(name, data_dir=data_dir)`` reads (``default_data_dir()``
+    when None), or None for a dataset built in memory: what a run records, so that evaluating it
+    later from another working directory, or with another $FCNN_DATA_DIR, reads the same files."""
+    if name in IN_MEMORY:
+        return None
+    data_dir = _checks.path(data_dir, "data_dir", optional=True)
+    return os.path.abspath(os.path.expanduser(data_dir) if data_dir is not None else default_data_dir())
 
 
 class DataError(ValueError):

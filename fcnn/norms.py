@@ -176,6 +176,16 @@ def _batch_norm_train_jvp(ca, axis_name, epsilon, primals, tangents):
     return (y, mean, var), (d_y, d_mean, 2 * e(xc * dx))
 
 
+def _values_per_channel(x, ca) -> int:
+    """x's channel count, after refusing a batch with no values per channel (train=True's statistics)."""
+    c = x.shape[ca]
+    if c and not x.size:
+        raise ValueError(f"BatchNorm with train=True takes the batch's statistics per channel, and x of shape "
+                         f"{tuple(x.shape)} has no values per channel: their mean would be 0/0 and the running "
+                         "statistics NaN. Skip the empty batch, or apply with train=False")
+    return c
+
+
 def _unbiased_factor(xs, ca, axis_name):
     """``m / (m - 1)`` for m values per channel (counted over ``axis_name`` too): the factor that
     turns the biased variance into the unbiased one the running average keeps with
@@ -251,11 +261,7 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
         ca = _channel_axis(x.ndim, last)
         xs = x.astype(acc_dtype(x.dtype))
         if train:
-            c = xs.shape[ca]
-            if c and not xs.size:
-                raise ValueError(f"BatchNorm with train=True takes the batch's statistics per channel, and x of shape "
-                                 f"{tuple(x.shape)} has no values per channel: their mean would be 0/0 and the running "
-                                 "statistics NaN. Skip the empty batch, or apply with train=False")
+            c = _values_per_channel(xs, ca)
             scale, offset = ((params["scale"].astype(xs.dtype), params["offset"].astype(xs.dtype)) if params
                              else (jnp.ones((c,), xs.dtype), jnp.zeros((c,), xs.dtype)))
             y, mean, var = _batch_norm_train(xs, scale, offset, ca, axis_name, epsilon)

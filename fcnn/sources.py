@@ -23,7 +23,7 @@ import numpy as np
 from fcnn import _checks
 from fcnn import data as data_lib
 
-__all__ = ["array_source", "first_batch", "source_chunks", "check_steps_per_epoch"]
+__all__ = ["array_source", "first_batch", "source_chunks", "check_steps_per_epoch", "test_pair"]
 
 
 def array_source(x, y, batch_size: int) -> Callable:
@@ -88,6 +88,16 @@ def source_chunks(source: Callable, *, seed: int, epoch: int, start: int, stop: 
         xb, yb = (pairs[0] if k == 1 else (np.stack(list(xs)), np.stack(list(ys))))
         yield data_lib.Chunk(b, k, xb, yb)
         b += k
+
+
+def test_pair(test_data):
+    """A source's ``fit(test_data=...)``: ``(x_test, y_test)``, or ``(None, None)`` for None."""
+    if test_data is None:
+        return None, None
+    if not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
+        raise TypeError(f"test_data must be an (x_test, y_test) pair, got {type(test_data).__name__}"
+                        f"{f' of {len(test_data)}' if isinstance(test_data, (tuple, list)) else ''}")
+    return tuple(test_data)
 
 
 def check_steps_per_epoch(steps_per_epoch: Optional[int]) -> int:

@@ -159,12 +159,25 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
     return logits.astype(jnp.float32), _restore_dtypes(new_state, state)
 
 
-def _device_share(weight, axis_name: str):
-    """This device's ``weight`` over the devices' mean weight (0 where every weight is 0): the factor
-    that turns the ``pmean`` of per-device mean losses and gradients into their mean over the global
-    batch's loss terms, when devices hold different numbers of them (``Task.loss_weight``)."""
+def _non_empty(batch):
+    """``batch`` if its x holds an example; refused while tracing (shapes are static) if not."""
+    if not jnp.shape(batch[0])[0]:
+        raise ValueError(f"the batch must hold at least one example (the loss is their mean), got x of shape "
+                         f"{tuple(jnp.shape(batch[0]))}")
+    return batch
+
+
+def _weighted_by_device_share(task: tasks.Task, y, grads, loss, axis_name: Optional[str]):
+    """``(grads, loss)`` times this device's share of the global batch's loss terms (its
+    ``task.loss_weight`` total over the devices' mean, 0 where all are 0), so that the ``pmean`` of
+    per-device means is the mean over the global batch's terms when devices hold different numbers
+    of them; unchanged without ``axis_name`` or a ``loss_weight``."""
+    if axis_name is None or task.loss_weight is None:
+        return grads, loss
+    weight = jnp.sum(task.loss_weight(y))
     average = jax.lax.pmean(weight, axis_name)
-    return jnp.where(average > 0, weight / jnp.where(average > 0, average, 1), 0)
+    share = jnp.where(average > 0, weight / jnp.where(average > 0, average, 1), 0)
+    return jax.tree.map(lambda g: g * share.astype(g.dtype), grads), loss * share
 
 
 def step_keys(train_key, start: int, k: int = 1) -> np.ndarray:
@@ -197,10 +210,8 @@ def plain_train_step(
     With ``axis_name`` (the function then runs inside ``pmap`` / ``shard_map`` over that
     axis) the step key is folded with the device index, and the gradients, the metrics and
     the new model state are ``lax.pmean``-ed over the axis, so every device applies the
-    same update (the metrics' sums are ``lax.psum``-ed: the global batch's sums). Where the task
-    weighs its examples (``Task.loss_weight``: segment with an ignore_index), each device's loss and
-    gradients are first weighted by its share of the loss terms, so the step equals one device's
-    on the global batch.
+    same update (the metrics' sums are ``lax.psum``-ed: the global batch's sums); a task's
+    ``loss_weight`` first weights each device's by its share (``_weighted_by_device_share``).
     ``fcnn.parallel`` builds its data-parallel steps from this function. Arguments as ``make_train_step``.
     """
     check_layer(model, "model")
@@ -223,10 +234,7 @@ def plain_train_step(
         return total, (loss, logits, new_state)
 
     def one_step(params, state, opt_state, batch, key):
-        x, y = batch
-        if not jnp.shape(x)[0]:  # static under jit: refused while tracing, before any computation
-            raise ValueError(f"the batch must hold at least one example (the loss is their mean), got x of shape "
-                             f"{tuple(jnp.shape(x))}")
+        x, y = _non_empty(batch)
         check_key(key, "the train step")
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -235,9 +243,7 @@ def plain_train_step(
             x = augment(aug_key, x)
         grads, (loss, logits, new_state) = jax.grad(objective, has_aux=True)(params, state, x, y, key)
         sums = _batch_sums(task, logits, y)
-        if axis_name is not None and task.loss_weight is not None:
-            share = _device_share(jnp.sum(task.loss_weight(y)), axis_name)
-            grads, loss = jax.tree.map(lambda g: g * share.astype(g.dtype), grads), loss * share
+        grads, loss = _weighted_by_device_share(task, y, grads, loss, axis_name)
         grads = mean(grads)
         if axis_name is not None:
             new_state = _restore_dtypes(mean(new_state), state)

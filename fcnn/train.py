@@ -183,10 +183,7 @@ class _Loop:
         bs = self.config.batch_size
         if not hasattr(data, "x_train"):  # a batch source (seed, epoch, start_step) -> batches
             self.source, self.spe = data, sources.check_steps_per_epoch(steps_per_epoch)
-            if test_data is not None and not (isinstance(test_data, (tuple, list)) and len(test_data) == 2):
-                raise TypeError(f"test_data must be an (x_test, y_test) pair, got {type(test_data).__name__}"
-                                f"{f' of {len(test_data)}' if isinstance(test_data, (tuple, list)) else ''}")
-            self.x_test, self.y_test = (None, None) if test_data is None else test_data
+            self.x_test, self.y_test = sources.test_pair(test_data)
             return sources.first_batch(data, self.config.seed, bs), None
         if steps_per_epoch is not None or test_data is not None:
             raise ValueError("steps_per_epoch and test_data are for a batch source; arrays bring their own "

@@ -20,6 +20,7 @@ from jax.test_util import check_grads
 
 from fcnn import ops, shapes
 from fcnn.ops import CONV_IMPLS, PADDING_MODES, conv, conv1d, conv3d
+from fcnn.ops import auto as _auto
 
 jax.config.update("jax_enable_x64", True)
 
@@ -431,3 +432,14 @@ def test_empty_operands_give_the_empty_sum_in_every_impl(rank):
             np.testing.assert_array_equal(np.asarray(z), np.broadcast_to(np.asarray(b), out), err_msg=where)
             assert dx.shape == x_shape and dw.shape == w_shape and not np.any(dx) and not np.any(dw), where
             np.testing.assert_allclose(np.asarray(db), want_db, rtol=1e-5, atol=1e-5, err_msg=where)
+
+
+def test_an_empty_operand_gets_lax():
+    """A 0 batch or channel count: "lax" (conv computes such calls by lax, conv_nd's docstring), where
+    the same conv with elements gets another impl on CPU; the CPU cost rule once divided by the 0 batch."""
+    full = _auto.select_conv_impl("cpu", (16, 28, 28, 1), (5, 5, 1, 6))
+    assert full != "lax"  # "taps" or "onednn", by the CPU
+    for x_shape, w_shape in [((0, 28, 28, 1), (5, 5, 1, 6)), ((16, 28, 28, 0), (5, 5, 0, 6)),
+                             ((16, 28, 28, 1), (5, 5, 1, 0))]:
+        assert _auto.select_conv_impl("cpu", x_shape, w_shape) == "lax"
+        assert _auto.select_conv_impl("cpu", x_shape, w_shape, dtype=jnp.bfloat16) == "lax"

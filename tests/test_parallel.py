@@ -4,7 +4,6 @@ The multi-device checks need 8 virtual CPU devices, which XLA_FLAGS must request
 JAX initialises, so they run in a subprocess that prints JSON; the parent asserts.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,23 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from _children import ROOT, child_env, child_result
 from fcnn import parallel
 from fcnn.combinators import serial
 from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _child_env(n: int, **extra) -> dict:
-    """The environment of a CPU subprocess with ``n`` virtual devices and this checkout on its path.
-
-    The device count is appended to XLA_FLAGS, keeping the flags already there (conftest's fast-compile
-    flags; replacing them made these subprocesses compile at XLA's defaults: this module took 34 s
-    instead of 29 s in one process)."""
-    env = os.environ
-    return dict(env, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
-                XLA_FLAGS=(env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip(), **extra)
-
 
 def _bn_model():
     return serial(Conv2D(3, 3, padding="SAME"), BatchNorm(), Relu(), Flatten(), Dense(4))
@@ -146,7 +132,7 @@ _MULTI_DEVICE = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def multi_device():
-    env = _child_env(8)
+    env = child_env(8)
     proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -186,83 +172,6 @@ def test_data_parallel_bad_configs_give_clear_errors(multi_device):
     assert "params must be replicated" in e["pmap_params"]
     assert "batch x global batch size (12,) must be divisible by the 8 devices" in e["sharded_div"]
     assert "n_devices=9 exceeds" in e["mesh"]
-
-
-_MULTI_PROCESS = textwrap.dedent(r"""
-    import json, sys
-    import jax, jax.numpy as jnp, numpy as np, optax
-    from fcnn import parallel
-    from fcnn.combinators import serial
-    from fcnn.layers import BatchNorm, Conv2D, Dense, Flatten, Relu
-
-    mode = sys.argv[1]
-    if mode == "worker":
-        parallel.initialize_distributed(sys.argv[2], 2, int(sys.argv[3]), initialization_timeout=60)
-    assert jax.device_count() == 4, jax.devices()
-    model = serial(Conv2D(4, 3, padding="SAME"), BatchNorm(), Relu(), Flatten(), Dense(5))
-    _, params, state = model.init(jax.random.PRNGKey(0), (1, 6, 6, 2))
-    opt = optax.sgd(0.1, momentum=0.9)
-    opt_state = opt.init(params)
-    mesh = parallel.make_mesh()
-    step = parallel.make_sharded_train_step(model, opt, mesh)
-    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    rng = np.random.default_rng(0)
-    N = 8
-    for t in range(3):
-        x = (rng.normal(size=(N, 6, 6, 2)) + np.linspace(-2, 2, N)[:, None, None, None]).astype(np.float32)
-        y = rng.integers(0, 5, N).astype(np.int32)
-        if mode == "worker":  # each process feeds only its own rows
-            lo, hi = jax.process_index() * N // 2, (jax.process_index() + 1) * N // 2
-            x = jax.make_array_from_process_local_data(data, x[lo:hi], (N, 6, 6, 2))
-            y = jax.make_array_from_process_local_data(data, y[lo:hi], (N,))
-        params, state, opt_state, m = step(params, state, opt_state, (x, y), jax.random.PRNGKey(1))
-    flat = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves((params, state))])
-    print("RESULT " + json.dumps({"process": jax.process_index(), "flat": flat.astype(float).tolist(),
-                                  "loss": float(m["loss"])}), flush=True)
-    if mode == "worker":
-        jax.distributed.shutdown()
-""")
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _result(stdout):
-    return json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
-
-
-@pytest.mark.slow  # two processes plus a reference; the in-process modes run by default
-def test_two_processes_equal_one_process_with_four_devices():
-    one = subprocess.run([sys.executable, "-c", _MULTI_PROCESS, "single"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=_child_env(4))
-    assert one.returncode == 0, one.stderr[-4000:]
-    coordinator = f"127.0.0.1:{_free_port()}"
-    env2 = _child_env(2)
-    procs = [subprocess.Popen([sys.executable, "-c", _MULTI_PROCESS, "worker", coordinator, str(i)], cwd=ROOT,
-                              env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=150)
-            outs.append((p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-    for rc, out, err in outs:
-        assert rc == 0, err[-4000:]
-    ref = _result(one.stdout)
-    for i, (_, out, _) in enumerate(outs):
-        r = _result(out)
-        assert r["process"] == i
-        a, b = np.array(r["flat"]), np.array(ref["flat"])
-        assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-6
-        np.testing.assert_allclose(r["loss"], ref["loss"], rtol=1e-6)
 
 
 _FIT = textwrap.dedent(r"""
@@ -352,10 +261,10 @@ _FIT = textwrap.dedent(r"""
 
 
 def _fit_runs(every_task: bool):
-    env = _child_env(4, FCNN_FIT_EVERY_TASK=str(int(every_task)))
+    env = child_env(4, FCNN_FIT_EVERY_TASK=str(int(every_task)))
     proc = subprocess.run([sys.executable, "-c", _FIT], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return _result(proc.stdout)
+    return child_result(proc.stdout)
 
 
 @pytest.fixture(scope="module")

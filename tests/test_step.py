@@ -446,26 +446,3 @@ def test_cpu_with_amx_steps_hand_only_the_matmuls_to_ynnpack(monkeypatch):
     default = jax.jit(plain_train_step(model, opt, dtype_policy="bf16"))
     for a, b in zip(jax.tree.leaves(ours(*args)[0]), jax.tree.leaves(default(*args)[0])):
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)
-
-
-def test_evaluate_segment_loss_with_ignored_pixels_is_the_mean_over_every_kept_pixel():
-    """With an ignore_index the loss averages over kept pixels, so the set's loss is the one batch of
-    the whole set gives, for every batch size. Before, it was the mean of per-image means: an image
-    with every pixel ignored added a loss of 0 and images with few kept pixels weighed like full ones."""
-    from fcnn.combinators import serial
-    from fcnn.layers import Conv2D
-
-    model, task = serial(Conv2D(3, 3, padding="SAME")), tasks.segment(3, ignore_index=255)
-    _, params, state = model.init(jax.random.PRNGKey(0), (1, 6, 6, 2))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(5, 6, 6, 2)).astype(np.float32)
-    y = rng.integers(0, 3, (5, 6, 6)).astype(np.int32)
-    y[1] = 255  # no pixel kept
-    y[3, :4] = 255
-    logits = np.asarray(model.apply(params, state, jnp.asarray(x))[0], np.float64)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # NumPy's cross-entropy, not fcnn's
-    kept = y != 255
-    want = -np.take_along_axis(logp, np.where(kept, y, 0)[..., None], -1)[..., 0][kept].mean()
-    for batch_size in (1, 2, 3, 5, 8):
-        got = evaluate(model, params, state, x, y, batch_size, task=task)["loss"]
-        np.testing.assert_allclose(got, want, rtol=1e-5)
