@@ -24,7 +24,11 @@ PyTorch uses ``1 / scale`` as given (``recompute_scale_factor`` unset, its defau
 ``recompute_scale_factor=True`` it uses ``in / out`` instead, which differs for scales where
 ``in * scale`` is not an integer. fcnn computes indices and weights in float64 NumPy (PyTorch: in
 float for float32 inputs), so a source coordinate that float32 rounds across an integer may pick
-another cell there.
+another cell there. One more difference: where an axis keeps its size (``floor(in * scale) == in``,
+e.g. 8 cells at scale 1.1) PyTorch 2.13's linear modes copy it, while fcnn interpolates by the
+formula above (checked: ``F.interpolate(arange(8), scale_factor=1.1, mode="linear")`` gives 0..7,
+fcnn 0, 0.864, 1.773, ...); its nearest mode is not uniform there either (2-D copies, 1-D and 3-D
+do not).
 
 The op is linear in ``x``: its gradient is the adjoint (transpose) ``upsample_adjoint``, written by
 hand: every output cell ``j`` sends ``w0[j] * g[j]`` to input cell ``i0[j]`` and ``w1[j] * g[j]`` to
