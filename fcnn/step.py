@@ -81,7 +81,11 @@ def check_labels(x, y, num_classes: int, name: str = "y") -> None:
     if len(y) != len(x):
         raise ValueError(f"{name} must hold one label per image: the images are {len(x)}, the labels {len(y)}")
     if y.ndim == 2 and y.shape[1] == num_classes and np.issubdtype(y.dtype, np.number):
-        return  # one-hot or soft rows, float or int (the loss and accuracy take both)
+        bad = np.flatnonzero(~(np.isfinite(y) & (y >= 0)).all(axis=1)) if y.size else []
+        if len(bad):  # one-hot or soft rows, float or int (the loss and accuracy take both): probabilities
+            raise ValueError(f"{name} rows are class probabilities and must be finite and >= 0; row {bad[0]} is "
+                             f"{y[bad[0]].tolist()} ({len(bad)} such rows)")
+        return
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{name} must be int class labels (n,) or one-hot rows (n, {num_classes}), "
                          f"got {y.dtype} {y.shape}")

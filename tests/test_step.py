@@ -199,8 +199,7 @@ def test_the_step_refuses_anything_but_a_prng_key(data, key, exc, got):
 
 
 def test_the_step_refuses_an_empty_batch(data):
-    """The loss is a mean over the batch: 0 examples gave a NaN loss and accuracy (and an update from
-    zero gradients) without a word; now the step refuses them while tracing, one step or k."""
+    """0 examples gave a NaN loss and accuracy without a word; now refused while tracing, one step or k."""
     model, opt = mlp(), make_optimizer("sgd", 0.1)
     x, y = data.x_train[:8], data.y_train[:8]
     p, s, o = init_trees(model, x, opt)
@@ -255,6 +254,9 @@ def test_evaluate_checks_labels_against_the_images_and_the_model(data):
     # were refused with a message that listed them as allowed)
     assert evaluate(model, params, state, x, onehot.astype(np.int32), batch_size=8) == evaluate(
         model, params, state, x, y, batch_size=8)
+    soft = np.where((np.arange(20) == 5)[:, None] & (np.arange(10) < 2), [-0.5, 1.5] + [0] * 8, onehot)  # was silent
+    with pytest.raises(ValueError, match=r"y rows are class probabilities and must be finite and >= 0; row 5 is \[-0"):
+        evaluate(model, params, state, x, soft, batch_size=8)
 
 
 def test_non_finite_test_inputs_warn_and_give_nan_not_a_number(data):
