@@ -86,7 +86,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
       logits: (n, k) unnormalised scores. bf16 logits are upcast to float32 first.
       labels: (n,) integer class indices, or (n, k) one-hot / probability targets. An index
         outside [0, k) is a zero target row (loss 0 for that row): it cannot be checked inside
-        ``jit``; ``fcnn.step.check_labels`` and ``fcnn.tasks`` check labels on the host.
+        ``jit``; ``fcnn.tasks.check_labels`` and the tasks' checks test labels on the host.
       label_smoothing: eps in [0, 1); targets become ``(1 - eps) * t + eps / k``.
 
     Returns:

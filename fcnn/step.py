@@ -48,6 +48,7 @@ from fcnn import _checks, runtime, tasks
 from fcnn import data as data_lib
 from fcnn import metrics as metrics_lib
 from fcnn.losses import l2_penalty
+from fcnn.tasks import check_labels  # re-exported: fcnn.step.check_labels
 from fcnn.runtime import (CPU_AMX_COMPILER_OPTIONS, CPU_COMPILER_OPTIONS, CPU_HEAP_OPTIONS,  # noqa: F401 - fcnn.step's names too
                            compiler_options)
 from fcnn.types import Array, Layer, Params, State, check_key, check_layer
@@ -72,27 +73,6 @@ def num_outputs(model: Layer, params: Params, state: State, x_shape) -> int:
     """The size of the model's last output axis for inputs (n, *x_shape[1:]), by tracing only."""
     x = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
     return int(jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, x).shape[-1])
-
-
-def check_labels(x, y, num_classes: int, name: str = "y") -> None:
-    """Class targets for images ``x``: one per image, either int labels in ``[0, num_classes)`` or
-    one-hot / soft rows (n, num_classes). Raises ``ValueError`` naming ``name`` and the rule."""
-    y = np.asarray(y)
-    if len(y) != len(x):
-        raise ValueError(f"{name} must hold one label per image: the images are {len(x)}, the labels {len(y)}")
-    if y.ndim == 2 and y.shape[1] == num_classes and np.issubdtype(y.dtype, np.number):
-        bad = np.flatnonzero(~(np.isfinite(y) & (y >= 0)).all(axis=1)) if y.size else []
-        if len(bad):  # one-hot or soft rows, float or int (the loss and accuracy take both): probabilities
-            raise ValueError(f"{name} rows are class probabilities and must be finite and >= 0; row {bad[0]} is "
-                             f"{y[bad[0]].tolist()} ({len(bad)} such rows)")
-        return
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} must be int class labels (n,) or one-hot rows (n, {num_classes}), "
-                         f"got {y.dtype} {y.shape}")
-    bad = np.flatnonzero((y < 0) | (y >= num_classes))
-    if bad.size:
-        raise ValueError(f"{name} holds labels outside [0, {num_classes}) (the model has {num_classes} outputs): "
-                         f"{y[bad[0]]} at index {bad[0]} ({bad.size} such labels)")
 
 
 def resolve_task(task=None, loss_fn: Optional[Callable] = None) -> tasks.Task:
@@ -165,10 +145,10 @@ def _forward(model: Layer, params: Params, state: State, x: Array, key, train: b
 
 def _non_empty(batch):
     """``batch`` if its x holds an example; refused while tracing (shapes are static) if not."""
-    if not jnp.shape(batch[0])[0]:
-        raise ValueError(f"the batch must hold at least one example (the loss is their mean), got x of shape "
-                         f"{tuple(jnp.shape(batch[0]))}")
-    return batch
+    if jnp.shape(batch[0])[0]:
+        return batch
+    raise ValueError(f"the batch must hold at least one example (the loss is their mean), got x of shape "
+                     f"{tuple(jnp.shape(batch[0]))}")
 
 
 def _weighted_by_device_share(task: tasks.Task, y, grads, loss, axis_name: Optional[str]):

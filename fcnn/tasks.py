@@ -36,7 +36,7 @@ from fcnn import _checks, losses
 from fcnn import metrics as M
 
 __all__ = ["Task", "classify", "segment", "reconstruct", "denoise", "regress", "TASKS", "METRIC_NAMES", "get_task",
-           "score"]
+           "score", "check_labels"]
 
 
 class Task(NamedTuple):
@@ -71,6 +71,27 @@ def _check_labels(y, k: int, ignore_index: Optional[int], what: str) -> None:
         extra = f" (or ignore_index={ignore_index})" if ignore_index is not None else ""
         raise ValueError(f"{what} labels must be in [0, {k}){extra}; got {y[bad].flat[0]} at index "
                          f"{tuple(int(i) for i in np.argwhere(bad)[0])}")
+
+
+def check_labels(x, y, num_classes: int, name: str = "y") -> None:
+    """Class targets for images ``x``: one per image, either int labels in ``[0, num_classes)`` or
+    one-hot / soft rows (n, num_classes). Raises ``ValueError`` naming ``name`` and the rule."""
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"{name} must hold one label per image: the images are {len(x)}, the labels {len(y)}")
+    if y.ndim == 2 and y.shape[1] == num_classes and np.issubdtype(y.dtype, np.number):  # one-hot / soft rows
+        bad = np.flatnonzero(~(np.isfinite(y) & (y >= 0)).all(axis=1))
+        if not len(bad):
+            return
+        raise ValueError(f"{name} rows are class probabilities and must be finite and >= 0; row {bad[0]} is "
+                         f"{y[bad[0]].tolist()} ({len(bad)} such rows)")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must be int class labels (n,) or one-hot rows (n, {num_classes}), "
+                         f"got {y.dtype} {y.shape}")
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if bad.size:
+        raise ValueError(f"{name} holds labels outside [0, {num_classes}) (the model has {num_classes} outputs): "
+                         f"{y[bad[0]]} at index {bad[0]} ({bad.size} such labels)")
 
 
 def _check_classify(outputs_shape, y) -> None:
