@@ -74,3 +74,22 @@ def test_lines_and_tables_show_a_tasks_metrics():
     table = report.summary_table([rec], 90, 7.0, {"loss": 0.625, "mean_iou": 0.8125, "n": 359}, ("mean_iou",))
     assert "| train mean iou | 0.7123 |" in table and "| test mean iou  | 0.8125 |" in table
     assert "accuracy" not in table
+
+
+def test_json_files_are_written_durably(tmp_path, monkeypatch):
+    """config.json and metrics.jsonl: the temp file's data reaches the disk before the rename, and the
+    rename before the call returns (the folder fsynced), as for checkpoints; before, neither was
+    fsynced, so a power cut after the rename could leave an empty config.json."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", "dir" if os.path.isdir(f"/proc/self/fd/{fd}") else os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", a, b)) or real_replace(a, b))
+    for write, name, obj in ((report.write_json, "config.json", {"a": 1}), (report.write_jsonl, "m.jsonl", [RECORD])):
+        events.clear()
+        path = str(tmp_path / name)
+        write(path, obj)
+        assert events == [("fsync", path + ".tmp"), ("replace", path + ".tmp", path), ("fsync", "dir")], events
