@@ -57,9 +57,9 @@ class Metric(NamedTuple):
 
 def host_sums(sums: dict) -> dict:
     """Sums as host arrays widened to float64 (floating leaves) or int64 (integer leaves)."""
-    def wide(a):
+    def wide(a):  # no copy of a leaf already wide (a running total)
         a = np.asarray(a)
-        return a.astype(np.float64 if np.issubdtype(a.dtype, np.floating) else np.int64)
+        return a.astype(np.float64 if np.issubdtype(a.dtype, np.floating) else np.int64, copy=False)
     return jax.tree.map(wide, sums)
 
 

@@ -69,10 +69,16 @@ def check_dtype_policy(dtype_policy: str = "f32", precision: Optional[str] = Non
     return _checks.choice(dtype_policy, DTYPE_POLICIES, "dtype_policy")
 
 
+def _output_shape(model: Layer, params: Params, state: State, x_shape) -> tuple:
+    """The model's output shape for one input shaped like ``x_shape`` past the batch axis (batch 1),
+    by tracing only."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
+    return tuple(jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, x).shape)
+
+
 def num_outputs(model: Layer, params: Params, state: State, x_shape) -> int:
     """The size of the model's last output axis for inputs (n, *x_shape[1:]), by tracing only."""
-    x = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
-    return int(jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, x).shape[-1])
+    return int(_output_shape(model, params, state, x_shape)[-1])
 
 
 def resolve_task(task=None, loss_fn: Optional[Callable] = None) -> tasks.Task:
@@ -96,8 +102,7 @@ def check_targets(task: tasks.Task, model: Layer, params: Params, state: State, 
 def target_checker(task: tasks.Task, model: Layer, params: Params, state: State, x_shape) -> Callable:
     """``check(x, y, name)``: ``check_targets`` for inputs shaped like ``x_shape`` past the batch axis,
     the model's output shape traced once (a batch source's every batch is checked so)."""
-    xs = jax.ShapeDtypeStruct((1,) + tuple(x_shape[1:]), jnp.float32)
-    out = jax.eval_shape(lambda p, s, xx: model.apply(p, s, xx)[0], params, state, xs).shape
+    out = _output_shape(model, params, state, x_shape)
 
     def check(x, y, name: str = "y") -> None:
         if task.name == "classify":

@@ -164,9 +164,8 @@ class _Loop:
         self.params, self.state, self.opt_state, self.train_key = init_run(model, config, (bs,) + first[0].shape[1:],
                                                                            self.optimizer)
         self.task = self.pick_task(task, first[0].shape)
-        check_targets(self.task, model, self.params, self.state, *(first if self.source else (self.x, self.y)),
-                      "y_train")
-        self.check_batch = target_checker(self.task, model, self.params, self.state, first[0].shape)
+        self.check_batch = target_checker(self.task, model, self.params, self.state, first[0].shape)  # traced once
+        self.check_batch(*(first if self.source else (self.x, self.y)), "y_train")
         if self.x_test is not None:
             if self.y_test is None or len(self.x_test) == 0:
                 raise ValueError(f"x_test must come with y_test and hold at least one example, got x_test of "
