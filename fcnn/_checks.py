@@ -151,10 +151,10 @@ def new_file(value, name: str, *, overwrite: bool = False, flag: str = "overwrit
     """``value`` as the path of a file about to be written, checked before any computation: not a
     directory, in a folder that exists and can be written, and not an existing file unless
     ``overwrite`` (``flag`` names how to say so: ``--overwrite`` for a command)."""
-    text = path(value, name)
+    text, overwrite = path(value, name), boolean(overwrite, "overwrite")
     if os.path.isdir(text):
         raise ValueError(f"{name} {text!r} is a directory; give the path of a file")
-    if os.path.lexists(text) and not boolean(overwrite, "overwrite"):
+    if os.path.lexists(text) and not overwrite:
         raise ValueError(f"{name} {text!r} exists; pass {flag} to replace it")
     folder = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(folder):

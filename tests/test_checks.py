@@ -98,3 +98,24 @@ def test_array_shape_of_arrays_tracers_numbers_and_lists_and_refusals():
     for bad, kind in [(None, "NoneType"), ("img.png", "str"), (True, "bool"), (object, "type")]:
         with pytest.raises(TypeError, match=rf"^w must be an array, got .* \({kind}\)$"):
             _checks.array_shape(bad, "w")
+
+
+def test_new_file_rules(tmp_path):
+    """The path of a file about to be written: a new file in a writable folder; an existing one only
+    with overwrite (a bool, checked even where no file exists yet); never a folder."""
+    new, old = str(tmp_path / "new.png"), tmp_path / "old.png"
+    old.write_text("mine")
+    assert _checks.new_file(new, "--out") == new
+    assert _checks.new_file(str(old), "--out", overwrite=True) == str(old)
+    for value, kw, exc, match in [
+        (str(old), {}, ValueError, r"--out '.*old\.png' exists; pass overwrite=True to replace it"),
+        (str(old), dict(flag="--overwrite"), ValueError, "pass --overwrite to replace it"),
+        (str(tmp_path), {}, ValueError, "is a directory; give the path of a file"),
+        (str(tmp_path / "no" / "x.png"), {}, ValueError, r"'.*no' does not exist"),
+        (str(old / "x.png"), {}, ValueError, r"'.*old\.png' is not a folder"),
+        (new, dict(overwrite="yes"), TypeError, "overwrite must be a bool"),
+        ("", {}, ValueError, "--out must be a non-empty path"),
+    ]:
+        with pytest.raises(exc, match=match):
+            _checks.new_file(value, "--out", **kw)
+    assert old.read_text() == "mine"
