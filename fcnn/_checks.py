@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
            "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int",
-           "string", "path", "new_file", "function", "array_shape"]
+           "string", "path", "new_file", "function", "array_shape", "labels_outside"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -184,3 +184,18 @@ def array_shape(value, name: str) -> tuple:
     if isinstance(value, (numbers.Number, list, tuple)) and not isinstance(value, bool):
         return tuple(np.shape(value))
     raise TypeError(f"{name} must be an array, got {value!r:.60} ({type(value).__name__})")
+
+
+def labels_outside(labels, num_classes: int, ignore_index: Optional[int] = None) -> Optional[tuple]:
+    """The one rule for integer class labels: each is in ``[0, num_classes)`` or is ``ignore_index``.
+    ``None`` when every label keeps it, else ``(value, index, count)``: the first label that breaks it
+    (in C order), its index as a tuple, and how many do. Callers word the error for their input."""
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return None
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), labels.shape))
+    return labels[index].item(), index, count

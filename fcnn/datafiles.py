@@ -143,9 +143,10 @@ def check_labels(path: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise DataError(f"{path}: labels must be 1-D, got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
-        raise DataError(f"{path}: label {int(labels[bad])} at index {bad} is out of range [0, {num_classes})")
+    found = _checks.labels_outside(labels, num_classes)
+    if found:
+        value, (index,), _ = found
+        raise DataError(f"{path}: label {value} at index {index} is out of range [0, {num_classes})")
     return labels.astype(np.int32)
 
 

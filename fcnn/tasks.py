@@ -63,14 +63,10 @@ def _check_labels(y, k: int, ignore_index: Optional[int], what: str) -> None:
     """Integer labels in [0, k) (or ``ignore_index``), else an error saying which value broke it."""
     if not _is_int(y):
         raise TypeError(f"{what} targets must be integer class labels, got dtype {np.asarray(y).dtype}")
-    y = np.asarray(y)
-    bad = (y < 0) | (y >= k)
-    if ignore_index is not None:
-        bad &= y != ignore_index
-    if bad.any():
+    found = _checks.labels_outside(y, k, ignore_index)
+    if found:
         extra = f" (or ignore_index={ignore_index})" if ignore_index is not None else ""
-        raise ValueError(f"{what} labels must be in [0, {k}){extra}; got {y[bad].flat[0]} at index "
-                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}")
+        raise ValueError(f"{what} labels must be in [0, {k}){extra}; got {found[0]} at index {found[1]}")
 
 
 def check_labels(x, y, num_classes: int, name: str = "y") -> None:
@@ -88,10 +84,11 @@ def check_labels(x, y, num_classes: int, name: str = "y") -> None:
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{name} must be int class labels (n,) or one-hot rows (n, {num_classes}), "
                          f"got {y.dtype} {y.shape}")
-    bad = np.flatnonzero((y < 0) | (y >= num_classes))
-    if bad.size:
+    found = _checks.labels_outside(y, num_classes)
+    if found:
+        value, (index,), count = found
         raise ValueError(f"{name} holds labels outside [0, {num_classes}) (the model has {num_classes} outputs): "
-                         f"{y[bad[0]]} at index {bad[0]} ({bad.size} such labels)")
+                         f"{value} at index {index} ({count} such labels)")
 
 
 def _check_classify(outputs_shape, y) -> None:
