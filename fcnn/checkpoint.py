@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcnn import _checks
+from fcnn import _checks, _files
 from fcnn._version import __version__
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "restore", "latest", "load_latest", "list_checkpoints",
@@ -110,17 +110,6 @@ def _digest(arrays) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optional[dict] = None) -> str:
     """Write ``tree`` as ``run_dir/ckpt_<step:08d>.npz`` atomically; keep the newest ``keep``.
 
@@ -171,7 +160,7 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
         except OSError:
             pass
         raise
-    _fsync_dir(run_dir)
+    _files.fsync_dir(run_dir)
     for old in list_checkpoints(run_dir)[:-keep]:
         os.remove(old)
     for name in os.listdir(run_dir):  # temp files of crashed earlier saves

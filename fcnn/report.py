@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from fcnn import _files
+
 _SHORT = {"accuracy": "acc"}  # the epoch line's and progress bar's short names
 
 __all__ = ["progress_default", "EpochBar", "epoch_line", "summary_table", "plot_curves", "read_jsonl", "write_jsonl",
@@ -122,26 +124,9 @@ def plot_curves(history: list, path: str, names: Sequence[str] = ("accuracy",)) 
     return None
 
 
-def _write_durably(path: str, text: str) -> None:
-    """``text`` into ``path`` atomically and durably: a temp file, fsynced, renamed onto ``path``, then
-    the folder fsynced (as checkpoints are), so a crash or power cut leaves the old file or the new
-    one, never an empty or torn one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def write_json(path: str, obj) -> None:
-    """Write JSON atomically and durably (``_write_durably``)."""
-    _write_durably(path, json.dumps(obj, indent=2))
+    """Write JSON atomically and durably (``fcnn._files.write_durably``)."""
+    _files.write_durably(path, json.dumps(obj, indent=2))
 
 
 def read_jsonl(path: str, *, events: bool = False) -> list:
@@ -163,8 +148,8 @@ def read_jsonl(path: str, *, events: bool = False) -> list:
 
 
 def write_jsonl(path: str, records) -> None:
-    """Replace a JSON-lines file atomically and durably (``_write_durably``)."""
-    _write_durably(path, "".join(json.dumps(r) + "\n" for r in records))
+    """Replace a JSON-lines file atomically and durably (``fcnn._files.write_durably``)."""
+    _files.write_durably(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_jsonl(path: str, record) -> None:
