@@ -143,3 +143,41 @@ def test_all_zero_grad_cam_warns():
     assert (cam == 0).all()
     with pytest.warns(attribution.BlankMapWarning, match="saliency"):
         attribution.saliency(model, tuple(p), s, np.zeros((4, 4, 1), np.float32), 0)  # relu'(0) = 0: no gradient
+
+
+def test_maps_of_a_linear_model_by_hand():
+    """A 1x1 conv, Flatten, Dense: the logits are linear in x, so every map has a closed form in NumPy
+    (float64): the saliency max_c |sum_k Wc[c, k] Wd[(h, w, k), label]| (max over channels, not a sum),
+    SmoothGrad the same for any noise (a constant gradient), Grad-CAM at the conv relu(A . mean_hw(dz/dA))
+    (same size: the resize is the identity), occlusion the mean drop of p(label) over the clamped windows."""
+    h, w, c, k, n_cls, label = 5, 4, 2, 3, 3, 1
+    model = serial(Conv2D(k, 1), Flatten(), Dense(n_cls))
+    _, p, s = model.init(jax.random.PRNGKey(0), (1, h, w, c))
+    rng = np.random.default_rng(5)
+    wc, bc = rng.normal(size=(c, k)), rng.normal(size=k)
+    wd, bd = rng.normal(size=(h * w * k, n_cls)), rng.normal(size=n_cls)
+    p = ({"w": jnp.asarray(wc.reshape(1, 1, c, k)), "b": jnp.asarray(bc)}, p[1],
+         {"w": jnp.asarray(wd), "b": jnp.asarray(bd)})
+    x = rng.normal(size=(h, w, c))
+    g = np.einsum("ck,hwk->hwc", wc, wd[:, label].reshape(h, w, k))  # d z_label / d x
+    np.testing.assert_allclose(attribution.saliency(model, p, s, x, label), np.abs(g).max(-1), rtol=1e-10)
+    np.testing.assert_allclose(attribution.smoothgrad(model, p, s, x, label, key=jax.random.PRNGKey(1), n=4, sigma=0.5),
+                               np.abs(g).max(-1), rtol=1e-10)
+    a = x @ wc + bc  # (h, w, k): the conv's output
+    cam = np.maximum(a @ wd[:, label].reshape(h, w, k).mean((0, 1)), 0)
+    assert cam.max() > 0 and (cam == 0).any()  # the relu matters here
+    np.testing.assert_allclose(attribution.grad_cam(model, p, s, x, label, 0), cam, rtol=1e-10, atol=1e-12)
+
+    def prob(img):
+        z = (img @ wc + bc).reshape(-1) @ wd + bd
+        return np.exp(z[label] - z.max()) / np.exp(z - z.max()).sum()
+
+    total, count = np.zeros((h, w)), np.zeros((h, w))
+    for r in (0, 2, 3):  # patch 2, stride 2 on 5 rows: 0, 2 and the clamped last window 3
+        for q in (0, 2):
+            occluded = x.copy()
+            occluded[r:r + 2, q:q + 2] = 0.25
+            total[r:r + 2, q:q + 2] += prob(x) - prob(occluded)
+            count[r:r + 2, q:q + 2] += 1
+    got = attribution.occlusion(model, p, s, x, label, patch=2, stride=2, value=0.25)
+    np.testing.assert_allclose(got, total / count, rtol=1e-9, atol=1e-12)

@@ -382,7 +382,7 @@ def test_to_device_keeps_values():
     # batching device arrays gathers on device and gives the same batches as the host arrays
     host = list(data.batches(ds.x_train, ds.y_train, 4, seed=1, epoch=0))
     on_dev = list(data.batches(dev.x_train, dev.y_train, 4, seed=1, epoch=0))
-    assert isinstance(on_dev[0][0], jax.Array)
+    assert isinstance(on_dev[0][0], jax.Array) and len(on_dev) == len(host) == 2  # zip below must not stop short
     for (hx, hy), (dx, dy) in zip(host, on_dev):
         np.testing.assert_array_equal(np.asarray(dx), hx)
         np.testing.assert_array_equal(np.asarray(dy), hy)

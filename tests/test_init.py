@@ -64,6 +64,7 @@ def test_plain_initialisers():
     np.testing.assert_allclose(float(jnp.std(w)), 0.05, rtol=0.02)
     u = _draw(I.uniform(0.3), (200, 500))
     assert -0.3 <= float(u.min()) < -0.29 and 0.29 < float(u.max()) <= 0.3
+    np.testing.assert_allclose(float(jnp.std(u)), 0.3 / np.sqrt(3), rtol=0.02)  # uniform on [-a, a]: a / sqrt(3)
     np.testing.assert_array_equal(I.zeros(KEY, (3,), jnp.float32, 1, 1), np.zeros(3))
     np.testing.assert_array_equal(I.ones(KEY, (3,), jnp.float64, 1, 1), np.ones(3))
 

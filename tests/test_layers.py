@@ -150,6 +150,11 @@ def test_dense_matches_numpy_and_casts_params_to_input_dtype():
     np.testing.assert_allclose(np.asarray(yb, np.float32), np.asarray(y), atol=0.1, rtol=0.05)
     _, p2, y2, _ = _run(L.Dense(5, use_bias=False), jnp.asarray(x))
     assert set(p2) == {"w"}
+    np.testing.assert_allclose(np.asarray(y2), x @ np.asarray(p2["w"], np.float64), rtol=1e-12)
+    x3 = np.random.RandomState(2).randn(3, 4, 7)  # rank 3: the kernel acts on the last axis of every row
+    _, p3, y3, _ = _run(L.Dense(5, b_init=I.normal(1.0)), jnp.asarray(x3))
+    w3, b3 = np.asarray(p3["w"], np.float64), np.asarray(p3["b"], np.float64)
+    np.testing.assert_allclose(np.asarray(y3), np.einsum("abi,io->abo", x3, w3) + b3, rtol=1e-12)
 
 
 def test_pools_match_numpy():
@@ -331,9 +336,16 @@ def test_dropout_in_train_mode_refuses_anything_but_a_prng_key(key, exc, got):
 
 
 def test_dropout_takes_raw_typed_and_numpy_keys_and_needs_none_in_eval():
-    for key in (jax.random.PRNGKey(0), jax.random.key(0), np.asarray(jax.random.PRNGKey(0))):
-        assert _apply_traced(L.Dropout(0.5), (2, 3), (2, 3), key=key, train=True).shape == (2, 3)
-    assert _apply_traced(L.Dropout(0.5), (2, 3), (2, 3), key=None).shape == (2, 3)  # eval: no key needed
+    """The three spellings of seed 0 are one key: the same mask, each kept value x / (1 - p)."""
+    x = np.arange(1.0, 65.0).reshape(4, 16)
+    ys = [_run(L.Dropout(0.5), x, key=key, train=True)[2]
+          for key in (jax.random.PRNGKey(0), jax.random.key(0), np.asarray(jax.random.PRNGKey(0)))]
+    kept = np.asarray(ys[0]) != 0
+    assert 0 < kept.sum() < x.size
+    np.testing.assert_array_equal(np.asarray(ys[0]), np.where(kept, 2 * x, 0.0))
+    for y in ys[1:]:
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(ys[0]))
+    np.testing.assert_array_equal(np.asarray(_run(L.Dropout(0.5), x, key=None)[2]), x)  # eval: no key needed
 
 
 @pytest.mark.parametrize("make", [lambda: L.Conv2D(4, 3), lambda: L.Dense(4)])

@@ -131,6 +131,7 @@ def test_spatial_dropout_drops_whole_channels_and_rescales():
     ncw = np.ones((2, 40, 6))
     yc = _run(fcnn.SpatialDropout(0.5, layout="NCW"), ncw, key=jax.random.PRNGKey(1), train=True)[2]
     assert np.all(yc == yc[:, :, :1]) and 0 < np.mean(yc == 0) < 1
+    assert set(np.unique(yc)) == {0.0, 2.0}  # kept channels scaled by 1 / (1 - 0.5)
     np.testing.assert_array_equal(_run(fcnn.SpatialDropout(0.4), x)[2], x)  # train=False: identity
     layer = fcnn.SpatialDropout(0.4)
     with pytest.raises(ValueError, match="SpatialDropout with train=True needs a PRNG key"):
