@@ -119,3 +119,15 @@ def test_new_file_rules(tmp_path):
         with pytest.raises(exc, match=match):
             _checks.new_file(value, "--out", **kw)
     assert old.read_text() == "mine"
+
+
+def test_labels_outside_finds_the_first_bad_label_in_c_order():
+    """The one label-range rule, on hand-made tables: [0, k) or ignore_index; the first offender in C
+    order with its index, and how many break the rule."""
+    assert _checks.labels_outside(np.array([0, 2, 1], np.uint8), 3) is None
+    assert _checks.labels_outside(np.zeros((0,), np.int32), 3) is None
+    assert _checks.labels_outside(np.array([0, 3, -1, 5]), 3) == (3, (1,), 3)
+    seg = np.array([[0, 255, 1], [2, -1, 255]])
+    assert _checks.labels_outside(seg, 3, ignore_index=255) == (-1, (1, 1), 1)
+    assert _checks.labels_outside(seg, 3) == (255, (0, 1), 3)
+    assert _checks.labels_outside(seg, 3, ignore_index=-1) == (255, (0, 1), 2)
