@@ -43,5 +43,8 @@ def test_depth_stride_ignored_only_in_the_backward():
 
 
 def test_registered_beside_the_2d_mutants():
-    for name, op, *_ in mutants_nd.ROWS:
+    rows = {name: op for name, op, *_ in mutants_nd.ROWS}  # the four bugs shown above: an empty table fails
+    assert rows == {"ct_kernel_not_rotated": "conv_transpose", "ct_output_padding_at_start": "conv_transpose",
+                    "upsample_whole_pixel_centres": "upsample", "conv3d_depth_stride_ignored": "conv"}
+    for name, op in rows.items():
         assert mutants.get_mutant(name).op == op

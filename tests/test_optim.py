@@ -63,11 +63,14 @@ def test_adam_first_step_is_lr_times_sign_and_second_by_hand():
     _close(u2, _map(lambda m, v: -lr * m / (jnp.sqrt(v) + eps), m, v))
 
 
-def test_adagrad_and_rmsprop_first_step():
-    u1, _ = _two_updates(make_optimizer("adagrad", 0.1))
+def test_adagrad_and_rmsprop_two_steps_by_hand():
+    """The second step checks the accumulators (a first step alone passes with G or v never updated)."""
+    u1, u2 = _two_updates(make_optimizer("adagrad", 0.1))  # G0 = 0.1, G = G + g^2, eps 1e-7
     _close(u1, _map(lambda g: -0.1 * g / jnp.sqrt(0.1 + g**2 + 1e-7), G1))
-    u1, _ = _two_updates(make_optimizer("rmsprop", 0.1))
+    _close(u2, _map(lambda g1, g2: -0.1 * g2 / jnp.sqrt(0.1 + g1**2 + g2**2 + 1e-7), G1, G2))
+    u1, u2 = _two_updates(make_optimizer("rmsprop", 0.1))  # v = 0.9 v + 0.1 g^2 from 0, eps 1e-8
     _close(u1, _map(lambda g: -0.1 * g / jnp.sqrt(0.1 * g**2 + 1e-8), G1))
+    _close(u2, _map(lambda g1, g2: -0.1 * g2 / jnp.sqrt(0.9 * 0.1 * g1**2 + 0.1 * g2**2 + 1e-8), G1, G2))
 
 
 def test_adamw_decays_kernels_not_biases():
@@ -85,7 +88,10 @@ def test_schedules_by_hand():
     assert float(cos(100)) == pytest.approx(0.0, abs=1e-9)
     wc = make_schedule(0.1, "warmup_cosine", total_steps=100)  # warmup 5 steps
     assert float(wc(0)) == pytest.approx(0.0)
+    assert float(wc(2)) == pytest.approx(0.04)  # linear warmup: 2/5 of the way
     assert float(wc(5)) == pytest.approx(0.1)
+    # then cosine over the 95 remaining steps, to 0 at T: half way (step 52.5) is lr / 2
+    assert float(wc(52.5)) == pytest.approx(0.05) and float(wc(100)) == pytest.approx(0.0, abs=1e-9)
     step = make_schedule(0.1, "step", total_steps=100)
     assert [float(step(t)) for t in (49, 50, 74, 75)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
     # tiny T, by the same rule (x0.1 from floor(T/2), x0.01 from floor(3T/4)): where the two

@@ -24,13 +24,13 @@ def test_bad_arguments_name_the_argument():
     model = _bn_model()
     with pytest.raises(ValueError, match="not divisible by n_devices=3"):
         parallel.shard_batch((np.zeros((8, 2)), np.zeros(8)), 3)
-    with pytest.raises(ValueError, match="n_devices"):
+    with pytest.raises(ValueError, match=r"^n_devices must be a positive int, got 0$"):
         parallel.shard_batch((np.zeros((8, 2)), np.zeros(8)), 0)
-    with pytest.raises(ValueError, match="coordinator"):
+    with pytest.raises(ValueError, match=r"^coordinator must be 'host:port', got 'localhost'$"):
         parallel.initialize_distributed("localhost", 2, 0)
-    with pytest.raises(ValueError, match="process_id"):
+    with pytest.raises(ValueError, match=r"^process_id must be an int in \[0, 2\), got 2$"):
         parallel.initialize_distributed("127.0.0.1:1234", 2, 2)
-    with pytest.raises(ValueError, match="mesh"):
+    with pytest.raises(ValueError, match=r"^mesh must be a jax.sharding.Mesh with an axis named 'data'.*got None$"):
         parallel.make_sharded_train_step(model, __import__("optax").sgd(0.1), mesh=None)
     sb = parallel.shard_batch((np.arange(12).reshape(6, 2), np.arange(6)), 3)
     assert sb[0].shape == (3, 2, 2) and sb[1].tolist() == [[0, 1], [2, 3], [4, 5]]

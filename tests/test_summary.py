@@ -96,9 +96,10 @@ def test_metadata_names_are_reexported_from_types():
 
 
 def test_bad_arguments():
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model must be a Layer, got function$"):
         summary(lambda x: x, (1, 2))
-    with pytest.raises(ValueError, match="in_shape"):
+    with pytest.raises(ValueError, match=r"^in_shape must be a tuple of positive ints \(batch included\), "
+                                         r"got \(1, 28, 28, 0\)$"):
         summary(models.lenet5(), (1, 28, 28, 0))
 
 

@@ -94,7 +94,7 @@ def test_a_second_log_in_the_same_second_keeps_the_first_file(tmp_path, monkeypa
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="purge_step"):
+    with pytest.raises(ValueError, match=r"^purge_step must be a non-negative int, got -1$"):
         tb.ScalarLog("x", purge_step=-1)
 
 
