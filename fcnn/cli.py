@@ -65,7 +65,7 @@ _TRAIN_OPTIONS = [
                             "defaults then come from run.TASK_DEFAULTS)"),
     ("--model", "model", str, "model name from fcnn.models"),
     ("--dataset", "dataset", str, "dataset name from fcnn.data"),
-    ("--data-dir", "data_dir", str, "where datasets are cached / read"),
+    ("--data-dir", "data_dir", str, "where file datasets are read (default: $FCNN_DATA_DIR, else ~/.cache/fcnn)"),
     ("--impl", "impl", str, "convolution implementation: auto (measured per platform and shape) or one of fcnn.ops.CONV_IMPLS"),
     ("--pool-impl", "pool_impl", str, "max-pool implementation: auto or one of fcnn.ops.POOL_IMPLS"),
     ("--epochs", "epochs", _positive_int, "passes over the training set"),
@@ -74,7 +74,7 @@ _TRAIN_OPTIONS = [
     ("--lr", "learning_rate", float, "peak learning rate"),
     ("--schedule", "schedule", str, "constant, cosine, warmup_cosine, step"),
     ("--momentum", "momentum", float, "momentum / nesterov beta"),
-    ("--weight-decay", "weight_decay", float, "decoupled weight decay (adamw only)"),
+    ("--weight-decay", "weight_decay", float, "decoupled weight decay (adamw only; default: 1e-4)"),
     ("--l2", "l2", float, "L2 penalty coefficient on kernels (added to the loss)"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing eps in [0, 1)"),
     ("--dtype-policy", "dtype_policy", str, "f32, or bf16 (bf16 forward, f32 master params and loss)"),
@@ -83,7 +83,8 @@ _TRAIN_OPTIONS = [
     ("--steps-per-call", "steps_per_call", _positive_int, "train steps per dispatch (lax.scan)"),
     ("--parallel", "parallel", str, "none, pmap or sharding: data parallel over --devices devices"),
     ("--devices", "devices", _positive_int, "devices for --parallel pmap/sharding (default: all)"),
-    ("--checkpoint-every", "checkpoint_every", _positive_int, "checkpoint every N steps (also each epoch)"),
+    ("--checkpoint-every", "checkpoint_every", _positive_int,
+     "checkpoint every N steps (also each epoch; default: each epoch only)"),
     ("--keep", "keep", _positive_int, "checkpoints to keep"),
 ]
 
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     tr = sub.add_parser("train", help="train a model; writes a run directory")
     for flag, field, typ, text in _TRAIN_OPTIONS:
+        default = getattr(_DEFAULTS, field)  # None: the help text says what happens
         tr.add_argument(flag, dest=field, type=typ, default=None,
-                        help=f"{text} (default: {getattr(_DEFAULTS, field)})")
+                        help=text if default is None else f"{text} (default: {default})")
     tr.add_argument("--out", default=None, help="run directory (default: runs/<model>-<dataset>[-N], a new one)")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
                     help="continue RUN_DIR from its latest checkpoint with its config.json "

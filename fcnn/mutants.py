@@ -12,6 +12,8 @@ with one realistic mistake, almost always in a hand-written backward rule (a ``c
     conv_dw_stride_ignored        conv2d      dW: dZ not dilated by the forward stride     stride > 1
     conv_channels_not_swapped     conv2d      dX: (cg, cout) reshaped, not transposed      cg, dg not both 1
     conv_groups_interleaved       conv2d      dX: cin ordered c*g + k, not k*cg + c        groups > 1, cg > 1
+    conv_patches_dw_channel_major conv2d      im2col_vjp's dW reads its patch rows as      kernel > 1x1,
+                                              c*taps + t, not t*cin + c                     cin/groups > 1
     conv_bias_first_example       conv2d      db sums dZ of the first example only        batch > 1
     conv_same_pad_ignores_stride  conv2d      FORWARD: SAME padded by the stride-1 rule    SAME, stride > 1,
                                               (F_eff - 1: PyTorch's padding=k//2 idiom),    (H-1) % stride != 0

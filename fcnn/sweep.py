@@ -2,8 +2,9 @@
 mutation-catch matrix and the ``fcnn gradcheck`` command.
 
     fcnn gradcheck --op conv2d|max_pool2d|avg_pool2d|model|conv|conv_transpose|upsample|adaptive_pool|all
-                   [--impl IMPL]
-                   [--dtype float32|float64] [--sweep quick|full] [--csv PATH] [--md PATH]
+                   [--impl IMPL] [--ties first|split|all]
+                   [--dtype float32|float64|bfloat16] [--sweep quick|full]
+                   [--csv PATH] [--md PATH] [--overwrite] [--matrix]
 
 prints one row per (case, check) and exits 1 when any check fails (2 on bad arguments).
 

@@ -180,7 +180,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fcnn viz", description="Pictures of a trained run: filters, feature maps, saliency, "
-                                             "SmoothGrad, Grad-CAM, occlusion, training curves, confusion matrix.")
+                                             "SmoothGrad, Grad-CAM, occlusion, training curves, confusion matrix, "
+                                             "and a dense task's predictions.")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by fcnn train")
     p.add_argument("--what", required=True, choices=_WHAT)
     p.add_argument("--index", type=int, default=0,

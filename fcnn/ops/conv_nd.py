@@ -310,8 +310,9 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layou
       layout: None (channels-last for x's rank: NWC, NHWC, NDHWC) or one of ``shapes.ALL_LAYOUTS``
         of x's rank (NCW, NCHW, NCDHW: channels-first).
       impl: one of ``CONV_IMPLS`` (every one supports every option), ``"winograd"`` (2-D 3x3 stride 1
-        dilation 1 only; ``conv_impls_for`` says which apply) or ``"auto"``: one per platform
-        and shape from measurements (``fcnn.ops.auto.select_conv_impl``).
+        dilation 1 only), ``"onednn"`` (2-D, where oneDNN is available; it hands float64, float16 and
+        grouped convolutions to lax; ``conv_impls_for`` says which apply) or ``"auto"``: one per
+        platform and shape from measurements (``fcnn.ops.auto.select_conv_impl``).
       padding_mode: "zeros", "reflect", "replicate" or "circular" (PyTorch's), what the pads hold.
       precision: None, a ``lax.Precision`` or its name ("highest"), passed to every conv/dot/einsum.
     Returns:
