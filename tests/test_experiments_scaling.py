@@ -60,6 +60,9 @@ def test_merge_keeps_other_platform_sections(experiment, tmp_path):
     mod = experiment("scaling")
     doc = tmp_path / "scaling.md"
     mod.merge_into(str(doc), {"cpu": "<!-- scaling:cpu -->\ncpu v1\n<!-- /scaling:cpu -->\n"})
+    assert doc.read_text().count("## GPU run: not yet measured") == 1  # said, and only once, until a GPU section
+    mod.merge_into(str(doc), {"cpu": "<!-- scaling:cpu -->\ncpu v1\n<!-- /scaling:cpu -->\n"})
+    assert doc.read_text().count("## GPU run: not yet measured") == 1
     gpu = tmp_path / "gpu.md"
     mod.merge_into(str(gpu), {"gpu": "<!-- scaling:gpu -->\ngpu numbers\n<!-- /scaling:gpu -->\n"})
     assert mod.main(["--merge", str(gpu), "--out", str(doc)]) == 0
@@ -67,3 +70,4 @@ def test_merge_keeps_other_platform_sections(experiment, tmp_path):
     text = doc.read_text()
     assert text.startswith("# Scaling") and text.count("# Scaling") == 1
     assert "cpu v1" not in text and text.index("cpu v2") < text.index("gpu numbers")
+    assert "not yet measured" not in text
