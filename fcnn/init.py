@@ -123,7 +123,13 @@ def _scaled(kind: str, numerator: float, use_fan_out: bool) -> Initializer:
     def init(key, shape, dtype=jnp.float32, fan_in=None, fan_out=None):
         if fan_in is None or (use_fan_out and fan_out is None):
             raise ValueError("fan_in (and fan_out for Glorot) must be given to a scaled initialiser")
-        denom = fan_in + fan_out if use_fan_out else fan_in
+        fan_in = _checks.non_negative_int(fan_in, "fan_in")
+        denom = fan_in + _checks.non_negative_int(fan_out, "fan_out") if use_fan_out else fan_in
+        if math.prod(shape) == 0:  # no weights (a layer without input or output channels): nothing to scale
+            return jnp.zeros(shape, dtype)
+        if denom == 0:
+            raise ValueError(f"a scaled initialiser needs fan_in{' + fan_out' if use_fan_out else ''} >= 1 for "
+                             f"a kernel of shape {tuple(shape)}, got fan_in={fan_in}, fan_out={fan_out}")
         if kind == "normal":
             return _normal(math.sqrt(numerator / denom))(key, shape, dtype)
         return _uniform(math.sqrt(3.0 * numerator / denom))(key, shape, dtype)

@@ -123,6 +123,11 @@ def test_scaled_initialisers_use_the_fans_they_are_given():
     (lambda: I.fans((3, 8), kind="conv"), ValueError, "rank 4"),
     (lambda: I.he_normal()(KEY, (3, 3)), ValueError, "fan_in"),
     (lambda: I.glorot_uniform()(KEY, (3, 3), jnp.float32, 3), ValueError, "fan_out"),
+    (lambda: I.he_normal()(KEY, (2, 2), jnp.float32, 0, 0), ValueError, r"fan_in >= 1 .*shape \(2, 2\)"),
+    (lambda: I.glorot_normal()(KEY, (2, 2), jnp.float32, 0, 0), ValueError, r"fan_in \+ fan_out >= 1"),
+    (lambda: I.glorot_normal()(KEY, (2, 2), jnp.float32, -1, 3), ValueError, "fan_in must be a non-negative int, got -1"),
+    (lambda: I.he_uniform()(KEY, (2, 2), jnp.float32, 2.5, 1), ValueError, "fan_in must be a non-negative int, got 2.5"),
+    (lambda: I.glorot_uniform()(KEY, (2, 2), jnp.float32, 2, True), ValueError, "fan_out must be a non-negative int"),
     (lambda: I.check_initializer(I.he_normal, "w_init"), TypeError, "factory: pass he_normal()"),
     (lambda: I.check_initializer(0.0, "b_init"), TypeError, "b_init must be callable"),
 ])
@@ -134,3 +139,10 @@ def test_bad_arguments_name_the_rule(call, exc, match):
 def test_check_initializer_returns_a_callable_unchanged():
     fn = I.he_normal()
     assert I.check_initializer(fn, "w_init") is fn and I.check_initializer(I.zeros, "b_init") is I.zeros
+
+
+def test_a_kernel_without_weights_needs_no_fans():
+    """A layer with no input channels has fan_in 0 and no weights: an empty kernel, not a division by 0."""
+    for make in (I.he_normal, I.glorot_uniform):
+        w = make()(KEY, (3, 3, 0, 4), jnp.float32, 0, 36)
+        assert w.shape == (3, 3, 0, 4) and w.dtype == jnp.float32
