@@ -1,7 +1,9 @@
 """Activation functions as layers, and ``Lambda`` for any pure function.
 
 Each constructor returns a stateless, parameter-free ``Layer``: ``init`` returns the
-input shape unchanged (``Lambda``: the shape ``jax.eval_shape`` finds), ``{}`` params
+input shape unchanged (``Lambda``: the shape ``jax.eval_shape`` finds), after tracing the
+function on it (a function that fails on that shape, or an activation that changes it, is
+refused there, naming the layer), ``{}`` params
 and ``{}`` state; ``apply`` computes ``A = g(Z)`` elementwise (softmax: along
 ``axis``) in the input's dtype. Summary FLOPs count one per output element (a
 convention: transcendental functions cost more).
@@ -30,12 +32,30 @@ def Activation(fn: Callable, *, name: str = "Activation") -> Layer:
     _checks.function(fn, "fn")
 
     def init(key, in_shape):
-        return check_shape(in_shape), {}, {}
+        in_shape = check_shape(in_shape)
+        out_shape = _traced_shape(fn, in_shape, name)
+        if out_shape != tuple(in_shape):
+            raise ValueError(f"{name}: fn must keep the shape of its input (an elementwise activation), but maps "
+                             f"{tuple(in_shape)} to {out_shape}; use Lambda for a function that changes it")
+        return in_shape, {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return fn(x), state
 
     return describe(Layer(init, apply), LayerInfo(name, "activation", flops=lambda i, o: numel(o)))
+
+
+def _traced_shape(fn: Callable, in_shape, name: str) -> tuple:
+    """The shape of ``fn``'s output on a float32 input of ``in_shape`` (``jax.eval_shape``: no
+    computation), so that a function that cannot take that input fails at init, naming the layer."""
+    try:
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(tuple(in_shape), jnp.float32))
+    except Exception as e:  # noqa: BLE001 - any failure of the user's function is reported as one
+        raise ValueError(f"{name}: its function fails on an input of shape {tuple(in_shape)}: "
+                         f"{type(e).__name__}: {e}") from e
+    if not hasattr(out, "shape"):
+        raise ValueError(f"{name}: its function must return one array, got {type(out).__name__}")
+    return tuple(out.shape)
 
 
 def Lambda(fn: Callable, *, name: str = "Lambda") -> Layer:
@@ -47,9 +67,7 @@ def Lambda(fn: Callable, *, name: str = "Lambda") -> Layer:
     _checks.function(fn, "fn")
 
     def init(key, in_shape):
-        in_shape = check_shape(in_shape)
-        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(in_shape, jnp.float32))
-        return tuple(out.shape), {}, {}
+        return _traced_shape(fn, check_shape(in_shape), name), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return fn(x), state

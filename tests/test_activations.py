@@ -95,3 +95,18 @@ def test_bad_in_shape_raises_at_init(in_shape):
         A.Relu().init(KEY, in_shape)
     with pytest.raises(ValueError, match="in_shape"):
         A.Lambda(lambda x: x).init(KEY, in_shape)
+
+
+@pytest.mark.parametrize("layer, match", [
+    (A.Activation(lambda x: x[:, :2]), r"^Activation: fn must keep the shape of its input .* maps \(1, 4\) to \(1, 2\); "
+                                       r"use Lambda"),
+    (A.Softmax(axis=5), r"^Softmax: its function fails on an input of shape \(1, 4\): .*axis 5 is out of bounds"),
+    (A.LogSoftmax(axis=-3), r"^LogSoftmax: its function fails .*axis -3 is out of bounds"),
+    (A.Lambda(lambda x: x @ jnp.ones((3, 2))), r"^Lambda: its function fails on an input of shape \(1, 4\)"),
+    (A.Lambda(lambda x: (x, x)), r"^Lambda: its function must return one array, got tuple"),
+])
+def test_a_function_that_cannot_take_the_input_fails_at_init_naming_the_layer(layer, match):
+    """Before: a shape-changing Activation reported its input shape as its output (summary lied, the next
+    layer took the blame) and Softmax(axis=5) failed only inside apply."""
+    with pytest.raises(ValueError, match=match):
+        layer.init(KEY, (1, 4))
