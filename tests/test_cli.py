@@ -67,17 +67,20 @@ def test_bad_argument_in_a_real_process_has_no_traceback():
 
 
 def test_gradcheck_and_viz_are_handed_their_arguments(monkeypatch):
-    seen = {}
-    fake = types.ModuleType("fcnn.sweep")
+    """`fcnn gradcheck` goes to fcnn.sweep and `fcnn viz` to fcnn.viz (each module its own), with the
+    rest of the command line as given and the module's status returned (None: 0)."""
+    seen = []
 
-    def cli_main(argv):
-        seen["argv"] = argv
-        return 0
+    def fake(name, rc):
+        mod = types.ModuleType(name)
+        mod.cli_main = lambda argv: seen.append((name, argv)) or rc
+        monkeypatch.setitem(sys.modules, name, mod)
 
-    fake.cli_main = cli_main
-    monkeypatch.setitem(sys.modules, "fcnn.sweep", fake)
-    assert cli.main(["gradcheck", "--impl", "im2col", "-x"]) == 0
-    assert seen["argv"] == ["--impl", "im2col", "-x"]
+    fake("fcnn.sweep", 3)
+    fake("fcnn.viz", None)
+    assert cli.main(["gradcheck", "--impl", "im2col", "-x"]) == 3
+    assert cli.main(["viz", "--run", "r", "--train"]) == 0
+    assert seen == [("fcnn.sweep", ["--impl", "im2col", "-x"]), ("fcnn.viz", ["--run", "r", "--train"])]
 
 
 @pytest.mark.slow  # three CLI processes (24 s); by default the property is test_train's in-process resume
@@ -215,7 +218,8 @@ def test_train_reads_a_self_consistent_idx_subset_and_says_how_many_images(tmp_p
     out = capsys.readouterr().out
     assert "dataset mnist (8 train / 5 test)" in out
     assert "note: mnist has 8 train / 5 test images, not the official 60000 / 10000" in out
-    assert TEST_ACC.search(out) and "5 examples" in out
+    acc = float(TEST_ACC.search(out).group(1))
+    assert "5 examples" in out and round(acc * 5, 4) == round(acc * 5)  # a count of the 5 test images
 
 
 def test_a_run_records_its_data_folder_absolute_so_eval_reads_it_from_anywhere(tmp_path, capsys, monkeypatch):

@@ -142,7 +142,7 @@ def _check(c):
     def run(x, w, b, ct):  # one program per config: every impl's output, and two VJPs
         outs = {impl: conv_transpose(x, w, b, impl=impl, **kw) for impl in CONV_TRANSPOSE_IMPLS}
         pulls = {impl: jax.vjp(lambda *a: conv_transpose(*a, impl=impl, **kw), x, w, b)[1](ct)
-                 for impl in ("reference", "custom_vjp")}
+                 for impl in CONV_TRANSPOSE_IMPLS}
         return outs, pulls, conv_transpose(x, w, impl="reference", **kw)
 
     outs, pulls, no_bias = run(x, w, b, ct)
@@ -151,8 +151,9 @@ def _check(c):
     for impl in CONV_TRANSPOSE_IMPLS:
         assert _rel(outs[impl], ref) <= 1e-10, impl
     assert _adjoint_gap(x, w, kw, no_bias) <= 1e-12
-    for got, want in zip(pulls["custom_vjp"], pulls["reference"]):  # hand-derived VJP == autodiff of the spec
-        assert _rel(got, want) <= 1e-10
+    for impl in CONV_TRANSPOSE_IMPLS:  # custom_vjp's hand-derived VJP, and every autodiff one, == autodiff of the spec
+        for name, got, want in zip("xwb", pulls[impl], pulls["reference"]):
+            assert _rel(got, want) <= 1e-10, (impl, name)
 
 
 @pytest.mark.parametrize("c", DEFAULT, ids=_cid)
@@ -309,10 +310,21 @@ def test_jit_vmap_grad_dtypes(dtype):
 
 
 def test_ranked_names_and_flops():
-    x, w = np.ones((1, 4, 2)), np.ones((3, 1, 2))
-    assert conv_transpose1d(x, w, stride=2).shape == (1, 9, 1)
-    assert conv_transpose2d(np.ones((1, 2, 2, 2)), np.ones((2, 2, 1, 2)), stride=2).shape == (1, 4, 4, 1)
-    assert conv_transpose3d(np.ones((1, 1, 2, 2, 2)), np.ones((1, 1, 1, 1, 2)), layout="NCDHW").shape == (1, 1, 2, 2, 3)
+    """The ranked names by hand: every input stamps the kernel times itself at stride * its index."""
+    # 1-D, two channels: [1, 2, 3, 4] through taps [1, 10, 100] plus ones through [1000] * 3, stride 2
+    x = np.stack([np.arange(1.0, 5.0), np.ones(4)], -1)[None]
+    w = np.stack([[1.0, 10.0, 100.0], [1000.0] * 3], -1)[:, None, :]  # (3, 1, 2): WIO
+    np.testing.assert_array_equal(np.asarray(conv_transpose1d(x, w, stride=2)).ravel(),
+                                  [1001, 1010, 2102, 1020, 2203, 1030, 2304, 1040, 1400])
+    # 2-D, kernel = stride: the output is the Kronecker product of x and the kernel
+    x2, k2 = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 10.0], [100.0, 1000.0]])
+    np.testing.assert_array_equal(np.asarray(conv_transpose2d(x2[None, :, :, None], k2[:, :, None, None], stride=2))
+                                  [0, :, :, 0], np.kron(x2, k2))
+    # 3-D channels-first, a (1, 1, 2) kernel [1, 10] at stride 1: each row [a, b] -> [a, 10a + b, 10b]
+    x3 = np.arange(1.0, 9.0).reshape(1, 1, 2, 2, 2)
+    a, b = x3[..., 0], x3[..., 1]
+    np.testing.assert_array_equal(conv_transpose3d(x3, np.array([1.0, 10.0]).reshape(1, 1, 1, 1, 2), layout="NCDHW"),
+                                  np.stack([a, 10 * a + b, 10 * b], -1))
     with pytest.raises(ValueError, match="x must have rank 4 .* conv_transpose2d"):
         conv_transpose2d(x, w)
     # FLOPs: 4 inputs x 3 taps x 1 output channel x 2 input channels x 2 + 9 bias adds
@@ -330,10 +342,10 @@ BAD = [
     (dict(output_padding=1), ValueError, "output_padding must be smaller"),
     (dict(output_padding=-1), ValueError, "output_padding must be >= 0"),
     (dict(padding=-1), ValueError, "padding must be non-negative"),
-    (dict(padding="FULL"), ValueError, "padding must be"),
+    (dict(padding="FULL"), ValueError, "padding must be 'VALID', 'SAME', an int.* got 'FULL'"),
     (dict(padding="SAME", stride=2, output_padding=1), ValueError, "output_padding must be 0 with padding='SAME'"),
     (dict(padding=4), ValueError, "crops more than the transposed convolution produces"),
-    (dict(layout="NCW"), ValueError, "layout"),
+    (dict(layout="NCW"), ValueError, r"x must have rank 3 to match layout='NCW', got rank 4"),
     (dict(layout="NHWD"), ValueError, "layout must be one of"),
     (dict(impl="fft"), ValueError, "impl must be one of lax, reference, conv_vjp, custom_vjp"),
     (dict(groups=3), ValueError, "groups=3 must divide"),

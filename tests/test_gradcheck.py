@@ -55,6 +55,9 @@ def test_compare_reports_abs_rel_and_ulps_at_the_reference_scale():
 def test_compare_nan_and_inf_rules():
     assert gc.compare(np.array([np.nan, np.inf, 1.0]), np.array([np.nan, np.inf, 1.0])).max_abs == 0.0
     assert gc.compare(np.array([np.nan, 1.0]), np.array([1.0, 1.0])).max_rel == np.inf
+    assert gc.compare(np.array([1.0, np.nan]), np.array([1.0, 2.0])).max_abs == np.inf  # NaN on the tested side
+    assert gc.compare(np.array([np.inf, 1.0]), np.array([-np.inf, 1.0])).max_abs == np.inf  # opposite infinities
+    assert gc.compare(np.array([np.inf, 1.0]), np.array([2.0, 1.0])).max_rel == np.inf
     with pytest.raises(ValueError, match="shapes differ"):
         gc.compare(np.zeros(3), np.zeros(4))
 
@@ -135,8 +138,13 @@ def test_second_order_catches_a_wrong_cross_term():
     f.defvjp(lambda x, w: (x * w, (x, w)), lambda res, c: (c * res[1] + delta * c * res[1][::-1], c * res[0]))
     args = (gc.random_normal(1, (7,), jnp.float64), gc.random_normal(2, (7,), jnp.float64))
     res = {r.arg: r for r in gc.second_order(f, args, names="xw")}
-    assert not res["x"].passed or not res["w"].passed
-    assert max(res["x"].max_abs, res["w"].max_abs) > 1e-5
+    # by hand, with c, v_x, v_w the draws (in that order): J_g^T v = (c v_w, A^T v_x), J_g v = (A v_w, c v_x),
+    # A = diag(c) + delta * c_i [j = n-1-i]: off by delta * c v_w[::-1] in x and delta * (c v_x)[::-1] in w
+    rng = np.random.default_rng(0)
+    c, v_x, v_w = (rng.standard_normal(7) for _ in range(3))
+    assert res["x"].max_abs == pytest.approx(delta * np.max(np.abs(c * v_w[::-1])), rel=1e-9)
+    assert res["w"].max_abs == pytest.approx(delta * np.max(np.abs(c * v_x)), rel=1e-9)
+    assert not res["x"].passed and not res["w"].passed
     exact = {r.arg: r for r in gc.second_order(lambda x, w: x * w, args, names="xw")}
     assert exact["x"].passed and exact["w"].passed and exact["x"].max_abs < 1e-14
 
@@ -155,5 +163,13 @@ def test_input_generators():
     assert set(np.unique(t)) <= {0.0, 1.0} and (t == 0).mean() > 0.5
     windows = t[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
     assert (windows.max(1) == 0).any() and ((windows == windows.max(1, keepdims=True)).sum(1) > 1).mean() > 0.5
-    assert np.isnan(np.asarray(gc.nan_table())[0, 0, 1, 0])
-    assert np.asarray(max_pool2d(gc.neginf_table(), 2))[0, 0, 0, 0] == -np.inf
+    # nan_table: one NaN, in the top-left 2x2 window beside that window's largest number 5; the top-right
+    # window holds two tied 3s
+    nt = np.asarray(gc.nan_table())[0, :, :, 0]
+    assert np.argwhere(np.isnan(nt)).tolist() == [[0, 1]] and np.nanmax(nt[:2, :2]) == 5
+    assert np.sort(nt[:2, 2:].ravel()).tolist() == [0, 1, 3, 3]
+    # neginf_table: pooled with window 2, one window all -inf, one mixed (the top-right: max 2), two finite
+    nit = np.asarray(gc.neginf_table())[0, :, :, 0]
+    windows = nit.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
+    assert np.isneginf(windows).sum(1).tolist() == [4, 1, 0, 0]
+    np.testing.assert_array_equal(np.asarray(max_pool2d(gc.neginf_table(), 2))[0, :, :, 0], windows.max(1).reshape(2, 2))
