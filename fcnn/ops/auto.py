@@ -100,7 +100,8 @@ import functools
 import math
 from typing import Optional, Sequence
 
-from fcnn import shapes
+from fcnn import _checks, shapes
+from fcnn.ops import pool_nd
 
 __all__ = ["select_conv_impl", "select_conv_transpose_impl", "select_pool_impl", "normalize_platform",
            "CPU_TAPS_MAX_CIN", "CPU_COL2IM_MAX_CIN", "CPU_COL2IM_MAX_CIN_3D", "CPU_COL2IM_MIN_KERNEL_RATIO",
@@ -216,10 +217,12 @@ def select_conv_impl(platform: Optional[str], x_shape: Sequence[int], w_shape: S
     bf16 = _is_bfloat16(dtype)  # checked on every platform, before the shapes
     layout = shapes.normalize_layout(layout, len(x_shape))
     kernel, cin_g, cout = shapes.kernel_parts(tuple(w_shape), layout)
-    del padding  # measured: it does not change the choice
     rank = shapes.layout_rank(layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
     dilation = shapes.normalize_tuple(dilation, "dilation", rank)  # checked on every platform, as stride
+    # every argument as conv checks it (groups, channels, padding: the latter does not change the choice)
+    shapes.conv_output_shape(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                             layout=layout)
     if 0 in tuple(x_shape) or 0 in tuple(w_shape):  # nothing to compute: conv runs lax (conv_nd's docstring)
         return "lax"
     if p == "cpu" and groups == 1 and rank in (2, 3):  # grouped convs were not measured
@@ -291,7 +294,9 @@ def select_conv_transpose_impl(platform: Optional[str], x_shape: Sequence[int], 
     rank = shapes.layout_rank(layout)
     shapes.kernel_parts(tuple(w_shape), layout)
     stride = shapes.normalize_tuple(stride, "stride", rank)
-    shapes.normalize_tuple(dilation, "dilation", rank)
+    # every argument as conv_transpose checks it (padding 0 crops nothing, so only it is left out)
+    shapes.conv_transpose_output_shape(x_shape, w_shape, stride=stride, dilation=dilation, groups=groups,
+                                       layout=layout)
     if p == "cpu" and groups == 1 and max(stride) > 1:
         return "custom_vjp"
     return "lax"
@@ -313,5 +318,5 @@ def select_pool_impl(platform: Optional[str], x_shape: Sequence[int], window, *,
     dilation = shapes.normalize_pair(dilation, "dilation")
     in_hw = shapes.spatial_dims(tuple(x_shape), shapes.normalize_layout(layout))
     shapes.normalize_padding(padding, in_hw, window, stride, dilation)
-    del ties
+    _checks.choice(ties, pool_nd.TIE_POLICIES, "ties")
     return "custom_vjp"

@@ -95,7 +95,7 @@ POOL_IMPLS = ("lax", "reference", "custom_vjp")
 # "auto" resolves to one of POOL_IMPLS per platform and shape (fcnn/ops/auto.py, measured).
 POOL_CHOICES = POOL_IMPLS + ("auto",)
 AVG_POOL_IMPLS = ("lax", "reference")
-TIE_POLICIES = ("first", "split", "all")
+TIE_POLICIES = pool_nd.TIE_POLICIES
 # The tie policies each implementation's gradient follows (lax: XLA's select_and_scatter; reference:
 # jnp.max's rule; custom_vjp: any). ``tie_policy`` picks from it.
 IMPL_TIES = {"lax": ("first",), "reference": ("split",), "custom_vjp": TIE_POLICIES}

@@ -93,6 +93,9 @@ def real_counts(in_sizes, window, stride, pads, out_sizes):
 
 
 # ----------------------------------------------------------------------------- max: custom VJP
+TIE_POLICIES = ("first", "split", "all")  # where a tied maximum's gradient goes (``tie_weights``)
+
+
 def is_max(xt, y):
     """Where a cell holds its window's output; NaN counts as the maximum when the output is NaN."""
     return (xt == y) | (jnp.isnan(xt) & jnp.isnan(y))
@@ -218,7 +221,7 @@ def max_pool_backward(x, y, g, window, stride, pads, dilation, *, ties: str = "f
     Args:
       x: (n, *in, c) forward input; y, g: (n, *out, c) forward output and its gradient.
       window, stride, pads, dilation: the forward's, normalised (pads ``((lo, hi), ...)``).
-      ties: the tie policy applied (``fcnn.ops.pool.TIE_POLICIES``).
+      ties: the tie policy applied (``TIE_POLICIES``).
       accumulate: overlapping windows add their gradients in a cell (False: the window that
         reaches it by the tap later in row-major window order overwrites it).
       crop_at_pad: dX is the padded gradient cropped at the low pads (False: cropped at 0, so
