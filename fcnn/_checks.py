@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
            "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int",
-           "string", "path", "new_file", "function", "array_shape", "labels_outside"]
+           "string", "path", "new_file", "function", "array_shape", "sizes", "labels_outside"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -184,6 +184,16 @@ def array_shape(value, name: str) -> tuple:
     if isinstance(value, (numbers.Number, list, tuple)) and not isinstance(value, bool):
         return tuple(np.shape(value))
     raise TypeError(f"{name} must be an array, got {value!r:.60} ({type(value).__name__})")
+
+
+def sizes(value, name: str) -> tuple:
+    """An array shape given by hand: a tuple or list of non-negative ints (NumPy ints accepted, bools
+    and floats refused) -> a tuple of Python ints, else ``ValueError`` / ``TypeError`` naming ``name``."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of ints (an array shape), got {value!r:.60}")
+    if not all(is_int(v) and v >= 0 for v in value):
+        raise ValueError(f"{name} must hold non-negative ints (an array shape), got {tuple(value)!r:.80}")
+    return tuple(int(v) for v in value)
 
 
 def labels_outside(labels, num_classes: int, ignore_index: Optional[int] = None) -> Optional[tuple]:

@@ -139,7 +139,8 @@ def check_groups(c: int, ci: int, co: int, groups: int) -> None:
 
 def _conv_arguments(x_shape, w_shape, stride, dilation, groups, layout):
     """The arguments conv and transposed conv share, validated: x/w ranks and layout, stride, dilation,
-    groups, kernel sizes >= 1. Returns ``(layout, rank, stride, dilation, groups, window, ci, co)``."""
+    groups, kernel sizes >= 1. Returns ``(x_shape, layout, rank, stride, dilation, groups, window, ci, co)``."""
+    x_shape, w_shape = _checks.sizes(x_shape, "x_shape"), _checks.sizes(w_shape, "w_shape")
     if layout is None and len(x_shape) != len(w_shape):
         raise ValueError(f"x and w must have the same rank (batch and channels + spatial dims; kernel: spatial + "
                          f"in + out), got x {tuple(x_shape)} and w {tuple(w_shape)}")
@@ -153,7 +154,7 @@ def _conv_arguments(x_shape, w_shape, stride, dilation, groups, layout):
     if min(window) < 1:
         raise ValueError(f"w must have a kernel of size >= 1 in every spatial dimension, got kernel sizes "
                          f"{tuple(window)} (w shape {tuple(w_shape)}, {kernel_layout(layout)})")
-    return layout, rank, stride, dilation, groups, window, ci, co
+    return x_shape, layout, rank, stride, dilation, groups, window, ci, co
 
 
 def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1, groups=1, layout=None):
@@ -166,8 +167,8 @@ def conv_output_shape(x_shape, w_shape, *, stride=1, padding="VALID", dilation=1
     Returns:
       The output shape in the same layout; its channel count is the number of kernels.
     """
-    layout, rank, stride, dilation, groups, window, ci, co = _conv_arguments(x_shape, w_shape, stride, dilation,
-                                                                             groups, layout)
+    x_shape, layout, rank, stride, dilation, groups, window, ci, co = _conv_arguments(
+        x_shape, w_shape, stride, dilation, groups, layout)
     check_groups(channel_dim(x_shape, layout), ci, co, groups)
     in_sizes = spatial_dims(x_shape, layout)
     pads = normalize_padding(padding, in_sizes, window, stride, dilation)
@@ -181,6 +182,7 @@ def pool_output_shape(x_shape, window, *, stride=None, padding="VALID", dilation
 
     ``stride=None`` means stride = window (non-overlapping windows). Any rank, as ``conv_output_shape``.
     """
+    x_shape = _checks.sizes(x_shape, "x_shape")
     layout = normalize_layout(layout, len(x_shape))
     rank = layout_rank(layout)
     window = normalize_tuple(window, "window", rank)
@@ -196,6 +198,7 @@ def pool_output_shape(x_shape, window, *, stride=None, padding="VALID", dilation
 # ----------------------------------------------------------------------------- counts
 def conv_param_count(kh: int, kw: int, cin: int, cout: int, groups: int = 1, bias: bool = True) -> int:
     """``kh*kw*(cin/groups)*cout + cout`` (the bias term only if ``bias``); 1-D: kw=1, 3-D: kh=kd*kh."""
+    check_groups(cin, cin // _checks.positive_int(groups, "groups"), cout, groups)
     return kh * kw * (cin // groups) * cout + (cout if bias else 0)
 
 
@@ -282,8 +285,8 @@ def conv_transpose_output_shape(x_shape, w_shape, *, stride=1, padding=0, output
     Returns:
       (n, *out, cin) or (n, cin, *out) with ``out`` from ``conv_transpose_output_size``.
     """
-    layout, rank, stride, dilation, groups, window, ci, co = _conv_arguments(x_shape, w_shape, stride, dilation,
-                                                                             groups, layout)
+    x_shape, layout, rank, stride, dilation, groups, window, ci, co = _conv_arguments(
+        x_shape, w_shape, stride, dilation, groups, layout)
     if co % groups:
         raise ValueError(f"groups={groups} must divide the output channels of w ({co}), the channels of x")
     if channel_dim(x_shape, layout) != co:
@@ -327,6 +330,7 @@ def adaptive_pool_windows(in_size: int, out_size: int) -> list[Pair]:
 def adaptive_pool_output_shape(x_shape, output_size, *, layout=None):
     """Output shape of an adaptive pool: ``output_size`` (an int or one per spatial dim) in place of
     the spatial sizes, channels unchanged. The input's spatial sizes must be >= 1."""
+    x_shape = _checks.sizes(x_shape, "x_shape")
     layout = normalize_layout(layout, len(x_shape))
     out_sizes = normalize_tuple(output_size, "output_size", layout_rank(layout))
     in_sizes = spatial_dims(x_shape, layout)
@@ -357,9 +361,12 @@ def normalize_scale(scale, rank: int, name: str = "scale") -> Tuple[float, ...]:
 def upsample_output_shape(x_shape, scale, *, layout=None):
     """Output shape of ``ops.upsample``: ``out = floor(in * scale)`` per spatial dim (PyTorch's
     ``interpolate(scale_factor=...)``, computed in Python floats as PyTorch does); must be >= 1."""
+    x_shape = _checks.sizes(x_shape, "x_shape")
     layout = normalize_layout(layout, len(x_shape))
     scales = normalize_scale(scale, layout_rank(layout))
     in_sizes = spatial_dims(x_shape, layout)
+    if not all(math.isfinite(i * s) for i, s in zip(in_sizes, scales)):
+        raise ValueError(f"scale={scale!r} is too large: spatial sizes {tuple(in_sizes)} times it overflow a float")
     out_sizes = tuple(math.floor(i * s) for i, s in zip(in_sizes, scales))
     if min(out_sizes) < 1:
         raise ValueError(f"scale={scale!r} gives an empty output: spatial sizes {tuple(in_sizes)} -> "
@@ -371,6 +378,7 @@ def upsample_flops(x_shape, scale, *, method: str = "nearest", layout=None) -> i
     """FLOPs of ``ops.upsample``: 0 for "nearest" (a gather); for the linear methods 3 per element
     (two multiplies, one add) of each separable pass, axis by axis (pass ``a`` has the output size
     in dims ``<= a`` and the input size after)."""
+    method = _checks.choice(method, ("nearest", "linear", "bilinear", "trilinear"), "method")  # ops.UPSAMPLE_METHODS
     out_shape = upsample_output_shape(x_shape, scale, layout=layout)
     if method == "nearest":
         return 0

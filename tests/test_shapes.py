@@ -160,6 +160,11 @@ X, W = (1, 5, 5, 4), (3, 3, 2, 4)
     (dict(padding=1.5), TypeError, "padding must be"),
     (dict(w_shape=(6, 3, 2, 4)), ValueError, "kernel is larger than the padded input"),
     (dict(dilation=3), ValueError, "kernel is larger than the padded input"),
+    (dict(x_shape=(1, -3, 5, 4), padding=5), ValueError, r"x_shape must hold non-negative ints .*\(1, -3, 5, 4\)"),
+    (dict(x_shape=(1, 5.0, 5, 4)), ValueError, "x_shape must hold non-negative ints"),
+    (dict(x_shape=(1, True, 5, 4)), ValueError, "x_shape must hold non-negative ints"),
+    (dict(x_shape="1554"), TypeError, "x_shape must be a tuple of ints"),
+    (dict(w_shape=(3, 3, 2, -4)), ValueError, "w_shape must hold non-negative ints"),
 ])
 def test_conv_output_shape_errors(kw, exc, match):
     args = dict(x_shape=X, w_shape=W, groups=2)
@@ -226,3 +231,23 @@ def test_zero_sized_kernel_is_refused():
         shapes.conv_output_shape((1, 8, 8, 3), (0, 3, 3, 4))
     with pytest.raises(ValueError, match=r"w must have a kernel of size >= 1"):
         shapes.conv_output_shape((1, 3, 5, 5, 5), (4, 3, 3, 0, 3), layout="NCDHW")
+
+
+def test_every_shape_formula_checks_the_input_shape_itself():
+    """Before: a negative size gave a shape ((1, -3, 5, 1) padded by 5 -> (1, 7, 15, 1)), a float size a
+    float shape, a huge scale a bare OverflowError, an unknown upsample method the linear count, and a
+    groups that does not divide cin a rounded-down parameter count."""
+    for call in (lambda: shapes.pool_output_shape((1, -3, 5, 1), 2, padding=5),
+                 lambda: shapes.adaptive_pool_output_shape((1, 5.0, 5, 1), 2),
+                 lambda: shapes.upsample_output_shape((1, 5, 5, -1), 2),
+                 lambda: shapes.conv_transpose_output_shape((1, 5, 5.0, 4), (2, 2, 3, 4), stride=2)):
+        with pytest.raises(ValueError, match="x_shape must hold non-negative ints"):
+            call()
+    with pytest.raises(ValueError, match=r"scale=1e\+308 is too large"):
+        shapes.upsample_output_shape((1, 5, 5, 1), 1e308)
+    with pytest.raises(ValueError, match="method must be one of nearest, linear, bilinear, trilinear; got 'bogus'"):
+        shapes.upsample_flops((1, 5, 5, 1), 2, method="bogus")
+    with pytest.raises(ValueError, match="groups=3 must divide the input channels"):
+        shapes.conv_param_count(3, 3, 4, 6, groups=3)
+    assert shapes.conv_param_count(3, 3, 4, 6, groups=2) == 3 * 3 * 2 * 6 + 6  # still the formula by hand
+    assert shapes.pool_output_shape([2, np.int64(6), 6, 3], 2) == (2, 3, 3, 3)  # lists and NumPy ints are shapes
