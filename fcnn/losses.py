@@ -22,6 +22,15 @@ The math, with ``p = softmax(z)``, ``p_j = exp(z_j) / sum_i exp(z_i)``:
                         p = softmax(z) over classes, sums over the batch and every pixel, s = smooth
     L2 penalty        = weight * sum_W ||W||^2      (kernels only; gradient 2 * weight * W)
 
+Dtypes: every loss computes in ``dtypes.acc_dtype`` of its inputs: float32 for integer, bool and
+16-bit float inputs, float64 where an input is float64 (so ``mse`` of uint8 images is not taken
+modulo 256, and a float16 error of 300 squares to 90000, not inf). The result has that dtype.
+
+Integer class labels (``softmax_cross_entropy``'s (n,) labels, ``pixelwise_cross_entropy``'s) must be
+in [0, k) (or ``ignore_index``). Concrete labels are checked before computing (``ValueError`` naming
+``labels``); traced ones (under ``jit``, ``grad``, ``vmap``) cannot be, and a label outside the rule
+makes the loss nan (and its gradient 0), never a value that looks right.
+
 The L2 penalty is added to the loss, so its gradient passes through the optimizer
 (for Adam it is rescaled by the second-moment estimate). *Decoupled* weight decay
 (AdamW, Loshchilov & Hutter) instead subtracts ``lr * wd * W`` after the
@@ -36,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from fcnn import _checks
-from fcnn.dtypes import acc_dtype, half_float
+from fcnn.dtypes import acc_dtype
 from fcnn.types import Array, Params, is_kernel
 
 __all__ = ["softmax_cross_entropy", "pixelwise_cross_entropy", "binary_cross_entropy_with_logits", "dice_loss",
@@ -54,12 +63,36 @@ def _check_classes(logits) -> None:
         raise ValueError(f"logits must hold at least one class on their last axis, got shape {jnp.shape(logits)}")
 
 
+def _check_label_range(labels, k: int, ignore_index: Optional[int] = None) -> None:
+    """Concrete integer labels in [0, k) (or ``ignore_index``), else ``ValueError`` naming ``labels``;
+    traced labels are left to ``_nan_if_outside``."""
+    if isinstance(labels, jax.core.Tracer):
+        return
+    found = _checks.labels_outside(labels, k, ignore_index)
+    if found:
+        extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+        raise ValueError(f"labels must be class indices in [0, {k}){extra}; got {found[0]} at index {found[1]} "
+                         f"({found[2]} such labels)")
+
+
+def _nan_if_outside(loss: Array, labels: Array, k: int, ignore_index: Optional[int] = None) -> Array:
+    """``loss``, or nan where any traced label is outside [0, k) and not ``ignore_index`` (concrete
+    labels were refused by ``_check_label_range``)."""
+    if not isinstance(labels, jax.core.Tracer):
+        return loss
+    bad = (labels < 0) | (labels >= k)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    return jnp.where(jnp.any(bad), jnp.nan, loss)
+
+
 def _targets(logits: Array, labels: Array) -> Array:
     """Integer (n,) or one-hot / probability (n, k) labels -> (n, k) float targets."""
     n, k = logits.shape
     if jnp.shape(labels) == (n,):
         if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
             raise TypeError(f"labels of shape (batch,) must be integers, got dtype {jnp.result_type(labels)}")
+        _check_label_range(labels, k)
         return jax.nn.one_hot(labels, k, dtype=logits.dtype)
     if jnp.shape(labels) == (n, k):
         return jnp.asarray(labels).astype(logits.dtype)
@@ -83,14 +116,14 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
     """Mean softmax cross-entropy ``-sum_j t_j log softmax(z)_j``.
 
     Args:
-      logits: (n, k) unnormalised scores. bf16 logits are upcast to float32 first.
-      labels: (n,) integer class indices, or (n, k) one-hot / probability targets. An index
-        outside [0, k) is a zero target row (loss 0 for that row): it cannot be checked inside
-        ``jit``; ``fcnn.tasks.check_labels`` and the tasks' checks test labels on the host.
+      logits: (n, k) unnormalised scores. 16-bit and integer logits are upcast to float32 first.
+      labels: (n,) integer class indices in [0, k), or (n, k) one-hot / probability targets. An
+        index outside [0, k) is a ``ValueError`` when the labels are concrete, and makes the loss
+        nan (its gradient 0) under tracing (``jit``, ``grad``, ``vmap``), where it cannot be raised.
       label_smoothing: eps in [0, 1); targets become ``(1 - eps) * t + eps / k``.
 
     Returns:
-      Scalar mean over the batch, in the logits' dtype (float32 for bf16 logits).
+      Scalar mean over the batch, in ``acc_dtype`` of the logits (float32 for 16-bit or int logits).
     """
     label_smoothing = _checks.float_in_range(label_smoothing, "label_smoothing", 0, 1)
     _check_logits(logits)
@@ -101,7 +134,8 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
         t = (1.0 - label_smoothing) * t + label_smoothing / k
     lsm = log_softmax(logits)
     # a class with no target mass adds nothing, also where its logit is -inf (a masked class: 0 * -inf = nan)
-    return -jnp.mean(jnp.sum(jnp.where(t != 0, t * lsm, 0), axis=-1))
+    loss = -jnp.mean(jnp.sum(jnp.where(t != 0, t * lsm, 0), axis=-1))
+    return _nan_if_outside(loss, labels, logits.shape[-1]) if jnp.ndim(labels) == 1 else loss
 
 
 def _check_same_shape(predictions, targets) -> None:
@@ -111,21 +145,32 @@ def _check_same_shape(predictions, targets) -> None:
         )
 
 
+def _difference(predictions: Array, targets: Array) -> Array:
+    """``pred - target`` in ``acc_dtype`` of both (float32 for ints, bools and 16-bit floats; float64
+    if either is float64): no integer wrap-around or overflow, no float16 overflow of the square."""
+    _check_same_shape(predictions, targets)
+    dtype = acc_dtype(jnp.result_type(predictions, targets))  # a Python scalar takes the other's dtype
+    return jnp.asarray(predictions).astype(dtype) - jnp.asarray(targets).astype(dtype)
+
+
 def mse(predictions: Array, targets: Array) -> Array:
     """Mean squared error ``mean((pred - target)^2)`` over every element.
 
     Args:
-      predictions: any shape.
+      predictions: any shape, any real dtype.
       targets: the same shape as ``predictions``.
+
+    Returns:
+      A scalar in float32 for integer, bool and 16-bit float inputs (the difference is taken in
+      float32: uint8 0 vs 255 gives 65025), float64 if either input is float64.
     """
-    _check_same_shape(predictions, targets)
-    return jnp.mean(jnp.square(jnp.asarray(predictions) - jnp.asarray(targets)))
+    return jnp.mean(jnp.square(_difference(predictions, targets)))
 
 
 def l1(predictions: Array, targets: Array) -> Array:
-    """Mean absolute error ``mean(|pred - target|)`` over every element (same shapes, any shape)."""
-    _check_same_shape(predictions, targets)
-    return jnp.mean(jnp.abs(jnp.asarray(predictions) - jnp.asarray(targets)))
+    """Mean absolute error ``mean(|pred - target|)`` over every element (same shapes, any shape); the
+    difference and the result in float32, or float64 if either input is float64 (as ``mse``)."""
+    return jnp.mean(jnp.abs(_difference(predictions, targets)))
 
 
 def binary_cross_entropy_with_logits(logits: Array, targets: Array) -> Array:
@@ -133,8 +178,12 @@ def binary_cross_entropy_with_logits(logits: Array, targets: Array) -> Array:
     logits as ``max(z, 0) - z t + log1p(exp(-|z|))`` (finite for any z; no sigmoid is taken).
 
     Args:
-      logits: any shape (one independent binary decision per element).
+      logits: any shape (one independent binary decision per element); integer and 16-bit logits
+        are converted to float32 first (as every loss here), so float targets are never truncated.
       targets: the same shape, probabilities in [0, 1] (0/1 labels as floats or ints).
+
+    Returns:
+      A scalar in ``acc_dtype`` of the logits (float32, or float64 for float64 logits).
     """
     _check_same_shape(logits, targets)
     z = _float(logits)
@@ -143,9 +192,10 @@ def binary_cross_entropy_with_logits(logits: Array, targets: Array) -> Array:
 
 
 def _float(logits: Array) -> Array:
-    """``logits`` as an array, bf16/f16 upcast to float32 (losses are reduced in at least float32)."""
+    """``logits`` as a float array in ``acc_dtype``: ints, bools, bf16 and f16 become float32 (losses
+    compute and reduce in at least float32); float32 and float64 stay as they are."""
     logits = jnp.asarray(logits)
-    return logits.astype(acc_dtype(logits.dtype)) if half_float(logits.dtype) else logits
+    return logits.astype(acc_dtype(logits.dtype))
 
 
 def _dense_labels(logits, labels, name="labels") -> None:
@@ -166,23 +216,28 @@ def pixelwise_cross_entropy(logits: Array, labels: Array, *, ignore_index: Optio
     ``-sum_{pixels p, label_p != ignore} log softmax(z_p)[label_p] / #{p: label_p != ignore}``
     (PyTorch's ``F.cross_entropy(..., ignore_index=i, reduction="mean")`` with class-last logits);
     0 when every pixel is ignored (PyTorch gives nan). On (n, k) logits and (n,) labels without
-    ``ignore_index`` it equals ``softmax_cross_entropy``. Labels outside [0, k) other than
-    ``ignore_index`` cannot be checked inside ``jit``; ``fcnn.tasks`` checks them on the host.
+    ``ignore_index`` it equals ``softmax_cross_entropy``, also on bad labels: a label outside
+    [0, k) other than ``ignore_index`` is a ``ValueError`` when the labels are concrete, and makes
+    the loss nan (its gradient 0) under tracing (``jit``, ``grad``, ``vmap``; ``fcnn.tasks`` checks
+    them on the host).
 
     Args:
-      logits: (n, ..., k) unnormalised scores, class axis last (bf16 upcast to float32).
-      labels: (n, ...) integer class indices.
+      logits: (n, ..., k) unnormalised scores, class axis last (16-bit and ints upcast to float32).
+      labels: (n, ...) integer class indices in [0, k), or ``ignore_index``.
       ignore_index: an int label whose pixels count neither in the sum nor in the mean, or None.
     """
     if ignore_index is not None and not _checks.is_int(ignore_index):
         raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
     _dense_labels(logits, labels)
-    z = _float(logits)
-    labels = jnp.asarray(labels)
-    keep = jnp.ones(labels.shape, z.dtype) if ignore_index is None else (labels != ignore_index).astype(z.dtype)
-    safe = jnp.where(labels == ignore_index, 0, labels) if ignore_index is not None else labels
+    k = jnp.shape(logits)[-1]
+    _check_label_range(labels, k, ignore_index)
+    z, y = _float(logits), jnp.asarray(labels)
+    kept = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+    safe = jnp.where((y >= 0) & (y < k), y, 0)  # in range: never wrapped (-1) nor nan-filled
     picked = jnp.take_along_axis(log_softmax(z), safe[..., None], axis=-1)[..., 0]  # (n, ...)
-    return -jnp.sum(picked * keep) / jnp.maximum(jnp.sum(keep), 1)
+    # where, not a product: an ignored pixel whose stand-in class 0 has logit -inf would give 0 * -inf = nan
+    loss = -jnp.sum(jnp.where(kept, picked, 0)) / jnp.maximum(jnp.sum(kept, dtype=z.dtype), 1)
+    return _nan_if_outside(loss, labels, k, ignore_index)
 
 
 def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
@@ -194,9 +249,11 @@ def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
     Args:
       logits: (n, ..., k) scores, class axis last.
       targets: (n, ...) integer labels, or (n, ..., k) probabilities / one-hot.
-      smooth: >= 0; keeps a class absent from both prediction and target at dice 1, not 0/0.
+      smooth: > 0 (a positive float); keeps a class absent from both prediction and target at
+        dice 1, not 0/0. 0 is refused: softmax probabilities underflow to 0 in floating point, so
+        without it such a class gives nan (mathematically p_c > 0, but not in float32).
     """
-    smooth = _checks.non_negative_float(smooth, "smooth")
+    smooth = _checks.positive_float(smooth, "smooth")
     z = _float(logits)
     _check_classes(z)
     if jnp.shape(targets) == jnp.shape(z) and jnp.ndim(z) >= 2:

@@ -10,6 +10,11 @@ Each example is a batch of one:
 ``model_loss`` runs the model in eval mode (``train=False``): a BatchNorm normalises with its
 running statistics, because batch statistics of a batch of one are not the statistics the
 model is trained with, and they would couple examples in a real batch.
+
+16-bit gradients (bfloat16, float16) are squared, summed, scaled and noised in float32
+(``dtypes.acc_dtype``): a float16 gradient of norm 346 squares to 120000, past float16's 65504.
+The norms come back in that float32; clipped and DP-SGD gradients are rounded to each leaf's dtype
+once, at the end.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fcnn import _checks
+from fcnn.dtypes import acc_dtype
 from fcnn.losses import softmax_cross_entropy
 from fcnn.types import Array, Layer, Params, State
 
@@ -63,12 +69,18 @@ def per_example_grads(loss_fn: Callable, params: Params, state: State, x: Array,
 
 
 def per_example_grad_norms(grads: Params) -> Array:
-    """(n,) global L2 norm of each example's gradient (over every leaf of the pytree)."""
-    leaves = jax.tree.leaves(grads)
+    """(n,) global L2 norm of each example's gradient (over every leaf of the pytree), summed in
+    ``acc_dtype`` (float32 for 16-bit leaves, so it does not overflow) and returned in it."""
+    leaves = [jnp.asarray(g) for g in jax.tree.leaves(grads)]
     if not leaves:
         raise ValueError("grads must have at least one leaf")
-    sq = [jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim))) for g in leaves]  # (n,) each, n = 0 too
+    sq = [jnp.sum(jnp.square(_wide(g)), axis=tuple(range(1, g.ndim))) for g in leaves]  # (n,) each, n = 0 too
     return jnp.sqrt(sum(sq))
+
+
+def _wide(g: Array) -> Array:
+    """``g`` in the dtype fcnn accumulates it in (float32 for 16-bit floats)."""
+    return g.astype(acc_dtype(g.dtype))
 
 
 def _check_max_norm(max_norm):
@@ -79,12 +91,24 @@ def clip_per_example(grads: Params, max_norm: float) -> Params:
     """Scale each example's gradient to global norm at most ``max_norm``.
 
     ``g_i * min(1, max_norm / ||g_i||)``, written ``max_norm / max(||g_i||, max_norm)`` so a
-    zero gradient stays zero without a division by zero.
+    zero gradient stays zero without a division by zero. The norm and the product are computed in
+    float32 for 16-bit leaves, and each leaf is returned in its own dtype.
     """
     _check_max_norm(max_norm)
+    return _clip(grads, max_norm, wide=False)
+
+
+def _clip(grads: Params, max_norm: float, *, wide: bool) -> Params:
+    """``clip_per_example``, its leaves in ``acc_dtype`` (``wide``) or rounded back to their dtype."""
     norms = per_example_grad_norms(grads)
     factor = max_norm / jnp.maximum(norms, max_norm)  # (n,)
-    return jax.tree.map(lambda g: g * factor.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), grads)
+
+    def scale(g):
+        g = jnp.asarray(g)
+        out = _wide(g) * factor.reshape((-1,) + (1,) * (g.ndim - 1)).astype(acc_dtype(g.dtype))
+        return out if wide else out.astype(g.dtype)
+
+    return jax.tree.map(scale, grads)
 
 
 def dp_sgd_grad(loss_fn: Callable, params: Params, state: State, x: Array, y: Array, *, max_norm: float,
@@ -97,6 +121,10 @@ def dp_sgd_grad(loss_fn: Callable, params: Params, state: State, x: Array, y: Ar
     Args:
       noise_multiplier: >= 0; > 0 needs ``key``.
       key: PRNG key for the noise (one normal draw per leaf from ``split(key, n_leaves)``).
+
+    Returns:
+      A pytree like ``params``, each leaf in its gradient's dtype; for 16-bit leaves the clipping,
+      the sum over examples, the noise and the division are done in float32 and rounded once.
     """
     _check_max_norm(max_norm)
     _checks.non_negative_float(noise_multiplier, "noise_multiplier")
@@ -106,12 +134,13 @@ def dp_sgd_grad(loss_fn: Callable, params: Params, state: State, x: Array, y: Ar
     n = jnp.shape(x)[0]
     if n == 0:
         raise ValueError(f"x must hold at least one example: DP-SGD's gradient is a mean over them, got x {jnp.shape(x)}")
-    clipped = clip_per_example(per_example_grads(loss_fn, params, state, x, y), max_norm)
-    summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), clipped)
+    grads = per_example_grads(loss_fn, params, state, x, y)
+    dtypes = jax.tree.map(lambda g: g.dtype, grads)
+    summed = jax.tree.map(lambda g: jnp.sum(g, axis=0), _clip(grads, max_norm, wide=True))  # in acc_dtype
     if noise_multiplier > 0:
         leaves, treedef = jax.tree.flatten(summed)
         keys = jax.random.split(key, len(leaves))
         std = float(noise_multiplier) * float(max_norm)
         leaves = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
         summed = jax.tree.unflatten(treedef, leaves)
-    return jax.tree.map(lambda g: g / n, summed)
+    return jax.tree.map(lambda g, d: (g / n).astype(d), summed, dtypes)

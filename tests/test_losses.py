@@ -211,3 +211,78 @@ def test_l1_and_mse_on_any_shape_by_hand():
 def test_dense_losses_refuse_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_binary_cross_entropy_with_integer_logits_keeps_float_targets():
+    """Integer logits are converted to float32 (as every loss here converts them), not the targets to the
+    logits' int: 0.3 and 0.7 were truncated to 0, giving 1.7201 instead of 0.8701."""
+    z, t = np.array([1, 2]), np.array([0.3, 0.7])
+    zf = z.astype(np.float64)
+    want = np.mean(np.maximum(zf, 0) - zf * t + np.log1p(np.exp(-np.abs(zf))))  # NumPy float64: 0.87009...
+    got = losses.binary_cross_entropy_with_logits(z, t)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    np.testing.assert_allclose(float(got), 0.8700948, rtol=1e-6)  # torch 2.13, float logits
+
+
+@pytest.mark.parametrize("pred, target, dtype", [
+    (np.array([0], np.uint8), np.array([255], np.uint8), jnp.float32),          # wrapped to 1 (mod 256)
+    (np.array([100000], np.int32), np.array([0], np.int32), jnp.float32),       # overflowed int32
+    (np.array([300.0], np.float16), np.array([0.0], np.float16), jnp.float32),  # 90000 > float16's 65504
+    (np.array([[1, 2], [3, 250]], np.uint8), np.array([[3, 1], [3, 5]], np.uint8), jnp.float32),
+    (np.array([1.5, 2.0]), np.array([1, 7], np.int32), jnp.float64),           # float64 stays float64
+])
+def test_mse_and_l1_take_the_difference_in_a_float(pred, target, dtype):
+    d = pred.astype(np.float64) - target.astype(np.float64)  # NumPy float64 reference
+    for f, want in ((losses.mse, np.mean(d ** 2)), (losses.l1, np.mean(np.abs(d)))):
+        got = f(pred, target)
+        assert got.dtype == dtype, f.__name__
+        np.testing.assert_allclose(float(got), want, rtol=1e-6, err_msg=f.__name__)
+
+
+@pytest.mark.parametrize("labels, bad", [([-1, 0], -1), ([7, 0], 7), ([0, 4], 4)])
+def test_cross_entropies_refuse_labels_outside_the_classes(labels, bad):
+    """torch raises "Target -1 is out of bounds"; both losses refuse concrete labels outside [0, k) (the
+    pixel-wise one wrapped -1 to the last class and gave nan for 7), and make the loss nan under jit."""
+    logits, y = jnp.zeros((2, 4)), jnp.array(labels)
+    for loss in (losses.softmax_cross_entropy, losses.pixelwise_cross_entropy):
+        with pytest.raises(ValueError, match=rf"labels must be class indices in \[0, 4\); got {bad}"):
+            loss(logits, y)
+        assert np.isnan(float(jax.jit(loss)(logits, y)))
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\) or ignore_index=-1"):
+        losses.pixelwise_cross_entropy(logits, jnp.array([7, -1]), ignore_index=-1)
+    # the ignored label itself is fine, concrete or traced: mean over the kept pixel, -log(1/4)
+    for f in (losses.pixelwise_cross_entropy, jax.jit(losses.pixelwise_cross_entropy, static_argnames="ignore_index")):
+        np.testing.assert_allclose(float(f(logits, jnp.array([-1, 0]), ignore_index=-1)), np.log(4), rtol=1e-6)
+
+
+def test_pixelwise_ignored_pixel_over_a_masked_class_adds_nothing():
+    """An ignored pixel whose class-0 logit is -inf (masked) gave 0 * -inf = nan. By hand (as torch's
+    cross_entropy with ignore_index): only the second pixel counts, -log(e / (1 + e))."""
+    logits = jnp.array([[-jnp.inf, 0.0], [0.0, 1.0]])
+    got = losses.pixelwise_cross_entropy(logits, jnp.array([255, 1]), ignore_index=255)
+    np.testing.assert_allclose(float(got), np.log1p(np.exp(-1.0)), rtol=1e-6)
+
+
+def test_cross_entropies_agree_with_torch_and_torch_refuses_bad_labels():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    z = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, -3.0, 0.25]])
+    want = float(F.cross_entropy(torch.tensor(z), torch.tensor([2, 0])))
+    y = jnp.array([2, 0])
+    np.testing.assert_allclose(float(losses.pixelwise_cross_entropy(z, y)), want, rtol=1e-12)
+    np.testing.assert_allclose(float(losses.softmax_cross_entropy(z, y)), want, rtol=1e-12)
+    want = float(F.cross_entropy(torch.tensor(z), torch.tensor([-1, 0]), ignore_index=-1))  # row 1 only
+    np.testing.assert_allclose(float(losses.pixelwise_cross_entropy(z, jnp.array([-1, 0]), ignore_index=-1)),
+                               want, rtol=1e-12)
+    with pytest.raises((IndexError, RuntimeError), match="out of bounds"):
+        F.cross_entropy(torch.tensor(z), torch.tensor([-1, 0]))
+
+
+def test_dice_loss_needs_a_positive_smooth():
+    """smooth=0 gave nan for a class absent from both prediction (p underflows to 0) and target; now it
+    is refused. With any smooth > 0 that class has dice s / s = 1, class 0 (2 + s) / (2 + s) = 1: loss 0."""
+    logits, labels = jnp.array([[0.0, -1e9]]), jnp.array([0])
+    with pytest.raises(ValueError, match="smooth must be a positive float, got 0"):
+        losses.dice_loss(logits, labels, smooth=0)
+    assert float(losses.dice_loss(logits, labels, smooth=1e-6)) == pytest.approx(0.0, abs=1e-6)

@@ -109,3 +109,48 @@ def test_parallel_still_exports_the_per_example_names():
     """``fcnn.parallel.per_example_grads`` etc. were public before fcnn.per_example; they stay."""
     for name in per_example.__all__:
         assert getattr(parallel, name) is getattr(per_example, name)
+
+
+def test_float16_norms_and_clipping_accumulate_in_float32():
+    """A float16 gradient of 300 twenties has norm 20 sqrt(300) = 346.41; its square, 120000, is past
+    float16's 65504, so the norm was inf and the clipped gradient all zeros. torch 2.13's
+    clip_grad_norm_ gives a norm of 346.5 (float16) and 0.0577 per element (clipped norm 0.9995)."""
+    g = {"w": jnp.full((1, 300), 20.0, jnp.float16)}
+    norms = per_example.per_example_grad_norms(g)
+    assert norms.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(norms), [20 * np.sqrt(300)], rtol=1e-6)  # NumPy float64
+    clipped = per_example.clip_per_example(g, 1.0)["w"]
+    assert clipped.dtype == jnp.float16
+    want = np.float16(1 / np.sqrt(300))  # 20 / (20 sqrt(300)), rounded once to float16: 0.0577
+    np.testing.assert_array_equal(np.asarray(clipped), np.full((1, 300), want, np.float16))
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(clipped, np.float64)), 1.0, rtol=1e-3)
+
+
+def _linear_loss(params, state, x, y):  # gradient w.r.t. w of one example: that example's x
+    return jnp.sum(params["w"].astype(jnp.float32) * x)
+
+
+def test_float16_dp_sgd_clips_and_sums_in_float32():
+    w = {"w": jnp.zeros((300,), jnp.float16)}
+    x = np.full((2, 300), 20.0, np.float32)  # each example: norm 346 > 1, clipped to 1/sqrt(300) each
+    got = per_example.dp_sgd_grad(_linear_loss, w, {}, x, np.zeros(2, np.int32), max_norm=1.0)["w"]
+    assert got.dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(got), np.full(300, np.float16(1 / np.sqrt(300))))
+    # 400 examples of gradient 200 (norm 200 < max_norm, not clipped): the sum 80000 is past float16's
+    # 65504, so it was inf; the mean is 200 by hand
+    x = np.full((400, 1), 200.0, np.float32)
+    got = per_example.dp_sgd_grad(_linear_loss, {"w": jnp.zeros((1,), jnp.float16)}, {}, x,
+                                  np.zeros(400, np.int32), max_norm=1000.0)["w"]
+    assert got.dtype == jnp.float16 and float(got[0]) == 200.0
+
+
+def test_float16_clipping_matches_torch():
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.zeros(1, 300, dtype=torch.float16))
+    p.grad = torch.full((1, 300), 20.0, dtype=torch.float16)
+    total = float(torch.nn.utils.clip_grad_norm_([p], 1.0))
+    g = {"w": jnp.full((1, 300), 20.0, jnp.float16)}
+    norm = float(per_example.per_example_grad_norms(g)[0])
+    np.testing.assert_allclose(norm, total, rtol=1e-3)  # torch's norm is rounded to float16: 346.5
+    np.testing.assert_allclose(np.asarray(per_example.clip_per_example(g, 1.0)["w"], np.float32),
+                               p.grad.float().numpy(), rtol=1e-3)
