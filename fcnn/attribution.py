@@ -10,8 +10,10 @@
 are computed with the model exactly as built (its own conv/pool implementations, eval mode), so
 they inherit its gradients: a model built with ``impl="custom_vjp"`` is differentiated through the
 hand-derived backward passes. ``save=path`` also writes the map as a PNG (``fcnn.figures``; one
-element per ``scale`` x ``scale`` pixel block, colour range ``[0, max]``). ``fcnn.viz`` re-exports
-every name here and draws the maps from the ``fcnn viz`` command.
+element per ``scale`` x ``scale`` pixel block, colour range ``[0, max]``); the path is checked before
+anything is computed: an existing file is refused unless ``overwrite=True``, a missing folder is
+refused (never created). ``fcnn.viz`` re-exports every name here and draws the maps from the
+``fcnn viz`` command.
 
 The math.
   * Saliency: the gradient ``d z_label / d x`` says how much an infinitesimal change of each
@@ -30,7 +32,9 @@ The math.
 
 A saliency, SmoothGrad or Grad-CAM map that is zero everywhere would save as a blank picture; it
 raises ``BlankMapWarning`` instead of passing silently (the PNG is still written, blank, because
-that is the truthful picture). ``fcnn viz`` prints it as ``fcnn viz: warning: ...``.
+that is the truthful picture). A map holding NaN or +-inf (a model whose output or gradient is not
+finite) raises ``fcnn.figures.NonFiniteWarning`` instead; those pixels are drawn in magenta.
+``fcnn viz`` prints either as ``fcnn viz: warning: ...``.
 Top-level layers are named as ``fcnn summary`` prints them: ``"<index>.<LayerName>"`` (``"4.Relu"``).
 """
 from __future__ import annotations
@@ -45,7 +49,7 @@ import numpy as np
 
 from fcnn import _checks, figures
 from fcnn.summary import layer_info
-from fcnn.types import Layer
+from fcnn.types import Layer, check_key
 
 __all__ = ["saliency", "smoothgrad", "grad_cam", "default_cam_layer", "occlusion", "layer_names", "BlankMapWarning"]
 
@@ -55,6 +59,9 @@ class BlankMapWarning(UserWarning):
 
 
 def _warn_if_blank(m: np.ndarray, what: str, why: str = "") -> None:
+    """``NonFiniteWarning`` if ``m`` holds NaN or +-inf, else ``BlankMapWarning`` if it is zero everywhere."""
+    if figures.warn_non_finite(m, what, stacklevel=4):
+        return
     if not np.any(m > 0):
         warnings.warn(f"{what} is zero everywhere, so its picture is blank{why}", BlankMapWarning, stacklevel=3)
 
@@ -136,8 +143,10 @@ def _label_for(model: Layer, params, state, x, label) -> int:
 
 
 # ----------------------------------------------------------------------------- gradients
-def saliency(model: Layer, params, state, x, label, *, save: Optional[str] = None, scale: int = 8) -> np.ndarray:
+def saliency(model: Layer, params, state, x, label, *, save: Optional[str] = None, scale: int = 8,
+             overwrite: bool = False) -> np.ndarray:
     """Vanilla gradient saliency: ``max_c |d logit_label / d x[h, w, c]|``, shape (h, w)."""
+    save, scale = figures.check_save(save, overwrite), _checks.positive_int(scale, "scale")
     x = one_input(x)
     label = _label_for(model, params, state, x, label)
     g = _input_grad_fn(model)(params, state, x, label)  # (1, h, w, c)
@@ -149,12 +158,15 @@ def saliency(model: Layer, params, state, x, label, *, save: Optional[str] = Non
 
 
 def smoothgrad(model: Layer, params, state, x, label, *, key, n: int = 16, sigma: float = 0.15,
-               save: Optional[str] = None, scale: int = 8) -> np.ndarray:
+               save: Optional[str] = None, scale: int = 8, overwrite: bool = False) -> np.ndarray:
     """SmoothGrad: mean of ``saliency`` over ``n`` copies of x plus N(0, s^2) noise.
 
+    ``key``: one PRNG key (``jax.random.key(0)`` or ``jax.random.PRNGKey(0)``) for the noise.
     ``sigma`` is relative to the input's range: ``s = sigma * (max(x) - min(x))``.
     Returns (h, w).
     """
+    save, scale = figures.check_save(save, overwrite), _checks.positive_int(scale, "scale")
+    key = check_key(key, "smoothgrad")
     n = _checks.positive_int(n, "n")
     sigma = _checks.non_negative_float(sigma, "sigma")
     x = one_input(x)
@@ -213,7 +225,7 @@ def _grad_cam_fn(model: Layer, layer_index: int):
 
 
 def grad_cam(model: Layer, params, state, x, label, layer_index: int, *, save: Optional[str] = None,
-             scale: int = 8) -> np.ndarray:
+             scale: int = 8, overwrite: bool = False) -> np.ndarray:
     """Grad-CAM at top-level layer ``layer_index`` of a serial model, resized to (h, w).
 
     Returns ``relu(sum_k w_k A[..., k])`` (h, w) >= 0 in the units of ``A`` times the logit's
@@ -222,6 +234,7 @@ def grad_cam(model: Layer, params, state, x, label, layer_index: int, *, save: O
     Raises ValueError if ``layer_index`` is out of range or that layer's output is not
     rank 4 (NHWC feature maps).
     """
+    save, scale = figures.check_save(save, overwrite), _checks.positive_int(scale, "scale")
     children = serial_children(model, "grad_cam")
     layer_index = _check_layer_index(children, layer_index)
     x = one_input(x)
@@ -240,13 +253,16 @@ def grad_cam(model: Layer, params, state, x, label, layer_index: int, *, save: O
 
 
 def occlusion(model: Layer, params, state, x, label, *, patch: int = 4, stride: int = 2, value: float = 0.0,
-              save: Optional[str] = None, scale: int = 8) -> np.ndarray:
+              save: Optional[str] = None, scale: int = 8, overwrite: bool = False) -> np.ndarray:
     """Occlusion sensitivity: mean drop of ``softmax(model(x))[label]`` when a patch covers a pixel.
 
     A ``patch`` x ``patch`` square filled with ``value`` slides with ``stride`` (the last
     position is clamped to the border so every pixel is covered); each pixel gets the mean
-    of ``p(x) - p(occluded x)`` over the windows covering it. Returns (h, w).
+    of ``p(x) - p(occluded x)`` over the windows covering it; ``value`` must be a finite float.
+    Returns (h, w); the PNG's colour range is symmetric about 0.
     """
+    save, scale = figures.check_save(save, overwrite), _checks.positive_int(scale, "scale")
+    value = _checks.finite_float(value, "value")
     patch, stride = _checks.positive_int(patch, "patch"), _checks.positive_int(stride, "stride")
     x = one_input(x)
     _, h, w, _ = x.shape
@@ -270,6 +286,8 @@ def occlusion(model: Layer, params, state, x, label, *, patch: int = 4, stride: 
     drop = np.asarray(p0 - p, np.float64)  # (positions,)
     total = np.tensordot(drop, masks.astype(np.float64), axes=1)
     heat = total / masks.sum(axis=0)
+    figures.warn_non_finite(heat, f"the occlusion map of class {label}")
     if save is not None:
-        figures.save_array(heat, save, cmap="RdBu_r", scale=scale, vmin=-np.abs(heat).max(), vmax=np.abs(heat).max())
+        top = float(np.max(np.abs(heat), where=np.isfinite(heat), initial=0.0))
+        figures.save_array(heat, save, cmap="RdBu_r", scale=scale, vmin=-top, vmax=top)
     return heat

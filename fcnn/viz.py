@@ -2,7 +2,10 @@
 
 Every function returns numpy arrays and, given ``save=path``, also writes a PNG (through
 ``fcnn.figures``: matplotlib is imported only then; without it an ``ImportError`` says how to
-install it).
+install it). ``save`` is checked before anything is computed: an existing file is refused unless
+``overwrite=True`` is passed too, and a missing folder is refused (never created), as ``fcnn viz
+--out`` [``--overwrite``]. Non-finite values are drawn in magenta (``figures.BAD_COLOUR``), never as a
+colour of the map, and warn ``NonFiniteWarning``.
 
     filters(conv_params)                         (H, W) grid of kernels, each min-max scaled
     feature_maps(model, params, state, x)        [(name, activation)] per top-level layer
@@ -10,6 +13,7 @@ install it).
     confusion_matrix(y_true, y_pred, num_classes)  (k, k) counts, rows true, columns predicted
     saliency, smoothgrad, grad_cam, default_cam_layer, occlusion, layer_names, BlankMapWarning
                                                  the attribution maps, from ``fcnn.attribution``
+    NonFiniteWarning                             from ``fcnn.figures``
 
 ``x`` is one NHWC input, ``(h, w, c)`` or ``(1, h, w, c)``. PNG sizes: array pictures (filters,
 the attribution maps, confusion_matrix) are one array element per ``scale`` x ``scale`` pixel
@@ -36,6 +40,7 @@ import numpy as np
 from fcnn import _checks, figures
 from fcnn.attribution import (BlankMapWarning, default_cam_layer, grad_cam, layer_names, occlusion, one_input,
                               saliency, serial_children, smoothgrad)
+from fcnn.figures import NonFiniteWarning
 from fcnn.report import read_jsonl
 from fcnn.run import load_run
 from fcnn.step import num_outputs, predict
@@ -43,12 +48,12 @@ from fcnn.summary import layer_info
 from fcnn.types import Layer
 
 __all__ = ["filters", "feature_maps", "saliency", "smoothgrad", "grad_cam", "default_cam_layer", "occlusion",
-           "curves", "confusion_matrix", "layer_names", "BlankMapWarning", "render", "cli_main"]
+           "curves", "confusion_matrix", "layer_names", "BlankMapWarning", "NonFiniteWarning", "render", "cli_main"]
 
 
 # ----------------------------------------------------------------------------- filters
 def filters(params_of_conv, *, layout: str = "NHWC", save: Optional[str] = None, scale: int = 8,
-            pad: int = 1) -> np.ndarray:
+            pad: int = 1, overwrite: bool = False) -> np.ndarray:
     """Image grid of a conv layer's kernels: one tile per (output, input) channel pair.
 
     Args:
@@ -56,10 +61,16 @@ def filters(params_of_conv, *, layout: str = "NHWC", save: Optional[str] = None,
         (kh, kw, cin, cout) for layout "NHWC", OIHW for "NCHW".
       pad: pixels of separation between tiles (filled with NaN in the returned array,
         drawn in the lowest colour).
+      save, overwrite: the PNG to write, checked before anything is computed: an existing file
+        is refused unless ``overwrite=True``, a missing folder is refused.
     Returns:
-      (rows*(kh+pad)-pad, cols*(kw+pad)-pad) float array; each tile min-max scaled to [0, 1]
-      (a constant tile is 0.5). Tiles run row-major over (cout, cin), cols = ceil(sqrt(n)).
+      (rows*(kh+pad)-pad, cols*(kw+pad)-pad) float array; each tile min-max scaled to [0, 1] over
+      its finite values (a constant tile is 0.5). A kernel's non-finite values (NaN, +-inf) stay NaN
+      in their tile, are drawn in ``figures.BAD_COLOUR`` (magenta), and warn ``NonFiniteWarning``
+      naming the tiles. Tiles run row-major over (cout, cin), cols = ceil(sqrt(n)).
     """
+    save = figures.check_save(save, overwrite)
+    scale = _checks.positive_int(scale, "scale")
     w = params_of_conv["w"] if isinstance(params_of_conv, dict) else params_of_conv
     w = np.asarray(w, np.float64)
     if w.ndim != 4:
@@ -75,14 +86,20 @@ def filters(params_of_conv, *, layout: str = "NHWC", save: Optional[str] = None,
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     grid = np.full((rows * (kh + pad) - pad, cols * (kw + pad) - pad), np.nan)
+    in_tile = np.zeros(grid.shape, bool)
     for t in range(n):
         r, c = divmod(t, cols)
-        tile = tiles[t]
-        lo, hi = tile.min(), tile.max()
-        tile = (tile - lo) / (hi - lo) if hi > lo else np.full_like(tile, 0.5)
-        grid[r * (kh + pad): r * (kh + pad) + kh, c * (kw + pad): c * (kw + pad) + kw] = tile
-    if save is not None:
-        figures.save_array(np.nan_to_num(grid, nan=0.0), save, cmap="gray", scale=scale, vmin=0.0, vmax=1.0)
+        tile, finite = tiles[t], np.isfinite(tiles[t])
+        lo, hi = (tile[finite].min(), tile[finite].max()) if finite.any() else (0.0, 0.0)
+        tile = np.where(finite, (tile - lo) / (hi - lo) if hi > lo else 0.5, np.nan)
+        at = (slice(r * (kh + pad), r * (kh + pad) + kh), slice(c * (kw + pad), c * (kw + pad) + kw))
+        grid[at], in_tile[at] = tile, True
+    bad = [t for t in range(n) if not np.isfinite(tiles[t]).all()]
+    if bad:
+        named = ", ".join(f"(out {t // cin}, in {t % cin})" for t in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        figures.warn_non_finite(tiles[bad], f"the kernel's tile{'s' if len(bad) > 1 else ''} {named}", stacklevel=3)
+    if save is not None:  # the gaps in the lowest colour, the kernels' NaN in BAD_COLOUR
+        figures.save_array(np.where(in_tile, grid, 0.0), save, cmap="gray", scale=scale, vmin=0.0, vmax=1.0)
     return grid
 
 
@@ -103,7 +120,7 @@ def _layer_outputs_fn(model: Layer):
 
 
 def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
-                 max_channels: int = 8) -> List[Tuple[str, np.ndarray]]:
+                 max_channels: int = 8, overwrite: bool = False) -> List[Tuple[str, np.ndarray]]:
     """Activations of every top-level layer of a serial model for one input.
 
     Returns:
@@ -111,8 +128,13 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
       ``"<index>.<LayerName>"`` (as ``fcnn summary`` prints it) and ``activation`` the child's output without the batch
       dimension ((h, w, c) for conv-like layers, (features,) after Flatten/Dense).
     ``save``: one row per layer showing up to ``max_channels`` channels (vectors as one bar chart across the row);
-    the PNG is (2 * max_channels) x (1.6 * layers) inches at 100 dpi.
+    the PNG is (2 * max_channels) x (1.6 * layers) inches at 100 dpi. Each map is scaled over its finite values;
+    non-finite values are drawn in ``figures.BAD_COLOUR`` (magenta) and warn ``NonFiniteWarning`` naming the layer
+    and channels. ``save`` is checked before anything is computed: an existing file is refused unless
+    ``overwrite=True``, a missing folder is refused.
     """
+    save = figures.check_save(save, overwrite)
+    max_channels = _checks.positive_int(max_channels, "max_channels")
     outputs = _layer_outputs_fn(model)(params, state, one_input(x))  # a model that is not serial: ValueError
     out = [(name, np.asarray(a[0])) for name, a in zip(layer_names(model), outputs)]
     if save is not None:
@@ -121,12 +143,14 @@ def feature_maps(model: Layer, params, state, x, *, save: Optional[str] = None,
 
 
 # ----------------------------------------------------------------------------- curves, confusion
-def curves(run_dir: str, *, save: Optional[str] = None) -> Dict[str, np.ndarray]:
+def curves(run_dir: str, *, save: Optional[str] = None, overwrite: bool = False) -> Dict[str, np.ndarray]:
     """Per-epoch metrics of a run: ``{name: (epochs,) array}`` from ``run_dir/metrics.jsonl``.
 
     Keys are those every record has (e.g. epoch, train_loss, train_accuracy, test_loss,
-    test_accuracy). ``save``: loss and accuracy plots, 900 x 350 pixels.
+    test_accuracy). ``save``: loss and accuracy plots, 900 x 350 pixels (an existing file is refused
+    unless ``overwrite=True``, a missing folder is refused; checked before the run is read).
     """
+    save = figures.check_save(save, overwrite)
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"run_dir {run_dir!r} has no metrics.jsonl")
@@ -140,8 +164,13 @@ def curves(run_dir: str, *, save: Optional[str] = None) -> Dict[str, np.ndarray]
     return out
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int, *, save: Optional[str] = None, scale: int = 32) -> np.ndarray:
-    """(num_classes, num_classes) int64 counts: ``m[t, p]`` = examples of class t predicted p."""
+def confusion_matrix(y_true, y_pred, num_classes: int, *, save: Optional[str] = None, scale: int = 32,
+                     overwrite: bool = False) -> np.ndarray:
+    """(num_classes, num_classes) int64 counts: ``m[t, p]`` = examples of class t predicted p.
+
+    ``save``: an existing file is refused unless ``overwrite=True``, a missing folder is refused."""
+    save = figures.check_save(save, overwrite)
+    scale = _checks.positive_int(scale, "scale")
     num_classes = _checks.positive_int(num_classes, "num_classes")
     yt, yp = np.asarray(y_true), np.asarray(y_pred)
     if yt.ndim != 1 or yt.shape != yp.shape:
@@ -239,7 +268,8 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
     ``fcnn.run.load_run(run)`` tuple, to draw several pictures of one run without reloading it
     (the same code path as the command, so a picture equals the command's). ``out`` must not exist
     unless ``overwrite`` (``--overwrite``), checked with its folder before anything is loaded.
-    Warnings (``BlankMapWarning``) are raised as usual; ``cli_main`` prints them as one line each.
+    ``overwrite`` is passed on to the picture's own ``save=`` check. Warnings (``BlankMapWarning``,
+    ``NonFiniteWarning``) are raised as usual; ``cli_main`` prints them as one line each.
     """
     if what not in _WHAT:
         raise ValueError(f"what must be one of {', '.join(_WHAT)}, got {what!r}")
@@ -247,7 +277,7 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
         raise FileNotFoundError(f"--run {run!r}: no such run directory")
     out = _checks.new_file(out, "--out", overwrite=overwrite, flag="--overwrite")
     if what == "curves":
-        curves(run, save=out)
+        curves(run, save=out, overwrite=overwrite)
         return f"wrote {out}"
     config, ds, model, params, state, step = load_run(run) if loaded is None else loaded
     if what == "prediction":
@@ -269,32 +299,35 @@ def render(run: str, what: str, out: str, *, index: int = 0, layer: Optional[str
     label = int(ds.y_test[index]) if label is None else label
     if what == "filters":
         layer = _conv_layer(children, names, layer)
-        filters(params[layer], save=out)
+        filters(params[layer], save=out, overwrite=overwrite)
     elif what == "features":
-        feature_maps(model, params, state, x, save=out)
+        feature_maps(model, params, state, x, save=out, overwrite=overwrite)
     elif what == "saliency":
-        saliency(model, params, state, x, label, save=out)
+        saliency(model, params, state, x, label, save=out, overwrite=overwrite)
     elif what == "smoothgrad":
-        smoothgrad(model, params, state, x, label, key=jax.random.PRNGKey(seed), save=out)
+        smoothgrad(model, params, state, x, label, key=jax.random.PRNGKey(seed), save=out, overwrite=overwrite)
     elif what == "gradcam":
         layer = default_cam_layer(model, params, state, x) if layer is None else layer
-        grad_cam(model, params, state, x, label, layer, save=out)
+        grad_cam(model, params, state, x, label, layer, save=out, overwrite=overwrite)
     elif what == "occlusion":
-        occlusion(model, params, state, x, label, patch=patch, stride=stride, save=out)
+        occlusion(model, params, state, x, label, patch=patch, stride=stride, save=out, overwrite=overwrite)
     else:  # confusion
         probs = predict(model, params, state, ds.x_test, dtype_policy=config.dtype_policy, batch_size=512)
-        confusion_matrix(ds.y_test, np.asarray(jnp.argmax(probs, axis=-1)), ds.num_classes, save=out)
+        confusion_matrix(ds.y_test, np.asarray(jnp.argmax(probs, axis=-1)), ds.num_classes, save=out,
+                         overwrite=overwrite)
     where = "" if layer is None or what not in ("filters", "gradcam") else f", layer {names[layer]}"
     return f"wrote {out} ({what}{where}, run {run}, checkpoint step {step})"
 
 
 def relay_blank_warnings(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, printing each ``BlankMapWarning`` as ``fcnn viz: warning: ...`` on stderr."""
+    """``fn(*args, **kwargs)``, printing each ``BlankMapWarning`` and ``NonFiniteWarning`` as
+    ``fcnn viz: warning: ...`` on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BlankMapWarning)
+        warnings.simplefilter("always", NonFiniteWarning)
         result = fn(*args, **kwargs)
     for w in caught:
-        if issubclass(w.category, BlankMapWarning):
+        if issubclass(w.category, (BlankMapWarning, NonFiniteWarning)):
             print(f"fcnn viz: warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -306,7 +339,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
 
     Errors (missing run directory, bad --index, unknown --layer) raise ValueError or
     FileNotFoundError with a one-line message (``fcnn`` prints ``fcnn: error: ...`` and
-    exits 2). A ``BlankMapWarning`` is printed as ``fcnn viz: warning: ...`` on stderr.
+    exits 2). A ``BlankMapWarning`` or ``NonFiniteWarning`` is printed as ``fcnn viz: warning: ...`` on stderr.
     """
     a = _parser().parse_args(list(argv) if argv is not None else None)
     print(relay_blank_warnings(render, a.run, a.what, a.out, index=a.index, layer=a.layer, label=a.label,

@@ -4,6 +4,7 @@ maps go through the model's own conv implementation, argument errors, blank maps
 The detector and its data set are tests/_patterns.py's, trained once per session
 (conftest's ``trained_detector``)."""
 import importlib
+import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,6 +119,50 @@ def test_grad_cam_and_saliency_argument_errors(trained_detector):
         attribution.saliency(model, params, state, x, 7)
     with pytest.raises(ValueError, match="one NHWC input"):
         attribution.saliency(model, params, state, ds.x_test[:2], 0)
+
+
+def _linear_net():
+    model = serial(Conv2D(2, 1), Flatten(), Dense(3))
+    _, p, s = model.init(jax.random.PRNGKey(0), (1, 4, 4, 1))
+    return model, p, s, np.random.default_rng(0).normal(size=(4, 4, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, None, "a", jnp.zeros(3)])
+def test_occlusion_value_must_be_a_finite_float(value):
+    """Before: nan gave an all-NaN map, None and "a" failed inside jnp without naming value."""
+    with pytest.raises(ValueError, match="value must be a finite float, got"):
+        attribution.occlusion(None, None, None, None, 0, value=value)  # before anything is computed
+
+
+def test_smoothgrad_key_must_be_a_prng_key():
+    """Before: JAX's "unexpected PRNG key type" / "invalid PRNG key data", naming neither smoothgrad nor key."""
+    with pytest.raises(ValueError, match="smoothgrad needs a PRNG key: pass key="):
+        attribution.smoothgrad(None, None, None, None, 0, key=None)  # checked before anything is computed
+    for bad in (0, np.zeros(3, np.uint32), jax.random.split(jax.random.PRNGKey(0))):
+        with pytest.raises(TypeError, match="smoothgrad needs a PRNG key: key must be"):
+            attribution.smoothgrad(None, None, None, None, 0, key=bad)
+    model, p, s, x = _linear_net()  # both kinds of key are accepted, and give the same noise
+    a = attribution.smoothgrad(model, p, s, x, 1, key=jax.random.key(3), n=2)
+    np.testing.assert_array_equal(a, attribution.smoothgrad(model, p, s, x, 1, key=jax.random.PRNGKey(3), n=2))
+
+
+def test_a_non_finite_map_warns_so_and_is_not_called_blank(tmp_path):
+    """A model with a NaN weight has a NaN gradient: the map keeps its NaN, the warning says non-finite
+    (before: "zero everywhere"), and the PNG draws it magenta, not the darkest colour."""
+    import matplotlib.image
+    from fcnn.figures import NonFiniteWarning
+
+    model, p, s, x = _linear_net()
+    p = (p[0], p[1], {"w": p[2]["w"].at[0, 1].set(jnp.nan), "b": p[2]["b"]})
+    path = str(tmp_path / "sal.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sal = attribution.saliency(model, p, s, x, 1, save=path, scale=1)
+    assert [w.category for w in caught] == [NonFiniteWarning], [str(w.message) for w in caught]
+    assert "the saliency of class 1" in str(caught[0].message) and "holds 1 non-finite" in str(caught[0].message)
+    assert np.isnan(sal[0, 0]) and np.isfinite(sal.reshape(-1)[1:]).all()  # row 0 of Dense's w: pixel (0, 0)
+    rgb = matplotlib.image.imread(path)[..., :3]
+    np.testing.assert_allclose(rgb[0, 0], [1.0, 0.0, 1.0])
 
 
 def test_default_cam_layer_is_the_last_unpooled_feature_map():

@@ -49,6 +49,36 @@ def test_filters_grid():
     np.testing.assert_allclose(viz.filters(w.transpose(3, 2, 0, 1), layout="NCHW"), g, equal_nan=True)
 
 
+def test_filters_keep_non_finite_values_visible(tmp_path):
+    """A NaN (or inf) in a kernel stays NaN in its tile, the tile's other weights are scaled over its
+    finite values, the PNG draws it magenta, and a warning names the tile. Before, one NaN made the
+    whole tile the constant 0.5 ("a constant kernel") and nothing said so."""
+    w = np.arange(3 * 3 * 2 * 2, dtype=float).reshape(3, 3, 2, 2)  # tiles (out, in): (0,0) (0,1) (1,0) (1,1)
+    w[1, 1, 0, 0], w[0, 2, 1, 1] = np.nan, -np.inf
+    path = str(tmp_path / "f.png")
+    with pytest.warns(viz.NonFiniteWarning, match=r"tiles \(out 0, in 0\), \(out 1, in 1\) holds 2 non-finite"):
+        g = viz.filters(w, save=path, scale=2)
+    for (o, i), (r, c) in {(0, 0): (0, 0), (1, 1): (4, 4)}.items():  # 2 x 2 tiles, row-major over (out, in)
+        k = w[:, :, i, o]
+        finite = np.isfinite(k)
+        want = np.where(finite, (k - k[finite].min()) / (k[finite].max() - k[finite].min()), np.nan)
+        np.testing.assert_allclose(g[r:r + 3, c:c + 3], want)
+    assert np.isfinite(g[:3, 4:]).all() and np.isfinite(g[4:, :3]).all()  # the finite tiles
+    rgb = matplotlib.image.imread(path)[..., :3]
+    bad = np.all(np.abs(rgb - np.array([1.0, 0.0, 1.0])) < 1e-6, axis=-1)
+    expect = np.repeat(np.repeat(np.isnan(g) & _in_tiles(g.shape, 3, 2), 2, 0), 2, 1)  # not the gaps
+    np.testing.assert_array_equal(bad, expect)  # magenta exactly at the two non-finite weights
+
+
+def _in_tiles(shape, k, cols, pad=1):
+    """True at the pixels of the kernel tiles (not the gaps) of a ``filters`` grid."""
+    m = np.zeros(shape, bool)
+    for r in range(0, shape[0], k + pad):
+        for c in range(0, min(shape[1], cols * (k + pad)), k + pad):
+            m[r:r + k, c:c + k] = True
+    return m
+
+
 # ----------------------------------------------------------------------------- PNGs
 def test_pngs(trained_detector, tmp_path):
     ds, model, params, state = trained_detector
@@ -70,6 +100,56 @@ def test_pngs(trained_detector, tmp_path):
     img = matplotlib.image.imread(p.format("sal"))[..., :3].sum(-1)
     r, c = np.unravel_index(np.argmax(viz.saliency(model, params, state, x, y)), (SIZE, SIZE))
     assert img[r * 8 + 4, c * 8 + 4] == img.max()
+
+
+def _small_net():
+    from fcnn.combinators import serial
+    from fcnn.layers import Conv2D, Dense, Flatten, Relu
+
+    model = serial(Conv2D(2, 3, padding="SAME"), Relu(), Flatten(), Dense(3))
+    _, params, state = model.init(jax.random.PRNGKey(0), (1, 6, 6, 1))
+    return model, params, state, np.random.default_rng(0).normal(size=(6, 6, 1)).astype(np.float32)
+
+
+_SAVERS = {  # every public function with save=, on arguments that would fail if anything were computed first
+    "filters": lambda **kw: viz.filters(None, **kw),
+    "feature_maps": lambda **kw: viz.feature_maps(None, None, None, None, **kw),
+    "saliency": lambda **kw: viz.saliency(None, None, None, None, 0, **kw),
+    "smoothgrad": lambda **kw: viz.smoothgrad(None, None, None, None, 0, key=jax.random.PRNGKey(0), **kw),
+    "grad_cam": lambda **kw: viz.grad_cam(None, None, None, None, 0, 0, **kw),
+    "occlusion": lambda **kw: viz.occlusion(None, None, None, None, 0, **kw),
+    "curves": lambda **kw: viz.curves("/nonexistent-run", **kw),
+    "confusion_matrix": lambda **kw: viz.confusion_matrix(None, None, 3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SAVERS))
+def test_save_never_replaces_a_file_or_makes_a_folder_unless_told(tmp_path, name):
+    """save= is checked before anything is computed: an existing file is refused (and left byte for
+    byte) unless overwrite=True, a missing folder is refused and not made. Before, the file was
+    replaced by a PNG and the folders were created (only render / fcnn viz checked)."""
+    mine = tmp_path / "mine.png"
+    mine.write_text("mine")
+    with pytest.raises(ValueError, match=r"save '.*mine\.png' exists; pass overwrite=True to replace it"):
+        _SAVERS[name](save=str(mine))
+    assert mine.read_text() == "mine"
+    with pytest.raises(ValueError, match=r"save '.*' does not exist"):
+        _SAVERS[name](save=str(tmp_path / "no" / "x.png"), overwrite=True)
+    assert not os.path.exists(tmp_path / "no")
+    with pytest.raises(TypeError, match="overwrite must be a bool"):
+        _SAVERS[name](save=str(tmp_path / "x.png"), overwrite="yes")
+
+
+def test_save_with_overwrite_replaces_the_file(tmp_path):
+    model, params, state, x = _small_net()
+    mine = tmp_path / "mine.png"
+    for draw in (lambda **kw: viz.saliency(model, params, state, x, 1, **kw),
+                 lambda **kw: viz.occlusion(model, params, state, x, 1, patch=2, **kw),
+                 lambda **kw: viz.feature_maps(model, params, state, x, **kw),
+                 lambda **kw: viz.filters(params[0], **kw)):
+        mine.write_text("mine")
+        draw(save=str(mine), overwrite=True)
+        assert mine.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- fcnn viz
@@ -188,7 +268,8 @@ def test_prediction_panels_of_dense_tasks(tmp_path):
     panels = viz.prediction_panels("segment", model, params, state, x, target)
     assert [t for t, _ in panels] == ["input", "prediction", "target"]
     np.testing.assert_array_equal(panels[1][1], logits.argmax(-1))
-    np.testing.assert_array_equal(panels[0][1], x[..., 0]) and np.testing.assert_array_equal(panels[2][1], target)
+    np.testing.assert_array_equal(panels[0][1], x[..., 0])
+    np.testing.assert_array_equal(panels[2][1], target)
     one = Conv2D(1, 3, padding="SAME")
     _, p1, s1 = one.init(jax.random.PRNGKey(1), (1, 8, 8, 1))
     den = viz.prediction_panels("denoise", one, p1, s1, x, x)
