@@ -34,6 +34,7 @@ sums at different points differ by a few of those relative to the output's scale
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
@@ -103,7 +104,10 @@ def ulp_distance(a, b, dtype) -> np.ndarray:
 
 
 def _spacing(value: float, dtype) -> float:
-    """The gap between ``value`` (rounded to ``dtype``) and the next larger ``dtype`` number."""
+    """The gap between ``value`` (rounded to ``dtype``) and the next larger ``dtype`` number; nan
+    where ``value`` is past ``dtype``'s largest finite number (no ULP there)."""
+    if value > float(jnp.finfo(dtype).max):
+        return math.nan
     v = np.asarray(jnp.asarray(value if value > 0 else 1.0, dtype))
     nxt = _ordered_bits(v[None]) + 1
     width = {2: np.int16, 4: np.int32, 8: np.int64}[v.dtype.itemsize]
@@ -120,6 +124,8 @@ def compare(a, b, dtype=None) -> Errors:
     infinities agree.
     """
     dtype = jnp.result_type(a) if dtype is None else dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"compare counts ULPs of a floating dtype, got dtype {jnp.dtype(dtype)}")
     a64 = np.asarray(a, np.float64)
     b64 = np.asarray(b, np.float64)
     if a64.shape != b64.shape:
@@ -135,7 +141,8 @@ def compare(a, b, dtype=None) -> Errors:
     finite_b = np.abs(b64[np.isfinite(b64)])
     scale = float(np.max(finite_b)) if finite_b.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
-    return Errors(max_abs, max_rel, max_abs / _spacing(scale, dtype))
+    ulp = _spacing(scale, dtype)  # nan where the scale overflows ``dtype`` (its ULP is not a number)
+    return Errors(max_abs, max_rel, max_abs / ulp if math.isfinite(ulp) else (0.0 if max_abs == 0 else np.inf))
 
 
 def tolerance(dtype, platform: str = "cpu", precision: Optional[str] = "highest") -> float:
@@ -161,7 +168,12 @@ def _leaves(tree, prefix: str) -> List[Tuple[str, object]]:
 
 
 def _names(args, names) -> List[str]:
-    return list(names) if names is not None else [f"arg{i}" for i in range(len(args))]
+    """One name per argument (a short list would silently leave arguments unchecked)."""
+    if names is None:
+        return [f"arg{i}" for i in range(len(args))]
+    if len(names) != len(args) or not all(isinstance(n, str) for n in names):  # "xwb": x, w, b
+        raise ValueError(f"names must hold one str per argument ({len(args)}), got {names!r}")
+    return list(names)
 
 
 def _like(rng: np.random.Generator, tree, kind: str = "normal"):
@@ -205,7 +217,13 @@ def _finite(c, y):
 
 
 def _eps_list(eps: Eps, n: int) -> List[float]:
-    return [float(eps)] * n if np.isscalar(eps) else [float(e) for e in eps]
+    """One positive finite step per argument: ``eps`` itself, or its ``n`` entries (a short list would
+    silently leave arguments unchecked)."""
+    if np.isscalar(eps):
+        return [_checks.positive_float(eps, "eps")] * n
+    if len(eps) != n:
+        raise ValueError(f"eps must be one step or one per argument ({n}), got {len(eps)}: {list(eps)!r}")
+    return [_checks.positive_float(e, "eps") for e in eps]
 
 
 def _central(f, args, i, direction, eps):
@@ -232,6 +250,9 @@ def agreement(f: Callable, g: Callable, args: Sequence, *, names: Optional[Seque
       ``[Result("forward", "out", ...)] + [Result("vjp", name, ...) per leaf]``.
     """
     args = tuple(args)
+    shape_f, shape_g = (jax.eval_shape(h, *args) for h in (f, g))
+    if getattr(shape_f, "shape", None) is None or getattr(shape_f, "shape", None) != getattr(shape_g, "shape", None):
+        raise ValueError(f"f and g must return one array of the same shape: f gives {shape_f}, g gives {shape_g}")
     c0 = _cotangent(np.random.default_rng(seed), g, args)
 
     @jax.jit
@@ -281,6 +302,9 @@ def fd_projection(f: Callable, args: Sequence, *, eps: Eps = 1.0, names: Optiona
     out = []
     for name, (lhs, rhs) in zip(_names(args, names), run(args, c0, tangents)):
         lhs, rhs = float(lhs), float(rhs)
+        if not (math.isfinite(lhs) and math.isfinite(rhs)):  # a NaN / inf VJP (or f): never a pass
+            out.append(Result("fd_projection", name, math.inf, math.inf, math.inf, tol))
+            continue
         err = abs(lhs - rhs)
         scale = max(abs(lhs), abs(rhs))
         rel = err / scale if scale > 0 else 0.0

@@ -24,6 +24,7 @@ import argparse
 import csv
 import functools
 import io
+import os
 import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -413,6 +414,14 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     from fcnn import mutants
 
     start = time.perf_counter()
+    if args.matrix and (args.csv or args.md):
+        print("fcnn gradcheck: error: --matrix prints the mutation-catch matrix only; --csv and --md write a sweep's "
+              "table (run without --matrix)", file=sys.stderr)
+        return 2
+    if args.csv and args.md and os.path.realpath(args.csv) == os.path.realpath(args.md):
+        print(f"fcnn gradcheck: error: --csv and --md name one file ({args.csv!r}): the markdown would replace the "
+              f"CSV; give two paths", file=sys.stderr)
+        return 2
     if args.matrix:
         matrix = mutation_matrix(sweep=args.sweep)
         print(matrix_markdown(matrix), end="")

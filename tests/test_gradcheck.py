@@ -173,3 +173,38 @@ def test_input_generators():
     windows = nit.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
     assert np.isneginf(windows).sum(1).tolist() == [4, 1, 0, 0]
     np.testing.assert_array_equal(np.asarray(max_pool2d(gc.neginf_table(), 2))[0, :, :, 0], windows.max(1).reshape(2, 2))
+
+
+def test_a_nan_vjp_never_passes_and_every_argument_is_checked():
+    """Before: fd_projection passed a VJP that returned NaN (max(nan, x) is nan, so its relative error
+    became 0), and a short eps / names list silently dropped the arguments past its end."""
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, c: (c * jnp.nan,))
+    x = jnp.arange(4.0, dtype=jnp.float64)
+    (res,) = gc.fd_projection(double, [x])
+    assert not res.passed and res.max_rel == np.inf
+    (ok,) = gc.fd_projection(lambda x: 2 * x, [x])
+    assert ok.passed  # the same function with autodiff's VJP
+    mul, xw = (lambda x, w: x * w), [x, x + 1]
+    for call, match in [(lambda: gc.fd_projection(mul, xw, eps=[1.0]), r"eps must be one step or one per argument \(2\)"),
+                        (lambda: gc.fd_projection(mul, xw, names=["x"]), r"names must hold one str per argument \(2\)"),
+                        (lambda: gc.full_jacobian(mul, xw, eps=[1.0, 1.0, 1.0]), "eps must be one step or one per"),
+                        (lambda: gc.second_order(mul, xw, names="x"), "names must hold one str per argument"),
+                        (lambda: gc.agreement(mul, mul, xw, names=["x"]), "names must hold one str per argument"),
+                        (lambda: gc.fd_projection(mul, xw, eps=0.0), "eps must be a positive float, got 0.0"),
+                        (lambda: gc.agreement(lambda x: x, lambda x: x[:2], [x]),
+                         r"f and g must return one array of the same shape: .*\(4,\).*\(2,\)"),
+                        (lambda: gc.compare(np.array([True]), np.array([False])), "floating dtype, got dtype bool")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
+    assert [r.arg for r in gc.fd_projection(mul, xw, names="xw")] == ["x", "w"]  # a str of one-letter names
+
+
+def test_ulps_past_the_dtypes_largest_number_are_infinite_not_nan():
+    """A float32 reference of scale 1e39 has no float32 ULP: an error there is infinitely many ULPs (was nan)."""
+    errs = gc.compare(np.float32([3e38]), np.float64([1e39]), jnp.float32)
+    assert errs.max_ulp == np.inf and errs.max_rel == pytest.approx(0.7)
+    assert gc.compare(np.float64([1e39]), np.float64([1e39]), jnp.float32).max_ulp == 0.0

@@ -5,6 +5,8 @@ exits 0 on every op's quick sweep and 2 on bad arguments.
 A (case, implementation) pair gives the same rows every time (seeded inputs), so ``run_case`` is
 memoised for this module: the command's sweep and the per-case tests share one run of each pair.
 """
+import os
+
 import jax.numpy as jnp
 import pytest
 
@@ -143,7 +145,14 @@ def test_command_never_overwrites_a_table_file_without_overwrite(tmp_path, capsy
         assert sweep.cli_main(["--op", "avg_pool2d", flag, str(notes)]) == 2
         assert f"{flag} '{notes}' exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert sweep.cli_main(["--op", "avg_pool2d", "--md", str(tmp_path / "no" / "t.md")]) == 2
-    assert notes.read_text() == "mine"
+    # one new file named twice: the markdown replaced the CSV, exit 0; --matrix never wrote either
+    both = str(tmp_path / "t.txt")
+    assert sweep.cli_main(["--op", "avg_pool2d", "--csv", both, "--md", both]) == 2
+    assert "--csv and --md name one file" in capsys.readouterr().err
+    monkeypatch.setattr(sweep, "mutation_matrix", lambda **k: pytest.fail("ran the matrix"))
+    assert sweep.cli_main(["--matrix", "--md", both]) == 2
+    assert "--matrix prints the mutation-catch matrix only" in capsys.readouterr().err
+    assert not os.path.exists(both) and notes.read_text() == "mine"
     monkeypatch.setattr(sweep, "run_sweep", real)
     assert sweep.cli_main(["--op", "avg_pool2d", "--csv", str(notes), "--overwrite"]) == 0
     assert notes.read_text().startswith(",".join(sweep._COLUMNS))
