@@ -1,12 +1,6 @@
 """Sweeps of ``fcnn.gradcheck`` over the conv/pool configuration grid (GRADCHECK.md), tables, the
-mutation-catch matrix and the ``fcnn gradcheck`` command.
-
-    fcnn gradcheck --op conv2d|max_pool2d|avg_pool2d|model|conv|conv_transpose|upsample|adaptive_pool|all
-                   [--impl IMPL] [--ties first|split|all]
-                   [--dtype float32|float64|bfloat16] [--sweep quick|full]
-                   [--csv PATH] [--md PATH] [--overwrite] [--matrix]
-
-prints one row per (case, check) and exits 1 when any check fails (2 on bad arguments).
+mutation-catch matrix and the ``fcnn gradcheck`` command (``fcnn gradcheck --help``: its options, in
+``_parser``), which prints one row per (case, check) and exits 1 when any check fails (2 on bad arguments).
 
 Per case, five checks (``CHECKS``): ``forward`` and ``vjp`` agreement with a reference
 implementation in the chosen dtype (float32 with ``precision="highest"``) against
@@ -413,24 +407,19 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     jax.config.update("jax_enable_x64", True)
     from fcnn import mutants
 
-    start = time.perf_counter()
-    if args.matrix and (args.csv or args.md):
-        print("fcnn gradcheck: error: --matrix prints the mutation-catch matrix only; --csv and --md write a sweep's "
-              "table (run without --matrix)", file=sys.stderr)
-        return 2
-    if args.csv and args.md and os.path.realpath(args.csv) == os.path.realpath(args.md):
-        print(f"fcnn gradcheck: error: --csv and --md name one file ({args.csv!r}): the markdown would replace the "
-              f"CSV; give two paths", file=sys.stderr)
-        return 2
-    if args.matrix:
-        matrix = mutation_matrix(sweep=args.sweep)
-        print(matrix_markdown(matrix), end="")
-        return 0 if all(e["caught_by"] for e in matrix) else 1
-    bar = None
+    start, bar = time.perf_counter(), None
     try:
+        if args.matrix and (args.csv or args.md):
+            raise ValueError("--matrix prints the mutation-catch matrix only; --csv and --md write a sweep's table")
+        if args.csv and args.md and os.path.realpath(args.csv) == os.path.realpath(args.md):
+            raise ValueError(f"--csv and --md name one file ({args.csv!r}): give two paths")
         for flag, path in (("--csv", args.csv), ("--md", args.md)):  # before the sweep, not after it
             if path:
                 _checks.new_file(path, flag, overwrite=args.overwrite, flag="--overwrite")
+        if args.matrix:
+            matrix = mutation_matrix(sweep=args.sweep)
+            print(matrix_markdown(matrix), end="")
+            return 0 if all(e["caught_by"] for e in matrix) else 1
         impl, name, op = args.impl, args.impl, args.op
         if args.mutant is not None:
             m = mutants.get_mutant(args.mutant)
