@@ -63,15 +63,15 @@ def _check_classes(logits) -> None:
         raise ValueError(f"logits must hold at least one class on their last axis, got shape {jnp.shape(logits)}")
 
 
-def _check_label_range(labels, k: int, ignore_index: Optional[int] = None) -> None:
-    """Concrete integer labels in [0, k) (or ``ignore_index``), else ``ValueError`` naming ``labels``;
+def _check_label_range(labels, k: int, ignore_index: Optional[int] = None, name: str = "labels") -> None:
+    """Concrete integer labels in [0, k) (or ``ignore_index``), else ``ValueError`` naming ``name``;
     traced labels are left to ``_nan_if_outside``."""
     if isinstance(labels, jax.core.Tracer):
         return
     found = _checks.labels_outside(labels, k, ignore_index)
     if found:
         extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
-        raise ValueError(f"labels must be class indices in [0, {k}){extra}; got {found[0]} at index {found[1]} "
+        raise ValueError(f"{name} must be class indices in [0, {k}){extra}; got {found[0]} at index {found[1]} "
                          f"({found[2]} such labels)")
 
 
@@ -248,7 +248,8 @@ def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
 
     Args:
       logits: (n, ..., k) scores, class axis last.
-      targets: (n, ...) integer labels, or (n, ..., k) probabilities / one-hot.
+      targets: (n, ...) integer labels in [0, k) (outside it: ``ValueError`` when concrete, a nan loss
+        under tracing, as the cross-entropies), or (n, ..., k) probabilities / one-hot.
       smooth: > 0 (a positive float); keeps a class absent from both prediction and target at
         dice 1, not 0/0. 0 is refused: softmax probabilities underflow to 0 in floating point, so
         without it such a class gives nan (mathematically p_c > 0, but not in float32).
@@ -256,15 +257,18 @@ def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
     smooth = _checks.positive_float(smooth, "smooth")
     z = _float(logits)
     _check_classes(z)
-    if jnp.shape(targets) == jnp.shape(z) and jnp.ndim(z) >= 2:
-        t = jnp.asarray(targets).astype(z.dtype)
-    else:
+    labels = not (jnp.shape(targets) == jnp.shape(z) and jnp.ndim(z) >= 2)  # integer labels, not rows
+    if labels:
         _dense_labels(z, targets, "targets")
+        _check_label_range(targets, z.shape[-1], name="targets")
         t = jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
+    else:
+        t = jnp.asarray(targets).astype(z.dtype)
     p = softmax(z)
     axes = tuple(range(z.ndim - 1))  # all but the class axis
     dice = (2 * jnp.sum(p * t, axis=axes) + smooth) / (jnp.sum(p, axis=axes) + jnp.sum(t, axis=axes) + smooth)
-    return 1 - jnp.mean(dice)
+    loss = 1 - jnp.mean(dice)
+    return _nan_if_outside(loss, targets, z.shape[-1]) if labels else loss
 
 
 def l2_penalty(params: Params, weight: float, *, include_biases: bool = False) -> Array:

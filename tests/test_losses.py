@@ -286,3 +286,16 @@ def test_dice_loss_needs_a_positive_smooth():
     with pytest.raises(ValueError, match="smooth must be a positive float, got 0"):
         losses.dice_loss(logits, labels, smooth=0)
     assert float(losses.dice_loss(logits, labels, smooth=1e-6)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_loss_refuses_integer_targets_outside_the_classes():
+    """Before: a label of -1 or k was an all-zero one-hot row, counted as 'no class' without a word.
+    Now concrete labels are refused naming targets, and traced ones make the loss nan."""
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 3, 4)))
+    bad = np.zeros((2, 3, 3), np.int32)
+    bad[1, 2, 0] = 4
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 4\); got 4 at index \(1, 2, 0\)"):
+        losses.dice_loss(logits, bad)
+    assert np.isnan(float(jax.jit(losses.dice_loss)(logits, bad)))
+    good = np.zeros((2, 3, 3), np.int32)
+    assert float(jax.jit(losses.dice_loss)(logits, good)) == pytest.approx(float(losses.dice_loss(logits, good)))
