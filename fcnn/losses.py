@@ -29,7 +29,7 @@ modulo 256, and a float16 error of 300 squares to 90000, not inf). The result ha
 Integer class labels (``softmax_cross_entropy``'s (n,) labels, ``pixelwise_cross_entropy``'s) must be
 in [0, k) (or ``ignore_index``). Concrete labels are checked before computing (``ValueError`` naming
 ``labels``); traced ones (under ``jit``, ``grad``, ``vmap``) cannot be, and a label outside the rule
-makes the loss nan (and its gradient 0), never a value that looks right.
+makes the loss nan, never a value that looks right.
 
 The L2 penalty is added to the loss, so its gradient passes through the optimizer
 (for Adam it is rescaled by the second-moment estimate). *Decoupled* weight decay
@@ -65,7 +65,7 @@ def _check_classes(logits) -> None:
 
 def _check_label_range(labels, k: int, ignore_index: Optional[int] = None, name: str = "labels") -> None:
     """Concrete integer labels in [0, k) (or ``ignore_index``), else ``ValueError`` naming ``name``;
-    traced labels are left to ``_nan_if_outside``."""
+    traced labels are left to ``_nan_outside``."""
     if isinstance(labels, jax.core.Tracer):
         return
     found = _checks.labels_outside(labels, k, ignore_index)
@@ -75,15 +75,17 @@ def _check_label_range(labels, k: int, ignore_index: Optional[int] = None, name:
                          f"({found[2]} such labels)")
 
 
-def _nan_if_outside(loss: Array, labels: Array, k: int, ignore_index: Optional[int] = None) -> Array:
-    """``loss``, or nan where any traced label is outside [0, k) and not ``ignore_index`` (concrete
-    labels were refused by ``_check_label_range``)."""
+def _nan_outside(values: Array, labels, k: int, ignore_index: Optional[int] = None) -> Array:
+    """``values`` (shaped like ``labels``, or with a trailing class axis), nan where a traced label is
+    outside [0, k) and not ``ignore_index``, so the loss is nan. Elementwise, so XLA fuses it into the
+    loss's own loops: an ``any`` over the labels was a pass of its own, 1-2% of LeNet-5's train step
+    (docs/perf_notes.md item 70). Concrete labels were refused by ``_check_label_range`` already."""
     if not isinstance(labels, jax.core.Tracer):
-        return loss
-    bad = (labels < 0) | (labels >= k)
+        return values
+    ok = (labels >= 0) & (labels < k)
     if ignore_index is not None:
-        bad &= labels != ignore_index
-    return jnp.where(jnp.any(bad), jnp.nan, loss)
+        ok |= labels == ignore_index
+    return jnp.where(ok.reshape(ok.shape + (1,) * (jnp.ndim(values) - ok.ndim)), values, jnp.nan)
 
 
 def _targets(logits: Array, labels: Array) -> Array:
@@ -93,7 +95,7 @@ def _targets(logits: Array, labels: Array) -> Array:
         if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
             raise TypeError(f"labels of shape (batch,) must be integers, got dtype {jnp.result_type(labels)}")
         _check_label_range(labels, k)
-        return jax.nn.one_hot(labels, k, dtype=logits.dtype)
+        return _nan_outside(jax.nn.one_hot(labels, k, dtype=logits.dtype), labels, k)
     if jnp.shape(labels) == (n, k):
         return jnp.asarray(labels).astype(logits.dtype)
     raise ValueError(
@@ -119,7 +121,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
       logits: (n, k) unnormalised scores. 16-bit and integer logits are upcast to float32 first.
       labels: (n,) integer class indices in [0, k), or (n, k) one-hot / probability targets. An
         index outside [0, k) is a ``ValueError`` when the labels are concrete, and makes the loss
-        nan (its gradient 0) under tracing (``jit``, ``grad``, ``vmap``), where it cannot be raised.
+        nan under tracing (``jit``, ``grad``, ``vmap``), where it cannot be raised.
       label_smoothing: eps in [0, 1); targets become ``(1 - eps) * t + eps / k``.
 
     Returns:
@@ -134,8 +136,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
         t = (1.0 - label_smoothing) * t + label_smoothing / k
     lsm = log_softmax(logits)
     # a class with no target mass adds nothing, also where its logit is -inf (a masked class: 0 * -inf = nan)
-    loss = -jnp.mean(jnp.sum(jnp.where(t != 0, t * lsm, 0), axis=-1))
-    return _nan_if_outside(loss, labels, logits.shape[-1]) if jnp.ndim(labels) == 1 else loss
+    return -jnp.mean(jnp.sum(jnp.where(t != 0, t * lsm, 0), axis=-1))
 
 
 def _check_same_shape(predictions, targets) -> None:
@@ -218,7 +219,7 @@ def pixelwise_cross_entropy(logits: Array, labels: Array, *, ignore_index: Optio
     0 when every pixel is ignored (PyTorch gives nan). On (n, k) logits and (n,) labels without
     ``ignore_index`` it equals ``softmax_cross_entropy``, also on bad labels: a label outside
     [0, k) other than ``ignore_index`` is a ``ValueError`` when the labels are concrete, and makes
-    the loss nan (its gradient 0) under tracing (``jit``, ``grad``, ``vmap``; ``fcnn.tasks`` checks
+    the loss nan under tracing (``jit``, ``grad``, ``vmap``; ``fcnn.tasks`` checks
     them on the host).
 
     Args:
@@ -235,9 +236,9 @@ def pixelwise_cross_entropy(logits: Array, labels: Array, *, ignore_index: Optio
     kept = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
     safe = jnp.where((y >= 0) & (y < k), y, 0)  # in range: never wrapped (-1) nor nan-filled
     picked = jnp.take_along_axis(log_softmax(z), safe[..., None], axis=-1)[..., 0]  # (n, ...)
+    picked = _nan_outside(picked, labels, k, ignore_index)
     # where, not a product: an ignored pixel whose stand-in class 0 has logit -inf would give 0 * -inf = nan
-    loss = -jnp.sum(jnp.where(kept, picked, 0)) / jnp.maximum(jnp.sum(kept, dtype=z.dtype), 1)
-    return _nan_if_outside(loss, labels, k, ignore_index)
+    return -jnp.sum(jnp.where(kept, picked, 0)) / jnp.maximum(jnp.sum(kept, dtype=z.dtype), 1)
 
 
 def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
@@ -257,18 +258,16 @@ def dice_loss(logits: Array, targets: Array, *, smooth: float = 1.0) -> Array:
     smooth = _checks.positive_float(smooth, "smooth")
     z = _float(logits)
     _check_classes(z)
-    labels = not (jnp.shape(targets) == jnp.shape(z) and jnp.ndim(z) >= 2)  # integer labels, not rows
-    if labels:
+    if jnp.shape(targets) == jnp.shape(z) and jnp.ndim(z) >= 2:
+        t = jnp.asarray(targets).astype(z.dtype)
+    else:
         _dense_labels(z, targets, "targets")
         _check_label_range(targets, z.shape[-1], name="targets")
-        t = jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype)
-    else:
-        t = jnp.asarray(targets).astype(z.dtype)
+        t = _nan_outside(jax.nn.one_hot(targets, z.shape[-1], dtype=z.dtype), targets, z.shape[-1])
     p = softmax(z)
     axes = tuple(range(z.ndim - 1))  # all but the class axis
     dice = (2 * jnp.sum(p * t, axis=axes) + smooth) / (jnp.sum(p, axis=axes) + jnp.sum(t, axis=axes) + smooth)
-    loss = 1 - jnp.mean(dice)
-    return _nan_if_outside(loss, targets, z.shape[-1]) if labels else loss
+    return 1 - jnp.mean(dice)
 
 
 def l2_penalty(params: Params, weight: float, *, include_biases: bool = False) -> Array:
