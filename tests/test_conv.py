@@ -19,6 +19,7 @@ import pytest
 from jax.test_util import check_grads
 
 from fcnn import shapes, sweep
+from fcnn import ops
 from fcnn.ops import CONV_IMPLS, conv2d, conv_impls_for
 conv_mod = importlib.import_module("fcnn.ops.conv")  # the module (fcnn.ops.conv is the N-d function)
 
@@ -387,3 +388,14 @@ def test_bad_input(kwargs, exc, match, impl):
     x, w, b = args.pop("x"), args.pop("w"), args.pop("b")
     with pytest.raises(exc, match=match):
         conv2d(x, w, b, **args)
+
+
+def test_auto_conv_sees_the_padding_that_makes_room():
+    """A 3x3 kernel on a 2x2 input fits once SAME pads it: impl="auto" must take it as lax does (the
+    selector's shape check once ran without the padding and refused it)."""
+    x, w = np.ones((1, 2, 2, 4), np.float32), np.ones((3, 3, 4, 8), np.float32)
+    want = np.asarray(ops.conv2d(x, w, padding="SAME", impl="lax"))
+    np.testing.assert_allclose(np.asarray(ops.conv2d(x, w, padding="SAME")), want, rtol=1e-6)
+    np.testing.assert_array_equal(want[0, :, :, 0], [[16, 16], [16, 16]])  # every output sees all 4 pixels x 4 channels
+    np.testing.assert_allclose(np.asarray(ops.conv(x, w, padding=1, padding_mode="reflect", impl="auto")),
+                               np.asarray(ops.conv(x, w, padding=1, padding_mode="reflect", impl="lax")), rtol=1e-6)

@@ -91,7 +91,7 @@ library defaults, "lax", since nothing was measured there.
 The hook in ``conv`` (and so ``conv2d``) / ``conv_transpose`` / ``max_pool2d`` (after argument validation, where shapes are known)::
 
     if impl == "auto":
-        impl = auto.select_conv_impl(jax.default_backend(), x.shape, w.shape, stride=stride,
+        impl = auto.select_conv_impl(jax.default_backend(), x.shape, w.shape, stride=stride, padding=pads,
                                      dilation=dilation, groups=groups, layout=layout)
 """
 from __future__ import annotations

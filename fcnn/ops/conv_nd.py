@@ -330,7 +330,7 @@ def conv(x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, layou
         impl = "lax"  # an empty sum: every implementation's value, which several cannot form (module docstring)
     if impl == "auto":
         impl = _auto.select_conv_impl(jax.default_backend(), jnp.shape(x), jnp.shape(w), stride=stride,
-                                      dilation=dilation, groups=groups, layout=layout, dtype=dtype)
+                                      padding=pads, dilation=dilation, groups=groups, layout=layout, dtype=dtype)
     x = jnp.asarray(x, dtype)
     w = jnp.asarray(w, dtype)
     b = None if b is None else jnp.asarray(b, dtype)
