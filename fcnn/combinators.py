@@ -18,16 +18,22 @@ at init. At apply (trace time), a child's ``InputShapeError`` gets the child's p
 added as ``fcnn summary`` numbers it (serial/branches: the index; residual: "block" or
 "shortcut"; a Dense right after a Flatten also gets a hint about the image size), paths
 that disagree for this input (``residual``, ``branches``) raise one naming both shapes, and
-a ``key`` that is neither None nor a PRNG key raises naming ``key``.
+a ``key`` that is neither None nor a PRNG key raises naming ``key``. Every ``init`` checks
+``in_shape`` (``types.check_shape``), and every ``apply`` checks that ``params`` and ``state``
+have init's structure at the top: one entry per child (``serial``, ``branches``), the keys
+"block" and "shortcut" (``residual``); else ``ValueError`` naming them (zip would run fewer
+layers, silently).
 """
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from fcnn import _checks, shapes
-from fcnn.types import (InputShapeError, Layer, LayerInfo, at_position, check_key, describe, init_context, layer_info,
-                        numel, shape_text)
+from fcnn.types import (InputShapeError, Layer, LayerInfo, at_position, check_key, check_shape, describe, init_context,
+                        layer_info, numel, shape_text)
 
 __all__ = ["serial", "residual", "branches", "identity", "skip_concat"]
 
@@ -41,6 +47,29 @@ def _check_layers(layers, what: str):
 def _keys(key, n: int, who: str):
     key = check_key(key, who, optional=True)
     return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def _what(tree) -> str:
+    if isinstance(tree, (tuple, list)):
+        return f"{len(tree)} {'entry' if len(tree) == 1 else 'entries'}"
+    return f"a {type(tree).__name__}"
+
+
+def _check_entries(params, state, n: int, who: str) -> None:
+    """``params`` and ``state`` of a ``serial``/``branches`` of ``n`` layers: a tuple (or list) of
+    ``n`` entries each, as init returns them."""
+    for name, tree in (("params", params), ("state", state)):
+        if not isinstance(tree, (tuple, list)) or len(tree) != n:
+            raise ValueError(f"{who}: {name} must have one entry per layer ({n}, as init returns), got {_what(tree)}")
+
+
+def _check_residual_trees(params, state) -> None:
+    for name, tree in (("params", params), ("state", state)):
+        if not isinstance(tree, Mapping) or "block" not in tree or "shortcut" not in tree:
+            keys = sorted(map(str, tree)) if isinstance(tree, Mapping) else None
+            got = f"keys {keys}" if keys is not None else f"a {type(tree).__name__}"
+            raise ValueError(f"residual: {name} must be a dict with the keys 'block' and 'shortcut' (as init "
+                             f"returns), got {got}")
 
 
 _AFTER_FLATTEN = ("the Flatten before it makes h*w*c features, so an input of another height or width "
@@ -58,7 +87,7 @@ def serial(*layers: Layer) -> Layer:
     seen = {}  # init's last in_shape, only to word apply's errors
 
     def init(key, in_shape):
-        seen["in"] = shape = tuple(in_shape)
+        seen["in"] = shape = check_shape(in_shape)
         params, states = [], []
         for layer, k in zip(layers, jax.random.split(check_key(key, "serial.init"), n)):
             shape, p, s = layer.init(k, shape)
@@ -67,6 +96,7 @@ def serial(*layers: Layer) -> Layer:
         return shape, tuple(params), tuple(states)
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_entries(params, state, n, f"serial of {n} layers")
         new_states = []
         with init_context("serial", seen.get("in"), jnp.shape(x)):
             for i, (layer, p, s, k) in enumerate(zip(layers, params, state, _keys(key, n, "serial"))):
@@ -88,19 +118,21 @@ def residual(block: Layer, shortcut: Layer = None) -> Layer:
     _check_layers((block,) if shortcut is None else (block, shortcut), "residual")
 
     def init(key, in_shape):
+        in_shape = check_shape(in_shape)
         kb, ks = jax.random.split(check_key(key, "residual.init"))
-        out, pb, sb = block.init(kb, tuple(in_shape))
+        out, pb, sb = block.init(kb, in_shape)
         if shortcut is None:
-            sc_out, ps, ss = tuple(in_shape), {}, {}
+            sc_out, ps, ss = in_shape, {}, {}
         else:
-            sc_out, ps, ss = shortcut.init(ks, tuple(in_shape))
+            sc_out, ps, ss = shortcut.init(ks, in_shape)
         if tuple(out) != tuple(sc_out):
             which = "the input shape (identity shortcut)" if shortcut is None else "the shortcut's output shape"
             raise ValueError(f"residual: the block's output shape {tuple(out)} must equal {which} "
-                             f"{tuple(sc_out)} for in_shape {tuple(in_shape)}")
+                             f"{tuple(sc_out)} for in_shape {in_shape}")
         return tuple(out), {"block": pb, "shortcut": ps}, {"block": sb, "shortcut": ss}
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_residual_trees(params, state)
         kb, ks = _keys(key, 2, "residual")
         with at_position("block"):
             y, sb = block.apply(params["block"], state["block"], x, key=kb, train=train)
@@ -158,15 +190,17 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
         return out
 
     def init(key, in_shape):
+        in_shape = check_shape(in_shape)
         outs, params, states = [], [], []
         for layer, k in zip(layers, jax.random.split(check_key(key, "branches.init"), n)):
-            o, p, s = layer.init(k, tuple(in_shape))
+            o, p, s = layer.init(k, in_shape)
             outs.append(tuple(o))
             params.append(p)
             states.append(s)
         return merged(outs), tuple(params), tuple(states)
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_entries(params, state, n, f"branches of {n} layers")
         ys, new_states = [], []
         for i, (layer, p, s, k) in enumerate(zip(layers, params, state, _keys(key, n, "branches"))):
             with at_position(str(i)):
@@ -193,7 +227,7 @@ def branches(*layers: Layer, merge: str = "concat", layout: str = "NHWC") -> Lay
 def identity() -> Layer:
     """``y = x``: no params, no FLOPs (the pass-through path of ``skip_concat``)."""
     def init(key, in_shape):
-        return tuple(in_shape), {}, {}
+        return check_shape(in_shape), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
         return x, state

@@ -14,8 +14,9 @@ Layers never call ``jit``.
 
 dtypes: params are created in ``param_dtype`` (float32 by default). ``Conv2D`` and
 ``Dense`` cast their params to ``x.dtype`` inside ``apply`` (so float32 master params
-serve float64 or bfloat16 inputs: mixed precision). ``BatchNorm`` lives in ``fcnn.norms`` and is
-re-exported here (``fcnn.layers.BatchNorm`` keeps working).
+serve float64 or bfloat16 inputs: mixed precision), so ``Dense`` and ``Dropout`` refuse an ``x``
+without a floating dtype (``types.check_floating``; so do the norms and ``SpatialDropout``).
+``BatchNorm`` lives in ``fcnn.norms`` and is re-exported here (``fcnn.layers.BatchNorm`` keeps working).
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ from fcnn import init as initializers
 from fcnn import ops, shapes
 from fcnn.activations import (Activation, Elu, Gelu, Lambda, LeakyRelu, LogSoftmax, Relu, Sigmoid,  # noqa: F401
                               Silu, Softmax, Softplus, Tanh)
-from fcnn.layers_nd import avg_pool_layer, check_param_dtype, conv_layer, global_pool, max_pool_layer
+from fcnn.layers_nd import (IMAGE_RANKS, avg_pool_layer, channels_last, conv_layer, global_pool, max_pool_layer,
+                            rank_layout, rf_axis)
 from fcnn.norms import BatchNorm  # noqa: F401  (re-exported: fcnn.layers.BatchNorm)
-from fcnn.types import (Layer, LayerInfo, check_key, check_shape, describe, init_text, input_mismatch, numel)
+from fcnn.types import (Layer, LayerInfo, check_floating, check_key, check_param_dtype, check_shape, describe,
+                        init_text, input_mismatch, numel)
 
 __all__ = ["Conv2D", "Dense", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
            "Dropout", "BatchNorm", "Activation", "Lambda", "Relu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -71,7 +74,7 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
     """Fully connected layer ``y = x @ w + b`` over the last axis.
 
     Params: {"w": (n_in, out_features), "b": (out_features,)}. Shapes: (..., n_in) -> (..., out_features).
-    ``apply`` casts the params to ``x.dtype``.
+    ``apply`` casts the params to ``x.dtype``, so ``x`` must have a floating dtype (``TypeError``).
     """
     out_features = _checks.positive_int(out_features, "out_features")
     use_bias = _checks.boolean(use_bias, "use_bias")
@@ -95,6 +98,7 @@ def Dense(out_features, *, use_bias=True, w_init=initializers.he_normal(), b_ini
         return in_shape[:-1] + (out_features,), params, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        check_floating(x, "Dense")
         shape, n_in = jnp.shape(x), jnp.shape(params["w"])[0]
         if len(shape) < 2 or shape[-1] != n_in:
             fallback = f"(n, {n_in})" if len(shape) <= 2 else f"(n, ..., {n_in})"
@@ -145,10 +149,12 @@ def GlobalMaxPool2D(*, layout="NHWC") -> Layer:
 def Flatten(*, layout="NHWC") -> Layer:
     """(n, d1, d2, ...) -> (n, d1*d2*...) in memory order (NHWC: h, w, c; no transpose).
 
-    ``layout`` only tells ``summary`` which axis is the height (a Dense after Flatten sees
-    the whole remaining height).
+    ``layout`` only tells ``summary`` where the channels are (any layout name, read for
+    channels-last or -first as the any-rank layers read it): a Dense after Flatten sees the whole
+    remaining extent along the receptive field's axis (W in 1-D, H in 2-D and 3-D, as for
+    ``GlobalAvgPool``).
     """
-    layout = shapes.normalize_layout(layout)
+    last = channels_last(layout)
 
     def init(key, in_shape):
         in_shape = check_shape(in_shape)
@@ -163,7 +169,9 @@ def Flatten(*, layout="NHWC") -> Layer:
         return jnp.reshape(x, (x.shape[0], numel(x.shape[1:]))), state  # not -1: a batch of 0 has no quotient
 
     def rf(i):
-        return (shapes.spatial_dims(i, layout)[0] if len(i) == 4 else 1, 1, 1)
+        if len(i) not in IMAGE_RANKS:  # (n, features): nothing spatial left to see
+            return 1, 1, 1
+        return shapes.spatial_dims(i, rank_layout(last, len(i)))[rf_axis(len(i) - 2)], 1, 1
 
     return describe(Layer(init, apply), LayerInfo("Flatten", "reshape", rf=rf, flops=lambda i, o: 0))
 
@@ -173,7 +181,8 @@ def Dropout(drop_rate) -> Layer:
     and scale the kept ones by ``1/(1 - drop_rate)`` (expected value unchanged); identity
     with ``train=False``. Training needs ``key=`` a PRNG key (``jax.random.PRNGKey`` or
     ``jax.random.key``; None, an int or a float array raise naming ``key``); ``serial`` gives
-    every Dropout its own.
+    every Dropout its own. ``x`` must have a floating dtype (``TypeError``, in either mode: the
+    scale ``1/(1 - drop_rate)`` has no integer value).
     """
     drop_rate = _checks.float_in_range(drop_rate, "drop_rate", 0, 1)
     keep = 1.0 - drop_rate
@@ -182,6 +191,7 @@ def Dropout(drop_rate) -> Layer:
         return check_shape(in_shape), {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        check_floating(x, "Dropout")
         if not train or drop_rate == 0:
             return x, state
         check_key(key, "Dropout with train=True")

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 
 from fcnn import _checks, ops, shapes
 from fcnn import init as initializers
-from fcnn.types import (InputShapeError, Layer, LayerInfo, check_key, check_shape, describe, init_text, input_mismatch,
-                        numel, shape_text)
+from fcnn.types import (InputShapeError, Layer, LayerInfo, check_floating, check_key, check_param_dtype,
+                        check_shape, describe, init_text, input_mismatch, numel, shape_text)
 
 __all__ = ["Conv1D", "Conv3D", "MaxPool1D", "MaxPool3D", "AvgPool1D", "AvgPool3D", "GlobalAvgPool",
            "GlobalMaxPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "SpatialDropout", "conv_layer", "window_pool",
@@ -39,12 +39,6 @@ IMAGE_RANKS = (3, 4, 5)
 
 
 # ----------------------------------------------------------------------------- shared checks
-def check_param_dtype(dtype):
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"param_dtype must be a floating dtype, got {dtype!r}")
-    return jnp.dtype(dtype)
-
-
 def fixed_layout(layout, rank: int) -> str:
     """A fixed-rank layer's layout: one of ``shapes.LAYOUTS_BY_RANK[rank]``."""
     return _checks.choice(layout, shapes.LAYOUTS_BY_RANK[rank], "layout")
@@ -428,6 +422,7 @@ def SpatialDropout(drop_rate, *, layout="NHWC") -> Layer:
         return in_shape, {}, {}
 
     def apply(params, state, x, *, key=None, train=False):
+        check_floating(x, "SpatialDropout")
         lay = check_any_rank("SpatialDropout", x, last, seen)
         if not train or drop_rate == 0:
             return x, state

@@ -76,6 +76,7 @@ def _pool(window, pool_impl, ties, **kw):
 
 def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", ties: Optional[str] = None) -> Layer:
     """LeNet-5 for (n, 28, 28, 1) inputs -> (n, num_classes) logits."""
+    num_classes = _checks.positive_int(num_classes, "num_classes")
     return serial(
         Conv2D(6, 5, padding="SAME", impl=impl), Relu(), _pool(2, pool_impl, ties),  # (n, 14, 14, 6)
         Conv2D(16, 5, padding="VALID", impl=impl), Relu(), _pool(2, pool_impl, ties),  # (n, 5, 5, 16)
@@ -89,6 +90,7 @@ def lenet5(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax", 
 def example_net(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax",
                 ties: Optional[str] = None) -> Layer:
     """Conv 32@3x3 + relu + maxpool 2 + dense on (n, 64, 64, 3) -> (n, num_classes) logits."""
+    num_classes = _checks.positive_int(num_classes, "num_classes")
     return serial(
         Conv2D(32, 3, impl=impl), Relu(),  # (n, 62, 62, 32)
         _pool(2, pool_impl, ties),  # (n, 31, 31, 32)
@@ -100,6 +102,8 @@ def example_net(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "l
 def small_vgg(num_classes: int = 10, *, impl: str = "lax", pool_impl: str = "lax",
               ties: Optional[str] = None) -> Layer:
     """VGG-style net on (n, 32, 32, 3) -> (n, num_classes) logits (all convs 3x3 SAME)."""
+    num_classes = _checks.positive_int(num_classes, "num_classes")
+
     def conv(c):
         return Conv2D(c, 3, padding="SAME", impl=impl)
 
@@ -137,6 +141,7 @@ def small_resnet(num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64),
     ``bn_axis_name``: every BatchNorm's ``axis_name`` (global batch statistics under
     ``pmap`` / ``shard_map`` over that axis; ``fcnn train --parallel pmap`` sets it).
     """
+    num_classes = _checks.positive_int(num_classes, "num_classes")
     if not widths or not all(_checks.is_int(w) and w > 0 for w in widths):
         raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
     blocks_per_stage = _checks.positive_int(blocks_per_stage, "blocks_per_stage")

@@ -22,7 +22,9 @@ rank comes from ``in_shape`` (1-3 spatial dims: rank 3-5), so ``layout="NHWC"`` 
 (features on the last axis whatever the layout). Under the layer contract (``fcnn.types``)
 ``init`` needs only the shape; ``apply`` checks its input against the params (the channel
 count of ``scale`` or of the running statistics) and raises ``InputShapeError`` naming the
-layer and both shapes. Statistics are computed in at least float32; ``y`` has ``x.dtype``.
+layer and both shapes, and refuses an ``x`` without a floating dtype (``TypeError``: ``y`` has
+``x.dtype``, and normalised values cast to ints are wrong). Statistics are computed in at least
+float32. ``param_dtype`` is a floating dtype (``None`` is refused).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from jax import lax
 from fcnn import _checks, shapes
 from fcnn.channels import add_channels, channel_mean, scale_channels
 from fcnn.dtypes import acc_dtype
-from fcnn.types import Layer, LayerInfo, check_shape, describe, init_text, input_mismatch, numel
+from fcnn.types import (Layer, LayerInfo, check_floating, check_param_dtype, check_shape, describe, init_text,
+                        input_mismatch, numel)
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm"]
 
@@ -43,12 +46,6 @@ IMAGE_RANKS = (3, 4, 5)  # (n, w, c), (n, h, w, c), (n, d, h, w, c) and their ch
 
 
 # ----------------------------------------------------------------------------- shared pieces
-def _check_param_dtype(dtype):
-    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"param_dtype must be a floating dtype, got {dtype!r}")
-    return jnp.dtype(dtype)
-
-
 def _channels_last(layout) -> bool:
     return shapes.is_channels_last(_checks.choice(layout, shapes.ALL_LAYOUTS, "layout"))
 
@@ -176,14 +173,25 @@ def _batch_norm_train_jvp(ca, axis_name, epsilon, primals, tangents):
     return (y, mean, var), (d_y, d_mean, 2 * e(xc * dx))
 
 
-def _values_per_channel(x, ca) -> int:
-    """x's channel count, after refusing a batch with no values per channel (train=True's statistics)."""
+def _values_per_channel(x, ca, unbiased: bool) -> int:
+    """x's channel count, after refusing a batch with no values per channel (train=True's statistics),
+    or with one where ``unbiased`` (``_check_unbiased``)."""
     c = x.shape[ca]
     if c and not x.size:
         raise ValueError(f"BatchNorm with train=True takes the batch's statistics per channel, and x of shape "
                          f"{tuple(x.shape)} has no values per channel: their mean would be 0/0 and the running "
                          "statistics NaN. Skip the empty batch, or apply with train=False")
+    if unbiased:
+        _check_unbiased(x.shape, c, "x of shape")
     return c
+
+
+def _check_unbiased(shape, c: int, what: str) -> None:
+    """The rule of ``unbiased_running_var`` without ``axis_name``: ``m / (m - 1)`` needs m >= 2 values
+    per channel; checked at init (``what`` = "in_shape") and, as ``torch`` does, at a train apply
+    ("x of shape")."""
+    if numel(shape) // c < 2:
+        raise ValueError(f"unbiased_running_var needs at least 2 values per channel, {what} {tuple(shape)} has 1")
 
 
 def _unbiased_factor(xs, ca, axis_name):
@@ -232,7 +240,7 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
       layout: where the channel axis is (module docstring): last for NHWC (and NWC, NDHWC),
         1 for NCHW (NCW, NCDHW); an (n, c) input uses the last axis.
       affine: learn the per-channel ``scale`` and ``offset``.
-      unbiased_running_var: keep ``var * m / (m - 1)`` in the running variance (m >= 2).
+      unbiased_running_var: keep ``var * m / (m - 1)`` in the running variance (m >= 2: init, train apply).
     Params: {"scale": (c,) ones, "offset": (c,) zeros} ({} without affine).
     State: {"mean": (c,) zeros, "var": (c,) ones} in float32 (at least).
     """
@@ -243,7 +251,7 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
     last = _channels_last(layout)
     affine = _checks.boolean(affine, "affine")
     unbiased = _checks.boolean(unbiased_running_var, "unbiased_running_var")
-    param_dtype = _check_param_dtype(param_dtype)
+    param_dtype = check_param_dtype(param_dtype)
     stat_dtype = acc_dtype(param_dtype)
     ranks = (2,) + IMAGE_RANKS
     seen = {}  # init's last in_shape, only to word apply's errors
@@ -251,17 +259,18 @@ def BatchNorm(*, momentum=0.9, epsilon=1e-5, axis_name=None, layout="NHWC", affi
     def init(key, in_shape):
         in_shape = _init_shape("BatchNorm", in_shape, ranks, seen)
         c = in_shape[_channel_axis(len(in_shape), last)]
-        if unbiased and numel(in_shape) // c < 2 and axis_name is None:
-            raise ValueError(f"unbiased_running_var needs at least 2 values per channel, in_shape {in_shape} has 1")
+        if unbiased and axis_name is None:
+            _check_unbiased(in_shape, c, "in_shape")
         state = {"mean": jnp.zeros((c,), stat_dtype), "var": jnp.ones((c,), stat_dtype)}
         return in_shape, _affine_params(c, affine, param_dtype), state
 
     def apply(params, state, x, *, key=None, train=False):
+        check_floating(x, "BatchNorm")
         _check_input("BatchNorm", x, jnp.shape(state["mean"])[0], last, ranks, seen)
         ca = _channel_axis(x.ndim, last)
         xs = x.astype(acc_dtype(x.dtype))
         if train:
-            c = _values_per_channel(xs, ca)
+            c = _values_per_channel(xs, ca, unbiased and axis_name is None)
             scale, offset = ((params["scale"].astype(xs.dtype), params["offset"].astype(xs.dtype)) if params
                              else (jnp.ones((c,), xs.dtype), jnp.zeros((c,), xs.dtype)))
             y, mean, var = _batch_norm_train(xs, scale, offset, ca, axis_name, epsilon)
@@ -295,7 +304,7 @@ def _group_norm(name, groups, epsilon, layout, affine, param_dtype, ranks, detai
     epsilon = _checks.positive_float(epsilon, "epsilon")
     last = _channels_last(layout)
     affine = _checks.boolean(affine, "affine")
-    param_dtype = _check_param_dtype(param_dtype)
+    param_dtype = check_param_dtype(param_dtype)
     fits = None if groups in (None, 1) else _Divides(groups)
     seen = {}  # init's last in_shape, only to word apply's errors
 
@@ -307,6 +316,7 @@ def _group_norm(name, groups, epsilon, layout, affine, param_dtype, ranks, detai
         return in_shape, _affine_params(c, affine, param_dtype), {}
 
     def apply(params, state, x, *, key=None, train=False):
+        check_floating(x, name)
         _check_input(name, x, _params_channels(params, state), last, ranks, seen, fits)
         ca = _channel_axis(x.ndim, last)
         c = x.shape[ca]

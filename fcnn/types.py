@@ -55,7 +55,8 @@ from fcnn import _checks
 
 __all__ = ["Array", "Shape", "Params", "State", "PRNGKey", "InitFn", "ApplyFn", "Layer", "LayerInfo",
            "describe", "layer_info", "numel", "check_shape", "is_kernel", "kernel_mask", "InputShapeError",
-           "shape_text", "init_text", "input_mismatch", "at_position", "init_context", "check_key", "check_layer"]
+           "shape_text", "init_text", "input_mismatch", "at_position", "init_context", "check_key", "check_layer",
+           "FLOATING", "check_floating", "check_param_dtype"]
 
 Array = jax.Array
 Shape = Tuple[int, ...]
@@ -79,6 +80,30 @@ def check_shape(in_shape, name: str = "in_shape") -> Shape:
     if not isinstance(in_shape, (tuple, list)) or not all(_checks.is_int(d) and d > 0 for d in in_shape):
         raise ValueError(f"{name} must be a tuple of positive ints (batch included), got {in_shape!r}")
     return tuple(int(d) for d in in_shape)
+
+
+FLOATING = "a floating dtype (float32, float64, bfloat16, ...)"  # the rule, worded as the conv ops word it
+
+
+def check_floating(x, who: str, name: str = "x") -> None:
+    """``TypeError`` naming ``who`` and ``name`` unless ``x`` has a floating dtype: the rule of every
+    layer whose ``apply`` computes in ``x.dtype`` (an int ``x`` would cast the params, the normalised
+    values or the dropout scale to ints: wrong values, silently). At trace time, free under ``jit``."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{who}: {name} must have {FLOATING}, got {dtype}")
+
+
+def check_param_dtype(dtype, name: str = "param_dtype"):
+    """``dtype`` as a ``jnp.dtype`` if it names a floating dtype, else ``TypeError`` naming ``name``
+    (``None`` too: ``jnp.dtype(None)`` is float64, a default nobody asked for)."""
+    try:
+        resolved = None if dtype is None else jnp.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+        raise TypeError(f"{name} must be {FLOATING}, got {dtype!r}")
+    return resolved
 
 
 def numel(shape: Sequence[int]) -> int:

@@ -24,6 +24,18 @@ def _apply_other(layer, init_shape, x_shape, **kw):
                           jax.ShapeDtypeStruct(x_shape, jnp.float32))
 
 
+def _apply_int(layer, shape, **kw):
+    """init ``layer`` with ``shape``, then apply it to an int32 input of that shape (traced abstractly)."""
+    _, p, s = _init(layer, shape)
+    return jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, **kw), p, s, jax.ShapeDtypeStruct(shape, jnp.int32))
+
+
+def _apply_short(model, other):
+    """``model.apply`` given the params and state of ``other`` (fewer layers), traced abstractly."""
+    _, p, s = _init(other, (2, 3))
+    return jax.eval_shape(lambda p, s, x: model.apply(p, s, x), p, s, jax.ShapeDtypeStruct((2, 3), jnp.float32))
+
+
 LAYERS = [
     # constructors
     _case(lambda: layers.Conv2D(0, 3), ValueError, r"out_channels must be a positive int, got 0", "Conv2D-out-0"),
@@ -54,6 +66,10 @@ LAYERS = [
     _case(lambda: layers.Dense(4, param_dtype="int8"), TypeError, r"param_dtype must be a floating dtype",
           "Dense-param-dtype"),
     _case(lambda: layers.Dense(4, w_init=None), TypeError, r"w_init", "Dense-w-init"),
+    _case(lambda: layers.Dense(4, param_dtype=None), TypeError, r"param_dtype must be a floating dtype .*got None",
+          "Dense-param-dtype-none"),
+    _case(lambda: layers.BatchNorm(param_dtype=None), TypeError, r"param_dtype must be a floating dtype .*got None",
+          "BatchNorm-param-dtype-none"),
     _case(lambda: layers.MaxPool2D(0), ValueError, r"window must be >= 1", "MaxPool2D-window-0"),
     _case(lambda: layers.MaxPool2D(2, stride=-1), ValueError, r"stride must be >= 1", "MaxPool2D-stride"),
     _case(lambda: layers.MaxPool2D(2, padding="FULL"), ValueError, r"padding must be", "MaxPool2D-padding"),
@@ -147,6 +163,12 @@ LAYERS = [
     _case(lambda: _apply_other(layers.Conv2D(4, 3), (1, 8, 8, 3), (8, 8, 3)), ValueError,
           r"(Conv2D|x must have).*rank 4",
           "Conv2D-apply-rank3"),
+    _case(lambda: _apply_int(layers.Dense(4), (2, 16)), TypeError, r"^Dense: x must have a floating dtype",
+          "Dense-apply-int32"),
+    _case(lambda: _apply_int(layers.BatchNorm(), (2, 5, 5, 4)), TypeError, r"^BatchNorm: x must have a floating dtype",
+          "BatchNorm-apply-int32"),
+    _case(lambda: _apply_int(layers.Dropout(0.5), (2, 3), key=jax.random.PRNGKey(0), train=True), TypeError,
+          r"^Dropout: x must have a floating dtype", "Dropout-apply-int32"),
     # keys where a PRNG key is needed
     _case(lambda: _apply_other(layers.Dropout(0.5), (2, 3), (2, 3), key=None, train=True), ValueError,
           _all("Dropout", r"\bkey\b", "PRNG key"), "Dropout-train-key-none"),
@@ -168,6 +190,10 @@ LAYERS = [
           r"residual: the block's output shape \(2, 3\) must equal the input shape", "residual-shape"),
     _case(lambda: _init(residual(layers.Conv2D(4, 3), layers.Conv2D(4, 1)), (1, 8, 8, 4)), ValueError,
           r"must equal the shortcut's output shape", "residual-shortcut-shape"),
+    _case(lambda: serial(layers.Relu()).init(jax.random.PRNGKey(0), None), ValueError,
+          r"in_shape must be a tuple of positive ints", "serial-init-none"),
+    _case(lambda: _apply_short(serial(layers.Dense(3), layers.Dense(3)), serial(layers.Dense(3))), ValueError,
+          r"serial of 2 layers: params must have one entry per layer \(2", "serial-apply-short-params"),
     _case(lambda: branches(), ValueError, r"branches needs at least one layer", "branches-empty"),
     _case(lambda: branches(layers.Dense(2), merge="avg"), ValueError, r"merge must be one of concat, sum",
           "branches-merge"),
@@ -195,6 +221,7 @@ LAYERS = [
     _case(lambda: models.input_shape("vgg"), ValueError, r"name must be one of", "input_shape-name"),
     _case(lambda: models.get_model("lenet5", num_classes=0), ValueError, r"num_classes must be a positive int",
           "get_model-num-classes-0"),
+    _case(lambda: models.lenet5(0), ValueError, r"^num_classes must be a positive int", "lenet5-num-classes-0"),
     # summary
     _case(lambda: summary("lenet5", (1, 28, 28, 1)), TypeError, r"model must be a Layer, got str", "summary-model-str"),
     _case(lambda: summary(models.lenet5(), (1, -28, 28, 1)), ValueError, r"in_shape must be a tuple of positive ints",

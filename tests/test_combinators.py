@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fcnn import layers as L
-from fcnn.combinators import branches, residual, serial
+from fcnn.combinators import branches, identity, residual, serial
 from fcnn.types import layer_info
 
 KEY = jax.random.PRNGKey(0)
@@ -247,9 +247,54 @@ def test_combinators_refuse_a_key_that_is_not_a_prng_key(make):
         _apply_traced(layer, (2, 3), (2, 3), train=True)
 
 
+def test_params_or_state_of_another_length_are_refused_instead_of_running_fewer_layers():
+    """zip ran min(len(layers), len(params)) layers: a 2-layer serial's params given to a 5-layer one ran 2
+    layers and returned their output, silently."""
+    two, five = serial(L.Dense(3), L.Dense(3)), serial(*[L.Dense(3) for _ in range(5)])
+    _, p2, s2 = two.init(KEY, (1, 3))
+    _, p5, s5 = five.init(KEY, (1, 3))
+    x = jnp.ones((1, 3))
+    with pytest.raises(ValueError, match=r"^serial of 5 layers: params must have one entry per layer \(5, as init "
+                                         r"returns\), got 2 entries$"):
+        five.apply(p2, s5, x)
+    with pytest.raises(ValueError, match=r"^serial of 5 layers: state must have one entry per layer \(5,.*got 2 "):
+        five.apply(p5, s2, x)
+    with pytest.raises(ValueError, match=r"^serial of 2 layers: params .*\(2,.*got 5 entries$"):
+        two.apply(p5, s2, x)  # longer: the extra entries were ignored
+    with pytest.raises(ValueError, match=r"^serial of 2 layers: params .*got a dict$"):
+        two.apply({"w": 1}, s2, x)
+    pair = branches(L.Dense(3), L.Dense(3))
+    _, pb, sb = branches(L.Dense(3)).init(KEY, (1, 3))
+    with pytest.raises(ValueError, match=r"^branches of 2 layers: params must have one entry per layer \(2, as "
+                                         r"init returns\), got 1 entry$"):
+        pair.apply(pb, sb, x)
+    block = residual(L.Dense(3))
+    _, pr, sr = block.init(KEY, (1, 3))
+    with pytest.raises(ValueError, match=r"^residual: params must be a dict with the keys 'block' and 'shortcut' "
+                                         r"\(as init returns\), got keys \['block'\]$"):
+        block.apply({"block": pr["block"]}, sr, x)
+    with pytest.raises(ValueError, match=r"^residual: state must be a dict .*got a tuple$"):
+        block.apply(pr, (), x)
+    y, _ = five.apply(list(p5), list(s5), x)  # lists of the right length (a loaded checkpoint) still run
+    by_hand = x
+    for layer, p in zip(layer_info(five).children, p5):
+        by_hand = layer.apply(p, {}, by_hand)[0]
+    np.testing.assert_allclose(np.asarray(y), np.asarray(by_hand), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda: serial(L.Relu()), lambda: residual(L.Relu()), lambda: branches(L.Relu()),
+                                  identity])
+@pytest.mark.parametrize("in_shape", [None, (2, 0), (2, -1), (2.0, 3), "ab", 5])
+def test_combinators_check_in_shape_at_init(make, in_shape):
+    """None gave "'NoneType' object is not iterable"; identity returned (2, 0), (2.0, 3), ('a', 'b') as shapes.
+    The rule is types.check_shape's, as for every layer."""
+    with pytest.raises(ValueError, match=r"^in_shape must be a tuple of positive ints \(batch included\), got "):
+        make().init(KEY, in_shape)
+
+
 def test_skip_concat_equals_concatenating_by_hand_in_any_rank():
     """skip_concat(block)(x) == concat(x, block(x)) along the channel axis; channels-first ranks 3 and 5 too."""
-    from fcnn.combinators import identity, skip_concat
+    from fcnn.combinators import skip_concat
     from fcnn.layers_nd import Conv1D, Conv3D
 
     key = jax.random.PRNGKey(1)

@@ -191,6 +191,33 @@ def test_dropout_needs_key_in_train():
         _run(L.Dropout(0.5), jnp.ones((2, 3)), train=True)
 
 
+FLOATING = r"x must have a floating dtype \(float32, float64, bfloat16, \.\.\.\), got int32"
+
+
+@pytest.mark.parametrize("name, make, torch_call, train", [
+    ("Dense", lambda: L.Dense(2), lambda t, x: t.nn.Linear(3, 2)(x), False),
+    ("Dropout", lambda: L.Dropout(0.5), lambda t, x: t.nn.functional.dropout(x, 0.5, True), True),
+])
+def test_integer_inputs_are_refused_as_torch_refuses_them(name, make, torch_call, train):
+    """Dense cast its He weights to x's int dtype (Dense(2) on ones((1, 3), int32) gave [[0 0]]) and
+    Dropout its keep probability (0.5 -> 0, x / 0 = inf); torch 2.13 raises for both (the reference)."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError):
+        torch_call(torch, torch.ones(1, 3, dtype=torch.int32))
+    layer = make()
+    _, params, state = layer.init(KEY, (1, 3))
+    for mode in {train, False}:  # Dropout in eval too: one rule, whatever the mode
+        with pytest.raises(TypeError, match=rf"^{name}: {FLOATING}$"):
+            layer.apply(params, state, jnp.ones((1, 3), jnp.int32), key=KEY, train=mode)
+
+
+def test_param_dtype_none_is_refused_naming_it():
+    """jnp.dtype(None) is float64 (float32 with x64 off, with a warning): a default nobody asked for."""
+    for make in (lambda: L.Dense(2, param_dtype=None), lambda: L.Conv2D(2, 3, param_dtype=None)):
+        with pytest.raises(TypeError, match=r"^param_dtype must be a floating dtype \(float32, .*got None$"):
+            make()
+
+
 # BatchNorm's values: tests/test_norms.py (it lives in fcnn.norms; fcnn.layers re-exports it)
 
 

@@ -140,6 +140,18 @@ def test_spatial_dropout_drops_whole_channels_and_rescales():
         layer.apply({}, {}, jnp.ones((1, 2, 2, 3)), key=3, train=True)
 
 
+def test_spatial_dropout_refuses_integer_inputs_as_torch_does():
+    """The keep probability cast to int 0 gave x / 0 = inf; torch's dropout2d raises (the reference)."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.dropout2d(torch.ones(2, 3, 4, 4, dtype=torch.int32), 0.5, True)
+    layer = fcnn.SpatialDropout(0.5)
+    layer.init(KEY, (2, 4, 4, 3))
+    for train in (True, False):
+        with pytest.raises(TypeError, match=r"^SpatialDropout: x must have a floating dtype .*got int32$"):
+            layer.apply({}, {}, jnp.ones((2, 4, 4, 3), jnp.int32), key=KEY, train=train)
+
+
 @pytest.mark.parametrize("build,msg", [
     (lambda: fcnn.Conv1D(4, 3, layout="NHWC"), "layout must be one of NWC, NCW"),
     (lambda: fcnn.Conv3D(4, (3, 3)), "kernel must be an int or 3 ints"),

@@ -164,6 +164,16 @@ def test_registry():
         models.small_resnet(widths=())
 
 
+@pytest.mark.parametrize("make", [models.lenet5, models.example_net, models.small_vgg, models.small_resnet,
+                                  models.resnet18, models.resnet34, models.unet, models.cnn1d])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_every_classifier_names_num_classes_when_it_is_bad(make, bad):
+    """lenet5(0), small_vgg(2.5), example_net and small_resnet raised "out_features must be a positive int"
+    (the last Dense's argument, which the caller never wrote); resnet18 and get_model named num_classes."""
+    with pytest.raises(ValueError, match=rf"^num_classes must be a positive int, got {re.escape(repr(bad))}$"):
+        make(bad)
+
+
 # torchvision's published parameter counts (pytorch.org/vision/stable/models/generated/torchvision.models.resnet18
 # and .resnet34: ResNet18_Weights.IMAGENET1K_V1 "num_params 11689512", ResNet34_Weights.IMAGENET1K_V1 "num_params
 # 21797672"), 1,000 classes, ImageNet stem;

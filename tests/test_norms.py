@@ -314,6 +314,8 @@ def test_batchnorm_is_still_importable_from_layers():
     (lambda: InstanceNorm(affine=1), TypeError, "affine must be a bool"),
     (lambda: BatchNorm(unbiased_running_var="yes"), TypeError, "unbiased_running_var must be a bool"),
     (lambda: LayerNorm(param_dtype=jnp.int32), TypeError, "param_dtype"),
+    (lambda: BatchNorm(param_dtype=None), TypeError, r"^param_dtype must be a floating dtype .*got None$"),
+    (lambda: GroupNorm(2, param_dtype=None), TypeError, r"^param_dtype must be a floating dtype .*got None$"),
 ])
 def test_bad_arguments_raise_at_construction(make, exc, match):
     with pytest.raises(exc, match=match):
@@ -345,3 +347,45 @@ def test_apply_refuses_an_input_init_did_not_see(layer, init_shape, x_shape, tex
         jax.eval_shape(lambda x: layer.apply(params, state, x), jax.ShapeDtypeStruct(x_shape, jnp.float32))
     for text in texts:
         assert text in str(err.value)
+
+
+@pytest.mark.parametrize("make, torch_make", [
+    (lambda: BatchNorm(), lambda t: t.nn.BatchNorm2d(3)),
+    (lambda: LayerNorm(), lambda t: t.nn.GroupNorm(1, 3)),
+    (lambda: GroupNorm(3), lambda t: t.nn.GroupNorm(3, 3)),
+    (lambda: InstanceNorm(), lambda t: t.nn.InstanceNorm2d(3)),
+])
+@pytest.mark.parametrize("train", [False, True])
+def test_integer_inputs_are_refused_as_torch_refuses_them(make, torch_make, train):
+    """The normalised values were cast back to x's int dtype (all 0, or -1/0/1); torch 2.13 raises for
+    each of these norms on an int32 input (the reference), so do they, naming x."""
+    torch = pytest.importorskip("torch")
+    module = torch_make(torch).train(train)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        module(torch.arange(2 * 3 * 4 * 4, dtype=torch.int32).reshape(2, 3, 4, 4))
+    layer = make()
+    _, params, state = layer.init(KEY, (2, 4, 4, 3))
+    with pytest.raises(TypeError, match=r"^(BatchNorm|LayerNorm|GroupNorm|InstanceNorm): x must have a floating "
+                                        r"dtype \(float32, float64, bfloat16, \.\.\.\), got int32$"):
+        layer.apply(params, state, jnp.arange(96, dtype=jnp.int32).reshape(2, 4, 4, 3), train=train)
+
+
+def test_unbiased_running_var_refuses_one_value_per_channel_at_apply_as_torch_does():
+    """init refuses (1, 3) already; an apply with train=True on such a batch set the running variance
+    from m / max(m - 1, 1) = 1 silently. torch 2.13 raises "Expected more than 1 value per channel when
+    training" (the reference); fcnn raises init's error. Eval, and the biased running variance, take it."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        torch.nn.BatchNorm1d(3).train()(torch.ones(1, 3))
+    layer = BatchNorm(unbiased_running_var=True)
+    with pytest.raises(ValueError, match=re.escape("at least 2 values per channel, in_shape (1, 3) has 1")):
+        layer.init(KEY, (1, 3))
+    _, params, state = layer.init(KEY, (4, 3))
+    for x_shape in ((1, 3), (1, 1, 1, 3)):
+        with pytest.raises(ValueError, match=re.escape(f"unbiased_running_var needs at least 2 values per channel, "
+                                                       f"x of shape {x_shape} has 1")):
+            layer.apply(params, state, jnp.ones(x_shape), train=True)
+    assert layer.apply(params, state, jnp.ones((1, 3)))[1] is state  # eval: the running statistics
+    plain = BatchNorm()
+    _, p, s = plain.init(KEY, (4, 3))
+    assert plain.apply(p, s, jnp.ones((1, 3)), train=True)[0].shape == (1, 3)

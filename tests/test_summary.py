@@ -5,6 +5,7 @@ import pytest
 from fcnn import layers as L
 from fcnn import models, types
 from fcnn.combinators import branches, residual, serial
+from fcnn.layers_nd import Conv1D, Conv3D, GlobalAvgPool
 from fcnn.summary import LayerInfo, count_params, describe, summary
 from fcnn.types import Layer
 
@@ -133,3 +134,26 @@ def test_undefined_receptive_field_shows_a_dash_and_propagates():
     assert rf["1.ConvTranspose2D"] == rf["1.branches"] == rf["2.Conv2D"] == (None, None) and s.rf is None
     assert [r.params for r in s.rows if r.params] == [9 * 2 + 2, 2 * 2 * 2 * 2 + 2, 4 * 1 + 1]
     assert str(s).splitlines()[-1].split()[-1] == "-" and s.out_shape == (1, 8, 8, 1)
+
+
+
+@pytest.mark.parametrize("convs, layout, in_shape, rfs", [
+    # 1-D: two 3-wide convs (r 3, 5) leave width 16; Flatten sees all of it: 5 + (16 - 1) * 1 = 20
+    (lambda: [Conv1D(4, 3), Conv1D(4, 3)], "NHWC", (1, 20, 1), [3, 5, 20]),
+    (lambda: [Conv1D(4, 3, layout="NCW"), Conv1D(4, 3, layout="NCW")], "NCW", (1, 1, 20), [3, 5, 20]),
+    # stride 2 (j 2): width 10 left, 3 + (10 - 1) * 2 = 21, the whole input
+    (lambda: [Conv1D(4, 3, stride=2)], "NWC", (1, 21, 1), [3, 21]),
+    # 3-D: along H of (D, H, W): H 10 -> 8 after the conv, 3 + 7 = 10 (D would give 6, W 14)
+    (lambda: [Conv3D(2, 3)], "NHWC", (1, 10, 10, 10, 1), [3, 10]),
+    (lambda: [Conv3D(2, 3)], "NDHWC", (1, 6, 10, 14, 1), [3, 10]),
+    (lambda: [Conv3D(2, 3, layout="NCDHW")], "NCHW", (1, 1, 6, 10, 14), [3, 10]),
+    # 2-D as before: H 7 -> 5, 3 + 4 = 7 (W would give 9)
+    (lambda: [L.Conv2D(2, 3)], "NHWC", (1, 7, 9, 1), [3, 7]),
+])
+def test_flatten_sees_the_whole_remaining_extent_in_every_rank(convs, layout, in_shape, rfs):
+    """Flatten counted the remaining height only for rank-4 inputs: Conv1D(3), Conv1D(3), Flatten, Dense on
+    (1, 20, 1) reported 5 and Conv3D(3), Flatten, Dense on (1, 10, 10, 10, 1) 3. Hand values; a GlobalAvgPool
+    in Flatten's place reads the same axis (W in 1-D, H in 2-D and 3-D) and gives the same."""
+    s = summary(serial(*convs(), L.Flatten(layout=layout), L.Dense(2)), in_shape)
+    assert [r.rf for r in s.rows] == rfs + [rfs[-1]] and s.rf == rfs[-1]
+    assert summary(serial(*convs(), GlobalAvgPool(layout=layout), L.Dense(2)), in_shape).rf == rfs[-1]
