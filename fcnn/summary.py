@@ -10,10 +10,10 @@ parameter shapes, and reports per row:
 
 * output shape, own parameter count (combinator rows hold 0; their children own them),
 * FLOPs of one forward pass over the whole batch (2 per multiply-add, ``fcnn.shapes``),
-* receptive field ``r`` and jump ``j`` along H of one output pixel in input pixels:
-  ``r += (F_eff - 1) * j; j *= S`` (``shapes.receptive_field``). ``residual`` and
+* receptive field ``r`` and jump ``j`` along H (W for 1-D inputs) of one output pixel in input
+  pixels: ``r += (F_eff - 1) * j; j *= S`` (``shapes.receptive_field``). ``residual`` and
   ``branches`` take the max over their paths. ``Flatten``/global pools see the
-  whole remaining height. A layer whose ``LayerInfo.rf`` returns None (transposed conv,
+  whole remaining extent of that axis. A layer whose ``LayerInfo.rf`` returns None (transposed conv,
   upsampling, an adaptive pool with irregular windows: ``fcnn.decoder``) has no integer
   receptive field; its row and every row after it show "-" (``rf``/``jump`` None), and so does
   a ``residual``/``branches`` with such a path.
