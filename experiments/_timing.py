@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional
 
@@ -62,6 +63,11 @@ def carrying(step: Callable, carry, *args) -> Callable:
     return call
 
 
+def progress(message: str) -> None:
+    """One line of progress on stderr (the tables go to stdout): the one way the long scripts say where they are."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _run(call, n: int, block, block_each: bool) -> float:
     """Seconds for ``n`` calls, ended by a block on the last output."""
     t0 = time.perf_counter()
@@ -85,18 +91,22 @@ def _calibrate(call, target_s: float, block, block_each: bool) -> int:
 
 def side_by_side(variants: Dict[object, Callable], *, repeats: int, target_s: Optional[float] = None,
                  calls: Optional[int] = None, warmup: int = 1, per_turn: int = 1, turn_warmup: int = 0,
-                 block: Optional[Callable] = None, block_each: bool = False) -> Dict[object, Timing]:
+                 block: Optional[Callable] = None, block_each: bool = False,
+                 verbose: bool = False) -> Dict[object, Timing]:
     """Time zero-argument calls side by side: ``{name: Timing}`` in the order of ``variants``.
 
     Each variant in turn is compiled (first call), warmed up and calibrated; then the timed repeats
     go round: every variant runs ``turn_warmup`` untimed calls and ``per_turn`` repeats, until each
     has ``repeats``. Give ``target_s`` (calibrated calls) or ``calls`` (fixed). ``block(out)``
-    waits for the device (default ``jax.block_until_ready``).
+    waits for the device (default ``jax.block_until_ready``). ``verbose``: a ``progress`` line per
+    variant compiled and per round of turns.
     """
     if (target_s is None) == (calls is None):
         raise ValueError("give exactly one of target_s (calibrated calls per repeat) and calls (fixed)")
     if repeats < 1 or per_turn < 1:
         raise ValueError(f"repeats and per_turn must be >= 1, got {repeats} and {per_turn}")
+    if calls is not None and calls < 1:
+        raise ValueError(f"calls (per repeat) must be >= 1, got {calls}")
     block = block or _jax_block
     compile_s, n = {}, {}
     for name, call in variants.items():
@@ -106,6 +116,8 @@ def side_by_side(variants: Dict[object, Callable], *, repeats: int, target_s: Op
         for _ in range(warmup):
             block(call())
         n[name] = calls if calls is not None else _calibrate(call, target_s, block, block_each)
+        if verbose:
+            progress(f"{name}: compiled in {compile_s[name]:.1f} s, {n[name]} calls per repeat")
     times = {name: [] for name in variants}
     for done in range(0, repeats, per_turn):
         for name, call in variants.items():
@@ -113,6 +125,8 @@ def side_by_side(variants: Dict[object, Callable], *, repeats: int, target_s: Op
                 _run(call, turn_warmup, block, False)
             for _ in range(min(per_turn, repeats - done)):
                 times[name].append(_run(call, n[name], block, block_each) / n[name])
+        if verbose:
+            progress(f"round {done // per_turn + 1} of {-(-repeats // per_turn)} done")
     return {name: Timing(compile_s[name], times[name], n[name]) for name in variants}
 
 

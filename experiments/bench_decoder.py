@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from _timing import side_by_side  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, publish  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -81,7 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and counts (for tests)")
-    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    add_out(p, "also write the table to this markdown file")
     return p.parse_args(argv)
 
 
@@ -190,6 +190,7 @@ def _lines(rows) -> str:
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
     import jax
 
     cases = QUICK_CASES if args.quick else CASES

@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from _timing import measure  # noqa: E402
+from step_ab import check_out_dir  # noqa: E402
 
 # (name, x shape NHWC without batch, kernel, cout, padding)
 CONV_LAYERS = [
@@ -44,6 +45,9 @@ CONV_LAYERS = [
 POOL_SHAPES = [("lenet p1", (28, 28, 6)), ("lenet p2", (10, 10, 16)), ("vgg p1", (32, 32, 128)),
                ("vgg p2", (16, 16, 256)), ("vgg p3", (8, 8, 512))]  # vgg p1 at b512: the anchor shape
 QUICK_LAYERS = "lenet c2,lenet p1"  # --quick: one conv layer and one pool shape (every impl still runs)
+PARTS = ("conv", "pool", "step")
+DTYPES = ("f32", "bf16")
+OUT_FILES = ("ops.json", "ops.md")  # what a run writes into --out
 BATCH = {"cpu": {"lenet": 64, "vgg": 16}, "gpu": {"lenet": 128, "vgg": 512}}
 
 
@@ -57,7 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--target-s", type=float, default=None)
     p.add_argument("--quick", action="store_true", help="tiny shapes and counts (for tests)")
-    p.add_argument("--out", default="runs/bench_ops")
+    p.add_argument("--out", default="runs/bench_ops", help="folder for ops.json and ops.md")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's ops.json and ops.md in --out")
     p.add_argument("--docs", default=None)
     return p.parse_args(argv)
 
@@ -71,6 +76,8 @@ def timeit(fn, *args, repeats=5, target_s=0.2):
 def _dt(name):
     import jax.numpy as jnp
 
+    if name not in DTYPES:  # never time float32 under another name
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}")
     return jnp.bfloat16 if name == "bf16" else jnp.float32
 
 
@@ -262,6 +269,25 @@ def tables(res):
     return "\n".join(out)
 
 
+def check_args(args, dtypes) -> None:
+    """Refuse unknown parts, dtypes, impls and layers, bad counts, and an --out that holds an earlier
+    run, before anything is timed (SystemExit naming the flag)."""
+    from fcnn import ops
+
+    layers = [c[0] for c in CONV_LAYERS] + [p[0] for p in POOL_SHAPES]
+    for flag, given, known in (("--parts", args.parts.split(","), PARTS), ("--dtypes", dtypes, DTYPES),
+                               ("--impls", args.impls.split(",") if args.impls else [], ops.CONV_IMPLS),
+                               ("--layers", args.layers.split(",") if args.layers else [], layers)):
+        bad = [v for v in given if v not in known]
+        if bad:
+            raise SystemExit(f"{flag}: unknown {bad}; known: {', '.join(known)}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be an integer >= 1, got {args.repeats}")
+    if not args.target_s > 0:
+        raise SystemExit(f"--target-s must be > 0 seconds, got {args.target_s}")
+    check_out_dir(args, OUT_FILES)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.device == "cpu":
@@ -276,6 +302,7 @@ def main(argv=None):
         batch = {"lenet": 2, "vgg": 1}
         args.repeats, args.target_s = 2, 0.01
         args.layers = args.layers or QUICK_LAYERS
+    check_args(args, dtypes)
     parts = args.parts.split(",")
     print(f"device={args.device} backend={jax.default_backend()} jax={jax.__version__} seed=0", flush=True)
     res = {}

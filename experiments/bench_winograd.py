@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from _timing import side_by_side  # noqa: E402
+from step_ab import add_out, check_out, progress  # noqa: E402
 
 # (name, (h, w, cin), cout); all 3x3, stride 1, SAME
 LAYERS = [("32x32 64->128", (32, 32, 64), 128), ("16x16 128->256", (16, 16, 128), 256),
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--error", action="store_true", help="the float32 error table only")
     p.add_argument("--quick", action="store_true", help="tiny shapes and counts (for tests)")
-    p.add_argument("--out", default=None, help="also write the tables to this markdown file")
+    add_out(p, "also write the tables to this markdown file")
     return p.parse_args(argv)
 
 
@@ -94,7 +95,8 @@ def time_table(args, layers) -> str:
             both = jax.jit(lambda x, w, g, f=f: (lambda y, pull: (y, *pull(g)))(*jax.vjp(f, x, w)))
             calls[(v, "fwd")] = lambda fwd=fwd: fwd(x, w)
             calls[(v, "both")] = lambda both=both: both(x, w, g)
-        t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
+        progress(f"{name}: timing {len(calls)} variants")
+        t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, verbose=True)
         base = {k: t[("lax", k)].median_s for k in ("fwd", "both")}
         for v in VARIANTS:
             f_ms, b_ms = t[(v, "fwd")].median_s * 1e3, t[(v, "both")].median_s * 1e3
@@ -138,7 +140,13 @@ def _table(head, rows) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    for flag, value in (("--batch", args.batch), ("--repeats", args.repeats)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be an integer >= 1, got {value}")
+    if not args.target_s > 0:
+        raise SystemExit(f"--target-s must be > 0 seconds, got {args.target_s}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
     import jax
 
     if args.quick:

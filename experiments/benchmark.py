@@ -32,8 +32,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench_peers  # noqa: E402
 from _timing import carrying, cpu_description, measure  # noqa: E402
+from step_ab import check_out_dir  # noqa: E402
 
 FRAMEWORKS = list(bench_peers.BUILDERS)
+DTYPES = ("bf16", "f32")  # bench_peers' dtype policies
+OUT_FILES = ("results.json", "table.md", "results.partial.json")  # what a run writes into --out
 # (net, batch) per device; --quick shrinks everything.
 CONFIGS = {"gpu": [("lenet", 128), ("lenet", 1024), ("vgg", 512)],
            "cpu": [("lenet", 64), ("vgg", 16), ("resnet18", 16)]}
@@ -53,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--target-s", type=float, default=None, help="seconds per repeat (default 0.3 GPU, 1.0 CPU)")
     p.add_argument("--quick", action="store_true", help="tiny batches, 2 repeats of a few steps (for tests)")
     p.add_argument("--out", default="runs/benchmark", help="directory for results.json and table.md")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     p.add_argument("--docs", default=None, help="markdown file whose <!-- benchmark:DEVICE --> section to replace")
     p.add_argument("--timeout", type=float, default=600, help="seconds per worker process")
     p.add_argument("--render", default=None, help="only re-render a results(.partial).json into markdown")
@@ -187,7 +191,7 @@ def table(rows, device, peak):
     lines = [head, "|" + "---|" * 10]
     skipped = []
     for r in rows:
-        label = bench_peers.LABELS[r["framework"]] + (f" k={r['k']}" if r["framework"] in ("fcnn_k", "fcnn_unroll") else "")
+        label = _label(r)
         if "skipped" in r:
             skipped.append(f"- {label} {r['net']} b{r['batch']} {r['dtype']}: skipped, {r['skipped']}")
             continue
@@ -209,21 +213,29 @@ def _timed_by_config(rows):
     return dict(sorted(out.items()))
 
 
+def _label(r):
+    """A row's framework as the tables name it (the k of the multi-step variants added)."""
+    return bench_peers.LABELS[r["framework"]] + (f" k={r['k']}" if r["framework"] in ("fcnn_k", "fcnn_unroll") else "")
+
+
 def summary(rows):
-    """Per (net, batch, dtype): fcnn's best against the fastest peer, and compile time against linen's."""
-    out = ["| net | batch | dtype | fcnn ms (1 step) | fcnn ms (k steps) | fastest peer | its ms | speed-up | "
+    """Per (net, batch, dtype): fcnn's fastest variant (fcnn, fcnn_k or fcnn_unroll; its ms and name,
+    the ms the speed-up is computed from) against the fastest peer, and compile time against linen's."""
+    out = ["| net | batch | dtype | fcnn ms (1 step) | fcnn's fastest ms (variant) | fastest peer | its ms | speed-up | "
            "compile fcnn / linen |", "|" + "---|" * 9]
     for key, got in _timed_by_config(rows).items():
         peers = {f: r for f, r in got.items() if not f.startswith("fcnn") and f not in KEPT}
-        mine = [got[f]["ms_per_step"] for f in ("fcnn", "fcnn_k", "fcnn_unroll") if f in got]
+        mine = [f for f in ("fcnn", "fcnn_k", "fcnn_unroll") if f in got]
         if not peers or not mine:
             continue
         best = min(peers, key=lambda f: peers[f]["ms_per_step"])
+        fastest = got[min(mine, key=lambda f: got[f]["ms_per_step"])]
         comp = (f"{got['fcnn']['compile_s'] / got['linen']['compile_s']:.2f}" if "fcnn" in got and "linen" in got
                 else "—")
         out.append(f"| {key[0]} | {key[1]} | {key[2]} | {_fmt(got.get('fcnn', {}).get('ms_per_step'), '.3f')} | "
-                   f"{_fmt(got.get('fcnn_k', {}).get('ms_per_step'), '.3f')} | {bench_peers.LABELS[best]} | "
-                   f"{peers[best]['ms_per_step']:.3f} | {peers[best]['ms_per_step'] / min(mine):.2f}x | {comp} |")
+                   f"{fastest['ms_per_step']:.3f} ({_label(fastest)}) | {bench_peers.LABELS[best]} | "
+                   f"{peers[best]['ms_per_step']:.3f} | {peers[best]['ms_per_step'] / fastest['ms_per_step']:.2f}x | "
+                   f"{comp} |")
     return out + kept_summary(rows)
 
 
@@ -262,6 +274,67 @@ def splice_docs(path, device, text):
         f.write(doc)
 
 
+def _nets(text):
+    """``--nets``' "net:batch" pairs as [(net, batch)], or SystemExit naming --nets and the rule."""
+    configs = []
+    for item in text.split(","):
+        net, _, batch = item.partition(":")
+        if net not in bench_peers.NETS or not batch.isdigit() or int(batch) < 1:
+            raise SystemExit(f"--nets: {item!r} is not net:batch with net one of {', '.join(bench_peers.NETS)} and "
+                             "batch a positive integer (e.g. lenet:64,vgg:8)")
+        configs.append((net, int(batch)))
+    return configs
+
+
+def check_args(args):
+    """Refuse bad arguments, and an --out that holds an earlier run, before any worker; returns the
+    frameworks and the (net, batch) configs to run (``--quick`` applied)."""
+    fws = [f for f in args.only.split(",") if f] or FRAMEWORKS
+    bad = [f for f in fws if f not in FRAMEWORKS]
+    if bad:
+        raise SystemExit(f"--only: unknown frameworks {bad}; known: {FRAMEWORKS}")
+    bad = [d for d in args.dtypes.split(",") if d not in DTYPES]
+    if bad or not args.dtypes:
+        raise SystemExit(f"--dtypes: unknown {bad or [args.dtypes]}; known: {', '.join(DTYPES)}")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be an integer >= 1, got {args.repeats}")
+    for flag, value in (("--target-s", args.target_s), ("--timeout", args.timeout)):
+        if not value > 0:
+            raise SystemExit(f"{flag} must be > 0 seconds, got {value}")
+    configs = CONFIGS[args.device]
+    if args.quick:
+        configs, args.repeats, args.target_s = QUICK_CONFIGS, 2, 0.02
+    if args.nets:
+        configs = _nets(args.nets)
+    check_out_dir(args, OUT_FILES)
+    return fws, configs
+
+
+def run_workers(args, fws, configs, ksteps, peak):
+    """Every framework on every (net, batch), each in a fresh worker process; the rows, in run order."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fcnn_bench_") as tmp:
+        for net, n in configs:
+            for fw in fws:
+                k = ksteps[net] if fw in ("fcnn_k", "fcnn_unroll") else 1
+                t0 = time.perf_counter()
+                res = os.path.join(tmp, f"w_{fw}_{net}_{n}.json")
+                got, err = _spawn(["--worker", fw, "--net", net, "--batch", str(n), "--k", str(k), "--dtypes",
+                                   args.dtypes, "--device", args.device, "--repeats", str(args.repeats),
+                                   "--target-s", str(args.target_s)], args.device, args.timeout, res)
+                if got is None:
+                    got = [dict(framework=fw, net=net, batch=n, dtype=d, k=k, skipped=err)
+                           for d in args.dtypes.split(",")]
+                for r in got:
+                    rows.append(derive(r, peak.get("tflops")))
+                    print(f"{fw:14s} {net:6s} b{n:<5d} {r['dtype']:5s} "
+                          + (f"{r['ms_per_step']:9.3f} ms/step  compile {r['compile_s']:.2f} s" if "ms_per_step" in r
+                             else r["skipped"]) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
+                with open(os.path.join(args.out, "results.partial.json"), "w") as f:  # survives a killed run
+                    json.dump({"device": args.device, "matmul_peak": peak, "rows": rows}, f)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.target_s is None:
@@ -280,38 +353,13 @@ def main(argv=None):
             splice_docs(args.docs, saved["device"], text)
         print(text)
         return rows
-    fws = [f for f in args.only.split(",") if f] or FRAMEWORKS
-    bad = [f for f in fws if f not in FRAMEWORKS]
-    if bad:
-        raise SystemExit(f"--only: unknown frameworks {bad}; known: {FRAMEWORKS}")
-    configs = CONFIGS[args.device]
-    if args.quick:
-        configs, args.repeats, args.target_s = QUICK_CONFIGS, 2, 0.02
-    if args.nets:
-        configs = [(s.split(":")[0], int(s.split(":")[1])) for s in args.nets.split(",")]
+    fws, configs = check_args(args)
     ksteps = K_STEPS_QUICK if args.quick else K_STEPS if args.device == "gpu" else K_STEPS_CPU
     os.makedirs(args.out, exist_ok=True)
     print(f"device={args.device} python={platform.python_version()} host={platform.node()} seed=0", flush=True)
     peak = measure_matmul_peak(args.device, 8192) if args.device == "gpu" else {}
     print("bf16 matmul peak:", peak, flush=True)
-    rows, tmp = [], tempfile.mkdtemp(prefix="fcnn_bench_")
-    for net, n in configs:
-        for fw in fws:
-            k = ksteps[net] if fw in ("fcnn_k", "fcnn_unroll") else 1
-            t0 = time.perf_counter()
-            res = os.path.join(tmp, f"w_{fw}_{net}_{n}.json")
-            got, err = _spawn(["--worker", fw, "--net", net, "--batch", str(n), "--k", str(k), "--dtypes", args.dtypes,
-                               "--device", args.device, "--repeats", str(args.repeats), "--target-s",
-                               str(args.target_s)], args.device, args.timeout, res)
-            if got is None:
-                got = [dict(framework=fw, net=net, batch=n, dtype=d, k=k, skipped=err) for d in args.dtypes.split(",")]
-            for r in got:
-                rows.append(derive(r, peak.get("tflops")))
-                print(f"{fw:14s} {net:6s} b{n:<5d} {r['dtype']:5s} "
-                      + (f"{r['ms_per_step']:9.3f} ms/step  compile {r['compile_s']:.2f} s" if "ms_per_step" in r
-                         else r["skipped"]) + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
-            with open(os.path.join(args.out, "results.partial.json"), "w") as f:  # survives a killed run
-                json.dump({"device": args.device, "matmul_peak": peak, "rows": rows}, f)
+    rows = run_workers(args, fws, configs, ksteps, peak)
     order = {f: i for i, f in enumerate(FRAMEWORKS)}
     rows.sort(key=lambda r: (r["net"], r["batch"], r["dtype"] != "f32", order[r["framework"]]))
     date = datetime.date.today().isoformat()

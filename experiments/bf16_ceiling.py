@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import measure  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, publish  # noqa: E402
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 VARIANTS = {  # name -> XLA_FLAGS (None: PyTorch)
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--cases", default="", help="only cases whose name starts with one of these (comma-separated), "
                    "e.g. 'dot,conv fwd '")
-    p.add_argument("--out", default=None)
+    add_out(p)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -165,6 +165,11 @@ def main(argv=None):
     bad = [v for v in names if v not in VARIANTS]
     if bad:
         raise SystemExit(f"--variants: unknown {bad}; known: {list(VARIANTS)}")
+    for flag, value in (("--n", args.n), ("--passes", args.passes), ("--repeats", args.repeats),
+                        ("--calls", args.calls)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be an integer >= 1, got {value}")
+    check_out(args)
     got = {v: [] for v in names}
     for _ in range(args.passes):
         for v in names:

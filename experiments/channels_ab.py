@@ -28,7 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import side_by_side  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, publish  # noqa: E402
 
 DEFAULT_SHAPES = "16x32x32x64,16x16x16x128,16x8x8x256,16x4x4x512,64x28x28x6,64x10x10x16"
 QUICK_SHAPES = "2x4x4x8"
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--target-s", type=float, default=0.2)
     p.add_argument("--quick", action="store_true", help="one tiny shape, 2 repeats (for tests)")
-    p.add_argument("--out", default=None)
+    add_out(p)
     return p.parse_args(argv)
 
 
@@ -132,6 +132,7 @@ def _variants(part, shape):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
     import jax
     import numpy as np
 
@@ -153,7 +154,7 @@ def main(argv=None):
             for a, b in zip(*outs):  # the two forms compute the same values
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-3)
             t = side_by_side({n: (lambda c=c: c(*call_args)) for n, c in compiled.items()},
-                             repeats=repeats, target_s=target)
+                             repeats=repeats, target_s=target, verbose=True)
             (b_name, before), (a_name, after) = t.items()
             results[(part, shape)] = (before.median_s, after.median_s)
             rows.append(f"| {part} | {'x'.join(map(str, shape))} | {b_name} | {before.median_s * 1e3:.3f} | "

@@ -209,15 +209,35 @@ def _gpu_part(args, out):
     print(text)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The arguments, checked before any work: ``--mutants`` names known mutants; ``--quick`` without
+    ``--out`` writes into a new temporary folder (said on stdout), never over docs/'s published study."""
+    import tempfile
+
+    from fcnn import mutants
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="docs")
+    p.add_argument("--out", default=None, help="folder for gradient_study.md and img/ (default docs; with "
+                                                "--quick a new temporary folder)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
     p.add_argument("--mutants", default=None, help="comma-separated mutants for part 5 (default: all)")
     p.add_argument("--gpu-only", action="store_true", help="parts 2 and 4 only, into OUT/gradient_study_gpu.md")
     p.add_argument("--determinism-worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.mutants is not None:
+        bad = [m for m in args.mutants.split(",") if m not in mutants.MUTANTS]
+        if bad:
+            p.error(f"--mutants: unknown {bad}; known: {', '.join(mutants.MUTANTS)}")
+    if args.out is None and not args.determinism_worker:
+        args.out = tempfile.mkdtemp(prefix="fcnn_gradient_study_") if args.quick else "docs"
+        if args.quick:
+            print(f"--quick without --out: writing into {args.out}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.determinism_worker:
         print(json.dumps(determinism_worker(args.determinism_worker)))
         return 0
@@ -238,7 +258,7 @@ def main(argv=None):
     names = (args.mutants.split(",") if args.mutants else None) or (["avg_pool_count_mismatch"] if args.quick else None)
     matrix = sweep.mutation_matrix(names)
     print(f"parts 1-5 done in {time.perf_counter() - t0:.0f} s")
-    cmd = "python experiments/gradient_study.py" + ("" if argv is None else " " + " ".join(argv))
+    cmd = " ".join(["python experiments/gradient_study.py"] + (sys.argv[1:] if argv is None else list(argv)))
     doc = [f"# Gradient-correctness study\n\nReproduce: `{cmd}` (date {datetime.date.today()}, seed {args.seed}, "
            f"device {jax.devices()[0].device_kind} / {jax.default_backend()}, jax {jax.__version__}, "
            f"{time.perf_counter() - t0:.0f} s). Tables from `fcnn gradcheck` use the same toolkit "

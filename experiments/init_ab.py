@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, progress, publish  # noqa: E402
 
 VARIANTS = ("flat", "shaped")
 NETS = {"lenet": ("lenet5", (64, 28, 28, 1)), "vgg": ("small_vgg", (16, 32, 32, 3)),
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--nets", default="lenet,vgg,resnet18")
-    p.add_argument("--out", default=None, help="markdown file for the table")
+    add_out(p)
     p.add_argument("--worker", nargs=2, metavar=("VARIANT", "NET"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rounds < 1:
@@ -74,6 +74,7 @@ def main(argv=None):
     if args.worker:
         print(json.dumps({"init_s": worker(*args.worker)}))
         return None
+    check_out(args)
     nets = args.nets.split(",")
     got = {(n, v): [] for n in nets for v in VARIANTS}
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
@@ -83,6 +84,7 @@ def main(argv=None):
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", v, net], env=env,
                                      capture_output=True, text=True, check=True).stdout
                 got[(net, v)].append(json.loads(out.strip().splitlines()[-1])["init_s"])
+        progress(f"round {len(got[(nets[0], VARIANTS[0])])} of {args.rounds} done")
     rows = ["| net | variant | median s | min | max | processes |", "|---|---|---|---|---|---|"]
     for (net, v), ts in got.items():
         rows.append(f"| {net} | {v} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} | {len(ts)} |")

@@ -20,6 +20,7 @@ import datetime
 import io
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -50,7 +51,8 @@ def _parse(argv):
     p.add_argument("--examples", type=int, default=5, help="digits in the overview figure and ink table rows")
     p.add_argument("--table-images", type=int, default=100, help="test images averaged in the ink table")
     p.add_argument("--seed", type=int, default=0, help="SmoothGrad noise and the untrained network's init")
-    p.add_argument("--out", default="docs", help="writes OUT/interpretability.md and OUT/img/interp_*.png")
+    p.add_argument("--out", default=None, help="writes OUT/interpretability.md and OUT/img/interp_*.png (default "
+                                               "docs; --quick: a new temporary directory)")
     p.add_argument("--quick", action="store_true", help="1 epoch, 2 overview digits, 8 table images")
     return p.parse_args(argv)
 
@@ -65,6 +67,7 @@ def _train(args) -> str:
         raise SystemExit(f"{run} already holds a trained run: draw it with --run {run}, or pick another --train-dir")
     config = TrainConfig(epochs=args.epochs)
     ds = data.load(config.dataset)
+    _check_index(args, ds)
     print(f"training {config.model} on {config.dataset} for {config.epochs} epochs into {run}", flush=True)
     fit(build_model(config, ds.num_classes), ds, config, run_dir=run, progress=False, verbose=False)
     return run
@@ -76,7 +79,7 @@ def _viz(run, loaded, what, out_png, index=None, layer=None):
     argv = ["--run", run, "--what", what]
     argv += [] if index is None else ["--index", str(index)]
     argv += [] if layer is None else ["--layer", layer]
-    argv += ["--out", out_png]
+    argv += ["--out", out_png, "--overwrite"]  # the gallery's pictures exist once drawn: the command replaces them
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         line = viz.relay_blank_warnings(viz.render, run, what, out_png, index=0 if index is None else index,
@@ -152,11 +155,28 @@ def _top_confusions(m, k=3):
 
 
 def _settle(args) -> None:
-    """--quick's small sizes, and the training directory when none is given."""
+    """Refuse bad counts before any work; --quick's small sizes; the training directory and --out when
+    none is given (--quick: new temporary directories, said on stdout, never docs/'s published gallery;
+    ``args.temp_run``: the training directory to remove at the end)."""
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--examples", args.examples, 1),
+                             ("--table-images", args.table_images, 1), ("--index", args.index, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"{flag} must be an integer >= {low}, got {value}")
     if args.quick:
         args.epochs, args.examples, args.table_images = 1, 2, 8
+    args.temp_run = None
     if args.train_dir is None:
-        args.train_dir = tempfile.mkdtemp(prefix="fcnn-interp-quick-") if args.quick else TRAIN_DIR
+        args.train_dir = args.temp_run = tempfile.mkdtemp(prefix="fcnn-interp-quick-") if args.quick else TRAIN_DIR
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="fcnn-interp-quick-out-") if args.quick else "docs"
+        if args.quick:
+            print(f"--quick without --out: writing into {args.out}", flush=True)
+
+
+def _check_index(args, ds) -> None:
+    """``--index`` must name a test image of the run's dataset (checked before training or drawing)."""
+    if args.index is not None and not args.index < len(ds.y_test):
+        raise SystemExit(f"--index must be a test image, 0 <= index < {len(ds.y_test)}, got {args.index}")
 
 
 def _png(img_dir, name):
@@ -168,6 +188,7 @@ def _load(run, args) -> SimpleNamespace:
     the namespace the pictures, the measurements and the page are written from."""
     loaded = load_run(run)
     config, ds, model, params, state, step = loaded
+    _check_index(args, ds)
     sevens = np.flatnonzero(ds.y_test == 7)
     index = args.index if args.index is not None else (int(sevens[0]) if len(sevens) else 0)
     names = viz.layer_names(model)
@@ -373,6 +394,8 @@ def main(argv=None) -> int:
     print(f"times: training {t_train:.1f} s, fcnn viz pictures {t_pictures:.1f} s, overview and table "
           f"{time.time() - t0 - t_train - t_pictures:.1f} s")
     print(f"wrote {os.path.join(args.out, 'interpretability.md')} and {g.img_dir}/interp_*.png")
+    if args.temp_run is not None:  # --quick's own training directory
+        shutil.rmtree(args.temp_run, ignore_errors=True)
     return 0
 
 

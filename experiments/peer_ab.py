@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_peers  # noqa: E402
 from _timing import carrying, side_by_side  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, progress, publish  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--frameworks", default="fcnn,fcnn_ynn_off,linen", help="bench_peers.BUILDERS names, comma-separated")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
-    p.add_argument("--out", default=None)
+    add_out(p)
     return p.parse_args(argv)
 
 
@@ -46,6 +46,10 @@ def main(argv=None):
            or f.startswith("torch")]
     if bad:
         raise SystemExit(f"--frameworks: unknown, PyTorch, or not written for {args.net}: {bad}")
+    for flag, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be an integer >= 1, got {value}")
+    check_out(args)
     calls, skipped = {}, []
     for fw in names:
         try:
@@ -53,17 +57,21 @@ def main(argv=None):
         except ImportError as e:
             skipped.append(f"- {fw}: not installed ({e})")
             continue
+        progress(f"{fw}: built")
         step = carrying(b.step, b.carry, b.batch)
         calls[fw] = lambda step=step, block=b.block: block(step())  # every step waits for its result
+    what = f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps, one process"
+    if not calls:  # every framework asked for is missing: the notes, not a crash
+        publish("peer_ab.py", argv, what, ["no framework ran"] + [""] + skipped, args.out)
+        return {}
     timed = side_by_side(calls, repeats=3 * args.rounds, per_turn=3, calls=args.steps, warmup=2, turn_warmup=1,
-                         block=lambda out: None)
+                         block=lambda out: None, verbose=True)
     base = statistics.median(next(iter(timed.values())).repeats_s)
     rows = [f"| framework | median ms/step | p25 | min | median vs {next(iter(timed))} |", "|---|---|---|---|---|"]
     for fw, t in timed.items():
         ms = sorted(r * 1e3 for r in t.repeats_s)
         rows.append(f"| {bench_peers.LABELS[fw]} | {statistics.median(ms):.2f} | {ms[len(ms) // 4]:.2f} | {ms[0]:.2f} | "
                     f"{t.median_s / base:.2f}x |")
-    what = f"{args.net} b{args.batch} {args.dtype}, {args.rounds} interleaved rounds of 3 x {args.steps} steps, one process"
     publish("peer_ab.py", argv, what, rows + [""] + skipped, args.out)
     return timed
 

@@ -40,7 +40,7 @@ from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import carrying, side_by_side  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, publish  # noqa: E402
 
 # (name, spatial size, cin, cout, kernel, stride): every distinct conv of ResNet-18's CIFAR stages
 LAYERS = [("s1 3x3 64", 32, 64, 64, 3, 1), ("s2 3x3 64->128", 32, 64, 128, 3, 2), ("s2 1x1 64->128", 32, 64, 128, 1, 2),
@@ -71,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--target-s", type=float, default=None, help="seconds per repeat (default 1.0 step, 0.2 layers)")
     p.add_argument("--quick", action="store_true", help="a tiny ResNet and layer, 2 repeats (for tests)")
-    p.add_argument("--out", default=None)
+    add_out(p)
     return p.parse_args(argv)
 
 
@@ -131,7 +131,7 @@ def step_part(args):
         opt = make_optimizer("momentum", ABLATION_LR, momentum=0.9)
         step = make_train_step(model, opt, donate=v != "no_donate", dtype_policy=args.dtype)
         calls[v] = carrying(lambda carry, step=step: step(*carry, batch, key)[:3], (params, state, opt.init(params)))
-    t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
+    t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, verbose=True)
     return f"ResNet-18 (CIFAR stem) b{args.batch} {args.dtype} train step, interleaved", _step_rows(names, t), t
 
 
@@ -155,7 +155,7 @@ def torch_step_part(args):
         bench = bench_torch._torch_build("resnet18", args.batch, args.dtype, "cpu", False, model=_torch_model(v),
                                          lr=ABLATION_LR)
         calls[v] = lambda bench=bench: bench.step(None, bench.batch)
-    t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, block=lambda out: None)
+    t = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, block=lambda out: None, verbose=True)
     return (f"ResNet-18 (CIFAR stem) b{args.batch} {args.dtype} train step in PyTorch {torch.__version__} eager "
             f"(channels_last), interleaved"), _step_rows(names, t), t
 
@@ -212,7 +212,7 @@ def layers_part(args):
                 return z, vjp(dz)
             f = jax.jit(fwd_bwd).lower(x, w, dz).compile(compiler_options())
             calls[impl] = lambda f=f, dz=dz: f(x, w, dz)
-        timed[name] = side_by_side(calls, repeats=args.repeats, target_s=args.target_s)
+        timed[name] = side_by_side(calls, repeats=args.repeats, target_s=args.target_s, verbose=True)
     return _layers_title(args, "") + ", interleaved", _layer_rows(timed, impls), timed
 
 
@@ -234,7 +234,7 @@ def torch_layers_part(args):
             z.backward(dz)
 
         timed[name] = {"torch": side_by_side({"torch": call}, repeats=args.repeats, target_s=args.target_s,
-                                             block=lambda out: None)["torch"]}
+                                             block=lambda out: None, verbose=True)["torch"]}
     return _layers_title(args, f" in PyTorch {torch.__version__} eager (channels_last)"), \
         _layer_rows(timed, ["torch"]), timed
 
@@ -245,6 +245,13 @@ def main(argv=None):
         raise SystemExit("--variants: for --part step or torch_step only")
     if not args.part.startswith("torch"):
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
+    if args.part == "layers":
+        from fcnn import ops
+
+        bad = [i for i in args.impls.split(",") if i not in ops.CONV_IMPLS]
+        if bad:
+            raise SystemExit(f"--impls: unknown {bad}; known: {', '.join(ops.CONV_IMPLS)}")
     if args.keep:
         from fcnn.runtime import keep_cpu_memory
 

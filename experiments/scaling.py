@@ -53,7 +53,7 @@ from fcnn import models, parallel  # noqa: E402
 from fcnn.step import make_train_step  # noqa: E402
 from fcnn.summary import summary  # noqa: E402
 from _timing import carrying, side_by_side  # noqa: E402  (experiments/, sys.path[0])
-from scaling_report import INTRO, _SECTION, merge_into, render_section  # noqa: E402, F401  (INTRO: re-exported)
+from scaling_report import INTRO, _SECTION, check_out, merge_into, render_section  # noqa: E402, F401  (INTRO: re-exported)
 
 VIRTUAL_DEVICES = 8
 COMM_MODELS = ("lenet5", "small_vgg", "small_resnet")
@@ -75,6 +75,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats, d = 2 (for the tests)")
     p.add_argument("--out", default="docs/scaling.md", help="markdown file (its TAG section is replaced)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that is not a scaling report")
     p.add_argument("--json", default=None, help="raw numbers (default: scaling_TAG.json next to --out)")
     p.add_argument("--platform-tag", choices=["cpu", "gpu"], default=None, help="default: JAX's backend")
     p.add_argument("--batches", default=None, help="part A batch sizes, comma-separated")
@@ -289,6 +290,9 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f)
         return 0
+    if not args.parts or set(args.parts) - set("ABC"):
+        raise SystemExit(f"error: --parts must be letters from ABC (e.g. AC), got {args.parts!r}")
+    check_out(args.out, args.overwrite)
     if args.render:
         with open(args.render) as f:
             raw = json.load(f)

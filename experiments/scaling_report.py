@@ -181,6 +181,19 @@ experiments/scaling.py --merge <fetched>/scaling_gpu.md --out docs/scaling.md` h
 """
 
 
+def check_out(path: str, overwrite: bool = False) -> None:
+    """Refuse ``--out`` before any work (SystemExit naming it): a folder, or an existing file that is not
+    a scaling report (no ``<!-- scaling:TAG -->`` section: merging would replace its content) unless
+    ``overwrite``."""
+    if os.path.isdir(path):
+        raise SystemExit(f"error: --out {path!r} is a directory; give the markdown file")
+    if os.path.exists(path) and not overwrite:
+        with open(path) as f:
+            if not _SECTION.search(f.read()):
+                raise SystemExit(f"error: --out {path!r} exists and holds no <!-- scaling:TAG --> section; "
+                                 "pass --overwrite to replace it")
+
+
 def merge_into(path: str, sections: dict) -> None:
     """Write ``path`` as INTRO + its old platform sections, with ``sections`` ({tag: text}) replacing
     theirs; while no GPU section exists, ``NO_GPU`` says so at the end."""

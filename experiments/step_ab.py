@@ -39,7 +39,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import cpu_description, side_by_side  # noqa: E402
+from _timing import cpu_description, progress, side_by_side  # noqa: E402, F401  (progress: re-exported)
 
 
 def parse_args(argv=None):
@@ -63,7 +63,7 @@ def parse_args(argv=None):
                    help="for --processes: run every framework once per GLIBC_TUNABLES value in each round "
                         "(\"default\": unset), e.g. default glibc.malloc.hugetlb=1")
     p.add_argument("--timeout", type=float, default=600)
-    p.add_argument("--out", default=None, help="markdown file for the table")
+    add_out(p)
     return p.parse_args(argv)
 
 
@@ -132,6 +132,7 @@ def compile_ab(args):
             lowered.compile()
             if r:
                 got[cfg].append((t1 - t0, time.perf_counter() - t1))
+        progress(f"compile round {r} of {args.compile_rounds} done" + (" (dropped: first use)" if not r else ""))
     rows = ["| conv impls per layer | trace + lower s | XLA compile s | total s | min total s | rounds |",
             "|---|---|---|---|---|---|"]
     for cfg, t in got.items():
@@ -147,7 +148,7 @@ def step_ab(args):
 
     calls = {cfg: functools.partial(make(), *step_args) for cfg, (make, step_args) in _steps(args).items()}
     timed = side_by_side(calls, repeats=3 * args.rounds, per_turn=3, calls=args.steps, warmup=0,
-                         turn_warmup=max(1, args.steps // 6))
+                         turn_warmup=max(1, args.steps // 6), verbose=True)
     rows = ["| conv impls per layer | median ms/step | p25 | min | repeats |", "|---|---|---|---|---|"]
     for cfg, t in timed.items():
         ms = [r * 1e3 for r in t.repeats_s]
@@ -169,20 +170,37 @@ def _variants(args):
 def fresh_processes(args):
     import benchmark
 
-    tmp = tempfile.mkdtemp(prefix="fcnn_step_ab_")
     variants = _variants(args)
     got = {label: [] for label, _, _ in variants}  # (compile s, ms/step, build s) per round
+    skipped = {}  # label -> why (a peer that is not installed: a note under the table, not a crash)
     target = str(args.process_target_s if args.process_repeats > 1 else 0.01)  # one repeat: compile time only
-    for i in range(args.processes):  # a round runs every variant once, in turn
-        for j, (label, fw, env) in enumerate(variants):
-            res = os.path.join(tmp, f"{j}_{i}.json")
-            out, err = benchmark._spawn(["--worker", fw, "--net", args.net, "--batch", str(args.batch), "--k", "1",
-                                         "--dtypes", args.dtype, "--device", args.device,
-                                         "--repeats", str(args.process_repeats), "--target-s", target],
-                                        args.device, args.timeout, res, extra_env=env)
-            if out is None or "compile_s" not in out[0]:
-                raise RuntimeError(f"{label}: {err or out[0].get('skipped')}")
-            got[label].append((out[0]["compile_s"], out[0]["ms_per_step"], out[0]["build_s"]))
+    with tempfile.TemporaryDirectory(prefix="fcnn_step_ab_") as tmp:
+        for i in range(args.processes):  # a round runs every variant once, in turn
+            for j, (label, fw, env) in enumerate(variants):
+                if label in skipped:
+                    continue
+                res = os.path.join(tmp, f"{j}_{i}.json")
+                out, err = benchmark._spawn(["--worker", fw, "--net", args.net, "--batch", str(args.batch), "--k",
+                                             "1", "--dtypes", args.dtype, "--device", args.device, "--repeats",
+                                             str(args.process_repeats), "--target-s", target],
+                                            args.device, args.timeout, res, extra_env=env)
+                if out is not None and str(out[0].get("skipped", "")).startswith("not installed"):
+                    skipped[label] = out[0]["skipped"]
+                    progress(f"{label}: skipped, {skipped[label]}")
+                    continue
+                if out is None or "compile_s" not in out[0]:
+                    raise RuntimeError(f"{label}: {err or out[0]}")
+                got[label].append((out[0]["compile_s"], out[0]["ms_per_step"], out[0]["build_s"]))
+            progress(f"round {i + 1} of {args.processes} done")
+    variants = [v for v in variants if v[0] not in skipped]
+    if not variants:
+        raise SystemExit(f"--frameworks: every one was skipped: {skipped}")
+    what, rows = _process_rows(args, variants, got)
+    return what, rows + ([""] + [f"- {label}: skipped, {why}" for label, why in skipped.items()] if skipped else [])
+
+
+def _process_rows(args, variants, got):
+    """``fresh_processes``' table rows over the variants that ran."""
     timed = args.process_repeats > 1
     first = variants[0][0]
     head = (f"| {'framework' if args.tunables is None else 'framework, GLIBC_TUNABLES'} | median compile s | min | max "
@@ -200,6 +218,36 @@ def fresh_processes(args):
     steps = f", ms/step the median of {args.process_repeats} repeats of {args.process_target_s} s" if timed else ""
     what = f"{args.net} b{args.batch} {args.dtype}, {args.processes} rounds of fresh processes"
     return what + f" (compile s: the first call{steps}; build s: model init, optimizer state and data)", rows
+
+
+def add_out(p, help: str = "markdown file for the table") -> None:
+    """The A/B scripts' ``--out FILE`` and ``--overwrite`` (``check_out`` refuses an existing FILE without it)."""
+    p.add_argument("--out", default=None, help=help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def check_out(args) -> None:
+    """Refuse ``args.out`` before any measurement (SystemExit naming --out): a directory, a missing or
+    unwritable folder, or an existing file without ``--overwrite`` (``fcnn._checks.new_file``; it imports
+    JAX, so call this after the script has chosen its platform)."""
+    if args.out is None:
+        return
+    from fcnn._checks import new_file
+
+    try:
+        new_file(args.out, "--out", overwrite=args.overwrite, flag="--overwrite")
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def check_out_dir(args, names) -> None:
+    """Refuse ``args.out`` as a results folder before any measurement: not a folder, or one that holds
+    any of ``names`` (the files the script writes there) without ``--overwrite``."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"error: --out {args.out!r} is not a folder")
+    held = [n for n in names if os.path.lexists(os.path.join(args.out, n))]
+    if held and not args.overwrite:
+        raise SystemExit(f"error: --out {args.out!r} already holds {', '.join(held)}; pass --overwrite to replace them")
 
 
 def publish(script: str, argv, what: str, rows, out=None) -> str:
@@ -220,6 +268,7 @@ def main(argv=None):
     check_args(args)
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
     what, rows = (fresh_processes if args.processes else compile_ab if args.compile_rounds else step_ab)(args)
     publish("step_ab.py", argv, what, rows, args.out)
     return rows

@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 from _timing import carrying, side_by_side  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, publish  # noqa: E402
 
 LR, MOMENTUM, CLASSES, DEPTH = 0.01, 0.9, 2, 2
 DN = ("NHWC", "HWIO", "NHWC")
@@ -46,6 +46,9 @@ FCNN_PATHS = {
 }
 
 
+VARIANTS = ("fcnn lax", "fcnn auto", "lax")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
@@ -56,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="fcnn lax,fcnn auto,lax")
     p.add_argument("--hlo", default=None, help="write each variant's optimised HLO text into this folder")
     p.add_argument("--quick", action="store_true", help="tiny shapes and counts (for tests)")
-    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    add_out(p, "also write the table to this markdown file")
     return p.parse_args(argv)
 
 
@@ -170,7 +173,7 @@ def run(args):
             with open(os.path.join(args.hlo, v.replace(" ", "_") + ".hlo.txt"), "w") as f:
                 f.write(step.lower(*ex).compile().as_text())
     timed = side_by_side({v: b[0] for v, b in built.items()}, repeats=args.rounds, calls=args.steps, warmup=2,
-                         turn_warmup=max(1, args.steps // 5))
+                         turn_warmup=max(1, args.steps // 5), verbose=True)
     return timed
 
 
@@ -187,9 +190,22 @@ def table(timed) -> str:
     return "\n".join(rows) + "\n"
 
 
+def check_args(args) -> None:
+    """Refuse bad arguments before any compile (SystemExit naming the flag)."""
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"--variants: unknown {bad}; known: {', '.join(VARIANTS)}")
+    for flag, value in (("--batch", args.batch), ("--size", args.size), ("--width", args.width),
+                        ("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be an integer >= 1, got {value}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
     import jax
 
     if args.quick:

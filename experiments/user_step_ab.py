@@ -40,7 +40,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import carrying, side_by_side  # noqa: E402
-from step_ab import publish  # noqa: E402
+from step_ab import add_out, check_out, publish  # noqa: E402
 
 VARIANTS = ("fcnn", "fcnn_nodonate", "user_default", "user_auto", "user_auto_donate", "user_plain", "fcnn_ynn_off",
             "user_auto_ynn_off")
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=30, help="steps per timed repeat")
     p.add_argument("--hlo", default=None, help="folder for the optimized HLO of each variant (and a census)")
-    p.add_argument("--out", default=None, help="markdown file for the table")
+    add_out(p)
     return p.parse_args(argv)
 
 
@@ -130,7 +130,11 @@ def census(hlo: str) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    for flag, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be an integer >= 1, got {value}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    check_out(args)
     import jax
 
     import bench_peers
@@ -158,7 +162,7 @@ def main(argv=None):
             hlo_rows.append((name, census(text)))
         calls[name] = carrying(lambda c, b, k, s=step: s(*c, b, k)[:3], (params, state, opt_state), batch, key)
     timed = side_by_side(calls, repeats=3 * args.rounds, per_turn=3, calls=args.steps, warmup=2,
-                         turn_warmup=max(1, args.steps // 6))
+                         turn_warmup=max(1, args.steps // 6), verbose=True)
     base = statistics.median(timed[names[0]].repeats_s)
     rows = [f"| variant | median ms/step | p25 | p75 | min | vs {names[0]} | compile s |", "|" + "---|" * 7]
     for name, t in timed.items():

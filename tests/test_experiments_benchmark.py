@@ -381,7 +381,7 @@ def test_like_for_like_rows_are_compared_with_each_other_only(experiment):
             for fw, ms in (("fcnn", 90.0), ("torch", 80.0), ("fcnn_glibc", 100.0), ("torch_keep", 72.0),
                            ("linen", 200.0))]
     lines = bench.summary(rows)
-    assert "| vgg | 16 | f32 | 90.000 | — | torch eager (channels_last) | 80.000 | 0.89x |" in lines[2]
+    assert "| vgg | 16 | f32 | 90.000 | 90.000 (fcnn) | torch eager (channels_last) | 80.000 | 0.89x |" in lines[2]
     kept, glibc = (lines.index(h + ":") for _, _, h in bench.LIKE_FOR_LIKE)
     assert lines[kept + 4] == "| vgg | 16 | f32 | 90.000 | 72.000 | 0.80x |"
     assert lines[glibc + 4] == "| vgg | 16 | f32 | 100.000 | 80.000 | 0.80x |"
@@ -406,3 +406,15 @@ def test_the_glibc_builder_turns_fcnns_keeping_off_in_its_worker(experiment, mon
     monkeypatch.delenv("FCNN_KEEP_CPU_MEMORY", raising=False)
     monkeypatch.setattr(peers, "build_fcnn", lambda *a: __import__("os").environ["FCNN_KEEP_CPU_MEMORY"])
     assert peers.build_fcnn_glibc("vgg", 16, "f32", "cpu") == "0"
+
+
+def test_summary_shows_the_fcnn_variant_its_speed_up_is_computed_from(experiment):
+    """The speed-up is the fastest peer's ms over fcnn's fastest variant's: the row shows that variant's
+    ms and name (here fcnn_unroll, neither the 1-step fcnn nor fcnn_k)."""
+    bench = experiment("benchmark")
+    rows = [dict(framework=fw, net="lenet", batch=64, dtype="f32", ms_per_step=ms, compile_s=1.0, k=k)
+            for fw, ms, k in (("fcnn", 4.0, 1), ("fcnn_k", 3.0, 8), ("fcnn_unroll", 2.0, 8), ("linen", 5.0, 1))]
+    lines = bench.summary(rows)
+    assert "fcnn's fastest ms (variant)" in lines[0]
+    assert lines[2] == ("| lenet | 64 | f32 | 4.000 | 2.000 (fcnn (k steps, unrolled) k=8) | flax linen | 5.000 | "
+                        "2.50x | 1.00 |")

@@ -48,7 +48,7 @@ def test_recorded_command_draws_the_same_picture(quick, tmp_path):
     run, out = quick
     text = open(os.path.join(out, "interpretability.md")).read()
     for name in ("saliency", "gradcam"):
-        line = re.search(rf"^fcnn viz (.*--out \S*interp_{name}\.png)$", text, re.M).group(1)
+        line = re.search(rf"^fcnn viz (.*--out \S*interp_{name}\.png.*)$", text, re.M).group(1)
         argv = shlex.split(line)
         mine = str(tmp_path / f"{name}.png")
         argv[argv.index("--out") + 1] = mine
