@@ -18,7 +18,8 @@ says which leaf differs and how.
 
 Atomicity: ``save`` writes a temp file (``.tmp-ckpt_*``) in ``run_dir``, flushes and
 fsyncs it, ``os.replace``s it onto the final name, fsyncs the directory, and only
-then deletes checkpoints beyond the newest ``keep`` and stale temp files (one
+then deletes checkpoints beyond the newest ``keep`` up to its own step (a newer, corrupt
+one that a resume skipped is neither counted nor deleted) and stale temp files (one
 writer per run_dir). A crash at any instant therefore leaves every earlier
 checkpoint intact, and at worst a temp file that ``latest`` never considers.
 
@@ -161,7 +162,11 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
             pass
         raise
     _files.fsync_dir(run_dir)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    # rotation counts this checkpoint and older ones only: a newer file is one a resume skipped as
+    # corrupt (``latest``), so counting it would delete the checkpoint just written (keep=1) and
+    # leave nothing resumable; it stays, still skipped, until this run's own save of that step replaces it
+    upto = [p for p in list_checkpoints(run_dir) if int(_NAME.match(os.path.basename(p)).group(1)) <= step]
+    for old in upto[:-keep]:
         os.remove(old)
     for name in os.listdir(run_dir):  # temp files of crashed earlier saves
         if name.startswith(_TMP_PREFIX):

@@ -103,13 +103,39 @@ def test_file_format_is_an_npz_with_a_json_manifest(tmp_path):
 
 
 def test_keep_prunes_oldest_and_latest_is_numeric(tmp_path):
-    for step in (9, 10, 100, 1000, 5):
+    for step in (9, 10, 100, 1000):
         checkpoint.save(str(tmp_path), step, {"s": np.int64(step)}, keep=3)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_00000010.npz", "ckpt_00000100.npz", "ckpt_00001000.npz"]
+    checkpoint.save(str(tmp_path), 5, {"s": np.int64(5)}, keep=3)  # a rewound run: its save is kept, newer ones untouched
     names = sorted(os.listdir(tmp_path))
-    assert names == ["ckpt_00000010.npz", "ckpt_00000100.npz", "ckpt_00001000.npz"]
+    assert names == ["ckpt_00000005.npz", "ckpt_00000010.npz", "ckpt_00000100.npz", "ckpt_00001000.npz"]
     got = checkpoint.load_latest(str(tmp_path), like={"s": np.int64(0)})
     assert got.step == 1000 and int(got.tree["s"]) == 1000
     assert checkpoint.load_latest(str(tmp_path / "empty")) is None and checkpoint.latest(str(tmp_path / "no")) is None
+
+
+def test_a_resume_past_a_corrupt_newer_checkpoint_keeps_what_it_saves(tmp_path):
+    """A run resumed from step 50 because ckpt 100 is corrupt saves step 60 with keep=1: before, the
+    corrupt 100 counted as the newest and the new 60 was deleted at once, leaving nothing resumable.
+    Now 60 is kept (so is the corrupt 100, still skipped); the run's own save of 100 replaces it."""
+    d, tree = str(tmp_path), {"s": np.int64(0)}
+    for step in (50, 100):
+        checkpoint.save(d, step, {"s": np.int64(step)}, keep=1)
+    assert sorted(os.listdir(d)) == ["ckpt_00000100.npz"]
+    checkpoint.save(d, 50, {"s": np.int64(50)}, keep=2)
+    with open(checkpoint.checkpoint_path(d, 100), "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(RuntimeWarning, match="skipping corrupt checkpoint.*ckpt_00000100"):
+        assert checkpoint.load_latest(d, like=tree).step == 50
+    checkpoint.save(d, 60, {"s": np.int64(60)}, keep=1)
+    assert sorted(os.listdir(d)) == ["ckpt_00000060.npz", "ckpt_00000100.npz"]  # 50 rotated out, 60 kept
+    with pytest.warns(RuntimeWarning, match="skipping corrupt"):
+        assert int(checkpoint.load_latest(d, like=tree).tree["s"]) == 60
+    checkpoint.save(d, 100, {"s": np.int64(100)}, keep=1)  # replaces the corrupt file, then rotates 60 out
+    assert sorted(os.listdir(d)) == ["ckpt_00000100.npz"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert int(checkpoint.load_latest(d, like=tree).tree["s"]) == 100
 
 
 @pytest.mark.parametrize("edit,message", [
