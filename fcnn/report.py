@@ -130,20 +130,26 @@ def write_json(path: str, obj) -> None:
 
 
 def read_jsonl(path: str, *, events: bool = False) -> list:
-    """The records of a JSON-lines file ([] if it does not exist); a torn last line is dropped.
+    """The records of a JSON-lines file ([] if it does not exist); a torn last line is dropped, a bad
+    line with records after it is a ``ValueError`` naming the file and line (never skipped in silence:
+    a resume rewrites the file from what is read here).
 
     Records with an ``"event"`` key (metrics.jsonl's events) are left out unless ``events``,
     so the default is what has one record per epoch.
     """
     if not os.path.exists(path):
         return []
-    out = []
     with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+        lines = f.read().splitlines()
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # a write cut short by a crash: the records before it stand
                 break
+            raise ValueError(f"{path}: line {number} is not JSON ({e.msg}), and records follow it: the file "
+                             f"was edited or damaged; fix or remove that line") from None
     return out if events else [r for r in out if not (isinstance(r, dict) and "event" in r)]
 
 

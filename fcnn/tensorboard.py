@@ -9,8 +9,8 @@ A record's tag is its metrics.jsonl key (``train_loss``, ``test_psnr``, ``learni
 ``images_per_s``, ...), its step the record's global ``step``; ``epoch`` and ``step`` themselves
 are not logged, nor event records (``"event"`` key) or non-numbers. TensorBoard stores float32, so
 a value read back equals the float32 rounding of the logged one. A resumed run opens a new event
-file with ``purge_step`` = the step it resumes from, so TensorBoard drops the old file's events
-from that step on. The writer is tensorboardX (``pip install 'fcnn[tensorboard]'``);
+file with ``purge_step`` = one past the step it resumes from, so TensorBoard drops the old file's
+events after that step and keeps the record at it, as metrics.jsonl does. The writer is tensorboardX (``pip install 'fcnn[tensorboard]'``);
 ``read_scalars`` parses the files directly (TFRecord framing: length u64, masked CRC32C u32,
 payload, masked CRC u32; the payload an ``Event`` protobuf), to check what was written.
 """

@@ -227,7 +227,7 @@ class _Loop:
         if tensorboard:
             from fcnn.tensorboard import ScalarLog
 
-            self.log = ScalarLog(run_dir, purge_step=self.step or None)
+            self.log = ScalarLog(run_dir, purge_step=self.step + 1 if self.step else None)  # keeps step's own record
 
     def restore(self) -> list:
         """Load the latest checkpoint; return metrics.jsonl's lines up to its step, plus an "extended"
@@ -246,7 +246,9 @@ class _Loop:
         self.sums = EpochSums.from_meta(meta["epoch_sums"], self.config.batch_size)
         saved = TrainConfig.from_dict(meta["config"])
         _check_same_run(saved, self.config)
-        lines = read_jsonl(os.path.join(self.run_dir, "metrics.jsonl"), events=True)
+        lines = read_jsonl(path := os.path.join(self.run_dir, "metrics.jsonl"), events=True)
+        if not all(isinstance(r, dict) and _checks.is_int(r.get("step")) for r in lines):
+            raise ValueError(f"{path}: a record has no integer 'step' (not written by fit); fix or remove it")
         lines = [r for r in lines if r["step"] <= self.step]  # epochs and events up to the checkpoint
         self.history = [r for r in lines if "event" not in r]
         if self.config.epochs > saved.epochs:

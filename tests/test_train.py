@@ -254,3 +254,42 @@ def test_a_run_directory_that_cannot_be_written_is_refused_before_training(data,
     with pytest.raises(OSError, match=r"run_dir '.*ro' is not writable \(Read-only file system\)"):
         fit(mlp(), data, _config(epochs=1), run_dir=str(tmp_path / "ro"), verbose=False)
     assert os.listdir(tmp_path / "ro") == []  # nothing trained, nothing written
+
+
+def test_resume_keeps_every_record_it_cannot_read_instead_of_dropping_them(data, tmp_path):
+    """metrics.jsonl with a bad line mid-file: the reader stopped there and the resume rewrote the file
+    from what it had read, deleting every later epoch in silence. Now the resume is refused naming the
+    line, the file untouched; a torn last line (a crash mid-write) is still dropped; a record without
+    an integer step is refused by name, not a bare KeyError."""
+    run = str(tmp_path / "run")
+    fit(mlp(), data, _config(epochs=3), run_dir=run, max_steps=30, verbose=False)
+    path = os.path.join(run, "metrics.jsonl")
+    lines = open(path).read().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [12, 24]
+    for edited, match in (([lines[0], '{"note": "bad line', lines[1]], r"metrics.jsonl: line 2 is not JSON"),
+                          ([lines[0], '{"note": "mine"}', lines[1]], r"metrics.jsonl: a record has no integer 'step'")):
+        open(path, "w").write("\n".join(edited) + "\n")
+        with pytest.raises(ValueError, match=match):
+            fit(mlp(), data, _config(epochs=3), run_dir=run, resume=True, verbose=False)
+        assert open(path).read() == "\n".join(edited) + "\n"
+    open(path, "w").write("\n".join(lines) + '\n{"epoch": 3, "st')  # torn last line: dropped, as before
+    assert [r["step"] for r in read_jsonl(path)] == [12, 24]
+
+
+def test_a_resumed_tensorboard_log_keeps_the_checkpoint_steps_record(data, tmp_path):
+    """TensorBoard drops earlier events at steps >= a new file's purge step. The resume purged from the
+    checkpoint's own step, losing the epoch record written there, which metrics.jsonl keeps: the purge
+    step is now one past it."""
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto import event_pb2
+
+    from fcnn import tensorboard as tb
+
+    run = str(tmp_path / "run")
+    cfg = _config(epochs=2)
+    fit(mlp(), data, cfg, run_dir=run, max_steps=12, tensorboard=True, verbose=False)  # checkpoint at 12
+    fit(mlp(), data, cfg, run_dir=run, resume=True, tensorboard=True, verbose=False)
+    newest = tb._event_files(run)[-1]
+    starts = [e.step for e in map(event_pb2.Event.FromString, tb._records(newest))
+              if e.HasField("session_log") and e.session_log.status == event_pb2.SessionLog.START]
+    assert starts == [13]
