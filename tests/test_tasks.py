@@ -86,7 +86,15 @@ def test_regress_any_target_shape(shape):
     (T.segment(11), (2, 8, 8, 11), np.zeros((2, 8, 7), np.int32), ValueError, r"targets must have shape \(n, 8, 8\)"),
     (T.segment(11), (2, 8, 8, 10), np.zeros((2, 8, 8), np.int32), ValueError, r"outputs of shape \(n, ..., 11\)"),
     (T.denoise(), (2, 8, 8, 1), np.zeros((2, 8, 8)), ValueError, r"denoise targets must have the outputs' shape"),
-    (T.regress(), (2, 3), np.array([[True] * 3] * 2), TypeError, "regress targets must be numbers"),
+    (T.regress(), (2, 3), np.array([[True] * 3] * 2), TypeError, "regress targets must be real numbers"),
+    # before: a nan target trained until the loss was nan ("diverged") or gave a nan test set silently;
+    # complex targets failed inside JAX's grad
+    (T.regress(), (2, 3), np.array([[0.0, 1.0, 2.0], [3.0, np.nan, 5.0]]), ValueError,
+     r"regress targets must be finite; got nan at index \(1, 1\)"),
+    (T.denoise(), (1, 2, 2, 1), np.array([[[[0.0], [np.inf]], [[0.0], [0.0]]]]), ValueError,
+     r"denoise targets must be finite; got inf at index \(0, 0, 1, 0\)"),
+    (T.regress(), (2, 1), np.zeros((2, 1), np.complex64), TypeError, "regress targets must be real numbers, got "
+                                                                     "dtype complex64"),
 ])
 def test_check_targets_refuses_what_does_not_fit_the_task(task, outputs_shape, y, exc, match):
     with pytest.raises(exc, match=match):
