@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default=None, help="run directory (default: runs/<model>-<dataset>[-N], a new one)")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
                     help="continue RUN_DIR from its latest checkpoint with its config.json "
-                         "(only --epochs, --parallel and --devices may change)")
+                         "(only --epochs, --parallel, --devices and --data-dir may change)")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace the fcnn run --out holds (never a directory with other files)")
     tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this global step")
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--precision", dest="precision", default=None, help=argparse.SUPPRESS)  # old --dtype-policy
     ev = sub.add_parser("eval", help="evaluate a run directory's latest checkpoint on the test set")
     ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a directory written by fcnn train")
+    ev.add_argument("--data-dir", default=None, help="read the dataset from here (default: the folder the run recorded)")
     sm = sub.add_parser("summary", help="print a model's layer table")
     sm.add_argument("--model", default=_DEFAULTS.model, help="model name from fcnn.models")
     sm.add_argument("--in-shape", type=_shape, default=None, help="input shape n,h,w,c (default: the model's)")
@@ -153,6 +154,8 @@ def _train(args) -> int:
                              f"{', '.join(flag[f] for f in extra)}")
         saved = read_config(args.resume)
         config = dataclasses.replace(saved, **given)
+        if "data_dir" in given:  # the dataset's files moved: recorded absolute, as a new run's
+            config = dataclasses.replace(config, data_dir=resolved_data_dir(config.dataset, config.data_dir))
         run_dir = args.resume
         if config.epochs > saved.epochs:
             print(f"fcnn train: extending {run_dir} from {saved.epochs} to {config.epochs} epochs (recorded in "
@@ -183,7 +186,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from fcnn.step import evaluate, num_outputs
 
-    config, ds, model, params, state, step = load_run(args.run)
+    config, ds, model, params, state, step = load_run(args.run, data_dir=args.data_dir)
     task = make_task(config, num_outputs(model, params, state, ds.x_test.shape))
     result = evaluate(model, params, state, ds.x_test, ds.y_test, config.eval_batch_size, task=task,
                       dtype_policy=config.dtype_policy)

@@ -28,6 +28,7 @@ import optax
 
 from fcnn import _checks, checkpoint, tasks
 from fcnn._version import __version__
+from fcnn.datafiles import resolved_data_dir
 from fcnn.losses import softmax_cross_entropy
 from fcnn.optim import make_optimizer
 from fcnn.parallel import PMAP_AXIS, check_devices_for_mode
@@ -40,7 +41,8 @@ __all__ = ["TrainConfig", "TASK_DEFAULTS", "RESUME_MAY_CHANGE", "CONFIG_FILE", "
            "load_data", "load_checkpoint", "Run", "load_run", "free_run_dir", "check_new_run_dir",
            "check_writable"]
 
-RESUME_MAY_CHANGE = ("epochs", "parallel", "devices")  # config fields a resumed run may change
+# config fields a resumed run may change (data_dir is where the files are, not what they are: a moved folder)
+RESUME_MAY_CHANGE = ("epochs", "parallel", "devices", "data_dir")
 CONFIG_FILE = "config.json"
 _RENAMED = {"precision": "dtype_policy"}  # config.json fields of earlier versions -> today's names
 # every file fit writes into a run directory (temp files of interrupted writes included)
@@ -276,9 +278,12 @@ class Run(NamedTuple):
     step: int  # the global step of the checkpoint loaded
 
 
-def load_run(run_dir: str) -> Run:
-    """Rebuild a run from its directory: config, dataset, model and the latest checkpoint's params."""
+def load_run(run_dir: str, data_dir: Optional[str] = None) -> Run:
+    """Rebuild a run from its directory: config, dataset, model and the latest checkpoint's params.
+    ``data_dir``: read the dataset from there instead of the recorded folder (the files moved)."""
     config = read_config(run_dir)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=resolved_data_dir(config.dataset, data_dir))
     ds = load_data(config)
     model = build_model(config, ds.num_classes)
     step, params, state = load_checkpoint(model, config, run_dir, ds.x_train.shape)

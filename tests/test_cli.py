@@ -205,7 +205,7 @@ def test_resume_names_the_flags_as_the_command_spells_them(tmp_path, capsys):
                          (["--precision", "bf16"], "--dtype-policy")):
         assert cli.main(["train", "--resume", str(tmp_path), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert err.endswith(f"only --epochs, --parallel, --devices may be given with it, got {named}"), err
+        assert err.endswith(f"only --epochs, --parallel, --devices, --data-dir may be given with it, got {named}"), err
 
 
 def test_train_reads_a_self_consistent_idx_subset_and_says_how_many_images(tmp_path, capsys):
@@ -246,3 +246,23 @@ def test_precision_and_dtype_policy_together_are_refused(tmp_path, capsys):
     assert cli.main(["train", "--precision", "bf16", "--dtype-policy", "f32", "--out", str(tmp_path / "r")]) == 2
     assert "--precision is the deprecated name of --dtype-policy: give one of them" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_whose_data_folder_moved_is_evaluated_and_resumed_with_data_dir(tmp_path, capsys):
+    """Before: fcnn eval had no --data-dir and --resume refused it (and a hand-edited config.json then
+    'differed from the checkpoint'), so a moved dataset folder made the run unusable."""
+    from _formats import write_mnist
+
+    write_mnist(str(tmp_path / "data"), n_train=8, n_test=5)
+    run = str(tmp_path / "run")
+    argv = ["train", "--dataset", "mnist", "--epochs", "2", "--batch-size", "4", "--no-progress"]
+    assert cli.main(argv + ["--data-dir", str(tmp_path / "data"), "--out", run, "--max-steps", "2"]) == 0
+    trained = TEST_ACC.search(capsys.readouterr().out).group(0)
+    os.rename(tmp_path / "data", tmp_path / "moved")
+    assert cli.main(["eval", "--run", run]) == 2
+    assert "moved" not in capsys.readouterr().err  # the recorded folder is gone: an error, not another dataset
+    assert cli.main(["eval", "--run", run, "--data-dir", str(tmp_path / "moved")]) == 0
+    assert TEST_ACC.search(capsys.readouterr().out).group(0) == trained  # the same files, the same score
+    assert cli.main(["train", "--resume", run, "--data-dir", str(tmp_path / "moved")]) == 0
+    assert json.loads(open(os.path.join(run, "config.json")).read())["data_dir"] == str(tmp_path / "moved")
+    assert [json.loads(x)["step"] for x in open(os.path.join(run, "metrics.jsonl"))] == [2, 4]
