@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Iterator, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
 from fcnn import _checks
@@ -45,6 +46,15 @@ def _pair(batch, index: int):
     return np.asarray(batch[0]), np.asarray(batch[1])
 
 
+def floating_inputs(x, name: str) -> None:
+    """Inputs a model can take: a floating dtype, else ``TypeError`` naming ``name`` (uint8 pixels
+    would train on 0-255 or fail deep in a layer). ``fit``'s rule for x_train, x_test and sources."""
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # no copy of an array, host or device
+    if not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 included
+        raise TypeError(f"{name} must hold floating-point inputs (float32, ...), got {dtype}: scale integer "
+                        f"pixels first (fcnn.data.normalized does, with the train set's mean and std)")
+
+
 def first_batch(source: Callable, seed: int, batch_size: int):
     """``(x, y)``: the first batch of epoch 0 (``fit`` builds the model's shapes and checks the
     targets from it); a batch of another size or no batch at all is a ``ValueError``."""
@@ -53,6 +63,7 @@ def first_batch(source: Callable, seed: int, batch_size: int):
         if len(x) != batch_size or len(y) != batch_size:
             raise ValueError(f"the batch source's batches must hold batch_size={batch_size} examples, the first "
                              f"has x {x.shape} and y {y.shape}")
+        floating_inputs(x, "the batch source's x")  # later batches must share its dtype (source_chunks)
         return x, y
     raise ValueError("the batch source yielded no batch for epoch 0")
 

@@ -170,6 +170,7 @@ class _Loop:
             if self.y_test is None or len(self.x_test) == 0:
                 raise ValueError(f"x_test must come with y_test and hold at least one example, got x_test of "
                                  f"{len(self.x_test)} and y_test {'None' if self.y_test is None else len(self.y_test)}")
+            sources.floating_inputs(self.x_test, "x_test")
             check_targets(self.task, model, self.params, self.state, self.x_test, self.y_test, "y_test")
         self.plan = parallel.data_parallel_plan(config.parallel, model, self.optimizer, task=self.task,
                                                 n_devices=config.devices, batch_size=bs, l2=config.l2,
@@ -193,9 +194,7 @@ class _Loop:
         n = len(self.x)
         if self.x.ndim < 2 or n == 0:
             raise ValueError(f"x_train must hold at least one example (n, ...), got shape {self.x.shape}")
-        if not np.issubdtype(self.x.dtype, np.floating):
-            raise TypeError(f"x_train must hold floating-point inputs (float32, ...), got {self.x.dtype}: scale "
-                            f"integer pixels first (fcnn.data.normalized does, with the train set's mean and std)")
+        sources.floating_inputs(self.x, "x_train")
         self.spe = n // bs
         if self.spe < 1:
             raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {bs}")

@@ -352,7 +352,10 @@ def test_fit_refuses_bad_run_directories(call, exc, pattern, tmp_path):
     (dict(data_y_test=None), ValueError, r"x_test must come with y_test .* y_test None"),
     (dict(data_x_train=np.zeros((16, 6, 6, 1), np.uint8)), TypeError,
      r"x_train must hold floating-point inputs \(float32, ...\), got uint8"),
-], ids=["empty-test-set", "x-test-without-y-test", "uint8-x-train"])
+    # before: an integer test set reached the model's conv, whose error named no argument
+    (dict(data_x_test=np.zeros((8, 6, 6, 1), np.uint8)), TypeError,
+     r"x_test must hold floating-point inputs \(float32, ...\), got uint8"),
+], ids=["empty-test-set", "x-test-without-y-test", "uint8-x-train", "uint8-x-test"])
 def test_fit_refuses_before_it_makes_the_run_directory(kw, exc, pattern, tmp_path):
     """Each of these failed only after the run directory was made (an empty test set after a whole
     epoch), leaving a directory that then blocked the same command; now nothing is written."""
@@ -408,6 +411,9 @@ def test_a_source_test_data_must_be_a_pair():
 
     with pytest.raises(TypeError, match="test_data must be an \\(x_test, y_test\\) pair, got tuple of 3"):
         fit(t.model, source, _config(), steps_per_epoch=1, test_data=(x, y, y), verbose=False, progress=False)
+    x = (x * 0).astype(np.uint8)  # a source of integer pixels: refused as x_train is (a user's Layer trained on them)
+    with pytest.raises(TypeError, match=r"the batch source's x must hold floating-point inputs .* got uint8"):
+        fit(t.model, source, _config(batch_size=len(x)), steps_per_epoch=1, verbose=False, progress=False)
 
 
 def test_a_config_json_that_is_not_utf8_is_named(tmp_path):
