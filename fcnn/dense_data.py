@@ -66,7 +66,7 @@ def load(task: str = "classify", dataset: str = "digits", *, data_dir: Optional[
     """
     _checks.choice(task, DENSE_TASKS, "task")
     sigma = _checks.non_negative_float(sigma, "sigma", hint="of the [0, 1] range")
-    _checks.non_negative_int(noise_seed, "noise_seed")
+    _checks.int_in_range(noise_seed, "noise_seed", 0, 2**32)  # a PRNG seed: JAX takes 32 bits
     if task == "classify":
         return data_lib.load(dataset, data_dir=data_dir)
     base = data_lib.load(dataset, data_dir=data_dir, normalize=False)  # pixels in [0, 1]
