@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["is_int", "is_real", "positive_int", "non_negative_int", "int_in_range", "positive_float",
            "non_negative_float", "finite_float", "float_in_range", "choice", "boolean", "optional_positive_int",
-           "string", "path", "new_file", "function", "array_shape", "sizes", "labels_outside"]
+           "string", "path", "new_file", "function", "array_shape", "sizes", "labels_kept", "labels_outside"]
 
 
 def _rule(rule: str, hint: str) -> str:
@@ -196,14 +196,19 @@ def sizes(value, name: str) -> tuple:
     return tuple(int(v) for v in value)
 
 
+def labels_kept(labels, num_classes: int, ignore_index: Optional[int] = None):
+    """The one rule for integer class labels, elementwise: True where a label is in ``[0, num_classes)``
+    or is ``ignore_index``. Operators only, so it serves NumPy arrays and traced JAX arrays alike."""
+    kept = (labels >= 0) & (labels < num_classes)
+    return kept if ignore_index is None else kept | (labels == ignore_index)
+
+
 def labels_outside(labels, num_classes: int, ignore_index: Optional[int] = None) -> Optional[tuple]:
-    """The one rule for integer class labels: each is in ``[0, num_classes)`` or is ``ignore_index``.
-    ``None`` when every label keeps it, else ``(value, index, count)``: the first label that breaks it
-    (in C order), its index as a tuple, and how many do. Callers word the error for their input."""
+    """``labels_kept`` on concrete labels: ``None`` when every label keeps the rule, else ``(value,
+    index, count)``: the first label that breaks it (in C order), its index as a tuple, and how many
+    do. Callers word the error for their input."""
     labels = np.asarray(labels)
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad &= labels != ignore_index
+    bad = ~labels_kept(labels, num_classes, ignore_index)
     count = int(np.count_nonzero(bad))
     if not count:
         return None

@@ -165,7 +165,7 @@ def save(run_dir: str, step: int, tree: Any, *, keep: int = 3, metadata: Optiona
     # rotation counts this checkpoint and older ones only: a newer file is one a resume skipped as
     # corrupt (``latest``), so counting it would delete the checkpoint just written (keep=1) and
     # leave nothing resumable; it stays, still skipped, until this run's own save of that step replaces it
-    upto = [p for p in list_checkpoints(run_dir) if int(_NAME.match(os.path.basename(p)).group(1)) <= step]
+    upto = [p for p in list_checkpoints(run_dir) if _step_of(os.path.basename(p)) <= step]
     for old in upto[:-keep]:
         os.remove(old)
     for name in os.listdir(run_dir):  # temp files of crashed earlier saves
@@ -182,11 +182,16 @@ def checkpoint_path(run_dir: str, step: int) -> str:
     return os.path.join(run_dir, f"ckpt_{int(step):08d}.npz")
 
 
+def _step_of(name: str) -> int:
+    """The step a checkpoint's file name ``ckpt_<step>.npz`` holds."""
+    return int(_NAME.match(name).group(1))
+
+
 def list_checkpoints(run_dir: str) -> list:
     """Checkpoint paths in ``run_dir``, oldest step first; temp files are never listed."""
     if not os.path.isdir(run_dir):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(run_dir) if (m := _NAME.match(name))]
+    found = [(_step_of(name), name) for name in os.listdir(run_dir) if _NAME.match(name)]
     return [os.path.join(run_dir, name) for _, name in sorted(found)]
 
 

@@ -250,15 +250,15 @@ def agreement(f: Callable, g: Callable, args: Sequence, *, names: Optional[Seque
       ``[Result("forward", "out", ...)] + [Result("vjp", name, ...) per leaf]``.
     """
     args = tuple(args)
-    shape_f, shape_g = (jax.eval_shape(h, *args) for h in (f, g))
-    if getattr(shape_f, "shape", None) is None or getattr(shape_f, "shape", None) != getattr(shape_g, "shape", None):
-        raise ValueError(f"f and g must return one array of the same shape: f gives {shape_f}, g gives {shape_g}")
     c0 = _cotangent(np.random.default_rng(seed), g, args)
 
     @jax.jit
     def run(args, c):
         yf, pull_f = jax.vjp(f, *args)
         yg, pull_g = jax.vjp(g, *args)
+        got_f, got_g = (getattr(y, "shape", type(y).__name__) for y in (yf, yg))  # at trace time, before a pull
+        if not hasattr(yf, "shape") or got_f != got_g:
+            raise ValueError(f"f and g must return one array of the same shape: f gives {got_f}, g gives {got_g}")
         c = _finite(c, yg)
         return yf, yg, pull_f(c), pull_g(c)
 

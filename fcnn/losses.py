@@ -82,9 +82,7 @@ def _nan_outside(values: Array, labels, k: int, ignore_index: Optional[int] = No
     (docs/perf_notes.md item 70). Concrete labels were refused by ``_check_label_range`` already."""
     if not isinstance(labels, jax.core.Tracer):
         return values
-    ok = (labels >= 0) & (labels < k)
-    if ignore_index is not None:
-        ok |= labels == ignore_index
+    ok = _checks.labels_kept(labels, k, ignore_index)
     return jnp.where(ok.reshape(ok.shape + (1,) * (jnp.ndim(values) - ok.ndim)), values, jnp.nan)
 
 
@@ -234,7 +232,7 @@ def pixelwise_cross_entropy(logits: Array, labels: Array, *, ignore_index: Optio
     _check_label_range(labels, k, ignore_index)
     z, y = _float(logits), jnp.asarray(labels)
     kept = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
-    safe = jnp.where((y >= 0) & (y < k), y, 0)  # in range: never wrapped (-1) nor nan-filled
+    safe = jnp.where(_checks.labels_kept(y, k), y, 0)  # in range: never wrapped (-1) nor nan-filled
     picked = jnp.take_along_axis(log_softmax(z), safe[..., None], axis=-1)[..., 0]  # (n, ...)
     picked = _nan_outside(picked, labels, k, ignore_index)
     # where, not a product: an ignored pixel whose stand-in class 0 has logit -inf would give 0 * -inf = nan

@@ -109,12 +109,12 @@ def _same_shape(task: str):
         if _shape(y)[1:] != tuple(outputs_shape)[1:]:
             want = ", ".join(["n"] + [str(d) for d in outputs_shape[1:]])
             raise ValueError(f"{task} targets must have the outputs' shape ({want}), got shape {_shape(y)}")
-        dtype = np.asarray(y).dtype
-        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == bool:
-            raise TypeError(f"{task} targets must be real numbers, got dtype {dtype}")
-        finite = np.isfinite(np.asarray(y))
+        y = np.asarray(y)
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)) or y.dtype == bool:
+            raise TypeError(f"{task} targets must be real numbers, got dtype {y.dtype}")
+        finite = np.isfinite(y)
         if not finite.all():  # a nan target made the loss nan after some steps, read as divergence
-            raise ValueError(f"{task} targets must be finite; got {np.asarray(y)[~finite].flat[0]} at index "
+            raise ValueError(f"{task} targets must be finite; got {y[~finite].flat[0]} at index "
                              f"{tuple(int(i) for i in np.argwhere(~finite)[0])}")
     return check
 
